@@ -1,0 +1,50 @@
+# weft: see README.md. Every target that touches the kernel needs root.
+GO      ?= go
+PREFIX  ?= /usr/local
+DESTDIR ?=
+CNIBIN  ?= /opt/cni/bin
+export CGO_ENABLED ?= 0
+
+BINARIES := bin/weftd bin/weftctl bin/weft bin/weft-lab
+
+.PHONY: all build test unit e2e bench demo install clean fmt vet
+
+all: build
+
+build:
+	@mkdir -p bin
+	$(GO) build -o bin/ ./cmd/...
+	$(GO) build -o bin/weft ./cni-plugin
+
+# Every test, root-only ones included (they skip with a message when not root).
+test: build
+	$(GO) vet ./...
+	$(GO) test -count=1 -p 2 -timeout 30m ./...
+
+# Unit tests only: no root, no kernel.
+unit:
+	$(GO) test -count=1 -short ./...
+
+e2e: build
+	$(GO) test -count=1 -timeout 20m ./e2e/...
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./subnet/... ./backend/...
+	./bin/weft-lab bench
+
+demo: build
+	./bin/weft-lab demo --hosts $(or $(HOSTS),3) --backend $(or $(BACKEND),vxlan) $(if $(KEEP),--keep,)
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNIBIN) $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/weft $(DESTDIR)/etc/cni/net.d
+	install -m 0755 bin/weftd bin/weftctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 bin/weft $(DESTDIR)$(CNIBIN)/weft
+	sed 's|@PREFIX@|$(PREFIX)|g' dist/weftd.service > $(DESTDIR)/etc/systemd/system/weftd.service
+	test -e $(DESTDIR)/etc/weft/weftd.env || install -m 0644 dist/weftd.env $(DESTDIR)/etc/weft/weftd.env
+	test -e $(DESTDIR)/etc/cni/net.d/10-weft.conflist || install -m 0644 dist/10-weft.conflist $(DESTDIR)/etc/cni/net.d/10-weft.conflist
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin

@@ -1,0 +1,200 @@
+package subnet
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// DefaultBackendType is used when the config has no Backend section.
+// flanneld would pick "udp" in that case; weft picks vxlan and warns.
+const DefaultBackendType = "vxlan"
+
+// ErrIPv6Unsupported is returned for configs that enable IPv6.
+var ErrIPv6Unsupported = errors.New("IPv6 is not supported yet")
+
+// Config is the validated network config read from <prefix>/config.
+type Config struct {
+	// Network is the IPv4 cluster network, masked.
+	Network netip.Prefix
+	// SubnetLen is the prefix length of each host's lease.
+	SubnetLen int
+	// SubnetMin and SubnetMax bound the subnets that may be leased
+	// (inclusive, both network addresses of a subnet).
+	SubnetMin, SubnetMax netip.Addr
+	// BackendType is Backend.Type, lower-cased; DefaultBackendType when the
+	// config had no Backend section.
+	BackendType string
+	// BackendDefaulted is true when the config had no Backend section.
+	BackendDefaulted bool
+	// Backend is the raw Backend object (options for the backend), never nil.
+	Backend json.RawMessage
+	// EnableNFTables is carried through for compatibility; weft always uses
+	// the iptables command, which is nf_tables based on current distros.
+	EnableNFTables bool
+	// Raw is the config exactly as read.
+	Raw []byte
+}
+
+// rawConfig mirrors flannel's JSON. encoding/json matches field names
+// case-insensitively, which is the behaviour flannel documents.
+type rawConfig struct {
+	EnableIPv4     *bool
+	EnableIPv6     bool
+	Network        *string
+	IPv6Network    *string
+	SubnetLen      *int
+	SubnetMin      *string
+	SubnetMax      *string
+	IPv6SubnetLen  *int
+	IPv6SubnetMin  *string
+	IPv6SubnetMax  *string
+	EnableNFTables bool
+	Backend        json.RawMessage
+}
+
+// FieldError names the config field that broke a rule.
+type FieldError struct {
+	Field string
+	Rule  string
+}
+
+func (e *FieldError) Error() string { return fmt.Sprintf("config field %s: %s", e.Field, e.Rule) }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Rule: fmt.Sprintf(format, args...)}
+}
+
+// ParseConfig parses and validates a network config, filling in defaults.
+// Every error names the offending field and the rule it breaks.
+func ParseConfig(data []byte) (*Config, error) {
+	var rc rawConfig
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&rc); err != nil {
+		return nil, fmt.Errorf("config is not valid JSON: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("config is not valid JSON: trailing data after the object")
+	}
+	if rc.EnableIPv6 {
+		return nil, fmt.Errorf("config field EnableIPv6: %w", ErrIPv6Unsupported)
+	}
+	if rc.EnableIPv4 != nil && !*rc.EnableIPv4 {
+		return nil, fieldErr("EnableIPv4", "must be true: weft supports IPv4 networks only")
+	}
+	cfg := &Config{Raw: append([]byte(nil), data...), EnableNFTables: rc.EnableNFTables}
+
+	if rc.Network == nil || *rc.Network == "" {
+		return nil, fieldErr("Network", "is required (an IPv4 CIDR such as 198.18.0.0/16)")
+	}
+	nw, err := netip.ParsePrefix(*rc.Network)
+	if err != nil || !nw.Addr().Is4() {
+		return nil, fieldErr("Network", "%q is not an IPv4 CIDR", *rc.Network)
+	}
+	nw = nw.Masked()
+	cfg.Network = nw
+	bits := nw.Bits()
+
+	switch {
+	case rc.SubnetLen == nil || *rc.SubnetLen == 0:
+		switch {
+		case bits <= 22:
+			cfg.SubnetLen = 24
+		case bits <= 28:
+			cfg.SubnetLen = bits + 2
+		default:
+			return nil, fieldErr("Network", "prefix /%d is too long to split into subnets (at most /28)", bits)
+		}
+	default:
+		l := *rc.SubnetLen
+		if l > 30 {
+			return nil, fieldErr("SubnetLen", "%d is larger than 30", l)
+		}
+		if l < bits+2 {
+			return nil, fieldErr("SubnetLen", "%d must be at least the network prefix + 2 (%d)", l, bits+2)
+		}
+		cfg.SubnetLen = l
+	}
+
+	size := uint32(1) << (32 - cfg.SubnetLen)
+	first := addrToU32(nw.Addr())
+	last := first + (uint32(1)<<(32-bits) - size)
+	cfg.SubnetMin = u32ToAddr(first + size)
+	cfg.SubnetMax = u32ToAddr(last)
+	parseBound := func(field string, s *string, dst *netip.Addr) error {
+		if s == nil || *s == "" {
+			return nil
+		}
+		a, err := netip.ParseAddr(*s)
+		if err != nil || !a.Is4() {
+			return fieldErr(field, "%q is not an IPv4 address", *s)
+		}
+		if !nw.Contains(a) {
+			return fieldErr(field, "%s is outside Network %s", a, nw)
+		}
+		if (addrToU32(a)-first)%size != 0 {
+			return fieldErr(field, "%s is not on a /%d subnet boundary", a, cfg.SubnetLen)
+		}
+		*dst = a
+		return nil
+	}
+	if err := parseBound("SubnetMin", rc.SubnetMin, &cfg.SubnetMin); err != nil {
+		return nil, err
+	}
+	if err := parseBound("SubnetMax", rc.SubnetMax, &cfg.SubnetMax); err != nil {
+		return nil, err
+	}
+	if cfg.SubnetMax.Less(cfg.SubnetMin) {
+		return nil, fieldErr("SubnetMax", "%s is below SubnetMin %s", cfg.SubnetMax, cfg.SubnetMin)
+	}
+
+	if len(bytes.TrimSpace(rc.Backend)) == 0 || string(bytes.TrimSpace(rc.Backend)) == "null" {
+		cfg.BackendType = DefaultBackendType
+		cfg.BackendDefaulted = true
+		cfg.Backend = json.RawMessage(`{"Type":"vxlan"}`)
+	} else {
+		var b struct{ Type string }
+		if err := json.Unmarshal(rc.Backend, &b); err != nil {
+			return nil, fieldErr("Backend", "must be an object with a Type: %v", err)
+		}
+		if b.Type == "" {
+			return nil, fieldErr("Backend.Type", "is required (vxlan, host-gw or udp)")
+		}
+		cfg.BackendType = strings.ToLower(b.Type)
+		cfg.Backend = append(json.RawMessage(nil), rc.Backend...)
+	}
+	return cfg, nil
+}
+
+// SubnetCount is the number of subnets in [SubnetMin, SubnetMax].
+func (c *Config) SubnetCount() int {
+	size := uint32(1) << (32 - c.SubnetLen)
+	return int((addrToU32(c.SubnetMax)-addrToU32(c.SubnetMin))/size) + 1
+}
+
+// InRange reports whether sn is a subnet this network may lease: inside the
+// network, of length SubnetLen, on a boundary, within [SubnetMin, SubnetMax].
+func (c *Config) InRange(sn netip.Prefix) bool {
+	if sn.Bits() != c.SubnetLen || sn.Masked() != sn || !c.Network.Contains(sn.Addr()) {
+		return false
+	}
+	a := sn.Addr()
+	return !a.Less(c.SubnetMin) && !c.SubnetMax.Less(a)
+}
+
+// Contains reports whether sn lies entirely inside the cluster network.
+func (c *Config) Contains(sn netip.Prefix) bool {
+	return sn.Bits() >= c.Network.Bits() && c.Network.Contains(sn.Addr())
+}
+
+func addrToU32(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func u32ToAddr(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}

@@ -1,0 +1,216 @@
+package subnet
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Lease is one host's claim on a subnet, as stored at
+// <prefix>/subnets/<a.b.c.d>-<len>.
+//
+// A lease moves through these states (see subnet/etcd for the code):
+//
+//	free --claim (txn: key absent)--> claimed --renew/keepalive--> claimed
+//	claimed --TTL expires / key deleted--> lost --re-claim same subnet--> claimed
+//	lost --subnet taken meanwhile--> claimed (new subnet, subnet file rewritten)
+//
+// A key with no etcd lease attached is a reservation: it never expires and
+// only the host whose PublicIP it carries may use it.
+type Lease struct {
+	Subnet netip.Prefix
+	Attrs  LeaseAttrs
+	// Expiration is when the etcd lease runs out; zero for a reservation or
+	// when unknown.
+	Expiration time.Time
+	// Reservation is true when the key has no etcd lease attached.
+	Reservation bool
+	// EtcdLease is the etcd lease ID the key is bound to (0 for a reservation).
+	EtcdLease int64
+	// ModRevision is the etcd revision of the last write to the key.
+	ModRevision int64
+}
+
+// LeaseAttrs is the JSON value of a lease key. MarshalJSON writes it
+// byte-for-byte as flannel does: PublicIP, PublicIPv6 (null when absent),
+// BackendType (omitted when empty, as for udp), BackendData (omitted when
+// empty), BackendV6Data (omitted when empty).
+type LeaseAttrs struct {
+	PublicIP      netip.Addr
+	PublicIPv6    netip.Addr // invalid (zero) means absent, written as null
+	BackendType   string
+	BackendData   json.RawMessage
+	BackendV6Data json.RawMessage
+}
+
+// MarshalJSON implements json.Marshaler with flannel's field order.
+func (a LeaseAttrs) MarshalJSON() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString(`{"PublicIP":`)
+	if a.PublicIP.IsValid() {
+		b.WriteString(strconv.Quote(a.PublicIP.String()))
+	} else {
+		b.WriteString(`""`)
+	}
+	b.WriteString(`,"PublicIPv6":`)
+	if a.PublicIPv6.IsValid() {
+		b.WriteString(strconv.Quote(a.PublicIPv6.String()))
+	} else {
+		b.WriteString(`null`)
+	}
+	if a.BackendType != "" {
+		b.WriteString(`,"BackendType":`)
+		b.WriteString(strconv.Quote(a.BackendType))
+	}
+	if d := bytes.TrimSpace(a.BackendData); len(d) > 0 && string(d) != "null" {
+		var c bytes.Buffer
+		if err := json.Compact(&c, d); err != nil {
+			return nil, fmt.Errorf("lease BackendData: %w", err)
+		}
+		b.WriteString(`,"BackendData":`)
+		b.Write(c.Bytes())
+	}
+	if d := bytes.TrimSpace(a.BackendV6Data); len(d) > 0 && string(d) != "null" {
+		var c bytes.Buffer
+		if err := json.Compact(&c, d); err != nil {
+			return nil, fmt.Errorf("lease BackendV6Data: %w", err)
+		}
+		b.WriteString(`,"BackendV6Data":`)
+		b.Write(c.Bytes())
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+// UnmarshalJSON implements json.Unmarshaler. Field names match
+// case-insensitively. PublicIP must be a valid IPv4 address.
+func (a *LeaseAttrs) UnmarshalJSON(data []byte) error {
+	var r struct {
+		PublicIP      *string
+		PublicIPv6    *string
+		BackendType   string
+		BackendData   json.RawMessage
+		BackendV6Data json.RawMessage
+	}
+	if err := json.Unmarshal(data, &r); err != nil {
+		return err
+	}
+	if r.PublicIP == nil {
+		return errors.New("lease has no PublicIP")
+	}
+	ip, err := netip.ParseAddr(*r.PublicIP)
+	if err != nil || !ip.Is4() {
+		return fmt.Errorf("lease PublicIP %q is not an IPv4 address", *r.PublicIP)
+	}
+	*a = LeaseAttrs{PublicIP: ip, BackendType: r.BackendType}
+	if r.PublicIPv6 != nil && *r.PublicIPv6 != "" {
+		ip6, err := netip.ParseAddr(*r.PublicIPv6)
+		if err != nil || !ip6.Is6() {
+			return fmt.Errorf("lease PublicIPv6 %q is not an IPv6 address", *r.PublicIPv6)
+		}
+		a.PublicIPv6 = ip6
+	}
+	if len(r.BackendData) > 0 && string(r.BackendData) != "null" {
+		a.BackendData = r.BackendData
+	}
+	if len(r.BackendV6Data) > 0 && string(r.BackendV6Data) != "null" {
+		a.BackendV6Data = r.BackendV6Data
+	}
+	return nil
+}
+
+// ParseLeaseAttrs decodes a lease value.
+func ParseLeaseAttrs(data []byte) (LeaseAttrs, error) {
+	var a LeaseAttrs
+	if err := json.Unmarshal(data, &a); err != nil {
+		return LeaseAttrs{}, fmt.Errorf("parse lease value: %w", err)
+	}
+	return a, nil
+}
+
+// VXLANData is the BackendData of a vxlan lease: {"VNI":1,"VtepMAC":"..."}.
+type VXLANData struct {
+	VNI     int    `json:"VNI"`
+	VtepMAC string `json:"VtepMAC"`
+}
+
+// ParseVXLANData decodes and validates vxlan BackendData. The MAC must be a
+// 6-byte unicast hardware address.
+func ParseVXLANData(raw json.RawMessage) (VXLANData, net.HardwareAddr, error) {
+	var d VXLANData
+	if len(raw) == 0 {
+		return d, nil, errors.New("vxlan lease has no BackendData")
+	}
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return d, nil, fmt.Errorf("vxlan BackendData: %w", err)
+	}
+	mac, err := net.ParseMAC(d.VtepMAC)
+	if err != nil || len(mac) != 6 {
+		return d, nil, fmt.Errorf("vxlan BackendData: VtepMAC %q is not a 6-byte MAC address", d.VtepMAC)
+	}
+	if mac[0]&1 == 1 {
+		return d, nil, fmt.Errorf("vxlan BackendData: VtepMAC %s is a multicast address", mac)
+	}
+	return d, mac, nil
+}
+
+// SubnetKey returns the key suffix flannel uses for a subnet: "198.18.7.0-24".
+func SubnetKey(sn netip.Prefix) string {
+	return sn.Addr().String() + "-" + strconv.Itoa(sn.Bits())
+}
+
+// ParseSubnetKey parses a key suffix such as "198.18.7.0-24". A dual-stack key
+// ("<v4>-<len>&<v6>-<len>") yields its IPv4 part. The subnet must be masked.
+func ParseSubnetKey(key string) (netip.Prefix, error) {
+	if i := strings.IndexByte(key, '&'); i >= 0 {
+		key = key[:i]
+	}
+	i := strings.LastIndexByte(key, '-')
+	if i <= 0 {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: want <a.b.c.d>-<len>", key)
+	}
+	ip, err := netip.ParseAddr(key[:i])
+	if err != nil || !ip.Is4() {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: %q is not an IPv4 address", key, key[:i])
+	}
+	bits, err := strconv.Atoi(key[i+1:])
+	if err != nil || bits < 0 || bits > 32 || key[i+1:] != strconv.Itoa(bits) {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: %q is not a prefix length", key, key[i+1:])
+	}
+	p := netip.PrefixFrom(ip, bits)
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: address has host bits set", key)
+	}
+	return p, nil
+}
+
+// ValidatePeer decides whether a peer lease may be programmed on this host.
+// own is our own subnet (invalid if we hold none yet). It rejects leases
+// outside the network or with the wrong length, leases overlapping our own
+// subnet, and unusable public addresses.
+func (c *Config) ValidatePeer(l Lease, own netip.Prefix, ownPublicIP netip.Addr) error {
+	if !c.Contains(l.Subnet) || l.Subnet.Bits() != c.SubnetLen {
+		return fmt.Errorf("subnet %s is not a /%d inside network %s", l.Subnet, c.SubnetLen, c.Network)
+	}
+	if own.IsValid() && own.Overlaps(l.Subnet) {
+		return fmt.Errorf("subnet %s overlaps our own subnet %s", l.Subnet, own)
+	}
+	ip := l.Attrs.PublicIP
+	switch {
+	case !ip.IsValid() || !ip.Is4():
+		return errors.New("PublicIP is not an IPv4 address")
+	case ip.IsUnspecified() || ip.IsLoopback() || ip.IsMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return fmt.Errorf("PublicIP %s is not a usable unicast address", ip)
+	case c.Network.Contains(ip):
+		return fmt.Errorf("PublicIP %s lies inside the cluster network", ip)
+	case ownPublicIP.IsValid() && ip == ownPublicIP:
+		return fmt.Errorf("PublicIP %s is our own address", ip)
+	}
+	return nil
+}
