@@ -1,0 +1,38 @@
+// Package apitypes holds the JSON shapes weftd serves over HTTP and weftctl
+// reads, so the two cannot drift apart.
+package apitypes
+
+import "time"
+
+// Status is the body of weftd's GET /status.
+type Status struct {
+	// Lease is our subnet ("198.18.7.0/24"), "" while none is held.
+	Lease string `json:"lease"`
+	// LeaseExpires is when our etcd lease runs out; zero for a reservation.
+	LeaseExpires time.Time `json:"leaseExpires,omitzero"`
+	Reservation  bool      `json:"reservation"`
+	PublicIP     string    `json:"publicIP"`
+	// Backend is the backend type in use ("vxlan", "host-gw", "udp").
+	Backend           string `json:"backend"`
+	Device            string `json:"device,omitempty"`
+	ExternalInterface string `json:"externalInterface"`
+	MTU               int    `json:"mtu"`
+	SubnetFile        string `json:"subnetFile"`
+	// PeersKnown counts valid peer leases in etcd; PeersProgrammed those
+	// fully programmed in the kernel; PeersRefused maps the ones the backend
+	// refuses to the reason.
+	PeersKnown      int               `json:"peersKnown"`
+	PeersProgrammed int               `json:"peersProgrammed"`
+	PeersRefused    map[string]string `json:"peersRefused,omitempty"`
+	LeasesSkipped   int               `json:"leasesSkipped"`
+	LastReconcile   time.Time         `json:"lastReconcile,omitzero"`
+	LastError       string            `json:"lastError,omitempty"`
+	LastEtcdContact time.Time         `json:"lastEtcdContact,omitzero"`
+	Ready           bool              `json:"ready"`
+	NotReadyReason  string            `json:"notReadyReason,omitempty"`
+	// RestartNeeded is true when the network config in etcd changed after
+	// weftd started; weftd keeps running on the config it started with.
+	RestartNeeded bool   `json:"restartNeeded"`
+	ConfigError   string `json:"configError,omitempty"`
+	Version       string `json:"version"`
+}

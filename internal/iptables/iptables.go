@@ -1,0 +1,330 @@
+// Package iptables keeps weft's masquerade and forward rules in place.
+//
+// weft owns two chains, WEFT-POSTRTG (nat) and WEFT-FWD (filter), each
+// reached by one jump rule at the top of POSTROUTING and FORWARD. Owning the
+// chains means the full rule set can be compared and rewritten without
+// touching anybody else's rules, and removed cleanly by deleting the jump
+// and the chain. The rules mirror flannel's semantics (see
+// shared/flannel-compat.md): pod-to-pod traffic is never masqueraded.
+package iptables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	goipt "github.com/coreos/go-iptables/iptables"
+)
+
+// Chain names owned by weft.
+const (
+	MasqChain    = "WEFT-POSTRTG"
+	ForwardChain = "WEFT-FWD"
+)
+
+// Rule is one rule in one of weft's chains.
+type Rule struct {
+	Table string
+	Chain string
+	Spec  []string
+}
+
+// chainSpec describes one owned chain and where it is jumped to from.
+type chainSpec struct {
+	table, chain, parent string
+	rules                [][]string
+}
+
+// Desired returns the chains and rules for a network and our lease.
+// masq and forward select the two rule sets.
+func desired(network, lease netip.Prefix, masq, forward bool) []chainSpec {
+	nw, ls := network.String(), lease.String()
+	var out []chainSpec
+	if masq {
+		out = append(out, chainSpec{table: "nat", chain: MasqChain, parent: "POSTROUTING", rules: [][]string{
+			{"-m", "comment", "--comment", "weft: kube-proxy marked traffic", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "RETURN"},
+			{"-s", nw, "-d", nw, "-m", "comment", "--comment", "weft: pod to pod", "-j", "RETURN"},
+			{"!", "-s", nw, "-d", ls, "-m", "comment", "--comment", "weft: into our pods", "-j", "RETURN"},
+			{"-s", nw, "!", "-d", "224.0.0.0/4", "-m", "comment", "--comment", "weft: pods to outside", "-j", "MASQUERADE", "--random-fully"},
+			{"!", "-s", nw, "-d", nw, "-m", "comment", "--comment", "weft: outside to pods", "-j", "MASQUERADE", "--random-fully"},
+		}})
+	}
+	if forward {
+		out = append(out, chainSpec{table: "filter", chain: ForwardChain, parent: "FORWARD", rules: [][]string{
+			{"-s", nw, "-m", "comment", "--comment", "weft: from pods", "-j", "ACCEPT"},
+			{"-d", nw, "-m", "comment", "--comment", "weft: to pods", "-j", "ACCEPT"},
+		}})
+	}
+	return out
+}
+
+// IPTables is the part of go-iptables this package uses; a fake implements
+// it in tests.
+type IPTables interface {
+	ChainExists(table, chain string) (bool, error)
+	NewChain(table, chain string) error
+	ClearChain(table, chain string) error
+	DeleteChain(table, chain string) error
+	Exists(table, chain string, spec ...string) (bool, error)
+	Insert(table, chain string, pos int, spec ...string) error
+	Append(table, chain string, spec ...string) error
+	DeleteIfExists(table, chain string, spec ...string) error
+	List(table, chain string) ([]string, error)
+}
+
+var _ IPTables = (*goipt.IPTables)(nil)
+
+// New returns the system's IPv4 iptables.
+func New() (IPTables, error) {
+	ipt, err := goipt.NewWithProtocol(goipt.ProtocolIPv4)
+	if err != nil {
+		return nil, fmt.Errorf("iptables: %w", err)
+	}
+	return ipt, nil
+}
+
+// Manager keeps the rules for the current network and lease in place.
+type Manager struct {
+	ipt     IPTables
+	masq    bool
+	forward bool
+	logger  *slog.Logger
+
+	mu      sync.Mutex
+	network netip.Prefix
+	lease   netip.Prefix
+	repairs uint64
+	primed  bool
+}
+
+// NewManager returns a manager; nothing is installed until Set.
+func NewManager(ipt IPTables, masq, forward bool, logger *slog.Logger) *Manager {
+	return &Manager{ipt: ipt, masq: masq, forward: forward, logger: logger}
+}
+
+// Set records the network and lease and installs the rules now.
+func (m *Manager) Set(network, lease netip.Prefix) error {
+	m.mu.Lock()
+	m.network, m.lease = network, lease
+	m.mu.Unlock()
+	_, err := m.Ensure()
+	return err
+}
+
+// Repairs is the number of times rules had to be restored after the first
+// installation.
+func (m *Manager) Repairs() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.repairs
+}
+
+// Ensure makes the chains match the desired rules, touching only what
+// differs. It also removes a chain whose rule set is switched off. It
+// returns how many chains it had to fix.
+func (m *Manager) Ensure() (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.network.IsValid() {
+		return 0, nil
+	}
+	want := desired(m.network, m.lease, m.masq, m.forward)
+	fixed := 0
+	var errs []error
+	for _, cs := range want {
+		changed, err := ensureChain(m.ipt, cs)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if changed {
+			fixed++
+		}
+	}
+	// Chains for a rule set that is now off are removed.
+	if !m.masq {
+		if err := removeChain(m.ipt, "nat", MasqChain, "POSTROUTING"); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if !m.forward {
+		if err := removeChain(m.ipt, "filter", ForwardChain, "FORWARD"); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if m.primed && fixed > 0 {
+		m.repairs += uint64(fixed)
+		m.logger.Warn("iptables rules were missing or changed; restored them", "chains", fixed)
+	}
+	m.primed = true
+	return fixed, errors.Join(errs...)
+}
+
+// Run re-checks the rules every interval until ctx is done.
+func (m *Manager) Run(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if _, err := m.Ensure(); err != nil {
+				m.logger.Error("check iptables rules", "err", err)
+			}
+		}
+	}
+}
+
+// Remove deletes weft's chains and jump rules.
+func Remove(ipt IPTables) error {
+	return errors.Join(
+		removeChain(ipt, "nat", MasqChain, "POSTROUTING"),
+		removeChain(ipt, "filter", ForwardChain, "FORWARD"),
+	)
+}
+
+func jumpSpec(chain string) []string {
+	return []string{"-m", "comment", "--comment", "weft", "-j", chain}
+}
+
+func ensureChain(ipt IPTables, cs chainSpec) (bool, error) {
+	changed := false
+	exists, err := ipt.ChainExists(cs.table, cs.chain)
+	if err != nil {
+		return false, fmt.Errorf("iptables -t %s %s: %w", cs.table, cs.chain, err)
+	}
+	if !exists {
+		if err := ipt.NewChain(cs.table, cs.chain); err != nil {
+			return false, fmt.Errorf("create chain %s/%s: %w", cs.table, cs.chain, err)
+		}
+		changed = true
+	}
+	ok, err := chainMatches(ipt, cs)
+	if err != nil {
+		return changed, err
+	}
+	if !ok {
+		if err := ipt.ClearChain(cs.table, cs.chain); err != nil {
+			return changed, fmt.Errorf("flush chain %s/%s: %w", cs.table, cs.chain, err)
+		}
+		for _, r := range cs.rules {
+			if err := ipt.Append(cs.table, cs.chain, r...); err != nil {
+				return true, fmt.Errorf("add rule to %s/%s: %w", cs.table, cs.chain, err)
+			}
+		}
+		changed = true
+	}
+	jump := jumpSpec(cs.chain)
+	has, err := ipt.Exists(cs.table, cs.parent, jump...)
+	if err != nil {
+		return changed, fmt.Errorf("check jump %s -> %s: %w", cs.parent, cs.chain, err)
+	}
+	if !has {
+		if err := ipt.Insert(cs.table, cs.parent, 1, jump...); err != nil {
+			return changed, fmt.Errorf("add jump %s -> %s: %w", cs.parent, cs.chain, err)
+		}
+		changed = true
+	}
+	return changed, nil
+}
+
+// chainMatches compares the chain's rules with the wanted ones. Both sides
+// are normalised by the kernel's own rendering: each wanted rule must exist
+// and the chain must hold exactly as many rules, in the listed order.
+func chainMatches(ipt IPTables, cs chainSpec) (bool, error) {
+	lines, err := ipt.List(cs.table, cs.chain)
+	if err != nil {
+		return false, fmt.Errorf("list chain %s/%s: %w", cs.table, cs.chain, err)
+	}
+	var rules []string
+	for _, l := range lines {
+		if strings.HasPrefix(l, "-A ") {
+			rules = append(rules, l)
+		}
+	}
+	if len(rules) != len(cs.rules) {
+		return false, nil
+	}
+	for i, want := range cs.rules {
+		// iptables -S prints the comment quoted; compare the words that
+		// identify a rule rather than the exact rendering.
+		if !sameRule(rules[i], want) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// sameRule reports whether a rendered rule line carries every word of the
+// wanted spec in the same order (quotes and default masks aside).
+func sameRule(line string, want []string) bool {
+	got := strings.Fields(strings.ReplaceAll(line, `"`, ""))
+	var wantWords []string
+	for _, w := range want {
+		wantWords = append(wantWords, strings.Fields(w)...)
+	}
+	i := 0
+	for _, g := range got {
+		if i < len(wantWords) && (g == wantWords[i] || g == wantWords[i]+"/32") {
+			i++
+		}
+	}
+	return i == len(wantWords) && slices.Contains(got, "-j")
+}
+
+func removeChain(ipt IPTables, table, chain, parent string) error {
+	exists, err := ipt.ChainExists(table, chain)
+	if err != nil {
+		return fmt.Errorf("iptables -t %s %s: %w", table, chain, err)
+	}
+	if err := ipt.DeleteIfExists(table, parent, jumpSpec(chain)...); err != nil {
+		return fmt.Errorf("delete jump %s -> %s: %w", parent, chain, err)
+	}
+	if !exists {
+		return nil
+	}
+	if err := ipt.ClearChain(table, chain); err != nil {
+		return fmt.Errorf("flush chain %s/%s: %w", table, chain, err)
+	}
+	if err := ipt.DeleteChain(table, chain); err != nil {
+		return fmt.Errorf("delete chain %s/%s: %w", table, chain, err)
+	}
+	return nil
+}
+
+// Check reports, without changing anything, what differs from the wanted
+// rules: one line per problem. weftctl doctor uses it.
+func Check(ipt IPTables, network, lease netip.Prefix, masq, forward bool) ([]string, error) {
+	var problems []string
+	for _, cs := range desired(network, lease, masq, forward) {
+		exists, err := ipt.ChainExists(cs.table, cs.chain)
+		if err != nil {
+			return nil, err
+		}
+		if !exists {
+			problems = append(problems, fmt.Sprintf("iptables chain %s/%s is missing", cs.table, cs.chain))
+			continue
+		}
+		ok, err := chainMatches(ipt, cs)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			problems = append(problems, fmt.Sprintf("iptables chain %s/%s does not hold the expected rules", cs.table, cs.chain))
+		}
+		has, err := ipt.Exists(cs.table, cs.parent, jumpSpec(cs.chain)...)
+		if err != nil {
+			return nil, err
+		}
+		if !has {
+			problems = append(problems, fmt.Sprintf("iptables jump from %s/%s to %s is missing", cs.table, cs.parent, cs.chain))
+		}
+	}
+	return problems, nil
+}
