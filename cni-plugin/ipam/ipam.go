@@ -1,0 +1,246 @@
+// Package ipam is the weft CNI plugin's address allocator.
+//
+// State lives on disk under <dataDir>/<network>/: one file per reserved
+// address, named after the address and holding the owner (container ID and
+// interface name) as JSON, plus a "last_reserved" hint so that addresses are
+// handed out round-robin rather than reused at once. Every change happens in a
+// transaction that holds an exclusive flock on <dataDir>/<network>/lock, so
+// plugin processes running at the same time never hand out one address twice.
+//
+// A reservation file is written (temp file + rename, so it is either absent or
+// complete) before the plugin creates any interface. A plugin killed halfway
+// therefore leaves a reservation that DEL for the same container, or GC,
+// reclaims.
+package ipam
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrExhausted is returned by Allocate when every usable address of the
+// subnet is reserved.
+var ErrExhausted = errors.New("no free address")
+
+const (
+	lockName = "lock"
+	lastName = "last_reserved"
+)
+
+// Owner identifies one attachment: a container's interface.
+type Owner struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifname"`
+}
+
+// Reservation is one reserved address and what it was reserved for.
+type Reservation struct {
+	Owner
+	IP netip.Addr `json:"-"`
+	// Masq records that the plugin installs a masquerade rule for this
+	// address, so DEL and GC know to remove it.
+	Masq bool `json:"masq,omitempty"`
+}
+
+// Store is the on-disk allocator for one network.
+type Store struct {
+	dir string
+}
+
+// Open returns the store for network under dataDir, creating its directory.
+func Open(dataDir, network string) (*Store, error) {
+	if network == "" || strings.ContainsAny(network, "/\x00") || network == "." || network == ".." {
+		return nil, fmt.Errorf("open ipam store: invalid network name %q", network)
+	}
+	dir := filepath.Join(dataDir, network)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open ipam store: %w", err)
+	}
+	return &Store{dir: dir}, nil
+}
+
+// Dir is the directory holding the network's state.
+func (s *Store) Dir() string { return s.dir }
+
+// Tx is a transaction on the store; it is valid only inside Do.
+type Tx struct {
+	s *Store
+}
+
+// Do runs fn while holding the store's exclusive lock.
+func (s *Store) Do(fn func(tx *Tx) error) error {
+	f, err := os.OpenFile(filepath.Join(s.dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("open ipam lock: %w", err)
+	}
+	defer f.Close() // closing releases the lock
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("lock ipam store: %w", err)
+	}
+	return fn(&Tx{s: s})
+}
+
+// List returns every reservation. It takes no lock: files appear and vanish
+// atomically, so a reader sees a consistent set of complete files.
+func (s *Store) List() ([]Reservation, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("list reservations: %w", err)
+	}
+	var out []Reservation
+	for _, e := range ents {
+		ip, err := netip.ParseAddr(e.Name())
+		if err != nil {
+			continue // lock, last_reserved, temp files
+		}
+		data, err := os.ReadFile(filepath.Join(s.dir, e.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // released meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read reservation %s: %w", ip, err)
+		}
+		r := Reservation{IP: ip}
+		if err := json.Unmarshal(data, &r); err != nil {
+			// A file we did not write completely cannot exist (rename), so
+			// this is foreign or corrupt; keep the address reserved.
+			r.ContainerID = ""
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Lookup returns the reservations held by owner (more than one only when the
+// subnet changed between two ADDs).
+func (s *Store) Lookup(o Owner) ([]Reservation, error) {
+	all, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []Reservation
+	for _, r := range all {
+		if r.Owner == o {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// List returns every reservation.
+func (tx *Tx) List() ([]Reservation, error) { return tx.s.List() }
+
+// Allocate reserves an address of subnet for owner, skipping the network
+// address, the broadcast address and gateway. If owner already holds an
+// address inside subnet, that address is returned with existing=true.
+// Reservations outside subnet (from a subnet weftd held before) are never
+// handed out and stay until released.
+func (tx *Tx) Allocate(subnet netip.Prefix, gateway netip.Addr, o Owner, masq bool) (r Reservation, existing bool, err error) {
+	subnet = subnet.Masked()
+	if !subnet.Addr().Is4() || subnet.Bits() > 30 {
+		return Reservation{}, false, fmt.Errorf("allocate in %s: need an IPv4 subnet of /30 or larger", subnet)
+	}
+	all, err := tx.s.List()
+	if err != nil {
+		return Reservation{}, false, err
+	}
+	used := make(map[netip.Addr]bool, len(all))
+	for _, have := range all {
+		if have.Owner == o && subnet.Contains(have.IP) && have.IP != gateway {
+			return have, true, nil
+		}
+		used[have.IP] = true
+	}
+	first := subnet.Addr().Next()
+	last := lastAddr(subnet).Prev()
+	start := first
+	if b, err := os.ReadFile(filepath.Join(tx.s.dir, lastName)); err == nil {
+		if prev, err := netip.ParseAddr(strings.TrimSpace(string(b))); err == nil && subnet.Contains(prev) && prev.Compare(last) < 0 && prev.Compare(first) >= 0 {
+			start = prev.Next()
+		}
+	}
+	ip := start
+	for {
+		if ip != gateway && !used[ip] {
+			r = Reservation{Owner: o, IP: ip, Masq: masq}
+			if err := tx.write(r); err != nil {
+				return Reservation{}, false, err
+			}
+			// The hint is advisory: a torn write is ignored on read.
+			_ = os.WriteFile(filepath.Join(tx.s.dir, lastName), []byte(ip.String()), 0o600)
+			return r, false, nil
+		}
+		if ip == last {
+			ip = first
+		} else {
+			ip = ip.Next()
+		}
+		if ip == start {
+			return Reservation{}, false, fmt.Errorf("allocate in %s: %w", subnet, ErrExhausted)
+		}
+	}
+}
+
+// Release removes every reservation owner holds and returns them, with the
+// number of reservations left afterwards.
+func (tx *Tx) Release(o Owner) (released []Reservation, remaining int, err error) {
+	return tx.ReleaseIf(func(r Reservation) bool { return r.Owner == o })
+}
+
+// ReleaseIf removes every reservation for which drop returns true.
+func (tx *Tx) ReleaseIf(drop func(Reservation) bool) (released []Reservation, remaining int, err error) {
+	all, err := tx.s.List()
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, r := range all {
+		if !drop(r) {
+			remaining++
+			continue
+		}
+		if err := os.Remove(filepath.Join(tx.s.dir, r.IP.String())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return released, remaining, fmt.Errorf("release %s: %w", r.IP, err)
+		}
+		released = append(released, r)
+	}
+	return released, remaining, nil
+}
+
+func (tx *Tx) write(r Reservation) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	final := filepath.Join(tx.s.dir, r.IP.String())
+	tmp := filepath.Join(tx.s.dir, fmt.Sprintf(".tmp-%s-%d", r.IP, os.Getpid()))
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("reserve %s: %w", r.IP, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("reserve %s: %w", r.IP, err)
+	}
+	return nil
+}
+
+// lastAddr is the broadcast address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	n |= (1 << (32 - p.Bits())) - 1
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+}

@@ -1,0 +1,318 @@
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"testing"
+)
+
+var (
+	sub24 = netip.MustParsePrefix("198.18.5.0/24")
+	gw24  = netip.MustParseAddr("198.18.5.1")
+)
+
+func openT(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open(t.TempDir(), "weft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func alloc(t *testing.T, s *Store, sub netip.Prefix, gw netip.Addr, o Owner) (Reservation, bool, error) {
+	t.Helper()
+	var r Reservation
+	var existing bool
+	err := s.Do(func(tx *Tx) error {
+		var err error
+		r, existing, err = tx.Allocate(sub, gw, o, true)
+		return err
+	})
+	return r, existing, err
+}
+
+func TestOpenRejectsBadNames(t *testing.T) {
+	for _, n := range []string{"", "a/b", "..", "."} {
+		if _, err := Open(t.TempDir(), n); err == nil {
+			t.Errorf("Open(%q) succeeded", n)
+		}
+	}
+}
+
+func TestAllocateSkipsReservedAndExhausts(t *testing.T) {
+	s := openT(t)
+	sub := netip.MustParsePrefix("198.18.9.0/29") // .0 net, .1 gw, .7 bcast
+	gw := netip.MustParseAddr("198.18.9.1")
+	got := map[netip.Addr]bool{}
+	for i := 0; i < 5; i++ {
+		r, existing, err := alloc(t, s, sub, gw, Owner{fmt.Sprint("c", i), "eth0"})
+		if err != nil {
+			t.Fatalf("allocation %d: %v", i, err)
+		}
+		if existing {
+			t.Fatalf("allocation %d reported existing", i)
+		}
+		if r.IP == gw || r.IP == sub.Addr() || r.IP == netip.MustParseAddr("198.18.9.7") || !sub.Contains(r.IP) {
+			t.Fatalf("allocation %d handed out %s", i, r.IP)
+		}
+		if got[r.IP] {
+			t.Fatalf("duplicate %s", r.IP)
+		}
+		got[r.IP] = true
+	}
+	_, _, err := alloc(t, s, sub, gw, Owner{"c-extra", "eth0"})
+	if !errors.Is(err, ErrExhausted) {
+		t.Fatalf("sixth allocation: got %v, want ErrExhausted", err)
+	}
+	// Releasing one makes exactly that one available again.
+	var freed netip.Addr
+	if err := s.Do(func(tx *Tx) error {
+		rel, remaining, err := tx.Release(Owner{"c2", "eth0"})
+		if err != nil {
+			return err
+		}
+		if len(rel) != 1 || remaining != 4 {
+			return fmt.Errorf("release: got %v remaining %d", rel, remaining)
+		}
+		freed = rel[0].IP
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := alloc(t, s, sub, gw, Owner{"c-extra", "eth0"})
+	if err != nil || r.IP != freed {
+		t.Fatalf("after release got %v %v, want %s", r.IP, err, freed)
+	}
+}
+
+func TestGatewayNotFirstAddress(t *testing.T) {
+	s := openT(t)
+	sub := netip.MustParsePrefix("198.18.9.0/30") // usable .1 .2
+	gw := netip.MustParseAddr("198.18.9.2")
+	r, _, err := alloc(t, s, sub, gw, Owner{"a", "eth0"})
+	if err != nil || r.IP != netip.MustParseAddr("198.18.9.1") {
+		t.Fatalf("got %v %v", r.IP, err)
+	}
+	if _, _, err := alloc(t, s, sub, gw, Owner{"b", "eth0"}); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("got %v, want exhausted", err)
+	}
+}
+
+func TestReAddReturnsSameAddress(t *testing.T) {
+	s := openT(t)
+	o := Owner{"ctr", "eth0"}
+	r1, ex1, err := alloc(t, s, sub24, gw24, o)
+	if err != nil || ex1 {
+		t.Fatal(err, ex1)
+	}
+	alloc(t, s, sub24, gw24, Owner{"other", "eth0"})
+	r2, ex2, err := alloc(t, s, sub24, gw24, o)
+	if err != nil || !ex2 || r2.IP != r1.IP {
+		t.Fatalf("re-add: %v existing=%v err=%v, want %s", r2.IP, ex2, err, r1.IP)
+	}
+	// A second interface of the same container is a different attachment.
+	r3, ex3, err := alloc(t, s, sub24, gw24, Owner{"ctr", "net1"})
+	if err != nil || ex3 || r3.IP == r1.IP {
+		t.Fatalf("second ifname: %v %v %v", r3.IP, ex3, err)
+	}
+}
+
+func TestRoundRobinDoesNotReuseAtOnce(t *testing.T) {
+	s := openT(t)
+	r1, _, _ := alloc(t, s, sub24, gw24, Owner{"a", "eth0"})
+	s.Do(func(tx *Tx) error { _, _, err := tx.Release(Owner{"a", "eth0"}); return err })
+	r2, _, _ := alloc(t, s, sub24, gw24, Owner{"b", "eth0"})
+	if r1.IP == r2.IP {
+		t.Fatalf("released address %s was reused immediately", r1.IP)
+	}
+}
+
+func TestSubnetChange(t *testing.T) {
+	s := openT(t)
+	o := Owner{"ctr", "eth0"}
+	old, _, err := alloc(t, s, sub24, gw24, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newSub := netip.MustParsePrefix("198.18.6.0/24")
+	newGW := netip.MustParseAddr("198.18.6.1")
+	for i := 0; i < 20; i++ {
+		r, _, err := alloc(t, s, newSub, newGW, Owner{fmt.Sprint("n", i), "eth0"})
+		if err != nil || !newSub.Contains(r.IP) {
+			t.Fatalf("new pod got %v %v", r.IP, err)
+		}
+	}
+	// The same owner re-added after the change gets an address in the new subnet.
+	r, existing, err := alloc(t, s, newSub, newGW, o)
+	if err != nil || existing || !newSub.Contains(r.IP) {
+		t.Fatalf("re-add after change: %v %v %v", r.IP, existing, err)
+	}
+	held, _ := s.Lookup(o)
+	if len(held) != 2 {
+		t.Fatalf("owner holds %v, want old and new", held)
+	}
+	// DEL releases both.
+	s.Do(func(tx *Tx) error {
+		rel, _, err := tx.Release(o)
+		if len(rel) != 2 {
+			t.Errorf("released %v", rel)
+		}
+		return err
+	})
+	if held, _ := s.Lookup(o); len(held) != 0 {
+		t.Fatalf("still held: %v", held)
+	}
+	_ = old
+}
+
+func TestGCReleasesInvalid(t *testing.T) {
+	s := openT(t)
+	for i := 0; i < 10; i++ {
+		if _, _, err := alloc(t, s, sub24, gw24, Owner{fmt.Sprint("c", i), "eth0"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	valid := map[Owner]bool{{"c1", "eth0"}: true, {"c5", "eth0"}: true}
+	var rel []Reservation
+	var remaining int
+	err := s.Do(func(tx *Tx) error {
+		var err error
+		rel, remaining, err = tx.ReleaseIf(func(r Reservation) bool { return !valid[r.Owner] })
+		return err
+	})
+	if err != nil || len(rel) != 8 || remaining != 2 {
+		t.Fatalf("gc: released %d remaining %d err %v", len(rel), remaining, err)
+	}
+	all, _ := s.List()
+	for _, r := range all {
+		if !valid[r.Owner] {
+			t.Errorf("leaked %v survived", r)
+		}
+	}
+}
+
+func TestCorruptFileKeepsAddressReserved(t *testing.T) {
+	s := openT(t)
+	sub := netip.MustParsePrefix("198.18.9.0/30")
+	gw := netip.MustParseAddr("198.18.9.1")
+	os.WriteFile(s.Dir()+"/198.18.9.2", []byte("garbage"), 0o600)
+	if _, _, err := alloc(t, s, sub, gw, Owner{"a", "eth0"}); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("got %v, want exhausted", err)
+	}
+}
+
+func TestConcurrentGoroutines(t *testing.T) {
+	s := openT(t)
+	const n = 200
+	ips := make([]netip.Addr, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Each goroutine opens the store itself, like a separate process.
+			st, err := Open(s.dir[:len(s.dir)-len("/weft")], "weft")
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			errs[i] = st.Do(func(tx *Tx) error {
+				r, _, err := tx.Allocate(sub24, gw24, Owner{fmt.Sprint("c", i), "eth0"}, false)
+				ips[i] = r.IP
+				return err
+			})
+		}()
+	}
+	wg.Wait()
+	checkDistinct(t, ips, errs)
+}
+
+func checkDistinct(t *testing.T, ips []netip.Addr, errs []error) {
+	t.Helper()
+	seen := map[netip.Addr]int{}
+	for i, ip := range ips {
+		if errs[i] != nil {
+			t.Fatalf("allocation %d: %v", i, errs[i])
+		}
+		if j, dup := seen[ip]; dup {
+			t.Fatalf("allocations %d and %d both got %s", j, i, ip)
+		}
+		seen[ip] = i
+	}
+}
+
+// TestConcurrentProcesses runs allocations in separate processes (this test
+// binary re-executed), the way concurrent CNI ADDs run.
+func TestConcurrentProcesses(t *testing.T) {
+	if os.Getenv("WCN_IPAM_HELPER") != "" {
+		return
+	}
+	if testing.Short() {
+		t.Skip("spawns processes")
+	}
+	dataDir := t.TempDir()
+	const procs, each = 25, 4
+	var wg sync.WaitGroup
+	errs := make([]error, procs)
+	for p := 0; p < procs; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperAllocate$")
+			cmd.Env = append(os.Environ(), "WCN_IPAM_HELPER="+dataDir, "WCN_IPAM_ID="+strconv.Itoa(p), "WCN_IPAM_N="+strconv.Itoa(each))
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				errs[p] = fmt.Errorf("%v: %s", err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, _ := Open(dataDir, "weft")
+	all, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != procs*each {
+		t.Fatalf("%d reservations, want %d", len(all), procs*each)
+	}
+	owners := map[Owner]bool{}
+	for _, r := range all {
+		if owners[r.Owner] {
+			t.Fatalf("owner %v twice", r.Owner)
+		}
+		owners[r.Owner] = true
+	}
+}
+
+func TestHelperAllocate(t *testing.T) {
+	dir := os.Getenv("WCN_IPAM_HELPER")
+	if dir == "" {
+		t.Skip("helper for TestConcurrentProcesses")
+	}
+	s, err := Open(dir, "weft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(os.Getenv("WCN_IPAM_N"))
+	for i := 0; i < n; i++ {
+		err := s.Do(func(tx *Tx) error {
+			_, _, err := tx.Allocate(sub24, gw24, Owner{os.Getenv("WCN_IPAM_ID") + "-" + strconv.Itoa(i), "eth0"}, false)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
