@@ -1,0 +1,315 @@
+// Package routes is the route reconciler shared by weft's kernel backends.
+//
+// A backend describes the routes it wants (one per peer subnet, keyed by
+// destination prefix, main table) and the Reconciler makes the main table
+// match: it lists the table once, indexes it in maps, adds what is missing,
+// replaces what drifted and deletes routes tagged with backend.RouteProtocol
+// that are no longer wanted. The cost is linear in the number of routes.
+//
+// A wanted destination that is already routed by somebody else (for example
+// a flanneld route left behind by an in-place migration) is taken over with
+// a replace, never refused with EEXIST. Routes that would cover the host's
+// own connected networks, or that leave the cluster network, are refused and
+// reported so that the underlay can never be hijacked.
+package routes
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/internal/nl"
+)
+
+// Table is the kernel routing table as the reconciler needs it.
+type Table interface {
+	// List returns every IPv4 route in the main table, whatever its
+	// protocol, in one consistent dump.
+	List() ([]netlink.Route, error)
+	// Replace installs r, replacing any route with the same destination
+	// and metric in the same table.
+	Replace(r *netlink.Route) error
+	// Delete removes r; removing a route that is already gone is not an
+	// error the reconciler cares about.
+	Delete(r *netlink.Route) error
+}
+
+// Want is one wanted route: Dst via Gw out of LinkIndex.
+type Want struct {
+	Dst       netip.Prefix
+	Gw        netip.Addr
+	LinkIndex int
+	// OnLink sets RTNH_F_ONLINK: the gateway is reachable on the link even
+	// though no connected route covers it (vxlan).
+	OnLink bool
+}
+
+// Route returns the kernel route for w, tagged with backend.RouteProtocol.
+func (w Want) Route() *netlink.Route {
+	r := &netlink.Route{
+		Family:    netlink.FAMILY_V4,
+		Dst:       prefixToIPNet(w.Dst),
+		Gw:        net.IP(w.Gw.AsSlice()),
+		LinkIndex: w.LinkIndex,
+		Protocol:  backend.RouteProtocol,
+		Table:     unix.RT_TABLE_MAIN,
+		Scope:     netlink.SCOPE_UNIVERSE,
+		Type:      unix.RTN_UNICAST,
+	}
+	if w.OnLink {
+		r.Flags = int(netlink.FLAG_ONLINK)
+	}
+	return r
+}
+
+// matches reports whether the kernel route r is exactly w.
+func (w Want) matches(r *netlink.Route) bool {
+	if r.Priority != 0 || len(r.MultiPath) > 0 || r.LinkIndex != w.LinkIndex {
+		return false
+	}
+	if r.Type != 0 && r.Type != unix.RTN_UNICAST {
+		return false
+	}
+	gw, ok := netip.AddrFromSlice(r.Gw)
+	if !ok || gw.Unmap() != w.Gw {
+		return false
+	}
+	return (r.Flags&int(netlink.FLAG_ONLINK) != 0) == w.OnLink
+}
+
+// Result says what one reconcile pass did.
+type Result struct {
+	// Added counts routes installed for the first time; Updated routes
+	// replaced because the wanted route changed; Repaired routes
+	// re-installed because the kernel no longer held what this Reconciler
+	// had installed (deleted or modified behind our back); Removed routes
+	// deleted because they are no longer wanted.
+	Added, Updated, Repaired, Removed int
+	// Refused maps wanted destinations that were not installed to the
+	// reason.
+	Refused map[netip.Prefix]string
+	// Failed maps wanted destinations whose installation failed to the
+	// error. Their absence from the kernel is retried on the next pass.
+	Failed map[netip.Prefix]error
+}
+
+// Reconciler makes the routes tagged with backend.RouteProtocol in the main
+// table match a wanted set. It remembers what it installed so that it can
+// tell a repair from a first-time install. It is not safe for concurrent use.
+type Reconciler struct {
+	table     Table
+	network   netip.Prefix
+	installed map[netip.Prefix]Want
+}
+
+// New returns a Reconciler that installs only routes inside network.
+func New(t Table, network netip.Prefix) *Reconciler {
+	return &Reconciler{table: t, network: network.Masked(), installed: map[netip.Prefix]Want{}}
+}
+
+// Reconcile makes the table match want. Later entries for the same
+// destination win. It keeps going after individual failures, which are
+// returned joined and listed in Result.Failed.
+func (rc *Reconciler) Reconcile(want []Want) (Result, error) {
+	res := Result{Refused: map[netip.Prefix]string{}, Failed: map[netip.Prefix]error{}}
+	existing, err := rc.table.List()
+	if err != nil {
+		return res, fmt.Errorf("list routes: %w", err)
+	}
+
+	ours := make(map[netip.Prefix][]*netlink.Route, len(want))
+	connected := map[netip.Prefix]int{}
+	for i := range existing {
+		r := &existing[i]
+		dst, ok := ipNetToPrefix(r.Dst)
+		if !ok || !dst.Addr().Is4() {
+			continue
+		}
+		if r.Table != 0 && r.Table != unix.RT_TABLE_MAIN {
+			continue
+		}
+		switch {
+		case r.Protocol == backend.RouteProtocol:
+			ours[dst] = append(ours[dst], r)
+		case r.Protocol == unix.RTPROT_KERNEL && r.Scope == netlink.SCOPE_LINK:
+			connected[dst] = r.LinkIndex
+		}
+	}
+
+	wanted := make(map[netip.Prefix]Want, len(want))
+	for _, w := range want {
+		w.Dst = w.Dst.Masked()
+		wanted[w.Dst] = w
+	}
+	rc.refuse(wanted, connected, res.Refused)
+
+	var errs []error
+	for dst, w := range wanted {
+		have := ours[dst]
+		delete(ours, dst) // what is left in ours at the end is extra
+		match := -1
+		for i, r := range have {
+			if w.matches(r) {
+				match = i
+				break
+			}
+		}
+		if match < 0 {
+			if err := rc.table.Replace(w.Route()); err != nil {
+				err = fmt.Errorf("install route %s via %s: %w", dst, w.Gw, err)
+				res.Failed[dst] = err
+				errs = append(errs, err)
+				delete(rc.installed, dst)
+				continue
+			}
+			prev, had := rc.installed[dst]
+			switch {
+			case had && prev == w:
+				res.Repaired++
+			case had || len(have) > 0:
+				res.Updated++
+			default:
+				res.Added++
+			}
+		}
+		rc.installed[dst] = w
+		// Same destination at another metric or shape: ours, but extra.
+		for i, r := range have {
+			if i == match || (match < 0 && r.Priority == 0) {
+				continue // kept, or overwritten by the replace above
+			}
+			if err := rc.del(r); err != nil {
+				errs = append(errs, err)
+			} else {
+				res.Removed++
+			}
+		}
+	}
+	for dst := range res.Refused {
+		delete(rc.installed, dst)
+	}
+	for dst, rs := range ours {
+		if _, ok := wanted[dst]; !ok {
+			delete(rc.installed, dst)
+		}
+		for _, r := range rs {
+			if err := rc.del(r); err != nil {
+				errs = append(errs, err)
+			} else {
+				res.Removed++
+			}
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+func (rc *Reconciler) del(r *netlink.Route) error {
+	err := rc.table.Delete(r)
+	if err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete route %s: %w", r.Dst, err)
+	}
+	return nil
+}
+
+// refuse moves from wanted to refused every destination outside the
+// network or overlapping a connected route. Overlap is found with map
+// lookups of every shorter prefix, so the cost is O(33·(routes+connected)).
+func (rc *Reconciler) refuse(wanted map[netip.Prefix]Want, connected map[netip.Prefix]int, refused map[netip.Prefix]string) {
+	for dst := range wanted {
+		if !rc.network.IsValid() || dst.Bits() < rc.network.Bits() || !rc.network.Contains(dst.Addr()) {
+			refused[dst] = fmt.Sprintf("route %s is outside the cluster network %s", dst, rc.network)
+			continue
+		}
+		for bits := dst.Bits(); bits >= 0; bits-- {
+			c, _ := dst.Addr().Prefix(bits)
+			if idx, ok := connected[c]; ok {
+				refused[dst] = fmt.Sprintf("route %s would cover the connected network %s on interface index %d", dst, c, idx)
+				break
+			}
+		}
+	}
+	// A connected network inside a wanted destination.
+	for c, idx := range connected {
+		for bits := c.Bits() - 1; bits >= 0; bits-- {
+			p, _ := c.Addr().Prefix(bits)
+			if _, ok := wanted[p]; ok {
+				if _, done := refused[p]; !done {
+					refused[p] = fmt.Sprintf("route %s would cover the connected network %s on interface index %d", p, c, idx)
+				}
+			}
+		}
+	}
+	for dst := range refused {
+		delete(wanted, dst)
+	}
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	a = a.Unmap()
+	ones, bits := n.Mask.Size()
+	if bits == 0 || bits != a.BitLen() {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, ones).Masked(), true
+}
+
+// NetlinkTable is the main IPv4 table of one namespace.
+type NetlinkTable struct {
+	H *netlink.Handle
+}
+
+var _ Table = NetlinkTable{}
+
+// List implements Table.
+func (t NetlinkTable) List() ([]netlink.Route, error) {
+	return nl.Dump(func() ([]netlink.Route, error) {
+		return t.H.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
+}
+
+// Replace implements Table.
+func (t NetlinkTable) Replace(r *netlink.Route) error { return t.H.RouteReplace(r) }
+
+// Delete implements Table.
+func (t NetlinkTable) Delete(r *netlink.Route) error { return t.H.RouteDel(r) }
+
+// DeleteOwned removes every route tagged with backend.RouteProtocol from
+// every table of the namespace behind h. It is what backend Cleanup uses.
+func DeleteOwned(h *netlink.Handle) (int, error) {
+	rs, err := nl.Dump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: backend.RouteProtocol, Table: unix.RT_TABLE_UNSPEC},
+			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("list routes: %w", err)
+	}
+	n := 0
+	var errs []error
+	for i := range rs {
+		if rs[i].Protocol != backend.RouteProtocol {
+			continue
+		}
+		if err := h.RouteDel(&rs[i]); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("delete route %s: %w", rs[i].Dst, err))
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
