@@ -1,0 +1,105 @@
+package iptables
+
+import (
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/weftnet/weft/internal/nl"
+	"github.com/weftnet/weft/internal/nl/nltest"
+)
+
+// TestManagerInNamespace installs, checks, repairs and removes the rules in
+// a throwaway namespace, with the real iptables command.
+func TestManagerInNamespace(t *testing.T) {
+	ns := nltest.NewNS(t, "ipt")
+	network := netip.MustParsePrefix("198.18.0.0/16")
+	lease := netip.MustParsePrefix("198.18.4.0/24")
+	var m *Manager
+	var ipt IPTables
+	in := func(fn func() error) {
+		t.Helper()
+		if err := nl.Do(ns.Handle, fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in(func() error {
+		var err error
+		ipt, err = New()
+		if err != nil {
+			return err
+		}
+		m = NewManager(ipt, true, true, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		return m.Set(network, lease)
+	})
+	nat, _ := ns.Exec("iptables", "-t", "nat", "-S")
+	for _, want := range []string{
+		"-A POSTROUTING -m comment --comment weft -j WEFT-POSTRTG",
+		"-A WEFT-POSTRTG -s 198.18.0.0/16 -d 198.18.0.0/16",
+		"-A WEFT-POSTRTG ! -s 198.18.0.0/16 -d 198.18.4.0/24",
+		"MASQUERADE --random-fully",
+	} {
+		if !strings.Contains(nat, want) {
+			t.Errorf("nat table lacks %q:\n%s", want, nat)
+		}
+	}
+	filter, _ := ns.Exec("iptables", "-S")
+	if !strings.Contains(filter, "-A FORWARD -m comment --comment weft -j WEFT-FWD") || !strings.Contains(filter, "-A WEFT-FWD -s 198.18.0.0/16") {
+		t.Errorf("filter table lacks the forward rules:\n%s", filter)
+	}
+
+	// Nothing to do on a second pass.
+	in(func() error {
+		n, err := m.Ensure()
+		if n != 0 {
+			t.Errorf("second Ensure fixed %d chains, want 0", n)
+		}
+		return err
+	})
+	var problems []string
+	in(func() error { var err error; problems, err = Check(ipt, network, lease, true, true); return err })
+	if len(problems) != 0 {
+		t.Errorf("Check on a healthy namespace: %v", problems)
+	}
+
+	// Delete one rule and the forward jump by hand; both come back.
+	nltest.Cmd(t, "ip", "netns", "exec", ns.Name, "iptables", "-t", "nat", "-D", "WEFT-POSTRTG", "2")
+	nltest.Cmd(t, "ip", "netns", "exec", ns.Name, "iptables", "-D", "FORWARD", "-m", "comment", "--comment", "weft", "-j", "WEFT-FWD")
+	in(func() error { var err error; problems, err = Check(ipt, network, lease, true, true); return err })
+	if len(problems) != 2 {
+		t.Errorf("Check after damage: got %v, want 2 problems", problems)
+	}
+	in(func() error {
+		n, err := m.Ensure()
+		if n != 2 {
+			t.Errorf("Ensure after damage fixed %d chains, want 2", n)
+		}
+		return err
+	})
+	if m.Repairs() != 2 {
+		t.Errorf("Repairs() = %d, want 2", m.Repairs())
+	}
+	after, _ := ns.Exec("iptables", "-t", "nat", "-S")
+	if after != nat {
+		t.Errorf("restored nat table differs:\n%s\nwant\n%s", after, nat)
+	}
+
+	// Switching the network rewrites the rules for the new one.
+	in(func() error {
+		return m.Set(netip.MustParsePrefix("198.19.0.0/16"), netip.MustParsePrefix("198.19.1.0/24"))
+	})
+	nat2, _ := ns.Exec("iptables", "-t", "nat", "-S", "WEFT-POSTRTG")
+	if strings.Contains(nat2, "198.18.") || !strings.Contains(nat2, "198.19.0.0/16") {
+		t.Errorf("after a network change:\n%s", nat2)
+	}
+
+	in(func() error { return Remove(ipt) })
+	for _, table := range []string{"nat", "filter"} {
+		out, _ := ns.Exec("iptables", "-t", table, "-S")
+		if strings.Contains(out, "WEFT") {
+			t.Errorf("%s table still has weft rules after Remove:\n%s", table, out)
+		}
+	}
+}
