@@ -1,0 +1,149 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+)
+
+// Matrix is the result of pinging from every pod to every other pod.
+// Results[i][j] is Pods[i] → Pods[j]; the diagonal is unused.
+type Matrix struct {
+	Pods    []*Pod
+	Results [][]PingResult
+	Errors  [][]error
+}
+
+// OK reports whether every pair answered every ping.
+func (m Matrix) OK() bool { return len(m.Failures()) == 0 }
+
+// Failures lists the pairs that lost packets or could not ping, as
+// "src → dst: reason".
+func (m Matrix) Failures() []string {
+	var out []string
+	for i := range m.Pods {
+		for j := range m.Pods {
+			if i == j {
+				continue
+			}
+			switch r, err := m.Results[i][j], m.Errors[i][j]; {
+			case err != nil:
+				out = append(out, fmt.Sprintf("%s → %s: %v", m.Pods[i].Name, m.Pods[j].Name, err))
+			case !r.OK():
+				out = append(out, fmt.Sprintf("%s → %s (%s): %d/%d received", m.Pods[i].Name, m.Pods[j].Name, m.Pods[j].IP, r.Received, r.Sent))
+			}
+		}
+	}
+	return out
+}
+
+// String renders the matrix as an aligned table: ✓ with the average RTT
+// when every ping was answered, ✗ with received/sent otherwise.
+func (m Matrix) String() string {
+	head := []string{"from \\ to"}
+	for _, p := range m.Pods {
+		head = append(head, fmt.Sprintf("%s %s", short(p), p.IP))
+	}
+	rows := [][]string{head}
+	for i, src := range m.Pods {
+		row := []string{fmt.Sprintf("%s %s", short(src), src.IP)}
+		for j := range m.Pods {
+			var cell string
+			switch r, err := m.Results[i][j], m.Errors[i][j]; {
+			case i == j:
+				cell = "-"
+			case err != nil:
+				cell = "✗ error"
+			case r.OK():
+				cell = fmt.Sprintf("✓ %.3fms", float64(r.RTTs.Avg.Microseconds())/1000)
+			default:
+				cell = fmt.Sprintf("✗ %d/%d", r.Received, r.Sent)
+			}
+			row = append(row, cell)
+		}
+		rows = append(rows, row)
+	}
+	widths := make([]int, len(head))
+	for _, r := range rows {
+		for c, s := range r {
+			widths[c] = max(widths[c], utf8.RuneCountInString(s))
+		}
+	}
+	var b strings.Builder
+	for _, r := range rows {
+		for c, s := range r {
+			if c > 0 {
+				b.WriteString("  ")
+			}
+			b.WriteString(s)
+			if c < len(r)-1 {
+				b.WriteString(strings.Repeat(" ", widths[c]-utf8.RuneCountInString(s)))
+			}
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// short names a pod by its namespace without the lab prefix: "h1p1".
+func short(p *Pod) string {
+	if p.Host != nil {
+		return strings.TrimPrefix(p.NSName, p.Host.lab.Name+"-")
+	}
+	return p.NSName
+}
+
+// PingMatrix pings from every pod to every other pod (3 packets, 50 ms
+// apart), a few pairs at a time.
+func (l *Lab) PingMatrix(ctx context.Context) Matrix {
+	return l.pingMatrix(ctx, 3, 50*time.Millisecond)
+}
+
+func (l *Lab) pingMatrix(ctx context.Context, count int, interval time.Duration) Matrix {
+	pods := l.Pods()
+	m := Matrix{Pods: pods, Results: make([][]PingResult, len(pods)), Errors: make([][]error, len(pods))}
+	for i := range pods {
+		m.Results[i] = make([]PingResult, len(pods))
+		m.Errors[i] = make([]error, len(pods))
+	}
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i, src := range pods {
+		for j, dst := range pods {
+			if i == j {
+				continue
+			}
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				m.Results[i][j], m.Errors[i][j] = src.Ping(ctx, dst.IP, count, interval)
+			}()
+		}
+	}
+	wg.Wait()
+	return m
+}
+
+// WaitConnectivity pings the full matrix (one packet per pair) until every
+// pair answers or timeout passes; it returns the last matrix and an error
+// listing the failing pairs.
+func (l *Lab) WaitConnectivity(ctx context.Context, timeout time.Duration) (Matrix, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		m := l.pingMatrix(ctx, 1, 200*time.Millisecond)
+		if m.OK() {
+			return m, nil
+		}
+		select {
+		case <-ctx.Done():
+			return m, fmt.Errorf("no full connectivity after %s: %s", timeout, strings.Join(m.Failures(), "; "))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
