@@ -418,7 +418,7 @@ func runAll(ctx context.Context, cmds ...[]string) error {
 func (l *Lab) DumpLogs(w io.Writer) {
 	files := []string{filepath.Join(l.Dir, "etcd.log")}
 	for _, h := range l.Hosts {
-		files = append(files, filepath.Join(h.Dir, "weftd.log"))
+		files = append(files, h.WeftdLog(), h.CNILog())
 	}
 	for _, f := range files {
 		data, err := os.ReadFile(f)

@@ -37,6 +37,7 @@ func (h *Host) CNIConfig() string {
 		"subnetFile":       h.SubnetFile(),
 		"dataDir":          filepath.Join(h.Dir, "cni-data"),
 		"isDefaultGateway": true,
+		"logFile":          h.CNILog(),
 	}
 	list := map[string]any{
 		"cniVersion": "1.0.0",
@@ -46,6 +47,9 @@ func (h *Host) CNIConfig() string {
 	out, _ := json.Marshal(list)
 	return string(out)
 }
+
+// CNILog is where the weft plugin writes its log for this host's pods.
+func (h *Host) CNILog() string { return filepath.Join(h.Dir, "cni.log") }
 
 func (h *Host) cni() *libcni.CNIConfig {
 	return libcni.NewCNIConfigWithCacheDir([]string{h.cniBinDir()}, filepath.Join(h.Dir, "cni-cache"), nil)
