@@ -1,0 +1,360 @@
+package vxlan
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/backend/routes"
+	"github.com/weftnet/weft/internal/nl"
+	"github.com/weftnet/weft/subnet"
+)
+
+// pass is what one reconcile found and did.
+type pass struct {
+	programmed int
+	refused    map[netip.Prefix]string
+	repairs    map[string]uint64
+}
+
+// reconcile runs one pass if SetDesired has been called, records the result
+// in Status and calls OnReconcile.
+func (b *Backend) reconcile() {
+	b.mu.Lock()
+	if !b.desired {
+		b.mu.Unlock()
+		return
+	}
+	own, peers := b.own, b.peers
+	b.mu.Unlock()
+
+	start := time.Now()
+	b.kmu.Lock()
+	p, err := b.apply(own, peers)
+	b.kmu.Unlock()
+	d := time.Since(start)
+
+	b.mu.Lock()
+	b.status.LastReconcile = time.Now()
+	b.status.PeersProgrammed = p.programmed
+	b.status.Refused = p.refused
+	for k, v := range p.repairs {
+		b.status.Repairs[k] += v
+	}
+	b.status.LastError = ""
+	if err != nil {
+		b.status.LastError = err.Error()
+	}
+	b.mu.Unlock()
+	if err != nil {
+		b.log.Warn("reconcile failed; will retry", "err", err)
+	}
+	if b.cfg.OnReconcile != nil {
+		b.cfg.OnReconcile(d, err)
+	}
+}
+
+// peerPlan is one peer after validation.
+type peerPlan struct {
+	lease  subnet.Lease
+	mac    net.HardwareAddr
+	direct bool
+}
+
+// apply makes the kernel match own and peers. Caller holds kmu.
+func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
+	p := pass{refused: map[netip.Prefix]string{}, repairs: map[string]uint64{}}
+	if err := b.prepare(); err != nil {
+		return p, err
+	}
+	repaired, err := b.ensureDevice()
+	if err != nil {
+		return p, err
+	}
+	if repaired {
+		p.repairs["device"]++
+	}
+	linkIndex := int(b.linkIndex.Load())
+	var errs []error
+	if own.Subnet.IsValid() {
+		if rep, err := b.ensureAddr(linkIndex, netip.PrefixFrom(own.Subnet.Addr(), 32)); err != nil {
+			errs = append(errs, err)
+		} else if rep {
+			p.repairs["addr"]++
+		}
+	}
+
+	var onLink []netip.Prefix
+	if b.opts.DirectRouting {
+		if onLink, err = b.extPrefixes(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+
+	plans := make([]peerPlan, 0, len(peers))
+	want := make([]routes.Want, 0, len(peers))
+	for _, l := range peers {
+		_, mac, err := subnet.ParseVXLANData(l.Attrs.BackendData)
+		if err != nil {
+			p.refused[l.Subnet] = err.Error()
+			continue
+		}
+		pp := peerPlan{lease: l, mac: mac}
+		for _, c := range onLink {
+			if c.Contains(l.Attrs.PublicIP) {
+				pp.direct = true
+				break
+			}
+		}
+		plans = append(plans, pp)
+		if pp.direct {
+			want = append(want, routes.Want{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: b.cfg.Ext.Index})
+		} else {
+			want = append(want, routes.Want{Dst: l.Subnet, Gw: l.Subnet.Addr(), LinkIndex: linkIndex, OnLink: true})
+		}
+	}
+	rres, err := b.routes.Reconcile(want)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	p.repairs["route"] += uint64(rres.Repaired)
+	for dst, why := range rres.Refused {
+		p.refused[dst] = why
+	}
+
+	neighWant := make(map[netip.Addr]net.HardwareAddr, len(plans))
+	fdbWant := make(map[string]netip.Addr, len(plans))
+	for _, pp := range plans {
+		if _, bad := p.refused[pp.lease.Subnet]; bad || pp.direct {
+			continue
+		}
+		neighWant[pp.lease.Subnet.Addr()] = pp.mac
+		fdbWant[pp.mac.String()] = pp.lease.Attrs.PublicIP
+	}
+	neighFailed, rep, err := b.syncNeigh(linkIndex, neighWant)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	p.repairs["neigh"] += uint64(rep)
+	fdbFailed, rep, err := b.syncFDB(linkIndex, fdbWant)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	p.repairs["fdb"] += uint64(rep)
+
+	for _, pp := range plans {
+		sn := pp.lease.Subnet
+		if _, bad := p.refused[sn]; bad {
+			continue
+		}
+		if _, failed := rres.Failed[sn]; failed {
+			continue
+		}
+		if !pp.direct && (neighFailed[sn.Addr()] || fdbFailed[pp.mac.String()]) {
+			continue
+		}
+		p.programmed++
+	}
+	for sn, why := range p.refused {
+		if b.loggedRefusal[sn] != why {
+			b.log.Warn("refusing peer", "subnet", sn, "reason", why)
+		}
+	}
+	b.loggedRefusal = p.refused
+	return p, errors.Join(errs...)
+}
+
+// extPrefixes lists the IPv4 prefixes configured on the external interface.
+func (b *Backend) extPrefixes() ([]netip.Prefix, error) {
+	l, err := b.h.LinkByIndex(b.cfg.Ext.Index)
+	if err != nil {
+		return nil, fmt.Errorf("look up external interface %s: %w", b.cfg.Ext.Name, err)
+	}
+	addrs, err := nl.Dump(func() ([]netlink.Addr, error) { return b.h.AddrList(l, netlink.FAMILY_V4) })
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", b.cfg.Ext.Name, err)
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || a.IPNet == nil {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip.Unmap(), ones).Masked())
+	}
+	return out, nil
+}
+
+// ensureAddr makes want the only IPv4 address of the device.
+func (b *Backend) ensureAddr(linkIndex int, want netip.Prefix) (repaired bool, err error) {
+	link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: linkIndex}}
+	addrs, err := nl.Dump(func() ([]netlink.Addr, error) { return b.h.AddrList(link, netlink.FAMILY_V4) })
+	if err != nil {
+		return false, fmt.Errorf("list addresses of %s: %w", b.name, err)
+	}
+	found := false
+	for _, a := range addrs {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		ones, _ := a.Mask.Size()
+		if netip.PrefixFrom(ip.Unmap(), ones) == want {
+			found = true
+			continue
+		}
+		if err := b.h.AddrDel(link, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return false, fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, b.name, err)
+		}
+	}
+	if found {
+		b.installedAddr = want
+		return false, nil
+	}
+	ipn := &net.IPNet{IP: net.IP(want.Addr().AsSlice()), Mask: net.CIDRMask(want.Bits(), 32)}
+	if err := b.h.AddrAdd(link, &netlink.Addr{IPNet: ipn}); err != nil && !errors.Is(err, unix.EEXIST) {
+		return false, fmt.Errorf("add address %s to %s: %w", want, b.name, err)
+	}
+	repaired = b.installedAddr == want
+	b.installedAddr = want
+	return repaired, nil
+}
+
+// syncNeigh makes the permanent IPv4 neighbours of the device exactly want.
+// It returns the addresses that failed and how many entries were repairs.
+func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr) (map[netip.Addr]bool, int, error) {
+	failed := map[netip.Addr]bool{}
+	list, err := nl.Dump(func() ([]netlink.Neigh, error) { return b.h.NeighList(linkIndex, netlink.FAMILY_V4) })
+	if err != nil {
+		for ip := range want {
+			failed[ip] = true
+		}
+		return failed, 0, fmt.Errorf("list neighbours of %s: %w", b.name, err)
+	}
+	have := make(map[netip.Addr]*netlink.Neigh, len(list))
+	for i := range list {
+		n := &list[i]
+		if n.LinkIndex != linkIndex {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if !ok {
+			continue
+		}
+		have[ip.Unmap()] = n
+	}
+	var errs []error
+	repairs := 0
+	for ip, mac := range want {
+		n := have[ip]
+		delete(have, ip)
+		if n != nil && n.State&netlink.NUD_PERMANENT != 0 && bytes.Equal(n.HardwareAddr, mac) {
+			b.installedNeigh[ip] = mac.String()
+			continue
+		}
+		err := b.h.NeighSet(&netlink.Neigh{
+			LinkIndex: linkIndex, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			Type: unix.RTN_UNICAST, IP: net.IP(ip.AsSlice()), HardwareAddr: mac,
+		})
+		if err != nil {
+			failed[ip] = true
+			errs = append(errs, fmt.Errorf("set neighbour %s -> %s: %w", ip, mac, err))
+			continue
+		}
+		if b.installedNeigh[ip] == mac.String() {
+			repairs++
+		}
+		b.installedNeigh[ip] = mac.String()
+	}
+	for ip, n := range have {
+		delete(b.installedNeigh, ip)
+		if n.State&netlink.NUD_PERMANENT == 0 {
+			continue // the kernel's own entries age out by themselves
+		}
+		if err := b.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("delete neighbour %s: %w", ip, err))
+		}
+	}
+	for ip := range b.installedNeigh {
+		if _, ok := want[ip]; !ok {
+			delete(b.installedNeigh, ip)
+		}
+	}
+	return failed, repairs, errors.Join(errs...)
+}
+
+// syncFDB makes the device's FDB exactly want (MAC -> remote VTEP).
+// It returns the MACs that failed and how many entries were repairs.
+func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string]bool, int, error) {
+	failed := map[string]bool{}
+	list, err := nl.Dump(func() ([]netlink.Neigh, error) { return b.h.NeighList(linkIndex, unix.AF_BRIDGE) })
+	if err != nil {
+		for m := range want {
+			failed[m] = true
+		}
+		return failed, 0, fmt.Errorf("list FDB of %s: %w", b.name, err)
+	}
+	have := make(map[string][]*netlink.Neigh, len(list))
+	for i := range list {
+		n := &list[i]
+		if n.LinkIndex != linkIndex || n.Flags&netlink.NTF_SELF == 0 {
+			continue
+		}
+		k := n.HardwareAddr.String()
+		have[k] = append(have[k], n)
+	}
+	var errs []error
+	repairs := 0
+	for m, dst := range want {
+		entries := have[m]
+		delete(have, m)
+		ok := false
+		for _, n := range entries {
+			if ip, _ := netip.AddrFromSlice(n.IP); ip.Unmap() == dst && n.State&netlink.NUD_PERMANENT != 0 {
+				ok = true
+			}
+		}
+		if !ok {
+			mac, _ := net.ParseMAC(m)
+			err := b.h.NeighSet(&netlink.Neigh{
+				LinkIndex: linkIndex, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+				Flags: netlink.NTF_SELF, IP: net.IP(dst.AsSlice()), HardwareAddr: mac,
+			})
+			if err != nil {
+				failed[m] = true
+				errs = append(errs, fmt.Errorf("set FDB entry %s -> %s: %w", m, dst, err))
+				continue
+			}
+			if b.installedFDB[m] == dst {
+				repairs++
+			}
+		}
+		b.installedFDB[m] = dst
+		// Other remotes for the same MAC (a peer that moved): drop them.
+		for _, n := range entries {
+			if ip, _ := netip.AddrFromSlice(n.IP); ip.Unmap() == dst {
+				continue
+			}
+			if err := b.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("delete FDB entry %s -> %s: %w", m, n.IP, err))
+			}
+		}
+	}
+	for m, entries := range have {
+		for _, n := range entries {
+			if err := b.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("delete FDB entry %s -> %s: %w", m, n.IP, err))
+			}
+		}
+	}
+	for m := range b.installedFDB {
+		if _, ok := want[m]; !ok {
+			delete(b.installedFDB, m)
+		}
+	}
+	return failed, repairs, errors.Join(errs...)
+}

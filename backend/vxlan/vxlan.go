@@ -1,0 +1,515 @@
+// Package vxlan is weft's VXLAN data path, wire-compatible with flannel's.
+//
+// Design note. One VXLAN device, weft.<VNI>, carries pod traffic between
+// hosts. Learning is off: weft programs everything the kernel needs from the
+// leases, so no flooding and no multicast group are involved. For each peer
+// lease (subnet S, VtepMAC M, PublicIP P) three kernel objects are owned:
+//
+//   - a permanent neighbour entry on weft.<VNI>: S.network -> M, so that the
+//     kernel never ARPs for the peer's VTEP;
+//   - a bridge FDB entry on weft.<VNI> (self, permanent): M -> P, which tells
+//     the device where to send frames for M;
+//   - a route S via S.network dev weft.<VNI> onlink, tagged with
+//     backend.RouteProtocol, installed through the shared route reconciler.
+//
+// With DirectRouting, a peer whose PublicIP lies in a prefix configured on
+// the external interface gets a plain route S via P on that interface and
+// no neighbour or FDB entry: no encapsulation is needed on one L2 segment.
+//
+// The device holds our lease's network address /32 and keeps its MAC across
+// restarts (adopted from an existing matching device, else taken from the
+// previous lease), so peers' entries stay valid. Every reconcile pass dumps
+// each object kind once, indexes the dump in maps and fixes only the
+// difference, so a pass costs O(peers) and an idle pass writes nothing.
+package vxlan
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/backend/routes"
+	"github.com/weftnet/weft/internal/nl"
+	"github.com/weftnet/weft/subnet"
+)
+
+// Type is the backend type name in the network config.
+const Type = "vxlan"
+
+// DevicePrefix starts the name of every device this backend creates.
+const DevicePrefix = "weft."
+
+const (
+	defaultResync = 10 * time.Second
+	// settle lets a burst of events (a deleted device takes its routes,
+	// neighbours and FDB entries with it) arrive before one pass fixes all.
+	settle = 10 * time.Millisecond
+)
+
+var _ backend.Backend = (*Backend)(nil)
+var _ backend.Factory = New
+var _ backend.Cleanup = Cleanup
+
+// Backend is the vxlan data path. Build it with New.
+type Backend struct {
+	cfg    backend.Config
+	opts   options
+	log    *slog.Logger
+	name   string
+	resync time.Duration
+
+	mtu       atomic.Int64
+	linkIndex atomic.Int64
+	kick      chan struct{}
+
+	mu      sync.Mutex // guards the fields below
+	own     subnet.Lease
+	peers   []subnet.Lease
+	desired bool
+	status  backend.Status
+
+	// kernel state, guarded by kmu: only Setup and reconcile touch it.
+	kmu            sync.Mutex
+	h              *netlink.Handle
+	mac            net.HardwareAddr
+	deviceUp       bool // the device was fully set up before
+	routes         *routes.Reconciler
+	installedNeigh map[netip.Addr]string // peer VTEP address -> MAC
+	installedFDB   map[string]netip.Addr // MAC -> PublicIP
+	installedAddr  netip.Prefix
+	loggedRefusal  map[netip.Prefix]string
+}
+
+// New validates the options and returns a backend; it touches no kernel
+// state.
+func New(cfg backend.Config) (backend.Backend, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Network == nil {
+		return nil, errors.New("vxlan: no network config")
+	}
+	o, err := parseOptions(cfg.Options)
+	if err != nil {
+		return nil, err
+	}
+	if !cfg.Ext.Addr.Is4() {
+		return nil, fmt.Errorf("vxlan: external interface %q has no IPv4 address", cfg.Ext.Name)
+	}
+	b := &Backend{
+		cfg:            cfg,
+		opts:           o,
+		name:           DevicePrefix + strconv.Itoa(o.VNI),
+		resync:         cfg.ResyncInterval,
+		kick:           make(chan struct{}, 1),
+		installedNeigh: map[netip.Addr]string{},
+		installedFDB:   map[string]netip.Addr{},
+		loggedRefusal:  map[netip.Prefix]string{},
+	}
+	b.log = cfg.Logger.With("backend", Type, "device", b.name)
+	if b.resync <= 0 {
+		b.resync = defaultResync
+	}
+	if len(o.Unknown) > 0 {
+		b.log.Warn("ignoring unknown vxlan backend options", "options", o.Unknown)
+	}
+	b.status = backend.Status{Device: b.name, Refused: map[netip.Prefix]string{}, Repairs: map[string]uint64{}}
+	return b, nil
+}
+
+// Setup implements backend.Backend: it creates or adopts weft.<VNI>.
+func (b *Backend) Setup(ctx context.Context) (subnet.LeaseAttrs, error) {
+	b.kmu.Lock()
+	defer b.kmu.Unlock()
+	if err := b.prepare(); err != nil {
+		return subnet.LeaseAttrs{}, err
+	}
+	if _, err := b.ensureDevice(); err != nil {
+		return subnet.LeaseAttrs{}, err
+	}
+	data, err := json.Marshal(subnet.VXLANData{VNI: b.opts.VNI, VtepMAC: b.mac.String()})
+	if err != nil {
+		return subnet.LeaseAttrs{}, err
+	}
+	return subnet.LeaseAttrs{BackendType: Type, BackendData: data}, nil
+}
+
+// MTU implements backend.Backend.
+func (b *Backend) MTU() int { return int(b.mtu.Load()) }
+
+// SetDesired implements backend.Backend.
+func (b *Backend) SetDesired(own subnet.Lease, peers []subnet.Lease) {
+	b.mu.Lock()
+	b.own = own
+	b.peers = append([]subnet.Lease(nil), peers...)
+	b.desired = true
+	b.status.PeersWanted = len(peers)
+	b.mu.Unlock()
+	b.poke()
+}
+
+func (b *Backend) poke() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Status implements backend.Backend.
+func (b *Backend) Status() backend.Status {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.status
+	s.Refused = maps.Clone(s.Refused)
+	s.Repairs = maps.Clone(s.Repairs)
+	return s
+}
+
+// Run implements backend.Backend.
+func (b *Backend) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		nl.Watch(ctx, b.cfg.Netns, b.log, b.eventFilter(), b.poke)
+	}()
+	defer func() {
+		cancel()
+		wg.Wait()
+		b.kmu.Lock()
+		if b.h != nil {
+			b.h.Close()
+			b.h = nil
+		}
+		b.kmu.Unlock()
+	}()
+
+	tick := time.NewTicker(b.resync)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-b.kick:
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(settle):
+			}
+			select { // coalesce what arrived meanwhile
+			case <-b.kick:
+			default:
+			}
+		}
+		b.reconcile()
+	}
+}
+
+// eventFilter selects the events that mean something we own changed.
+func (b *Backend) eventFilter() nl.Filter {
+	network := b.cfg.Network.Network
+	return nl.Filter{
+		Route: func(u netlink.RouteUpdate) bool {
+			if u.Protocol == backend.RouteProtocol {
+				return u.Type == unix.RTM_DELROUTE
+			}
+			// Somebody replaced one of our destinations.
+			dst, ok := netip.AddrFromSlice(ipOf(u.Dst))
+			return ok && u.Type == unix.RTM_NEWROUTE && u.Table == unix.RT_TABLE_MAIN && network.Contains(dst.Unmap())
+		},
+		Neigh: func(u netlink.NeighUpdate) bool {
+			if int64(u.LinkIndex) != b.linkIndex.Load() {
+				return false
+			}
+			return u.Type == unix.RTM_DELNEIGH || u.State&netlink.NUD_PERMANENT == 0
+		},
+		Link: func(u netlink.LinkUpdate) bool {
+			a := u.Link.Attrs()
+			if a.Name != b.name && int64(a.Index) != b.linkIndex.Load() {
+				return false
+			}
+			return u.Header.Type == unix.RTM_DELLINK || a.Flags&net.FlagUp == 0 || int64(a.MTU) != b.mtu.Load()
+		},
+		Addr: func(u netlink.AddrUpdate) bool {
+			return !u.NewAddr && int64(u.LinkIndex) == b.linkIndex.Load()
+		},
+	}
+}
+
+func ipOf(n *net.IPNet) net.IP {
+	if n == nil {
+		return nil
+	}
+	return n.IP
+}
+
+// prepare opens the netlink handle and works out the MTU. Caller holds kmu.
+func (b *Backend) prepare() error {
+	if b.h == nil {
+		h, err := nl.NewHandle(b.cfg.Netns)
+		if err != nil {
+			return fmt.Errorf("vxlan: %w", err)
+		}
+		b.h = h
+		b.routes = routes.New(routes.NetlinkTable{H: h}, b.cfg.Network.Network)
+	}
+	if b.mtu.Load() == 0 {
+		mtu := b.opts.MTU
+		if mtu == 0 {
+			ext := b.cfg.Ext.MTU
+			if ext == 0 {
+				l, err := b.h.LinkByIndex(b.cfg.Ext.Index)
+				if err != nil {
+					return fmt.Errorf("vxlan: look up external interface %s: %w", b.cfg.Ext.Name, err)
+				}
+				ext = l.Attrs().MTU
+			}
+			mtu = ext - overhead
+		}
+		b.mtu.Store(int64(mtu))
+	}
+	return nil
+}
+
+func (b *Backend) deviceMatches(vx *netlink.Vxlan) bool {
+	return vx.VxlanId == b.opts.VNI && vx.Port == b.opts.Port && !vx.Learning &&
+		vx.GBP == b.opts.GBP && vx.VtepDevIndex == b.cfg.Ext.Index &&
+		vx.SrcAddr.Equal(net.IP(b.cfg.Ext.Addr.AsSlice())) &&
+		(len(vx.Group) == 0 || vx.Group.IsUnspecified())
+}
+
+func usableMAC(m net.HardwareAddr) bool {
+	return len(m) == 6 && m[0]&1 == 0 && !bytes.Equal(m, make([]byte, 6))
+}
+
+func randomMAC() (net.HardwareAddr, error) {
+	m := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(m); err != nil {
+		return nil, fmt.Errorf("random MAC: %w", err)
+	}
+	m[0] = m[0]&^1 | 2 // unicast, locally administered
+	return m, nil
+}
+
+// ensureDevice makes weft.<VNI> exist with the wanted attributes, MTU, MAC
+// and up. It reports whether it had to fix a device that had been fully set
+// up before (a repair). Caller holds kmu.
+func (b *Backend) ensureDevice() (repaired bool, err error) {
+	mtu := int(b.mtu.Load())
+	l, err := b.h.LinkByName(b.name)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case err == nil:
+		vx, ok := l.(*netlink.Vxlan)
+		if ok && b.deviceMatches(vx) {
+			if b.mac == nil {
+				if usableMAC(vx.HardwareAddr) {
+					b.mac = append(net.HardwareAddr(nil), vx.HardwareAddr...)
+				} else if b.mac, err = b.pickMAC(); err != nil {
+					return false, err
+				}
+			}
+			if !bytes.Equal(vx.HardwareAddr, b.mac) {
+				repaired = true
+				if err := b.h.LinkSetHardwareAddr(vx, b.mac); err != nil {
+					return false, fmt.Errorf("set MAC of %s: %w", b.name, err)
+				}
+			}
+			if vx.MTU != mtu {
+				repaired = true
+				if err := b.h.LinkSetMTU(vx, mtu); err != nil {
+					return false, fmt.Errorf("set MTU of %s: %w", b.name, err)
+				}
+			}
+			if vx.Flags&net.FlagUp == 0 {
+				repaired = true
+				if err := b.h.LinkSetUp(vx); err != nil {
+					return false, fmt.Errorf("set %s up: %w", b.name, err)
+				}
+			}
+			b.linkIndex.Store(int64(vx.Index))
+			wasUp := b.deviceUp
+			b.deviceUp = true
+			return repaired && wasUp, nil
+		}
+		// Wrong kind or attributes: recreate, keeping its MAC if we have
+		// none yet.
+		if b.mac == nil && ok && usableMAC(l.Attrs().HardwareAddr) {
+			b.mac = append(net.HardwareAddr(nil), l.Attrs().HardwareAddr...)
+		}
+		b.log.Info("recreating device whose attributes do not match", "type", l.Type())
+		if err := b.h.LinkDel(l); err != nil {
+			return false, fmt.Errorf("delete mismatched %s: %w", b.name, err)
+		}
+	case errors.As(err, &notFound):
+	default:
+		return false, fmt.Errorf("look up %s: %w", b.name, err)
+	}
+
+	if b.mac == nil {
+		if b.mac, err = b.pickMAC(); err != nil {
+			return false, err
+		}
+	}
+	if err := b.removeFlannelDevice(); err != nil {
+		return false, err
+	}
+	if err := b.createDevice(mtu); err != nil {
+		return false, err
+	}
+	wasUp := b.deviceUp
+	b.deviceUp = true
+	return wasUp, nil
+}
+
+// pickMAC returns the previous lease's VtepMAC when it parses, else a random
+// locally administered unicast MAC.
+func (b *Backend) pickMAC() (net.HardwareAddr, error) {
+	if b.cfg.Previous.BackendType == Type {
+		if _, mac, err := subnet.ParseVXLANData(b.cfg.Previous.BackendData); err == nil {
+			return mac, nil
+		}
+	}
+	return randomMAC()
+}
+
+func (b *Backend) newLink(mtu int) *netlink.Vxlan {
+	la := netlink.NewLinkAttrs()
+	la.Name = b.name
+	la.MTU = mtu
+	la.HardwareAddr = b.mac
+	return &netlink.Vxlan{
+		LinkAttrs:    la,
+		VxlanId:      b.opts.VNI,
+		VtepDevIndex: b.cfg.Ext.Index,
+		SrcAddr:      net.IP(b.cfg.Ext.Addr.AsSlice()),
+		Port:         b.opts.Port,
+		Learning:     false,
+		GBP:          b.opts.GBP,
+	}
+}
+
+func (b *Backend) createDevice(mtu int) error {
+	vx := b.newLink(mtu)
+	err := b.h.LinkAdd(vx)
+	if errors.Is(err, unix.EADDRINUSE) || errors.Is(err, unix.EEXIST) {
+		// Another VXLAN device holds this VNI and port.
+		if derr := b.removeConflicting(); derr != nil {
+			return errors.Join(fmt.Errorf("create %s: %w", b.name, err), derr)
+		}
+		err = b.h.LinkAdd(b.newLink(mtu))
+	}
+	if err != nil {
+		return fmt.Errorf("create %s (VNI %d, port %d): %w", b.name, b.opts.VNI, b.opts.Port, err)
+	}
+	l, err := b.h.LinkByName(b.name)
+	if err != nil {
+		return fmt.Errorf("look up new %s: %w", b.name, err)
+	}
+	if !bytes.Equal(l.Attrs().HardwareAddr, b.mac) {
+		if err := b.h.LinkSetHardwareAddr(l, b.mac); err != nil {
+			return fmt.Errorf("set MAC of %s: %w", b.name, err)
+		}
+	}
+	if err := b.h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set %s up: %w", b.name, err)
+	}
+	b.linkIndex.Store(int64(l.Attrs().Index))
+	b.log.Info("created device", "vni", b.opts.VNI, "port", b.opts.Port, "mac", b.mac.String(), "mtu", mtu)
+	return nil
+}
+
+// removeFlannelDevice deletes flanneld's flannel.<VNI> when it uses our VNI
+// and port: its socket would make our device fail with "address in use".
+func (b *Backend) removeFlannelDevice() error {
+	name := "flannel." + strconv.Itoa(b.opts.VNI)
+	l, err := b.h.LinkByName(name)
+	if err != nil {
+		return nil
+	}
+	vx, ok := l.(*netlink.Vxlan)
+	if !ok || vx.VxlanId != b.opts.VNI || vx.Port != b.opts.Port {
+		return nil
+	}
+	b.log.Info("deleting flanneld's device to take over its VNI and port (in-place migration)", "old", name)
+	if err := b.h.LinkDel(l); err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
+}
+
+// removeConflicting deletes a flannel.* or weft.* VXLAN device with our
+// VNI and port, whatever its name.
+func (b *Backend) removeConflicting() error {
+	links, err := nl.Dump(b.h.LinkList)
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		vx, ok := l.(*netlink.Vxlan)
+		if !ok || vx.VxlanId != b.opts.VNI || vx.Port != b.opts.Port {
+			continue
+		}
+		if !strings.HasPrefix(vx.Name, "flannel.") && !strings.HasPrefix(vx.Name, DevicePrefix) {
+			continue
+		}
+		b.log.Info("deleting conflicting VXLAN device", "old", vx.Name)
+		if err := b.h.LinkDel(vx); err != nil {
+			return fmt.Errorf("delete %s: %w", vx.Name, err)
+		}
+	}
+	return nil
+}
+
+// Cleanup deletes every weft.* VXLAN device (the kernel drops their
+// neighbour and FDB entries and routes with them) and every route tagged
+// with backend.RouteProtocol.
+func Cleanup(ctx context.Context, ns netns.NsHandle, logger *slog.Logger) error {
+	h, err := nl.NewHandle(ns)
+	if err != nil {
+		return fmt.Errorf("vxlan cleanup: %w", err)
+	}
+	defer h.Close()
+	links, err := nl.Dump(h.LinkList)
+	if err != nil {
+		return fmt.Errorf("vxlan cleanup: list links: %w", err)
+	}
+	var errs []error
+	for _, l := range links {
+		if _, ok := l.(*netlink.Vxlan); !ok || !strings.HasPrefix(l.Attrs().Name, DevicePrefix) {
+			continue
+		}
+		if err := h.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("vxlan cleanup: delete %s: %w", l.Attrs().Name, err))
+			continue
+		}
+		logger.Info("deleted device", "backend", Type, "device", l.Attrs().Name)
+	}
+	n, err := routes.DeleteOwned(h)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("vxlan cleanup: %w", err))
+	}
+	if n > 0 {
+		logger.Info("deleted routes", "backend", Type, "count", n)
+	}
+	return errors.Join(errs...)
+}
