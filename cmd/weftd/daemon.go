@@ -1,0 +1,586 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	sdaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/subnet"
+	"github.com/weftnet/weft/subnet/etcd"
+)
+
+// daemon wires leases, the backend and the host's rules together.
+//
+// Data flow: etcd watch -> Watcher snapshot -> applySnapshot filters out our
+// own and invalid leases -> backend.SetDesired -> the backend's Run loop
+// makes the kernel match. Our own lease flows the same way through
+// onLeaseChange, which also rewrites subnet.env and the iptables rules.
+type daemon struct {
+	cfg      *Config
+	backends map[string]backendEntry
+	logger   *slog.Logger
+	metrics  *metrics
+	started  time.Time
+
+	mu            sync.Mutex
+	reason        string // why we are not ready yet, "" once past start-up
+	netcfg        *subnet.Config
+	ext           backend.ExternalInterface
+	be            backend.Backend
+	reg           *etcd.Registry
+	holder        *etcd.Holder
+	ipt           *iptables.Manager
+	lease         subnet.Lease
+	haveLease     bool
+	fileWritten   bool
+	lastSnap      *etcd.Snapshot
+	peersKnown    int
+	skipped       map[string]string // lease key -> fingerprint already warned about
+	restartNeeded bool
+	configError   string
+	notified      bool
+}
+
+func newDaemon(cfg *Config, backends map[string]backendEntry, logger *slog.Logger) *daemon {
+	return &daemon{
+		cfg:      cfg,
+		backends: backends,
+		logger:   logger,
+		metrics:  newMetrics(),
+		started:  time.Now(),
+		reason:   "connecting to etcd",
+		skipped:  map[string]string{},
+	}
+}
+
+func (d *daemon) setReason(format string, args ...any) {
+	d.mu.Lock()
+	d.reason = fmt.Sprintf(format, args...)
+	d.mu.Unlock()
+}
+
+// Run starts weftd and returns when ctx is done (nil) or start-up failed
+// for good (an error). Transient etcd failures never end it.
+func (d *daemon) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	if d.cfg.HealthzPort > 0 {
+		srv, err := d.startHTTP()
+		if err != nil {
+			return err
+		}
+		wg.Go(func() {
+			<-ctx.Done()
+			shut, c := context.WithTimeout(context.Background(), 2*time.Second)
+			defer c()
+			srv.Shutdown(shut)
+		})
+	}
+
+	ext, err := chooseInterface(d.cfg)
+	if err != nil {
+		return fmt.Errorf("choose external interface: %w", err)
+	}
+	d.logger.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "mtu", ext.MTU)
+
+	cli, err := etcd.NewClient(d.cfg.Etcd)
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	defer cli.Close()
+	reg := etcd.NewRegistry(cli, d.cfg.EtcdPrefix)
+
+	netcfg, raw, err := d.waitForConfig(ctx, reg)
+	if err != nil {
+		return nil // ctx ended
+	}
+	entry, ok := d.backends[netcfg.BackendType]
+	if !ok {
+		return fmt.Errorf("config field Backend.Type: unknown backend %q", netcfg.BackendType)
+	}
+	if netcfg.BackendDefaulted {
+		d.logger.Warn("the network config has no Backend; using vxlan. flanneld would pick udp here, so in a mixed cluster set Backend.Type explicitly")
+	}
+	logger := d.logger.With("backend", netcfg.BackendType)
+
+	// Switching backends: remove whatever another backend left behind.
+	types := make([]string, 0, len(d.backends))
+	for t := range d.backends {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	for _, t := range types {
+		if t == netcfg.BackendType {
+			continue
+		}
+		if err := d.backends[t].Cleanup(ctx, netns.None(), d.logger.With("backend", t)); err != nil {
+			return fmt.Errorf("remove leftovers of backend %s: %w", t, err)
+		}
+	}
+
+	prevSubnet, prevAttrs := d.previous(ctx, reg, netcfg, ext)
+	be, err := entry.New(backend.Config{
+		Network:        netcfg,
+		Options:        netcfg.Backend,
+		Ext:            ext,
+		Netns:          netns.None(),
+		Previous:       prevAttrs,
+		ResyncInterval: d.cfg.ReconcileEvery,
+		Logger:         logger,
+		OnReconcile:    d.metrics.observeReconcile,
+	})
+	if err != nil {
+		return fmt.Errorf("backend %s: %w", netcfg.BackendType, err)
+	}
+	d.setReason("setting up the %s backend", netcfg.BackendType)
+	attrs, err := be.Setup(ctx)
+	if err != nil {
+		return fmt.Errorf("set up backend %s: %w", netcfg.BackendType, err)
+	}
+	attrs.PublicIP = ext.PublicIP
+
+	var ipt *iptables.Manager
+	if d.cfg.IPMasq || d.cfg.IPTablesForward {
+		sys, err := iptables.New()
+		if err != nil {
+			return err
+		}
+		ipt = iptables.NewManager(sys, d.cfg.IPMasq, d.cfg.IPTablesForward, d.logger.With("component", "iptables"))
+	} else if sys, err := iptables.New(); err == nil {
+		// Both rule sets are off: remove any that an earlier run installed.
+		if err := iptables.Remove(sys); err != nil {
+			d.logger.Warn("remove old iptables rules", "err", err)
+		}
+	}
+
+	holder := etcd.NewHolder(reg, etcd.HolderConfig{
+		Network:        netcfg,
+		Attrs:          attrs,
+		PreviousSubnet: prevSubnet,
+		TTL:            d.cfg.LeaseTTL,
+		RenewMargin:    d.cfg.RenewMargin,
+		Logger:         d.logger.With("component", "lease"),
+		OnChange:       d.onLeaseChange,
+	})
+	d.mu.Lock()
+	d.netcfg, d.ext, d.be, d.reg, d.holder, d.ipt = netcfg, ext, be, reg, holder, ipt
+	d.mu.Unlock()
+
+	lease, err := d.acquire(ctx, holder)
+	if err != nil {
+		return nil // ctx ended
+	}
+	if err := d.applyLease(lease); err != nil {
+		return err
+	}
+	d.setReason("")
+
+	wg.Go(func() {
+		if err := be.Run(ctx); err != nil {
+			logger.Error("backend stopped", "err", err)
+			cancel()
+		}
+	})
+	wg.Go(func() {
+		if err := holder.Run(ctx); err != nil && ctx.Err() == nil {
+			d.logger.Error("lease holder stopped", "err", err)
+			cancel()
+		}
+	})
+	wg.Go(func() {
+		w := etcd.NewWatcher(reg, d.logger.With("component", "watch"))
+		if err := w.Run(ctx, d.applySnapshot); err != nil && ctx.Err() == nil {
+			d.logger.Error("lease watcher stopped", "err", err)
+			cancel()
+		}
+	})
+	if ipt != nil {
+		wg.Go(func() { ipt.Run(ctx, d.cfg.IPTablesResync) })
+	}
+	wg.Go(func() { d.watchConfig(ctx, reg, raw) })
+	wg.Go(func() { d.notifyWhenReady(ctx) })
+
+	<-ctx.Done()
+	return nil
+}
+
+// waitForConfig polls the network config until a valid one appears. A
+// missing or invalid config is logged once per distinct problem, not once
+// per attempt.
+func (d *daemon) waitForConfig(ctx context.Context, reg *etcd.Registry) (*subnet.Config, []byte, error) {
+	var lastProblem string
+	delay := 250 * time.Millisecond
+	for {
+		cctx, c := context.WithTimeout(ctx, 5*time.Second)
+		raw, _, err := reg.ConfigRaw(cctx)
+		c()
+		var cfg *subnet.Config
+		var cfgErr error
+		if err == nil {
+			cfg, cfgErr = subnet.ParseConfig(raw)
+			if cfgErr == nil {
+				if _, ok := d.backends[cfg.BackendType]; !ok {
+					cfgErr = fmt.Errorf("config field Backend.Type: unknown backend %q (want vxlan, host-gw or udp)", cfg.BackendType)
+				}
+			}
+		}
+		var problem string
+		switch {
+		case err == nil && cfgErr == nil:
+			d.metrics.configInvalid.Set(0)
+			d.mu.Lock()
+			d.configError = ""
+			d.mu.Unlock()
+			return cfg, raw, nil
+		case errors.Is(err, etcd.ErrNoConfig):
+			d.setReason("waiting for the network config at %s/config", d.cfg.EtcdPrefix)
+			problem = err.Error()
+		case err != nil:
+			d.metrics.etcdErrors.Inc()
+			d.setReason("cannot reach etcd: %v", err)
+			problem = "etcd unreachable"
+		default:
+			err = cfgErr
+			problem = cfgErr.Error()
+			d.metrics.configInvalid.Set(1)
+			d.setReason("network config is invalid: %v", cfgErr)
+			d.mu.Lock()
+			d.configError = problem
+			d.mu.Unlock()
+		}
+		if problem != lastProblem {
+			d.logger.Warn("waiting for a valid network config; retrying", "err", err)
+			lastProblem = problem
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 2*time.Second)
+	}
+}
+
+// previous returns the subnet from an earlier subnet file (if it belongs to
+// this network) and the attributes of our earlier lease in etcd, if any.
+func (d *daemon) previous(ctx context.Context, reg *etcd.Registry, netcfg *subnet.Config, ext backend.ExternalInterface) (netip.Prefix, subnet.LeaseAttrs) {
+	var prevSubnet netip.Prefix
+	if env, err := subnet.ReadEnvFile(d.cfg.SubnetFile); err == nil && env.Network == netcfg.Network {
+		prevSubnet = env.LeaseSubnet()
+	}
+	cctx, c := context.WithTimeout(ctx, 5*time.Second)
+	defer c()
+	snap, err := reg.Leases(cctx)
+	if err != nil {
+		return prevSubnet, subnet.LeaseAttrs{}
+	}
+	for _, l := range snap.Leases {
+		if l.Attrs.PublicIP == ext.PublicIP && l.Attrs.BackendType == backendTypeInLease(netcfg.BackendType) {
+			return prevSubnet, l.Attrs
+		}
+	}
+	return prevSubnet, subnet.LeaseAttrs{}
+}
+
+// backendTypeInLease is the BackendType a backend writes: udp writes none.
+func backendTypeInLease(t string) string {
+	if t == "udp" {
+		return ""
+	}
+	return t
+}
+
+// acquire claims our lease, retrying with backoff until it succeeds or ctx
+// ends. Running out of subnets is reported on /readyz and retried.
+func (d *daemon) acquire(ctx context.Context, h *etcd.Holder) (subnet.Lease, error) {
+	delay := 500 * time.Millisecond
+	var last string
+	for {
+		lease, err := h.Acquire(ctx)
+		if err == nil {
+			d.logger.Info("holding subnet lease", "subnet", lease.Subnet, "reservation", lease.Reservation)
+			return lease, nil
+		}
+		if ctx.Err() != nil {
+			return subnet.Lease{}, ctx.Err()
+		}
+		if errors.Is(err, subnet.ErrOutOfSubnets) {
+			d.setReason("out of subnets: every subnet of the network is leased or reserved; retrying")
+		} else {
+			d.metrics.etcdErrors.Inc()
+			d.setReason("acquiring a subnet lease: %v", err)
+		}
+		if err.Error() != last {
+			d.logger.Error("cannot acquire a subnet lease; retrying", "err", err)
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return subnet.Lease{}, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+// onLeaseChange is called by the holder when it re-acquired our lease.
+func (d *daemon) onLeaseChange(l subnet.Lease) {
+	d.mu.Lock()
+	old := d.lease
+	d.mu.Unlock()
+	if old.Subnet.IsValid() && old.Subnet != l.Subnet {
+		d.logger.Warn("our subnet changed: pods on the old subnet lose connectivity until they are re-created", "old", old.Subnet, "new", l.Subnet)
+	}
+	if err := d.applyLease(l); err != nil {
+		d.logger.Error("apply new lease", "subnet", l.Subnet, "err", err)
+	}
+}
+
+// applyLease writes subnet.env and the rules for our lease and hands the
+// backend the new desired state.
+func (d *daemon) applyLease(l subnet.Lease) error {
+	d.mu.Lock()
+	d.lease, d.haveLease = l, true
+	netcfg, be, ipt := d.netcfg, d.be, d.ipt
+	d.mu.Unlock()
+
+	env := subnet.Env{
+		Network: netcfg.Network,
+		Subnet:  subnet.GatewayPrefix(l.Subnet),
+		MTU:     be.MTU(),
+		IPMasq:  d.cfg.IPMasq,
+	}
+	if err := subnet.WriteEnvFile(d.cfg.SubnetFile, env); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.fileWritten = true
+	d.mu.Unlock()
+	if ipt != nil {
+		if err := ipt.Set(netcfg.Network, l.Subnet); err != nil {
+			d.logger.Error("install iptables rules; will retry", "err", err)
+		}
+	}
+	d.pushDesired()
+	return nil
+}
+
+// applySnapshot receives the full set of leases from the watcher.
+func (d *daemon) applySnapshot(s etcd.Snapshot) {
+	d.mu.Lock()
+	d.lastSnap = &s
+	d.mu.Unlock()
+	d.pushDesired()
+}
+
+// pushDesired filters the last snapshot against our lease and the network
+// and hands the result to the backend. Each invalid lease is warned about
+// once per distinct value.
+func (d *daemon) pushDesired() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.haveLease || d.be == nil {
+		return
+	}
+	var peers []subnet.Lease
+	seen := map[string]bool{}
+	skipped := 0
+	if s := d.lastSnap; s != nil {
+		for _, inv := range s.Invalid {
+			seen[inv.Key] = true
+			skipped++
+			d.warnSkip(inv.Key, string(inv.Value), "unparsable", inv.Err)
+		}
+		for _, l := range s.Leases {
+			if l.Subnet == d.lease.Subnet {
+				continue
+			}
+			key := subnet.SubnetKey(l.Subnet)
+			if err := d.netcfg.ValidatePeer(l, d.lease.Subnet, d.ext.PublicIP); err != nil {
+				seen[key] = true
+				skipped++
+				d.warnSkip(key, fmt.Sprint(l.ModRevision), "invalid", err)
+				continue
+			}
+			if err := validateBackendData(d.netcfg.BackendType, l); err != nil {
+				seen[key] = true
+				skipped++
+				d.warnSkip(key, fmt.Sprint(l.ModRevision), "backend-data", err)
+				continue
+			}
+			peers = append(peers, l)
+		}
+		d.metrics.leasesKnown.Set(float64(len(s.Leases) + len(s.Invalid)))
+	}
+	for k := range d.skipped {
+		if !seen[k] {
+			delete(d.skipped, k)
+		}
+	}
+	d.peersKnown = len(peers)
+	d.metrics.leasesInvalid.Set(float64(skipped))
+	d.be.SetDesired(d.lease, peers)
+}
+
+// validateBackendData refuses a peer whose backend does not match ours or
+// whose vxlan data is malformed, so that such a lease never becomes a route.
+func validateBackendData(ourType string, l subnet.Lease) error {
+	if got, want := l.Attrs.BackendType, backendTypeInLease(ourType); got != want {
+		return fmt.Errorf("peer runs backend %q, this host runs %q", orUDP(got), ourType)
+	}
+	if ourType == "vxlan" {
+		if _, _, err := subnet.ParseVXLANData(l.Attrs.BackendData); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func orUDP(t string) string {
+	if t == "" {
+		return "udp"
+	}
+	return t
+}
+
+// warnSkip logs a skipped lease once per fingerprint and counts it.
+func (d *daemon) warnSkip(key, fingerprint, reason string, err error) {
+	if d.skipped[key] == fingerprint {
+		return
+	}
+	d.skipped[key] = fingerprint
+	d.metrics.leasesSkipped.WithLabelValues(reason).Inc()
+	d.logger.Warn("skipping lease", "key", key, "reason", reason, "err", err)
+}
+
+// watchConfig notices config changes made while we run. A valid new config
+// needs a restart to apply; an invalid one is reported, and in both cases
+// the data path keeps running as it is.
+func (d *daemon) watchConfig(ctx context.Context, reg *etcd.Registry, startRaw []byte) {
+	start, _ := subnet.ParseConfig(startRaw)
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	var last []byte = startRaw
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cctx, c := context.WithTimeout(ctx, 5*time.Second)
+		raw, _, err := reg.ConfigRaw(cctx)
+		c()
+		if err != nil {
+			if !errors.Is(err, etcd.ErrNoConfig) {
+				d.metrics.etcdErrors.Inc()
+				continue
+			}
+		}
+		if bytes.Equal(raw, last) {
+			continue
+		}
+		last = raw
+		if raw == nil {
+			d.logger.Warn("the network config was deleted from etcd; keeping the current data path")
+			continue
+		}
+		cfg, perr := subnet.ParseConfig(raw)
+		d.mu.Lock()
+		if perr != nil {
+			d.configError = perr.Error()
+			d.metrics.configInvalid.Set(1)
+			d.mu.Unlock()
+			d.logger.Error("the network config in etcd is now invalid; keeping the current data path", "err", perr)
+			continue
+		}
+		d.configError = ""
+		d.metrics.configInvalid.Set(0)
+		changed := !sameConfig(start, cfg)
+		d.restartNeeded = changed
+		d.mu.Unlock()
+		if changed {
+			d.metrics.restartNeeded.Set(1)
+			d.logger.Warn("the network config in etcd changed; restart weftd to apply it", "backend", cfg.BackendType, "network", cfg.Network)
+		} else {
+			d.metrics.restartNeeded.Set(0)
+		}
+	}
+}
+
+func sameConfig(a, b *subnet.Config) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	var ab, bb bytes.Buffer
+	// Compare semantics, not formatting: the derived fields and the backend
+	// object with whitespace removed.
+	_ = json.Compact(&ab, a.Backend)
+	_ = json.Compact(&bb, b.Backend)
+	return a.Network == b.Network && a.SubnetLen == b.SubnetLen && a.SubnetMin == b.SubnetMin &&
+		a.SubnetMax == b.SubnetMax && a.BackendType == b.BackendType && bytes.Equal(ab.Bytes(), bb.Bytes())
+}
+
+// notifyWhenReady tells systemd READY=1 the first time weftd is ready.
+func (d *daemon) notifyWhenReady(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if ok, _ := d.readiness(); ok {
+			if _, err := sdaemon.SdNotify(false, sdaemon.SdNotifyReady); err != nil {
+				d.logger.Warn("sd_notify READY=1", "err", err)
+			}
+			d.logger.Info("ready", "after", time.Since(d.started).Round(time.Millisecond))
+			return
+		}
+	}
+}
+
+// readiness reports whether we hold a lease, wrote the subnet file and
+// programmed every known peer, with a one-line reason when not.
+func (d *daemon) readiness() (bool, string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.reason != "":
+		return false, d.reason
+	case !d.haveLease:
+		return false, "no subnet lease held"
+	case !d.fileWritten:
+		return false, "subnet file not written yet"
+	case d.configError != "":
+		return false, "network config in etcd is invalid (data path kept as it was): " + d.configError
+	case d.restartNeeded:
+		return false, "network config in etcd changed; restart weftd to apply it"
+	}
+	st := d.be.Status()
+	if st.LastReconcile.IsZero() {
+		return false, "backend has not reconciled yet"
+	}
+	if want := d.peersKnown - len(st.Refused); st.PeersProgrammed < want {
+		return false, fmt.Sprintf("%d of %d peers programmed", st.PeersProgrammed, want)
+	}
+	if st.PeersWanted != d.peersKnown {
+		return false, fmt.Sprintf("backend has %d of %d peers queued", st.PeersWanted, d.peersKnown)
+	}
+	return true, ""
+}

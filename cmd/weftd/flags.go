@@ -1,0 +1,243 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/weftnet/weft/subnet/etcd"
+)
+
+// Config is weftd's command line, parsed once and validated in one place.
+type Config struct {
+	Etcd        etcd.ClientOptions
+	EtcdPrefix  string
+	Ifaces      []string
+	IfaceRegex  []*regexp.Regexp
+	IfaceReach  netip.Addr
+	PublicIP    netip.Addr
+	SubnetFile  string
+	RenewMargin time.Duration
+	LeaseTTL    time.Duration
+
+	IPMasq          bool
+	IPTablesResync  time.Duration
+	IPTablesForward bool
+	HealthzIP       string
+	HealthzPort     int
+	ReconcileEvery  time.Duration
+	LogFormat       string
+	LogLevel        string
+	Version         bool
+}
+
+// multiFlag collects a repeatable flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error {
+	*m = append(*m, v)
+	return nil
+}
+
+// envPrefixes are read in order for a flag not given on the command line:
+// WEFTD_ETCD_ENDPOINTS, then FLANNELD_ETCD_ENDPOINTS.
+var envPrefixes = []string{"WEFTD_", "FLANNELD_"}
+
+func envName(prefix, flagName string) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// newFlagSet declares every weftd flag. It is also used by the test that
+// checks Documentation/configuration.md lists them all.
+func newFlagSet(out io.Writer) (*flag.FlagSet, *rawFlags) {
+	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
+	fs.SetOutput(out)
+	r := &rawFlags{}
+	fs.StringVar(&r.endpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "comma-separated list of etcd endpoints")
+	fs.StringVar(&r.prefix, "etcd-prefix", "/coreos.com/network", "etcd key prefix of the network config and leases")
+	fs.StringVar(&r.keyfile, "etcd-keyfile", "", "TLS client key file for etcd (TLS is used when both --etcd-keyfile and --etcd-certfile are set)")
+	fs.StringVar(&r.certfile, "etcd-certfile", "", "TLS client certificate file for etcd")
+	fs.StringVar(&r.cafile, "etcd-cafile", "", "TLS CA bundle that signed etcd's server certificate")
+	fs.StringVar(&r.username, "etcd-username", "", "etcd user name for authentication")
+	fs.StringVar(&r.password, "etcd-password", "", "etcd password for authentication")
+	fs.Var(&r.ifaces, "iface", "interface name or IPv4 address to use for inter-host traffic (repeatable; the first that exists wins)")
+	fs.Var(&r.ifaceRegex, "iface-regex", "regular expression matched against interface names, then addresses (repeatable)")
+	fs.StringVar(&r.ifaceReach, "iface-can-reach", "", "use the interface that the kernel would route to this IPv4 address through")
+	fs.StringVar(&r.publicIP, "public-ip", "", "IPv4 address other hosts use to reach this host (default: the interface address)")
+	fs.StringVar(&r.subnetFile, "subnet-file", "/run/flannel/subnet.env", "file weftd writes the leased subnet and MTU to")
+	fs.IntVar(&r.renewMargin, "subnet-lease-renew-margin", 60, "renew the subnet lease this many minutes before it expires")
+	fs.DurationVar(&r.leaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the etcd lease bound to the subnet lease (weft extension)")
+	fs.BoolVar(&r.ipMasq, "ip-masq", false, "masquerade traffic from pods that leaves the cluster network")
+	fs.IntVar(&r.iptResync, "iptables-resync", 5, "seconds between checks that weft's iptables rules are in place")
+	fs.BoolVar(&r.iptForward, "iptables-forward-rules", true, "accept forwarded traffic to and from the cluster network")
+	fs.StringVar(&r.healthzIP, "healthz-ip", "0.0.0.0", "address the /healthz, /readyz, /metrics and /status endpoints listen on")
+	fs.IntVar(&r.healthzPort, "healthz-port", 0, "port of the HTTP endpoints (0 disables them)")
+	fs.DurationVar(&r.reconcile, "reconcile-interval", 10*time.Second, "how often the backend re-checks the kernel state without being asked (weft extension)")
+	fs.StringVar(&r.logFormat, "log-format", "text", "log format: text or json (weft extension)")
+	fs.StringVar(&r.logLevel, "log-level", "info", "log level: debug, info, warn or error (weft extension)")
+	fs.BoolVar(&r.version, "version", false, "print the version and exit")
+	return fs, r
+}
+
+type rawFlags struct {
+	endpoints, prefix, keyfile, certfile, cafile, username, password string
+	ifaces, ifaceRegex                                               multiFlag
+	ifaceReach, publicIP, subnetFile                                 string
+	renewMargin                                                      int
+	leaseTTL                                                         time.Duration
+	ipMasq                                                           bool
+	iptResync                                                        int
+	iptForward                                                       bool
+	healthzIP                                                        string
+	healthzPort                                                      int
+	reconcile                                                        time.Duration
+	logFormat, logLevel                                              string
+	version                                                          bool
+}
+
+// parseConfig parses the command line, applies WEFTD_* then FLANNELD_*
+// environment variables to flags not given on the command line, and
+// validates the result. getenv is os.Getenv outside tests.
+func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Config, error) {
+	fs, r := newFlagSet(out)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q: weftd takes only flags", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || envErr != nil {
+			return
+		}
+		for _, p := range envPrefixes {
+			name := envName(p, f.Name)
+			v := getenv(name)
+			if v == "" {
+				continue
+			}
+			// A repeatable flag takes a comma-separated list from the environment.
+			if _, ok := f.Value.(*multiFlag); ok {
+				for _, part := range strings.Split(v, ",") {
+					if part = strings.TrimSpace(part); part != "" {
+						f.Value.Set(part)
+					}
+				}
+			} else if err := f.Value.Set(v); err != nil {
+				envErr = fmt.Errorf("environment variable %s=%q: %w", name, v, err)
+			}
+			return
+		}
+	})
+	if envErr != nil {
+		return nil, envErr
+	}
+
+	c := &Config{
+		EtcdPrefix:      strings.TrimRight(r.prefix, "/"),
+		Ifaces:          r.ifaces,
+		SubnetFile:      r.subnetFile,
+		RenewMargin:     time.Duration(r.renewMargin) * time.Minute,
+		LeaseTTL:        r.leaseTTL,
+		IPMasq:          r.ipMasq,
+		IPTablesResync:  time.Duration(r.iptResync) * time.Second,
+		IPTablesForward: r.iptForward,
+		HealthzIP:       r.healthzIP,
+		HealthzPort:     r.healthzPort,
+		ReconcileEvery:  r.reconcile,
+		LogFormat:       r.logFormat,
+		LogLevel:        r.logLevel,
+		Version:         r.version,
+	}
+	c.Etcd = etcd.ClientOptions{
+		KeyFile: r.keyfile, CertFile: r.certfile, CAFile: r.cafile,
+		Username: r.username, Password: r.password,
+	}
+	for _, e := range strings.Split(r.endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			c.Etcd.Endpoints = append(c.Etcd.Endpoints, e)
+		}
+	}
+	return c, c.validate(r)
+}
+
+func (c *Config) validate(r *rawFlags) error {
+	var errs []error
+	bad := func(flagName, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flagName, fmt.Sprintf(format, args...)))
+	}
+	if len(c.Etcd.Endpoints) == 0 {
+		bad("etcd-endpoints", "at least one endpoint is required")
+	}
+	if c.EtcdPrefix == "" || !strings.HasPrefix(c.EtcdPrefix, "/") {
+		bad("etcd-prefix", "%q must be an absolute key such as /coreos.com/network", r.prefix)
+	}
+	if (c.Etcd.KeyFile == "") != (c.Etcd.CertFile == "") {
+		bad("etcd-certfile", "--etcd-keyfile and --etcd-certfile must be given together")
+	}
+	for _, s := range r.ifaceRegex {
+		re, err := regexp.Compile(s)
+		if err != nil {
+			bad("iface-regex", "%q: %v", s, err)
+			continue
+		}
+		c.IfaceRegex = append(c.IfaceRegex, re)
+	}
+	if r.ifaceReach != "" {
+		a, err := netip.ParseAddr(r.ifaceReach)
+		if err != nil || !a.Is4() {
+			bad("iface-can-reach", "%q is not an IPv4 address", r.ifaceReach)
+		}
+		c.IfaceReach = a
+	}
+	if r.publicIP != "" {
+		a, err := netip.ParseAddr(r.publicIP)
+		if err != nil || !a.Is4() {
+			bad("public-ip", "%q is not an IPv4 address", r.publicIP)
+		}
+		c.PublicIP = a
+	}
+	if c.SubnetFile == "" {
+		bad("subnet-file", "must not be empty")
+	}
+	if r.renewMargin < 1 {
+		bad("subnet-lease-renew-margin", "%d must be at least 1 minute", r.renewMargin)
+	}
+	if c.LeaseTTL < 10*time.Second {
+		bad("subnet-lease-ttl", "%s is shorter than 10s", c.LeaseTTL)
+	} else if c.RenewMargin >= c.LeaseTTL {
+		// A renew margin as long as the TTL would renew constantly; clamp
+		// to half the TTL, which is what a short test TTL wants.
+		c.RenewMargin = c.LeaseTTL / 2
+	}
+	if r.iptResync < 1 {
+		bad("iptables-resync", "%d must be at least 1 second", r.iptResync)
+	}
+	if c.HealthzPort < 0 || c.HealthzPort > 65535 {
+		bad("healthz-port", "%d is not a TCP port", c.HealthzPort)
+	}
+	if _, err := netip.ParseAddr(c.HealthzIP); err != nil {
+		bad("healthz-ip", "%q is not an IP address", c.HealthzIP)
+	}
+	if c.ReconcileEvery < 100*time.Millisecond {
+		bad("reconcile-interval", "%s is shorter than 100ms", c.ReconcileEvery)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("log-format", "%q is not text or json", c.LogFormat)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", "%q is not debug, info, warn or error", c.LogLevel)
+	}
+	return errors.Join(errs...)
+}

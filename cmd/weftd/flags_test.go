@@ -1,0 +1,89 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestParseConfigPrecedence(t *testing.T) {
+	var out bytes.Buffer
+	c, err := parseConfig(
+		[]string{"--etcd-prefix=/cli/net", "--iface=eth1", "--iface=192.0.2.9"},
+		env(map[string]string{
+			"WEFTD_ETCD_PREFIX":         "/weftd/net",
+			"FLANNELD_ETCD_PREFIX":      "/flanneld/net",
+			"WEFTD_ETCD_ENDPOINTS":      "http://192.0.2.1:2379, http://192.0.2.2:2379",
+			"FLANNELD_ETCD_ENDPOINTS":   "http://203.0.113.1:2379",
+			"FLANNELD_IP_MASQ":          "true",
+			"FLANNELD_IFACE":            "ignored0",
+			"FLANNELD_HEALTHZ_PORT":     "8471",
+			"FLANNELD_SUBNET_LEASE_TTL": "1h",
+		}), &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.EtcdPrefix != "/cli/net" {
+		t.Errorf("command line must win: prefix %q", c.EtcdPrefix)
+	}
+	if got := strings.Join(c.Etcd.Endpoints, " "); got != "http://192.0.2.1:2379 http://192.0.2.2:2379" {
+		t.Errorf("WEFTD_ must win over FLANNELD_: endpoints %q", got)
+	}
+	if !c.IPMasq || c.HealthzPort != 8471 || c.LeaseTTL != time.Hour {
+		t.Errorf("FLANNELD_ fallback not applied: masq %v port %d ttl %s", c.IPMasq, c.HealthzPort, c.LeaseTTL)
+	}
+	if strings.Join(c.Ifaces, ",") != "eth1,192.0.2.9" {
+		t.Errorf("repeatable --iface: %q", c.Ifaces)
+	}
+	if c.SubnetFile != "/run/flannel/subnet.env" || c.RenewMargin != 30*time.Minute /* 60m clamped to half the 1h TTL */ || !c.IPTablesForward || c.IPTablesResync != 5*time.Second {
+		t.Errorf("defaults wrong: %+v", c)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--public-ip=banana"}, nil, "--public-ip"},
+		{[]string{"--iface-can-reach=2001:db8::1"}, nil, "--iface-can-reach"},
+		{[]string{"--etcd-keyfile=/k"}, nil, "--etcd-certfile"},
+		{[]string{"--iface-regex=("}, nil, "--iface-regex"},
+		{[]string{"--healthz-port=70000"}, nil, "--healthz-port"},
+		{[]string{"--log-format=xml"}, nil, "--log-format"},
+		{[]string{"--etcd-prefix=relative"}, nil, "--etcd-prefix"},
+		{[]string{"stray"}, nil, "unexpected argument"},
+		{nil, map[string]string{"WEFTD_IP_MASQ": "maybe"}, "WEFTD_IP_MASQ"},
+	}
+	for _, tt := range tests {
+		_, err := parseConfig(tt.args, env(tt.env), &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v %v: error %v, want one naming %s", tt.args, tt.env, err, tt.want)
+		}
+	}
+}
+
+// TestFlagsDocumented keeps Documentation/configuration.md in step with the
+// flags weftd accepts: every flag and its environment variable must appear.
+func TestFlagsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../Documentation/configuration.md")
+	if err != nil {
+		t.Fatalf("read configuration.md: %v", err)
+	}
+	fs, _ := newFlagSet(&bytes.Buffer{})
+	fs.VisitAll(func(f *flag.Flag) {
+		if !regexp.MustCompile("`--" + regexp.QuoteMeta(f.Name) + "`").Match(doc) {
+			t.Errorf("flag --%s is not documented in Documentation/configuration.md", f.Name)
+		}
+		if f.Name != "version" && !bytes.Contains(doc, []byte(envName("WEFTD_", f.Name))) {
+			t.Errorf("environment variable %s is not documented", envName("WEFTD_", f.Name))
+		}
+	})
+}

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/weftnet/weft/internal/apitypes"
+)
+
+// startHTTP serves /healthz, /readyz, /metrics and /status on
+// --healthz-ip:--healthz-port. It binds before returning so that a port
+// clash is a start-up error.
+func (d *daemon) startHTTP() (*http.Server, error) {
+	d.metrics.reg.MustRegister(statusCollector{d})
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ok, reason := d.readiness()
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, reason)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(d.status())
+	})
+	addr := net.JoinHostPort(d.cfg.HealthzIP, strconv.Itoa(d.cfg.HealthzPort))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on --healthz-ip/--healthz-port %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	return srv, nil
+}
+
+// status assembles what GET /status and weftctl status show.
+func (d *daemon) status() apitypes.Status {
+	ready, reason := d.readiness()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := apitypes.Status{
+		PublicIP:          d.ext.PublicIP.String(),
+		ExternalInterface: d.ext.Name,
+		SubnetFile:        d.cfg.SubnetFile,
+		PeersKnown:        d.peersKnown,
+		LeasesSkipped:     len(d.skipped),
+		Ready:             ready,
+		NotReadyReason:    reason,
+		RestartNeeded:     d.restartNeeded,
+		ConfigError:       d.configError,
+		Version:           version,
+	}
+	if !d.ext.PublicIP.IsValid() {
+		s.PublicIP = ""
+	}
+	if d.netcfg != nil {
+		s.Backend = d.netcfg.BackendType
+	}
+	if d.haveLease {
+		s.Lease = d.lease.Subnet.String()
+		s.Reservation = d.lease.Reservation
+		s.LeaseExpires = d.lease.Expiration
+		if d.holder != nil {
+			if l, ok := d.holder.Lease(); ok {
+				s.LeaseExpires = l.Expiration
+				s.Reservation = l.Reservation
+			}
+		}
+	}
+	if d.reg != nil {
+		s.LastEtcdContact = d.reg.LastContact()
+	}
+	if d.be != nil {
+		st := d.be.Status()
+		s.MTU = d.be.MTU()
+		s.Device = st.Device
+		s.PeersProgrammed = st.PeersProgrammed
+		s.LastReconcile = st.LastReconcile
+		s.LastError = st.LastError
+		if len(st.Refused) > 0 {
+			s.PeersRefused = map[string]string{}
+			for p, why := range st.Refused {
+				s.PeersRefused[p.String()] = why
+			}
+		}
+	}
+	return s
+}

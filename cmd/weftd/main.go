@@ -1,0 +1,79 @@
+// Command weftd is weft's per-host daemon: it leases a subnet of the
+// cluster network from etcd, programs the configured backend so that pods
+// on every host reach each other, and writes subnet.env for the CNI plugin.
+//
+// main only parses flags, wires the pieces together and exits once; the
+// work lives in subnet/, backend/ and internal/.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/backend/hostgw"
+	"github.com/weftnet/weft/backend/udp"
+	"github.com/weftnet/weft/backend/vxlan"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// backendEntry is one registered data path.
+type backendEntry struct {
+	New     backend.Factory
+	Cleanup backend.Cleanup
+}
+
+// backends lists every data path weftd can run, by Backend.Type.
+var backends = map[string]backendEntry{
+	vxlan.Type:  {New: vxlan.New, Cleanup: vxlan.Cleanup},
+	hostgw.Type: {New: hostgw.New, Cleanup: hostgw.Cleanup},
+	udp.Type:    {New: udp.New, Cleanup: udp.Cleanup},
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "weftd: %v\n", err)
+		return 2
+	}
+	if cfg.Version {
+		fmt.Fprintf(stdout, "weftd %s\n", version)
+		return 0
+	}
+	logger := newLogger(cfg, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	d := newDaemon(cfg, backends, logger)
+	if err := d.Run(ctx); err != nil {
+		logger.Error("weftd stopped", "err", err)
+		return 1
+	}
+	logger.Info("weftd stopped; lease, devices, routes and rules are kept for the next start")
+	return 0
+}
+
+func newLogger(cfg *Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
