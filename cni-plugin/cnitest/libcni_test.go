@@ -1,0 +1,571 @@
+package cnitest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	types040 "github.com/containernetworking/cni/pkg/types/040"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/weftnet/weft/cni-plugin/ipam"
+	"github.com/weftnet/weft/cni-plugin/plugin"
+	"github.com/weftnet/weft/subnet"
+)
+
+var pluginDir string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		os.Exit(m.Run()) // every test skips
+	}
+	dir, err := os.MkdirTemp("", "wcn-plugins-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if err := BuildPlugins(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	pluginDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var (
+	testEnv = subnet.Env{
+		Network: netip.MustParsePrefix("198.18.0.0/16"),
+		Subnet:  netip.MustParsePrefix("198.18.5.1/24"),
+		MTU:     1450,
+		IPMasq:  true,
+	}
+	gw = "198.18.5.1"
+)
+
+type harness struct {
+	hostName, hostNS string
+	subnetFile       string
+	dataDir          string
+	cni              *libcni.CNIConfig
+	list             *libcni.NetworkConfigList
+}
+
+type opts struct {
+	version       string // default 1.1.0
+	portmap       bool
+	noSubnetFile  bool
+	extraWeftConf string
+}
+
+func newHarness(t *testing.T, o opts) *harness {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces")
+	}
+	if o.version == "" {
+		o.version = "1.1.0"
+	}
+	h := &harness{hostName: RandName("wcn-h", 8)}
+	p, err := NewNS(h.hostName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.hostNS = p
+	t.Cleanup(func() { DeleteNS(h.hostName) })
+	dir := t.TempDir()
+	h.subnetFile = filepath.Join(dir, "subnet.env")
+	h.dataDir = filepath.Join(dir, "data")
+	if !o.noSubnetFile {
+		if err := subnet.WriteEnvFile(h.subnetFile, testEnv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plugins := fmt.Sprintf(`{"type":"weft","subnetFile":%q,"dataDir":%q%s}`, h.subnetFile, h.dataDir, o.extraWeftConf)
+	if o.portmap {
+		plugins += `,{"type":"portmap","capabilities":{"portMappings":true}}`
+	}
+	conf := fmt.Sprintf(`{"cniVersion":%q,"name":"weft","plugins":[%s]}`, o.version, plugins)
+	h.list, err = libcni.NetworkConfFromBytes([]byte(conf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.cni = NewCNI(h.hostNS, pluginDir, filepath.Join(dir, "cache"))
+	return h
+}
+
+type pod struct {
+	name, path string
+	rt         *libcni.RuntimeConf
+}
+
+func (h *harness) newPod(t *testing.T) *pod {
+	t.Helper()
+	name := RandName("wcn-p", 8)
+	p, err := NewNS(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { DeleteNS(name) })
+	return &pod{name: name, path: p, rt: &libcni.RuntimeConf{ContainerID: "ctr-" + name, NetNS: p, IfName: "eth0"}}
+}
+
+func (h *harness) add(t *testing.T, p *pod) *current.Result {
+	t.Helper()
+	r, err := h.cni.AddNetworkList(context.Background(), h.list, p.rt)
+	if err != nil {
+		t.Fatalf("ADD %s: %v", p.name, err)
+	}
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func (h *harness) del(t *testing.T, p *pod) {
+	t.Helper()
+	if err := h.cni.DelNetworkList(context.Background(), h.list, p.rt); err != nil {
+		t.Fatalf("DEL %s: %v", p.name, err)
+	}
+}
+
+func run(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+func (h *harness) iptablesNAT(t *testing.T) string {
+	return run(t, "ip", "netns", "exec", h.hostName, "iptables", "-w", "-t", "nat", "-S")
+}
+
+func (h *harness) reservations(t *testing.T) []ipam.Reservation {
+	s, err := ipam.Open(h.dataDir, "weft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return all
+}
+
+func ping(p *pod, addr string) error {
+	out, err := exec.Command("ip", "netns", "exec", p.name, "ping", "-c1", "-W2", addr).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ping %s from %s: %v\n%s", addr, p.name, err, out)
+	}
+	return nil
+}
+
+func podAddr(t *testing.T, res *current.Result) netip.Prefix {
+	t.Helper()
+	if len(res.IPs) != 1 {
+		t.Fatalf("result has %d IPs", len(res.IPs))
+	}
+	a, _ := netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+	ones, _ := res.IPs[0].Address.Mask.Size()
+	return netip.PrefixFrom(a, ones)
+}
+
+func TestAddCheckDel(t *testing.T) {
+	h := newHarness(t, opts{})
+	p := h.newPod(t)
+	res := h.add(t, p)
+
+	// The result is spec-conformant.
+	if len(res.Interfaces) != 3 || res.Interfaces[0].Name != "cni0" || res.Interfaces[2].Name != "eth0" || res.Interfaces[2].Sandbox != p.path {
+		t.Fatalf("interfaces: %+v", res.Interfaces)
+	}
+	if res.Interfaces[1].Name != plugin.HostVethName(p.rt.ContainerID, "eth0") {
+		t.Fatalf("host veth %q", res.Interfaces[1].Name)
+	}
+	addr := podAddr(t, res)
+	if *res.IPs[0].Interface != 2 || res.IPs[0].Gateway.String() != gw {
+		t.Fatalf("ip config: %+v", res.IPs[0])
+	}
+	sub := testEnv.LeaseSubnet()
+	if !sub.Contains(addr.Addr()) || addr.Bits() != 24 || addr.Addr().String() == gw || addr.Addr() == sub.Addr() {
+		t.Fatalf("address %s", addr)
+	}
+	if len(res.Routes) != 1 || res.Routes[0].Dst.String() != "0.0.0.0/0" || res.Routes[0].GW.String() != gw {
+		t.Fatalf("routes: %v", res.Routes)
+	}
+	// The kernel agrees.
+	link := run(t, "ip", "-n", p.name, "addr", "show", "eth0")
+	if !strings.Contains(link, "mtu 1450") || !strings.Contains(link, addr.String()) {
+		t.Fatalf("pod eth0:\n%s", link)
+	}
+	if r := run(t, "ip", "-n", p.name, "route", "show", "default"); !strings.Contains(r, "via "+gw) {
+		t.Fatalf("pod default route: %s", r)
+	}
+	if br := run(t, "ip", "-n", h.hostName, "addr", "show", "cni0"); !strings.Contains(br, gw+"/24") {
+		t.Fatalf("bridge:\n%s", br)
+	}
+	if err := ping(p, gw); err != nil {
+		t.Fatal(err)
+	}
+	chain := plugin.MasqChain("weft")
+	nat := h.iptablesNAT(t)
+	if !strings.Contains(nat, "-A POSTROUTING -s "+addr.Addr().String()+"/32") || !strings.Contains(nat, "-A "+chain+" -d 198.18.0.0/16 -j RETURN") || !strings.Contains(nat, "-A "+chain+" -j MASQUERADE") {
+		t.Fatalf("masquerade rules missing:\n%s", nat)
+	}
+
+	if err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt); err != nil {
+		t.Fatalf("CHECK on a healthy pod: %v", err)
+	}
+	// CHECK must notice the pod's interface going away.
+	run(t, "ip", "-n", p.name, "link", "del", "eth0")
+	err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt)
+	if err == nil || !strings.Contains(err.Error(), "eth0") {
+		t.Fatalf("CHECK after deleting eth0: got %v, want an error naming eth0", err)
+	}
+
+	h.del(t, p)
+	h.del(t, p) // idempotent
+	if rs := h.reservations(t); len(rs) != 0 {
+		t.Fatalf("reservations left after DEL: %v", rs)
+	}
+	if out := run(t, "ip", "-n", h.hostName, "link", "show"); strings.Contains(out, res.Interfaces[1].Name) {
+		t.Fatalf("host veth left:\n%s", out)
+	}
+	if nat := h.iptablesNAT(t); strings.Contains(nat, addr.Addr().String()) || strings.Contains(nat, chain) {
+		t.Fatalf("masquerade rules left after the last DEL:\n%s", nat)
+	}
+}
+
+func TestCheckDetectsDrift(t *testing.T) {
+	h := newHarness(t, opts{})
+	p := h.newPod(t)
+	h.add(t, p)
+	hostVeth := plugin.HostVethName(p.rt.ContainerID, "eth0")
+	steps := []struct {
+		name  string
+		break_ []string
+		fix   []string
+		want  string
+	}{
+		{"mtu", []string{"ip", "-n", p.name, "link", "set", "eth0", "mtu", "1400"}, []string{"ip", "-n", p.name, "link", "set", "eth0", "mtu", "1450"}, "mtu"},
+		{"route", []string{"ip", "-n", p.name, "route", "del", "default"}, []string{"ip", "-n", p.name, "route", "add", "default", "via", gw}, "route"},
+		{"bridge port", []string{"ip", "-n", h.hostName, "link", "set", hostVeth, "nomaster"}, []string{"ip", "-n", h.hostName, "link", "set", hostVeth, "master", "cni0"}, "not attached"},
+	}
+	for _, s := range steps {
+		run(t, s.break_...)
+		err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt)
+		if err == nil || !strings.Contains(err.Error(), s.want) {
+			t.Errorf("%s broken: CHECK gave %v, want an error containing %q", s.name, err, s.want)
+		}
+		run(t, s.fix...)
+		if err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt); err != nil {
+			t.Errorf("%s repaired: CHECK gave %v", s.name, err)
+		}
+	}
+}
+
+func TestParallelAdds(t *testing.T) {
+	h := newHarness(t, opts{})
+	const n = 100
+	pods := make([]*pod, n)
+	for i := range pods {
+		pods[i] = h.newPod(t)
+	}
+	addrs := make([]netip.Prefix, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, p := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := h.cni.AddNetworkList(context.Background(), h.list, p.rt)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			res, err := current.NewResultFromResult(r)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			addrs[i] = podAddr(t, res)
+		}()
+	}
+	wg.Wait()
+	seen := map[netip.Prefix]int{}
+	for i := range pods {
+		if errs[i] != nil {
+			t.Fatalf("ADD %d: %v", i, errs[i])
+		}
+		if j, dup := seen[addrs[i]]; dup {
+			t.Fatalf("pods %d and %d both got %s", j, i, addrs[i])
+		}
+		seen[addrs[i]] = i
+	}
+	if rs := h.reservations(t); len(rs) != n {
+		t.Fatalf("%d reservations, want %d", len(rs), n)
+	}
+	// Every pod reaches the gateway.
+	sem := make(chan struct{}, 10)
+	for i, p := range pods {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = ping(p, gw)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, p := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = h.cni.DelNetworkList(context.Background(), h.list, p.rt)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rs := h.reservations(t); len(rs) != 0 {
+		t.Fatalf("%d reservations left", len(rs))
+	}
+	if nat := h.iptablesNAT(t); strings.Contains(nat, "198.18.5.") {
+		t.Fatalf("masquerade rules left:\n%s", nat)
+	}
+}
+
+func TestDelUnknownAndGoneNetns(t *testing.T) {
+	h := newHarness(t, opts{})
+	p := h.newPod(t)
+	// Never added.
+	h.del(t, p)
+	h.add(t, p)
+	// The namespace goes away before DEL (the runtime lost it).
+	if err := DeleteNS(p.name); err != nil {
+		t.Fatal(err)
+	}
+	h.del(t, p)
+	h.del(t, p)
+	if rs := h.reservations(t); len(rs) != 0 {
+		t.Fatalf("reservations left: %v", rs)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	h := newHarness(t, opts{noSubnetFile: true})
+	err := h.cni.GetStatusNetworkList(context.Background(), h.list)
+	var te *types.Error
+	if !errors.As(err, &te) {
+		t.Fatalf("STATUS without subnet file: got %v, want a CNI error", err)
+	}
+	want := "weftd has not written " + h.subnetFile + "; is weftd running?"
+	if te.Code != types.ErrPluginNotAvailable || te.Msg != want {
+		t.Fatalf("STATUS: code %d msg %q, want %d %q", te.Code, te.Msg, types.ErrPluginNotAvailable, want)
+	}
+	// ADD fails the same way; DEL still works.
+	p := h.newPod(t)
+	if _, err := h.cni.AddNetworkList(context.Background(), h.list, p.rt); !errors.As(err, &te) || te.Code != types.ErrPluginNotAvailable {
+		t.Fatalf("ADD without subnet file: %v", err)
+	}
+	h.del(t, p)
+
+	os.WriteFile(h.subnetFile, []byte("garbage\n"), 0o644)
+	if err := h.cni.GetStatusNetworkList(context.Background(), h.list); !errors.As(err, &te) || te.Code != types.ErrPluginNotAvailable {
+		t.Fatalf("STATUS with unreadable subnet file: %v", err)
+	}
+	if err := subnet.WriteEnvFile(h.subnetFile, testEnv); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.cni.GetStatusNetworkList(context.Background(), h.list); err != nil {
+		t.Fatalf("STATUS with subnet file: %v", err)
+	}
+}
+
+func TestGCReleasesLeaks(t *testing.T) {
+	h := newHarness(t, opts{})
+	pods := []*pod{h.newPod(t), h.newPod(t), h.newPod(t)}
+	for _, p := range pods {
+		h.add(t, p)
+	}
+	// A plugin killed after reserving, before any interface existed.
+	s, err := ipam.Open(h.dataDir, "weft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Do(func(tx *ipam.Tx) error {
+		_, _, err := tx.Allocate(testEnv.LeaseSubnet(), testEnv.Subnet.Addr(), ipam.Owner{ContainerID: "crashed", IfName: "eth0"}, false)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The runtime forgot pods 1 and 2 (a fresh libcni cache), so only the
+	// plugin's own GC can reclaim them.
+	fresh := NewCNI(h.hostNS, pluginDir, t.TempDir())
+	valid := []types.GCAttachment{{ContainerID: pods[0].rt.ContainerID, IfName: "eth0"}}
+	if err := fresh.GCNetworkList(context.Background(), h.list, &libcni.GCArgs{ValidAttachments: valid}); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	rs := h.reservations(t)
+	if len(rs) != 1 || rs[0].ContainerID != pods[0].rt.ContainerID {
+		t.Fatalf("after GC: %v, want only pod 0", rs)
+	}
+	links := run(t, "ip", "-n", h.hostName, "link", "show")
+	for _, p := range pods[1:] {
+		if strings.Contains(links, plugin.HostVethName(p.rt.ContainerID, "eth0")) {
+			t.Fatalf("GC left the host veth of %s", p.name)
+		}
+	}
+	if n := strings.Count(h.iptablesNAT(t), "-A POSTROUTING -s 198.18.5."); n != 1 {
+		t.Fatalf("%d masquerade rules after GC, want 1", n)
+	}
+	if err := h.cni.CheckNetworkList(context.Background(), h.list, pods[0].rt); err != nil {
+		t.Fatalf("CHECK of the valid pod after GC: %v", err)
+	}
+}
+
+func TestDelReclaimsCrashedAdd(t *testing.T) {
+	h := newHarness(t, opts{})
+	p := h.newPod(t)
+	s, _ := ipam.Open(h.dataDir, "weft")
+	err := s.Do(func(tx *ipam.Tx) error {
+		_, _, err := tx.Allocate(testEnv.LeaseSubnet(), testEnv.Subnet.Addr(), ipam.Owner{ContainerID: p.rt.ContainerID, IfName: "eth0"}, true)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.del(t, p)
+	if rs := h.reservations(t); len(rs) != 0 {
+		t.Fatalf("DEL left %v", rs)
+	}
+}
+
+func TestPortmapChained(t *testing.T) {
+	h := newHarness(t, opts{portmap: true})
+	p := h.newPod(t)
+	p.rt.CapabilityArgs = map[string]interface{}{
+		"portMappings": []map[string]interface{}{{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}},
+	}
+	res := h.add(t, p)
+	addr := podAddr(t, res).Addr().String()
+	nat := h.iptablesNAT(t)
+	if !strings.Contains(nat, "--dport 18080") || !strings.Contains(nat, "--to-destination "+addr+":80") {
+		t.Fatalf("no DNAT rule for the port mapping:\n%s", nat)
+	}
+	if err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	h.del(t, p)
+	if nat := h.iptablesNAT(t); strings.Contains(nat, "--dport 18080") {
+		t.Fatalf("DNAT rule left after DEL:\n%s", nat)
+	}
+}
+
+func TestSubnetChange(t *testing.T) {
+	h := newHarness(t, opts{})
+	p1 := h.newPod(t)
+	a1 := podAddr(t, h.add(t, p1))
+	newEnv := testEnv
+	newEnv.Subnet = netip.MustParsePrefix("198.18.7.1/24")
+	if err := subnet.WriteEnvFile(h.subnetFile, newEnv); err != nil {
+		t.Fatal(err)
+	}
+	p2 := h.newPod(t)
+	a2 := podAddr(t, h.add(t, p2))
+	if !newEnv.LeaseSubnet().Contains(a2.Addr()) {
+		t.Fatalf("pod after the change got %s, want one in %s (first pod had %s)", a2, newEnv.LeaseSubnet(), a1)
+	}
+	br := run(t, "ip", "-n", h.hostName, "-4", "addr", "show", "cni0")
+	if !strings.Contains(br, "198.18.7.1/24") || strings.Contains(br, "198.18.5.1") {
+		t.Fatalf("bridge address not replaced:\n%s", br)
+	}
+	if err := ping(p2, "198.18.7.1"); err != nil {
+		t.Fatal(err)
+	}
+	// The old pod's attachment no longer matches the node's subnet.
+	if err := h.cni.CheckNetworkList(context.Background(), h.list, p1.rt); err == nil {
+		t.Fatal("CHECK of a pod from the old subnet succeeded")
+	}
+	h.del(t, p1)
+	h.del(t, p2)
+	if rs := h.reservations(t); len(rs) != 0 {
+		t.Fatalf("left: %v", rs)
+	}
+}
+
+func TestResultConversion(t *testing.T) {
+	for _, v := range []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0"} {
+		t.Run(v, func(t *testing.T) {
+			h := newHarness(t, opts{version: v})
+			p := h.newPod(t)
+			r, err := h.cni.AddNetworkList(context.Background(), h.list, p.rt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Version() != v {
+				t.Fatalf("result version %s, want %s", r.Version(), v)
+			}
+			switch v {
+			case "1.0.0":
+				res := r.(*current.Result)
+				if len(res.IPs) != 1 || *res.IPs[0].Interface != 2 {
+					t.Fatalf("result: %+v", res)
+				}
+			default:
+				res, ok := r.(*types040.Result)
+				if !ok {
+					t.Fatalf("result type %T", r)
+				}
+				if len(res.Interfaces) != 3 || len(res.IPs) != 1 || *res.IPs[0].Interface != 2 || res.IPs[0].Gateway.String() != gw {
+					t.Fatalf("result: %+v", res)
+				}
+				if res.Interfaces[2].Sandbox != p.path {
+					t.Fatalf("sandbox %q", res.Interfaces[2].Sandbox)
+				}
+			}
+			if v == "0.4.0" || v == "1.0.0" {
+				if err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt); err != nil {
+					t.Fatalf("CHECK: %v", err)
+				}
+			}
+			h.del(t, p)
+		})
+	}
+}
+
+func TestNoHostLeakIntoRootNamespace(t *testing.T) {
+	h := newHarness(t, opts{})
+	p := h.newPod(t)
+	h.add(t, p)
+	root := run(t, "ip", "-o", "link", "show")
+	if strings.Contains(root, plugin.HostVethName(p.rt.ContainerID, "eth0")) {
+		t.Fatal("the plugin created its host veth in the root namespace")
+	}
+	if !strings.Contains(run(t, "ip", "-n", h.hostName, "-o", "link", "show"), plugin.HostVethName(p.rt.ContainerID, "eth0")) {
+		t.Fatal("host veth not in the host namespace")
+	}
+	h.del(t, p)
+}
