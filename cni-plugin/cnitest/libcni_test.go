@@ -256,10 +256,10 @@ func TestCheckDetectsDrift(t *testing.T) {
 	h.add(t, p)
 	hostVeth := plugin.HostVethName(p.rt.ContainerID, "eth0")
 	steps := []struct {
-		name  string
+		name   string
 		break_ []string
-		fix   []string
-		want  string
+		fix    []string
+		want   string
 	}{
 		{"mtu", []string{"ip", "-n", p.name, "link", "set", "eth0", "mtu", "1400"}, []string{"ip", "-n", p.name, "link", "set", "eth0", "mtu", "1450"}, "mtu"},
 		{"route", []string{"ip", "-n", p.name, "route", "del", "default"}, []string{"ip", "-n", p.name, "route", "add", "default", "via", gw}, "route"},
