@@ -1,0 +1,242 @@
+package udp
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// udpSock is the batchConn of a real UDP socket: recvmmsg/sendmmsg through
+// the Go poller, UDP_SEGMENT on send and UDP_GRO on receive when the
+// kernel has them. Its buffers are set up once; a call allocates nothing.
+type udpSock struct {
+	f    *os.File
+	rc   syscall.RawConn
+	port uint16
+	gso  bool // UDP_SEGMENT accepted
+	gro  bool // UDP_GRO enabled
+
+	r sockBatch
+	w sockBatch
+}
+
+// mmsghdr is struct mmsghdr.
+type mmsghdr struct {
+	hdr unix.Msghdr
+	n   uint32
+	_   [4]byte
+}
+
+// sockBatch is the syscall-side state of one direction.
+type sockBatch struct {
+	hdrs  []mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet4
+	cmsgs []byte
+	cnt   int // messages in this call
+	done  int // messages the kernel took
+	errno unix.Errno
+	fn    func(fd uintptr) bool
+}
+
+var cmsgSpace = unix.CmsgSpace(4)
+
+func newSockBatch(n int) sockBatch {
+	return sockBatch{
+		hdrs:  make([]mmsghdr, n),
+		iovs:  make([]unix.Iovec, n),
+		names: make([]unix.RawSockaddrInet4, n),
+		cmsgs: make([]byte, n*cmsgSpace),
+	}
+}
+
+// openUDP opens the backend's socket, bound to port on every address of
+// the current network namespace, and probes UDP GSO and GRO.
+func openUDP(port uint16) (*udpSock, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, fmt.Errorf("open UDP socket: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(fd)
+		}
+	}()
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	for _, o := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {
+		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, o[0], 8<<20) != nil {
+			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, o[1], 8<<20)
+		}
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(port)}); err != nil {
+		return nil, fmt.Errorf("bind UDP port %d: %w", port, err)
+	}
+	s := &udpSock{port: port, r: newSockBatch(rxBatch), w: newSockBatch(txMaxMsgs)}
+	if _, err := unix.GetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT); err == nil {
+		s.gso = true
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1); err == nil {
+		s.gro = true
+	}
+	s.f = os.NewFile(uintptr(fd), "weft-udp")
+	rc, err := s.f.SyscallConn()
+	if err != nil {
+		s.f.Close()
+		ok = true
+		return nil, fmt.Errorf("UDP socket raw conn: %w", err)
+	}
+	s.rc = rc
+	s.r.fn = s.recv
+	s.w.fn = s.sendFrom
+	ok = true
+	return s, nil
+}
+
+// Close closes the socket; blocked reads and writes return.
+func (s *udpSock) Close() error { return s.f.Close() }
+
+func (s *udpSock) recv(fd uintptr) bool {
+	b := &s.r
+	for {
+		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(b.cnt), unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+			b.done, b.errno = int(n), 0
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			b.done, b.errno = 0, e
+			return true
+		}
+	}
+}
+
+// ReadBatch implements batchConn.
+func (s *udpSock) ReadBatch(ms []message) (int, error) {
+	b := &s.r
+	b.cnt = min(len(ms), len(b.hdrs))
+	for i := 0; i < b.cnt; i++ {
+		b.iovs[i].Base = &ms[i].buf[0]
+		b.iovs[i].SetLen(len(ms[i].buf))
+		h := &b.hdrs[i].hdr
+		*h = unix.Msghdr{}
+		h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		h.Namelen = unix.SizeofSockaddrInet4
+		h.Iov = &b.iovs[i]
+		h.Iovlen = 1
+		h.Control = &b.cmsgs[i*cmsgSpace]
+		h.SetControllen(cmsgSpace)
+		b.hdrs[i].n = 0
+	}
+	for {
+		if err := s.rc.Read(b.fn); err != nil {
+			return 0, err
+		}
+		if b.errno == 0 {
+			break
+		}
+		if b.errno == unix.ECONNREFUSED || b.errno == unix.EHOSTUNREACH || b.errno == unix.ENETUNREACH {
+			continue // a stale ICMP error; not about the next datagram
+		}
+		return 0, fmt.Errorf("recvmmsg: %w", b.errno)
+	}
+	for i := 0; i < b.done; i++ {
+		m := &ms[i]
+		m.n = int(b.hdrs[i].n)
+		a := b.names[i].Addr
+		m.addr = binary.BigEndian.Uint32(a[:])
+		m.seg = 0
+		if cl := int(b.hdrs[i].hdr.Controllen); cl >= unix.SizeofCmsghdr+4 {
+			c := b.cmsgs[i*cmsgSpace:]
+			hdr := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+			if hdr.Level == unix.SOL_UDP && hdr.Type == unix.UDP_GRO {
+				m.seg = int(binary.NativeEndian.Uint32(c[unix.CmsgLen(0):]))
+			}
+		}
+	}
+	return b.done, nil
+}
+
+func (s *udpSock) sendFrom(fd uintptr) bool {
+	b := &s.w
+	for b.done < b.cnt {
+		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[b.done])), uintptr(b.cnt-b.done), unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+			b.done += int(n)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			b.errno = e
+			return true
+		}
+	}
+	return true
+}
+
+// WriteBatch implements batchConn. A message the kernel refuses is skipped
+// and reported after the rest went out.
+func (s *udpSock) WriteBatch(ms []message) error {
+	b := &s.w
+	var firstErr error
+	for len(ms) > 0 {
+		b.cnt = min(len(ms), len(b.hdrs))
+		for i := 0; i < b.cnt; i++ {
+			m := &ms[i]
+			name := &b.names[i]
+			name.Family = unix.AF_INET
+			binary.BigEndian.PutUint32(name.Addr[:], m.addr)
+			binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&name.Port))[:], s.port)
+			b.iovs[i].Base = &m.buf[0]
+			b.iovs[i].SetLen(len(m.buf))
+			h := &b.hdrs[i].hdr
+			*h = unix.Msghdr{}
+			h.Name = (*byte)(unsafe.Pointer(name))
+			h.Namelen = unix.SizeofSockaddrInet4
+			h.Iov = &b.iovs[i]
+			h.Iovlen = 1
+			if m.seg > 0 {
+				c := b.cmsgs[i*cmsgSpace : (i+1)*cmsgSpace]
+				clear(c)
+				ch := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+				ch.Level = unix.SOL_UDP
+				ch.Type = unix.UDP_SEGMENT
+				ch.SetLen(unix.CmsgLen(2))
+				binary.NativeEndian.PutUint16(c[unix.CmsgLen(0):], uint16(m.seg))
+				h.Control = &c[0]
+				h.SetControllen(unix.CmsgSpace(2))
+			}
+		}
+		b.done, b.errno = 0, 0
+		for b.done < b.cnt {
+			b.errno = 0
+			if err := s.rc.Write(b.fn); err != nil {
+				return err
+			}
+			if b.errno != 0 {
+				// The message at b.done failed; skip it.
+				if ms[b.done].seg > 0 && (b.errno == unix.EIO || b.errno == unix.EINVAL) {
+					return errGSO
+				}
+				if firstErr == nil {
+					firstErr = fmt.Errorf("sendmmsg: %w", b.errno)
+				}
+				b.done++
+			}
+		}
+		ms = ms[b.cnt:]
+	}
+	return firstErr
+}
+
+var errClosed = errors.New("closed")

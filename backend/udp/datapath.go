@@ -1,0 +1,386 @@
+package udp
+
+import (
+	"errors"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/backend/udp/packet"
+)
+
+// Data path design
+//
+// Two goroutines move packets, one per direction, each with its own
+// buffers allocated once:
+//
+//	TUN --read--> [GSO split, TTL-1, peer lookup] --sendmmsg(UDP_SEGMENT)--> peers
+//	peers --recvmmsg(UDP_GRO)--> [filters, TTL-1, GRO coalesce] --write--> TUN
+//
+// The TUN is opened with IFF_VNET_HDR and TSO, so one read returns up to
+// 64 KiB of one TCP flow; it is cut into MTU-sized packets here, each of
+// which becomes one UDP datagram (flannel's wire format). UDP GSO hands all
+// of them to the kernel in one call. On receive, UDP GRO returns many
+// datagrams of one sender in one buffer; their TCP segments are merged
+// back into super-packets before being written to the TUN. Each offload is
+// optional: without it the same code runs one packet at a time.
+
+// tunDevice is the TUN side of the data path. With a virtio-net header
+// enabled every packet read or written starts with that header.
+type tunDevice interface {
+	// Read reads one packet into b and returns its length. It returns an
+	// error once the device is closed.
+	Read(b []byte) (int, error)
+	// Write writes one packet.
+	Write(b []byte) (int, error)
+}
+
+// message is one datagram (or a run of equal-sized datagrams to or from
+// the same peer, when seg is set) in a batch.
+type message struct {
+	buf  []byte // read: the buffer to fill; write: the payload
+	n    int    // read: bytes received
+	addr uint32 // the peer's IPv4 address
+	seg  int    // write: UDP_SEGMENT size; read: UDP_GRO size; 0 if one datagram
+}
+
+// batchConn is the UDP side of the data path: one socket bound to the
+// backend's port, sending to the same port on peers.
+type batchConn interface {
+	// ReadBatch receives up to len(ms) messages into ms[i].buf, blocking
+	// until at least one arrives, and returns how many it filled.
+	ReadBatch(ms []message) (int, error)
+	// WriteBatch sends every message. It returns errGSO if the kernel
+	// refused a segmented send; the caller then sends one datagram per
+	// message.
+	WriteBatch(ms []message) error
+}
+
+// errGSO reports that UDP_SEGMENT sends do not work on this path.
+var errGSO = errors.New("UDP GSO send failed")
+
+// Drop reasons.
+const (
+	dropUnknownPeer = iota
+	dropMalformed
+	dropNotOurSubnet
+	dropBadSource
+	dropNoRoute
+	dropTTL
+	dropSend
+	dropTUNWrite
+	numDrops
+)
+
+var dropNames = [numDrops]string{
+	"unknown-peer", "malformed", "not-our-subnet", "bad-source", "no-route", "ttl-exceeded", "send-error", "tun-write",
+}
+
+type counters struct {
+	txPackets, txBytes atomic.Uint64
+	rxPackets, rxBytes atomic.Uint64
+	drops              [numDrops]atomic.Uint64
+}
+
+func (c *counters) snapshot() *backend.DataPathStats {
+	s := &backend.DataPathStats{
+		TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load(),
+		RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(),
+		Drops: map[string]uint64{},
+	}
+	for i := range c.drops {
+		if v := c.drops[i].Load(); v != 0 {
+			s.Drops[dropNames[i]] = v
+		}
+	}
+	return s
+}
+
+// fwdState is the immutable forwarding table, swapped atomically.
+type fwdState struct {
+	netAddr, netMask uint32              // cluster network
+	ownAddr, ownMask uint32              // our subnet
+	subMask          uint32              // mask of every subnet
+	peers            map[uint32]uint32   // peer subnet address -> PublicIP
+	publics          map[uint32]struct{} // PublicIPs of peers
+}
+
+func (s *fwdState) inNetwork(a uint32) bool { return a&s.netMask == s.netAddr }
+func (s *fwdState) inOwn(a uint32) bool     { return a&s.ownMask == s.ownAddr }
+
+// Sizes of the per-direction buffers.
+const (
+	maxPacket   = 65535
+	headroom    = packet.VirtioNetHdrLen
+	rxBatch     = 32
+	txMaxMsgs   = 160
+	udpMaxSegs  = 64    // UDP_MAX_SEGMENTS on older kernels
+	udpMaxBytes = 65507 // largest UDP payload in one IPv4 datagram
+)
+
+type dataPath struct {
+	tun     tunDevice
+	conn    batchConn
+	vnetHdr bool
+	gso     atomic.Bool
+	state   *atomic.Pointer[fwdState]
+	stats   *counters
+	logger  *slog.Logger
+}
+
+// txPath is the TUN-to-UDP direction's state, owned by one goroutine.
+type txPath struct {
+	*dataPath
+	in   []byte
+	out  []byte
+	msgs []message
+	icmp []byte
+}
+
+func (d *dataPath) newTx() *txPath {
+	return &txPath{
+		dataPath: d,
+		in:       make([]byte, headroom+maxPacket+1),
+		out:      make([]byte, 3*maxPacket),
+		msgs:     make([]message, txMaxMsgs),
+		icmp:     make([]byte, headroom+packet.IPv4HeaderLen+8+60+8),
+	}
+}
+
+// runTx moves packets from the TUN to peers until the TUN read fails.
+func (t *txPath) run() error {
+	for {
+		n, err := t.tun.Read(t.in)
+		if err != nil {
+			return err
+		}
+		t.handle(t.in[:n])
+	}
+}
+
+// handle forwards one read from the TUN.
+func (t *txPath) handle(b []byte) {
+	var h packet.VirtioNetHdr
+	pkt := b
+	if t.vnetHdr {
+		if len(b) < headroom {
+			t.stats.drops[dropMalformed].Add(1)
+			return
+		}
+		h = packet.DecodeVirtioNetHdr(b)
+		pkt = b[headroom:]
+	}
+	ip, err := packet.ParseIPv4(pkt)
+	if err != nil {
+		t.stats.drops[dropMalformed].Add(1)
+		return
+	}
+	pkt = pkt[:ip.TotalLen]
+	st := t.state.Load()
+	if st == nil || !st.inNetwork(ip.Dst) {
+		t.stats.drops[dropNoRoute].Add(1)
+		return
+	}
+	peer, ok := st.peers[ip.Dst&st.subMask]
+	if !ok {
+		t.stats.drops[dropNoRoute].Add(1)
+		t.unreachable(pkt, st)
+		return
+	}
+	switch h.GSOType &^ packet.GSOECNBit {
+	case packet.GSONone:
+		if h.Flags&packet.VirtioNeedsCsum != 0 {
+			if packet.CompletePartialChecksum(pkt, int(h.CsumStart), int(h.CsumOffset)) != nil {
+				t.stats.drops[dropMalformed].Add(1)
+				return
+			}
+		}
+		if !packet.DecTTL(pkt) {
+			t.stats.drops[dropTTL].Add(1)
+			return
+		}
+		t.msgs[0] = message{buf: pkt, addr: peer}
+		t.send(t.msgs[:1], 1, len(pkt))
+	case packet.GSOTCPv4:
+		segSize, nseg, used, err := packet.SegmentTCPv4(pkt, int(h.GSOSize), true, t.out)
+		if err != nil {
+			if errors.Is(err, packet.ErrTTL) {
+				t.stats.drops[dropTTL].Add(1)
+			} else {
+				t.stats.drops[dropMalformed].Add(1)
+			}
+			return
+		}
+		t.send(t.segmentMsgs(peer, segSize, nseg, used), nseg, used)
+	default:
+		t.stats.drops[dropMalformed].Add(1)
+	}
+}
+
+// segmentMsgs describes nseg back-to-back segments in t.out as messages:
+// runs of up to udpMaxSegs segments when UDP GSO works, else one each.
+func (t *txPath) segmentMsgs(peer uint32, segSize, nseg, used int) []message {
+	per := 1
+	if t.gso.Load() {
+		per = min(udpMaxSegs, udpMaxBytes/segSize)
+	}
+	ms := t.msgs[:0]
+	for i := 0; i < nseg; i += per {
+		start := i * segSize
+		end := min(start+per*segSize, used)
+		m := message{buf: t.out[start:end], addr: peer}
+		if end-start > segSize {
+			m.seg = segSize
+		}
+		ms = append(ms, m)
+	}
+	return ms
+}
+
+func (t *txPath) send(ms []message, npkts, nbytes int) {
+	err := t.conn.WriteBatch(ms)
+	if errors.Is(err, errGSO) {
+		t.gso.Store(false)
+		t.logger.Warn("UDP GSO send failed; sending one datagram per call from now on")
+		// Resend one datagram per message.
+		for _, m := range ms {
+			if m.seg == 0 {
+				err = t.conn.WriteBatch([]message{m})
+				continue
+			}
+			for off := 0; off < len(m.buf); off += m.seg {
+				one := message{buf: m.buf[off:min(off+m.seg, len(m.buf))], addr: m.addr}
+				err = t.conn.WriteBatch([]message{one})
+			}
+		}
+	}
+	if err != nil {
+		t.stats.drops[dropSend].Add(uint64(npkts))
+		return
+	}
+	t.stats.txPackets.Add(uint64(npkts))
+	t.stats.txBytes.Add(uint64(nbytes))
+}
+
+// unreachable answers a packet to an unknown subnet of the cluster network
+// with ICMP net unreachable, written back into the TUN.
+func (t *txPath) unreachable(pkt []byte, st *fwdState) {
+	b := t.icmp
+	off := 0
+	if t.vnetHdr {
+		clear(b[:headroom])
+		off = headroom
+	}
+	n := packet.BuildNetUnreachable(b[off:], pkt, st.ownAddr)
+	if n == 0 {
+		return
+	}
+	if _, err := t.tun.Write(b[:off+n]); err != nil {
+		t.stats.drops[dropTUNWrite].Add(1)
+	}
+}
+
+// rxPath is the UDP-to-TUN direction's state, owned by one goroutine.
+type rxPath struct {
+	*dataPath
+	msgs  []message
+	bufs  [][]byte
+	coal  *packet.Coalescer
+	wrErr error
+}
+
+func (d *dataPath) newRx() *rxPath {
+	r := &rxPath{dataPath: d, msgs: make([]message, rxBatch), bufs: make([][]byte, rxBatch)}
+	for i := range r.bufs {
+		r.bufs[i] = make([]byte, headroom+maxPacket)
+	}
+	r.coal = packet.NewCoalescer(8, r)
+	return r
+}
+
+// WritePacket implements packet.Writer for the coalescer.
+func (r *rxPath) WritePacket(b []byte) error {
+	if _, err := r.tun.Write(b); err != nil {
+		r.stats.drops[dropTUNWrite].Add(1)
+		r.wrErr = err
+	}
+	return nil
+}
+
+// run moves packets from peers to the TUN until the socket read fails.
+func (r *rxPath) run() error {
+	for {
+		for i := range r.msgs {
+			r.msgs[i] = message{buf: r.bufs[i][headroom:]}
+		}
+		n, err := r.conn.ReadBatch(r.msgs)
+		if err != nil {
+			return err
+		}
+		st := r.state.Load()
+		for i := 0; i < n; i++ {
+			r.handle(i, st)
+		}
+		if r.vnetHdr {
+			r.coal.Flush()
+		}
+	}
+}
+
+// handle processes message i of the batch: one datagram, or several of
+// equal size when UDP GRO merged them.
+func (r *rxPath) handle(i int, st *fwdState) {
+	m := &r.msgs[i]
+	seg := m.seg
+	if seg <= 0 || seg > m.n {
+		seg = m.n
+	}
+	if st == nil {
+		r.stats.drops[dropUnknownPeer].Add(uint64(max(1, (m.n+seg-1)/max(seg, 1))))
+		return
+	}
+	if _, ok := st.publics[m.addr]; !ok {
+		r.stats.drops[dropUnknownPeer].Add(uint64(max(1, (m.n+seg-1)/max(seg, 1))))
+		return
+	}
+	buf := r.bufs[i]
+	if m.n == 0 {
+		r.stats.drops[dropMalformed].Add(1)
+		return
+	}
+	for off := 0; off < m.n; off += seg {
+		end := min(off+seg, m.n)
+		pkt := buf[headroom+off : headroom+end]
+		ip, err := packet.ParseIPv4(pkt)
+		if err != nil {
+			r.stats.drops[dropMalformed].Add(1)
+			continue
+		}
+		pkt = pkt[:ip.TotalLen]
+		switch {
+		case !st.inNetwork(ip.Src):
+			r.stats.drops[dropBadSource].Add(1)
+			continue
+		case !st.inOwn(ip.Dst):
+			r.stats.drops[dropNotOurSubnet].Add(1)
+			continue
+		case !packet.DecTTL(pkt):
+			r.stats.drops[dropTTL].Add(1)
+			continue
+		}
+		r.stats.rxPackets.Add(1)
+		r.stats.rxBytes.Add(uint64(len(pkt)))
+		switch {
+		case !r.vnetHdr:
+			r.WritePacket(pkt)
+		case ip.Proto == packet.ProtoTCP:
+			r.coal.Push(pkt, ip)
+		default:
+			// The bytes before pkt belong to the previous datagram of
+			// this buffer, already handled, or to the headroom.
+			b := buf[off : headroom+off+len(pkt)]
+			clear(b[:headroom])
+			r.WritePacket(b)
+		}
+	}
+}

@@ -1,0 +1,73 @@
+package udp
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// tunFile is an attached TUN queue and the offloads it got.
+type tunFile struct {
+	*os.File
+	vnetHdr  bool
+	offloads []string // active TUN offloads, e.g. "csum", "tso4"
+}
+
+// openTUN attaches to (creating if needed) the persistent TUN device name
+// in the current network namespace, asking for a virtio-net header and
+// TCP segmentation offload, and falling back step by step to a plain TUN.
+func openTUN(name string) (*tunFile, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(fd)
+		}
+	}()
+	t := &tunFile{}
+	setIff := func(flags uint16) error {
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			return err
+		}
+		ifr.SetUint16(flags)
+		return unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+	}
+	base := uint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	if err := setIff(base | unix.IFF_VNET_HDR); err == nil {
+		t.vnetHdr = true
+	} else if err2 := setIff(base); err2 != nil {
+		return nil, fmt.Errorf("attach TUN %s: %w", name, errors.Join(err, err2))
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+		return nil, fmt.Errorf("make TUN %s persistent: %w", name, err)
+	}
+	if t.vnetHdr {
+		for _, try := range []struct {
+			flags int
+			names []string
+		}{
+			{unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO_ECN, []string{"csum", "tso4", "tso-ecn"}},
+			{unix.TUN_F_CSUM | unix.TUN_F_TSO4, []string{"csum", "tso4"}},
+			{unix.TUN_F_CSUM, []string{"csum"}},
+			{0, nil},
+		} {
+			if unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, try.flags) == nil {
+				t.offloads = try.names
+				break
+			}
+		}
+		t.offloads = append([]string{"vnet-hdr"}, t.offloads...)
+	}
+	t.File = os.NewFile(uintptr(fd), "/dev/net/tun:"+name)
+	ok = true
+	return t, nil
+}
+
+func (t *tunFile) String() string { return strings.Join(t.offloads, ",") }
