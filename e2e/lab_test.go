@@ -194,3 +194,49 @@ func linkNames(t *testing.T, ns string) []string {
 	}
 	return names
 }
+
+// TestLabKeepDown checks that a kept lab survives its Close and that
+// `weft-lab down NAME` removes all of it.
+func TestLabKeepDown(t *testing.T) {
+	needBins(t, "weft-lab")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := lab.New(ctx, lab.Options{Hosts: 1, BinDir: binDir, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := l.State()
+	t.Cleanup(func() { lab.Down(st) }) // backstop if the test fails midway
+	if err := l.Keep(); err != nil {
+		t.Fatal(err)
+	}
+	etcdPID := l.EtcdPID()
+	l.Close() // no effect on a kept lab
+	for _, n := range st.Namespaces {
+		if _, err := os.Stat("/var/run/netns/" + n); err != nil {
+			t.Fatalf("kept lab lost namespace %s: %v", n, err)
+		}
+	}
+	out, err := exec.CommandContext(ctx, filepath.Join(binDir, "weft-lab"), "down", st.Name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("weft-lab down: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "removed lab "+st.Name) {
+		t.Errorf("weft-lab down output: %s", out)
+	}
+	for _, n := range st.Namespaces {
+		if _, err := os.Stat("/var/run/netns/" + n); err == nil {
+			t.Errorf("namespace %s survived weft-lab down", n)
+		}
+	}
+	if _, err := os.Stat(st.Dir); err == nil {
+		t.Errorf("lab dir %s survived weft-lab down", st.Dir)
+	}
+	if data, err := os.ReadFile("/proc/" + itoa(etcdPID) + "/cmdline"); err == nil && strings.Contains(string(data), "weft-lab") {
+		t.Errorf("etcd pid %d survived weft-lab down", etcdPID)
+	}
+	out, err = exec.CommandContext(ctx, filepath.Join(binDir, "weft-lab"), "down", st.Name).CombinedOutput()
+	if err == nil {
+		t.Errorf("weft-lab down of a removed lab succeeded: %s", out)
+	}
+}

@@ -90,6 +90,8 @@ type Lab struct {
 	pods      []*Pod
 	extraNS   []string // namespaces to delete on Close besides sw/hosts/pods
 	closed    bool
+	kept      bool
+	created   time.Time
 	closeErr  error
 }
 
@@ -188,6 +190,7 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 		BinDir:   bin,
 		opts:     opts,
 		log:      opts.Logger.With("lab", name),
+		created:  time.Now().UTC(),
 	}
 	defer func() {
 		if err != nil {

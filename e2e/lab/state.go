@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -25,6 +26,7 @@ type State struct {
 	BinDir     string    `json:"binDir"`
 	Backend    string    `json:"backend"`
 	OwnerPID   int       `json:"ownerPid"`
+	Kept       bool      `json:"kept"` // detached with Keep: nobody will close it
 	Created    time.Time `json:"created"`
 }
 
@@ -42,7 +44,8 @@ func (l *Lab) State() State {
 		BinDir:     l.BinDir,
 		Backend:    l.opts.Backend,
 		OwnerPID:   os.Getpid(),
-		Created:    time.Now().UTC(),
+		Kept:       l.kept,
+		Created:    l.created,
 	}
 	for _, h := range l.Hosts {
 		s.Hosts = append(s.Hosts, h.Name)
@@ -134,6 +137,16 @@ func Down(s State) error {
 func (l *Lab) Keep() error {
 	l.mu.Lock()
 	l.closed = true
+	l.kept = true
 	l.mu.Unlock()
 	return l.saveState()
+}
+
+// Orphaned reports whether nobody will remove the lab: it was kept, or the
+// process that built it is gone.
+func (s State) Orphaned() bool {
+	if s.Kept || s.OwnerPID <= 0 {
+		return true
+	}
+	return syscall.Kill(s.OwnerPID, 0) == syscall.ESRCH
 }

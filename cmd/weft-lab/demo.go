@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/weftnet/weft/e2e/lab"
+)
+
+// demoConfig is what `weft-lab demo` was asked for.
+type demoConfig struct {
+	hosts       int
+	podsPerHost int
+	backend     string
+	keep        bool
+	binDir      string
+	verbose     bool
+}
+
+func parseDemo(args []string, stderr io.Writer) (demoConfig, error) {
+	var c demoConfig
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&c.hosts, "hosts", 3, "number of hosts")
+	fs.IntVar(&c.podsPerHost, "pods", 2, "pods per host")
+	fs.StringVar(&c.backend, "backend", "vxlan", "backend type: vxlan, host-gw or udp")
+	fs.BoolVar(&c.keep, "keep", false, "leave the lab running; remove it later with 'weft-lab down'")
+	fs.StringVar(&c.binDir, "bin-dir", "", "directory holding weftd, weftctl and weft (default: this executable's directory)")
+	fs.BoolVar(&c.verbose, "v", false, "log lab progress")
+	if err := fs.Parse(args); err != nil {
+		return c, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("%w: demo takes no arguments, got %q", errUsage, fs.Args())
+	}
+	switch c.backend {
+	case "vxlan", "host-gw", "udp":
+	default:
+		return c, fmt.Errorf("%w: --backend must be vxlan, host-gw or udp, got %q", errUsage, c.backend)
+	}
+	if c.hosts < 1 || c.hosts > 99 {
+		return c, fmt.Errorf("%w: --hosts must be 1..99, got %d", errUsage, c.hosts)
+	}
+	if c.podsPerHost < 0 || c.podsPerHost > 9 {
+		return c, fmt.Errorf("%w: --pods must be 0..9, got %d", errUsage, c.podsPerHost)
+	}
+	if c.binDir == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return c, fmt.Errorf("find bin dir: %w", err)
+		}
+		c.binDir = filepath.Dir(exe)
+	}
+	return c, nil
+}
+
+// checkBins reports missing binaries with the command that builds them.
+func checkBins(dir string, names ...string) error {
+	var missing []string
+	for _, n := range names {
+		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s in %s: run 'make build' and use bin/weft-lab, or pass --bin-dir", strings.Join(missing, ", "), dir)
+	}
+	return nil
+}
+
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseDemo(args, stderr)
+	if err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("demo needs root: it creates network namespaces")
+	}
+	if err := lab.CheckTools("ip", "iptables", "ping", "sysctl"); err != nil {
+		return err
+	}
+	if err := checkBins(c.binDir, "weftd", "weft", "weftctl", "weft-lab"); err != nil {
+		return err
+	}
+	level := slog.LevelWarn
+	if c.verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	start := time.Now()
+	step := func(format string, a ...any) {
+		fmt.Fprintf(stdout, "[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, a...))
+	}
+	upCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	l, err := lab.New(upCtx, lab.Options{
+		Hosts: c.hosts, Backend: c.backend, BinDir: c.binDir,
+		Name: "weft", Logger: logger, NoConfig: true,
+	})
+	if err != nil {
+		return err
+	}
+	kept := false
+	defer func() {
+		if !kept {
+			if err := l.Close(); err != nil {
+				fmt.Fprintf(stderr, "weft-lab: tear down: %v\n", err)
+			} else {
+				step("lab %s torn down", l.Name)
+			}
+		}
+	}()
+	step("lab %s: switch %s, %d hosts on 192.0.2.0/24, etcd at %s", l.Name, l.Switch, c.hosts, lab.EtcdEndpoint)
+
+	config := fmt.Sprintf(`{"Network":"198.18.0.0/16","Backend":{"Type":%q}}`, c.backend)
+	if err := l.WriteConfig(config); err != nil {
+		return err
+	}
+	step("network config: %s", config)
+
+	for _, h := range l.Hosts {
+		if err := h.StartWeftd(); err != nil {
+			return err
+		}
+	}
+	for _, h := range l.Hosts {
+		if err := h.WaitReady(upCtx); err != nil {
+			return err
+		}
+		env, err := h.SubnetEnv()
+		if err != nil {
+			return fmt.Errorf("%s: %w", h.Name, err)
+		}
+		step("%s (%s): weftd ready, subnet %s, mtu %d", h.Name, h.IP, env.LeaseSubnet(), env.MTU)
+	}
+	for _, h := range l.Hosts {
+		for k := 0; k < c.podsPerHost; k++ {
+			p, err := h.AddPod(upCtx, "")
+			if err != nil {
+				return err
+			}
+			step("pod %s on %s: %s", p.NSName, h.Name, p.IP)
+		}
+	}
+
+	h1 := l.Host(1)
+	out, err := h1.Exec(upCtx, filepath.Join(c.binDir, "weftctl"), "--etcd-endpoints="+lab.EtcdEndpoint, "leases")
+	fmt.Fprintf(stdout, "\n$ ip netns exec %s weftctl --etcd-endpoints=%s leases\n%s\n", h1.Name, lab.EtcdEndpoint, strings.TrimRight(string(out), "\n"))
+	if err != nil {
+		fmt.Fprintf(stderr, "weft-lab: weftctl leases: %v\n", err)
+	}
+
+	var demoErr error
+	if c.podsPerHost > 0 {
+		if _, err := l.WaitConnectivity(upCtx, 30*time.Second); err != nil {
+			demoErr = err
+		}
+		m := l.PingMatrix(upCtx)
+		fmt.Fprintf(stdout, "\npod-to-pod ping (3 packets each, average RTT):\n%s\n", m)
+		if !m.OK() && demoErr == nil {
+			demoErr = fmt.Errorf("connectivity: %s", strings.Join(m.Failures(), "; "))
+		}
+		if demoErr != nil {
+			l.DumpLogs(stderr)
+		}
+	}
+
+	if c.keep {
+		if err := l.Keep(); err != nil {
+			return err
+		}
+		kept = true
+		fmt.Fprintf(stdout, "lab %s kept running. Look around:\n", l.Name)
+		fmt.Fprintf(stdout, "  ip netns list | grep %s\n", l.Name)
+		fmt.Fprintf(stdout, "  ip netns exec %s bash            # a host: ip route, ip -d link show, iptables -S\n", h1.Name)
+		if pods := l.Pods(); len(pods) > 0 {
+			fmt.Fprintf(stdout, "  ip netns exec %s ping %s   # a pod\n", pods[0].NSName, pods[len(pods)-1].IP)
+		}
+		fmt.Fprintf(stdout, "  less %s                         # weftd log\n", h1.WeftdLog())
+		fmt.Fprintf(stdout, "Clean up with:\n  %s down %s\n", filepath.Join(c.binDir, "weft-lab"), l.Name)
+	}
+	return demoErr
+}
+
+func runDown(args []string, stdout io.Writer) error {
+	if os.Geteuid() != 0 {
+		return errors.New("down needs root: it deletes network namespaces")
+	}
+	states, err := lab.ListStates()
+	if err != nil {
+		return err
+	}
+	want := map[string]bool{}
+	for _, a := range args {
+		want[a] = true
+	}
+	var errs []error
+	found := 0
+	for _, s := range states {
+		if len(want) > 0 && !want[s.Name] {
+			continue
+		}
+		if len(want) == 0 && !s.Orphaned() {
+			fmt.Fprintf(stdout, "skipping lab %s: its owner (pid %d) is still running; name it to remove it anyway\n", s.Name, s.OwnerPID)
+			continue
+		}
+		found++
+		delete(want, s.Name)
+		if err := lab.Down(s); err != nil {
+			errs = append(errs, fmt.Errorf("down %s: %w", s.Name, err))
+			continue
+		}
+		fmt.Fprintf(stdout, "removed lab %s (%d namespaces)\n", s.Name, len(s.Namespaces))
+	}
+	for name := range want {
+		errs = append(errs, fmt.Errorf("no lab named %q in %s", name, lab.StateDir))
+	}
+	if found == 0 && len(args) == 0 {
+		fmt.Fprintf(stdout, "no labs recorded in %s\n", lab.StateDir)
+	}
+	return errors.Join(errs...)
+}
