@@ -4,6 +4,7 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 CNIBIN  ?= /opt/cni/bin
 export CGO_ENABLED ?= 0
+export PATH := $(PATH):/usr/local/go/bin
 
 BINARIES := bin/weftd bin/weftctl bin/weft bin/weft-lab
 
