@@ -290,19 +290,11 @@ func (d *daemon) previous(ctx context.Context, reg *etcd.Registry, netcfg *subne
 		return prevSubnet, subnet.LeaseAttrs{}
 	}
 	for _, l := range snap.Leases {
-		if l.Attrs.PublicIP == ext.PublicIP && l.Attrs.BackendType == backendTypeInLease(netcfg.BackendType) {
+		if l.Attrs.PublicIP == ext.PublicIP && l.Attrs.BackendType == subnet.LeaseBackendType(netcfg.BackendType) {
 			return prevSubnet, l.Attrs
 		}
 	}
 	return prevSubnet, subnet.LeaseAttrs{}
-}
-
-// backendTypeInLease is the BackendType a backend writes: udp writes none.
-func backendTypeInLease(t string) string {
-	if t == "udp" {
-		return ""
-	}
-	return t
 }
 
 // acquire claims our lease, retrying with backoff until it succeeds or ctx
@@ -417,7 +409,7 @@ func (d *daemon) pushDesired() {
 				d.warnSkip(key, fmt.Sprint(l.ModRevision), "invalid", err)
 				continue
 			}
-			if err := validateBackendData(d.netcfg.BackendType, l); err != nil {
+			if err := d.netcfg.ValidatePeerBackend(l); err != nil {
 				seen[key] = true
 				skipped++
 				d.warnSkip(key, fmt.Sprint(l.ModRevision), "backend-data", err)
@@ -435,27 +427,6 @@ func (d *daemon) pushDesired() {
 	d.peersKnown = len(peers)
 	d.metrics.leasesInvalid.Set(float64(skipped))
 	d.be.SetDesired(d.lease, peers)
-}
-
-// validateBackendData refuses a peer whose backend does not match ours or
-// whose vxlan data is malformed, so that such a lease never becomes a route.
-func validateBackendData(ourType string, l subnet.Lease) error {
-	if got, want := l.Attrs.BackendType, backendTypeInLease(ourType); got != want {
-		return fmt.Errorf("peer runs backend %q, this host runs %q", orUDP(got), ourType)
-	}
-	if ourType == "vxlan" {
-		if _, _, err := subnet.ParseVXLANData(l.Attrs.BackendData); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func orUDP(t string) string {
-	if t == "" {
-		return "udp"
-	}
-	return t
 }
 
 // warnSkip logs a skipped lease once per fingerprint and counts it.

@@ -1,0 +1,122 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Watcher feeds the daemon the full current set of leases.
+//
+// It lists the leases, applies them, then watches from the list revision + 1
+// so that no change falls in a gap. After each watch response it applies the
+// whole set again, once per response however many events it carried. When
+// etcd compacts past the watch, or the watch breaks, it lists again. Leases in
+// the Watcher's snapshots carry no Expiration: filling it costs one request
+// per etcd lease, which a daemon does not need.
+type Watcher struct {
+	reg    *Registry
+	logger *slog.Logger
+	// backoff bounds for retrying after errors.
+	minBackoff, maxBackoff time.Duration
+	// afterList is a test hook run between the list and the watch.
+	afterList func()
+}
+
+// NewWatcher returns a Watcher; logger may be nil.
+func NewWatcher(reg *Registry, logger *slog.Logger) *Watcher {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Watcher{reg: reg, logger: logger, minBackoff: 200 * time.Millisecond, maxBackoff: 5 * time.Second}
+}
+
+// Run calls apply with the full set of leases, first after listing and then
+// after each batch of changes. apply runs on Run's goroutine; Run waits for it.
+// Run returns nil when ctx ends and never on transient etcd errors.
+func (w *Watcher) Run(ctx context.Context, apply func(Snapshot)) error {
+	backoff := w.minBackoff
+	sleep := func() bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, w.maxBackoff)
+		return true
+	}
+	for ctx.Err() == nil {
+		kvs, rev, err := w.reg.listKVs(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			w.logger.Warn("cannot list leases; retrying", "err", err, "retry_in", backoff)
+			if !sleep() {
+				break
+			}
+			continue
+		}
+		if w.afterList != nil {
+			w.afterList()
+		}
+		apply(buildSnapshot(w.reg.subnetsPrefix, kvs, rev))
+		err = w.watch(ctx, kvs, rev, apply, func() { backoff = w.minBackoff })
+		if ctx.Err() != nil {
+			break
+		}
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			w.logger.Info("lease watch compacted; listing again", "revision", rev)
+			continue // list at once: nothing is wrong with etcd
+		}
+		w.logger.Warn("lease watch broke; listing again", "err", err, "retry_in", backoff)
+		if !sleep() {
+			break
+		}
+	}
+	return nil
+}
+
+// watch applies changes on top of the listed kvs until the watch fails or
+// ctx ends.
+func (w *Watcher) watch(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, apply func(Snapshot), healthy func()) error {
+	st := make(map[string]*mvccpb.KeyValue, len(kvs))
+	for _, kv := range kvs {
+		st[string(kv.Key)] = kv
+	}
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := w.reg.cli.Watch(wctx, w.reg.subnetsPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		w.reg.touch()
+		healthy()
+		if len(resp.Events) == 0 {
+			continue
+		}
+		for _, ev := range resp.Events {
+			if ev.Type == clientv3.EventTypeDelete {
+				delete(st, string(ev.Kv.Key))
+			} else {
+				st[string(ev.Kv.Key)] = ev.Kv
+			}
+			rev = max(rev, ev.Kv.ModRevision)
+		}
+		all := make([]*mvccpb.KeyValue, 0, len(st))
+		for _, kv := range st {
+			all = append(all, kv)
+		}
+		apply(buildSnapshot(w.reg.subnetsPrefix, all, rev))
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return errors.New("watch channel closed")
+}
