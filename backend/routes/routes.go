@@ -20,6 +20,7 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backend"
@@ -111,6 +112,10 @@ type Reconciler struct {
 func New(t Table, network netip.Prefix) *Reconciler {
 	return &Reconciler{table: t, network: network.Masked(), installed: map[netip.Prefix]Want{}}
 }
+
+// SetTable swaps the table (for example after reopening a socket), keeping
+// what the Reconciler knows it installed.
+func (rc *Reconciler) SetTable(t Table) { rc.table = t }
 
 // Reconcile makes the table match want. Later entries for the same
 // destination win. It keeps going after individual failures, which are
@@ -269,29 +274,13 @@ func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a, ones).Masked(), true
 }
 
-// NetlinkTable is the main IPv4 table of one namespace.
-type NetlinkTable struct {
-	H *netlink.Handle
-}
-
-var _ Table = NetlinkTable{}
-
-// List implements Table.
-func (t NetlinkTable) List() ([]netlink.Route, error) {
-	return nl.Dump(func() ([]netlink.Route, error) {
-		return t.H.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	})
-}
-
-// Replace implements Table.
-func (t NetlinkTable) Replace(r *netlink.Route) error { return t.H.RouteReplace(r) }
-
-// Delete implements Table.
-func (t NetlinkTable) Delete(r *netlink.Route) error { return t.H.RouteDel(r) }
-
-// DeleteOwned removes every route tagged with backend.RouteProtocol from
-// every table of the namespace behind h. It is what backend Cleanup uses.
-func DeleteOwned(h *netlink.Handle) (int, error) {
+// DeleteOwned removes every route and nexthop object tagged with
+// backend.RouteProtocol from every table of the namespace ns, which h must
+// belong to. It is what backend Cleanup uses.
+func DeleteOwned(ns netns.NsHandle, h *netlink.Handle) (int, error) {
+	if err := deleteOwnedNexthops(ns); err != nil {
+		return 0, err
+	}
 	rs, err := nl.Dump(func() ([]netlink.Route, error) {
 		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: backend.RouteProtocol, Table: unix.RT_TABLE_UNSPEC},
 			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)

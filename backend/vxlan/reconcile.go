@@ -54,6 +54,8 @@ func (b *Backend) reconcile() {
 	b.mu.Unlock()
 	if err != nil {
 		b.log.Warn("reconcile failed; will retry", "err", err)
+	} else {
+		b.log.Debug("reconciled", "peers", len(peers), "programmed", p.programmed, "took", d)
 	}
 	if b.cfg.OnReconcile != nil {
 		b.cfg.OnReconcile(d, err)

@@ -88,6 +88,7 @@ type Backend struct {
 	// kernel state, guarded by kmu: only Setup and reconcile touch it.
 	kmu            sync.Mutex
 	h              *netlink.Handle
+	table          *routes.NetlinkTable
 	mac            net.HardwareAddr
 	deviceUp       bool // the device was fully set up before
 	routes         *routes.Reconciler
@@ -195,10 +196,7 @@ func (b *Backend) Run(ctx context.Context) error {
 		cancel()
 		wg.Wait()
 		b.kmu.Lock()
-		if b.h != nil {
-			b.h.Close()
-			b.h = nil
-		}
+		b.closeHandles()
 		b.kmu.Unlock()
 	}()
 
@@ -262,15 +260,37 @@ func ipOf(n *net.IPNet) net.IP {
 	return n.IP
 }
 
-// prepare opens the netlink handle and works out the MTU. Caller holds kmu.
+// closeHandles closes the netlink sockets; prepare reopens them. Caller
+// holds kmu.
+func (b *Backend) closeHandles() {
+	if b.table != nil {
+		b.table.Close()
+		b.table = nil
+	}
+	if b.h != nil {
+		b.h.Close()
+		b.h = nil
+	}
+}
+
+// prepare opens the netlink sockets and works out the MTU. Caller holds kmu.
 func (b *Backend) prepare() error {
 	if b.h == nil {
 		h, err := nl.NewHandle(b.cfg.Netns)
 		if err != nil {
 			return fmt.Errorf("vxlan: %w", err)
 		}
-		b.h = h
-		b.routes = routes.New(routes.NetlinkTable{H: h}, b.cfg.Network.Network)
+		t, err := routes.NewNetlinkTable(b.cfg.Netns, h, b.cfg.Network.Network)
+		if err != nil {
+			h.Close()
+			return fmt.Errorf("vxlan: %w", err)
+		}
+		b.h, b.table = h, t
+		if b.routes == nil {
+			b.routes = routes.New(t, b.cfg.Network.Network)
+		} else {
+			b.routes.SetTable(t)
+		}
 	}
 	if b.mtu.Load() == 0 {
 		mtu := b.opts.MTU
@@ -504,7 +524,7 @@ func Cleanup(ctx context.Context, ns netns.NsHandle, logger *slog.Logger) error 
 		}
 		logger.Info("deleted device", "backend", Type, "device", l.Attrs().Name)
 	}
-	n, err := routes.DeleteOwned(h)
+	n, err := routes.DeleteOwned(ns, h)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("vxlan cleanup: %w", err))
 	}

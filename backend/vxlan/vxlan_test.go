@@ -62,10 +62,7 @@ func newBackend(t testing.TB, h *nltest.Host, opts string, prev subnet.LeaseAttr
 	vb := b.(*Backend)
 	t.Cleanup(func() {
 		vb.kmu.Lock()
-		if vb.h != nil {
-			vb.h.Close()
-			vb.h = nil
-		}
+		vb.closeHandles()
 		vb.kmu.Unlock()
 	})
 	return vb
@@ -393,9 +390,9 @@ func TestRepairs(t *testing.T) {
 	l, _ := h.NL.LinkByName("weft.1")
 	route := fmt.Sprintf("198.18.2.0/24 via 198.18.2.0 dev %d onlink", l.Attrs().Index)
 	steps := []struct {
-		kind  string
-		break_ []string
-		back  func(ks kernelState) bool
+		kind     string
+		breakCmd []string
+		back     func(ks kernelState) bool
 	}{
 		{"route", []string{"ip", "-n", h.Name, "route", "del", "198.18.2.0/24"},
 			func(ks kernelState) bool { return contains(ks.routes, route) }},
@@ -408,7 +405,7 @@ func TestRepairs(t *testing.T) {
 	}
 	for _, s := range steps {
 		before := b.Status().Repairs[s.kind]
-		nltest.Cmd(t, s.break_[0], s.break_[1:]...)
+		nltest.Cmd(t, s.breakCmd[0], s.breakCmd[1:]...)
 		took := waitFor(t, s.kind+" repaired", time.Second, func() bool { return s.back(dumpState(t, h, "weft.1")) })
 		t.Logf("%s repaired %v after deletion", s.kind, took)
 		if took > 300*time.Millisecond {
@@ -543,6 +540,9 @@ func TestFlannelTakeoverAndCleanup(t *testing.T) {
 	}
 	if out := strings.TrimSpace(h.IP(t, "route", "show", "table", "all", "proto", "87")); out != "" {
 		t.Fatalf("routes survived cleanup: %s", out)
+	}
+	if out := strings.TrimSpace(h.IP(t, "nexthop", "show", "protocol", "87")); out != "" {
+		t.Fatalf("nexthop objects survived cleanup: %s", out)
 	}
 }
 
