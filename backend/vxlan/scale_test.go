@@ -44,8 +44,8 @@ func programPeers(t testing.TB, n int) (first, idle time.Duration) {
 	}
 	bb, err := New(backend.Config{
 		Network: cfg, Options: json.RawMessage(`{"Type":"vxlan"}`),
-		Ext:    backend.ExternalInterface{Name: h.ExtName, Index: h.ExtIndex, Addr: h.Addr, PublicIP: h.Addr, MTU: h.MTU},
-		Netns:  h.Handle, Logger: testLogger(t),
+		Ext:   backend.ExternalInterface{Name: h.ExtName, Index: h.ExtIndex, Addr: h.Addr, PublicIP: h.Addr, MTU: h.MTU},
+		Netns: h.Handle, Logger: testLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
