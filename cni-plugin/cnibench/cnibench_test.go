@@ -52,8 +52,8 @@ func setup(t testing.TB, ipMasq bool) Config {
 	if err := subnet.WriteEnvFile(sf, env); err != nil {
 		t.Fatal(err)
 	}
-	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"weft","plugins":[{"type":"weft","subnetFile":%q,"dataDir":%q}]}`,
-		sf, filepath.Join(dir, "data"))
+	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"weft","plugins":[{"type":"weft","subnetFile":%q,"dataDir":%q,"logFile":%q}]}`,
+		sf, filepath.Join(dir, "data"), os.Getenv("WCN_BENCH_LOG"))
 	return Config{HostNS: hostNS, PluginDir: dir, ConfList: []byte(conf)}
 }
 

@@ -223,7 +223,7 @@ func TestAddCheckDel(t *testing.T) {
 	}
 	chain := plugin.MasqChain("weft")
 	nat := h.iptablesNAT(t)
-	if !strings.Contains(nat, "-A POSTROUTING -s "+addr.Addr().String()+"/32") || !strings.Contains(nat, "-A "+chain+" -d 198.18.0.0/16 -j RETURN") || !strings.Contains(nat, "-A "+chain+" -j MASQUERADE") {
+	if !strings.Contains(nat, "-A POSTROUTING -s 198.18.5.0/24 ") || !strings.Contains(nat, "-A "+chain+" -d 198.18.0.0/16 -j RETURN") || !strings.Contains(nat, "-A "+chain+" -j MASQUERADE") {
 		t.Fatalf("masquerade rules missing:\n%s", nat)
 	}
 
@@ -245,7 +245,7 @@ func TestAddCheckDel(t *testing.T) {
 	if out := run(t, "ip", "-n", h.hostName, "link", "show"); strings.Contains(out, res.Interfaces[1].Name) {
 		t.Fatalf("host veth left:\n%s", out)
 	}
-	if nat := h.iptablesNAT(t); strings.Contains(nat, addr.Addr().String()) || strings.Contains(nat, chain) {
+	if nat := h.iptablesNAT(t); strings.Contains(nat, "198.18.5.0/24") || strings.Contains(nat, chain) {
 		t.Fatalf("masquerade rules left after the last DEL:\n%s", nat)
 	}
 }
@@ -263,6 +263,8 @@ func TestCheckDetectsDrift(t *testing.T) {
 	}{
 		{"mtu", []string{"ip", "-n", p.name, "link", "set", "eth0", "mtu", "1400"}, []string{"ip", "-n", p.name, "link", "set", "eth0", "mtu", "1450"}, "mtu"},
 		{"route", []string{"ip", "-n", p.name, "route", "del", "default"}, []string{"ip", "-n", p.name, "route", "add", "default", "via", gw}, "route"},
+		{"masquerade", []string{"ip", "netns", "exec", h.hostName, "iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-s", "198.18.5.0/24", "-m", "comment", "--comment", "weft weft", "-j", plugin.MasqChain("weft")},
+			[]string{"ip", "netns", "exec", h.hostName, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "198.18.5.0/24", "-m", "comment", "--comment", "weft weft", "-j", plugin.MasqChain("weft")}, "masquerade"},
 		{"bridge port", []string{"ip", "-n", h.hostName, "link", "set", hostVeth, "nomaster"}, []string{"ip", "-n", h.hostName, "link", "set", hostVeth, "master", "cni0"}, "not attached"},
 	}
 	for _, s := range steps {
@@ -415,7 +417,7 @@ func TestGCReleasesLeaks(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = s.Do(func(tx *ipam.Tx) error {
-		_, _, err := tx.Allocate(testEnv.LeaseSubnet(), testEnv.Subnet.Addr(), ipam.Owner{ContainerID: "crashed", IfName: "eth0"}, false)
+		_, _, err := tx.Allocate(testEnv.LeaseSubnet(), testEnv.Subnet.Addr(), ipam.Owner{ContainerID: "crashed", IfName: "eth0"})
 		return err
 	})
 	if err != nil {
@@ -438,8 +440,8 @@ func TestGCReleasesLeaks(t *testing.T) {
 			t.Fatalf("GC left the host veth of %s", p.name)
 		}
 	}
-	if n := strings.Count(h.iptablesNAT(t), "-A POSTROUTING -s 198.18.5."); n != 1 {
-		t.Fatalf("%d masquerade rules after GC, want 1", n)
+	if n := strings.Count(h.iptablesNAT(t), "-A POSTROUTING -s 198.18.5.0/24 "); n != 1 {
+		t.Fatalf("%d masquerade jumps after GC, want 1 (pod 0 still needs it)", n)
 	}
 	if err := h.cni.CheckNetworkList(context.Background(), h.list, pods[0].rt); err != nil {
 		t.Fatalf("CHECK of the valid pod after GC: %v", err)
@@ -451,7 +453,7 @@ func TestDelReclaimsCrashedAdd(t *testing.T) {
 	p := h.newPod(t)
 	s, _ := ipam.Open(h.dataDir, "weft")
 	err := s.Do(func(tx *ipam.Tx) error {
-		_, _, err := tx.Allocate(testEnv.LeaseSubnet(), testEnv.Subnet.Addr(), ipam.Owner{ContainerID: p.rt.ContainerID, IfName: "eth0"}, true)
+		_, _, err := tx.Allocate(testEnv.LeaseSubnet(), testEnv.Subnet.Addr(), ipam.Owner{ContainerID: p.rt.ContainerID, IfName: "eth0"})
 		return err
 	})
 	if err != nil {
@@ -505,6 +507,10 @@ func TestSubnetChange(t *testing.T) {
 	if err := ping(p2, "198.18.7.1"); err != nil {
 		t.Fatal(err)
 	}
+	nat := h.iptablesNAT(t)
+	if !strings.Contains(nat, "-A POSTROUTING -s 198.18.7.0/24 ") || !strings.Contains(nat, "-A POSTROUTING -s 198.18.5.0/24 ") {
+		t.Fatalf("both subnets need their masquerade jump while pods of both exist:\n%s", nat)
+	}
 	// The old pod's attachment no longer matches the node's subnet.
 	if err := h.cni.CheckNetworkList(context.Background(), h.list, p1.rt); err == nil {
 		t.Fatal("CHECK of a pod from the old subnet succeeded")
@@ -513,6 +519,9 @@ func TestSubnetChange(t *testing.T) {
 	h.del(t, p2)
 	if rs := h.reservations(t); len(rs) != 0 {
 		t.Fatalf("left: %v", rs)
+	}
+	if nat := h.iptablesNAT(t); strings.Contains(nat, "198.18.") {
+		t.Fatalf("masquerade rules left after the last DEL:\n%s", nat)
 	}
 }
 

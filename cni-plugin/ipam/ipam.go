@@ -1,8 +1,8 @@
 // Package ipam is the weft CNI plugin's address allocator.
 //
 // State lives on disk under <dataDir>/<network>/: one file per reserved
-// address, named after the address and holding the owner (container ID and
-// interface name) as JSON, plus a "last_reserved" hint so that addresses are
+// address, named "<address>_<hash of the owner>" and holding the owner
+// (container ID and interface name) as JSON, plus a "last_reserved" hint so that addresses are
 // handed out round-robin rather than reused at once. Every change happens in a
 // transaction that holds an exclusive flock on <dataDir>/<network>/lock, so
 // plugin processes running at the same time never hand out one address twice.
@@ -14,6 +14,8 @@
 package ipam
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,9 +46,6 @@ type Owner struct {
 type Reservation struct {
 	Owner
 	IP netip.Addr `json:"-"`
-	// Masq records that the plugin installs a masquerade rule for this
-	// address, so DEL and GC know to remove it.
-	Masq bool `json:"masq,omitempty"`
 }
 
 // Store is the on-disk allocator for one network.
@@ -93,47 +92,100 @@ func (s *Store) Do(fn func(tx *Tx) error) error {
 	return fn(&Tx{s: s})
 }
 
-// List returns every reservation. It takes no lock: files appear and vanish
-// atomically, so a reader sees a consistent set of complete files.
-func (s *Store) List() ([]Reservation, error) {
+// entry is a reservation file as seen in the directory listing: its name
+// is "<ip>_<owner key>", so allocation and owner lookup need no file reads.
+type entry struct {
+	name string
+	ip   netip.Addr
+	key  string
+}
+
+// ownerKey is a short hash of the owner used in file names.
+func ownerKey(o Owner) string {
+	h := sha256.Sum256([]byte(o.ContainerID + "\x00" + o.IfName))
+	return hex.EncodeToString(h[:8])
+}
+
+func fileName(ip netip.Addr, o Owner) string { return ip.String() + "_" + ownerKey(o) }
+
+// entries lists the reservation files. Files appear and vanish atomically
+// (rename, unlink), so even a reader without the lock sees complete files.
+func (s *Store) entries() ([]entry, error) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
 		return nil, fmt.Errorf("list reservations: %w", err)
 	}
-	var out []Reservation
+	out := make([]entry, 0, len(ents))
 	for _, e := range ents {
-		ip, err := netip.ParseAddr(e.Name())
+		ipStr, key, ok := strings.Cut(e.Name(), "_")
+		if !ok {
+			continue // lock, last_reserved, temp files, markers
+		}
+		ip, err := netip.ParseAddr(ipStr)
 		if err != nil {
-			continue // lock, last_reserved, temp files
+			continue
 		}
-		data, err := os.ReadFile(filepath.Join(s.dir, e.Name()))
-		if errors.Is(err, os.ErrNotExist) {
-			continue // released meanwhile
-		}
+		out = append(out, entry{name: e.Name(), ip: ip, key: key})
+	}
+	return out, nil
+}
+
+// read loads a reservation file; ok is false when it vanished meanwhile.
+func (s *Store) read(e entry) (r Reservation, ok bool, err error) {
+	data, err := os.ReadFile(filepath.Join(s.dir, e.name))
+	if errors.Is(err, os.ErrNotExist) {
+		return Reservation{}, false, nil
+	}
+	if err != nil {
+		return Reservation{}, false, fmt.Errorf("read reservation %s: %w", e.ip, err)
+	}
+	r = Reservation{IP: e.ip}
+	if err := json.Unmarshal(data, &r); err != nil {
+		// We never leave a partial file (rename), so this one is foreign
+		// or corrupt: report it with no owner and keep the address taken.
+		r.Owner = Owner{}
+	}
+	r.IP = e.ip
+	return r, true, nil
+}
+
+// List returns every reservation. It takes no lock.
+func (s *Store) List() ([]Reservation, error) {
+	es, err := s.entries()
+	if err != nil {
+		return nil, err
+	}
+	var out []Reservation
+	for _, e := range es {
+		r, ok, err := s.read(e)
 		if err != nil {
-			return nil, fmt.Errorf("read reservation %s: %w", ip, err)
+			return nil, err
 		}
-		r := Reservation{IP: ip}
-		if err := json.Unmarshal(data, &r); err != nil {
-			// A file we did not write completely cannot exist (rename), so
-			// this is foreign or corrupt; keep the address reserved.
-			r.ContainerID = ""
+		if ok {
+			out = append(out, r)
 		}
-		out = append(out, r)
 	}
 	return out, nil
 }
 
 // Lookup returns the reservations held by owner (more than one only when the
-// subnet changed between two ADDs).
+// subnet changed between two ADDs). It takes no lock.
 func (s *Store) Lookup(o Owner) ([]Reservation, error) {
-	all, err := s.List()
+	es, err := s.entries()
 	if err != nil {
 		return nil, err
 	}
+	key := ownerKey(o)
 	var out []Reservation
-	for _, r := range all {
-		if r.Owner == o {
+	for _, e := range es {
+		if e.key != key {
+			continue
+		}
+		r, ok, err := s.read(e)
+		if err != nil {
+			return nil, err
+		}
+		if ok && r.Owner == o {
 			out = append(out, r)
 		}
 	}
@@ -148,21 +200,28 @@ func (tx *Tx) List() ([]Reservation, error) { return tx.s.List() }
 // address inside subnet, that address is returned with existing=true.
 // Reservations outside subnet (from a subnet weftd held before) are never
 // handed out and stay until released.
-func (tx *Tx) Allocate(subnet netip.Prefix, gateway netip.Addr, o Owner, masq bool) (r Reservation, existing bool, err error) {
+func (tx *Tx) Allocate(subnet netip.Prefix, gateway netip.Addr, o Owner) (r Reservation, existing bool, err error) {
 	subnet = subnet.Masked()
 	if !subnet.Addr().Is4() || subnet.Bits() > 30 {
 		return Reservation{}, false, fmt.Errorf("allocate in %s: need an IPv4 subnet of /30 or larger", subnet)
 	}
-	all, err := tx.s.List()
+	es, err := tx.s.entries()
 	if err != nil {
 		return Reservation{}, false, err
 	}
-	used := make(map[netip.Addr]bool, len(all))
-	for _, have := range all {
-		if have.Owner == o && subnet.Contains(have.IP) && have.IP != gateway {
-			return have, true, nil
+	key := ownerKey(o)
+	used := make(map[netip.Addr]bool, len(es))
+	for _, e := range es {
+		used[e.ip] = true
+		if e.key == key && subnet.Contains(e.ip) && e.ip != gateway {
+			have, ok, err := tx.s.read(e)
+			if err != nil {
+				return Reservation{}, false, err
+			}
+			if ok && have.Owner == o {
+				return have, true, nil
+			}
 		}
-		used[have.IP] = true
 	}
 	first := subnet.Addr().Next()
 	last := lastAddr(subnet).Prev()
@@ -175,7 +234,7 @@ func (tx *Tx) Allocate(subnet netip.Prefix, gateway netip.Addr, o Owner, masq bo
 	ip := start
 	for {
 		if ip != gateway && !used[ip] {
-			r = Reservation{Owner: o, IP: ip, Masq: masq}
+			r = Reservation{Owner: o, IP: ip}
 			if err := tx.write(r); err != nil {
 				return Reservation{}, false, err
 			}
@@ -197,26 +256,67 @@ func (tx *Tx) Allocate(subnet netip.Prefix, gateway netip.Addr, o Owner, masq bo
 // Release removes every reservation owner holds and returns them, with the
 // number of reservations left afterwards.
 func (tx *Tx) Release(o Owner) (released []Reservation, remaining int, err error) {
-	return tx.ReleaseIf(func(r Reservation) bool { return r.Owner == o })
-}
-
-// ReleaseIf removes every reservation for which drop returns true.
-func (tx *Tx) ReleaseIf(drop func(Reservation) bool) (released []Reservation, remaining int, err error) {
-	all, err := tx.s.List()
+	es, err := tx.s.entries()
 	if err != nil {
 		return nil, 0, err
 	}
-	for _, r := range all {
-		if !drop(r) {
+	key := ownerKey(o)
+	for _, e := range es {
+		if e.key != key {
 			remaining++
 			continue
 		}
-		if err := os.Remove(filepath.Join(tx.s.dir, r.IP.String())); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return released, remaining, fmt.Errorf("release %s: %w", r.IP, err)
+		r, ok, err := tx.s.read(e)
+		if err != nil {
+			return released, remaining, err
+		}
+		if !ok {
+			continue
+		}
+		if r.Owner != o {
+			remaining++
+			continue
+		}
+		if err := tx.remove(e); err != nil {
+			return released, remaining, err
 		}
 		released = append(released, r)
 	}
 	return released, remaining, nil
+}
+
+// ReleaseIf removes every reservation for which drop returns true. It reads
+// every file, so it is meant for GC rather than the DEL path.
+func (tx *Tx) ReleaseIf(drop func(Reservation) bool) (released []Reservation, remaining int, err error) {
+	es, err := tx.s.entries()
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, e := range es {
+		r, ok, err := tx.s.read(e)
+		if err != nil {
+			return released, remaining, err
+		}
+		if !ok {
+			continue
+		}
+		if !drop(r) {
+			remaining++
+			continue
+		}
+		if err := tx.remove(e); err != nil {
+			return released, remaining, err
+		}
+		released = append(released, r)
+	}
+	return released, remaining, nil
+}
+
+func (tx *Tx) remove(e entry) error {
+	if err := os.Remove(filepath.Join(tx.s.dir, e.name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("release %s: %w", e.ip, err)
+	}
+	return nil
 }
 
 func (tx *Tx) write(r Reservation) error {
@@ -224,7 +324,7 @@ func (tx *Tx) write(r Reservation) error {
 	if err != nil {
 		return err
 	}
-	final := filepath.Join(tx.s.dir, r.IP.String())
+	final := filepath.Join(tx.s.dir, fileName(r.IP, r.Owner))
 	tmp := filepath.Join(tx.s.dir, fmt.Sprintf(".tmp-%s-%d", r.IP, os.Getpid()))
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
 		os.Remove(tmp)

@@ -31,7 +31,7 @@ func alloc(t *testing.T, s *Store, sub netip.Prefix, gw netip.Addr, o Owner) (Re
 	var existing bool
 	err := s.Do(func(tx *Tx) error {
 		var err error
-		r, existing, err = tx.Allocate(sub, gw, o, true)
+		r, existing, err = tx.Allocate(sub, gw, o)
 		return err
 	})
 	return r, existing, err
@@ -201,7 +201,7 @@ func TestCorruptFileKeepsAddressReserved(t *testing.T) {
 	s := openT(t)
 	sub := netip.MustParsePrefix("198.18.9.0/30")
 	gw := netip.MustParseAddr("198.18.9.1")
-	os.WriteFile(s.Dir()+"/198.18.9.2", []byte("garbage"), 0o600)
+	os.WriteFile(s.Dir()+"/198.18.9.2_0123456789abcdef", []byte("garbage"), 0o600)
 	if _, _, err := alloc(t, s, sub, gw, Owner{"a", "eth0"}); !errors.Is(err, ErrExhausted) {
 		t.Fatalf("got %v, want exhausted", err)
 	}
@@ -224,7 +224,7 @@ func TestConcurrentGoroutines(t *testing.T) {
 				return
 			}
 			errs[i] = st.Do(func(tx *Tx) error {
-				r, _, err := tx.Allocate(sub24, gw24, Owner{fmt.Sprint("c", i), "eth0"}, false)
+				r, _, err := tx.Allocate(sub24, gw24, Owner{fmt.Sprint("c", i), "eth0"})
 				ips[i] = r.IP
 				return err
 			})
@@ -288,11 +288,16 @@ func TestConcurrentProcesses(t *testing.T) {
 		t.Fatalf("%d reservations, want %d", len(all), procs*each)
 	}
 	owners := map[Owner]bool{}
+	ips := map[netip.Addr]bool{}
 	for _, r := range all {
 		if owners[r.Owner] {
 			t.Fatalf("owner %v twice", r.Owner)
 		}
+		if ips[r.IP] {
+			t.Fatalf("address %s handed out twice", r.IP)
+		}
 		owners[r.Owner] = true
+		ips[r.IP] = true
 	}
 }
 
@@ -308,7 +313,7 @@ func TestHelperAllocate(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("WCN_IPAM_N"))
 	for i := 0; i < n; i++ {
 		err := s.Do(func(tx *Tx) error {
-			_, _, err := tx.Allocate(sub24, gw24, Owner{os.Getenv("WCN_IPAM_ID") + "-" + strconv.Itoa(i), "eth0"}, false)
+			_, _, err := tx.Allocate(sub24, gw24, Owner{os.Getenv("WCN_IPAM_ID") + "-" + strconv.Itoa(i), "eth0"})
 			return err
 		})
 		if err != nil {

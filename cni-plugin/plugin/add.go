@@ -23,6 +23,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	log, closeLog := newLogger(conf)
 	defer closeLog()
+	tm := newTimer()
 	if err := validIfName(args.IfName); err != nil {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_IFNAME: %v", err), "")
 	}
@@ -45,7 +46,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	var existing bool
 	err = store.Do(func(tx *ipam.Tx) error {
 		var err error
-		res, existing, err = tx.Allocate(s.Subnet, s.Gateway, owner, s.IPMasq)
+		res, existing, err = tx.Allocate(s.Subnet, s.Gateway, owner)
 		return err
 	})
 	if errors.Is(err, ipam.ErrExhausted) {
@@ -55,9 +56,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return wrap(types.ErrIOFailure, "reserve address", err)
 	}
 	log = log.With("container", args.ContainerID, "ifname", args.IfName, "ip", res.IP)
+	tm.mark("reserve")
 
 	hostName := HostVethName(args.ContainerID, args.IfName)
-	var m *masq
 	success := false
 	defer func() {
 		if success {
@@ -66,17 +67,10 @@ func cmdAdd(args *skel.CmdArgs) error {
 		if err := deleteLinkByName(hostName); err != nil {
 			log.Warn("rollback: delete host veth", "err", err)
 		}
-		if m != nil {
-			if err := m.delPod(res.IP, args.ContainerID); err != nil {
-				log.Warn("rollback: delete masquerade rule", "err", err)
-			}
-		}
 		if !existing {
-			err := store.Do(func(tx *ipam.Tx) error {
-				_, _, err := tx.ReleaseIf(func(r ipam.Reservation) bool { return r.IP == res.IP && r.Owner == owner })
-				return err
-			})
-			if err != nil {
+			// The masquerade rules are shared by the subnet; the last DEL
+			// removes them.
+			if err := release(store, conf.Name, owner); err != nil {
 				log.Warn("rollback: release address", "err", err)
 			}
 		}
@@ -88,6 +82,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return wrap(types.ErrInternal, "ensure bridge", err)
 	}
 
+	tm.mark("bridge")
 	// 3. The veth pair, created with its peer directly in the container.
 	podNS, err := ns.GetNS(args.Netns)
 	if err != nil {
@@ -132,6 +127,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 		}
 	}
 
+	tm.mark("veth")
 	// 4. Container side: address, link up, routes.
 	cLink, err := h.LinkByName(args.IfName)
 	if err != nil {
@@ -157,14 +153,17 @@ func cmdAdd(args *skel.CmdArgs) error {
 		}
 	}
 
+	tm.mark("container")
 	// 5. Masquerade and forwarding in the host namespace.
-	if s.IPMasq {
-		mq, err := newMasq(conf.Name)
+	if s.IPMasq && !masqCurrent(store, s.Network, s.Subnet) {
+		err := store.Do(func(*ipam.Tx) error {
+			m, err := newMasq(conf.Name)
+			if err != nil {
+				return err
+			}
+			return m.ensure(store, s.Network, s.Subnet)
+		})
 		if err != nil {
-			return wrap(types.ErrInternal, "masquerade", err)
-		}
-		m = mq
-		if err := m.addPod(store, s.Network, res.IP, args.ContainerID); err != nil {
 			return wrap(types.ErrInternal, "masquerade", err)
 		}
 	}
@@ -172,6 +171,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return wrap(types.ErrInternal, "forwarding", err)
 	}
 
+	tm.mark("masq")
 	// Port membership changes the bridge's MAC; report the current one.
 	brMAC := br.HardwareAddr
 	if l, err := netlink.LinkByIndex(br.Index); err == nil {
@@ -198,7 +198,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 		result.Routes = append(result.Routes, &r)
 	}
 	success = true
-	log.Info("added", "existing", existing)
+	log.Info("added", "existing", existing, "timing", tm)
 	return types.PrintResult(result, conf.CNIVersion)
 }
 

@@ -158,17 +158,13 @@ func check(args *skel.CmdArgs, conf *NetConf, s *Settings) error {
 	if hostLink.Attrs().Flags&net.FlagUp == 0 {
 		return fmt.Errorf("host veth %s is down", hostName)
 	}
-	if res.Masq && s.IPMasq {
+	if s.IPMasq {
 		m, err := newMasq(conf.Name)
 		if err != nil {
 			return err
 		}
-		ok, err := m.hasPod(res.IP, args.ContainerID)
-		if err != nil {
-			return fmt.Errorf("look up masquerade rule: %w", err)
-		}
-		if !ok {
-			return fmt.Errorf("masquerade rule for %s missing", res.IP)
+		if err := m.check(s.Network, s.Subnet); err != nil {
+			return err
 		}
 	}
 	return nil

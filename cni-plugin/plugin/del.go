@@ -1,10 +1,7 @@
 package plugin
 
 import (
-	"errors"
-	"log/slog"
-	"os"
-	"path/filepath"
+	"fmt"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -27,19 +24,50 @@ func cmdDel(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	tm := newTimer()
 	owner := ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName}
 	if err := deleteLinkByName(HostVethName(args.ContainerID, args.IfName)); err != nil {
 		return wrap(types.ErrInternal, "delete host veth", err)
 	}
-	err = releaseWhere(store, conf.Name, log, func(r ipam.Reservation) bool { return r.Owner == owner })
-	if err != nil {
+	tm.mark("veth")
+	if err := release(store, conf.Name, owner); err != nil {
 		return wrap(types.ErrInternal, "release", err)
 	}
-	log.Info("deleted", "container", args.ContainerID, "ifname", args.IfName)
+	tm.mark("release")
+	log.Info("deleted", "container", args.ContainerID, "ifname", args.IfName, "timing", tm)
 	return nil
 }
 
-// cmdGC releases every attachment not listed in cni.dev/valid-attachments.
+// release frees owner's addresses and, with the last address of the
+// network, its masquerade rules.
+func release(store *ipam.Store, network string, owner ipam.Owner) error {
+	return store.Do(func(tx *ipam.Tx) error {
+		_, remaining, err := tx.Release(owner)
+		if err != nil {
+			return err
+		}
+		return lastOut(store, network, remaining)
+	})
+}
+
+// lastOut removes the masquerade rules once no address is reserved. The
+// caller holds the store lock.
+func lastOut(store *ipam.Store, network string, remaining int) error {
+	if remaining > 0 {
+		return nil
+	}
+	if _, ok := readMasqState(store); !ok {
+		return nil
+	}
+	m, err := newMasq(network)
+	if err != nil {
+		return err
+	}
+	return m.remove(store)
+}
+
+// cmdGC releases every attachment not listed in cni.dev/valid-attachments,
+// deleting the host veth ends that belong to them.
 func cmdGC(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
@@ -55,80 +83,29 @@ func cmdGC(args *skel.CmdArgs) error {
 	for _, a := range conf.ValidAttachments {
 		valid[ipam.Owner{ContainerID: a.ContainerID, IfName: a.IfName}] = true
 	}
-	err = releaseWhere(store, conf.Name, log, func(r ipam.Reservation) bool { return !valid[r.Owner] })
-	if err != nil {
-		return wrap(types.ErrInternal, "gc", err)
-	}
-	return nil
-}
-
-// releaseWhere tears down and releases every reservation matching drop. The
-// masquerade rules go before the addresses are released, so that the
-// caller which sees no address left can delete the shared chain: no other
-// rule references it any more.
-func releaseWhere(store *ipam.Store, network string, log *slog.Logger, drop func(ipam.Reservation) bool) error {
-	var m *masq
-	var errs []error
-	teardown := func(r ipam.Reservation) {
-		if r.ContainerID != "" {
-			if err := deleteLinkByName(HostVethName(r.ContainerID, r.IfName)); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		if !r.Masq {
-			return
-		}
-		if m == nil {
-			mq, err := newMasq(network)
-			if err != nil {
-				errs = append(errs, err)
-				return
-			}
-			m = mq
-		}
-		if err := m.delPod(r.IP, r.ContainerID); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	all, err := store.List()
-	if err != nil {
-		return err
-	}
-	done := map[ipam.Reservation]bool{}
-	for _, r := range all {
-		if drop(r) {
-			teardown(r)
-			done[r] = true
-		}
-	}
-	if len(errs) > 0 {
-		// Keep the reservations so that a retried DEL/GC finds them.
-		return errors.Join(errs...)
-	}
-	return store.Do(func(tx *ipam.Tx) error {
-		released, remaining, err := tx.ReleaseIf(drop)
+	var released []ipam.Reservation
+	err = store.Do(func(tx *ipam.Tx) error {
+		var remaining int
+		var err error
+		released, remaining, err = tx.ReleaseIf(func(r ipam.Reservation) bool { return !valid[r.Owner] })
 		if err != nil {
 			return err
 		}
-		for _, r := range released {
-			if !done[r] { // appeared after the listing
-				teardown(r)
-			}
-		}
-		if remaining == 0 {
-			if _, err := os.Stat(filepath.Join(store.Dir(), masqMarker)); err == nil {
-				if m == nil {
-					if m, err = newMasq(network); err != nil {
-						errs = append(errs, err)
-					}
-				}
-				if m != nil {
-					if err := m.removeChain(store); err != nil {
-						log.Warn("remove masquerade chain", "err", err)
-					}
-				}
-			}
-		}
-		return errors.Join(errs...)
+		return lastOut(store, conf.Name, remaining)
 	})
+	// Host ends go after the release: a reservation without a veth is
+	// harmless, and a veth without a reservation is not looked for again.
+	for _, r := range released {
+		if r.ContainerID == "" {
+			continue
+		}
+		if derr := deleteLinkByName(HostVethName(r.ContainerID, r.IfName)); derr != nil {
+			log.Warn("gc: delete host veth", "container", r.ContainerID, "err", derr)
+		}
+	}
+	if err != nil {
+		return wrap(types.ErrInternal, "gc", err)
+	}
+	log.Info("gc", "released", fmt.Sprint(len(released)))
+	return nil
 }

@@ -3,11 +3,13 @@ package plugin
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -17,23 +19,62 @@ import (
 
 // Masquerading, in the nat table of the plugin's (host) namespace:
 //
-//	POSTROUTING: -s <pod>/32 -m comment --comment "weft <net> <id>" -j WEFT-MASQ-<hash>   (one per pod)
+//	POSTROUTING:      -s <lease subnet> -m comment --comment "weft <net>" -j WEFT-MASQ-<hash>
 //	WEFT-MASQ-<hash>: -d <FLANNEL_NETWORK> -j RETURN
 //	                  -d 224.0.0.0/4 -j RETURN
 //	                  -j MASQUERADE [--random-fully]
 //
-// The shared chain is built once (under the IPAM lock) and removed by the
-// DEL or GC that releases the network's last address; ADD and DEL of a pod
-// cost one iptables call each. A marker file in the store directory records
-// the cluster network the chain was built for, so a changed FLANNEL_NETWORK
-// rebuilds it.
+// Pods only ever get addresses of the node's lease, so one jump per lease
+// subnet covers every pod, and the steady-state ADD and DEL run no iptables
+// command at all (each costs two process executions, the bulk of an ADD).
+// A marker file in the store directory records the cluster network the chain
+// was built for and the subnets that have a jump; an ADD whose network or
+// subnet is not in it (first pod, weftd re-leased) builds the missing part
+// under the IPAM lock. The DEL or GC that releases the network's last
+// address removes the jumps and the chain, also under the lock. CHECK
+// verifies that the chain and the jump exist.
+//
+//	no chain --first ADD--> chain + jump(subnet) --subnet change ADD--> + jump(new subnet)
+//	    ^                                                                     |
+//	    +------------------------- last DEL / GC ----------------------------+
 
-const masqMarker = "masq-network"
+const masqMarker = "masq.json"
 
 // MasqChain is the nat chain holding the masquerade rules of a network.
 func MasqChain(network string) string {
 	h := sha256.Sum256([]byte(network))
 	return "WEFT-MASQ-" + strings.ToUpper(hex.EncodeToString(h[:])[:8])
+}
+
+type masqState struct {
+	Network string   `json:"network"`
+	Subnets []string `json:"subnets"`
+}
+
+func readMasqState(store *ipam.Store) (masqState, bool) {
+	var st masqState
+	b, err := os.ReadFile(filepath.Join(store.Dir(), masqMarker))
+	if err != nil || json.Unmarshal(b, &st) != nil {
+		return masqState{}, false
+	}
+	return st, true
+}
+
+func writeMasqState(store *ipam.Store, st masqState) error {
+	b, _ := json.Marshal(st)
+	p := filepath.Join(store.Dir(), masqMarker)
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
+}
+
+// masqCurrent reports, without running iptables, whether the marker says
+// the rules for cluster and sub are in place.
+func masqCurrent(store *ipam.Store, cluster, sub netip.Prefix) bool {
+	st, ok := readMasqState(store)
+	return ok && st.Network == cluster.String() && slices.Contains(st.Subnets, sub.String())
 }
 
 type masq struct {
@@ -50,38 +91,34 @@ func newMasq(network string) (*masq, error) {
 	return &masq{ipt: ipt, network: network, chain: MasqChain(network)}, nil
 }
 
-func (m *masq) podRule(ip netip.Addr, containerID string) []string {
-	comment := "weft " + m.network + " " + containerID
-	if len(comment) > 255 {
-		comment = comment[:255]
-	}
-	return []string{"-s", ip.String() + "/32", "-m", "comment", "--comment", comment, "-j", m.chain}
+func (m *masq) jump(sub string) []string {
+	return []string{"-s", sub, "-m", "comment", "--comment", "weft " + m.network, "-j", m.chain}
 }
 
-// addPod installs the pod's rule, building the shared chain first when it
-// is missing or was built for another cluster network.
-func (m *masq) addPod(store *ipam.Store, cluster netip.Prefix, ip netip.Addr, containerID string) error {
-	rule := m.podRule(ip, containerID)
-	marker := filepath.Join(store.Dir(), masqMarker)
-	if b, err := os.ReadFile(marker); err == nil && string(b) == cluster.String() {
-		if err := m.ipt.Append("nat", "POSTROUTING", rule...); err == nil {
-			return nil
-		}
-		// The chain vanished behind our back: rebuild below.
+// ensure builds the chain (for cluster) and the jump for sub. The caller
+// holds the store lock.
+func (m *masq) ensure(store *ipam.Store, cluster, sub netip.Prefix) error {
+	st, ok := readMasqState(store)
+	exists, err := m.ipt.ChainExists("nat", m.chain)
+	if err != nil {
+		return fmt.Errorf("look up chain %s: %w", m.chain, err)
 	}
-	err := store.Do(func(*ipam.Tx) error {
+	if !ok || !exists || st.Network != cluster.String() {
 		if err := m.buildChain(cluster); err != nil {
 			return err
 		}
-		return os.WriteFile(marker, []byte(cluster.String()), 0o600)
-	})
-	if err != nil {
-		return err
+		if !exists {
+			st.Subnets = nil // the jumps went with the chain
+		}
+		st.Network = cluster.String()
 	}
-	if err := m.ipt.Append("nat", "POSTROUTING", rule...); err != nil {
-		return fmt.Errorf("add masquerade rule for %s: %w", ip, err)
+	if err := m.ipt.AppendUnique("nat", "POSTROUTING", m.jump(sub.String())...); err != nil {
+		return fmt.Errorf("add masquerade jump for %s: %w", sub, err)
 	}
-	return nil
+	if !slices.Contains(st.Subnets, sub.String()) {
+		st.Subnets = append(st.Subnets, sub.String())
+	}
+	return writeMasqState(store, st)
 }
 
 func (m *masq) buildChain(cluster netip.Prefix) error {
@@ -105,38 +142,41 @@ func (m *masq) buildChain(cluster netip.Prefix) error {
 	return nil
 }
 
-// delPod removes the pod's rule; a rule or chain that is already gone is
-// not an error.
-func (m *masq) delPod(ip netip.Addr, containerID string) error {
-	err := m.ipt.Delete("nat", "POSTROUTING", m.podRule(ip, containerID)...)
-	if err == nil {
-		return nil
+// check verifies the chain and the jump for sub.
+func (m *masq) check(cluster, sub netip.Prefix) error {
+	ok, err := m.ipt.Exists("nat", "POSTROUTING", m.jump(sub.String())...)
+	if err != nil {
+		return fmt.Errorf("look up masquerade jump: %w", err)
 	}
-	var ie *iptables.Error
-	if errors.As(err, &ie) && ie.IsNotExist() {
-		return nil
+	if !ok {
+		return fmt.Errorf("masquerade jump for %s missing from nat POSTROUTING", sub)
 	}
-	if ok, cerr := m.ipt.ChainExists("nat", m.chain); cerr == nil && !ok {
-		return nil // without the chain the rule cannot exist
-	}
-	return fmt.Errorf("remove masquerade rule for %s: %w", ip, err)
-}
-
-// hasPod reports whether the pod's rule is installed.
-func (m *masq) hasPod(ip netip.Addr, containerID string) (bool, error) {
-	return m.ipt.Exists("nat", "POSTROUTING", m.podRule(ip, containerID)...)
-}
-
-// removeChain deletes the shared chain; the caller holds the store lock and
-// has seen that no address is reserved any more.
-func (m *masq) removeChain(store *ipam.Store) error {
-	os.Remove(filepath.Join(store.Dir(), masqMarker))
-	ok, err := m.ipt.ChainExists("nat", m.chain)
+	ok, err = m.ipt.Exists("nat", m.chain, "-d", cluster.String(), "-j", "RETURN")
 	if err != nil || !ok {
-		return err
-	}
-	if err := m.ipt.ClearAndDeleteChain("nat", m.chain); err != nil {
-		return fmt.Errorf("remove chain %s: %w", m.chain, err)
+		return fmt.Errorf("masquerade chain %s does not exempt %s (err %v)", m.chain, cluster, err)
 	}
 	return nil
+}
+
+// remove deletes every jump and the chain. The caller holds the store lock
+// and has seen that no address is reserved any more.
+func (m *masq) remove(store *ipam.Store) error {
+	st, _ := readMasqState(store)
+	var errs []error
+	for _, sub := range st.Subnets {
+		err := m.ipt.Delete("nat", "POSTROUTING", m.jump(sub)...)
+		var ie *iptables.Error
+		if err != nil && !(errors.As(err, &ie) && ie.IsNotExist()) {
+			errs = append(errs, fmt.Errorf("remove masquerade jump for %s: %w", sub, err))
+		}
+	}
+	if ok, err := m.ipt.ChainExists("nat", m.chain); err == nil && ok {
+		if err := m.ipt.ClearAndDeleteChain("nat", m.chain); err != nil {
+			errs = append(errs, fmt.Errorf("remove chain %s: %w", m.chain, err))
+		}
+	}
+	if len(errs) == 0 {
+		os.Remove(filepath.Join(store.Dir(), masqMarker))
+	}
+	return errors.Join(errs...)
 }
