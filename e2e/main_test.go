@@ -7,6 +7,9 @@
 //
 //	go build -o DIR ./cmd/...
 //	go build -o DIR/weft ./cni-plugin
+//
+// or, when WEFT_E2E_BIN_DIR is set, uses the binaries already there (for
+// example WEFT_E2E_BIN_DIR=$PWD/bin after make build).
 package e2e_test
 
 import (
@@ -34,6 +37,16 @@ func TestMain(m *testing.M) {
 func testMain(m *testing.M) int {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "e2e: not root: every e2e test skips (they create network namespaces)")
+		return m.Run()
+	}
+	if dir := os.Getenv("WEFT_E2E_BIN_DIR"); dir != "" {
+		// Prebuilt binaries, e.g. make's bin/: nothing to build.
+		for _, b := range []string{"weftd", "weftctl", "weft-lab", "weft"} {
+			if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+				buildErr[b] = missingError(fmt.Sprintf("%s not in WEFT_E2E_BIN_DIR=%s", b, dir))
+			}
+		}
+		binDir, _ = filepath.Abs(dir)
 		return m.Run()
 	}
 	dir, err := os.MkdirTemp("", "weft-e2e-bin-")

@@ -14,8 +14,8 @@ import (
 	"github.com/weftnet/weft/subnet"
 )
 
-// vxlanDev is the vxlan device weftd creates for VNI 1.
-const vxlanDev = "weft.1"
+// vtepDevice is the vxlan device weftd creates for VNI 1.
+const vtepDevice = "weft.1"
 
 // TestVXLAN is issue #2 end to end: three hosts on vxlan with one pod each.
 // The subtests run in order on one lab, each starting from full
@@ -68,7 +68,7 @@ func TestVXLAN(t *testing.T) {
 		envBefore := mustEnv(t, h)
 		macBefore := vtepMAC(ctx, t, h)
 
-		const count, interval = 800, 10 * time.Millisecond // 8 s at 100/s
+		const count, interval = 500, 10 * time.Millisecond // 5 s at 100/s
 		type pingOut struct {
 			res lab.PingResult
 			err error
@@ -79,7 +79,7 @@ func TestVXLAN(t *testing.T) {
 			r, err := src.Ping(ctx, dst.IP, count, interval)
 			done <- pingOut{r, err}
 		}()
-		time.Sleep(time.Second)
+		time.Sleep(500 * time.Millisecond)
 		if err := h.StopWeftd(syscall.SIGTERM); err != nil {
 			t.Errorf("stop weftd: %v", err)
 		}
@@ -94,13 +94,14 @@ func TestVXLAN(t *testing.T) {
 		}
 		restarted := time.Since(pingStart)
 		out := <-done
+		pingEnded := time.Since(pingStart)
 		if out.err != nil {
 			t.Fatal(out.err)
 		}
 		t.Logf("ping %s → %s across the restart: %d sent, %d received, rtt avg %v max %v; weftd ready again %v after the pings began",
 			src.IP, dst.IP, out.res.Sent, out.res.Received, out.res.RTTs.Avg, out.res.RTTs.Max, restarted.Round(time.Millisecond))
-		if restarted > time.Duration(count)*interval {
-			t.Errorf("restart took %v, longer than the ping run: the test did not cover it", restarted)
+		if restarted+500*time.Millisecond > pingEnded {
+			t.Errorf("weftd was ready again %v after the pings began, but they ended at %v: the pings did not cover the restart", restarted, pingEnded)
 		}
 		if out.res.Sent != count || out.res.Lost() != 0 {
 			t.Errorf("lost %d of %d packets across the weftd restart", out.res.Lost(), out.res.Sent)
@@ -138,13 +139,13 @@ func TestVXLAN(t *testing.T) {
 	t.Run("deleted device comes back", func(t *testing.T) {
 		h := l.Host(1)
 		macBefore := vtepMAC(ctx, t, h)
-		if out, err := h.Exec(ctx, "ip", "link", "del", vxlanDev); err != nil {
+		if out, err := h.Exec(ctx, "ip", "link", "del", vtepDevice); err != nil {
 			t.Fatalf("ip link del: %v %s", err, out)
 		}
 		took, err := eventually(ctx, 15*time.Second, func() error {
-			out, err := h.Exec(ctx, "ip", "link", "show", "dev", vxlanDev)
+			out, err := h.Exec(ctx, "ip", "link", "show", "dev", vtepDevice)
 			if err != nil {
-				return fmt.Errorf("%s: %s missing: %s", h.Name, vxlanDev, strings.TrimSpace(string(out)))
+				return fmt.Errorf("%s: %s missing: %s", h.Name, vtepDevice, strings.TrimSpace(string(out)))
 			}
 			for _, o := range l.Hosts[1:] {
 				if sn := mustEnv(t, o).LeaseSubnet(); !hasRoute(ctx, t, h, sn) {
@@ -156,7 +157,7 @@ func TestVXLAN(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("%s and its routes restored after %v", vxlanDev, took.Round(time.Millisecond))
+		t.Logf("%s and its routes restored after %v", vtepDevice, took.Round(time.Millisecond))
 		if mac := vtepMAC(ctx, t, h); mac != macBefore {
 			t.Errorf("recreated device has MAC %s, want the leased %s", mac, macBefore)
 		}
@@ -243,12 +244,12 @@ var etherRE = regexp.MustCompile(`link/ether ([0-9a-f:]{17})`)
 // vtepMAC reads the vxlan device's MAC inside the host namespace.
 func vtepMAC(ctx context.Context, t *testing.T, h *lab.Host) string {
 	t.Helper()
-	out, err := h.Exec(ctx, "ip", "-d", "link", "show", "dev", vxlanDev)
+	out, err := h.Exec(ctx, "ip", "-d", "link", "show", "dev", vtepDevice)
 	if err != nil {
 		t.Fatalf("%s: %v", h.Name, err)
 	}
 	if !strings.Contains(string(out), "vxlan id 1 ") {
-		t.Errorf("%s: %s is not vxlan id 1:\n%s", h.Name, vxlanDev, out)
+		t.Errorf("%s: %s is not vxlan id 1:\n%s", h.Name, vtepDevice, out)
 	}
 	m := etherRE.FindSubmatch(out)
 	if m == nil {

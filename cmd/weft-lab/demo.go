@@ -87,7 +87,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := lab.CheckTools("ip", "iptables", "ping", "sysctl"); err != nil {
 		return err
 	}
-	if err := checkBins(c.binDir, "weftd", "weft", "weftctl", "weft-lab"); err != nil {
+	if err := checkBins(c.binDir, "weftd", "weft", "weft-lab"); err != nil {
 		return err
 	}
 	level := slog.LevelWarn
@@ -153,10 +153,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 
 	h1 := l.Host(1)
-	out, err := h1.Exec(upCtx, filepath.Join(c.binDir, "weftctl"), "--etcd-endpoints="+lab.EtcdEndpoint, "leases")
-	fmt.Fprintf(stdout, "\n$ ip netns exec %s weftctl --etcd-endpoints=%s leases\n%s\n", h1.Name, lab.EtcdEndpoint, strings.TrimRight(string(out), "\n"))
-	if err != nil {
-		fmt.Fprintf(stderr, "weft-lab: weftctl leases: %v\n", err)
+	if err := checkBins(c.binDir, "weftctl"); err != nil {
+		fmt.Fprintf(stderr, "weft-lab: not showing leases: %v\n", err)
+	} else {
+		out, err := h1.Exec(upCtx, filepath.Join(c.binDir, "weftctl"), "--etcd-endpoints="+lab.EtcdEndpoint, "leases")
+		fmt.Fprintf(stdout, "\n$ ip netns exec %s weftctl --etcd-endpoints=%s leases\n%s\n", h1.Name, lab.EtcdEndpoint, strings.TrimRight(string(out), "\n"))
+		if err != nil {
+			fmt.Fprintf(stderr, "weft-lab: weftctl leases: %v\n", err)
+		}
 	}
 
 	var demoErr error
