@@ -1,0 +1,397 @@
+// Package hostgw is weft's host-gw data path, compatible with flannel's.
+//
+// Design note. host-gw needs no device and no encapsulation: every host is
+// the gateway for its own pod subnet, so for each peer lease (subnet S,
+// PublicIP P) one route "S via P dev <external interface>", tagged with
+// backend.RouteProtocol, is all the kernel needs. That only works when P is
+// directly reachable on the external interface's L2 segment, so a peer whose
+// PublicIP lies in none of the interface's IPv4 prefixes is refused (logged
+// once, listed in Status.Refused) while the others are served. NAT cannot
+// work either, since peers route to the address we publish; New rejects a
+// --public-ip that differs from the interface address.
+//
+// Routes go through the shared declarative reconciler (backend/routes): one
+// dump per pass, map diff, only the difference written. Run repeats the pass
+// after SetDesired, on a timer and on route, link and address events.
+package hostgw
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/backend/routes"
+	"github.com/weftnet/weft/internal/nl"
+	"github.com/weftnet/weft/subnet"
+)
+
+// Type is the backend type name in the network config.
+const Type = "host-gw"
+
+const (
+	defaultResync = 10 * time.Second
+	settle        = 10 * time.Millisecond
+)
+
+var _ backend.Backend = (*Backend)(nil)
+var _ backend.Factory = New
+var _ backend.Cleanup = Cleanup
+
+// Backend is the host-gw data path. Build it with New.
+type Backend struct {
+	cfg    backend.Config
+	log    *slog.Logger
+	resync time.Duration
+	kick   chan struct{}
+
+	mu      sync.Mutex // guards the fields below
+	own     subnet.Lease
+	peers   []subnet.Lease
+	desired bool
+	mtu     int
+	status  backend.Status
+
+	kmu           sync.Mutex // guards kernel state below
+	h             *netlink.Handle
+	table         *routes.NetlinkTable
+	routes        *routes.Reconciler
+	loggedRefusal map[netip.Prefix]string
+}
+
+// New validates the config and returns a backend; it touches no kernel
+// state.
+func New(cfg backend.Config) (backend.Backend, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Network == nil {
+		return nil, errors.New("host-gw: no network config")
+	}
+	if !cfg.Ext.Addr.Is4() {
+		return nil, fmt.Errorf("host-gw: external interface %q has no IPv4 address", cfg.Ext.Name)
+	}
+	if cfg.Ext.PublicIP.IsValid() && cfg.Ext.PublicIP != cfg.Ext.Addr {
+		return nil, fmt.Errorf("host-gw cannot work through NAT: --public-ip %s differs from interface address %s",
+			cfg.Ext.PublicIP, cfg.Ext.Addr)
+	}
+	b := &Backend{
+		cfg:           cfg,
+		log:           cfg.Logger.With("backend", Type),
+		resync:        cfg.ResyncInterval,
+		kick:          make(chan struct{}, 1),
+		loggedRefusal: map[netip.Prefix]string{},
+		status:        backend.Status{Refused: map[netip.Prefix]string{}, Repairs: map[string]uint64{}},
+	}
+	if b.resync <= 0 {
+		b.resync = defaultResync
+	}
+	return b, nil
+}
+
+// Setup implements backend.Backend. host-gw publishes no BackendData.
+func (b *Backend) Setup(ctx context.Context) (subnet.LeaseAttrs, error) {
+	b.kmu.Lock()
+	defer b.kmu.Unlock()
+	if err := b.prepare(); err != nil {
+		return subnet.LeaseAttrs{}, err
+	}
+	return subnet.LeaseAttrs{BackendType: Type}, nil
+}
+
+// MTU implements backend.Backend: the external interface's MTU.
+func (b *Backend) MTU() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.mtu
+}
+
+// SetDesired implements backend.Backend.
+func (b *Backend) SetDesired(own subnet.Lease, peers []subnet.Lease) {
+	b.mu.Lock()
+	b.own = own
+	b.peers = append([]subnet.Lease(nil), peers...)
+	b.desired = true
+	b.status.PeersWanted = len(peers)
+	b.mu.Unlock()
+	b.poke()
+}
+
+func (b *Backend) poke() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Status implements backend.Backend.
+func (b *Backend) Status() backend.Status {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.status
+	s.Refused = maps.Clone(s.Refused)
+	s.Repairs = maps.Clone(s.Repairs)
+	return s
+}
+
+// Run implements backend.Backend.
+func (b *Backend) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		nl.Watch(ctx, b.cfg.Netns, b.log, b.eventFilter(), b.poke)
+	}()
+	defer func() {
+		cancel()
+		wg.Wait()
+		b.kmu.Lock()
+		b.closeHandles()
+		b.kmu.Unlock()
+	}()
+	tick := time.NewTicker(b.resync)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-b.kick:
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(settle):
+			}
+			select {
+			case <-b.kick:
+			default:
+			}
+		}
+		b.reconcile()
+	}
+}
+
+func (b *Backend) eventFilter() nl.Filter {
+	network := b.cfg.Network.Network
+	ext := b.cfg.Ext.Index
+	return nl.Filter{
+		Route: func(u netlink.RouteUpdate) bool {
+			if u.Protocol == backend.RouteProtocol {
+				return u.Type == unix.RTM_DELROUTE
+			}
+			if u.Dst == nil || u.Type != unix.RTM_NEWROUTE || u.Table != unix.RT_TABLE_MAIN {
+				return false
+			}
+			dst, ok := netip.AddrFromSlice(u.Dst.IP)
+			return ok && network.Contains(dst.Unmap())
+		},
+		// The external interface going down takes our routes with it;
+		// coming back up needs them again.
+		Link: func(u netlink.LinkUpdate) bool { return u.Link.Attrs().Index == ext },
+		// Addresses on the external interface decide what is on-link.
+		Addr: func(u netlink.AddrUpdate) bool { return u.LinkIndex == ext },
+	}
+}
+
+func (b *Backend) closeHandles() {
+	if b.table != nil {
+		b.table.Close()
+		b.table = nil
+	}
+	if b.h != nil {
+		b.h.Close()
+		b.h = nil
+	}
+}
+
+// prepare opens the netlink sockets and reads the MTU. Caller holds kmu.
+func (b *Backend) prepare() error {
+	if b.h == nil {
+		h, err := nl.NewHandle(b.cfg.Netns)
+		if err != nil {
+			return fmt.Errorf("host-gw: %w", err)
+		}
+		t, err := routes.NewNetlinkTable(b.cfg.Netns, h, b.cfg.Network.Network)
+		if err != nil {
+			h.Close()
+			return fmt.Errorf("host-gw: %w", err)
+		}
+		b.h, b.table = h, t
+		if b.routes == nil {
+			b.routes = routes.New(t, b.cfg.Network.Network)
+		} else {
+			b.routes.SetTable(t)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.mtu == 0 {
+		b.mtu = b.cfg.Ext.MTU
+		if b.mtu == 0 {
+			l, err := b.h.LinkByIndex(b.cfg.Ext.Index)
+			if err != nil {
+				return fmt.Errorf("host-gw: look up external interface %s: %w", b.cfg.Ext.Name, err)
+			}
+			b.mtu = l.Attrs().MTU
+		}
+	}
+	return nil
+}
+
+// reconcile runs one pass if SetDesired has been called.
+func (b *Backend) reconcile() {
+	b.mu.Lock()
+	if !b.desired {
+		b.mu.Unlock()
+		return
+	}
+	peers := b.peers
+	b.mu.Unlock()
+
+	start := time.Now()
+	b.kmu.Lock()
+	programmed, refused, repaired, err := b.apply(peers)
+	b.kmu.Unlock()
+	d := time.Since(start)
+
+	b.mu.Lock()
+	b.status.LastReconcile = time.Now()
+	b.status.PeersProgrammed = programmed
+	b.status.Refused = refused
+	b.status.Repairs["route"] += uint64(repaired)
+	b.status.LastError = ""
+	if err != nil {
+		b.status.LastError = err.Error()
+	}
+	b.mu.Unlock()
+	if err != nil {
+		b.log.Warn("reconcile failed; will retry", "err", err)
+	} else {
+		b.log.Debug("reconciled", "peers", len(peers), "programmed", programmed, "took", d)
+	}
+	if b.cfg.OnReconcile != nil {
+		b.cfg.OnReconcile(d, err)
+	}
+}
+
+// apply makes the routes match peers. Caller holds kmu.
+func (b *Backend) apply(peers []subnet.Lease) (programmed int, refused map[netip.Prefix]string, repaired int, err error) {
+	refused = map[netip.Prefix]string{}
+	if err := b.prepare(); err != nil {
+		return 0, refused, 0, err
+	}
+	onLink, err := b.extPrefixes()
+	if err != nil {
+		return 0, refused, 0, err
+	}
+	want := make([]routes.Want, 0, len(peers))
+	for _, l := range peers {
+		ip := l.Attrs.PublicIP
+		direct := false
+		for _, p := range onLink {
+			if p.Contains(ip) {
+				direct = true
+				break
+			}
+		}
+		if !direct {
+			refused[l.Subnet] = fmt.Sprintf("PublicIP %s is not on-link on %s (%s): host-gw needs every host on one L2 segment",
+				ip, b.cfg.Ext.Name, prefixList(onLink))
+			continue
+		}
+		want = append(want, routes.Want{Dst: l.Subnet, Gw: ip, LinkIndex: b.cfg.Ext.Index})
+	}
+	res, err := b.routes.Reconcile(want)
+	for dst, why := range res.Refused {
+		refused[dst] = why
+	}
+	for _, w := range want {
+		if _, bad := res.Refused[w.Dst]; bad {
+			continue
+		}
+		if _, failed := res.Failed[w.Dst]; failed {
+			continue
+		}
+		programmed++
+	}
+	// Log each refusal once, not on every pass.
+	for sn, why := range refused {
+		if b.loggedRefusal[sn] != why {
+			b.log.Warn("refusing peer", "subnet", sn, "reason", why)
+		}
+	}
+	b.loggedRefusal = maps.Clone(refused)
+	return programmed, refused, res.Repaired, err
+}
+
+func prefixList(ps []netip.Prefix) string {
+	if len(ps) == 0 {
+		return "no IPv4 prefixes"
+	}
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	sort.Strings(s)
+	return strings.Join(s, ", ")
+}
+
+// extPrefixes lists the IPv4 prefixes configured on the external interface.
+func (b *Backend) extPrefixes() ([]netip.Prefix, error) {
+	link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: b.cfg.Ext.Index}}
+	addrs, err := nl.Dump(func() ([]netlink.Addr, error) { return b.h.AddrList(link, netlink.FAMILY_V4) })
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", b.cfg.Ext.Name, err)
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		if a.IPNet == nil || a.LinkIndex != b.cfg.Ext.Index {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		if a.Peer != nil {
+			// A point-to-point address: only the peer is on-link.
+			if pip, ok := netip.AddrFromSlice(a.Peer.IP); ok {
+				pones, _ := a.Peer.Mask.Size()
+				out = append(out, netip.PrefixFrom(pip.Unmap(), pones).Masked())
+			}
+			continue
+		}
+		out = append(out, netip.PrefixFrom(ip.Unmap(), ones).Masked())
+	}
+	return out, nil
+}
+
+// Cleanup removes every route (and nexthop object) tagged with
+// backend.RouteProtocol.
+func Cleanup(ctx context.Context, ns netns.NsHandle, logger *slog.Logger) error {
+	h, err := nl.NewHandle(ns)
+	if err != nil {
+		return fmt.Errorf("host-gw cleanup: %w", err)
+	}
+	defer h.Close()
+	n, err := routes.DeleteOwned(ns, h)
+	if err != nil {
+		return fmt.Errorf("host-gw cleanup: %w", err)
+	}
+	if n > 0 {
+		logger.Info("deleted routes", "backend", Type, "count", n)
+	}
+	return nil
+}
