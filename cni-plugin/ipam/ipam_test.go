@@ -321,3 +321,25 @@ func TestHelperAllocate(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAllocateRelease measures one reservation and its release with
+// 100 other addresses reserved, each in its own locked transaction.
+func BenchmarkAllocateRelease(b *testing.B) {
+	s, err := Open(b.TempDir(), "weft")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 100; i++ {
+		s.Do(func(tx *Tx) error { _, _, err := tx.Allocate(sub24, gw24, Owner{fmt.Sprint("bg", i), "eth0"}); return err })
+	}
+	o := Owner{"bench", "eth0"}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := s.Do(func(tx *Tx) error { _, _, err := tx.Allocate(sub24, gw24, o); return err }); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Do(func(tx *Tx) error { _, _, err := tx.Release(o); return err }); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
