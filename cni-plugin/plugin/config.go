@@ -36,6 +36,9 @@ type NetConf struct {
 	LogFile          string         `json:"logFile,omitempty"`
 }
 
+// delegated are the fields also read from a flannel-style "delegate" object.
+var delegated = map[string]bool{"bridge": true, "mtu": true, "ipMasq": true, "hairpinMode": true, "isDefaultGateway": true}
+
 // Settings is a NetConf with the defaults that come from subnet.env applied.
 type Settings struct {
 	Name       string
@@ -91,6 +94,23 @@ func ParseConfig(data []byte) (*NetConf, error) {
 		}
 		if err := json.Unmarshal(v, f.dst); err != nil {
 			return nil, configError(f.name, "%v", err)
+		}
+	}
+	// flannel configs carry bridge settings in "delegate"; honour the ones
+	// we share when the top level does not set them.
+	if v, ok := raw["delegate"]; ok && string(v) != "null" {
+		var del map[string]json.RawMessage
+		if err := json.Unmarshal(v, &del); err != nil {
+			return nil, configError("delegate", "%v", err)
+		}
+		for _, f := range fields {
+			dv, ok := del[f.name]
+			if _, top := raw[f.name]; top || !ok || !delegated[f.name] || string(dv) == "null" {
+				continue
+			}
+			if err := json.Unmarshal(dv, f.dst); err != nil {
+				return nil, configError("delegate."+f.name, "%v", err)
+			}
 		}
 	}
 	if conf.SubnetFile == "" {

@@ -65,6 +65,22 @@ func TestParseConfigOverrides(t *testing.T) {
 	}
 }
 
+func TestParseConfigFlannelDelegate(t *testing.T) {
+	conf, err := ParseConfig([]byte(`{"cniVersion":"1.1.0","name":"cbr0","type":"weft","hairpinMode":false,
+		"delegate":{"hairpinMode":true,"isDefaultGateway":false,"mtu":1400,"bridge":"cni9","type":"bridge"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := conf.Resolve(testEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The top level wins; the delegate fills the rest.
+	if s.Hairpin || s.DefaultGW || s.MTU != 1400 || s.Bridge != "cni9" {
+		t.Fatalf("got %+v", *s)
+	}
+}
+
 func TestParseConfigErrors(t *testing.T) {
 	base := `"cniVersion":"1.1.0","name":"weft","type":"weft"`
 	cases := []struct {
@@ -89,6 +105,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"routes not list", `{` + base + `,"routes":{}}`, `"routes"`, types.ErrInvalidNetworkConfig},
 		{"no name", `{"cniVersion":"1.1.0","type":"weft"}`, `"name"`, types.ErrInvalidNetworkConfig},
 		{"name with slash", `{"cniVersion":"1.1.0","name":"a/b","type":"weft"}`, `"name"`, types.ErrInvalidNetworkConfig},
+		{"delegate mtu", `{` + base + `,"delegate":{"mtu":"x"}}`, `"delegate.mtu"`, types.ErrInvalidNetworkConfig},
+		{"delegate not object", `{` + base + `,"delegate":5}`, `"delegate"`, types.ErrInvalidNetworkConfig},
 		{"not json", `{`, `decode`, types.ErrDecodingFailure},
 	}
 	for _, tc := range cases {
