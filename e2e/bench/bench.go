@@ -1,0 +1,221 @@
+// Package bench measures weft end to end in the virtual lab (package
+// e2e/lab) for `weft-lab bench` and `make bench`: the data path of every
+// backend against the raw underlay, the control plane with thousands of
+// synthetic peers against the kernel's own programming cost, CNI ADD/DEL
+// latency against a bare plugin exec, and packet loss across a weftd
+// restart against a run without one. Each measurement is a function that
+// returns a typed result; Results.Table and Document render them.
+//
+// Everything runs in namespaces the lab (or this package) creates and
+// removes again, also when the context is cancelled.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/weftnet/weft/e2e/lab"
+)
+
+// Sections that can be selected with Options.Only.
+const (
+	SectionDataplane = "dataplane"
+	SectionControl   = "control"
+	SectionCNI       = "cni"
+	SectionRestart   = "restart"
+)
+
+// AllSections lists every section in run order.
+var AllSections = []string{SectionDataplane, SectionControl, SectionCNI, SectionRestart}
+
+// Backends are measured in this order; vxlan first so udp can be compared
+// with it.
+var Backends = []string{"vxlan", "host-gw", "udp"}
+
+// Options configures a run.
+type Options struct {
+	BinDir string   // weftd, weft, weft-lab; default: the lab's default
+	Name   string   // lab namespace prefix; default "wb"
+	Only   []string // sections to run; default all
+	Quick  bool     // shorter transfers and fewer pods
+	Logger *slog.Logger
+	// Progress receives one line per step; default discards.
+	Progress io.Writer
+}
+
+func (o *Options) fill() {
+	if o.Name == "" {
+		o.Name = "wb"
+	}
+	if len(o.Only) == 0 {
+		o.Only = AllSections
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+}
+
+func (o *Options) has(s string) bool { return slices.Contains(o.Only, s) }
+
+// iperfSeconds is the length of one iperf3 transfer.
+func (o *Options) iperfSeconds() int {
+	if o.Quick {
+		return 2
+	}
+	return 5
+}
+
+// CheckSections validates section names.
+func CheckSections(names []string) error {
+	for _, n := range names {
+		if !slices.Contains(AllSections, n) {
+			return fmt.Errorf("unknown section %q (want one of %v)", n, AllSections)
+		}
+	}
+	return nil
+}
+
+func (o *Options) progress(format string, args ...any) {
+	fmt.Fprintf(o.Progress, "bench: "+format+"\n", args...)
+}
+
+// Run runs the selected sections. A failing measurement is recorded in its
+// result and the run goes on; Run returns an error only when ctx ends.
+func Run(ctx context.Context, opts Options) (Results, error) {
+	opts.fill()
+	if err := CheckSections(opts.Only); err != nil {
+		return Results{}, err
+	}
+	var res Results
+	if opts.has(SectionDataplane) {
+		res.Dataplane = &Dataplane{}
+	}
+	if opts.has(SectionCNI) {
+		res.CNI = &CNI{}
+	}
+	// One two-host lab per backend serves the data path, the restart
+	// measurement and (on the vxlan lab) the CNI measurement.
+	for i, b := range Backends {
+		needLab := opts.has(SectionDataplane) || opts.has(SectionRestart) || (b == "vxlan" && opts.has(SectionCNI))
+		if !needLab {
+			continue
+		}
+		err := backendLab(ctx, &opts, b, i == 0, &res)
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		if err != nil {
+			// The lab itself failed: mark every section that needed it.
+			if res.Dataplane != nil {
+				if i == 0 && res.Dataplane.LimitErr == nil && res.Dataplane.Limit.TCP1.BitsPerSecond == 0 {
+					res.Dataplane.LimitErr = err
+				}
+				res.Dataplane.Backends = append(res.Dataplane.Backends, BackendPath{Backend: b, Err: err})
+			}
+			if opts.has(SectionRestart) {
+				res.Restart = append(res.Restart, Restart{Backend: b, Err: err})
+			}
+			if b == "vxlan" && res.CNI != nil && res.CNI.Err == nil && len(res.CNI.Seq.Add) == 0 {
+				res.CNI.Err = err
+			}
+		}
+	}
+	if opts.has(SectionControl) {
+		for _, n := range []int{1000, TargetPeers} {
+			opts.progress("control plane with %d peers", n)
+			run := MeasureControl(ctx, &opts, n)
+			if ctx.Err() != nil {
+				return res, ctx.Err()
+			}
+			res.Control = append(res.Control, run)
+		}
+	}
+	return res, nil
+}
+
+// backendLab builds a two-host lab for backend b with one pod per host and
+// runs the measurements that need it. It returns an error only when the
+// lab could not be brought up; measurement errors land in res.
+func backendLab(ctx context.Context, opts *Options, b string, first bool, res *Results) error {
+	opts.progress("%s: building a 2-host lab", b)
+	lctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	l, err := lab.New(lctx, lab.Options{Hosts: 2, Backend: b, BinDir: opts.BinDir, Name: opts.Name, Logger: opts.Logger})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := l.Close(); err != nil {
+			opts.Logger.Warn("lab close", "err", err)
+		}
+	}()
+	pods, err := startCluster(lctx, l)
+	if err != nil {
+		return err
+	}
+	h1, h2 := l.Host(1), l.Host(2)
+	src := Endpoint{NS: pods[0].NSName, IP: pods[0].IP}
+	dst := Endpoint{NS: pods[1].NSName, IP: pods[1].IP}
+	secs := opts.iperfSeconds()
+	if dp := res.Dataplane; dp != nil {
+		if first {
+			opts.progress("underlay host→host (physical limit), %d s per transfer", secs)
+			dp.Limit, dp.LimitErr = MeasurePath(ctx, Endpoint{NS: h1.Name, IP: h1.IP}, Endpoint{NS: h2.Name, IP: h2.IP}, secs, 20, nil)
+		}
+		opts.progress("%s pod→pod", b)
+		p, err := MeasurePath(ctx, src, dst, secs, 20, []int{h1.WeftdPID(), h2.WeftdPID()})
+		dp.Backends = append(dp.Backends, BackendPath{Backend: b, Path: p, Err: err})
+	}
+	if b == "vxlan" && res.CNI != nil {
+		seq, par := 100, 100
+		if opts.Quick {
+			seq, par = 40, 40
+		}
+		opts.progress("CNI: %d pods sequential, %d pods 20 in parallel", seq, par)
+		*res.CNI = MeasureCNI(ctx, h1, l.BinDir, opts.Name+"c", seq, par, 20)
+	}
+	if opts.has(SectionRestart) {
+		opts.progress("%s: weftd restart under 100 pings/s", b)
+		r := MeasureRestart(ctx, pods[0], pods[1], h2)
+		r.Backend = b
+		res.Restart = append(res.Restart, r)
+	}
+	return nil
+}
+
+// startCluster starts weftd on every host, attaches one pod per host and
+// waits for pod-to-pod connectivity.
+func startCluster(ctx context.Context, l *lab.Lab) ([]*lab.Pod, error) {
+	for _, h := range l.Hosts {
+		if err := h.StartWeftd(); err != nil {
+			return nil, err
+		}
+	}
+	for _, h := range l.Hosts {
+		if err := h.WaitReady(ctx); err != nil {
+			return nil, err
+		}
+	}
+	var pods []*lab.Pod
+	for _, h := range l.Hosts {
+		p, err := h.AddPod(ctx, "")
+		if err != nil {
+			return nil, err
+		}
+		pods = append(pods, p)
+	}
+	if _, err := l.WaitConnectivity(ctx, 30*time.Second); err != nil {
+		return nil, err
+	}
+	return pods, nil
+}
+
+var errNoWeftd = errors.New("weftd is not running")

@@ -1,0 +1,379 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/cni-plugin/cnitest"
+	"github.com/weftnet/weft/e2e/lab"
+	"github.com/weftnet/weft/internal/nl"
+	"github.com/weftnet/weft/subnet"
+)
+
+// Control-plane lab parameters: a /15 split into /29s holds 16383 subnets,
+// room for 2×5000 synthetic peers plus the host's own.
+const (
+	controlNetwork   = "198.18.0.0/15"
+	controlSubnetLen = 29
+	subnetsPrefix    = "/coreos.com/network/subnets/"
+	// txnOps is how many Puts or Deletes go into one etcd transaction; the
+	// lab's etcd allows 1024.
+	txnOps = 500
+	// programTimeout bounds every wait for the kernel to catch up.
+	programTimeout = 60 * time.Second
+)
+
+// SynthLease is one synthetic vxlan peer.
+type SynthLease struct {
+	Subnet netip.Prefix
+	Attrs  subnet.LeaseAttrs
+	MAC    net.HardwareAddr
+}
+
+// SynthLeases builds n synthetic vxlan peers with VNI 1 on the subnets
+// cfg.NthSubnet(first...), skipping skip. Each peer gets a unique locally
+// administered MAC; PublicIPs cycle through 203.0.113.1-254 and
+// 198.51.100.1-254 (vxlan FDB entries never need the address to answer).
+func SynthLeases(cfg *subnet.Config, first, n int, skip netip.Prefix) []SynthLease {
+	out := make([]SynthLease, 0, n)
+	for i := first; len(out) < n && i < cfg.SubnetCount(); i++ {
+		sn := cfg.NthSubnet(i)
+		if sn == skip {
+			continue
+		}
+		mac := net.HardwareAddr{0x02, 0x77, 0x62, byte(i >> 16), byte(i >> 8), byte(i)}
+		k := i % 508
+		ip := netip.AddrFrom4([4]byte{203, 0, 113, byte(1 + k)})
+		if k >= 254 {
+			ip = netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + k - 254)})
+		}
+		data, _ := json.Marshal(subnet.VXLANData{VNI: 1, VtepMAC: mac.String()}) // plain struct
+		out = append(out, SynthLease{
+			Subnet: sn,
+			MAC:    mac,
+			Attrs:  subnet.LeaseAttrs{PublicIP: ip, BackendType: "vxlan", BackendData: data},
+		})
+	}
+	return out
+}
+
+// writeLeases puts the leases, txnOps per transaction, bound to etcd lease
+// id.
+func writeLeases(ctx context.Context, cli *clientv3.Client, ls []SynthLease, id clientv3.LeaseID) error {
+	for start := 0; start < len(ls); start += txnOps {
+		var ops []clientv3.Op
+		for _, l := range ls[start:min(start+txnOps, len(ls))] {
+			v, err := l.Attrs.MarshalJSON()
+			if err != nil {
+				return err
+			}
+			ops = append(ops, clientv3.OpPut(subnetsPrefix+subnet.SubnetKey(l.Subnet), string(v), clientv3.WithLease(id)))
+		}
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := cli.Txn(tctx).Then(ops...).Commit()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("write leases: %w", err)
+		}
+	}
+	return nil
+}
+
+func deleteLeases(ctx context.Context, cli *clientv3.Client, ls []SynthLease) error {
+	for start := 0; start < len(ls); start += txnOps {
+		var ops []clientv3.Op
+		for _, l := range ls[start:min(start+txnOps, len(ls))] {
+			ops = append(ops, clientv3.OpDelete(subnetsPrefix+subnet.SubnetKey(l.Subnet)))
+		}
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := cli.Txn(tctx).Then(ops...).Commit()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("delete leases: %w", err)
+		}
+	}
+	return nil
+}
+
+// routeCounter counts weft's routes (protocol backend.RouteProtocol) in a
+// namespace whose destination is one of a set of subnets.
+type routeCounter struct {
+	h   *netlink.Handle
+	set map[netip.Prefix]bool
+}
+
+func (c *routeCounter) count() (int, error) {
+	rs, err := nl.Dump(func() ([]netlink.Route, error) {
+		return c.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: backend.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("list routes: %w", err)
+	}
+	n := 0
+	for _, r := range rs {
+		if r.Dst == nil {
+			continue
+		}
+		a, _ := netip.AddrFromSlice(r.Dst.IP.To4())
+		ones, _ := r.Dst.Mask.Size()
+		if c.set[netip.PrefixFrom(a, ones)] {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// waitCount polls every 20 ms until count() == want and returns the time
+// since t0 at which it was seen.
+func (c *routeCounter) waitCount(ctx context.Context, t0 time.Time, want int, alive func() bool) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, programTimeout)
+	defer cancel()
+	last := -1
+	for {
+		n, err := c.count()
+		if err != nil {
+			return 0, err
+		}
+		if n == want {
+			return time.Since(t0), nil
+		}
+		last = n
+		if !alive() {
+			return 0, fmt.Errorf("weftd exited with %d of %d routes programmed", last, want)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%d of %d routes programmed after %s: %w", last, want, programTimeout, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// MeasureControl runs the control-plane scenario with n peers on a fresh
+// one-host vxlan lab: n leases exist before weftd starts (start-up), n more
+// arrive at once (join), then those n are deleted (leave).
+func MeasureControl(ctx context.Context, opts *Options, n int) (run ControlRun) {
+	run.N = n
+	if err := measureControl(ctx, opts, n, &run); err != nil {
+		run.Err = err
+	}
+	return run
+}
+
+func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) error {
+	lctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	l, err := lab.New(lctx, lab.Options{Hosts: 1, Backend: "vxlan", BinDir: opts.BinDir, Name: opts.Name,
+		Network: controlNetwork, SubnetLen: controlSubnetLen, Logger: opts.Logger})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := l.Close(); err != nil {
+			opts.Logger.Warn("lab close", "err", err)
+		}
+	}()
+	cfg, err := subnet.ParseConfig([]byte(l.NetworkConfig()))
+	if err != nil {
+		return err
+	}
+	h := l.Host(1)
+	cli, err := l.Etcd(ctx)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	gctx, gcancel := context.WithTimeout(ctx, 10*time.Second)
+	grant, err := cli.Grant(gctx, 3600)
+	gcancel()
+	if err != nil {
+		return fmt.Errorf("etcd grant: %w", err)
+	}
+
+	initial := SynthLeases(cfg, 0, n, netip.Prefix{})
+	if err := writeLeases(ctx, cli, initial, grant.ID); err != nil {
+		return err
+	}
+	t := time.Now()
+	gctx, gcancel = context.WithTimeout(ctx, 10*time.Second)
+	if _, err := cli.Get(gctx, subnetsPrefix, clientv3.WithPrefix()); err != nil {
+		gcancel()
+		return fmt.Errorf("etcd list: %w", err)
+	}
+	gcancel()
+	run.ListTime = time.Since(t)
+
+	if run.FloorAdd, run.FloorDel, err = KernelFloor(opts.Name+"f", initial); err != nil {
+		return fmt.Errorf("kernel floor: %w", err)
+	}
+
+	hns, err := netns.GetFromPath(h.NS)
+	if err != nil {
+		return err
+	}
+	defer hns.Close()
+	nh, err := nl.NewHandle(hns)
+	if err != nil {
+		return err
+	}
+	defer nh.Close()
+	rc := &routeCounter{h: nh, set: map[netip.Prefix]bool{}}
+	for _, s := range initial {
+		rc.set[s.Subnet] = true
+	}
+	alive := func() bool { return h.WeftdPID() != 0 }
+
+	// Start-up.
+	t0 := time.Now()
+	if err := h.StartWeftd(); err != nil {
+		return err
+	}
+	readyc := make(chan error, 1)
+	go func() {
+		rctx, cancel := context.WithTimeout(ctx, programTimeout)
+		defer cancel()
+		err := h.WaitReady(rctx)
+		run.Ready = time.Since(t0)
+		readyc <- err
+	}()
+	run.Startup, err = rc.waitCount(ctx, t0, n, alive)
+	if rerr := <-readyc; err == nil && rerr != nil {
+		err = rerr
+	}
+	if err != nil {
+		return fmt.Errorf("start-up: %w", err)
+	}
+
+	// Join: n more leases at once, skipping weftd's own subnet.
+	env, err := h.SubnetEnv()
+	if err != nil {
+		return err
+	}
+	extra := SynthLeases(cfg, n, n, env.LeaseSubnet())
+	if len(extra) < n {
+		return fmt.Errorf("network too small for %d more peers", n)
+	}
+	for _, s := range extra {
+		rc.set[s.Subnet] = true
+	}
+	grant2, err := cli.Grant(ctx, 3600)
+	if err != nil {
+		return fmt.Errorf("etcd grant: %w", err)
+	}
+	t1 := time.Now()
+	if err := writeLeases(ctx, cli, extra, grant2.ID); err != nil {
+		return err
+	}
+	if run.Join, err = rc.waitCount(ctx, t1, 2*n, alive); err != nil {
+		return fmt.Errorf("join: %w", err)
+	}
+
+	// Leave: delete the n extra leases.
+	t2 := time.Now()
+	if err := deleteLeases(ctx, cli, extra); err != nil {
+		return err
+	}
+	if run.Leave, err = rc.waitCount(ctx, t2, n, alive); err != nil {
+		return fmt.Errorf("leave: %w", err)
+	}
+
+	pid := h.WeftdPID()
+	if pid == 0 {
+		return errNoWeftd
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return err
+	}
+	run.RSS, err = ProcRSS(data)
+	return err
+}
+
+// KernelFloor programs the peers the way the vxlan backend does (neighbour
+// entry, FDB entry and route per peer) with one netlink handle into a
+// scratch namespace named nsPrefix plus random digits, then removes them,
+// and returns both durations: what the kernel alone costs.
+func KernelFloor(nsPrefix string, peers []SynthLease) (add, del time.Duration, err error) {
+	name := cnitest.RandName(nsPrefix, 6)
+	path, err := cnitest.NewNS(name)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() {
+		if derr := cnitest.DeleteNS(name); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer ns.Close()
+	h, err := nl.NewHandle(ns)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer h.Close()
+	vx := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "weft.1", MTU: 1450}, VxlanId: 1, Port: 8472}
+	if err := h.LinkAdd(vx); err != nil {
+		return 0, 0, fmt.Errorf("add vxlan: %w", err)
+	}
+	link, err := h.LinkByName("weft.1")
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		return 0, 0, err
+	}
+	idx := link.Attrs().Index
+	objs := func(p SynthLease) (*netlink.Neigh, *netlink.Neigh, *netlink.Route) {
+		gw := net.IP(p.Subnet.Addr().AsSlice())
+		neigh := &netlink.Neigh{LinkIndex: idx, State: netlink.NUD_PERMANENT, Type: unix.RTN_UNICAST,
+			IP: gw, HardwareAddr: p.MAC}
+		fdb := &netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+			Flags: netlink.NTF_SELF, IP: net.IP(p.Attrs.PublicIP.AsSlice()), HardwareAddr: p.MAC}
+		route := &netlink.Route{LinkIndex: idx, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(p.Subnet.Bits(), 32)},
+			Gw: gw, Flags: int(netlink.FLAG_ONLINK), Protocol: backend.RouteProtocol}
+		return neigh, fdb, route
+	}
+	t0 := time.Now()
+	for _, p := range peers {
+		neigh, fdb, route := objs(p)
+		if err := h.NeighSet(neigh); err != nil {
+			return 0, 0, fmt.Errorf("neigh: %w", err)
+		}
+		if err := h.NeighAppend(fdb); err != nil {
+			return 0, 0, fmt.Errorf("fdb: %w", err)
+		}
+		if err := h.RouteReplace(route); err != nil {
+			return 0, 0, fmt.Errorf("route: %w", err)
+		}
+	}
+	add = time.Since(t0)
+	t0 = time.Now()
+	for _, p := range peers {
+		neigh, fdb, route := objs(p)
+		if err := h.RouteDel(route); err != nil {
+			return 0, 0, fmt.Errorf("del route: %w", err)
+		}
+		if err := h.NeighDel(fdb); err != nil {
+			return 0, 0, fmt.Errorf("del fdb: %w", err)
+		}
+		if err := h.NeighDel(neigh); err != nil {
+			return 0, 0, fmt.Errorf("del neigh: %w", err)
+		}
+	}
+	del = time.Since(t0)
+	return add, del, nil
+}

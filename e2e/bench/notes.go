@@ -1,0 +1,44 @@
+package bench
+
+import "fmt"
+
+// Notes explains how each section that ran was measured, and lists the
+// missed targets, for the Markdown report.
+func Notes(r Results) []string {
+	var n []string
+	if r.Dataplane != nil {
+		n = append(n,
+			"Data path: a fresh 2-host lab per backend, one pod per host. TCP throughput is `iperf3 -J` from the pod on host 1 "+
+				"to an iperf3 server in the pod on host 2, receiver side, 1 and 4 streams; the physical limit is the same "+
+				"traffic between the two host namespaces over the raw veth/bridge underlay (host IP to host IP). "+
+				"RTT is the median of 20 pings 50 ms apart. weftd CPU is utime+stime of both hosts' weftd during the two "+
+				"transfers (/proc/<pid>/stat), as a share of one core. All hosts share this machine's cores, so the "+
+				"physical limit is CPU-bound, not a wire speed.")
+	}
+	if len(r.Control) > 0 {
+		n = append(n,
+			fmt.Sprintf("Control plane: a fresh 1-host vxlan lab per N (network %s, SubnetLen %d). N synthetic vxlan leases "+
+				"(unique VtepMACs, PublicIPs cycling through 203.0.113.0/24 and 198.51.100.0/24, one etcd lease with a 1 h TTL) are "+
+				"written in transactions of %d Puts before weftd starts; start-up is weftd start until all N routes (protocol %d) "+
+				"are in the host namespace, polled every 20 ms through netlink. Join writes N more leases at once (the clock starts "+
+				"before the first transaction); leave deletes them. The kernel floor programs the same N neighbour entries, FDB "+
+				"entries and routes with one netlink handle in a scratch namespace, one request at a time.",
+				controlNetwork, controlSubnetLen, txnOps, 87))
+	}
+	if r.CNI != nil {
+		n = append(n,
+			"CNI: libcni ADD then DEL of every pod against host 1 of the vxlan lab with weftd running (package cni-plugin/cnibench); "+
+				"the plugin is forked from a thread inside the host namespace. Pod namespaces are created before and removed after the "+
+				"timed calls. The floor is a VERSION call to the same plugin binary through the same exec path.")
+	}
+	if len(r.Restart) > 0 {
+		n = append(n,
+			"Restart: `ping -i 0.01` from the pod on host 1 to the pod on host 2; 1 s after it starts, host 2's weftd gets SIGTERM, "+
+				"is started again and waited for (/readyz); pinging goes on for 1 s more. The baseline is 3 s of the same pinging "+
+				"with no restart.")
+	}
+	for _, m := range r.Missed() {
+		n = append(n, "Target missed: "+m+".")
+	}
+	return n
+}

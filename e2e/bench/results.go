@@ -1,0 +1,221 @@
+package bench
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/weftnet/weft/cni-plugin/cnibench"
+)
+
+// Targets of the control plane (issue #9), checked at the largest N.
+const (
+	StartupTarget = time.Second
+	JoinTarget    = time.Second
+	RSSTarget     = 30 << 20
+	TargetPeers   = 5000
+)
+
+// Path is one measured network path: TCP throughput with 1 and 4 streams,
+// median ping RTT and the CPU weftd used on both hosts while the two
+// transfers ran.
+type Path struct {
+	TCP1, TCP4 Iperf
+	RTT        time.Duration // median of the pings
+	Pings      int           // replies the median was taken over
+	// WeftdCPU is weftd's CPU time (utime+stime, both hosts) during the
+	// transfers, as a percentage of one core over the transfer time. It is
+	// negative when not measured (the underlay has no weftd in the path).
+	WeftdCPU float64
+}
+
+// BackendPath is a backend's pod-to-pod path.
+type BackendPath struct {
+	Backend string
+	Path    Path
+	Err     error
+}
+
+// Dataplane holds the physical limit and every backend's path.
+type Dataplane struct {
+	Limit    Path // host → host over the raw veth underlay
+	LimitErr error
+	Backends []BackendPath
+}
+
+// ControlRun is the control-plane run for one N.
+type ControlRun struct {
+	N       int
+	Startup time.Duration // weftd start → N peers routed in the kernel
+	Ready   time.Duration // weftd start → /readyz answered 200
+	Join    time.Duration // N more leases written → all routed
+	Leave   time.Duration // those N leases deleted → their routes gone
+	RSS     int64         // weftd VmRSS afterwards, bytes
+	// Floor is the kernel's own cost: the same N peers (neighbour, FDB
+	// entry and route each) programmed and removed by one netlink handle
+	// in a scratch namespace, with no etcd and no daemon.
+	FloorAdd, FloorDel time.Duration
+	// ListTime is how long one etcd range read of the N leases takes.
+	ListTime time.Duration
+	Profile  string // where a CPU profile of a missed target went, if any
+	Err      error
+}
+
+// CNI holds ADD/DEL latencies through libcni.
+type CNI struct {
+	Seq, Par cnibench.Result
+	Parallel int
+	// Floor is the median latency of a VERSION call to the plugin through
+	// the same libcni exec path: process start-up cost with no work.
+	Floor time.Duration
+	Err   error
+}
+
+// Restart is the packet loss during one weftd restart on the receiving
+// host, with a run without restart as the baseline.
+type Restart struct {
+	Backend            string
+	Sent, Received     int
+	Downtime           time.Duration // SIGTERM → restarted weftd ready
+	BaseSent, BaseRecv int
+	Err                error
+}
+
+// Results is everything one run measured. Nil sections were not run.
+type Results struct {
+	Dataplane *Dataplane
+	Control   []ControlRun
+	CNI       *CNI
+	Restart   []Restart
+}
+
+// Table builds the result table.
+func (r Results) Table() Table {
+	var t Table
+	add := func(row Row) { t.Rows = append(t.Rows, row) }
+	if dp := r.Dataplane; dp != nil {
+		const area = "data path"
+		lim := dp.Limit
+		if dp.LimitErr != nil {
+			add(Row{area, "underlay host→host", "all", "error: " + dp.LimitErr.Error(), "", ""})
+		} else {
+			add(Row{area, "underlay host→host", "TCP, 1 stream", fmtGbps(lim.TCP1.BitsPerSecond), "", "physical limit"})
+			add(Row{area, "underlay host→host", "TCP, 4 streams", fmtGbps(lim.TCP4.BitsPerSecond), "", "physical limit"})
+			add(Row{area, "underlay host→host", "ping RTT, median", fmtDur(lim.RTT), "", "physical limit"})
+		}
+		var vx *Path
+		for _, b := range dp.Backends {
+			if b.Backend == "vxlan" && b.Err == nil {
+				vx = &b.Path
+			}
+		}
+		for _, b := range dp.Backends {
+			c := b.Backend + " pod→pod"
+			if b.Err != nil {
+				add(Row{area, c, "all", "error: " + b.Err.Error(), "", ""})
+				continue
+			}
+			p := b.Path
+			tput := func(metric string, got, limit Iperf, vxv *Iperf) {
+				v := pct(got.BitsPerSecond, limit.BitsPerSecond) + " of limit"
+				if b.Backend == "udp" && vxv != nil {
+					v += ", " + pct(got.BitsPerSecond, vxv.BitsPerSecond) + " of vxlan"
+				}
+				base := ""
+				if dp.LimitErr == nil {
+					base = fmtGbps(limit.BitsPerSecond) + " underlay"
+				}
+				add(Row{area, c, metric, fmtGbps(got.BitsPerSecond), base, v})
+			}
+			var vx1, vx4 *Iperf
+			if vx != nil {
+				vx1, vx4 = &vx.TCP1, &vx.TCP4
+			}
+			tput("TCP, 1 stream", p.TCP1, lim.TCP1, vx1)
+			tput("TCP, 4 streams", p.TCP4, lim.TCP4, vx4)
+			rtt := Row{area, c, "ping RTT, median", fmtDur(p.RTT), "", ""}
+			if dp.LimitErr == nil && lim.RTT > 0 {
+				rtt.Baseline = fmtDur(lim.RTT) + " underlay"
+				rtt.Verdict = fmt.Sprintf("+%s", fmtDur(max(0, p.RTT-lim.RTT)))
+			}
+			add(rtt)
+			add(Row{area, c, "weftd CPU during transfers", fmt.Sprintf("%.1f%% of a core", p.WeftdCPU), "", "both hosts"})
+		}
+	}
+	for _, c := range r.Control {
+		const area = "control plane"
+		cs := fmt.Sprintf("vxlan, %d peers", c.N)
+		if c.Err != nil {
+			add(Row{area, cs, "all", "error: " + c.Err.Error(), "", ""})
+			continue
+		}
+		floorAdd := fmt.Sprintf("%s kernel floor", fmtDur(c.FloorAdd))
+		target := func(got, want time.Duration) string {
+			if c.N != TargetPeers {
+				return ""
+			}
+			return fmt.Sprintf("target ≤ %s: %s", fmtDur(want), verdict(got <= want))
+		}
+		add(Row{area, cs, "start-up: weftd start → all routed", fmtDur(c.Startup),
+			fmt.Sprintf("%s; etcd list %s", floorAdd, fmtDur(c.ListTime)), target(c.Startup, StartupTarget)})
+		add(Row{area, cs, "start-up: weftd start → /readyz 200", fmtDur(c.Ready), "", ""})
+		add(Row{area, cs, fmt.Sprintf("join: %d more leases → routed", c.N), fmtDur(c.Join), floorAdd, target(c.Join, JoinTarget)})
+		add(Row{area, cs, fmt.Sprintf("leave: %d leases deleted → unrouted", c.N), fmtDur(c.Leave),
+			fmt.Sprintf("%s kernel floor", fmtDur(c.FloorDel)), ""})
+		rss := Row{area, cs, "weftd RSS afterwards", fmtMiB(c.RSS), "", ""}
+		if c.N == TargetPeers {
+			rss.Verdict = fmt.Sprintf("target ≤ %s: %s", fmtMiB(RSSTarget), verdict(c.RSS <= RSSTarget))
+		}
+		add(rss)
+	}
+	if c := r.CNI; c != nil {
+		const area = "CNI"
+		if c.Err != nil {
+			add(Row{area, "libcni → weft plugin", "all", "error: " + c.Err.Error(), "", ""})
+		} else {
+			floor := fmt.Sprintf("%s plugin exec (VERSION)", fmtDur(c.Floor))
+			lat := func(cs, metric string, ds []time.Duration) {
+				add(Row{area, cs, metric, fmt.Sprintf("p50 %s, p99 %s", fmtDur(Percentile(ds, 0.5)), fmtDur(Percentile(ds, 0.99))), floor, ""})
+			}
+			seq := fmt.Sprintf("%d pods, sequential", len(c.Seq.Add))
+			par := fmt.Sprintf("%d pods, %d in parallel", len(c.Par.Add), c.Parallel)
+			lat(seq, "ADD latency", c.Seq.Add)
+			lat(seq, "DEL latency", c.Seq.Del)
+			lat(par, "ADD latency", c.Par.Add)
+			lat(par, "DEL latency", c.Par.Del)
+		}
+	}
+	for _, rs := range r.Restart {
+		const area = "restart"
+		cs := rs.Backend + ", weftd SIGTERM + start on receiver"
+		if rs.Err != nil {
+			add(Row{area, cs, "all", "error: " + rs.Err.Error(), "", ""})
+			continue
+		}
+		add(Row{area, cs, "pings lost at 100/s",
+			fmt.Sprintf("%d of %d (restart→ready %s)", rs.Sent-rs.Received, rs.Sent, fmtDur(rs.Downtime)),
+			fmt.Sprintf("%d of %d without restart", rs.BaseSent-rs.BaseRecv, rs.BaseSent),
+			fmt.Sprintf("≈ %s of traffic lost", fmtDur(time.Duration(max(0, (rs.Sent-rs.Received)-(rs.BaseSent-rs.BaseRecv)))*10*time.Millisecond))})
+	}
+	return t
+}
+
+// Missed lists the control-plane targets that were not met, for the
+// summary and exit status.
+func (r Results) Missed() []string {
+	var out []string
+	for _, c := range r.Control {
+		if c.N != TargetPeers || c.Err != nil {
+			continue
+		}
+		if c.Startup > StartupTarget {
+			out = append(out, fmt.Sprintf("start-up with %d peers: %s > %s", c.N, fmtDur(c.Startup), fmtDur(StartupTarget)))
+		}
+		if c.Join > JoinTarget {
+			out = append(out, fmt.Sprintf("join of %d peers: %s > %s", c.N, fmtDur(c.Join), fmtDur(JoinTarget)))
+		}
+		if c.RSS > RSSTarget {
+			out = append(out, fmt.Sprintf("RSS with %d peers: %s > %s", c.N, fmtMiB(c.RSS), fmtMiB(RSSTarget)))
+		}
+	}
+	return out
+}
