@@ -3,21 +3,12 @@ package e2e_test
 import (
 	"log/slog"
 	"strconv"
-	"strings"
 	"testing"
 )
 
 func itoa(i int) string { return strconv.Itoa(i) }
 
-// testLogger logs through t.Log.
+// testLogger logs to the test's output.
 func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -104,7 +104,7 @@ func NewForTest(t testing.TB, opts Options) *Lab {
 		t.Skip("lab: needs root to create network namespaces (run the e2e tests as root)")
 	}
 	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		opts.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -114,20 +114,13 @@ func NewForTest(t testing.TB, opts Options) *Lab {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			l.DumpLogs(testWriter{t})
+			l.DumpLogs(t.Output())
 		}
 		if err := l.Close(); err != nil {
 			t.Errorf("lab close: %v", err)
 		}
 	})
 	return l
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // New builds the topology, starts etcd and, unless opts.NoConfig, writes
