@@ -51,6 +51,12 @@ type Reservation struct {
 // Store is the on-disk allocator for one network.
 type Store struct {
 	dir string
+
+	// HostLocalDir, when set, is a host-local IPAM data directory
+	// (<dir>/<network>/<address> files, as flannel's plugin leaves them).
+	// Addresses reserved there are never handed out, so pods that flannel's
+	// plugin attached keep their addresses to themselves after a migration.
+	HostLocalDir string
 }
 
 // Open returns the store for network under dataDir, creating its directory.
@@ -210,7 +216,7 @@ func (tx *Tx) Allocate(subnet netip.Prefix, gateway netip.Addr, o Owner) (r Rese
 		return Reservation{}, false, err
 	}
 	key := ownerKey(o)
-	used := make(map[netip.Addr]bool, len(es))
+	used := tx.s.hostLocalUsed(subnet)
 	for _, e := range es {
 		used[e.ip] = true
 		if e.key == key && subnet.Contains(e.ip) && e.ip != gateway {
@@ -309,6 +315,33 @@ func (tx *Tx) ReleaseIf(drop func(Reservation) bool) (released []Reservation, re
 		released = append(released, r)
 	}
 	return released, remaining, nil
+}
+
+// hostLocalUsed returns the addresses of subnet that host-local reserved.
+func (s *Store) hostLocalUsed(subnet netip.Prefix) map[netip.Addr]bool {
+	used := map[netip.Addr]bool{}
+	if s.HostLocalDir == "" {
+		return used
+	}
+	nets, err := os.ReadDir(s.HostLocalDir)
+	if err != nil {
+		return used
+	}
+	for _, n := range nets {
+		if !n.IsDir() {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(s.HostLocalDir, n.Name()))
+		if err != nil {
+			continue
+		}
+		for _, f := range files {
+			if ip, err := netip.ParseAddr(f.Name()); err == nil && subnet.Contains(ip) {
+				used[ip] = true
+			}
+		}
+	}
+	return used
 }
 
 // writeHint records the last address handed out. It overwrites in place,

@@ -343,3 +343,33 @@ func BenchmarkAllocateRelease(b *testing.B) {
 		}
 	}
 }
+
+func TestHostLocalReservationsAvoided(t *testing.T) {
+	root := t.TempDir()
+	hl := root + "/networks"
+	os.MkdirAll(hl+"/cbr0", 0o700)
+	for _, ip := range []string{"198.18.9.2", "198.18.9.3", "198.18.9.4", "last_reserved_ip.0", "lock"} {
+		os.WriteFile(hl+"/cbr0/"+ip, []byte("flannel-pod\neth0"), 0o600)
+	}
+	s, err := Open(root, "weft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.HostLocalDir = hl
+	sub := netip.MustParsePrefix("198.18.9.0/29") // usable .2-.6 with gateway .1
+	gw := netip.MustParseAddr("198.18.9.1")
+	var got []netip.Addr
+	for i := 0; ; i++ {
+		r, _, err := alloc(t, s, sub, gw, Owner{fmt.Sprint("c", i), "eth0"})
+		if errors.Is(err, ErrExhausted) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, r.IP)
+	}
+	if len(got) != 2 || got[0].String() != "198.18.9.5" || got[1].String() != "198.18.9.6" {
+		t.Fatalf("got %v, want only .5 and .6", got)
+	}
+}

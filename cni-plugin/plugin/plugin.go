@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -109,5 +110,8 @@ func openStore(conf *NetConf) (*ipam.Store, error) {
 	if err != nil {
 		return nil, types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
+	// host-local keeps its state next to ours (/var/lib/cni/networks for
+	// the default dataDir); addresses flannel's plugin handed out stay taken.
+	s.HostLocalDir = filepath.Join(filepath.Dir(conf.DataDir), "networks")
 	return s, nil
 }
