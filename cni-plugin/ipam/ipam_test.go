@@ -330,7 +330,10 @@ func BenchmarkAllocateRelease(b *testing.B) {
 		b.Fatal(err)
 	}
 	for i := 0; i < 100; i++ {
-		s.Do(func(tx *Tx) error { _, _, err := tx.Allocate(sub24, gw24, Owner{fmt.Sprint("bg", i), "eth0"}); return err })
+		s.Do(func(tx *Tx) error {
+			_, _, err := tx.Allocate(sub24, gw24, Owner{fmt.Sprint("bg", i), "eth0"})
+			return err
+		})
 	}
 	o := Owner{"bench", "eth0"}
 	b.ResetTimer()
