@@ -378,15 +378,18 @@ func (b *Backend) extPrefixes() ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// Cleanup removes every route (and nexthop object) tagged with
-// backend.RouteProtocol.
+// Cleanup removes the routes (and nexthop objects) host-gw installs: tagged
+// with backend.RouteProtocol, with a gateway and without the onlink flag.
+// Routes of the vxlan backend (onlink) and of udp (no gateway) carry the
+// same tag and are left alone, because weftd runs this at every start of
+// another backend.
 func Cleanup(ctx context.Context, ns netns.NsHandle, logger *slog.Logger) error {
 	h, err := nl.NewHandle(ns)
 	if err != nil {
 		return fmt.Errorf("host-gw cleanup: %w", err)
 	}
 	defer h.Close()
-	n, err := routes.DeleteOwned(ns, h)
+	n, err := routes.DeleteOwned(ns, h, func(o routes.Owned) bool { return o.Gw.IsValid() && !o.OnLink })
 	if err != nil {
 		return fmt.Errorf("host-gw cleanup: %w", err)
 	}

@@ -168,14 +168,17 @@ func TestRoutesAndRefusal(t *testing.T) {
 		t.Fatalf("status after removal %+v", st)
 	}
 
-	// Cleanup removes everything and succeeds on nothing.
+	// Cleanup removes host-gw's routes, leaves the vxlan (onlink) and udp
+	// (device route) shapes alone, and succeeds on nothing.
+	h.IP(t, "route", "add", "198.18.8.0/24", "via", "198.18.8.0", "dev", "eth0", "onlink", "proto", "87")
+	h.IP(t, "route", "add", "198.18.128.0/17", "dev", "eth0", "proto", "87")
 	for i := 0; i < 2; i++ {
 		if err := Cleanup(context.Background(), h.Handle, slog.New(slog.DiscardHandler)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got := ourRoutes(t, h); got != "" {
-		t.Fatalf("routes left after cleanup: %s", got)
+	if got := ourRoutes(t, h); got != "198.18.8.0/24 via 198.18.8.0 dev eth0 onlink\n198.18.128.0/17 dev eth0 scope link" {
+		t.Fatalf("routes left after cleanup: %q", got)
 	}
 }
 

@@ -270,9 +270,9 @@ func (t *NetlinkTable) Delete(r *netlink.Route) error {
 	return err
 }
 
-// deleteOwnedNexthops removes every nexthop object tagged with
-// backend.RouteProtocol (with the routes using them).
-func deleteOwnedNexthops(ns netns.NsHandle) error {
+// deleteOwnedNexthops removes the nexthop objects tagged with
+// backend.RouteProtocol that sel selects (with the routes using them).
+func deleteOwnedNexthops(ns netns.NsHandle, sel func(Owned) bool) error {
 	t := &NetlinkTable{foreignNH: map[uint32]bool{}}
 	s, err := vnl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
 	if err != nil {
@@ -280,13 +280,13 @@ func deleteOwnedNexthops(ns netns.NsHandle) error {
 	}
 	t.sock = &vnl.SocketHandle{Socket: s}
 	defer t.Close()
-	nhs, err := t.listNexthops()
+	nhs, err := t.listNexthopDetails()
 	if err != nil {
 		return nil // no nexthop objects in this kernel
 	}
 	var errs []error
-	for id, proto := range nhs {
-		if proto != backend.RouteProtocol {
+	for id, o := range nhs {
+		if !sel(o) {
 			continue
 		}
 		if err := t.delNexthop(id); err != nil && !errors.Is(err, unix.ENOENT) {
@@ -294,4 +294,44 @@ func deleteOwnedNexthops(ns netns.NsHandle) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// listNexthopDetails returns our nexthop objects by id.
+func (t *NetlinkTable) listNexthopDetails() (map[uint32]Owned, error) {
+	return dumpMap(func() (map[uint32]Owned, error) {
+		req := t.request(unix.RTM_GETNEXTHOP, unix.NLM_F_DUMP)
+		req.AddData(nhmsg{family: unix.AF_UNSPEC})
+		msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWNEXTHOP)
+		if err != nil {
+			return nil, err
+		}
+		out := map[uint32]Owned{}
+		for _, m := range msgs {
+			if len(m) < 8 || m[2] != backend.RouteProtocol {
+				continue
+			}
+			attrs, err := vnl.ParseRouteAttr(m[8:])
+			if err != nil {
+				continue
+			}
+			o := Owned{OnLink: vnl.NativeEndian().Uint32(m[4:8])&unix.RTNH_F_ONLINK != 0}
+			var id uint32
+			for _, a := range attrs {
+				switch {
+				case a.Attr.Type == unix.NHA_ID && len(a.Value) >= 4:
+					id = vnl.NativeEndian().Uint32(a.Value)
+				case a.Attr.Type == unix.NHA_OIF && len(a.Value) >= 4:
+					o.LinkIndex = int(vnl.NativeEndian().Uint32(a.Value))
+				case a.Attr.Type == unix.NHA_GATEWAY:
+					if gw, ok := netip.AddrFromSlice(a.Value); ok {
+						o.Gw = gw.Unmap()
+					}
+				}
+			}
+			if id != 0 {
+				out[id] = o
+			}
+		}
+		return out, nil
+	})
 }

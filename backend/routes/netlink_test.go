@@ -63,7 +63,7 @@ func TestNetlinkTable(t *testing.T) {
 			t.Fatalf("nexthop objects: %q", out)
 		}
 	}
-	n, err := DeleteOwned(h.Handle, h.NL)
+	n, err := DeleteOwned(h.Handle, h.NL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

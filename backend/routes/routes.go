@@ -274,11 +274,29 @@ func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a, ones).Masked(), true
 }
 
-// DeleteOwned removes every route and nexthop object tagged with
-// backend.RouteProtocol from every table of the namespace ns, which h must
-// belong to. It is what backend Cleanup uses.
-func DeleteOwned(ns netns.NsHandle, h *netlink.Handle) (int, error) {
-	if err := deleteOwnedNexthops(ns); err != nil {
+// Owned describes a route or nexthop object tagged with
+// backend.RouteProtocol, for DeleteOwned's selector.
+type Owned struct {
+	// LinkIndex is the output device (0 for a nexthop group).
+	LinkIndex int
+	// Gw is the gateway; invalid for a device route.
+	Gw netip.Addr
+	// OnLink is RTNH_F_ONLINK.
+	OnLink bool
+}
+
+// DeleteOwned removes, from every table of the namespace ns (which h must
+// belong to), the routes and nexthop objects tagged with
+// backend.RouteProtocol that sel selects; nil selects all. It returns how
+// many routes it removed. Backend Cleanup functions use it with a selector
+// that matches only their own shape of route, because weftd calls the
+// Cleanup of every other backend type at each start and must not take the
+// configured backend's routes down.
+func DeleteOwned(ns netns.NsHandle, h *netlink.Handle, sel func(Owned) bool) (int, error) {
+	if sel == nil {
+		sel = func(Owned) bool { return true }
+	}
+	if err := deleteOwnedNexthops(ns, sel); err != nil {
 		return 0, err
 	}
 	rs, err := nl.Dump(func() ([]netlink.Route, error) {
@@ -291,11 +309,20 @@ func DeleteOwned(ns netns.NsHandle, h *netlink.Handle) (int, error) {
 	n := 0
 	var errs []error
 	for i := range rs {
-		if rs[i].Protocol != backend.RouteProtocol {
+		r := &rs[i]
+		if r.Protocol != backend.RouteProtocol {
 			continue
 		}
-		if err := h.RouteDel(&rs[i]); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("delete route %s: %w", rs[i].Dst, err))
+		o := Owned{LinkIndex: r.LinkIndex, OnLink: r.Flags&int(netlink.FLAG_ONLINK) != 0}
+		if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+			o.Gw = gw.Unmap()
+		}
+		if !sel(o) {
+			continue
+		}
+		err := h.RouteDel(&netlink.Route{Family: netlink.FAMILY_V4, Dst: r.Dst, Table: r.Table, Priority: r.Priority, Protocol: r.Protocol})
+		if err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("delete route %s: %w", r.Dst, err))
 			continue
 		}
 		n++

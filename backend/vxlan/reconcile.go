@@ -116,7 +116,9 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
 		}
 		plans = append(plans, pp)
 		if pp.direct {
-			want = append(want, routes.Want{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: b.cfg.Ext.Index})
+			// onlink is redundant here (the gateway is on-link anyway) but
+			// marks the route as ours rather than host-gw's for Cleanup.
+			want = append(want, routes.Want{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: b.cfg.Ext.Index, OnLink: true})
 		} else {
 			want = append(want, routes.Want{Dst: l.Subnet, Gw: l.Subnet.Addr(), LinkIndex: linkIndex, OnLink: true})
 		}

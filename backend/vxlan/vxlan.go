@@ -15,6 +15,8 @@
 // With DirectRouting, a peer whose PublicIP lies in a prefix configured on
 // the external interface gets a plain route S via P on that interface and
 // no neighbour or FDB entry: no encapsulation is needed on one L2 segment.
+// That route carries the (redundant) onlink flag, which tells it apart from
+// a host-gw route when either backend's Cleanup runs.
 //
 // The device holds our lease's network address /32 and keeps its MAC across
 // restarts (adopted from an existing matching device, else taken from the
@@ -500,9 +502,12 @@ func (b *Backend) removeConflicting() error {
 	return nil
 }
 
-// Cleanup deletes every weft.* VXLAN device (the kernel drops their
-// neighbour and FDB entries and routes with them) and every route tagged
-// with backend.RouteProtocol.
+// Cleanup deletes every weft.* VXLAN device (the kernel drops its
+// neighbour and FDB entries, routes and nexthop objects with it) and the
+// DirectRouting routes: those tagged with backend.RouteProtocol that have a
+// gateway and the onlink flag, a shape only this backend installs. Other
+// routes tagged with backend.RouteProtocol belong to other backends and are
+// left alone, because weftd runs this at every start of another backend.
 func Cleanup(ctx context.Context, ns netns.NsHandle, logger *slog.Logger) error {
 	h, err := nl.NewHandle(ns)
 	if err != nil {
@@ -524,7 +529,7 @@ func Cleanup(ctx context.Context, ns netns.NsHandle, logger *slog.Logger) error 
 		}
 		logger.Info("deleted device", "backend", Type, "device", l.Attrs().Name)
 	}
-	n, err := routes.DeleteOwned(ns, h)
+	n, err := routes.DeleteOwned(ns, h, func(o routes.Owned) bool { return o.Gw.IsValid() && o.OnLink })
 	if err != nil {
 		errs = append(errs, fmt.Errorf("vxlan cleanup: %w", err))
 	}

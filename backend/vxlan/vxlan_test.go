@@ -322,10 +322,23 @@ func TestDirectRouting(t *testing.T) {
 	l, _ := h.NL.LinkByName("weft.1")
 	ks := dumpState(t, h, "weft.1")
 	wantList(t, "routes", ks.routes,
-		fmt.Sprintf("198.18.2.0/24 via 192.0.2.20 dev %d", h.ExtIndex),
+		fmt.Sprintf("198.18.2.0/24 via 192.0.2.20 dev %d onlink", h.ExtIndex),
 		fmt.Sprintf("198.18.3.0/24 via 198.18.3.0 dev %d onlink", l.Attrs().Index))
 	wantList(t, "neigh", ks.neigh, "198.18.3.0 "+macB)
 	wantList(t, "fdb", ks.fdb, macB+" 203.0.113.30")
+
+	// Cleanup of vxlan leaves a host-gw route (gateway, no onlink) and a
+	// udp-style device route alone, and removes all of its own.
+	h.IP(t, "route", "add", "198.18.7.0/24", "via", "192.0.2.70", "dev", "eth0", "proto", "87")
+	h.IP(t, "route", "add", "198.18.128.0/17", "dev", "eth0", "proto", "87")
+	if err := Cleanup(context.Background(), h.Handle, testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	out := strings.TrimSpace(h.IP(t, "route", "show", "proto", "87"))
+	want := "198.18.7.0/24 via 192.0.2.70 dev eth0 \n198.18.128.0/17 dev eth0 scope link"
+	if strings.Join(strings.Fields(out), " ") != strings.Join(strings.Fields(want), " ") {
+		t.Fatalf("after vxlan cleanup:\n%s\nwant\n%s", out, want)
+	}
 }
 
 func waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) time.Duration {
