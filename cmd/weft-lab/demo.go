@@ -185,11 +185,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		kept = true
 		fmt.Fprintf(stdout, "lab %s kept running. Look around:\n", l.Name)
 		fmt.Fprintf(stdout, "  ip netns list | grep %s\n", l.Name)
-		fmt.Fprintf(stdout, "  ip netns exec %s bash            # a host: ip route, ip -d link show, iptables -S\n", h1.Name)
+		fmt.Fprintf(stdout, "  ip netns exec %s bash    # a host: ip route, ip -d link show, iptables -S\n", h1.Name)
 		if pods := l.Pods(); len(pods) > 0 {
-			fmt.Fprintf(stdout, "  ip netns exec %s ping %s   # a pod\n", pods[0].NSName, pods[len(pods)-1].IP)
+			fmt.Fprintf(stdout, "  ip netns exec %s ping %s    # from a pod\n", pods[0].NSName, pods[len(pods)-1].IP)
 		}
-		fmt.Fprintf(stdout, "  less %s                         # weftd log\n", h1.WeftdLog())
+		fmt.Fprintf(stdout, "  less %s    # weftd's log on %s\n", h1.WeftdLog(), h1.Name)
 		fmt.Fprintf(stdout, "Clean up with:\n  %s down %s\n", filepath.Join(c.binDir, "weft-lab"), l.Name)
 	}
 	return demoErr
