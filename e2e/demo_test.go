@@ -1,0 +1,46 @@
+package e2e_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/e2e/lab"
+)
+
+// TestDemo runs `weft-lab demo` the way `make demo` does and checks that it
+// reports full connectivity, shows the leases and leaves nothing behind.
+func TestDemo(t *testing.T) {
+	needBins(t, "weft-lab", "weftd", "weft")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "weft-lab"), "demo", "--hosts", "2", "--backend", "vxlan")
+	out, err := cmd.CombinedOutput()
+	t.Logf("weft-lab demo:\n%s", out)
+	if err != nil {
+		t.Fatalf("weft-lab demo: %v", err)
+	}
+	s := string(out)
+	if n := strings.Count(s, "✓"); n != 4*3 {
+		t.Errorf("want 12 ✓ in a 4-pod matrix, got %d", n)
+	}
+	if strings.Contains(s, "✗") {
+		t.Errorf("matrix has failures")
+	}
+	if _, err := os.Stat(filepath.Join(binDir, "weftctl")); err == nil && !strings.Contains(s, "198.18.") {
+		t.Errorf("no leases shown")
+	}
+	if !strings.Contains(s, "torn down") {
+		t.Errorf("demo did not report tearing down")
+	}
+	after, _ := lab.ListStates()
+	for _, st := range after {
+		if st.OwnerPID == cmd.Process.Pid {
+			t.Errorf("demo left lab %s recorded in %s", st.Name, lab.StateDir)
+		}
+	}
+}
