@@ -227,6 +227,7 @@ func (b *Backend) Run(ctx context.Context) error {
 // eventFilter selects the events that mean something we own changed.
 func (b *Backend) eventFilter() nl.Filter {
 	network := b.cfg.Network.Network
+	ext := b.cfg.Ext.Index
 	return nl.Filter{
 		Route: func(u netlink.RouteUpdate) bool {
 			if u.Protocol == backend.RouteProtocol {
@@ -244,12 +245,19 @@ func (b *Backend) eventFilter() nl.Filter {
 		},
 		Link: func(u netlink.LinkUpdate) bool {
 			a := u.Link.Attrs()
+			if a.Index == ext {
+				// Going down drops DirectRouting routes silently.
+				return true
+			}
 			if a.Name != b.name && int64(a.Index) != b.linkIndex.Load() {
 				return false
 			}
 			return u.Header.Type == unix.RTM_DELLINK || a.Flags&net.FlagUp == 0 || int64(a.MTU) != b.mtu.Load()
 		},
 		Addr: func(u netlink.AddrUpdate) bool {
+			if u.LinkIndex == ext {
+				return b.opts.DirectRouting // what is on-link may have changed
+			}
 			return !u.NewAddr && int64(u.LinkIndex) == b.linkIndex.Load()
 		},
 	}
