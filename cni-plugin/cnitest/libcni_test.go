@@ -221,6 +221,13 @@ func TestAddCheckDel(t *testing.T) {
 	if err := ping(p, gw); err != nil {
 		t.Fatal(err)
 	}
+	// The bridge (gateway) MAC stays put when ports come and go.
+	p2 := h.newPod(t)
+	res2 := h.add(t, p2)
+	if res2.Interfaces[0].Mac != res.Interfaces[0].Mac {
+		t.Fatalf("bridge MAC changed from %s to %s when a port was added", res.Interfaces[0].Mac, res2.Interfaces[0].Mac)
+	}
+	h.del(t, p2)
 	chain := plugin.MasqChain("weft")
 	nat := h.iptablesNAT(t)
 	if !strings.Contains(nat, "-A POSTROUTING -s 198.18.5.0/24 ") || !strings.Contains(nat, "-A "+chain+" -d 198.18.0.0/16 -j RETURN") || !strings.Contains(nat, "-A "+chain+" -j MASQUERADE") {

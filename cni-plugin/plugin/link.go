@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -25,6 +26,10 @@ func ensureBridge(s *Settings) (*netlink.Bridge, error) {
 		attrs.Name = s.Bridge
 		attrs.MTU = s.MTU
 		attrs.Flags = net.FlagUp
+		// An explicit MAC pins the gateway's address: otherwise the bridge
+		// takes the lowest MAC of its ports, and pods' ARP entries for the
+		// gateway go stale whenever a port comes or goes.
+		attrs.HardwareAddr = randomMAC()
 		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil && !errors.Is(err, syscall.EEXIST) {
 			return nil, fmt.Errorf("create bridge %s: %w", s.Bridge, err)
 		}
@@ -67,6 +72,14 @@ func ensureBridge(s *Settings) (*netlink.Bridge, error) {
 		}
 	}
 	return br, nil
+}
+
+// randomMAC returns a random unicast, locally administered MAC address.
+func randomMAC() net.HardwareAddr {
+	m := make(net.HardwareAddr, 6)
+	rand.Read(m)
+	m[0] = m[0]&^0x01 | 0x02
+	return m
 }
 
 func bridgeByName(name string) (*netlink.Bridge, error) {
