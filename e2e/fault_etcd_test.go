@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -72,6 +73,9 @@ func TestFaultEtcdDownAtStart(t *testing.T) {
 func TestFaultEtcdOutage(t *testing.T) {
 	t.Parallel()
 	const ttl = 30 * time.Second // renewal at 15 s left: it must happen during or after each outage
+	// watchResume bounds how long after etcd is back a change must reach
+	// every host.
+	const watchResume = 5 * time.Second
 	l := faultLab(t, lab.Options{Hosts: 3})
 	ctx := testCtx(t, 4*time.Minute)
 	startWeftds(t, ctx, l.Hosts, "--subnet-lease-ttl=30s", "--reconcile-interval=1s")
@@ -119,17 +123,25 @@ func TestFaultEtcdOutage(t *testing.T) {
 			if _, err := cli.Put(ctx, leaseKey(peer), vxlanLease("192.0.2.250", tc.peerMAC)); err != nil {
 				t.Fatal(err)
 			}
+			var wg sync.WaitGroup
 			for _, h := range l.Hosts {
-				_, err := waitFor(ctx, 10*time.Second, 50*time.Millisecond, func() (bool, string) {
-					r, n, f, err := peerEntries(ctx, h, peer, tc.peerMAC, "192.0.2.250")
-					return r && n && f, fmt.Sprintf("route %v neigh %v fdb %v err %v", r, n, f, err)
+				wg.Go(func() {
+					_, err := waitFor(ctx, 40*time.Second, 50*time.Millisecond, func() (bool, string) {
+						r, n, f, err := peerEntries(ctx, h, peer, tc.peerMAC, "192.0.2.250")
+						return r && n && f, fmt.Sprintf("route %v neigh %v fdb %v err %v", r, n, f, err)
+					})
+					took := time.Since(back)
+					switch {
+					case err != nil:
+						t.Errorf("%s: lease added after the outage not programmed (watch not resumed): %v", h.Name, err)
+					case took > watchResume:
+						t.Errorf("%s: lease added after the outage programmed only %s after etcd came back, want ≤ %s (watch resumed late)", h.Name, took.Round(time.Millisecond), watchResume)
+					default:
+						t.Logf("%s: new lease programmed %s after etcd came back", h.Name, took.Round(time.Millisecond))
+					}
 				})
-				if err != nil {
-					t.Errorf("%s: lease added after the outage not programmed (watch not resumed?): %v", h.Name, err)
-				} else {
-					t.Logf("%s: new lease programmed %s after etcd came back", h.Name, time.Since(back).Round(time.Millisecond))
-				}
 			}
+			wg.Wait()
 			expectNoLoss(t, ctx, pgs)
 
 			// Our lease is renewed after the outage: each host's etcd
