@@ -3,13 +3,13 @@
 //
 //	weft-lab demo [--hosts N] [--backend vxlan|host-gw|udp] [--keep] [--bin-dir DIR]
 //	weft-lab down [NAME...]
-//	weft-lab bench [--backend B] [--bin-dir DIR] [--seconds S]
+//	weft-lab bench [--quick] [--only SECTIONS] [--out FILE] [--bin-dir DIR]
 //	weft-lab etcd --listen URL --data-dir DIR
 //
 // demo brings up a lab, runs weftd on every host, attaches two pods per host
 // with the weft CNI plugin and prints the leases and a ping matrix. down
-// removes labs kept with --keep. bench measures pod-to-pod throughput and
-// latency across hosts. etcd is the etcd server process the lab runs inside
+// removes labs kept with --keep. bench runs package e2e/bench (data path,
+// control plane and CNI figures). etcd is the etcd server process the lab runs inside
 // its switch namespace; it is not meant to be run by hand.
 package main
 
@@ -28,8 +28,8 @@ var errUsage = errors.New("usage")
 
 const usage = `usage:
   weft-lab demo [--hosts N] [--backend vxlan|host-gw|udp] [--keep] [--bin-dir DIR]
-  weft-lab down [NAME...]        remove kept labs (all of them when no NAME)
-  weft-lab bench [--hosts N] [--backend B] [--seconds S] [--bin-dir DIR]
+  weft-lab down [NAME...]        remove labs: the named ones, or every kept or orphaned one
+  weft-lab bench [--quick] [--only SECTIONS] [--out FILE] [--bin-dir DIR]
   weft-lab etcd --listen URL --data-dir DIR   (run by the lab inside its switch namespace)
 `
 
