@@ -103,21 +103,18 @@ func Run(ctx context.Context, opts Options) (Results, error) {
 	}
 	// One two-host lab per backend serves the data path, the restart
 	// measurement and (on the vxlan lab) the CNI measurement.
-	for i, b := range Backends {
+	for _, b := range Backends {
 		needLab := opts.has(SectionDataplane) || opts.has(SectionRestart) || (b == "vxlan" && opts.has(SectionCNI))
 		if !needLab {
 			continue
 		}
-		err := backendLab(ctx, &opts, b, i == 0, &res)
+		err := backendLab(ctx, &opts, b, &res)
 		if ctx.Err() != nil {
 			return res, ctx.Err()
 		}
 		if err != nil {
 			// The lab itself failed: mark every section that needed it.
 			if res.Dataplane != nil {
-				if i == 0 && res.Dataplane.LimitErr == nil && res.Dataplane.Limit.TCP1.BitsPerSecond == 0 {
-					res.Dataplane.LimitErr = err
-				}
 				res.Dataplane.Backends = append(res.Dataplane.Backends, BackendPath{Backend: b, Err: err})
 			}
 			if opts.has(SectionRestart) {
@@ -144,7 +141,7 @@ func Run(ctx context.Context, opts Options) (Results, error) {
 // backendLab builds a two-host lab for backend b with one pod per host and
 // runs the measurements that need it. It returns an error only when the
 // lab could not be brought up; measurement errors land in res.
-func backendLab(ctx context.Context, opts *Options, b string, first bool, res *Results) error {
+func backendLab(ctx context.Context, opts *Options, b string, res *Results) error {
 	opts.progress("%s: building a 2-host lab", b)
 	lctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
@@ -166,13 +163,16 @@ func backendLab(ctx context.Context, opts *Options, b string, first bool, res *R
 	dst := Endpoint{NS: pods[1].NSName, IP: pods[1].IP}
 	secs := opts.iperfSeconds()
 	if dp := res.Dataplane; dp != nil {
-		if first {
-			opts.progress("underlay host→host (physical limit), %d s per transfer", secs)
-			dp.Limit, dp.LimitErr = MeasurePath(ctx, Endpoint{NS: h1.Name, IP: h1.IP}, Endpoint{NS: h2.Name, IP: h2.IP}, secs, 20, nil)
+		bp := BackendPath{Backend: b}
+		opts.progress("%s lab: underlay host→host (physical limit), %d s per transfer", b, secs)
+		bp.Limit, bp.Err = MeasurePath(ctx, Endpoint{NS: h1.Name, IP: h1.IP}, Endpoint{NS: h2.Name, IP: h2.IP}, secs, 20, nil)
+		if bp.Err != nil {
+			bp.Err = fmt.Errorf("underlay: %w", bp.Err)
+		} else {
+			opts.progress("%s pod→pod", b)
+			bp.Path, bp.Err = MeasurePath(ctx, src, dst, secs, 20, []int{h1.WeftdPID(), h2.WeftdPID()})
 		}
-		opts.progress("%s pod→pod", b)
-		p, err := MeasurePath(ctx, src, dst, secs, 20, []int{h1.WeftdPID(), h2.WeftdPID()})
-		dp.Backends = append(dp.Backends, BackendPath{Backend: b, Path: p, Err: err})
+		dp.Backends = append(dp.Backends, bp)
 	}
 	if b == "vxlan" && res.CNI != nil {
 		seq, par := 100, 100

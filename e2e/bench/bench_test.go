@@ -215,11 +215,13 @@ func sampleResults() Results {
 	}
 	return Results{
 		Dataplane: &Dataplane{
-			Limit: Path{TCP1: gb(20), TCP4: gb(30), RTT: ms(0.05), WeftdCPU: -1},
 			Backends: []BackendPath{
-				{Backend: "vxlan", Path: Path{TCP1: gb(10), TCP4: gb(15), RTT: ms(0.08), WeftdCPU: 0.2}},
-				{Backend: "host-gw", Path: Path{TCP1: gb(18), TCP4: gb(27), RTT: ms(0.06), WeftdCPU: 0}},
-				{Backend: "udp", Path: Path{TCP1: gb(5), TCP4: gb(6), RTT: ms(0.2), WeftdCPU: 95}},
+				{Backend: "vxlan", Limit: Path{TCP1: gb(20), TCP4: gb(30), RTT: ms(0.05), WeftdCPU: -1},
+					Path: Path{TCP1: gb(10), TCP4: gb(15), RTT: ms(0.08), WeftdCPU: 0.2}},
+				{Backend: "host-gw", Limit: Path{TCP1: gb(22), TCP4: gb(32), RTT: ms(0.05), WeftdCPU: -1},
+					Path: Path{TCP1: gb(18), TCP4: gb(27), RTT: ms(0.06), WeftdCPU: 0}},
+				{Backend: "udp", Limit: Path{TCP1: gb(20), TCP4: gb(30), RTT: ms(0.04), WeftdCPU: -1},
+					Path: Path{TCP1: gb(5), TCP4: gb(6), RTT: ms(0.2), WeftdCPU: 95}},
 			},
 		},
 		Control: []ControlRun{
@@ -233,7 +235,7 @@ func sampleResults() Results {
 			Floor:    ms(2),
 		},
 		Restart: []Restart{
-			{Backend: "vxlan", Sent: 250, Received: 250, Downtime: ms(400), BaseSent: 300, BaseRecv: 300},
+			{Backend: "vxlan", Sent: 250, Received: 240, Window: 2500 * time.Millisecond, Downtime: ms(400), BaseSent: 300, BaseRecv: 300},
 			{Backend: "udp", Err: errors.New("lab exploded")},
 		},
 	}
@@ -251,7 +253,7 @@ func TestTable(t *testing.T) {
 		t.Fatalf("no row %q / %q in\n%s", cs, metric, tab.Text())
 		return Row{}
 	}
-	if r := find("vxlan pod→pod", "TCP, 1 stream"); r.Result != "10.00 Gbit/s" || r.Verdict != "50% of limit" || r.Baseline != "20.00 Gbit/s underlay" {
+	if r := find("vxlan pod→pod", "TCP, 1 stream"); r.Result != "10.00 Gbit/s" || r.Verdict != "50% of limit" || r.Baseline != "20.00 Gbit/s underlay, same lab" {
 		t.Errorf("vxlan 1 stream: %+v", r)
 	}
 	if r := find("udp pod→pod", "TCP, 4 streams"); r.Verdict != "20% of limit, 40% of vxlan" {
@@ -259,6 +261,12 @@ func TestTable(t *testing.T) {
 	}
 	if r := find("host-gw pod→pod", "ping RTT, median"); r.Result != "60 µs" || r.Verdict != "+10 µs" {
 		t.Errorf("host-gw rtt: %+v", r)
+	}
+	if r := find("host-gw pod→pod", "TCP, 1 stream"); r.Verdict != "82% of limit" {
+		t.Errorf("host-gw is compared with its own lab's underlay: %+v", r)
+	}
+	if r := find("underlay host→host", "TCP, 1 stream"); r.Result != "20.00 Gbit/s (20.00 Gbit/s–22.00 Gbit/s over 3 labs)" {
+		t.Errorf("underlay summary: %+v", r)
 	}
 	if r := find("vxlan, 5000 peers", "start-up: weftd start → all routed"); r.Verdict != "target ≤ 1.00 s: MISSED" {
 		t.Errorf("start-up 5000: %+v", r)
@@ -275,7 +283,7 @@ func TestTable(t *testing.T) {
 	if r := find("3 pods, sequential", "ADD latency"); r.Result != "p50 20 ms, p99 30 ms" || r.Baseline != "2.00 ms plugin exec (VERSION)" {
 		t.Errorf("cni seq add: %+v", r)
 	}
-	if r := find("vxlan, weftd SIGTERM + start on receiver", "pings lost at 100/s"); !strings.HasPrefix(r.Result, "0 of 250") {
+	if r := find("vxlan, weftd SIGTERM + start on receiver", "pings lost at 100/s"); r.Result != "10 of 250 (restart→ready 400 ms)" || r.Verdict != "≈ 100 ms without replies" {
 		t.Errorf("restart: %+v", r)
 	}
 	if r := find("udp, weftd SIGTERM + start on receiver", "all"); r.Result != "error: lab exploded" {

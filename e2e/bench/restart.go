@@ -9,27 +9,29 @@ import (
 	"github.com/weftnet/weft/e2e/lab"
 )
 
-// PingFlood pings dst from namespace ns every 10 ms while fn runs, keeps
-// pinging for after once fn returned, and reports sent and received
-// counts.
-func PingFlood(ctx context.Context, ns string, dst string, lead, after time.Duration, fn func() error) (sent, recv int, err error) {
+// PingFlood pings dst from namespace ns every 10 ms, runs fn after lead,
+// keeps pinging for after once fn returned, and reports sent and received
+// counts and how long ping ran.
+func PingFlood(ctx context.Context, ns string, dst string, lead, after time.Duration, fn func() error) (sent, recv int, window time.Duration, err error) {
+	t0 := time.Now()
 	p, err := startInNS(ns, "ping", "-n", "-q", "-i", "0.01", "-W", "1", dst)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer p.kill() // no-op once interrupted and reaped
 	sleep(ctx, lead)
 	fnErr := fn()
 	sleep(ctx, after)
 	p.interrupt()
+	window = time.Since(t0)
 	r, perr := lab.ParsePing(p.out.Bytes())
 	if perr != nil {
-		return 0, 0, fmt.Errorf("ping flood: %w", perr)
+		return 0, 0, window, fmt.Errorf("ping flood: %w", perr)
 	}
 	if fnErr != nil {
-		return r.Sent, r.Received, fnErr
+		return r.Sent, r.Received, window, fnErr
 	}
-	return r.Sent, r.Received, ctx.Err()
+	return r.Sent, r.Received, window, ctx.Err()
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -45,12 +47,12 @@ func sleep(ctx context.Context, d time.Duration) {
 func MeasureRestart(ctx context.Context, src, dst *lab.Pod, h *lab.Host) Restart {
 	var r Restart
 	var err error
-	r.BaseSent, r.BaseRecv, err = PingFlood(ctx, src.NSName, dst.IP.String(), 3*time.Second, 0, func() error { return nil })
+	r.BaseSent, r.BaseRecv, _, err = PingFlood(ctx, src.NSName, dst.IP.String(), 3*time.Second, 0, func() error { return nil })
 	if err != nil {
 		r.Err = err
 		return r
 	}
-	r.Sent, r.Received, err = PingFlood(ctx, src.NSName, dst.IP.String(), time.Second, time.Second, func() error {
+	r.Sent, r.Received, r.Window, err = PingFlood(ctx, src.NSName, dst.IP.String(), time.Second, time.Second, func() error {
 		if h.WeftdPID() == 0 {
 			return errNoWeftd
 		}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/weftnet/weft/cni-plugin/cnibench"
@@ -28,18 +29,29 @@ type Path struct {
 	WeftdCPU float64
 }
 
-// BackendPath is a backend's pod-to-pod path.
+// BackendPath is a backend's pod-to-pod path and the physical limit
+// measured in the same lab right before it.
 type BackendPath struct {
 	Backend string
+	Limit   Path // host → host over the raw veth underlay
 	Path    Path
 	Err     error
 }
 
-// Dataplane holds the physical limit and every backend's path.
+// Dataplane holds every backend's path.
 type Dataplane struct {
-	Limit    Path // host → host over the raw veth underlay
-	LimitErr error
 	Backends []BackendPath
+}
+
+// limits returns the limits of the backends measured without error.
+func (d *Dataplane) limits() []Path {
+	var out []Path
+	for _, b := range d.Backends {
+		if b.Err == nil {
+			out = append(out, b.Limit)
+		}
+	}
+	return out
 }
 
 // ControlRun is the control-plane run for one N.
@@ -76,6 +88,7 @@ type Restart struct {
 	Backend            string
 	Sent, Received     int
 	Downtime           time.Duration // SIGTERM → restarted weftd ready
+	Window             time.Duration // how long ping ran across the restart
 	BaseSent, BaseRecv int
 	Err                error
 }
@@ -94,13 +107,24 @@ func (r Results) Table() Table {
 	add := func(row Row) { t.Rows = append(t.Rows, row) }
 	if dp := r.Dataplane; dp != nil {
 		const area = "data path"
-		lim := dp.Limit
-		if dp.LimitErr != nil {
-			add(Row{area, "underlay host→host", "all", "error: " + dp.LimitErr.Error(), "", ""})
-		} else {
-			add(Row{area, "underlay host→host", "TCP, 1 stream", fmtGbps(lim.TCP1.BitsPerSecond), "", "physical limit"})
-			add(Row{area, "underlay host→host", "TCP, 4 streams", fmtGbps(lim.TCP4.BitsPerSecond), "", "physical limit"})
-			add(Row{area, "underlay host→host", "ping RTT, median", fmtDur(lim.RTT), "", "physical limit"})
+		if lims := dp.limits(); len(lims) > 0 {
+			spread := func(f func(Path) float64, format func(float64) string) string {
+				var xs []float64
+				for _, l := range lims {
+					xs = append(xs, f(l))
+				}
+				s := format(MedianFloat(xs))
+				if len(xs) > 1 {
+					s += fmt.Sprintf(" (%s–%s over %d labs)", format(slices.Min(xs)), format(slices.Max(xs)), len(xs))
+				}
+				return s
+			}
+			gbps := func(x float64) string { return fmtGbps(x) }
+			dur := func(x float64) string { return fmtDur(time.Duration(x)) }
+			c := "underlay host→host"
+			add(Row{area, c, "TCP, 1 stream", spread(func(p Path) float64 { return p.TCP1.BitsPerSecond }, gbps), "", "physical limit"})
+			add(Row{area, c, "TCP, 4 streams", spread(func(p Path) float64 { return p.TCP4.BitsPerSecond }, gbps), "", "physical limit"})
+			add(Row{area, c, "ping RTT, median", spread(func(p Path) float64 { return float64(p.RTT) }, dur), "", "physical limit"})
 		}
 		var vx *Path
 		for _, b := range dp.Backends {
@@ -114,17 +138,13 @@ func (r Results) Table() Table {
 				add(Row{area, c, "all", "error: " + b.Err.Error(), "", ""})
 				continue
 			}
-			p := b.Path
+			p, lim := b.Path, b.Limit
 			tput := func(metric string, got, limit Iperf, vxv *Iperf) {
 				v := pct(got.BitsPerSecond, limit.BitsPerSecond) + " of limit"
 				if b.Backend == "udp" && vxv != nil {
 					v += ", " + pct(got.BitsPerSecond, vxv.BitsPerSecond) + " of vxlan"
 				}
-				base := ""
-				if dp.LimitErr == nil {
-					base = fmtGbps(limit.BitsPerSecond) + " underlay"
-				}
-				add(Row{area, c, metric, fmtGbps(got.BitsPerSecond), base, v})
+				add(Row{area, c, metric, fmtGbps(got.BitsPerSecond), fmtGbps(limit.BitsPerSecond) + " underlay, same lab", v})
 			}
 			var vx1, vx4 *Iperf
 			if vx != nil {
@@ -132,12 +152,8 @@ func (r Results) Table() Table {
 			}
 			tput("TCP, 1 stream", p.TCP1, lim.TCP1, vx1)
 			tput("TCP, 4 streams", p.TCP4, lim.TCP4, vx4)
-			rtt := Row{area, c, "ping RTT, median", fmtDur(p.RTT), "", ""}
-			if dp.LimitErr == nil && lim.RTT > 0 {
-				rtt.Baseline = fmtDur(lim.RTT) + " underlay"
-				rtt.Verdict = fmt.Sprintf("+%s", fmtDur(max(0, p.RTT-lim.RTT)))
-			}
-			add(rtt)
+			add(Row{area, c, "ping RTT, median", fmtDur(p.RTT), fmtDur(lim.RTT) + " underlay, same lab",
+				fmt.Sprintf("+%s", fmtDur(max(0, p.RTT-lim.RTT)))})
 			add(Row{area, c, "weftd CPU during transfers", fmt.Sprintf("%.1f%% of a core", p.WeftdCPU), "", "both hosts"})
 		}
 	}
@@ -194,7 +210,7 @@ func (r Results) Table() Table {
 		add(Row{area, cs, "pings lost at 100/s",
 			fmt.Sprintf("%d of %d (restart→ready %s)", rs.Sent-rs.Received, rs.Sent, fmtDur(rs.Downtime)),
 			fmt.Sprintf("%d of %d without restart", rs.BaseSent-rs.BaseRecv, rs.BaseSent),
-			fmt.Sprintf("≈ %s of traffic lost", fmtDur(time.Duration(max(0, (rs.Sent-rs.Received)-(rs.BaseSent-rs.BaseRecv)))*10*time.Millisecond))})
+			outage(rs)})
 	}
 	return t
 }
@@ -218,4 +234,14 @@ func (r Results) Missed() []string {
 		}
 	}
 	return out
+}
+
+// outage converts a restart's lost pings into time without replies, at
+// the send rate ping actually achieved.
+func outage(rs Restart) string {
+	lost := rs.Sent - rs.Received
+	if lost <= 0 || rs.Sent == 0 {
+		return "no loss"
+	}
+	return fmt.Sprintf("≈ %s without replies", fmtDur(time.Duration(int64(rs.Window)*int64(lost)/int64(rs.Sent))))
 }
