@@ -40,7 +40,11 @@ type NetlinkTable struct {
 	h       *netlink.Handle
 	sock    *vnl.SocketHandle
 	network netip.Prefix
-	useNH   bool
+	// nhSupported: the kernel has nexthop objects. useNH: we install
+	// routes through them (off when route dumps would not show their
+	// gateway, i.e. net.ipv4.nexthop_compat_mode=0).
+	nhSupported bool
+	useNH       bool
 	// foreignNH holds nexthop ids that exist and are not ours, from the
 	// last List; their destinations get plain routes.
 	foreignNH map[uint32]bool
@@ -60,7 +64,7 @@ func NewNetlinkTable(ns netns.NsHandle, h *netlink.Handle, network netip.Prefix)
 	t.sock = &vnl.SocketHandle{Socket: s}
 	// Probe for nexthop object support with a harmless dump.
 	if _, err := t.listNexthops(); err == nil {
-		t.useNH = true
+		t.nhSupported, t.useNH = true, true
 	}
 	return t, nil
 }
@@ -166,8 +170,17 @@ func (t *NetlinkTable) List() ([]netlink.Route, error) {
 	rs, err := nl.Dump(func() ([]netlink.Route, error) {
 		return t.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
-	if err != nil || !t.useNH {
+	if err != nil || !t.nhSupported {
 		return rs, err
+	}
+	for i := range rs {
+		r := &rs[i]
+		if t.useNH && r.Protocol == backend.RouteProtocol && r.Gw == nil && r.LinkIndex == 0 && len(r.MultiPath) == 0 {
+			// A route through a nexthop object dumped without its
+			// gateway: nexthop_compat_mode is off, so the reconciler
+			// could never see that the route is right. Use plain routes.
+			t.useNH = false
+		}
 	}
 	nhs, err := t.listNexthops()
 	if err != nil {

@@ -72,3 +72,36 @@ func TestNetlinkTable(t *testing.T) {
 		t.Fatalf("left after DeleteOwned: %q", out)
 	}
 }
+
+// TestNetlinkTableCompatModeOff checks the fallback to plain routes when
+// route dumps do not show the gateway of a nexthop object.
+func TestNetlinkTableCompatModeOff(t *testing.T) {
+	lab := nltest.NewLab(t, 1)
+	h := lab.Hosts[0]
+	if _, err := h.Exec("sysctl", "-qw", "net.ipv4.nexthop_compat_mode=0"); err != nil {
+		t.Skip("kernel without net.ipv4.nexthop_compat_mode")
+	}
+	tbl, err := NewNetlinkTable(h.Handle, h.NL, network)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tbl.Close)
+	rc := New(tbl, network)
+	want := []Want{{Dst: pfx("198.18.2.0/24"), Gw: addr("192.0.2.20"), LinkIndex: h.ExtIndex}}
+	for i := 0; i < 2; i++ {
+		if _, err := rc.Reconcile(want); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := rc.Reconcile(want)
+	if err != nil || res.Added+res.Updated+res.Repaired+res.Removed != 0 {
+		t.Fatalf("pass after fallback not idle: %+v %v", res, err)
+	}
+	out := h.IP(t, "route", "show", "proto", "87")
+	if !strings.Contains(out, "198.18.2.0/24 via 192.0.2.20 dev eth0") || strings.Contains(out, "nhid") {
+		t.Fatalf("routes: %q", out)
+	}
+	if out := strings.TrimSpace(h.IP(t, "nexthop", "show", "protocol", "87")); out != "" {
+		t.Fatalf("orphan nexthop objects: %q", out)
+	}
+}
