@@ -187,6 +187,10 @@ func (b *Backend) eventFilter() nl.Filter {
 	network := b.cfg.Network.Network
 	ext := b.cfg.Ext.Index
 	return nl.Filter{
+		// Deleting one of our nexthop objects silently takes its route.
+		Nexthop: func(u nl.NexthopUpdate) bool {
+			return u.Type == unix.RTM_DELNEXTHOP && u.Protocol == backend.RouteProtocol
+		},
 		Route: func(u netlink.RouteUpdate) bool {
 			if u.Protocol == backend.RouteProtocol {
 				return u.Type == unix.RTM_DELROUTE

@@ -427,6 +427,18 @@ func TestRepairs(t *testing.T) {
 		waitFor(t, s.kind+" repair counted", time.Second, func() bool { return b.Status().Repairs[s.kind] == before+1 })
 	}
 
+	// Deleting the route's nexthop object removes the route without a
+	// route event; the nexthop event must still bring it back promptly.
+	if f := strings.Fields(h.IP(t, "route", "show", "198.18.2.0/24")); len(f) > 2 && f[1] == "nhid" {
+		before := b.Status().Repairs["route"]
+		h.IP(t, "nexthop", "del", "id", f[2])
+		took := waitFor(t, "route via deleted nexthop repaired", time.Second, func() bool { return contains(dumpState(t, h, "weft.1").routes, route) })
+		t.Logf("route repaired %v after its nexthop object was deleted", took)
+		waitFor(t, "nexthop repair counted", time.Second, func() bool { return b.Status().Repairs["route"] == before+1 })
+	} else {
+		t.Logf("routes do not use nexthop objects here: %q", f)
+	}
+
 	// A downed device is brought back up.
 	before := b.Status().Repairs["device"]
 	h.IP(t, "link", "set", "weft.1", "down")

@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	vnl "github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Filter selects the rtnetlink events that should trigger a reconcile. A nil
@@ -17,6 +19,18 @@ type Filter struct {
 	Neigh func(netlink.NeighUpdate) bool
 	Link  func(netlink.LinkUpdate) bool
 	Addr  func(netlink.AddrUpdate) bool
+	// Nexthop sees nexthop object events. The kernel removes the routes
+	// that use a deleted nexthop object without a route event, so this is
+	// the only prompt sign of that.
+	Nexthop func(NexthopUpdate) bool
+}
+
+// NexthopUpdate is a nexthop object event: RTM_NEWNEXTHOP or
+// RTM_DELNEXTHOP.
+type NexthopUpdate struct {
+	Type     uint16
+	ID       uint32
+	Protocol uint8
 }
 
 // eventBuffer is the kernel receive buffer asked for each subscription, so
@@ -89,7 +103,61 @@ func Watch(ctx context.Context, ns netns.NsHandle, logger *slog.Logger, f Filter
 			}, f.Addr, kick)
 		})
 	}
+	if f.Nexthop != nil {
+		start(func() {
+			watchLoop(ctx, logger, "nexthop", func(ch chan NexthopUpdate, done chan struct{}) error {
+				return nexthopSubscribe(ns, ch, done)
+			}, f.Nexthop, kick)
+		})
+	}
 	wg.Wait()
+}
+
+// nexthopSubscribe is the nexthop counterpart of the netlink package's
+// Subscribe functions, which have none: it delivers events on ch until done
+// is closed or the socket fails, then closes ch.
+func nexthopSubscribe(ns netns.NsHandle, ch chan<- NexthopUpdate, done <-chan struct{}) error {
+	s, err := vnl.SubscribeAt(ns, netns.None(), unix.NETLINK_ROUTE, unix.RTNLGRP_NEXTHOP)
+	if err != nil {
+		return err
+	}
+	if err := s.SetReceiveBufferSize(eventBuffer, true); err != nil {
+		s.Close()
+		return err
+	}
+	go func() {
+		<-done
+		s.Close()
+	}()
+	go func() {
+		defer close(ch)
+		for {
+			msgs, _, err := s.Receive()
+			if err != nil {
+				return
+			}
+			for _, m := range msgs {
+				t := m.Header.Type
+				if (t != unix.RTM_NEWNEXTHOP && t != unix.RTM_DELNEXTHOP) || len(m.Data) < 8 {
+					continue
+				}
+				u := NexthopUpdate{Type: t, Protocol: m.Data[2]}
+				if attrs, err := vnl.ParseRouteAttr(m.Data[8:]); err == nil {
+					for _, a := range attrs {
+						if a.Attr.Type == unix.NHA_ID && len(a.Value) >= 4 {
+							u.ID = vnl.NativeEndian().Uint32(a.Value)
+						}
+					}
+				}
+				select {
+				case ch <- u:
+				case <-done:
+					return
+				}
+			}
+		}
+	}()
+	return nil
 }
 
 // watchLoop keeps one subscription alive until ctx is done. The netlink
