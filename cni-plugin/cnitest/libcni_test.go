@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	types040 "github.com/containernetworking/cni/pkg/types/040"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -182,6 +184,15 @@ func podAddr(t *testing.T, res *current.Result) netip.Prefix {
 	a, _ := netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
 	ones, _ := res.IPs[0].Address.Mask.Size()
 	return netip.PrefixFrom(a, ones)
+}
+
+func mustCIDR(t *testing.T, s string) *net.IPNet {
+	ip, n, err := net.ParseCIDR(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.IP = ip
+	return n
 }
 
 func TestAddCheckDel(t *testing.T) {
@@ -582,6 +593,62 @@ func TestNoHostLeakIntoRootNamespace(t *testing.T) {
 	}
 	if !strings.Contains(run(t, "ip", "-n", h.hostName, "-o", "link", "show"), plugin.HostVethName(p.rt.ContainerID, "eth0")) {
 		t.Fatal("host veth not in the host namespace")
+	}
+	h.del(t, p)
+}
+
+func TestAddRollsBackOnFailure(t *testing.T) {
+	h := newHarness(t, opts{})
+	p := h.newPod(t)
+	// An eth0 that is not ours makes ADD fail after the reservation and the
+	// bridge, before the veth.
+	run(t, "ip", "-n", p.name, "link", "add", "eth0", "type", "veth", "peer", "name", "wcnx0")
+	if _, err := h.cni.AddNetworkList(context.Background(), h.list, p.rt); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("ADD over a foreign eth0: got %v, want an 'already exists' error", err)
+	}
+	if rs := h.reservations(t); len(rs) != 0 {
+		t.Fatalf("failed ADD left reservations: %v", rs)
+	}
+	if out := run(t, "ip", "-n", h.hostName, "link", "show"); strings.Contains(out, plugin.HostVethName(p.rt.ContainerID, "eth0")) {
+		t.Fatalf("failed ADD left the host veth:\n%s", out)
+	}
+	// Once the obstacle is gone, the same attachment works.
+	run(t, "ip", "-n", p.name, "link", "del", "eth0")
+	h.add(t, p)
+	if err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt); err != nil {
+		t.Fatal(err)
+	}
+	h.del(t, p)
+}
+
+func TestVersion(t *testing.T) {
+	h := newHarness(t, opts{})
+	info, err := h.cni.GetVersionInfo(context.Background(), "weft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(info.SupportedVersions(), ",")
+	if got != "0.3.0,0.3.1,0.4.0,1.0.0,1.1.0" {
+		t.Fatalf("supported versions %s", got)
+	}
+}
+
+func TestCheckRejectsWrongPrevResult(t *testing.T) {
+	h := newHarness(t, opts{})
+	p := h.newPod(t)
+	h.add(t, p)
+	// Run CHECK for the single plugin with a prevResult naming another address.
+	conf := h.list.Plugins[0]
+	prev := &current.Result{CNIVersion: "1.1.0", IPs: []*current.IPConfig{{Address: *mustCIDR(t, "198.18.5.200/24")}}}
+	net, err := libcni.InjectConf(conf, map[string]interface{}{"name": "weft", "cniVersion": "1.1.0", "prevResult": prev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// libcni would substitute its cached result, so call the plugin directly.
+	args := &invoke.Args{Command: "CHECK", ContainerID: p.rt.ContainerID, NetNS: p.path, IfName: "eth0", Path: pluginDir}
+	err = invoke.ExecPluginWithoutResult(context.Background(), filepath.Join(pluginDir, "weft"), net.Bytes, args, NewHostExec(h.hostNS))
+	if err == nil || !strings.Contains(err.Error(), "prevResult") {
+		t.Fatalf("CHECK with a foreign prevResult: %v", err)
 	}
 	h.del(t, p)
 }

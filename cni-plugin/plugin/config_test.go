@@ -162,3 +162,29 @@ func TestMasqChainName(t *testing.T) {
 		t.Fatalf("bad chain name %q", c)
 	}
 }
+
+// FuzzParseConfig: any input either parses into a config that resolves
+// without panicking, or fails with a coded CNI error.
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(`{"cniVersion":"1.1.0","name":"weft","type":"weft"}`))
+	f.Add([]byte(`{"cniVersion":"1.1.0","name":"n","type":"weft","mtu":1400,"routes":[{"dst":"198.19.0.0/16","gw":"198.18.5.9"}],"delegate":{"hairpinMode":true}}`))
+	f.Add([]byte(`{"name":"x","routes":[{}],"bridge":""}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		conf, err := ParseConfig(data)
+		if err != nil {
+			var te *types.Error
+			if !errors.As(err, &te) || te.Code == 0 {
+				t.Fatalf("uncoded error %v", err)
+			}
+			return
+		}
+		s, err := conf.Resolve(testEnv)
+		if err != nil {
+			return
+		}
+		if s.MTU < 68 || s.Bridge == "" || len(s.Bridge) > 15 {
+			t.Fatalf("accepted bad settings %+v", s)
+		}
+		podRoutes(s)
+	})
+}
