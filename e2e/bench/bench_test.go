@@ -341,3 +341,41 @@ func TestCheckSections(t *testing.T) {
 		t.Error("unknown section accepted")
 	}
 }
+
+func TestParsePerfReport(t *testing.T) {
+	self := `# Total Lost Samples: 0
+#
+# Samples: 1K of event 'cpu-clock:ppp'
+# Event count (approx.): 2004008000
+#
+# Overhead  Symbol                                   Shared Object  Source:Line
+# ........  .......................................  .............
+#
+     6.24%  [.] runtime.tryDeferToSpanScan          -      -
+     5.60%  [.] encoding/json.checkValid             -      -
+     2.68%  [k] _raw_spin_unlock_irqrestore          -      -
+
+`
+	got := ParsePerfReport(self)
+	want := [][2]string{{"6.24%", "runtime.tryDeferToSpanScan"}, {"5.60%", "encoding/json.checkValid"}, {"2.68%", "_raw_spin_unlock_irqrestore"}}
+	if len(got) != len(want) {
+		t.Fatalf("got %q", got)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("entry %d = %q, want %q", i, got[i], want[i])
+		}
+	}
+	if s := perfSamples(self); s != "1K" {
+		t.Errorf("samples = %q", s)
+	}
+	children := `# Children      Self  Symbol
+    44.44%     0.10%  [.] github.com/weftnet/weft/backend/vxlan.(*Backend).apply  -  -
+    30.00%    30.00%  [.] syscall.Syscall6  -  -
+    20.36%     1.00%  [.] github.com/weftnet/weft/subnet/etcd.parseLeaseKV  -  -
+`
+	top := topN(children, 8, func(s string) bool { return strings.Contains(s, "weftnet/weft/") })
+	if len(top) != 2 || top[0] != "44.44% github.com/weftnet/weft/backend/vxlan.(*Backend).apply" {
+		t.Errorf("weft top = %q", top)
+	}
+}

@@ -296,8 +296,43 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 	if err != nil {
 		return err
 	}
-	run.RSS, err = ProcRSS(data)
-	return err
+	if run.RSS, err = ProcRSS(data); err != nil {
+		return err
+	}
+
+	// A missed time target gets CPU profiles of the slow phases, repeated
+	// under perf after the measurement so sampling cannot skew the figures.
+	if n != TargetPeers || (run.Join <= JoinTarget && run.Leave <= JoinTarget) || !PerfAvailable() {
+		return nil
+	}
+	opts.progress("control plane with %d peers: profiling join and leave with perf", n)
+	prof, err := PerfProfile(ctx, pid, l.Dir, "join", func() error {
+		t := time.Now()
+		if err := writeLeases(ctx, cli, extra, grant2.ID); err != nil {
+			return err
+		}
+		_, err := rc.waitCount(ctx, t, 2*n, alive)
+		return err
+	})
+	if err != nil {
+		opts.Logger.Warn("profile join", "err", err)
+		return nil
+	}
+	run.Profiles = append(run.Profiles, prof)
+	prof, err = PerfProfile(ctx, pid, l.Dir, "leave", func() error {
+		t := time.Now()
+		if err := deleteLeases(ctx, cli, extra); err != nil {
+			return err
+		}
+		_, err := rc.waitCount(ctx, t, n, alive)
+		return err
+	})
+	if err != nil {
+		opts.Logger.Warn("profile leave", "err", err)
+		return nil
+	}
+	run.Profiles = append(run.Profiles, prof)
+	return nil
 }
 
 // KernelFloor programs the peers the way the vxlan backend does (neighbour

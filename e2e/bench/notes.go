@@ -1,6 +1,9 @@
 package bench
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Notes explains how each section that ran was measured, and lists the
 // missed targets, for the Markdown report.
@@ -40,5 +43,23 @@ func Notes(r Results) []string {
 	for _, m := range r.Missed() {
 		n = append(n, "Target missed: "+m+".")
 	}
+	for _, c := range r.Control {
+		for _, p := range c.Profiles {
+			n = append(n, fmt.Sprintf("perf profile of weftd, %s of %d peers repeated after the measurement (%s samples): "+
+				"hottest own-time symbols: %s; hottest weft functions including callees: %s.",
+				p.Phase, c.N, p.Samples, code(p.Self), code(p.Weft)))
+		}
+	}
 	return n
+}
+
+func code(items []string) string {
+	if len(items) == 0 {
+		return "none"
+	}
+	out := make([]string, len(items))
+	for i, s := range items {
+		out[i] = "`" + s + "`"
+	}
+	return strings.Join(out, ", ")
 }

@@ -68,7 +68,9 @@ type ControlRun struct {
 	FloorAdd, FloorDel time.Duration
 	// ListTime is how long one etcd range read of the N leases takes.
 	ListTime time.Duration
-	Profile  string // where a CPU profile of a missed target went, if any
+	// Profiles holds perf profiles of the join and leave phases, taken
+	// when a time target was missed.
+	Profiles []Profile
 	Err      error
 }
 
