@@ -39,6 +39,10 @@ func testMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: not root: every e2e test skips (they create network namespaces)")
 		return m.Run()
 	}
+	// Labs left by an e2e run that was killed before its cleanups.
+	if names, err := lab.SweepOrphans(); len(names) > 0 || err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: removed orphaned labs %v (%v)\n", names, err)
+	}
 	if dir := os.Getenv("WEFT_E2E_BIN_DIR"); dir != "" {
 		// Prebuilt binaries, e.g. make's bin/: nothing to build.
 		for _, b := range []string{"weftd", "weftctl", "weft-lab", "weft"} {

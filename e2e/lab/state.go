@@ -150,3 +150,26 @@ func (s State) Orphaned() bool {
 	}
 	return syscall.Kill(s.OwnerPID, 0) == syscall.ESRCH
 }
+
+// SweepOrphans removes every recorded lab whose owning process is gone and
+// that was not kept on purpose: the leftovers of a test binary that was
+// killed before its cleanups ran. It returns the names it removed.
+func SweepOrphans() ([]string, error) {
+	states, err := ListStates()
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, s := range states {
+		if s.Kept || !s.Orphaned() {
+			continue
+		}
+		if err := Down(s); err != nil {
+			errs = append(errs, fmt.Errorf("sweep %s: %w", s.Name, err))
+			continue
+		}
+		removed = append(removed, s.Name)
+	}
+	return removed, errors.Join(errs...)
+}
