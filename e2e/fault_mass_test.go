@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"os"
@@ -120,28 +121,25 @@ func TestFaultMassStart(t *testing.T) {
 			t.Fatal(err)
 		}
 		startAll(t)
-		var mu sync.Mutex
 		var ready, starved []*lab.Host
-		var wg sync.WaitGroup
-		for _, h := range l.Hosts {
-			wg.Go(func() {
-				rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-				defer cancel()
-				err := h.WaitReady(rctx)
-				mu.Lock()
-				defer mu.Unlock()
-				if err == nil {
+		if _, err := waitFor(ctx, 60*time.Second, 200*time.Millisecond, func() (bool, string) {
+			ready, starved = nil, nil
+			var why []string
+			for _, h := range l.Hosts {
+				code, body, err := readyz(ctx, h)
+				if err == nil && code == http.StatusOK {
 					ready = append(ready, h)
-				} else {
-					starved = append(starved, h)
+					continue
 				}
-			})
+				starved = append(starved, h)
+				why = append(why, fmt.Sprintf("%s: %d %q %v", h.Name, code, body, err))
+			}
+			return len(ready) == hosts-1, strings.Join(why, "; ")
+		}); err != nil {
+			t.Fatalf("want %d hosts ready: %v", hosts-1, err)
 		}
-		// Every host but one becomes ready; the last one waits until the
-		// others' 60 s deadline.
-		wg.Wait()
-		if len(ready) != hosts-1 || len(starved) != 1 {
-			t.Fatalf("%d ready, %d not ready; want %d and 1", len(ready), len(starved), hosts-1)
+		if len(starved) != 1 {
+			t.Fatalf("%d hosts not ready, want 1", len(starved))
 		}
 		distinct(t, ready)
 		h := starved[0]

@@ -23,6 +23,7 @@ func TestFaultRestart(t *testing.T) {
 	t.Parallel()
 	for _, backend := range []string{"vxlan", "host-gw"} {
 		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
 			l := faultLab(t, lab.Options{Hosts: 2, Backend: backend})
 			ctx := testCtx(t, 3*time.Minute)
 			startWeftds(t, ctx, l.Hosts, "--reconcile-interval=1s")
@@ -45,7 +46,7 @@ func TestFaultRestart(t *testing.T) {
 					}
 					events := watchKey(t, ctx, cli, leaseKey(sn), resp.Header.Revision+1)
 
-					pgs := pingAll(t, pods, 800, 10*time.Millisecond) // 8 s at 100/s
+					pgs := pingAll(t, pods, 500, 10*time.Millisecond) // 5 s at 100/s
 					time.Sleep(time.Second)
 					if err := h.StopWeftd(sig); err != nil {
 						t.Fatal(err)
