@@ -60,6 +60,22 @@ func TestVXLAN(t *testing.T) {
 				t.Errorf("pod %s IP %s is outside %s's subnet %s", pods[i].Name, pods[i].IP, h.Name, env.LeaseSubnet())
 			}
 		}
+		// Per peer: a neighbour entry (peer subnet address → peer VTEP MAC)
+		// and an FDB entry (peer VTEP MAC → peer public IP).
+		for _, h := range l.Hosts {
+			for _, o := range l.Hosts {
+				if o == h {
+					continue
+				}
+				sn, mac := mustEnv(t, o).LeaseSubnet(), vtepMAC(ctx, t, o)
+				if !hasNeigh(ctx, t, h, sn.Addr(), mac) {
+					t.Errorf("%s: no neighbour entry %s → %s", h.Name, sn.Addr(), mac)
+				}
+				if !hasFDB(ctx, t, h, mac, o.IP) {
+					t.Errorf("%s: no FDB entry %s → %s", h.Name, mac, o.IP)
+				}
+			}
+		}
 	})
 
 	t.Run("restart keeps traffic subnet and MAC", func(t *testing.T) {
@@ -68,7 +84,7 @@ func TestVXLAN(t *testing.T) {
 		envBefore := mustEnv(t, h)
 		macBefore := vtepMAC(ctx, t, h)
 
-		const count, interval = 500, 10 * time.Millisecond // 5 s at 100/s
+		const count, interval = 300, 10 * time.Millisecond // 3 s at 100/s
 		type pingOut struct {
 			res lab.PingResult
 			err error
@@ -167,6 +183,7 @@ func TestVXLAN(t *testing.T) {
 	t.Run("removed lease removes routes", func(t *testing.T) {
 		gone := l.Host(3)
 		sn := mustEnv(t, gone).LeaseSubnet()
+		mac := vtepMAC(ctx, t, gone)
 		if err := gone.StopWeftd(syscall.SIGTERM); err != nil {
 			t.Errorf("stop weftd: %v", err)
 		}
@@ -190,13 +207,19 @@ func TestVXLAN(t *testing.T) {
 				if hasRoute(ctx, t, h, sn) {
 					return fmt.Errorf("%s still routes %s", h.Name, sn)
 				}
+				if hasNeigh(ctx, t, h, sn.Addr(), mac) {
+					return fmt.Errorf("%s still has the neighbour entry %s → %s", h.Name, sn.Addr(), mac)
+				}
+				if hasFDB(ctx, t, h, mac, gone.IP) {
+					return fmt.Errorf("%s still has the FDB entry %s → %s", h.Name, mac, gone.IP)
+				}
 			}
 			return nil
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("routes to %s removed after %v", sn, took.Round(time.Millisecond))
+		t.Logf("route, neighbour and FDB entries for %s removed after %v", sn, took.Round(time.Millisecond))
 		// The remaining hosts still reach each other.
 		r, err := pods[0].Ping(ctx, pods[1].IP, 3, 50*time.Millisecond)
 		if err != nil || !r.OK() {
@@ -266,6 +289,33 @@ func hasRoute(ctx context.Context, t *testing.T, h *lab.Host, sn netip.Prefix) b
 		t.Fatalf("%s: ip route show: %v", h.Name, err)
 	}
 	return strings.TrimSpace(string(out)) != ""
+}
+
+// hasNeigh reports whether the host has a permanent neighbour entry
+// addr → mac on the vxlan device.
+func hasNeigh(ctx context.Context, t *testing.T, h *lab.Host, addr netip.Addr, mac string) bool {
+	t.Helper()
+	out, err := h.Exec(ctx, "ip", "-4", "neigh", "show", addr.String(), "dev", vtepDevice)
+	if err != nil {
+		t.Fatalf("%s: ip neigh show: %v", h.Name, err)
+	}
+	s := string(out)
+	return strings.Contains(s, "lladdr "+mac) && strings.Contains(s, "PERMANENT")
+}
+
+// hasFDB reports whether the vxlan device forwards mac to dst.
+func hasFDB(ctx context.Context, t *testing.T, h *lab.Host, mac string, dst netip.Addr) bool {
+	t.Helper()
+	out, err := h.Exec(ctx, "bridge", "fdb", "show", "dev", vtepDevice)
+	if err != nil {
+		t.Fatalf("%s: bridge fdb show: %v", h.Name, err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, mac+" ") && strings.Contains(line, "dst "+dst.String()+" ") {
+			return true
+		}
+	}
+	return false
 }
 
 // eventually polls check every 100 ms until it succeeds or timeout passes,
