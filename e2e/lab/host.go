@@ -39,18 +39,14 @@ func (h *Host) SubnetFile() string { return filepath.Join(h.Dir, "subnet.env") }
 // WeftdLog is the path of weftd's combined stdout and stderr.
 func (h *Host) WeftdLog() string { return filepath.Join(h.Dir, "weftd.log") }
 
-// Exec runs argv inside the host namespace and returns its combined
-// output; on failure the error holds the output too.
+// Exec runs argv inside the host namespace and returns its standard
+// output; on failure the error holds its standard error.
 func (h *Host) Exec(ctx context.Context, argv ...string) ([]byte, error) {
 	return nsExec(ctx, h.Name, argv...)
 }
 
 func nsExec(ctx context.Context, ns string, argv ...string) ([]byte, error) {
-	out, err := output(ctx, append([]string{"ip", "netns", "exec", ns}, argv...)...)
-	if err != nil {
-		return out, err
-	}
-	return out, nil
+	return output(ctx, append([]string{"ip", "netns", "exec", ns}, argv...)...)
 }
 
 // WeftdArgs returns the full weftd command line StartWeftd uses.
