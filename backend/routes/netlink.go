@@ -39,6 +39,7 @@ const nhIDBase = 0x40000000
 type NetlinkTable struct {
 	h       *netlink.Handle
 	sock    *vnl.SocketHandle
+	batch   *nl.Batcher
 	network netip.Prefix
 	// nhSupported: the kernel has nexthop objects. useNH: we install
 	// routes through them (off when route dumps would not show their
@@ -50,7 +51,7 @@ type NetlinkTable struct {
 	foreignNH map[uint32]bool
 }
 
-var _ Table = (*NetlinkTable)(nil)
+var _ BatchTable = (*NetlinkTable)(nil)
 
 // NewNetlinkTable returns the main table of ns (netns.None(): the current
 // namespace), using h for ordinary requests. network is the cluster network;
@@ -62,6 +63,10 @@ func NewNetlinkTable(ns netns.NsHandle, h *netlink.Handle, network netip.Prefix)
 		return nil, fmt.Errorf("open route socket: %w", err)
 	}
 	t.sock = &vnl.SocketHandle{Socket: s}
+	if t.batch, err = nl.NewBatcher(ns); err != nil {
+		t.Close()
+		return nil, err
+	}
 	// Probe for nexthop object support with a harmless dump.
 	if _, err := t.listNexthops(); err == nil {
 		t.nhSupported, t.useNH = true, true
@@ -71,6 +76,10 @@ func NewNetlinkTable(ns netns.NsHandle, h *netlink.Handle, network netip.Prefix)
 
 // Close releases the table's own socket (not h).
 func (t *NetlinkTable) Close() {
+	if t.batch != nil {
+		t.batch.Close()
+		t.batch = nil
+	}
 	if t.sock != nil {
 		t.sock.Close()
 		t.sock = nil
@@ -212,21 +221,60 @@ func (t *NetlinkTable) List() ([]netlink.Route, error) {
 
 // Replace implements Table.
 func (t *NetlinkTable) Replace(r *netlink.Route) error {
+	return t.ReplaceAll([]*netlink.Route{r})[0]
+}
+
+// ReplaceAll implements BatchTable: routes that get a nexthop object are
+// sent in batches (nexthop, then route); others go one by one.
+func (t *NetlinkTable) ReplaceAll(rs []*netlink.Route) []error {
+	errs := make([]error, len(rs))
+	type pair struct{ nh, route *nl.Op }
+	pairs := make([]pair, len(rs))
+	var ops []*nl.Op
+	for i, r := range rs {
+		nh, route := t.nhRequests(r)
+		if nh == nil {
+			errs[i] = t.h.RouteReplace(r)
+			continue
+		}
+		pairs[i] = pair{&nl.Op{Req: nh}, &nl.Op{Req: route}}
+		ops = append(ops, pairs[i].nh, pairs[i].route)
+	}
+	if len(ops) == 0 {
+		return errs
+	}
+	_ = t.batch.Do(ops) // per-op errors below cover a socket failure too
+	for i, p := range pairs {
+		if p.nh == nil {
+			continue
+		}
+		if p.nh.Err != nil {
+			errs[i] = fmt.Errorf("nexthop object for %s: %w", rs[i].Dst, p.nh.Err)
+		} else {
+			errs[i] = p.route.Err
+		}
+	}
+	return errs
+}
+
+// nhRequests builds the nexthop and route requests for r, or returns nils
+// when r should be a plain route.
+func (t *NetlinkTable) nhRequests(r *netlink.Route) (nh, route *vnl.NetlinkRequest) {
 	dst, ok := ipNetToPrefix(r.Dst)
-	if !ok || r.Gw == nil || len(r.MultiPath) > 0 {
-		return t.h.RouteReplace(r)
+	if !ok || r.Gw == nil || len(r.MultiPath) > 0 || r.Table != unix.RT_TABLE_MAIN || r.Priority != 0 {
+		return nil, nil
 	}
 	id := t.nhID(dst)
 	if id == 0 {
-		return t.h.RouteReplace(r)
+		return nil, nil
 	}
 	gw, ok := netip.AddrFromSlice(r.Gw)
 	if !ok || !gw.Unmap().Is4() {
-		return t.h.RouteReplace(r)
+		return nil, nil
 	}
 	gw4 := gw.Unmap().As4()
 
-	nh := t.request(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
+	nh = vnl.NewNetlinkRequest(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
 	var flags uint32
 	if r.Flags&int(netlink.FLAG_ONLINK) != 0 {
 		flags |= unix.RTNH_F_ONLINK
@@ -235,11 +283,8 @@ func (t *NetlinkTable) Replace(r *netlink.Route) error {
 	nh.AddData(vnl.NewRtAttr(unix.NHA_ID, vnl.Uint32Attr(id)))
 	nh.AddData(vnl.NewRtAttr(unix.NHA_OIF, vnl.Uint32Attr(uint32(r.LinkIndex))))
 	nh.AddData(vnl.NewRtAttr(unix.NHA_GATEWAY, gw4[:]))
-	if _, err := nh.Execute(unix.NETLINK_ROUTE, 0); err != nil {
-		return fmt.Errorf("nexthop %d via %s: %w", id, gw, err)
-	}
 
-	req := t.request(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
+	route = vnl.NewNetlinkRequest(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
 	msg := vnl.NewRtMsg()
 	msg.Family = unix.AF_INET
 	msg.Dst_len = uint8(dst.Bits())
@@ -247,14 +292,11 @@ func (t *NetlinkTable) Replace(r *netlink.Route) error {
 	msg.Table = unix.RT_TABLE_MAIN
 	msg.Scope = unix.RT_SCOPE_UNIVERSE
 	msg.Type = unix.RTN_UNICAST
-	req.AddData(msg)
+	route.AddData(msg)
 	d4 := dst.Addr().As4()
-	req.AddData(vnl.NewRtAttr(unix.RTA_DST, d4[:]))
-	req.AddData(vnl.NewRtAttr(rtaNHID, vnl.Uint32Attr(id)))
-	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
-		return err
-	}
-	return nil
+	route.AddData(vnl.NewRtAttr(unix.RTA_DST, d4[:]))
+	route.AddData(vnl.NewRtAttr(rtaNHID, vnl.Uint32Attr(id)))
+	return nh, route
 }
 
 func (t *NetlinkTable) delNexthop(id uint32) error {

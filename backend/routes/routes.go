@@ -40,6 +40,14 @@ type Table interface {
 	Delete(r *netlink.Route) error
 }
 
+// BatchTable is a Table that can also install many routes in one go.
+type BatchTable interface {
+	Table
+	// ReplaceAll is Replace for every route, in order; it returns one
+	// error (or nil) per route.
+	ReplaceAll(rs []*netlink.Route) []error
+}
+
 // Want is one wanted route: Dst via Gw out of LinkIndex.
 type Want struct {
 	Dst       netip.Prefix
@@ -154,6 +162,11 @@ func (rc *Reconciler) Reconcile(want []Want) (Result, error) {
 	rc.refuse(wanted, connected, res.Refused)
 
 	var errs []error
+	type pendingReplace struct {
+		w       Want
+		hadOurs bool
+	}
+	var pending []pendingReplace
 	for dst, w := range wanted {
 		have := ours[dst]
 		delete(ours, dst) // what is left in ours at the end is extra
@@ -165,28 +178,14 @@ func (rc *Reconciler) Reconcile(want []Want) (Result, error) {
 			}
 		}
 		if match < 0 {
-			if err := rc.table.Replace(w.Route()); err != nil {
-				err = fmt.Errorf("install route %s via %s: %w", dst, w.Gw, err)
-				res.Failed[dst] = err
-				errs = append(errs, err)
-				delete(rc.installed, dst)
-				continue
-			}
-			prev, had := rc.installed[dst]
-			switch {
-			case had && prev == w:
-				res.Repaired++
-			case had || len(have) > 0:
-				res.Updated++
-			default:
-				res.Added++
-			}
+			pending = append(pending, pendingReplace{w: w, hadOurs: len(have) > 0})
+		} else {
+			rc.installed[dst] = w
 		}
-		rc.installed[dst] = w
 		// Same destination at another metric or shape: ours, but extra.
 		for i, r := range have {
 			if i == match || (match < 0 && r.Priority == 0) {
-				continue // kept, or overwritten by the replace above
+				continue // kept, or about to be overwritten by a replace
 			}
 			if err := rc.del(r); err != nil {
 				errs = append(errs, err)
@@ -194,6 +193,40 @@ func (rc *Reconciler) Reconcile(want []Want) (Result, error) {
 				res.Removed++
 			}
 		}
+	}
+
+	rs := make([]*netlink.Route, len(pending))
+	for i, p := range pending {
+		rs[i] = p.w.Route()
+	}
+	var results []error
+	if bt, ok := rc.table.(BatchTable); ok {
+		results = bt.ReplaceAll(rs)
+	} else {
+		results = make([]error, len(rs))
+		for i, r := range rs {
+			results[i] = rc.table.Replace(r)
+		}
+	}
+	for i, p := range pending {
+		dst := p.w.Dst
+		if err := results[i]; err != nil {
+			err = fmt.Errorf("install route %s via %s: %w", dst, p.w.Gw, err)
+			res.Failed[dst] = err
+			errs = append(errs, err)
+			delete(rc.installed, dst)
+			continue
+		}
+		prev, had := rc.installed[dst]
+		switch {
+		case had && prev == p.w:
+			res.Repaired++
+		case had || p.hadOurs:
+			res.Updated++
+		default:
+			res.Added++
+		}
+		rc.installed[dst] = p.w
 	}
 	for dst := range res.Refused {
 		delete(rc.installed, dst)

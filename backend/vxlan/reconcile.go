@@ -18,6 +18,8 @@ import (
 
 // pass is what one reconcile found and did.
 type pass struct {
+	// phases records how long each step took, for the debug log.
+	phases     []any
 	programmed int
 	refused    map[netip.Prefix]string
 	repairs    map[string]uint64
@@ -55,7 +57,7 @@ func (b *Backend) reconcile() {
 	if err != nil {
 		b.log.Warn("reconcile failed; will retry", "err", err)
 	} else {
-		b.log.Debug("reconciled", "peers", len(peers), "programmed", p.programmed, "took", d)
+		b.log.Debug("reconciled", append([]any{"peers", len(peers), "programmed", p.programmed, "took", d}, p.phases...)...)
 	}
 	if b.cfg.OnReconcile != nil {
 		b.cfg.OnReconcile(d, err)
@@ -123,7 +125,9 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
 			want = append(want, routes.Want{Dst: l.Subnet, Gw: l.Subnet.Addr(), LinkIndex: linkIndex, OnLink: true})
 		}
 	}
+	t0 := time.Now()
 	rres, err := b.routes.Reconcile(want)
+	p.phases = append(p.phases, "routes", time.Since(t0))
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -141,12 +145,16 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
 		neighWant[pp.lease.Subnet.Addr()] = pp.mac
 		fdbWant[pp.mac.String()] = pp.lease.Attrs.PublicIP
 	}
+	t0 = time.Now()
 	neighFailed, rep, err := b.syncNeigh(linkIndex, neighWant)
+	p.phases = append(p.phases, "neigh", time.Since(t0))
 	if err != nil {
 		errs = append(errs, err)
 	}
 	p.repairs["neigh"] += uint64(rep)
+	t0 = time.Now()
 	fdbFailed, rep, err := b.syncFDB(linkIndex, fdbWant)
+	p.phases = append(p.phases, "fdb", time.Since(t0))
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -253,6 +261,13 @@ func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr)
 	}
 	var errs []error
 	repairs := 0
+	type set struct {
+		ip  netip.Addr
+		mac net.HardwareAddr
+		op  *nl.Op
+	}
+	var sets []set
+	var ops []*nl.Op
 	for ip, mac := range want {
 		n := have[ip]
 		delete(have, ip)
@@ -260,19 +275,24 @@ func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr)
 			b.installedNeigh[ip] = mac.String()
 			continue
 		}
-		err := b.h.NeighSet(&netlink.Neigh{
+		op := &nl.Op{Req: nl.NeighSetRequest(&netlink.Neigh{
 			LinkIndex: linkIndex, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
 			Type: unix.RTN_UNICAST, IP: net.IP(ip.AsSlice()), HardwareAddr: mac,
-		})
-		if err != nil {
-			failed[ip] = true
-			errs = append(errs, fmt.Errorf("set neighbour %s -> %s: %w", ip, mac, err))
+		})}
+		sets = append(sets, set{ip, mac, op})
+		ops = append(ops, op)
+	}
+	_ = b.batch.Do(ops) // a socket failure shows in every op's Err
+	for _, st := range sets {
+		if st.op.Err != nil {
+			failed[st.ip] = true
+			errs = append(errs, fmt.Errorf("set neighbour %s -> %s: %w", st.ip, st.mac, st.op.Err))
 			continue
 		}
-		if b.installedNeigh[ip] == mac.String() {
+		if b.installedNeigh[st.ip] == st.mac.String() {
 			repairs++
 		}
-		b.installedNeigh[ip] = mac.String()
+		b.installedNeigh[st.ip] = st.mac.String()
 	}
 	for ip, n := range have {
 		delete(b.installedNeigh, ip)
@@ -313,6 +333,13 @@ func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string
 	}
 	var errs []error
 	repairs := 0
+	type set struct {
+		mac string
+		dst netip.Addr
+		op  *nl.Op
+	}
+	var sets []set
+	var ops []*nl.Op
 	for m, dst := range want {
 		entries := have[m]
 		delete(have, m)
@@ -322,31 +349,40 @@ func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string
 				ok = true
 			}
 		}
-		if !ok {
+		if ok {
+			b.installedFDB[m] = dst
+		} else {
 			mac, _ := net.ParseMAC(m)
-			err := b.h.NeighSet(&netlink.Neigh{
+			op := &nl.Op{Req: nl.NeighSetRequest(&netlink.Neigh{
 				LinkIndex: linkIndex, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
 				Flags: netlink.NTF_SELF, IP: net.IP(dst.AsSlice()), HardwareAddr: mac,
-			})
-			if err != nil {
-				failed[m] = true
-				errs = append(errs, fmt.Errorf("set FDB entry %s -> %s: %w", m, dst, err))
-				continue
-			}
-			if b.installedFDB[m] == dst {
-				repairs++
-			}
+			})}
+			sets = append(sets, set{m, dst, op})
+			ops = append(ops, op)
 		}
-		b.installedFDB[m] = dst
 		// Other remotes for the same MAC (a peer that moved): drop them.
+		// The replace above rewrites the first remote; a stale one that
+		// is already gone by then fails with ENOENT, which is fine.
 		for _, n := range entries {
-			if ip, _ := netip.AddrFromSlice(n.IP); ip.Unmap() == dst {
+			if ip, _ := netip.AddrFromSlice(n.IP); ip.Unmap() == dst || (!ok && len(entries) == 1) {
 				continue
 			}
 			if err := b.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("delete FDB entry %s -> %s: %w", m, n.IP, err))
 			}
 		}
+	}
+	_ = b.batch.Do(ops) // a socket failure shows in every op's Err
+	for _, st := range sets {
+		if st.op.Err != nil {
+			failed[st.mac] = true
+			errs = append(errs, fmt.Errorf("set FDB entry %s -> %s: %w", st.mac, st.dst, st.op.Err))
+			continue
+		}
+		if b.installedFDB[st.mac] == st.dst {
+			repairs++
+		}
+		b.installedFDB[st.mac] = st.dst
 	}
 	for m, entries := range have {
 		for _, n := range entries {

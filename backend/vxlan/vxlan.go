@@ -91,6 +91,7 @@ type Backend struct {
 	kmu            sync.Mutex
 	h              *netlink.Handle
 	table          *routes.NetlinkTable
+	batch          *nl.Batcher
 	mac            net.HardwareAddr
 	deviceUp       bool // the device was fully set up before
 	routes         *routes.Reconciler
@@ -277,6 +278,10 @@ func ipOf(n *net.IPNet) net.IP {
 // closeHandles closes the netlink sockets; prepare reopens them. Caller
 // holds kmu.
 func (b *Backend) closeHandles() {
+	if b.batch != nil {
+		b.batch.Close()
+		b.batch = nil
+	}
 	if b.table != nil {
 		b.table.Close()
 		b.table = nil
@@ -299,7 +304,13 @@ func (b *Backend) prepare() error {
 			h.Close()
 			return fmt.Errorf("vxlan: %w", err)
 		}
-		b.h, b.table = h, t
+		bt, err := nl.NewBatcher(b.cfg.Netns)
+		if err != nil {
+			t.Close()
+			h.Close()
+			return fmt.Errorf("vxlan: %w", err)
+		}
+		b.h, b.table, b.batch = h, t, bt
 		if b.routes == nil {
 			b.routes = routes.New(t, b.cfg.Network.Network)
 		} else {

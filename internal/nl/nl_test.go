@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -112,5 +113,59 @@ func TestWatchKicksAndStops(t *testing.T) {
 	}
 	if g := runtime.NumGoroutine(); g > before {
 		t.Fatalf("%d goroutines left, %d before", g, before)
+	}
+}
+
+func TestBatcherAcksInOrder(t *testing.T) {
+	n := nltest.NewNS(t, "b")
+	n.IP(t, "link", "add", "wvxa", "type", "veth", "peer", "name", "wvxb")
+	n.IP(t, "link", "set", "wvxa", "up")
+	l, err := n.NL.LinkByName("wvxa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewBatcher(n.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	const total = 600 // more than two chunks
+	var ops []*Op
+	for i := 0; i < total; i++ {
+		idx := l.Attrs().Index
+		if i%97 == 5 {
+			idx = 99999 // no such device
+		}
+		ops = append(ops, &Op{Req: NeighSetRequest(&netlink.Neigh{
+			LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			IP: net.IPv4(198, 18, byte(i>>8), byte(i)), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, byte(i >> 8), byte(i)},
+		})})
+	}
+	if err := b.Do(ops); err != nil {
+		t.Fatal(err)
+	}
+	bad := 0
+	for i, op := range ops {
+		if i%97 == 5 {
+			if op.Err == nil {
+				t.Fatalf("op %d on a missing device succeeded", i)
+			}
+			bad++
+		} else if op.Err != nil {
+			t.Fatalf("op %d: %v", i, op.Err)
+		}
+	}
+	ns, err := n.NL.NeighList(l.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perm := 0
+	for _, e := range ns {
+		if e.State&netlink.NUD_PERMANENT != 0 {
+			perm++
+		}
+	}
+	if perm != total-bad {
+		t.Fatalf("%d permanent neighbours, want %d", perm, total-bad)
 	}
 }
