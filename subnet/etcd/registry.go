@@ -253,8 +253,12 @@ func (r *Registry) fillExpirations(ctx context.Context, ls []subnet.Lease) error
 			}
 		}()
 	}
+	idList := make([]int64, 0, len(ids))
+	for id := range ids {
+		idList = append(idList, id)
+	}
 	go func() {
-		for id := range ids {
+		for _, id := range idList {
 			work <- id
 		}
 		close(work)

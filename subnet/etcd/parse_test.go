@@ -1,0 +1,154 @@
+package etcd
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weftnet/weft/subnet"
+)
+
+const testSubnets = "/coreos.com/network/subnets/"
+
+func TestParseLeaseKV(t *testing.T) {
+	vx := `{"PublicIP":"192.0.2.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}`
+	for _, tc := range []struct {
+		name, key, value string
+		lease            int64
+		wantErr          string
+		wantSubnet       string
+		wantReservation  bool
+	}{
+		{"vxlan lease", "198.18.7.0-24", vx, 0x42, "", "198.18.7.0/24", false},
+		{"reservation", "198.18.7.0-24", `{"PublicIP":"192.0.2.11"}`, 0, "", "198.18.7.0/24", true},
+		{"udp lease", "198.18.8.0-24", `{"PublicIP":"192.0.2.12","PublicIPv6":null}`, 7, "", "198.18.8.0/24", false},
+		{"dual stack key", "198.18.9.0-24&fd00::-64", `{"PublicIP":"192.0.2.13"}`, 7, "", "198.18.9.0/24", false},
+		{"host bits", "198.18.7.1-24", vx, 1, "host bits", "", false},
+		{"junk key", "hello", vx, 1, "want <a.b.c.d>-<len>", "", false},
+		{"bad length", "198.18.7.0-33", vx, 1, "prefix length", "", false},
+		{"not JSON", "198.18.7.0-24", `{"PublicIP":`, 1, "parse lease value", "198.18.7.0/24", false},
+		{"no PublicIP", "198.18.7.0-24", `{}`, 1, "no PublicIP", "198.18.7.0/24", false},
+		{"IPv6 PublicIP", "198.18.7.0-24", `{"PublicIP":"2001:db8::1"}`, 1, "not an IPv4", "198.18.7.0/24", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := parseLeaseKV(testSubnets, []byte(testSubnets+tc.key), []byte(tc.value), tc.lease, 9)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantSubnet != "" && l.Subnet.String() != tc.wantSubnet {
+				t.Fatalf("subnet %s, want %s", l.Subnet, tc.wantSubnet)
+			}
+			if err == nil && (l.Reservation != tc.wantReservation || l.EtcdLease != tc.lease || l.ModRevision != 9) {
+				t.Fatalf("lease %+v", l)
+			}
+		})
+	}
+	if _, err := parseLeaseKV(testSubnets, []byte("/other/198.18.7.0-24"), []byte(vx), 1, 1); err == nil {
+		t.Fatal("key outside the prefix accepted")
+	}
+}
+
+func TestBuildSnapshotSortsAndSplits(t *testing.T) {
+	kvs := []*mvccpb.KeyValue{
+		{Key: []byte(testSubnets + "198.18.9.0-24"), Value: []byte(`{"PublicIP":"192.0.2.9"}`), Lease: 1},
+		{Key: []byte(testSubnets + "zzz"), Value: []byte(`x`)},
+		{Key: []byte(testSubnets + "198.18.10.0-24"), Value: []byte(`{"PublicIP":"192.0.2.10"}`)},
+		{Key: []byte(testSubnets + "198.18.2.0-24"), Value: []byte(`{"PublicIP":"192.0.2.2"}`), Lease: 2},
+		{Key: []byte(testSubnets + "198.18.3.0-24"), Value: []byte(`nope`), Lease: 3},
+	}
+	s := buildSnapshot(testSubnets, kvs, 77)
+	var got []string
+	for _, l := range s.Leases {
+		got = append(got, l.Subnet.String())
+	}
+	if strings.Join(got, " ") != "198.18.2.0/24 198.18.9.0/24 198.18.10.0/24" || s.Revision != 77 {
+		t.Fatalf("leases %v rev %d", got, s.Revision)
+	}
+	if len(s.Invalid) != 2 || s.Invalid[0].Key != testSubnets+"198.18.3.0-24" || s.Invalid[1].Err == nil {
+		t.Fatalf("invalid %+v", s.Invalid)
+	}
+	if l, ok := s.Find(netip.MustParsePrefix("198.18.10.0/24")); !ok || !l.Reservation {
+		t.Fatalf("Find = %+v %v", l, ok)
+	}
+}
+
+func TestEventFromEtcd(t *testing.T) {
+	reg := NewRegistry(nil, "")
+	key := []byte(testSubnets + "198.18.7.0-24")
+	v1 := []byte(`{"PublicIP":"192.0.2.11","PublicIPv6":null}`)
+	v2 := []byte(`{"PublicIP":"192.0.2.12","PublicIPv6":null}`)
+	for _, tc := range []struct {
+		name    string
+		ev      *clientv3.Event
+		typ     EventType
+		renewal bool
+		bad     bool
+	}{
+		{"create", &clientv3.Event{Type: clientv3.EventTypePut, Kv: &mvccpb.KeyValue{Key: key, Value: v1, CreateRevision: 5, ModRevision: 5, Version: 1}}, EventAdded, false, false},
+		{"renewal", &clientv3.Event{Type: clientv3.EventTypePut, Kv: &mvccpb.KeyValue{Key: key, Value: v1, CreateRevision: 5, ModRevision: 6, Version: 2}, PrevKv: &mvccpb.KeyValue{Value: v1}}, EventUpdated, true, false},
+		{"update", &clientv3.Event{Type: clientv3.EventTypePut, Kv: &mvccpb.KeyValue{Key: key, Value: v2, CreateRevision: 5, ModRevision: 7, Version: 3}, PrevKv: &mvccpb.KeyValue{Value: v1}}, EventUpdated, false, false},
+		{"delete", &clientv3.Event{Type: clientv3.EventTypeDelete, Kv: &mvccpb.KeyValue{Key: key, ModRevision: 8}}, EventRemoved, false, false},
+		{"bad value", &clientv3.Event{Type: clientv3.EventTypePut, Kv: &mvccpb.KeyValue{Key: key, Value: []byte("x"), CreateRevision: 9, ModRevision: 9, Version: 1}}, EventAdded, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := reg.toEvent(tc.ev, time.Time{})
+			if e.Type != tc.typ || e.Renewal() != tc.renewal || (e.Err != nil) != tc.bad || e.Subnet.String() != "198.18.7.0/24" || e.Revision != tc.ev.Kv.ModRevision {
+				t.Fatalf("event %+v", e)
+			}
+			if tc.typ == EventRemoved && (e.Lease.Subnet.IsValid() || e.Lease.Attrs.PublicIP.IsValid()) {
+				t.Fatal("remove carries a lease")
+			}
+		})
+	}
+}
+
+// FuzzBuildSnapshot feeds arbitrary keys and values from etcd through the
+// parser: it must never panic, must put every kv in exactly one of Leases
+// and Invalid, and every valid lease must round-trip through the key format.
+func FuzzBuildSnapshot(f *testing.F) {
+	f.Add("198.18.7.0-24", `{"PublicIP":"192.0.2.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}`, int64(5))
+	f.Add("198.18.7.0-24&fd00::-64", `{"PublicIP":"192.0.2.11","PublicIPv6":"fd00::1"}`, int64(0))
+	f.Add("1.2.3.4-32", `{"publicip":"1.2.3.4","backendtype":"host-gw"}`, int64(1))
+	f.Add("0.0.0.0-0", `{"PublicIP":""}`, int64(-1))
+	f.Add("x", "", int64(0))
+	f.Fuzz(func(t *testing.T, key, value string, lease int64) {
+		kvs := []*mvccpb.KeyValue{{Key: []byte(testSubnets + key), Value: []byte(value), Lease: lease, ModRevision: 3}}
+		s := buildSnapshot(testSubnets, kvs, 3)
+		if len(s.Leases)+len(s.Invalid) != 1 {
+			t.Fatalf("kv landed %d times", len(s.Leases)+len(s.Invalid))
+		}
+		if len(s.Invalid) == 1 {
+			if s.Invalid[0].Err == nil || s.Invalid[0].Key != testSubnets+key {
+				t.Fatalf("invalid entry %+v", s.Invalid[0])
+			}
+			return
+		}
+		l := s.Leases[0]
+		if !l.Subnet.IsValid() || l.Subnet.Masked() != l.Subnet || !l.Attrs.PublicIP.Is4() {
+			t.Fatalf("accepted lease %+v", l)
+		}
+		if !strings.Contains(key, "&") && subnet.SubnetKey(l.Subnet) != key {
+			t.Fatalf("key %q parsed as %s, which formats as %q", key, l.Subnet, subnet.SubnetKey(l.Subnet))
+		}
+		if l.Reservation != (lease == 0) || l.EtcdLease != lease {
+			t.Fatalf("lease id %d → %+v", lease, l)
+		}
+		// The value re-marshals and parses back to the same attributes.
+		b, err := l.Attrs.MarshalJSON()
+		if err != nil {
+			t.Fatalf("re-marshal: %v", err)
+		}
+		back, err := subnet.ParseLeaseAttrs(b)
+		if err != nil || back.PublicIP != l.Attrs.PublicIP || back.BackendType != l.Attrs.BackendType {
+			t.Fatalf("round trip %q: %+v, %v", b, back, err)
+		}
+	})
+}
