@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -268,4 +269,28 @@ func TestRepairAndPing(t *testing.T) {
 	if out, err := pods[0].Ping(podIPs[1]); err != nil {
 		t.Fatalf("no traffic after repair: %v\n%s", err, out)
 	}
+}
+
+func TestRunLeavesNoGoroutines(t *testing.T) {
+	lab := nltest.NewLab(t, 1)
+	h := lab.Hosts[0]
+	b := newBackend(t, h, nil)
+	if _, err := b.Setup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- b.Run(ctx) }()
+	own := subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: h.Addr, BackendType: Type}}
+	b.SetDesired(own, []subnet.Lease{lease("198.18.2.0/24", "192.0.2.20")})
+	waitFor(t, "ready", 2*time.Second, func() bool { st := b.Status(); return st.Ready() && st.PeersProgrammed == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := ourRoutes(t, h); got != "198.18.2.0/24 via 192.0.2.20 dev eth0" {
+		t.Fatalf("routes after Run returned: %q", got)
+	}
+	waitFor(t, "goroutines gone", 2*time.Second, func() bool { return runtime.NumGoroutine() <= before })
 }

@@ -23,6 +23,15 @@
 // previous lease), so peers' entries stay valid. Every reconcile pass dumps
 // each object kind once, indexes the dump in maps and fixes only the
 // difference, so a pass costs O(peers) and an idle pass writes nothing.
+// Writes go to the kernel in batches (many requests per sendmsg), and routes
+// point at per-peer nexthop objects (see backend/routes for why), which
+// keeps programming 5000 peers well under a second.
+//
+// Run reconciles after SetDesired, every ResyncInterval, and on rtnetlink
+// events that show drift: one of our routes, neighbours, FDB entries,
+// addresses or nexthop objects deleted, the device deleted or down. Objects
+// that had been installed before and had to be put back are counted in
+// Status.Repairs; first installs are not.
 package vxlan
 
 import (
