@@ -652,3 +652,35 @@ func TestCheckRejectsWrongPrevResult(t *testing.T) {
 	}
 	h.del(t, p)
 }
+
+func TestRoutesHairpinAndMTUOverride(t *testing.T) {
+	h := newHarness(t, opts{extraWeftConf: `,"hairpinMode":true,"isDefaultGateway":false,"mtu":1400,"ipMasq":false,"routes":[{"dst":"198.19.0.0/16"},{"dst":"198.19.1.0/24","gw":"198.18.5.254"}]`})
+	p := h.newPod(t)
+	res := h.add(t, p)
+	routes := run(t, "ip", "-n", p.name, "-4", "route", "show")
+	for _, want := range []string{"198.18.0.0/16 via " + gw, "198.19.0.0/16 via " + gw, "198.19.1.0/24 via 198.18.5.254"} {
+		if !strings.Contains(routes, want) {
+			t.Errorf("pod routes lack %q:\n%s", want, routes)
+		}
+	}
+	if strings.Contains(routes, "default") {
+		t.Errorf("pod has a default route with isDefaultGateway=false:\n%s", routes)
+	}
+	if len(res.Routes) != 3 {
+		t.Errorf("result routes: %v", res.Routes)
+	}
+	if l := run(t, "ip", "-n", p.name, "link", "show", "eth0"); !strings.Contains(l, "mtu 1400") {
+		t.Errorf("mtu override ignored:\n%s", l)
+	}
+	hostVeth := plugin.HostVethName(p.rt.ContainerID, "eth0")
+	if b := run(t, "bridge", "-n", h.hostName, "-d", "link", "show", "dev", hostVeth); !strings.Contains(b, "hairpin on") {
+		t.Errorf("hairpin not set:\n%s", b)
+	}
+	if nat := h.iptablesNAT(t); strings.Contains(nat, "WEFT-MASQ") {
+		t.Errorf("ipMasq=false still installed masquerade rules:\n%s", nat)
+	}
+	if err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt); err != nil {
+		t.Fatal(err)
+	}
+	h.del(t, p)
+}
