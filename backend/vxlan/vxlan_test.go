@@ -170,7 +170,7 @@ func eventCounter(t *testing.T, h *nltest.Host) *atomic.Int64 {
 		}, func() {})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	time.Sleep(50 * time.Millisecond) // let the subscriptions start
+	time.Sleep(200 * time.Millisecond) // let the subscriptions start
 	return &n
 }
 
@@ -420,10 +420,9 @@ func TestRepairs(t *testing.T) {
 		before := b.Status().Repairs[s.kind]
 		nltest.Cmd(t, s.breakCmd[0], s.breakCmd[1:]...)
 		took := waitFor(t, s.kind+" repaired", time.Second, func() bool { return s.back(dumpState(t, h, "weft.1")) })
+		// With the resync timer at an hour, only the netlink event can
+		// have brought it back within the waitFor bound.
 		t.Logf("%s repaired %v after deletion", s.kind, took)
-		if took > 300*time.Millisecond {
-			t.Errorf("%s took %v to come back", s.kind, took)
-		}
 		waitFor(t, s.kind+" repair counted", time.Second, func() bool { return b.Status().Repairs[s.kind] == before+1 })
 	}
 
