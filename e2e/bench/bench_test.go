@@ -235,7 +235,7 @@ func sampleResults() Results {
 			Floor:    ms(2),
 		},
 		Restart: []Restart{
-			{Backend: "vxlan", Sent: 250, Received: 240, Window: 2500 * time.Millisecond, Downtime: ms(400), BaseSent: 300, BaseRecv: 300},
+			{Backend: "vxlan", Sent: 250, Received: 240, Window: 2500 * time.Millisecond, Downtime: ms(400), BaseSent: 300, BaseRecv: 300, BaseWindow: 3 * time.Second},
 			{Backend: "udp", Err: errors.New("lab exploded")},
 		},
 	}
@@ -283,7 +283,7 @@ func TestTable(t *testing.T) {
 	if r := find("3 pods, sequential", "ADD latency"); r.Result != "p50 20 ms, p99 30 ms" || r.Baseline != "2.00 ms plugin exec (VERSION)" {
 		t.Errorf("cni seq add: %+v", r)
 	}
-	if r := find("vxlan, weftd SIGTERM + start on receiver", "pings lost at 100/s"); r.Result != "10 of 250 (restart→ready 400 ms)" || r.Verdict != "≈ 100 ms without replies" {
+	if r := find("vxlan, weftd SIGTERM + start on receiver", "pings lost (ping -i 0.01: 100/s achieved)"); r.Result != "10 of 250 (restart→ready 400 ms)" || r.Verdict != "≈ 100 ms without replies" {
 		t.Errorf("restart: %+v", r)
 	}
 	if r := find("udp, weftd SIGTERM + start on receiver", "all"); r.Result != "error: lab exploded" {

@@ -214,8 +214,19 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 	gcancel()
 	run.ListTime = time.Since(t)
 
-	if run.FloorAdd, run.FloorDel, err = KernelFloor(opts.Name+"f", initial); err != nil {
-		return fmt.Errorf("kernel floor: %w", err)
+	// The direct-netlink reference: best of two, as other load on the
+	// machine only ever makes it slower.
+	for i := range 2 {
+		add, del, err := KernelFloor(opts.Name+"f", initial)
+		if err != nil {
+			return fmt.Errorf("direct netlink reference: %w", err)
+		}
+		if i == 0 || add < run.FloorAdd {
+			run.FloorAdd = add
+		}
+		if i == 0 || del < run.FloorDel {
+			run.FloorDel = del
+		}
 	}
 
 	hns, err := netns.GetFromPath(h.NS)

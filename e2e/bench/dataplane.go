@@ -80,47 +80,83 @@ type Endpoint struct {
 // iperfPort is the port the iperf3 server listens on.
 const iperfPort = 5201
 
-// MeasurePath measures throughput (1 and 4 streams, secs seconds each),
-// median RTT over pings and, when pids is not empty, the CPU those
-// processes used during the transfers.
-func MeasurePath(ctx context.Context, src, dst Endpoint, secs int, pings int, pids []int) (Path, error) {
-	var p Path
-	srv, err := startInNS(dst.NS, "iperf3", "-s", "-p", strconv.Itoa(iperfPort))
-	if err != nil {
-		return p, err
-	}
-	defer srv.kill()
+// Route is a path to measure: traffic from Src to Dst, and the weftd
+// processes whose CPU time counts against it (none for the underlay).
+type Route struct {
+	Src, Dst Endpoint
+	PIDs     []int
+}
 
-	// Warm up: resolve neighbours and make sure the path works at all.
-	if _, err := PingRTTs(ctx, src.NS, dst.IP, 3, 20*time.Millisecond); err != nil {
-		return p, err
-	}
-	cpu0, err := cpuTicks(pids)
-	if err != nil {
-		return p, err
-	}
-	t0 := time.Now()
-	if p.TCP1, err = runIperf(ctx, src.NS, dst.IP, secs, 1, srv); err != nil {
-		return p, err
-	}
-	if p.TCP4, err = runIperf(ctx, src.NS, dst.IP, secs, 4, srv); err != nil {
-		return p, err
-	}
-	wall := time.Since(t0)
-	p.WeftdCPU = -1
-	if len(pids) > 0 {
-		cpu1, err := cpuTicks(pids)
+// MeasurePaths measures several paths under the same conditions: it runs
+// reps rounds, and in each round a 1-stream and then a 4-stream transfer
+// of secs seconds on every path in turn, so that load from elsewhere on
+// the machine hits all paths alike; each throughput is the median over
+// the rounds. It then takes the median RTT of pings 50 ms apart per path.
+// weftd CPU is the PIDs' utime+stime during that path's transfers.
+func MeasurePaths(ctx context.Context, routes []Route, secs, reps, pings int) ([]Path, error) {
+	out := make([]Path, len(routes))
+	srvs := make([]*bgProc, len(routes))
+	for i, r := range routes {
+		srv, err := startInNS(r.Dst.NS, "iperf3", "-s", "-p", strconv.Itoa(iperfPort))
 		if err != nil {
-			return p, err
+			return nil, err
 		}
-		p.WeftdCPU = 100 * float64(cpu1-cpu0) / clockTicks / wall.Seconds()
+		defer srv.kill()
+		// Warm up: resolve neighbours and make sure the path works at all.
+		if _, err := PingRTTs(ctx, r.Src.NS, r.Dst.IP, 3, 20*time.Millisecond); err != nil {
+			return nil, err
+		}
+		srvs[i] = srv
 	}
-	rtts, err := PingRTTs(ctx, src.NS, dst.IP, pings, 50*time.Millisecond)
-	if err != nil {
-		return p, err
+	tcp1 := make([][]float64, len(routes))
+	tcp4 := make([][]float64, len(routes))
+	retr1 := make([][]float64, len(routes))
+	retr4 := make([][]float64, len(routes))
+	ticks := make([]int64, len(routes))
+	wall := make([]time.Duration, len(routes))
+	for range reps {
+		for _, streams := range []int{1, 4} {
+			for i, r := range routes {
+				c0, err := cpuTicks(r.PIDs)
+				if err != nil {
+					return nil, err
+				}
+				t0 := time.Now()
+				res, err := runIperf(ctx, r.Src.NS, r.Dst.IP, secs, streams, srvs[i])
+				if err != nil {
+					return nil, err
+				}
+				wall[i] += time.Since(t0)
+				c1, err := cpuTicks(r.PIDs)
+				if err != nil {
+					return nil, err
+				}
+				ticks[i] += c1 - c0
+				if streams == 1 {
+					tcp1[i] = append(tcp1[i], res.BitsPerSecond)
+					retr1[i] = append(retr1[i], float64(res.Retransmits))
+				} else {
+					tcp4[i] = append(tcp4[i], res.BitsPerSecond)
+					retr4[i] = append(retr4[i], float64(res.Retransmits))
+				}
+			}
+		}
 	}
-	p.RTT, p.Pings = Median(rtts), len(rtts)
-	return p, nil
+	for i, r := range routes {
+		p := &out[i]
+		p.TCP1 = Iperf{BitsPerSecond: MedianFloat(tcp1[i]), Retransmits: int(MedianFloat(retr1[i])), Seconds: float64(secs)}
+		p.TCP4 = Iperf{BitsPerSecond: MedianFloat(tcp4[i]), Retransmits: int(MedianFloat(retr4[i])), Seconds: float64(secs)}
+		p.WeftdCPU = -1
+		if len(r.PIDs) > 0 {
+			p.WeftdCPU = 100 * float64(ticks[i]) / clockTicks / wall[i].Seconds()
+		}
+		rtts, err := PingRTTs(ctx, r.Src.NS, r.Dst.IP, pings, 50*time.Millisecond)
+		if err != nil {
+			return nil, err
+		}
+		p.RTT, p.Pings = Median(rtts), len(rtts)
+	}
+	return out, nil
 }
 
 func cpuTicks(pids []int) (int64, error) {

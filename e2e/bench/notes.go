@@ -13,7 +13,9 @@ func Notes(r Results) []string {
 		n = append(n,
 			"Data path: a fresh 2-host lab per backend, one pod per host. TCP throughput is `iperf3 -J` from the pod on host 1 "+
 				"to an iperf3 server in the pod on host 2, receiver side, 1 and 4 streams; the physical limit is the same "+
-				"traffic between the two host namespaces over the raw veth/bridge underlay (host IP to host IP). "+
+				"traffic between the two host namespaces over the raw veth/bridge underlay (host IP to host IP), measured in "+
+				"the same lab with the transfers interleaved (underlay, pod, underlay, pod, ...) and each figure the median "+
+				"over the rounds (3 rounds of 5 s; 1 round of 2 s with --quick). "+
 				"RTT is the median of 20 pings 50 ms apart. weftd CPU is utime+stime of both hosts' weftd during the two "+
 				"transfers (/proc/<pid>/stat), as a share of one core. All hosts share this machine's cores, so the "+
 				"physical limit is CPU-bound, not a wire speed.")
@@ -24,8 +26,10 @@ func Notes(r Results) []string {
 				"(unique VtepMACs, PublicIPs cycling through 203.0.113.0/24 and 198.51.100.0/24, one etcd lease with a 1 h TTL) are "+
 				"written in transactions of %d Puts before weftd starts; start-up is weftd start until all N routes (protocol %d) "+
 				"are in the host namespace, polled every 20 ms through netlink. Join writes N more leases at once (the clock starts "+
-				"before the first transaction); leave deletes them. The kernel floor programs the same N neighbour entries, FDB "+
-				"entries and routes with one netlink handle in a scratch namespace, one request at a time.",
+				"before the first transaction); leave deletes them. The direct-netlink reference programs (then removes) the same N "+
+				"neighbour entries, FDB entries and routes with one netlink handle in a scratch namespace, one request at a time, "+
+				"best of two runs: what the kernel work alone costs when done naively, not a hard floor (batching can beat it). "+
+				"Targets (issue #9) apply at 5000 peers; RSS is VmRSS from /proc/<pid>/status after the leave phase.",
 				controlNetwork, controlSubnetLen, txnOps, 87))
 	}
 	if r.CNI != nil {

@@ -47,7 +47,7 @@ func sleep(ctx context.Context, d time.Duration) {
 func MeasureRestart(ctx context.Context, src, dst *lab.Pod, h *lab.Host) Restart {
 	var r Restart
 	var err error
-	r.BaseSent, r.BaseRecv, _, err = PingFlood(ctx, src.NSName, dst.IP.String(), 3*time.Second, 0, func() error { return nil })
+	r.BaseSent, r.BaseRecv, r.BaseWindow, err = PingFlood(ctx, src.NSName, dst.IP.String(), 3*time.Second, 0, func() error { return nil })
 	if err != nil {
 		r.Err = err
 		return r
