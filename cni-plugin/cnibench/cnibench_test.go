@@ -46,7 +46,7 @@ func setup(t testing.TB, ipMasq bool) Config {
 		Network: netip.MustParsePrefix("198.18.0.0/16"),
 		Subnet:  netip.MustParsePrefix("198.18.5.1/24"),
 		MTU:     1450,
-		IPMasq:  ipMasq,
+		IPMasq:  !ipMasq, // the plugin's ipMasq defaults to the opposite
 	}
 	sf := filepath.Join(dir, "subnet.env")
 	if err := subnet.WriteEnvFile(sf, env); err != nil {

@@ -51,7 +51,7 @@ var (
 		Network: netip.MustParsePrefix("198.18.0.0/16"),
 		Subnet:  netip.MustParsePrefix("198.18.5.1/24"),
 		MTU:     1450,
-		IPMasq:  true,
+		IPMasq:  false, // weftd does not masquerade, so the plugin does
 	}
 	gw = "198.18.5.1"
 )
@@ -678,6 +678,24 @@ func TestRoutesHairpinAndMTUOverride(t *testing.T) {
 	}
 	if nat := h.iptablesNAT(t); strings.Contains(nat, "WEFT-MASQ") {
 		t.Errorf("ipMasq=false still installed masquerade rules:\n%s", nat)
+	}
+	if err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt); err != nil {
+		t.Fatal(err)
+	}
+	h.del(t, p)
+}
+
+func TestNoMasqueradeWhenWeftdDoesIt(t *testing.T) {
+	h := newHarness(t, opts{})
+	e := testEnv
+	e.IPMasq = true // weftd --ip-masq
+	if err := subnet.WriteEnvFile(h.subnetFile, e); err != nil {
+		t.Fatal(err)
+	}
+	p := h.newPod(t)
+	h.add(t, p)
+	if nat := h.iptablesNAT(t); strings.Contains(nat, "WEFT-MASQ") {
+		t.Fatalf("the plugin masqueraded although FLANNEL_IPMASQ=true:\n%s", nat)
 	}
 	if err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt); err != nil {
 		t.Fatal(err)

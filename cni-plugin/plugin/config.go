@@ -195,7 +195,9 @@ func (c *NetConf) Resolve(env subnet.Env) (*Settings, error) {
 		DataDir:    c.DataDir,
 		Bridge:     c.Bridge,
 		MTU:        env.MTU,
-		IPMasq:     env.IPMasq,
+		// As with flannel's plugin and Docker's --ip-masq: the plugin
+		// masquerades exactly when weftd does not (FLANNEL_IPMASQ=false).
+		IPMasq:     !env.IPMasq,
 		Hairpin:    c.HairpinMode,
 		DefaultGW:  true,
 		Network:    env.Network.Masked(),

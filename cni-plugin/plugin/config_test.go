@@ -31,13 +31,31 @@ func TestParseConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Settings{
-		Name: "weft", DataDir: DefaultDataDir, Bridge: DefaultBridge, MTU: 1450, IPMasq: true, DefaultGW: true,
+		Name: "weft", DataDir: DefaultDataDir, Bridge: DefaultBridge, MTU: 1450, IPMasq: false, DefaultGW: true,
 		Network: testEnv.Network, Subnet: netip.MustParsePrefix("198.18.5.0/24"), Gateway: netip.MustParseAddr("198.18.5.1"),
 		SubnetFile: DefaultSubnetFile,
 	}
 	if s.Name != want.Name || s.MTU != want.MTU || s.IPMasq != want.IPMasq || !s.DefaultGW || s.Hairpin ||
 		s.Network != want.Network || s.Subnet != want.Subnet || s.Gateway != want.Gateway || s.Bridge != want.Bridge {
 		t.Fatalf("got %+v\nwant %+v", *s, want)
+	}
+}
+
+func TestIPMasqDefaultIsOppositeOfWeftd(t *testing.T) {
+	conf, err := ParseConfig([]byte(`{"cniVersion":"1.1.0","name":"weft","type":"weft"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, weftdMasq := range []bool{true, false} {
+		e := testEnv
+		e.IPMasq = weftdMasq
+		s, err := conf.Resolve(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.IPMasq == weftdMasq {
+			t.Errorf("FLANNEL_IPMASQ=%v gave ipMasq=%v; exactly one of weftd and the plugin should masquerade", weftdMasq, s.IPMasq)
+		}
 	}
 }
 
