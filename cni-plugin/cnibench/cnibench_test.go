@@ -58,9 +58,11 @@ func setup(t testing.TB, ipMasq bool) Config {
 }
 
 // TestLatency prints ADD/DEL latency: go test -v -run TestLatency ./cni-plugin/cnibench
+// It runs only with -v, so that plain test runs do not spend a minute of CPU
+// on it. WCN_BENCH_LOG=<file> makes the plugin log its step timings there.
 func TestLatency(t *testing.T) {
-	if testing.Short() {
-		t.Skip("benchmark")
+	if testing.Short() || !testing.Verbose() {
+		t.Skip("benchmark: run with go test -v -run TestLatency")
 	}
 	for _, masq := range []bool{true, false} {
 		cfg := setup(t, masq)
