@@ -15,7 +15,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -64,8 +63,6 @@ func newLogger(conf *NetConf) (*slog.Logger, func()) {
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), func() {}
 }
-
-var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // loadEnv reads the subnet file; a missing or bad file means weftd has not
 // (yet) written it.
