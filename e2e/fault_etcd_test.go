@@ -16,7 +16,7 @@ import (
 	"github.com/weftnet/weft/e2e/lab"
 )
 
-// TestFaultEtcdDownAtStart starts weftd before etcd exists: /readyz must
+// TestFaultEtcdDownAtStart starts weftd 15 s before etcd: /readyz must
 // answer 503 naming etcd, weftd must keep running, and once etcd starts
 // every host must be ready within 5 s.
 func TestFaultEtcdDownAtStart(t *testing.T) {
@@ -42,7 +42,9 @@ func TestFaultEtcdDownAtStart(t *testing.T) {
 		}
 		t.Logf("%s: /readyz while etcd is down: %s", h.Name, last)
 	}
-	time.Sleep(3 * time.Second)
+	// Long enough for gRPC's reconnect backoff to grow: a waiting weftd
+	// must still notice etcd quickly once it is back.
+	time.Sleep(15 * time.Second)
 	for _, h := range l.Hosts {
 		if !weftdRunning(h) {
 			t.Fatalf("%s: weftd exited while etcd was down", h.Name)
@@ -147,8 +149,9 @@ func TestFaultEtcdOutage(t *testing.T) {
 			// Our lease is renewed after the outage: each host's etcd
 			// lease TTL goes back up, and the key keeps its lease.
 			for _, h := range l.Hosts {
-				checkRenewed(t, ctx, cli, h, subnets[h], ttl)
+				wg.Go(func() { checkRenewed(t, ctx, cli, h, subnets[h], ttl) })
 			}
+			wg.Wait()
 			if _, err := cli.Delete(ctx, leaseKey(peer)); err != nil {
 				t.Fatal(err)
 			}

@@ -245,6 +245,16 @@ func TestFaultPeers(t *testing.T) {
 		}
 	})
 
+	// A healthy cluster logs no errors: every ERROR line is an alert for
+	// someone. (Runs last: it covers everything above.)
+	defer t.Run("no errors logged", func(t *testing.T) {
+		for _, h := range l.Hosts[:2] {
+			for _, line := range logLines(h, "level=ERROR") {
+				t.Errorf("%s: %s", h.Name, line)
+			}
+		}
+	})
+
 	t.Run("peer leaves within 1s", func(t *testing.T) {
 		gone := l.Host(3)
 		sn := ownSubnet(t, ctx, gone)
