@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"text/tabwriter"
+	"time"
+
+	"github.com/weftnet/weft/subnet"
+	"github.com/weftnet/weft/subnet/etcd"
+)
+
+// leaseJSON is one element of `weftctl leases -o json`.
+type leaseJSON struct {
+	Subnet           string          `json:"subnet,omitempty"`
+	PublicIP         string          `json:"publicIP,omitempty"`
+	Backend          string          `json:"backend,omitempty"`
+	VtepMAC          string          `json:"vtepMAC,omitempty"`
+	Expires          *time.Time      `json:"expires,omitempty"`
+	ExpiresInSeconds *int64          `json:"expiresInSeconds,omitempty"`
+	Reserved         bool            `json:"reserved"`
+	EtcdLease        string          `json:"etcdLease,omitempty"`
+	ModRevision      int64           `json:"modRevision,omitempty"`
+	Value            json.RawMessage `json:"value,omitempty"`
+}
+
+// invalidJSON is an element of `weftctl leases -o json` for a key whose
+// name or value does not parse.
+type invalidJSON struct {
+	Invalid bool   `json:"invalid"`
+	Key     string `json:"key"`
+	Value   string `json:"value"`
+	Error   string `json:"error"`
+}
+
+func cmdLeases(ctx context.Context, e *env, c *cmdFlags, args []string) error {
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	reg, err := e.registry()
+	if err != nil {
+		return err
+	}
+	snap, err := reg.Leases(ctx)
+	if err != nil {
+		return err
+	}
+	if c.output == "json" {
+		return writeLeasesJSON(e.stdout, snap, e.timeNow())
+	}
+	return writeLeasesTable(e.stdout, snap, e.timeNow())
+}
+
+// backendName is the BackendType, "udp" when empty (flannel's udp leases
+// carry no BackendType).
+func backendName(a subnet.LeaseAttrs) string {
+	if a.BackendType == "" {
+		return "udp"
+	}
+	return a.BackendType
+}
+
+// vtepMAC returns the VTEP MAC of a vxlan lease, "" otherwise.
+func vtepMAC(a subnet.LeaseAttrs) string {
+	if a.BackendType != "vxlan" {
+		return ""
+	}
+	_, mac, err := subnet.ParseVXLANData(a.BackendData)
+	if err != nil {
+		return "invalid"
+	}
+	return mac.String()
+}
+
+// expiresIn renders the time left: "23h59m", "42s", "never" for a
+// reservation, "expired" when it has run out or is unknown.
+func expiresIn(l subnet.Lease, now time.Time) string {
+	if l.Reservation {
+		return "never"
+	}
+	if l.Expiration.IsZero() || !l.Expiration.After(now) {
+		return "expired"
+	}
+	return shortDuration(l.Expiration.Sub(now))
+}
+
+// shortDuration renders d as "1d2h", "23h59m", "5m3s" or "42s", truncated.
+func shortDuration(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "-" + shortDuration(-d)
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%ds", int(d/time.Minute), int(d%time.Minute/time.Second))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh%dm", int(d/time.Hour), int(d%time.Hour/time.Minute))
+	default:
+		return fmt.Sprintf("%dd%dh", int(d/(24*time.Hour)), int(d%(24*time.Hour)/time.Hour))
+	}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func writeLeasesTable(w io.Writer, snap etcd.Snapshot, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED")
+	for _, l := range snap.Leases {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, backendName(l.Attrs),
+			dash(vtepMAC(l.Attrs)), expiresIn(l, now), yesNo(l.Reservation))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(snap.Invalid) > 0 {
+		fmt.Fprintf(w, "\n%d invalid key(s), ignored by weftd:\n", len(snap.Invalid))
+		for _, inv := range snap.Invalid {
+			fmt.Fprintf(w, "  %s: %v\n", inv.Key, inv.Err)
+		}
+	}
+	return nil
+}
+
+func writeLeasesJSON(w io.Writer, snap etcd.Snapshot, now time.Time) error {
+	out := make([]any, 0, len(snap.Leases)+len(snap.Invalid))
+	for _, l := range snap.Leases {
+		value, _ := l.Attrs.MarshalJSON()
+		j := leaseJSON{
+			Subnet:      l.Subnet.String(),
+			PublicIP:    l.Attrs.PublicIP.String(),
+			Backend:     backendName(l.Attrs),
+			VtepMAC:     vtepMAC(l.Attrs),
+			Reserved:    l.Reservation,
+			ModRevision: l.ModRevision,
+			Value:       value,
+		}
+		if !l.Reservation {
+			j.EtcdLease = fmt.Sprintf("%x", l.EtcdLease)
+			if !l.Expiration.IsZero() {
+				exp := l.Expiration.UTC().Truncate(time.Second)
+				secs := int64(max(0, l.Expiration.Sub(now)) / time.Second)
+				j.Expires, j.ExpiresInSeconds = &exp, &secs
+			}
+		}
+		out = append(out, j)
+	}
+	for _, inv := range snap.Invalid {
+		out = append(out, invalidJSON{Invalid: true, Key: inv.Key, Value: string(inv.Value), Error: inv.Err.Error()})
+	}
+	return writeJSON(w, out)
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// parseSubnetArg parses a SUBNET argument, accepting flannel's key form too
+// ("198.18.7.0-24").
+func parseSubnetArg(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		if p2, err2 := subnet.ParseSubnetKey(s); err2 == nil {
+			return p2, nil
+		}
+		return netip.Prefix{}, usagef("%q is not a subnet such as 198.18.7.0/24", s)
+	}
+	if !p.Addr().Is4() || p.Masked() != p {
+		return netip.Prefix{}, usagef("%s is not a masked IPv4 subnet (did you mean %s?)", s, p.Masked())
+	}
+	return p, nil
+}

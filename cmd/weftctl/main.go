@@ -1,0 +1,333 @@
+// Command weftctl is the operator CLI for weft: it lists, watches, reserves
+// and releases subnet leases in etcd, reads and writes the network config,
+// asks the local weftd for its status, and prints Docker options from
+// subnet.env.
+//
+// Every command is a function that writes to an io.Writer, so tests run them
+// in-process against an embedded etcd. main calls os.Exit(run(...)) once.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weftnet/weft/subnet/etcd"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0 // success
+	exitFailed  = 1 // the operation failed or the input was invalid
+	exitUsage   = 2 // bad command line
+	defaultAddr = "127.0.0.1:8471"
+)
+
+// command is one entry of the command table. To add a command (doctor, for
+// example), append an entry to commands; run does the rest.
+type command struct {
+	name    string
+	args    string // synopsis after the name
+	summary string
+	// flags declares the command's own flags on fs; it may be nil.
+	flags func(fs *flag.FlagSet, c *cmdFlags)
+	// run does the work. Positional arguments are in args.
+	run func(ctx context.Context, e *env, c *cmdFlags, args []string) error
+}
+
+// commands is the command table, in the order help lists them.
+var commands = []command{
+	{name: "leases", summary: "list every subnet lease and reservation in etcd", run: cmdLeases},
+	{name: "config", args: "get | set FILE|-", summary: "print or replace the network config (set validates first)", run: cmdConfig},
+	{name: "watch", args: "[--since REV]", summary: "stream lease changes: added, renewed, updated, removed",
+		flags: func(fs *flag.FlagSet, c *cmdFlags) {
+			fs.Int64Var(&c.since, "since", 0, "start from this etcd revision (default: now)")
+		}, run: cmdWatch},
+	{name: "reserve", args: "SUBNET --public-ip IP", summary: "reserve SUBNET for the host with public IP (never expires)",
+		flags: func(fs *flag.FlagSet, c *cmdFlags) {
+			fs.StringVar(&c.publicIP, "public-ip", "", "public IPv4 address of the host the subnet is reserved for")
+		}, run: cmdReserve},
+	{name: "release", args: "SUBNET", summary: "remove the reservation of SUBNET", run: cmdRelease},
+	{name: "status", args: "[--addr HOST:PORT]", summary: "show the local weftd's status (GET /status)",
+		flags: func(fs *flag.FlagSet, c *cmdFlags) {
+			fs.StringVar(&c.addr, "addr", "", "address of weftd's HTTP endpoints (default 127.0.0.1:$WEFTD_HEALTHZ_PORT, else "+defaultAddr+")")
+		}, run: cmdStatus},
+	{name: "docker-opts", args: "[--subnet-file PATH] [--format env|args]", summary: "print Docker daemon options from subnet.env",
+		flags: func(fs *flag.FlagSet, c *cmdFlags) {
+			fs.StringVar(&c.subnetFile, "subnet-file", "", "subnet file written by weftd (default $WEFTD_SUBNET_FILE, else /run/flannel/subnet.env)")
+			fs.StringVar(&c.format, "format", "env", "env: DOCKER_OPT_* and DOCKER_OPTS lines; args: the options on one line")
+		}, run: cmdDockerOpts},
+	{name: "help", summary: "show this help", run: nil},
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], &env{getenv: os.Getenv, stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr})
+	stop()
+	os.Exit(code)
+}
+
+// env is what a command may touch: the environment and the standard streams.
+type env struct {
+	getenv func(string) string
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	now    func() time.Time // nil: time.Now
+
+	cli *clientv3.Client
+	reg *etcd.Registry
+	cf  *cmdFlags
+}
+
+func (e *env) timeNow() time.Time {
+	if e.now != nil {
+		return e.now()
+	}
+	return time.Now()
+}
+
+// registry connects to etcd on first use.
+func (e *env) registry() (*etcd.Registry, error) {
+	if e.reg != nil {
+		return e.reg, nil
+	}
+	cli, err := etcd.NewClient(e.cf.clientOptions())
+	if err != nil {
+		return nil, err
+	}
+	e.cli = cli
+	e.reg = etcd.NewRegistry(cli, e.cf.prefix)
+	return e.reg, nil
+}
+
+func (e *env) close() {
+	if e.cli != nil {
+		e.cli.Close()
+	}
+}
+
+// cmdFlags holds every flag; the etcd and output flags are accepted both
+// before and after the command name.
+type cmdFlags struct {
+	endpoints, prefix                  string
+	keyfile, certfile, cafile          string
+	username, password                 string
+	output                             string
+	since                              int64
+	publicIP, addr, subnetFile, format string
+}
+
+func (c *cmdFlags) clientOptions() etcd.ClientOptions {
+	o := etcd.ClientOptions{KeyFile: c.keyfile, CertFile: c.certfile, CAFile: c.cafile, Username: c.username, Password: c.password}
+	for _, ep := range strings.Split(c.endpoints, ",") {
+		if ep = strings.TrimSpace(ep); ep != "" {
+			o.Endpoints = append(o.Endpoints, ep)
+		}
+	}
+	return o
+}
+
+// envFlags are the flags that fall back to WEFTD_<FLAG> then FLANNELD_<FLAG>.
+var envFlags = []string{"etcd-endpoints", "etcd-prefix", "etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username", "etcd-password"}
+
+func commonFlags(fs *flag.FlagSet, c *cmdFlags) {
+	fs.StringVar(&c.endpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "comma-separated list of etcd endpoints")
+	fs.StringVar(&c.prefix, "etcd-prefix", etcd.DefaultPrefix, "etcd key prefix of the network config and leases")
+	fs.StringVar(&c.keyfile, "etcd-keyfile", "", "TLS client key file (TLS is used when both key and certificate are set)")
+	fs.StringVar(&c.certfile, "etcd-certfile", "", "TLS client certificate file")
+	fs.StringVar(&c.cafile, "etcd-cafile", "", "TLS CA bundle that signed etcd's server certificate")
+	fs.StringVar(&c.username, "etcd-username", "", "etcd user name")
+	fs.StringVar(&c.password, "etcd-password", "", "etcd password")
+	fs.StringVar(&c.output, "o", "table", "output format: table or json")
+}
+
+// usageError is a bad command line: exit code 2.
+type usageError struct{ msg string }
+
+func (u usageError) Error() string { return u.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+// run executes one command line and returns the exit code.
+func run(ctx context.Context, args []string, e *env) int {
+	defer e.close()
+	c := &cmdFlags{}
+	e.cf = c
+	given := map[string]bool{}
+
+	global := flag.NewFlagSet("weftctl", flag.ContinueOnError)
+	global.SetOutput(io.Discard)
+	commonFlags(global, c)
+	if err := global.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(e.stdout)
+			return exitOK
+		}
+		fmt.Fprintf(e.stderr, "weftctl: %v\n\n", err)
+		usage(e.stderr)
+		return exitUsage
+	}
+	global.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	rest := global.Args()
+	if len(rest) == 0 {
+		usage(e.stderr)
+		return exitUsage
+	}
+	name, rest := rest[0], rest[1:]
+	var cmd *command
+	for i := range commands {
+		if commands[i].name == name {
+			cmd = &commands[i]
+		}
+	}
+	if cmd == nil {
+		fmt.Fprintf(e.stderr, "weftctl: unknown command %q\n\n", name)
+		usage(e.stderr)
+		return exitUsage
+	}
+	if cmd.run == nil { // help
+		usage(e.stdout)
+		return exitOK
+	}
+
+	// The common flags may come before or after the command name. Declaring
+	// them again resets them to their defaults, so replay the ones given
+	// before the name; the ones given after it win.
+	before := map[string]string{}
+	global.Visit(func(f *flag.Flag) { before[f.Name] = f.Value.String() })
+	fs := flag.NewFlagSet("weftctl "+cmd.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	commonFlags(fs, c)
+	if cmd.flags != nil {
+		cmd.flags(fs, c)
+	}
+	for name, v := range before {
+		fs.Set(name, v)
+	}
+	positional, err := parseInterspersed(fs, rest)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			commandUsage(e.stdout, cmd, fs)
+			return exitOK
+		}
+		fmt.Fprintf(e.stderr, "weftctl %s: %v\n", cmd.name, err)
+		commandUsage(e.stderr, cmd, fs)
+		return exitUsage
+	}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	applyEnv(c, given, e.getenv)
+	if c.output != "table" && c.output != "json" {
+		fmt.Fprintf(e.stderr, "weftctl %s: -o must be table or json, not %q\n", cmd.name, c.output)
+		return exitUsage
+	}
+
+	err = cmd.run(ctx, e, c, positional)
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(e.stderr, "weftctl %s: %v\n", cmd.name, err)
+		commandUsage(e.stderr, cmd, fs)
+		return exitUsage
+	default:
+		msg := err.Error()
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			msg += fmt.Sprintf(" (is etcd reachable at %s?)", c.endpoints)
+		}
+		fmt.Fprintf(e.stderr, "weftctl %s: %s\n", cmd.name, msg)
+		return exitFailed
+	}
+}
+
+// applyEnv fills the etcd flags not given on the command line from
+// WEFTD_<FLAG>, then FLANNELD_<FLAG>.
+func applyEnv(c *cmdFlags, given map[string]bool, getenv func(string) string) {
+	targets := map[string]*string{
+		"etcd-endpoints": &c.endpoints, "etcd-prefix": &c.prefix,
+		"etcd-keyfile": &c.keyfile, "etcd-certfile": &c.certfile, "etcd-cafile": &c.cafile,
+		"etcd-username": &c.username, "etcd-password": &c.password,
+	}
+	for _, name := range envFlags {
+		if given[name] {
+			continue
+		}
+		for _, p := range []string{"WEFTD_", "FLANNELD_"} {
+			if v := getenv(envName(p, name)); v != "" {
+				*targets[name] = v
+				break
+			}
+		}
+	}
+}
+
+func envName(prefix, flagName string) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseInterspersed parses flags that may appear between positional
+// arguments ("reserve 198.18.7.0/24 --public-ip 192.0.2.11").
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return positional, nil
+		}
+		if args[0] == "--" {
+			return append(positional, args[1:]...), nil
+		}
+		positional = append(positional, args[0])
+		args = args[1:]
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "weftctl: operate a weft network (flannel etcd-mode compatible)\n\n")
+	fmt.Fprintf(w, "Usage: weftctl [etcd flags] COMMAND [flags] [args]\n\nCommands:\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, c := range commands {
+		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nFlags accepted by every command (before or after its name):\n")
+	fs := flag.NewFlagSet("weftctl", flag.ContinueOnError)
+	commonFlags(fs, &cmdFlags{})
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fmt.Fprintf(w, `
+Each --etcd-* flag not given falls back to the environment variable WEFTD_<FLAG>,
+then FLANNELD_<FLAG> (upper case, '-' as '_'), e.g. WEFTD_ETCD_ENDPOINTS.
+
+Exit codes:
+  0  success
+  1  the operation failed (etcd unreachable, key absent, refused) or the input was invalid
+  2  usage error (unknown command, bad flag, missing argument)
+`)
+}
+
+func commandUsage(w io.Writer, c *command, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage: weftctl %s %s\n  %s\n", c.name, c.args, c.summary)
+	if c.flags != nil {
+		own := flag.NewFlagSet(c.name, flag.ContinueOnError)
+		c.flags(own, &cmdFlags{})
+		own.SetOutput(w)
+		fmt.Fprintln(w, "Flags:")
+		own.PrintDefaults()
+	}
+	fmt.Fprintln(w, "Run 'weftctl help' for the etcd flags and exit codes.")
+}

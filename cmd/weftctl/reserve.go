@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+)
+
+func cmdReserve(ctx context.Context, e *env, c *cmdFlags, args []string) error {
+	if len(args) != 1 {
+		return usagef("want exactly one SUBNET")
+	}
+	sn, err := parseSubnetArg(args[0])
+	if err != nil {
+		return err
+	}
+	if c.publicIP == "" {
+		return usagef("--public-ip is required")
+	}
+	ip, err := netip.ParseAddr(c.publicIP)
+	if err != nil || !ip.Is4() {
+		return usagef("--public-ip %q is not an IPv4 address", c.publicIP)
+	}
+	reg, err := e.registry()
+	if err != nil {
+		return err
+	}
+	if err := reg.Reserve(ctx, sn, ip); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "reserved %s for %s\n", sn, ip)
+	return nil
+}
+
+func cmdRelease(ctx context.Context, e *env, c *cmdFlags, args []string) error {
+	if len(args) != 1 {
+		return usagef("want exactly one SUBNET")
+	}
+	sn, err := parseSubnetArg(args[0])
+	if err != nil {
+		return err
+	}
+	reg, err := e.registry()
+	if err != nil {
+		return err
+	}
+	if err := reg.Release(ctx, sn); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "released %s\n", sn)
+	return nil
+}

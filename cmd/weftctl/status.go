@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/weftnet/weft/internal/apitypes"
+)
+
+func cmdStatus(ctx context.Context, e *env, c *cmdFlags, args []string) error {
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	addr := c.addr
+	if addr == "" {
+		addr = defaultAddr
+		if p := e.getenv("WEFTD_HEALTHZ_PORT"); p != "" && p != "0" {
+			addr = net.JoinHostPort("127.0.0.1", p)
+		}
+	}
+	url := "http://" + addr + "/status"
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return usagef("--addr %q: %v", addr, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("ask weftd: %w (is weftd running with --healthz-port?)", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("ask weftd: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("ask weftd: GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
+	}
+	var st apitypes.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("ask weftd: GET %s: bad JSON: %w", url, err)
+	}
+	if c.output == "json" {
+		return writeJSON(e.stdout, st)
+	}
+	return writeStatus(e.stdout, st, e.timeNow())
+}
+
+// since renders a past timestamp as "3s ago (2026-11-26T04:00:00Z)".
+func since(t, now time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return fmt.Sprintf("%s ago (%s)", shortDuration(now.Sub(t)), t.UTC().Format(time.RFC3339))
+}
+
+func writeStatus(w io.Writer, st apitypes.Status, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	line := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+
+	lease := dash(st.Lease)
+	switch {
+	case st.Lease == "":
+		lease = "none"
+	case st.Reservation:
+		lease += " (reservation, never expires)"
+	case !st.LeaseExpires.IsZero():
+		lease += fmt.Sprintf(" (expires in %s)", shortDuration(st.LeaseExpires.Sub(now)))
+	}
+	ready := "yes"
+	if !st.Ready {
+		ready = "no"
+		if st.NotReadyReason != "" {
+			ready += ": " + st.NotReadyReason
+		}
+	}
+	line("Ready", ready)
+	line("Lease", lease)
+	line("Public IP", dash(st.PublicIP))
+	be := dash(st.Backend)
+	if st.Device != "" {
+		be += " (device " + st.Device + ")"
+	}
+	line("Backend", be)
+	line("External interface", dash(st.ExternalInterface))
+	line("MTU", fmt.Sprint(st.MTU))
+	if st.SubnetFile != "" {
+		line("Subnet file", st.SubnetFile)
+	}
+	line("Peers", fmt.Sprintf("%d known, %d programmed, %d refused", st.PeersKnown, st.PeersProgrammed, len(st.PeersRefused)))
+	refused := make([]string, 0, len(st.PeersRefused))
+	for k := range st.PeersRefused {
+		refused = append(refused, k)
+	}
+	sort.Strings(refused)
+	for _, k := range refused {
+		line("  refused "+k, st.PeersRefused[k])
+	}
+	if st.LeasesSkipped > 0 {
+		line("Leases skipped", fmt.Sprint(st.LeasesSkipped))
+	}
+	line("Last reconcile", since(st.LastReconcile, now))
+	line("Last etcd contact", since(st.LastEtcdContact, now))
+	line("Restart needed", yesNo(st.RestartNeeded))
+	if st.ConfigError != "" {
+		line("Config error", st.ConfigError)
+	}
+	if st.LastError != "" {
+		line("Last error", st.LastError)
+	}
+	if st.Version != "" {
+		line("Version", st.Version)
+	}
+	return tw.Flush()
+}
