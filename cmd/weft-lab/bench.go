@@ -115,5 +115,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		fmt.Fprintf(stderr, "bench: report written to %s\n", c.out)
 	}
+	// Missed targets are results; failed measurements are errors.
+	if failed := res.Failed(); len(failed) > 0 {
+		return fmt.Errorf("%d measurement(s) failed:\n  %s", len(failed), strings.Join(failed, "\n  "))
+	}
 	return nil
 }

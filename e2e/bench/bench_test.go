@@ -289,6 +289,9 @@ func TestTable(t *testing.T) {
 	if r := find("udp, weftd SIGTERM + start on receiver", "all"); r.Result != "error: lab exploded" {
 		t.Errorf("restart error: %+v", r)
 	}
+	if f := sampleResults().Failed(); len(f) != 1 || f[0] != "restart udp: lab exploded" {
+		t.Errorf("Failed = %q", f)
+	}
 	missed := sampleResults().Missed()
 	if len(missed) != 1 || !strings.Contains(missed[0], "start-up with 5000 peers") {
 		t.Errorf("Missed = %q", missed)

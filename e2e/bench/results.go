@@ -252,3 +252,30 @@ func outage(rs Restart) string {
 	}
 	return fmt.Sprintf("≈ %s without replies", fmtDur(time.Duration(int64(rs.Window)*int64(lost)/int64(rs.Sent))))
 }
+
+// Failed lists the measurements that ended in an error, as
+// "section case: error".
+func (r Results) Failed() []string {
+	var out []string
+	if r.Dataplane != nil {
+		for _, b := range r.Dataplane.Backends {
+			if b.Err != nil {
+				out = append(out, fmt.Sprintf("data path %s: %v", b.Backend, b.Err))
+			}
+		}
+	}
+	for _, c := range r.Control {
+		if c.Err != nil {
+			out = append(out, fmt.Sprintf("control plane %d peers: %v", c.N, c.Err))
+		}
+	}
+	if r.CNI != nil && r.CNI.Err != nil {
+		out = append(out, fmt.Sprintf("CNI: %v", r.CNI.Err))
+	}
+	for _, rs := range r.Restart {
+		if rs.Err != nil {
+			out = append(out, fmt.Sprintf("restart %s: %v", rs.Backend, rs.Err))
+		}
+	}
+	return out
+}
