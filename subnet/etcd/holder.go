@@ -468,10 +468,15 @@ func (h *Holder) hold(ctx context.Context) {
 				if ctx.Err() != nil {
 					return
 				}
-				if ok && errors.Is(resp.Err(), rpctypes.ErrCompacted) {
-					// Events were lost: check the key directly.
+				compacted := ok && errors.Is(resp.Err(), rpctypes.ErrCompacted)
+				if compacted {
+					// Our key's last write is older than the compaction
+					// (a lease reused after weeks): check the key directly,
+					// then watch from the oldest revision etcd still has.
+					h.logger.Info("history of our lease key was compacted; checking the key directly",
+						"subnet", cur.Subnet, "compact_revision", resp.CompactRevision)
 					loss, detail = h.check(ctx, &cur)
-					nextRev = cur.ModRevision + 1
+					nextRev = max(cur.ModRevision+1, resp.CompactRevision)
 				} else if ok {
 					h.logger.Warn("watch of our lease key broke; restarting it", "err", resp.Err())
 				}
@@ -479,10 +484,12 @@ func (h *Holder) hold(ctx context.Context) {
 					continue
 				}
 				cancel()
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(time.Second):
+				if !compacted {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(time.Second):
+					}
 				}
 				wctx, cancel = context.WithCancel(clientv3.WithRequireLeader(ctx))
 				defer cancel()
