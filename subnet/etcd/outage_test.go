@@ -288,3 +288,18 @@ func TestHolderRunLeavesNoGoroutines(t *testing.T) {
 		t.Fatalf("goroutines left behind:\n%s", strings.Join(g, "\n\n"))
 	}
 }
+
+func TestWatcherKeepsContactWhenIdle(t *testing.T) {
+	_, reg, _ := setup(t, bigNet)
+	var logs syncBuffer
+	w := NewWatcher(reg, slog.New(slog.NewTextHandler(&logs, nil)))
+	w.progressEvery = 200 * time.Millisecond
+	a := &applies{ch: make(chan Snapshot, 1)}
+	runWatcher(t, w, a)
+	waitFor(t, "initial apply", func() bool { return a.count() == 1 })
+	first := reg.LastContact()
+	waitFor(t, "a progress notification", func() bool { return reg.LastContact().After(first.Add(500 * time.Millisecond)) })
+	if a.count() != 1 {
+		t.Fatalf("%d applies on an idle cluster, want 1 (progress notifications carry no change)\n%s", a.count(), logs.String())
+	}
+}

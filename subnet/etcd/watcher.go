@@ -3,6 +3,7 @@ package etcd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -13,8 +14,8 @@ import (
 
 // Watcher feeds the daemon the full current set of leases.
 //
-// It lists the leases, applies them, then watches from the list revision + 1
-// so that no change falls in a gap. After each watch response it applies the
+// It lists the leases, applies them, then watches from the list revision
+// (skipping what the list already holds) so that no change falls in a gap. After each watch response it applies the
 // whole set again, once per response however many events it carried. When
 // etcd compacts past the watch, or the watch breaks, it lists again. Leases in
 // the Watcher's snapshots carry no Expiration: filling it costs one request
@@ -24,6 +25,10 @@ type Watcher struct {
 	logger *slog.Logger
 	// backoff bounds for retrying after errors.
 	minBackoff, maxBackoff time.Duration
+	// progressEvery is how often an idle watch asks etcd for a progress
+	// notification. It keeps LastContact fresh on a quiet cluster, and a
+	// watch that answers nothing for three intervals is restarted.
+	progressEvery time.Duration
 	// afterList is a test hook run between the list and the watch.
 	afterList func()
 }
@@ -33,7 +38,8 @@ func NewWatcher(reg *Registry, logger *slog.Logger) *Watcher {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Watcher{reg: reg, logger: logger, minBackoff: 200 * time.Millisecond, maxBackoff: 5 * time.Second}
+	return &Watcher{reg: reg, logger: logger, minBackoff: 200 * time.Millisecond, maxBackoff: 5 * time.Second,
+		progressEvery: 30 * time.Second}
 }
 
 // Run calls apply with the full set of leases, first after listing and then
@@ -91,23 +97,56 @@ func (w *Watcher) watch(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, 
 	}
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	wch := w.reg.cli.Watch(wctx, w.reg.subnetsPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-	for resp := range wch {
+	// Watch from the list revision itself, not the one after: etcd answers
+	// progress requests only for watches that started at or below its
+	// current revision, and an idle cluster stays at the list revision.
+	// Events at or below it are already in the snapshot and are skipped.
+	listRev := rev
+	wch := w.reg.cli.Watch(wctx, w.reg.subnetsPrefix, clientv3.WithPrefix(), clientv3.WithRev(listRev))
+	ticker := time.NewTicker(w.progressEvery)
+	defer ticker.Stop()
+	lastResp := time.Now()
+	for {
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+			if time.Since(lastResp) > 3*w.progressEvery {
+				return fmt.Errorf("lease watch silent for %s", time.Since(lastResp).Round(time.Second))
+			}
+			// Errors surface as a silent watch, handled above.
+			pctx, pcancel := context.WithTimeout(wctx, time.Second)
+			w.reg.cli.RequestProgress(pctx)
+			pcancel()
+			continue
+		case resp, ok = <-wch:
+		}
+		if !ok {
+			break
+		}
 		if err := resp.Err(); err != nil {
 			return err
 		}
+		lastResp = time.Now()
 		w.reg.touch()
 		healthy()
-		if len(resp.Events) == 0 {
-			continue
-		}
+		changed := false
 		for _, ev := range resp.Events {
+			if ev.Kv.ModRevision <= listRev {
+				continue
+			}
+			changed = true
 			if ev.Type == clientv3.EventTypeDelete {
 				delete(st, string(ev.Kv.Key))
 			} else {
 				st[string(ev.Kv.Key)] = ev.Kv
 			}
 			rev = max(rev, ev.Kv.ModRevision)
+		}
+		if !changed {
+			continue
 		}
 		all := make([]*mvccpb.KeyValue, 0, len(st))
 		for _, kv := range st {
