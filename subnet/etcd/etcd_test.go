@@ -690,3 +690,38 @@ func leaseSubnets(s Snapshot) []string {
 	}
 	return out
 }
+
+func TestHolderFollowsOperatorChanges(t *testing.T) {
+	cli, reg, nc := setup(t, bigNet)
+	ctx := testCtx(t)
+	h := NewHolder(reg, HolderConfig{Network: nc, Attrs: attrs("192.0.2.11")})
+	l, err := h.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startRun(t, h)
+
+	// SetAttrs rewrites the value on the same etcd lease.
+	a := attrs("192.0.2.11")
+	a.BackendData = json.RawMessage(`{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:99"}`)
+	h.SetAttrs(a)
+	want, _ := a.MarshalJSON()
+	waitFor(t, "the new value", func() bool {
+		v, id, _, _ := getKV(t, cli, reg, l.Subnet)
+		return bytes.Equal(v, want) && id == l.EtcdLease
+	})
+
+	// An operator turns our lease into a reservation: we follow, stop
+	// renewing, and the now unused etcd lease is revoked.
+	if err := reg.Reserve(ctx, l.Subnet, a.PublicIP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the holder to see the reservation", func() bool {
+		cur, _ := h.Lease()
+		return cur.Reservation && cur.EtcdLease == 0
+	})
+	waitFor(t, "the old etcd lease to be revoked", func() bool { return countLeases(t, cli) == 0 })
+	if v, id, _, ok := getKV(t, cli, reg, l.Subnet); !ok || id != 0 || !bytes.Equal(v, want) {
+		t.Fatalf("reserved key: ok %v lease %x value %q", ok, id, v)
+	}
+}
