@@ -31,8 +31,14 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(s, "✗") {
 		t.Errorf("matrix has failures")
 	}
-	if _, err := os.Stat(filepath.Join(binDir, "weftctl")); err == nil && !strings.Contains(s, "198.18.") {
-		t.Errorf("no leases shown")
+	if _, err := os.Stat(filepath.Join(binDir, "weftctl")); err == nil {
+		// The weftctl leases section lists both hosts' public IPs.
+		i, j := strings.Index(s, "weftctl --etcd-endpoints"), strings.Index(s, "pod-to-pod")
+		if i < 0 || j < i {
+			t.Errorf("no weftctl leases section")
+		} else if sec := s[i:j]; !strings.Contains(sec, "192.0.2.11") || !strings.Contains(sec, "192.0.2.12") {
+			t.Errorf("weftctl leases lacks a host:\n%s", sec)
+		}
 	}
 	if !strings.Contains(s, "torn down") {
 		t.Errorf("demo did not report tearing down")
