@@ -139,6 +139,28 @@ func TestProcParsers(t *testing.T) {
 	if _, err := ProcRSS([]byte("Name:\tweftd\n")); err == nil {
 		t.Error("no VmRSS: no error")
 	}
+	anon, file, err := ProcRSSAnon([]byte(status + "RssAnon:\t   15360 kB\nRssFile:\t    6144 kB\n"))
+	if err != nil || anon != 15<<20 || file != 6<<20 {
+		t.Errorf("ProcRSSAnon = %d, %d, %v", anon, file, err)
+	}
+	if _, _, err := ProcRSSAnon([]byte(status)); err == nil {
+		t.Error("no RssAnon: no error")
+	}
+}
+
+func TestLastGCTrace(t *testing.T) {
+	log := `time=2026-11-26T04:00:00Z level=INFO msg="lease acquired"
+gc 1 @0.012s 1%: 0.010+0.35+0.002 ms clock, 0.021+0.10/0.20/0.30+0.005 ms cpu, 4->4->1 MB, 4 MB goal, 0 MB stacks, 0 MB globals, 2 P
+time=2026-11-26T04:00:01Z level=INFO msg="peers" n=5000
+gc 12 @3.201s 4%: 0.05+12+0.01 ms clock, 0.1+1.2/5.1/0+0.03 ms cpu, 45->47->21 MB, 46 MB goal, 0 MB stacks, 0 MB globals, 2 P
+`
+	g, ok := LastGCTrace([]byte(log))
+	if !ok || g != (GCTrace{HeapStart: 45, HeapEnd: 47, HeapLive: 21, Goal: 46}) {
+		t.Errorf("got %+v, %v", g, ok)
+	}
+	if _, ok := LastGCTrace([]byte("no gc here\n")); ok {
+		t.Error("found a trace in a log without one")
+	}
 }
 
 func TestParseCPUModel(t *testing.T) {
@@ -226,7 +248,8 @@ func sampleResults() Results {
 		},
 		Control: []ControlRun{
 			{N: 1000, Startup: ms(300), Ready: ms(250), Join: ms(200), Leave: ms(150), RSS: 20 << 20, FloorAdd: ms(40), FloorDel: ms(30)},
-			{N: 5000, Startup: ms(1500), Ready: ms(400), Join: ms(900), Leave: ms(700), RSS: 25 << 20, FloorAdd: ms(200), FloorDel: ms(150)},
+			{N: 5000, Startup: ms(1500), Ready: ms(400), Join: ms(900), Leave: ms(700), RSS: 25 << 20, RSSAnon: 20 << 20, RSSFile: 5 << 20,
+				Heap: GCTrace{HeapLive: 9, Goal: 18}, HeapOK: true, FloorAdd: ms(200), FloorDel: ms(150)},
 		},
 		CNI: &CNI{
 			Seq:      cnibench.Result{Add: lat(10, 20, 30), Del: lat(5, 6, 7)},
@@ -277,7 +300,8 @@ func TestTable(t *testing.T) {
 	if r := find("vxlan, 1000 peers", "start-up: weftd start → all routed"); r.Verdict != "" {
 		t.Errorf("targets apply only at 5000 peers: %+v", r)
 	}
-	if r := find("vxlan, 5000 peers", "weftd RSS afterwards"); r.Result != "25.0 MiB" || r.Verdict != "target ≤ 30.0 MiB: met" {
+	if r := find("vxlan, 5000 peers", "weftd RSS afterwards"); r.Result != "25.0 MiB" || r.Verdict != "target ≤ 30.0 MiB: met" ||
+		r.Baseline != "anon 20.0 MiB + file 5.0 MiB; Go heap 9 MB live, 18 MB GC goal" {
 		t.Errorf("rss: %+v", r)
 	}
 	if r := find("3 pods, sequential", "ADD latency"); r.Result != "p50 20 ms, p99 30 ms" || r.Baseline != "2.00 ms plugin exec (VERSION)" {

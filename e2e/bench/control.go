@@ -245,9 +245,15 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 	}
 	alive := func() bool { return h.WeftdPID() != 0 }
 
-	// Start-up.
+	// Start-up. weftd inherits our environment through ip netns exec:
+	// GODEBUG=gctrace=1 makes its runtime log one line per GC, from which
+	// the live heap is read at the end. Nothing else starts processes
+	// while the control plane runs, so the change is confined to weftd.
+	restore := setenv("GODEBUG", godebugWith("gctrace=1"))
 	t0 := time.Now()
-	if err := h.StartWeftd(); err != nil {
+	err = h.StartWeftd()
+	restore()
+	if err != nil {
 		return err
 	}
 	readyc := make(chan error, 1)
@@ -309,6 +315,12 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 	}
 	if run.RSS, err = ProcRSS(data); err != nil {
 		return err
+	}
+	if run.RSSAnon, run.RSSFile, err = ProcRSSAnon(data); err != nil {
+		return err
+	}
+	if log, err := os.ReadFile(h.WeftdLog()); err == nil {
+		run.Heap, run.HeapOK = LastGCTrace(log)
 	}
 
 	// A missed time target gets CPU profiles of the slow phases, repeated
@@ -422,4 +434,26 @@ func KernelFloor(nsPrefix string, peers []SynthLease) (add, del time.Duration, e
 	}
 	del = time.Since(t0)
 	return add, del, nil
+}
+
+// setenv sets an environment variable and returns a function restoring
+// the previous state.
+func setenv(key, value string) (restore func()) {
+	old, had := os.LookupEnv(key)
+	os.Setenv(key, value)
+	return func() {
+		if had {
+			os.Setenv(key, old)
+		} else {
+			os.Unsetenv(key)
+		}
+	}
+}
+
+// godebugWith returns $GODEBUG with setting added.
+func godebugWith(setting string) string {
+	if old := os.Getenv("GODEBUG"); old != "" {
+		return old + "," + setting
+	}
+	return setting
 }

@@ -122,15 +122,26 @@ func ProcCPU(stat []byte) (int64, error) {
 }
 
 // ProcRSS parses /proc/<pid>/status and returns VmRSS in bytes.
-func ProcRSS(status []byte) (int64, error) {
+func ProcRSS(status []byte) (int64, error) { return procStatusKB(status, "VmRSS") }
+
+// ProcRSSAnon parses /proc/<pid>/status and returns RssAnon (heap, stacks
+// and other anonymous memory) and RssFile (mapped files, mostly the
+// binary's own pages) in bytes.
+func ProcRSSAnon(status []byte) (anon, file int64, err error) {
+	anon, err1 := procStatusKB(status, "RssAnon")
+	file, err2 := procStatusKB(status, "RssFile")
+	return anon, file, errors.Join(err1, err2)
+}
+
+func procStatusKB(status []byte, field string) (int64, error) {
 	for line := range strings.SplitSeq(string(status), "\n") {
-		rest, ok := strings.CutPrefix(line, "VmRSS:")
+		rest, ok := strings.CutPrefix(line, field+":")
 		if !ok {
 			continue
 		}
 		f := strings.Fields(rest)
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("proc status: odd VmRSS line %q", line)
+			return 0, fmt.Errorf("proc status: odd %s line %q", field, line)
 		}
 		kb, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil {
@@ -138,5 +149,25 @@ func ProcRSS(status []byte) (int64, error) {
 		}
 		return kb * 1024, nil
 	}
-	return 0, errors.New("proc status: no VmRSS line")
+	return 0, fmt.Errorf("proc status: no %s line", field)
+}
+
+// GCTrace is one line of GODEBUG=gctrace=1 output.
+type GCTrace struct {
+	// HeapStart, HeapEnd and HeapLive are the heap size at GC start, at GC
+	// end and the live heap marked, in MB; Goal is the next GC's target.
+	HeapStart, HeapEnd, HeapLive, Goal int
+}
+
+var gcTraceRE = regexp.MustCompile(`(?m)^gc \d+ @.*?(\d+)->(\d+)->(\d+) MB, (\d+) MB goal`)
+
+// LastGCTrace returns the last gctrace line in log.
+func LastGCTrace(log []byte) (GCTrace, bool) {
+	ms := gcTraceRE.FindAllSubmatch(log, -1)
+	if len(ms) == 0 {
+		return GCTrace{}, false
+	}
+	m := ms[len(ms)-1]
+	n := func(b []byte) int { v, _ := strconv.Atoi(string(b)); return v }
+	return GCTrace{HeapStart: n(m[1]), HeapEnd: n(m[2]), HeapLive: n(m[3]), Goal: n(m[4])}, true
 }

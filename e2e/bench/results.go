@@ -62,6 +62,11 @@ type ControlRun struct {
 	Join    time.Duration // N more leases written → all routed
 	Leave   time.Duration // those N leases deleted → their routes gone
 	RSS     int64         // weftd VmRSS afterwards, bytes
+	// RSSAnon and RSSFile split RSS into anonymous memory and mapped
+	// files; Heap is the last GC's heap figures (GODEBUG=gctrace=1).
+	RSSAnon, RSSFile int64
+	Heap             GCTrace
+	HeapOK           bool
 	// Floor is the kernel's own cost: the same N peers (neighbour, FDB
 	// entry and route each) programmed and removed by one netlink handle
 	// in a scratch namespace, with no etcd and no daemon.
@@ -180,7 +185,10 @@ func (r Results) Table() Table {
 		add(Row{area, cs, fmt.Sprintf("join: %d more leases → routed", c.N), fmtDur(c.Join), floorAdd, target(c.Join, JoinTarget)})
 		add(Row{area, cs, fmt.Sprintf("leave: %d leases deleted → unrouted", c.N), fmtDur(c.Leave),
 			fmt.Sprintf("%s direct netlink", fmtDur(c.FloorDel)), ""})
-		rss := Row{area, cs, "weftd RSS afterwards", fmtMiB(c.RSS), "", ""}
+		rss := Row{area, cs, "weftd RSS afterwards", fmtMiB(c.RSS), fmt.Sprintf("anon %s + file %s", fmtMiB(c.RSSAnon), fmtMiB(c.RSSFile)), ""}
+		if c.HeapOK {
+			rss.Baseline += fmt.Sprintf("; Go heap %d MB live, %d MB GC goal", c.Heap.HeapLive, c.Heap.Goal)
+		}
 		if c.N == TargetPeers {
 			rss.Verdict = fmt.Sprintf("target ≤ %s: %s", fmtMiB(RSSTarget), verdict(c.RSS <= RSSTarget))
 		}
