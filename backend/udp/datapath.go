@@ -1,6 +1,7 @@
 package udp
 
 import (
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"sync/atomic"
@@ -184,7 +185,7 @@ func (t *txPath) handle(b []byte) {
 	peer, ok := st.peers[ip.Dst&st.subMask]
 	if !ok {
 		t.stats.drops[dropNoRoute].Add(1)
-		t.unreachable(pkt, st)
+		t.unreachable(pkt)
 		return
 	}
 	switch h.GSOType &^ packet.GSOECNBit {
@@ -264,14 +265,17 @@ func (t *txPath) send(ms []message, npkts, nbytes int) {
 
 // unreachable answers a packet to an unknown subnet of the cluster network
 // with ICMP net unreachable, written back into the TUN.
-func (t *txPath) unreachable(pkt []byte, st *fwdState) {
+func (t *txPath) unreachable(pkt []byte) {
 	b := t.icmp
 	off := 0
 	if t.vnetHdr {
 		clear(b[:headroom])
 		off = headroom
 	}
-	n := packet.BuildNetUnreachable(b[off:], pkt, st.ownAddr)
+	// The error comes "from" the unreachable address itself: our own
+	// address on the TUN would be a martian source for the host and be
+	// dropped, while the cluster route makes this one arrive on the TUN.
+	n := packet.BuildNetUnreachable(b[off:], pkt, binary.BigEndian.Uint32(pkt[16:20]))
 	if n == 0 {
 		return
 	}

@@ -281,7 +281,7 @@ func TestUnknownDestinationGetsICMP(t *testing.T) {
 		}
 		checkIPv4(t, icmp)
 		if icmp[9] != packet.ProtoICMP || icmp[20] != 3 || icmp[21] != 0 ||
-			binary.BigEndian.Uint32(icmp[16:]) != u32("198.18.1.2") || binary.BigEndian.Uint32(icmp[12:]) != u32("198.18.1.0") {
+			binary.BigEndian.Uint32(icmp[16:]) != u32("198.18.1.2") || binary.BigEndian.Uint32(icmp[12:]) != u32("198.18.9.9") {
 			t.Fatalf("bad ICMP % x", icmp)
 		}
 		if len(conn.datagrams()) != 0 || b.Status().DataPath.Drops["no-route"] != 1 {

@@ -170,12 +170,17 @@ type Node struct {
 	Backend backend.Backend
 	cancel  context.CancelFunc
 	done    chan error
+	once    sync.Once
+	err     error
 }
 
-// Stop ends the backend's Run and returns its result.
+// Stop ends the backend's Run and returns its result. It is idempotent.
 func (n *Node) Stop() error {
-	n.cancel()
-	return <-n.done
+	n.once.Do(func() {
+		n.cancel()
+		n.err = <-n.done
+	})
+	return n.err
 }
 
 // Offloads returns the offloads the node's data path uses.
