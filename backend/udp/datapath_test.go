@@ -62,7 +62,9 @@ type fakeConn struct {
 	closed  chan struct{}
 }
 
-func newFakeConn() *fakeConn { return &fakeConn{in: make(chan message, 16), closed: make(chan struct{})} }
+func newFakeConn() *fakeConn {
+	return &fakeConn{in: make(chan message, 16), closed: make(chan struct{})}
+}
 
 func (c *fakeConn) ReadBatch(ms []message) (int, error) {
 	select {
