@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,8 +43,8 @@ type Options struct {
 	// ClientCertAuth requires clients to present a certificate signed by
 	// TrustedCAFile.
 	ClientCertAuth bool
-	// Logger receives weft's own messages about the server; etcd's internal
-	// zap log is kept at error level on stderr.
+	// Logger receives weft's messages about the server and etcd's own
+	// log at error level (component=etcd). Nil discards both.
 	Logger *slog.Logger
 	// StartTimeout bounds how long Start waits for the server to become
 	// ready; default 30s.
@@ -55,6 +56,7 @@ type Server struct {
 	etcd      *embed.Etcd
 	endpoints []string
 	logger    *slog.Logger
+	closing   *atomic.Bool
 	closeOnce sync.Once
 }
 
@@ -104,8 +106,9 @@ func start(ctx context.Context, o Options) (*Server, error) {
 	cfg := embed.NewConfig()
 	cfg.Name = o.Name
 	cfg.Dir = o.Dir
-	cfg.LogLevel = "error"
-	cfg.LogOutputs = []string{"stderr"}
+	// etcd's own zap log goes to o.Logger at error level only.
+	closing := new(atomic.Bool)
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(newZapLogger(o.Logger, closing))
 	// A single member: small election settings start it quickly, and the
 	// server-side lease minimum TTL (1.5 election timeouts) stays small so
 	// tests can use short TTLs.
@@ -156,16 +159,19 @@ func start(ctx context.Context, o Options) (*Server, error) {
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
+		closing.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("start etcd: %w", err)
 	case <-timer.C:
+		closing.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("start etcd: not ready after %s", o.StartTimeout)
 	case <-ctx.Done():
+		closing.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("start etcd: %w", ctx.Err())
 	}
-	s := &Server{etcd: e, logger: o.Logger}
+	s := &Server{etcd: e, logger: o.Logger, closing: closing}
 	for _, u := range clientURLs {
 		s.endpoints = append(s.endpoints, u.String())
 	}
@@ -204,6 +210,7 @@ func (s *Server) Etcd() *embed.Etcd { return s.etcd }
 // Close stops the server and waits for it to shut down. It is idempotent.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
+		s.closing.Store(true)
 		s.etcd.Close()
 		s.logger.Info("embedded etcd stopped")
 	})
