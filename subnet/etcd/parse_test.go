@@ -152,3 +152,56 @@ func FuzzBuildSnapshot(f *testing.F) {
 		}
 	})
 }
+
+func TestFindMine(t *testing.T) {
+	nc, err := subnet.ParseConfig([]byte(`{"Network":"198.18.0.0/16","SubnetMin":"198.18.10.0","SubnetMax":"198.18.200.0"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := netip.MustParseAddr("192.0.2.11")
+	lease := func(sn string, ip string, id, rev int64) subnet.Lease {
+		return subnet.Lease{Subnet: netip.MustParsePrefix(sn), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr(ip)},
+			EtcdLease: id, Reservation: id == 0, ModRevision: rev}
+	}
+	for _, tc := range []struct {
+		name   string
+		leases []subnet.Lease
+		want   string // "" for none
+	}{
+		{"none", []subnet.Lease{lease("198.18.20.0/24", "192.0.2.12", 1, 1)}, ""},
+		{"our lease", []subnet.Lease{lease("198.18.20.0/24", "192.0.2.12", 1, 1), lease("198.18.21.0/24", "192.0.2.11", 2, 2)}, "198.18.21.0/24"},
+		{"newest of two", []subnet.Lease{lease("198.18.21.0/24", "192.0.2.11", 2, 9), lease("198.18.22.0/24", "192.0.2.11", 3, 5)}, "198.18.21.0/24"},
+		{"reservation first", []subnet.Lease{lease("198.18.21.0/24", "192.0.2.11", 2, 9), lease("198.18.23.0/24", "192.0.2.11", 0, 1)}, "198.18.23.0/24"},
+		{"out of range lease ignored", []subnet.Lease{lease("198.18.5.0/24", "192.0.2.11", 2, 9)}, ""},
+		{"reservation below SubnetMin kept", []subnet.Lease{lease("198.18.5.0/24", "192.0.2.11", 0, 9)}, "198.18.5.0/24"},
+		{"wrong length ignored", []subnet.Lease{lease("198.18.20.0/25", "192.0.2.11", 0, 9)}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := NewHolder(NewRegistry(nil, ""), HolderConfig{Network: nc, Attrs: subnet.LeaseAttrs{PublicIP: ours}})
+			got, ok := h.findMine(Snapshot{Leases: tc.leases})
+			switch {
+			case tc.want == "" && ok:
+				t.Fatalf("found %s, want none", got.Subnet)
+			case tc.want != "" && (!ok || got.Subnet.String() != tc.want):
+				t.Fatalf("found %v %v, want %s", got.Subnet, ok, tc.want)
+			}
+		})
+	}
+}
+
+func TestHolderDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		ttl, margin         time.Duration
+		wantTTL, wantMargin time.Duration
+	}{
+		{0, 0, DefaultTTL, DefaultRenewMargin},
+		{2 * time.Second, time.Second, 2 * time.Second, time.Second},
+		{2 * time.Second, 0, 2 * time.Second, time.Second}, // 60m margin > TTL: renew at half-life
+		{time.Hour, 2 * time.Hour, time.Hour, 30 * time.Minute},
+	} {
+		h := NewHolder(NewRegistry(nil, ""), HolderConfig{TTL: tc.ttl, RenewMargin: tc.margin})
+		if h.cfg.TTL != tc.wantTTL || h.cfg.RenewMargin != tc.wantMargin {
+			t.Errorf("TTL %s margin %s -> %s %s, want %s %s", tc.ttl, tc.margin, h.cfg.TTL, h.cfg.RenewMargin, tc.wantTTL, tc.wantMargin)
+		}
+	}
+}
