@@ -108,7 +108,21 @@ func TestFaultEtcdOutage(t *testing.T) {
 			if err := tc.down(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(tc.outage)
+			// Readiness is about the data path, which is intact: no host
+			// turns unready while etcd is away.
+			end := time.Now().Add(tc.outage)
+			unready := map[string]string{}
+			for time.Now().Before(end) {
+				for _, h := range l.Hosts {
+					if code, body, err := readyz(ctx, h); code != http.StatusOK {
+						unready[h.Name] = fmt.Sprintf("%d %q %v", code, body, err)
+					}
+				}
+				time.Sleep(min(time.Until(end), time.Second))
+			}
+			for name, why := range unready {
+				t.Errorf("%s: /readyz during the etcd outage: %s", name, why)
+			}
 			if err := tc.up(); err != nil {
 				t.Fatal(err)
 			}
