@@ -291,13 +291,13 @@ func TestTable(t *testing.T) {
 	if r := find("underlay host→host", "TCP, 1 stream"); r.Result != "20.00 Gbit/s (20.00 Gbit/s–22.00 Gbit/s over 3 labs)" {
 		t.Errorf("underlay summary: %+v", r)
 	}
-	if r := find("vxlan, 5000 peers", "start-up: weftd start → all routed"); r.Verdict != "target ≤ 1.00 s: MISSED" {
+	if r := find("vxlan, 5000 peers", "start-up: weftd start → all programmed"); r.Verdict != "target ≤ 1.00 s: MISSED" {
 		t.Errorf("start-up 5000: %+v", r)
 	}
-	if r := find("vxlan, 5000 peers", "join: 5000 more leases → routed"); r.Verdict != "target ≤ 1.00 s: met" {
+	if r := find("vxlan, 5000 peers", "join: 5000 more leases → programmed"); r.Verdict != "target ≤ 1.00 s: met" {
 		t.Errorf("join 5000: %+v", r)
 	}
-	if r := find("vxlan, 1000 peers", "start-up: weftd start → all routed"); r.Verdict != "" {
+	if r := find("vxlan, 1000 peers", "start-up: weftd start → all programmed"); r.Verdict != "" {
 		t.Errorf("targets apply only at 5000 peers: %+v", r)
 	}
 	if r := find("vxlan, 5000 peers", "weftd RSS afterwards"); r.Result != "25.0 MiB" || r.Verdict != "target ≤ 30.0 MiB: met" ||
@@ -404,5 +404,27 @@ func TestParsePerfReport(t *testing.T) {
 	top := topN(children, 8, func(s string) bool { return strings.Contains(s, "weftnet/weft/") })
 	if len(top) != 2 || top[0] != "44.44% github.com/weftnet/weft/backend/vxlan.(*Backend).apply" {
 		t.Errorf("weft top = %q", top)
+	}
+}
+
+func TestParseReconciles(t *testing.T) {
+	log := `time=2026-11-26T04:00:00.100Z level=INFO msg="weftd starting"
+time=2026-11-26T04:00:00.200Z level=DEBUG msg=reconciled backend=vxlan peers=5000 programmed=5000 took=300ms routes=100ms neigh=120ms fdb=80ms
+time=2026-11-26T04:00:01.500Z level=DEBUG msg=reconciled backend=vxlan peers=6000 programmed=6000 took=150.5ms routes=50ms neigh=60ms fdb=40.5ms
+time=2026-11-26T04:00:09.000Z level=DEBUG msg=reconciled backend=vxlan peers=10000 programmed=10000 took=1s routes=1s
+`
+	from := time.Date(2026, 11, 26, 4, 0, 0, 0, time.UTC)
+	r := ParseReconciles([]byte(log), from, from.Add(2*time.Second))
+	if r.Passes != 2 || r.Total != 450500*time.Microsecond {
+		t.Errorf("passes %d total %v", r.Passes, r.Total)
+	}
+	if r.Steps["routes"] != 150*time.Millisecond || r.Steps["fdb"] != 120500*time.Microsecond {
+		t.Errorf("steps %v", r.Steps)
+	}
+	if got := r.String(); got != "2 pass(es), 450 ms (routes 150 ms, neigh 180 ms, fdb 120 ms)" {
+		t.Errorf("String = %q", got)
+	}
+	if got := ParseReconciles([]byte(log), from.Add(time.Hour), from.Add(2*time.Hour)); got.Passes != 0 || got.String() != "no reconcile passes logged" {
+		t.Errorf("empty window: %+v", got)
 	}
 }

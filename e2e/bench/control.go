@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -106,14 +107,31 @@ func deleteLeases(ctx context.Context, cli *clientv3.Client, ls []SynthLease) er
 	return nil
 }
 
-// routeCounter counts weft's routes (protocol backend.RouteProtocol) in a
-// namespace whose destination is one of a set of subnets.
-type routeCounter struct {
-	h   *netlink.Handle
-	set map[netip.Prefix]bool
+// peerCounter counts what weft programmed for a set of synthetic peers in
+// a namespace: routes tagged backend.RouteProtocol to their subnets,
+// neighbour entries for their subnet addresses and FDB entries for their
+// MACs on the vxlan device. A peer is reachable only once all three exist.
+type peerCounter struct {
+	h      *netlink.Handle
+	dev    string
+	routes map[netip.Prefix]bool
+	neighs map[netip.Addr]bool
+	macs   map[string]bool
 }
 
-func (c *routeCounter) count() (int, error) {
+func newPeerCounter(h *netlink.Handle, dev string) *peerCounter {
+	return &peerCounter{h: h, dev: dev, routes: map[netip.Prefix]bool{}, neighs: map[netip.Addr]bool{}, macs: map[string]bool{}}
+}
+
+func (c *peerCounter) add(ls []SynthLease) {
+	for _, l := range ls {
+		c.routes[l.Subnet] = true
+		c.neighs[l.Subnet.Addr()] = true
+		c.macs[l.MAC.String()] = true
+	}
+}
+
+func (c *peerCounter) countRoutes() (int, error) {
 	rs, err := nl.Dump(func() ([]netlink.Route, error) {
 		return c.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: backend.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
 	})
@@ -127,37 +145,84 @@ func (c *routeCounter) count() (int, error) {
 		}
 		a, _ := netip.AddrFromSlice(r.Dst.IP.To4())
 		ones, _ := r.Dst.Mask.Size()
-		if c.set[netip.PrefixFrom(a, ones)] {
+		if c.routes[netip.PrefixFrom(a, ones)] {
 			n++
 		}
 	}
 	return n, nil
 }
 
-// waitCount polls every 20 ms until count() == want and returns the time
-// since t0 at which it was seen.
-func (c *routeCounter) waitCount(ctx context.Context, t0 time.Time, want int, alive func() bool) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, programTimeout)
-	defer cancel()
-	last := -1
-	for {
-		n, err := c.count()
-		if err != nil {
-			return 0, err
+// neighbours lists the vxlan device's entries of one family; no device
+// yet means none.
+func (c *peerCounter) neighbours(family int) ([]netlink.Neigh, error) {
+	link, err := c.h.LinkByName(c.dev)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil, nil
 		}
-		if n == want {
-			return time.Since(t0), nil
-		}
-		last = n
-		if !alive() {
-			return 0, fmt.Errorf("weftd exited with %d of %d routes programmed", last, want)
-		}
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("%d of %d routes programmed after %s: %w", last, want, programTimeout, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
+		return nil, fmt.Errorf("find %s: %w", c.dev, err)
+	}
+	ns, err := nl.Dump(func() ([]netlink.Neigh, error) { return c.h.NeighList(link.Attrs().Index, family) })
+	if err != nil {
+		return nil, fmt.Errorf("list neighbours: %w", err)
+	}
+	return ns, nil
+}
+
+func (c *peerCounter) countNeighs() (int, error) {
+	ns, err := c.neighbours(netlink.FAMILY_V4)
+	n := 0
+	for _, e := range ns {
+		if a, ok := netip.AddrFromSlice(e.IP.To4()); ok && c.neighs[a] && e.State&netlink.NUD_PERMANENT != 0 {
+			n++
 		}
 	}
+	return n, err
+}
+
+func (c *peerCounter) countFDB() (int, error) {
+	ns, err := c.neighbours(unix.AF_BRIDGE)
+	n := 0
+	for _, e := range ns {
+		if c.macs[e.HardwareAddr.String()] && e.IP != nil && !e.IP.IsUnspecified() {
+			n++
+		}
+	}
+	return n, err
+}
+
+// wait polls every 20 ms until routes, neighbour entries and FDB entries
+// (in that order, the order the vxlan backend programs them in) each number
+// want, and returns the time since t0 at which the last was seen.
+func (c *peerCounter) wait(ctx context.Context, t0 time.Time, want int, alive func() bool) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, programTimeout)
+	defer cancel()
+	for _, k := range []struct {
+		what  string
+		count func() (int, error)
+	}{{"routes", c.countRoutes}, {"neighbour entries", c.countNeighs}, {"FDB entries", c.countFDB}} {
+		last := -1
+		for {
+			n, err := k.count()
+			if err != nil {
+				return 0, err
+			}
+			if n == want {
+				break
+			}
+			last = n
+			if !alive() {
+				return 0, fmt.Errorf("weftd exited with %d of %d %s programmed", last, want, k.what)
+			}
+			select {
+			case <-ctx.Done():
+				return 0, fmt.Errorf("%d of %d %s programmed after %s: %w", last, want, k.what, programTimeout, ctx.Err())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	return time.Since(t0), nil
 }
 
 // MeasureControl runs the control-plane scenario with n peers on a fresh
@@ -239,10 +304,8 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 		return err
 	}
 	defer nh.Close()
-	rc := &routeCounter{h: nh, set: map[netip.Prefix]bool{}}
-	for _, s := range initial {
-		rc.set[s.Subnet] = true
-	}
+	rc := newPeerCounter(nh, "weft.1")
+	rc.add(initial)
 	alive := func() bool { return h.WeftdPID() != 0 }
 
 	// Start-up. weftd inherits our environment through ip netns exec:
@@ -251,7 +314,7 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 	// while the control plane runs, so the change is confined to weftd.
 	restore := setenv("GODEBUG", godebugWith("gctrace=1"))
 	t0 := time.Now()
-	err = h.StartWeftd()
+	err = h.StartWeftd("--log-level=debug")
 	restore()
 	if err != nil {
 		return err
@@ -264,7 +327,7 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 		run.Ready = time.Since(t0)
 		readyc <- err
 	}()
-	run.Startup, err = rc.waitCount(ctx, t0, n, alive)
+	run.Startup, err = rc.wait(ctx, t0, n, alive)
 	if rerr := <-readyc; err == nil && rerr != nil {
 		err = rerr
 	}
@@ -281,9 +344,7 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 	if len(extra) < n {
 		return fmt.Errorf("network too small for %d more peers", n)
 	}
-	for _, s := range extra {
-		rc.set[s.Subnet] = true
-	}
+	rc.add(extra)
 	grant2, err := cli.Grant(ctx, 3600)
 	if err != nil {
 		return fmt.Errorf("etcd grant: %w", err)
@@ -292,18 +353,20 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 	if err := writeLeases(ctx, cli, extra, grant2.ID); err != nil {
 		return err
 	}
-	if run.Join, err = rc.waitCount(ctx, t1, 2*n, alive); err != nil {
+	if run.Join, err = rc.wait(ctx, t1, 2*n, alive); err != nil {
 		return fmt.Errorf("join: %w", err)
 	}
+	t1end := time.Now()
 
 	// Leave: delete the n extra leases.
 	t2 := time.Now()
 	if err := deleteLeases(ctx, cli, extra); err != nil {
 		return err
 	}
-	if run.Leave, err = rc.waitCount(ctx, t2, n, alive); err != nil {
+	if run.Leave, err = rc.wait(ctx, t2, n, alive); err != nil {
 		return fmt.Errorf("leave: %w", err)
 	}
+	t2end := time.Now()
 
 	pid := h.WeftdPID()
 	if pid == 0 {
@@ -321,11 +384,14 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 	}
 	if log, err := os.ReadFile(h.WeftdLog()); err == nil {
 		run.Heap, run.HeapOK = LastGCTrace(log)
+		run.StartupPasses = ParseReconciles(log, t0, t0.Add(run.Startup))
+		run.JoinPasses = ParseReconciles(log, t1, t1end)
+		run.LeavePasses = ParseReconciles(log, t2, t2end)
 	}
 
 	// A missed time target gets CPU profiles of the slow phases, repeated
 	// under perf after the measurement so sampling cannot skew the figures.
-	if n != TargetPeers || (run.Join <= JoinTarget && run.Leave <= JoinTarget) || !PerfAvailable() {
+	if n != TargetPeers || (run.Startup <= StartupTarget && run.Join <= JoinTarget) || !PerfAvailable() {
 		return nil
 	}
 	opts.progress("control plane with %d peers: profiling join and leave with perf", n)
@@ -334,7 +400,7 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 		if err := writeLeases(ctx, cli, extra, grant2.ID); err != nil {
 			return err
 		}
-		_, err := rc.waitCount(ctx, t, 2*n, alive)
+		_, err := rc.wait(ctx, t, 2*n, alive)
 		return err
 	})
 	if err != nil {
@@ -347,7 +413,7 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 		if err := deleteLeases(ctx, cli, extra); err != nil {
 			return err
 		}
-		_, err := rc.waitCount(ctx, t, n, alive)
+		_, err := rc.wait(ctx, t, n, alive)
 		return err
 	})
 	if err != nil {

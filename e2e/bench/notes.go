@@ -24,8 +24,9 @@ func Notes(r Results) []string {
 		n = append(n,
 			fmt.Sprintf("Control plane: a fresh 1-host vxlan lab per N (network %s, SubnetLen %d). N synthetic vxlan leases "+
 				"(unique VtepMACs, PublicIPs cycling through 203.0.113.0/24 and 198.51.100.0/24, one etcd lease with a 1 h TTL) are "+
-				"written in transactions of %d Puts before weftd starts; start-up is weftd start until all N routes (protocol %d) "+
-				"are in the host namespace, polled every 20 ms through netlink. Join writes N more leases at once (the clock starts "+
+				"written in transactions of %d Puts before weftd starts; start-up is weftd start until all N peers are programmed in the host namespace: N routes "+
+				"(protocol %d), N permanent neighbour entries and N FDB entries on weft.1, polled every 20 ms through netlink in "+
+				"that order (the vxlan backend's order). Join writes N more leases at once (the clock starts "+
 				"before the first transaction); leave deletes them. The direct-netlink reference programs (then removes) the same N "+
 				"neighbour entries, FDB entries and routes with one netlink handle in a scratch namespace, one request at a time, "+
 				"best of two runs: what the kernel work alone costs when done naively, not a hard floor (batching can beat it). "+
@@ -48,6 +49,10 @@ func Notes(r Results) []string {
 		n = append(n, "Target missed: "+m+".")
 	}
 	for _, c := range r.Control {
+		if c.Err == nil {
+			n = append(n, fmt.Sprintf("weftd reconcile passes with %d peers (from its debug log, time in the vxlan backend's apply): "+
+				"start-up %v; join %v; leave %v.", c.N, c.StartupPasses, c.JoinPasses, c.LeavePasses))
+		}
 		for _, p := range c.Profiles {
 			n = append(n, fmt.Sprintf("perf profile of weftd, %s of %d peers repeated after the measurement (%s samples): "+
 				"hottest own-time symbols: %s; hottest weft functions including callees: %s.",

@@ -57,16 +57,19 @@ func (d *Dataplane) limits() []Path {
 // ControlRun is the control-plane run for one N.
 type ControlRun struct {
 	N       int
-	Startup time.Duration // weftd start → N peers routed in the kernel
+	Startup time.Duration // weftd start → N peers programmed (route, neighbour, FDB)
 	Ready   time.Duration // weftd start → /readyz answered 200
-	Join    time.Duration // N more leases written → all routed
-	Leave   time.Duration // those N leases deleted → their routes gone
+	Join    time.Duration // N more leases written → all programmed
+	Leave   time.Duration // those N leases deleted → all their entries gone
 	RSS     int64         // weftd VmRSS afterwards, bytes
 	// RSSAnon and RSSFile split RSS into anonymous memory and mapped
 	// files; Heap is the last GC's heap figures (GODEBUG=gctrace=1).
 	RSSAnon, RSSFile int64
 	Heap             GCTrace
 	HeapOK           bool
+	// The vxlan backend's reconcile passes during each phase, from
+	// weftd's debug log.
+	StartupPasses, JoinPasses, LeavePasses Reconciles
 	// Floor is the kernel's own cost: the same N peers (neighbour, FDB
 	// entry and route each) programmed and removed by one netlink handle
 	// in a scratch namespace, with no etcd and no daemon.
@@ -179,11 +182,11 @@ func (r Results) Table() Table {
 			}
 			return fmt.Sprintf("target ≤ %s: %s", fmtDur(want), verdict(got <= want))
 		}
-		add(Row{area, cs, "start-up: weftd start → all routed", fmtDur(c.Startup),
+		add(Row{area, cs, "start-up: weftd start → all programmed", fmtDur(c.Startup),
 			fmt.Sprintf("%s; etcd list %s", floorAdd, fmtDur(c.ListTime)), target(c.Startup, StartupTarget)})
 		add(Row{area, cs, "start-up: weftd start → /readyz 200", fmtDur(c.Ready), "", ""})
-		add(Row{area, cs, fmt.Sprintf("join: %d more leases → routed", c.N), fmtDur(c.Join), floorAdd, target(c.Join, JoinTarget)})
-		add(Row{area, cs, fmt.Sprintf("leave: %d leases deleted → unrouted", c.N), fmtDur(c.Leave),
+		add(Row{area, cs, fmt.Sprintf("join: %d more leases → programmed", c.N), fmtDur(c.Join), floorAdd, target(c.Join, JoinTarget)})
+		add(Row{area, cs, fmt.Sprintf("leave: %d leases deleted → removed", c.N), fmtDur(c.Leave),
 			fmt.Sprintf("%s direct netlink", fmtDur(c.FloorDel)), ""})
 		rss := Row{area, cs, "weftd RSS afterwards", fmtMiB(c.RSS), fmt.Sprintf("anon %s + file %s", fmtMiB(c.RSSAnon), fmtMiB(c.RSSFile)), ""}
 		if c.HeapOK {
