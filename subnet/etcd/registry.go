@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"slices"
 	"strings"
@@ -207,14 +208,36 @@ func (r *Registry) listKVs(ctx context.Context) ([]*mvccpb.KeyValue, int64, erro
 
 // buildSnapshot parses kvs into a Snapshot; it is pure, so it can be fuzzed.
 func buildSnapshot(subnetsPrefix string, kvs []*mvccpb.KeyValue, rev int64) Snapshot {
-	snap := Snapshot{Revision: rev}
-	for _, kv := range kvs {
-		l, err := parseLeaseKV(subnetsPrefix, kv.Key, kv.Value, kv.Lease, kv.ModRevision)
-		if err != nil {
-			snap.Invalid = append(snap.Invalid, InvalidLease{Key: string(kv.Key), Value: kv.Value, Err: err})
-			continue
+	entries := make([]parsedKV, len(kvs))
+	for i, kv := range kvs {
+		entries[i] = parseKV(subnetsPrefix, kv)
+	}
+	return snapshotOf(slices.Values(entries), len(entries), rev)
+}
+
+// parsedKV is one lease key, parsed: either lease or invalid is set.
+type parsedKV struct {
+	lease   subnet.Lease
+	invalid *InvalidLease
+}
+
+func parseKV(subnetsPrefix string, kv *mvccpb.KeyValue) parsedKV {
+	l, err := parseLeaseKV(subnetsPrefix, kv.Key, kv.Value, kv.Lease, kv.ModRevision)
+	if err != nil {
+		return parsedKV{invalid: &InvalidLease{Key: string(kv.Key), Value: kv.Value, Err: err}}
+	}
+	return parsedKV{lease: l}
+}
+
+// snapshotOf assembles parsed keys into a sorted Snapshot.
+func snapshotOf(entries iter.Seq[parsedKV], n int, rev int64) Snapshot {
+	snap := Snapshot{Revision: rev, Leases: make([]subnet.Lease, 0, n)}
+	for e := range entries {
+		if e.invalid != nil {
+			snap.Invalid = append(snap.Invalid, *e.invalid)
+		} else {
+			snap.Leases = append(snap.Leases, e.lease)
 		}
-		snap.Leases = append(snap.Leases, l)
 	}
 	sortLeases(snap.Leases)
 	slices.SortFunc(snap.Invalid, func(a, b InvalidLease) int { return strings.Compare(a.Key, b.Key) })

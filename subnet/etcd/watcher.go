@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -91,9 +92,11 @@ func (w *Watcher) Run(ctx context.Context, apply func(Snapshot)) error {
 // watch applies changes on top of the listed kvs until the watch fails or
 // ctx ends.
 func (w *Watcher) watch(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, apply func(Snapshot), healthy func()) error {
-	st := make(map[string]*mvccpb.KeyValue, len(kvs))
+	// The model of the keys, parsed once per write, so that an apply costs
+	// a sort, not a parse of every lease.
+	st := make(map[string]parsedKV, len(kvs))
 	for _, kv := range kvs {
-		st[string(kv.Key)] = kv
+		st[string(kv.Key)] = parseKV(w.reg.subnetsPrefix, kv)
 	}
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
@@ -141,18 +144,14 @@ func (w *Watcher) watch(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, 
 			if ev.Type == clientv3.EventTypeDelete {
 				delete(st, string(ev.Kv.Key))
 			} else {
-				st[string(ev.Kv.Key)] = ev.Kv
+				st[string(ev.Kv.Key)] = parseKV(w.reg.subnetsPrefix, ev.Kv)
 			}
 			rev = max(rev, ev.Kv.ModRevision)
 		}
 		if !changed {
 			continue
 		}
-		all := make([]*mvccpb.KeyValue, 0, len(st))
-		for _, kv := range st {
-			all = append(all, kv)
-		}
-		apply(buildSnapshot(w.reg.subnetsPrefix, all, rev))
+		apply(snapshotOf(maps.Values(st), len(st), rev))
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()

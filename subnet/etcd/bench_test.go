@@ -1,0 +1,50 @@
+package etcd
+
+import (
+	"fmt"
+	"maps"
+	"testing"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+func benchKVs(n int) []*mvccpb.KeyValue {
+	kvs := make([]*mvccpb.KeyValue, n)
+	for i := range kvs {
+		kvs[i] = &mvccpb.KeyValue{
+			Key:         []byte(fmt.Sprintf("%s198.%d.%d.0-24", testSubnets, 18+i>>16, i>>8&255) + fmt.Sprint("")),
+			Value:       []byte(fmt.Sprintf(`{"PublicIP":"192.0.%d.%d","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:%02x:%02x"}}`, i>>8&255, i&255, i>>8&255, i&255)),
+			Lease:       int64(i + 1),
+			ModRevision: int64(i + 1),
+		}
+		kvs[i].Key = []byte(fmt.Sprintf("%s198.18.%d.%d-30", testSubnets, i/64, i%64*4))
+	}
+	return kvs
+}
+
+// BenchmarkBuildSnapshot5000 is the cost of one Watcher apply at 5000 hosts.
+func BenchmarkBuildSnapshot5000(b *testing.B) {
+	kvs := benchKVs(5000)
+	b.ReportAllocs()
+	for b.Loop() {
+		s := buildSnapshot(testSubnets, kvs, 1)
+		if len(s.Leases) != 5000 {
+			b.Fatalf("%d leases, %d invalid: %v", len(s.Leases), len(s.Invalid), s.Invalid[0].Err)
+		}
+	}
+}
+
+// BenchmarkWatcherApply5000 is the cost of one Watcher apply at 5000 hosts
+// once the keys are parsed: what each watch response costs.
+func BenchmarkWatcherApply5000(b *testing.B) {
+	st := map[string]parsedKV{}
+	for _, kv := range benchKVs(5000) {
+		st[string(kv.Key)] = parseKV(testSubnets, kv)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if s := snapshotOf(maps.Values(st), len(st), 1); len(s.Leases) != 5000 {
+			b.Fatal(len(s.Leases))
+		}
+	}
+}
