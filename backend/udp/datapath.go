@@ -70,11 +70,12 @@ const (
 	dropTTL
 	dropSend
 	dropTUNWrite
+	dropNotIPv4
 	numDrops
 )
 
 var dropNames = [numDrops]string{
-	"unknown-peer", "malformed", "not-our-subnet", "bad-source", "no-route", "ttl-exceeded", "send-error", "tun-write",
+	"unknown-peer", "malformed", "not-our-subnet", "bad-source", "no-route", "ttl-exceeded", "send-error", "tun-write", "not-ipv4",
 }
 
 type counters struct {
@@ -173,7 +174,13 @@ func (t *txPath) handle(b []byte) {
 	}
 	ip, err := packet.ParseIPv4(pkt)
 	if err != nil {
-		t.stats.drops[dropMalformed].Add(1)
+		if errors.Is(err, packet.ErrNotIPv4) {
+			// IPv6 the host sends on any interface (router
+			// solicitations and the like): never routed here.
+			t.stats.drops[dropNotIPv4].Add(1)
+		} else {
+			t.stats.drops[dropMalformed].Add(1)
+		}
 		return
 	}
 	pkt = pkt[:ip.TotalLen]
@@ -202,8 +209,12 @@ func (t *txPath) handle(b []byte) {
 		}
 		t.msgs[0] = message{buf: pkt, addr: peer}
 		t.send(t.msgs[:1], 1, len(pkt))
-	case packet.GSOTCPv4:
-		segSize, nseg, used, err := packet.SegmentTCPv4(pkt, int(h.GSOSize), true, t.out)
+	case packet.GSOTCPv4, packet.GSOUDPL4:
+		segment := packet.SegmentTCPv4
+		if h.GSOType&^packet.GSOECNBit == packet.GSOUDPL4 {
+			segment = packet.SegmentUDPv4
+		}
+		segSize, nseg, used, err := segment(pkt, int(h.GSOSize), true, t.out)
 		if err != nil {
 			if errors.Is(err, packet.ErrTTL) {
 				t.stats.drops[dropTTL].Add(1)

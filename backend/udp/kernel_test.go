@@ -1,6 +1,7 @@
 package udp_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/backend/udp"
@@ -85,7 +87,7 @@ func TestKernelDeviceAndPing(t *testing.T) {
 	l := newLab(t)
 	baseG := runtime.NumGoroutine()
 	n0 := startNode(t, l, 0)
-	startNode(t, l, 1)
+	n1 := startNode(t, l, 1)
 
 	// Device, address, MTU and route as flannel programs them.
 	h, err := netlink.NewHandleAt(l.HostNS(0))
@@ -164,7 +166,9 @@ func TestKernelDeviceAndPing(t *testing.T) {
 	if err := udp.Cleanup(context.Background(), l.HostNS(0), nil); err != nil {
 		t.Fatalf("second Cleanup: %v", err)
 	}
-	_ = baseG
+	// Both backends stopped: every goroutine they started has ended.
+	n1.Stop()
+	waitFor(t, "backend goroutines to end", 5*time.Second, func() bool { return runtime.NumGoroutine() <= baseG })
 }
 
 func TestKernelTransfer100MB(t *testing.T) {
@@ -304,3 +308,61 @@ func TestKernelRestartKeepsForwarding(t *testing.T) {
 }
 
 var _ = errors.Is
+
+// TestKernelUDPSegmentation sends a UDP GSO super-packet from a pod: it
+// reaches the TUN as one USO read (when the kernel offers USO) and must
+// arrive at the other pod as the original datagrams.
+func TestKernelUDPSegmentation(t *testing.T) {
+	l := newLab(t)
+	startNode(t, l, 0)
+	startNode(t, l, 1)
+	var rc *net.UDPConn
+	inNS(t, l.Pod[1], func() (err error) {
+		rc, err = net.ListenUDP("udp4", &net.UDPAddr{IP: l.PodIP[1].AsSlice()})
+		return err
+	})
+	defer rc.Close()
+	var sc *net.UDPConn
+	inNS(t, l.Pod[0], func() (err error) {
+		sc, err = net.DialUDP("udp4", nil, rc.LocalAddr().(*net.UDPAddr))
+		return err
+	})
+	defer sc.Close()
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT, 1000) })
+	if serr != nil {
+		t.Skipf("no UDP_SEGMENT: %v", serr)
+	}
+	msg := make([]byte, 8*1000+5)
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var got []byte
+	// Retry a few times: the first send may race ARP on the pod link.
+	for try := 0; try < 5 && len(got) < len(msg); try++ {
+		got = got[:0]
+		if _, err := sc.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 2000)
+		for len(got) < len(msg) {
+			rc.SetReadDeadline(time.Now().Add(time.Second))
+			n, err := rc.Read(buf)
+			if err != nil {
+				break
+			}
+			if n > 1000 {
+				t.Fatalf("datagram of %d bytes: segmentation lost", n)
+			}
+			got = append(got, buf[:n]...)
+		}
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("received %d of %d bytes, or reordered", len(got), len(msg))
+	}
+}

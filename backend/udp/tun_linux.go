@@ -53,6 +53,10 @@ func openTUN(name string) (*tunFile, error) {
 			flags int
 			names []string
 		}{
+			// USO needs both USO4 and USO6; IPv6 is never routed
+			// into the device, so only IPv4 super-packets arrive.
+			{unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO_ECN | unix.TUN_F_USO4 | unix.TUN_F_USO6,
+				[]string{"csum", "tso4", "tso-ecn", "uso4"}},
 			{unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO_ECN, []string{"csum", "tso4", "tso-ecn"}},
 			{unix.TUN_F_CSUM | unix.TUN_F_TSO4, []string{"csum", "tso4"}},
 			{unix.TUN_F_CSUM, []string{"csum"}},

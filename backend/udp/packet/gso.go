@@ -102,3 +102,58 @@ func SegmentTCPv4(pkt []byte, mss int, decTTL bool, out []byte) (segSize, nseg, 
 
 // ErrTTL is returned when a packet's TTL does not allow forwarding it.
 var ErrTTL = errors.New("TTL exceeded")
+
+// SegmentUDPv4 splits the UDP/IPv4 super-packet pkt (UDP segmentation
+// offload) into datagrams carrying at most size payload bytes each, with
+// their own IP total length, IP ID, UDP length and full UDP checksum.
+// Output layout and results are as for SegmentTCPv4.
+func SegmentUDPv4(pkt []byte, size int, decTTL bool, out []byte) (segSize, nseg, used int, err error) {
+	ip, err := ParseIPv4(pkt)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	if ip.Proto != ProtoUDP || ip.Fragment {
+		return 0, 0, 0, ErrBadGSO
+	}
+	pkt = pkt[:ip.TotalLen]
+	ihl := ip.HeaderLen
+	hl := ihl + 8
+	payload := len(pkt) - hl
+	if size <= 0 || payload <= 0 {
+		return 0, 0, 0, ErrBadGSO
+	}
+	if decTTL && pkt[8] <= 1 {
+		return 0, 0, 0, ErrTTL
+	}
+	nseg = (payload + size - 1) / size
+	segSize = hl + size
+	used = (nseg-1)*segSize + hl + (payload - (nseg-1)*size)
+	if used > len(out) {
+		return 0, 0, 0, ErrOutTooSmall
+	}
+	id0 := binary.BigEndian.Uint16(pkt[4:6])
+	off := 0
+	for i := 0; i < nseg; i++ {
+		start := hl + i*size
+		end := min(start+size, len(pkt))
+		seg := out[off : off+hl+(end-start)]
+		copy(seg, pkt[:hl])
+		copy(seg[hl:], pkt[start:end])
+		binary.BigEndian.PutUint16(seg[2:4], uint16(len(seg)))
+		binary.BigEndian.PutUint16(seg[4:6], id0+uint16(i))
+		if decTTL {
+			seg[8]--
+		}
+		SetIPv4Checksum(seg[:ihl])
+		u := seg[ihl:]
+		binary.BigEndian.PutUint16(u[4:6], uint16(len(u)))
+		u[6], u[7] = 0, 0
+		c := ^Fold(Sum(u, PseudoHeaderSum(seg, ProtoUDP, len(u))))
+		if c == 0 {
+			c = 0xffff
+		}
+		binary.BigEndian.PutUint16(u[6:8], c)
+		off += len(seg)
+	}
+	return segSize, nseg, used, nil
+}

@@ -428,6 +428,9 @@ func FuzzParseIPv4(f *testing.F) {
 		p := b[:h.TotalLen]
 		DecTTL(bytes.Clone(p))
 		BuildNetUnreachable(out, p, 1)
+		if _, n, used, err := SegmentUDPv4(bytes.Clone(p), int(mss), true, out); err == nil && (n <= 0 || used > len(out)) {
+			t.Fatalf("segment udp: %d %d", n, used)
+		}
 		if _, n, used, err := SegmentTCPv4(bytes.Clone(p), int(mss), true, out); err == nil && (n <= 0 || used > len(out)) {
 			t.Fatalf("segment: %d %d", n, used)
 		}
@@ -470,5 +473,46 @@ func BenchmarkCoalesce(b *testing.B) {
 			c.Push(p, h)
 		}
 		c.Flush()
+	}
+}
+
+func TestSegmentUDPv4(t *testing.T) {
+	pl := seqPayload(3*1000+7, 9)
+	p := make([]byte, 28+len(pl))
+	p[0] = 0x45
+	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+	binary.BigEndian.PutUint16(p[4:], 0xffff)
+	p[8] = 64
+	p[9] = ProtoUDP
+	binary.BigEndian.PutUint32(p[12:], 0xc6120102)
+	binary.BigEndian.PutUint32(p[16:], 0xc6120202)
+	SetIPv4Checksum(p[:20])
+	binary.BigEndian.PutUint16(p[20:], 1111)
+	binary.BigEndian.PutUint16(p[22:], 2222)
+	copy(p[28:], pl)
+	out := make([]byte, 10000)
+	segSize, nseg, used, err := SegmentUDPv4(p, 1000, true, out)
+	if err != nil || nseg != 4 || segSize != 1028 {
+		t.Fatalf("%d %d %v", segSize, nseg, err)
+	}
+	var got []byte
+	for i := 0; i < nseg; i++ {
+		s := out[i*segSize : min((i+1)*segSize, used)]
+		ipHdrOK(t, s)
+		u := s[20:]
+		ph := make([]byte, 12)
+		copy(ph, s[12:20])
+		ph[9] = ProtoUDP
+		binary.BigEndian.PutUint16(ph[10:], uint16(len(u)))
+		if refChecksum(ph, u) != 0 || int(binary.BigEndian.Uint16(u[4:])) != len(u) || s[8] != 63 {
+			t.Fatalf("segment %d bad", i)
+		}
+		if id := binary.BigEndian.Uint16(s[4:]); id != uint16(0xffff+i) {
+			t.Fatalf("id %#x", id)
+		}
+		got = append(got, u[8:]...)
+	}
+	if !bytes.Equal(got, pl) {
+		t.Fatal("payload mismatch")
 	}
 }
