@@ -283,11 +283,13 @@ func removeChain(ipt IPTables, table, chain, parent string) error {
 	if err != nil {
 		return fmt.Errorf("iptables -t %s %s: %w", table, chain, err)
 	}
+	if !exists {
+		// No chain, so no jump to it either: iptables refuses a jump to
+		// a missing chain, and checking for one fails on nf_tables.
+		return nil
+	}
 	if err := ipt.DeleteIfExists(table, parent, jumpSpec(chain)...); err != nil {
 		return fmt.Errorf("delete jump %s -> %s: %w", parent, chain, err)
-	}
-	if !exists {
-		return nil
 	}
 	if err := ipt.ClearChain(table, chain); err != nil {
 		return fmt.Errorf("flush chain %s/%s: %w", table, chain, err)

@@ -103,3 +103,27 @@ func TestManagerInNamespace(t *testing.T) {
 		}
 	}
 }
+
+// TestRemoveWithoutChains must be a quiet no-op: weftd without --ip-masq
+// calls it at every start.
+func TestRemoveWithoutChains(t *testing.T) {
+	ns := nltest.NewNS(t, "ipt")
+	err := nl.Do(ns.Handle, func() error {
+		ipt, err := New()
+		if err != nil {
+			return err
+		}
+		if err := Remove(ipt); err != nil {
+			return err
+		}
+		m := NewManager(ipt, false, true, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err := m.Set(netip.MustParsePrefix("198.18.0.0/16"), netip.MustParsePrefix("198.18.1.0/24")); err != nil {
+			return err
+		}
+		_, err = m.Ensure()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("no masquerade chain present: %v", err)
+	}
+}
