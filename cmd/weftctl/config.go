@@ -67,8 +67,12 @@ func configSet(ctx context.Context, e *env, file string) error {
 		return fmt.Errorf("read config: %w", err)
 	}
 	// Validate before connecting, so a bad file fails fast and offline.
-	if _, err := subnet.ParseConfig(raw); err != nil {
+	cfg, err := subnet.ParseConfig(raw)
+	if err != nil {
 		return fmt.Errorf("refusing invalid config: %w", err)
+	}
+	if cfg.BackendDefaulted {
+		fmt.Fprintf(e.stderr, "weftctl config set: warning: no Backend section: weftd uses %s, flanneld would use udp; set Backend.Type in a mixed cluster\n", subnet.DefaultBackendType)
 	}
 	reg, err := e.registry()
 	if err != nil {

@@ -217,6 +217,10 @@ func TestConfigSetGet(t *testing.T) {
 	if out := h.runOK("--etcd-prefix=/other", "config", "get"); !strings.Contains(out, "198.19.0.0/16") {
 		t.Fatalf("config under /other: %q", out)
 	}
+	h.stdin = `{"Network":"198.19.0.0/16"}`
+	if r := h.run(context.Background(), "config", "set", "-"); r.code != 0 || !strings.Contains(r.stderr, "no Backend section") {
+		t.Fatalf("config without Backend: exit %d, stderr %q; want success with a warning", r.code, r.stderr)
+	}
 	h.runFail(2, "config")
 	h.runFail(2, "config", "set")
 	h.runFail(2, "config", "frob")
