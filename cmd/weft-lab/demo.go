@@ -84,7 +84,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if os.Geteuid() != 0 {
 		return errors.New("demo needs root: it creates network namespaces")
 	}
-	if err := lab.CheckTools("ip", "iptables", "ping", "sysctl"); err != nil {
+	if err := lab.CheckTools("ip", "iptables", "ping"); err != nil {
 		return err
 	}
 	if err := checkBins(c.binDir, "weftd", "weft", "weft-lab"); err != nil {

@@ -1,10 +1,12 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -82,8 +84,48 @@ func (l *Lab) StopEtcd() error {
 }
 
 // PauseEtcd freezes etcd with SIGSTOP: connections stay open but nothing
-// answers, the way a partitioned or overloaded etcd looks.
-func (l *Lab) PauseEtcd() error { return l.signalEtcd(syscall.SIGSTOP, true) }
+// answers, the way a partitioned or overloaded etcd looks. It returns once
+// every etcd thread is stopped.
+func (l *Lab) PauseEtcd() error {
+	if err := l.signalEtcd(syscall.SIGSTOP, true); err != nil {
+		return err
+	}
+	if pid := l.EtcdPID(); pid != 0 {
+		return waitThreadsStopped(pid, 5*time.Second)
+	}
+	return nil
+}
+
+// waitThreadsStopped waits until every thread of pid is in state T
+// (stopped): kill returns before a busy thread has taken the stop.
+func waitThreadsStopped(pid int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			return fmt.Errorf("pause etcd: no threads for pid %d", pid)
+		}
+		stopped := true
+		for _, t := range tasks {
+			data, err := os.ReadFile(t)
+			if err != nil {
+				continue // thread ended
+			}
+			// Fields after the parenthesised command: state first.
+			if i := bytes.LastIndexByte(data, ')'); i < 0 || i+2 >= len(data) || data[i+2] != 'T' {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pause etcd: pid %d not stopped after %v", pid, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
 
 // ResumeEtcd undoes PauseEtcd with SIGCONT.
 func (l *Lab) ResumeEtcd() error { return l.signalEtcd(syscall.SIGCONT, false) }

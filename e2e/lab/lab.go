@@ -155,7 +155,7 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab: bin dir: %w", err)
 	}
-	if err := CheckTools("ip", "sysctl"); err != nil {
+	if err := CheckTools("ip"); err != nil {
 		return nil, err
 	}
 	if _, err := os.Stat(filepath.Join(bin, "weft-lab")); err != nil {
@@ -269,7 +269,7 @@ func (l *Lab) buildTopology(ctx context.Context) error {
 		port := fmt.Sprintf("h%d", i) // link name inside the switch ns
 		if err := runAll(ctx,
 			[]string{"ip", "-n", h.Name, "link", "set", "lo", "up"},
-			[]string{"ip", "netns", "exec", h.Name, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"},
+			[]string{"ip", "netns", "exec", h.Name, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"},
 			[]string{"ip", "-n", sw, "link", "add", port, "mtu", fmt.Sprint(UnderlayMTU), "type", "veth",
 				"peer", "name", "eth0", "mtu", fmt.Sprint(UnderlayMTU), "netns", h.Name},
 			[]string{"ip", "-n", sw, "link", "set", port, "master", "br0"},
