@@ -150,6 +150,16 @@ func TestKernelDeviceAndPing(t *testing.T) {
 		t.Fatalf("ping after repair: %d/%d %v", recv, sent, err)
 	}
 
+	// Device deleted behind our back: re-created, forwarding resumes.
+	if _, err := udplab.Exec(l.Host[0], "ip", "link", "del", udp.DeviceName); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "device repair", 15*time.Second, func() bool { return n0.Backend.Status().Repairs["device"] >= 1 })
+	waitFor(t, "ping after device repair", 10*time.Second, func() bool {
+		_, recv, _ := udplab.Ping(l.Pod[0], l.PodIP[1], 1, 100*time.Millisecond)
+		return recv == 1
+	})
+
 	// Run returns and leaves device and route; Cleanup removes them.
 	if err := n0.Stop(); err != nil {
 		t.Fatal(err)

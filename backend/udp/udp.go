@@ -420,7 +420,11 @@ func (b *udpBackend) reconcile() (gone bool) {
 	}
 	b.status.LastReconcile = time.Now()
 	b.status.LastError = ""
-	if err != nil {
+	switch {
+	case gone:
+		b.status.LastError = err.Error()
+		b.logger.Info("device disappeared; re-creating it", "device", DeviceName)
+	case err != nil:
 		b.status.LastError = err.Error()
 		b.logger.Warn("reconcile", "err", err)
 	}
