@@ -26,16 +26,7 @@ func cmdDockerOpts(ctx context.Context, e *env, c *cmdFlags, args []string) erro
 	if len(args) > 0 {
 		return usagef("unexpected argument %q", args[0])
 	}
-	path := c.subnetFile
-	if path == "" {
-		path = e.getenv("WEFTD_SUBNET_FILE")
-	}
-	if path == "" {
-		path = e.getenv("FLANNELD_SUBNET_FILE")
-	}
-	if path == "" {
-		path = defaultSubnetFile
-	}
+	path := subnetFilePath(e, c)
 	if c.format != "env" && c.format != "args" {
 		return usagef("--format must be env or args, not %q", c.format)
 	}

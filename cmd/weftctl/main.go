@@ -67,6 +67,12 @@ var commands = []command{
 			fs.StringVar(&c.subnetFile, "subnet-file", "", "subnet file written by weftd (default $WEFTD_SUBNET_FILE, else /run/flannel/subnet.env)")
 			fs.StringVar(&c.format, "format", "env", "env: DOCKER_OPT_* and DOCKER_OPTS lines; args: the options on one line")
 		}, run: cmdDockerOpts},
+	{name: "doctor", args: "[--subnet-file PATH] [--public-ip IP]", summary: "compare this host's kernel state with the leases in etcd; exit 1 on any problem",
+		flags: func(fs *flag.FlagSet, c *cmdFlags) {
+			fs.StringVar(&c.subnetFile, "subnet-file", "", "subnet file written by weftd (default $WEFTD_SUBNET_FILE, else /run/flannel/subnet.env)")
+			fs.StringVar(&c.publicIP, "public-ip", "", "this host's public IP as weftd publishes it (default: the lease carrying an address of this host)")
+			fs.BoolVar(&c.forward, "iptables-forward-rules", true, "weftd runs with --iptables-forward-rules (expect the WEFT-FWD chain)")
+		}, run: cmdDoctor},
 	{name: "help", summary: "show this help", run: nil},
 }
 
@@ -126,6 +132,7 @@ type cmdFlags struct {
 	output                             string
 	since                              int64
 	publicIP, addr, subnetFile, format string
+	forward                            bool
 }
 
 func (c *cmdFlags) clientOptions() etcd.ClientOptions {

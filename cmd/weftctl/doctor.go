@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/internal/doctor"
+	"github.com/weftnet/weft/internal/iptables"
+)
+
+// errProblemsFound makes weftctl exit 1 after the doctor printed its
+// report; the report itself is the message.
+var errProblemsFound = errors.New("problems found")
+
+// cmdDoctor compares this host's kernel state with the leases in etcd.
+func cmdDoctor(ctx context.Context, e *env, c *cmdFlags, args []string) error {
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	var publicIP netip.Addr
+	if c.publicIP != "" {
+		a, err := netip.ParseAddr(c.publicIP)
+		if err != nil || !a.Is4() {
+			return usagef("--public-ip %q is not an IPv4 address", c.publicIP)
+		}
+		publicIP = a
+	} else if v := firstEnv(e, "PUBLIC_IP"); v != "" {
+		publicIP, _ = netip.ParseAddr(v)
+	}
+	reg, err := e.registry()
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cfg, err := reg.Config(cctx)
+	if err != nil {
+		return fmt.Errorf("read the network config: %w", err)
+	}
+	snap, err := reg.Leases(cctx)
+	if err != nil {
+		return fmt.Errorf("list leases: %w", err)
+	}
+	in := doctor.Input{
+		Config:     cfg,
+		Leases:     snap.Leases,
+		Netns:      netns.None(),
+		SubnetFile: subnetFilePath(e, c),
+		PublicIP:   publicIP,
+		Forward:    c.forward,
+	}
+	if ipt, err := iptables.New(); err == nil {
+		in.IPTables = ipt
+	} else {
+		fmt.Fprintf(e.stderr, "weftctl doctor: skipping the iptables checks: %v\n", err)
+	}
+	rep, err := doctor.Check(in)
+	if err != nil {
+		return err
+	}
+	if c.output == "json" {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprint(e.stdout, rep.Format())
+	}
+	if !rep.OK() {
+		return errProblemsFound
+	}
+	return nil
+}
+
+// subnetFilePath is --subnet-file, else $WEFTD_SUBNET_FILE, else
+// $FLANNELD_SUBNET_FILE, else flannel's default path.
+func subnetFilePath(e *env, c *cmdFlags) string {
+	if c.subnetFile != "" {
+		return c.subnetFile
+	}
+	if v := firstEnv(e, "SUBNET_FILE"); v != "" {
+		return v
+	}
+	return defaultSubnetFile
+}
+
+// firstEnv reads WEFTD_<name>, then FLANNELD_<name>.
+func firstEnv(e *env, name string) string {
+	for _, p := range []string{"WEFTD_", "FLANNELD_"} {
+		if v := e.getenv(p + name); v != "" {
+			return v
+		}
+	}
+	return ""
+}
