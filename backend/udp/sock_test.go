@@ -1,0 +1,83 @@
+package udp
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/internal/nl"
+)
+
+// TestSocketBatchNoAllocs sends and receives batches over a real socket in
+// a throwaway namespace (to itself on its loopback) and checks that the
+// recvmmsg/sendmmsg path allocates nothing per call.
+func TestSocketBatchNoAllocs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("kernel test: needs root to create a network namespace")
+	}
+	if testing.Short() {
+		t.Skip("kernel test skipped in -short mode")
+	}
+	var rnd [3]byte
+	rand.Read(rnd[:])
+	name := "wud" + hex.EncodeToString(rnd[:]) + "s"
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v: %s", err, out)
+	}
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var s *udpSock
+	if err := nl.Do(h, func() (err error) { s, err = openUDP(DefaultPort); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	t.Logf("UDP GSO %v, GRO %v", s.gso, s.gro)
+	payload := make([]byte, 3*1000)
+	out := []message{{buf: payload[:1000], addr: 0x7f000001}, {buf: payload, addr: 0x7f000001}}
+	if s.gso {
+		out[1].seg = 1000
+	}
+	in := make([]message, 4)
+	bufs := make([][]byte, len(in))
+	for i := range bufs {
+		bufs[i] = make([]byte, 65536)
+	}
+	got := 0
+	roundTrip := func() {
+		if err := s.WriteBatch(out); err != nil {
+			t.Fatal(err)
+		}
+		// 1 + 3 datagrams, possibly merged by GRO.
+		for want := 4 * 1000; want > 0; {
+			for i := range in {
+				in[i] = message{buf: bufs[i]}
+			}
+			n, err := s.ReadBatch(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < n; i++ {
+				if in[i].addr != 0x7f000001 {
+					t.Fatalf("from %#x", in[i].addr)
+				}
+				want -= in[i].n
+				got += in[i].n
+			}
+		}
+	}
+	roundTrip()
+	if a := testing.AllocsPerRun(50, roundTrip); a != 0 {
+		t.Fatalf("%v allocations per batch round trip", a)
+	}
+}
