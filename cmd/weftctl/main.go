@@ -250,7 +250,7 @@ func run(ctx context.Context, args []string, e *env) int {
 		return exitUsage
 	default:
 		msg := err.Error()
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		if errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, etcd.ErrTLS) && ctx.Err() == nil {
 			msg += fmt.Sprintf(" (is etcd reachable at %s?)", c.endpoints)
 		}
 		fmt.Fprintf(e.stderr, "weftctl %s: %s\n", cmd.name, msg)

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -68,7 +69,39 @@ func NewClient(o ClientOptions) (*clientv3.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd client %s: %w", strings.Join(o.Endpoints, ","), err)
 	}
+	if cfg.TLS != nil {
+		// etcd's client waits for a ready connection until the deadline and
+		// then reports only "context deadline exceeded". Keep a probe so a
+		// Registry can name the TLS problem when that happens later (etcd
+		// was down at start, or its certificate changed).
+		tc, eps, timeout := cfg.TLS, o.Endpoints, min(o.DialTimeout, 2*time.Second)
+		tlsProbes.Store(cli, func() error { return probeTLS(eps, tc, timeout) })
+		go func() {
+			<-cli.Ctx().Done()
+			tlsProbes.Delete(cli)
+		}()
+	}
 	return cli, nil
+}
+
+// tlsProbes maps a *clientv3.Client made by NewClient with TLS to a function
+// that handshakes with its endpoints.
+var tlsProbes sync.Map
+
+// explainTimeout adds the TLS reason to a request that ran into its deadline
+// on a TLS client, when a fresh handshake shows one.
+func explainTimeout(cli *clientv3.Client, err error) error {
+	if !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	p, ok := tlsProbes.Load(cli)
+	if !ok {
+		return err
+	}
+	if perr := p.(func() error)(); perr != nil {
+		return fmt.Errorf("%w: %w", perr, err)
+	}
+	return err
 }
 
 func tlsConfig(o ClientOptions) (*tls.Config, error) {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -152,4 +153,45 @@ func TestNewClientTLS(t *testing.T) {
 		}
 		cli.Close()
 	})
+}
+
+// A TLS problem that appears after NewClient (etcd was down then) is named
+// on the first request that runs into its deadline.
+func TestTLSErrorOnFirstRequest(t *testing.T) {
+	dir := t.TempDir()
+	ca := newCA(t, dir, "ca")
+	newCA(t, dir, "other-ca")
+	srvCert, srvKey := ca.issue(t, "server", 2)
+	cliCert, cliKey := ca.issue(t, "client", 3)
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := "https://" + l.Addr().String()
+	l.Close()
+	cli, err := NewClient(ClientOptions{Endpoints: []string{ep}, CertFile: cliCert, KeyFile: cliKey, CAFile: filepath.Join(dir, "other-ca.pem")})
+	if err != nil {
+		t.Fatalf("NewClient with etcd down: %v", err)
+	}
+	defer cli.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv, err := etcdserver.Start(ctx, etcdserver.Options{Dir: filepath.Join(dir, "data"), ClientURLs: []string{ep},
+		CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: filepath.Join(dir, "ca.pem"), ClientCertAuth: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+
+	start := time.Now()
+	_, _, err = NewRegistry(cli, "").ConfigRaw(ctx)
+	if !errors.Is(err, ErrTLS) || !strings.Contains(err.Error(), "x509") {
+		t.Fatalf("first request: %v; want the TLS reason", err)
+	}
+	if d := time.Since(start); d > CallTimeout+3*time.Second {
+		t.Fatalf("took %s", d)
+	}
+	t.Logf("after %s: %v", time.Since(start).Round(time.Millisecond), err)
 }

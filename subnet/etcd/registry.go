@@ -103,6 +103,8 @@ func (r *Registry) call(ctx context.Context, f func(ctx context.Context) error) 
 	err := f(cctx)
 	if err == nil {
 		r.touch()
+	} else if ctx.Err() == nil {
+		err = explainTimeout(r.cli, err)
 	}
 	return err
 }
