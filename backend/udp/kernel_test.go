@@ -376,3 +376,64 @@ func TestKernelUDPSegmentation(t *testing.T) {
 		t.Fatalf("received %d of %d bytes, or reordered", len(got), len(msg))
 	}
 }
+
+// TestKernelWireFormat talks to the backend the way a flannel udp peer
+// would, with a plain UDP socket on the peer's PublicIP and port 8285: a
+// datagram holding a bare ICMP echo request for pod 1 must come back as a
+// bare echo reply, TTL decremented by the host's forwarding and by the
+// backend's send.
+func TestKernelWireFormat(t *testing.T) {
+	l := newLab(t)
+	n0 := startNode(t, l, 0) // host 2 runs no backend: the test is its peer
+	var c *net.UDPConn
+	inNS(t, l.Host[1], func() (err error) {
+		c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: l.HostIP[1].AsSlice(), Port: udp.DefaultPort})
+		return err
+	})
+	defer c.Close()
+	req := make([]byte, 20+8+4)
+	req[0] = 0x45
+	binary.BigEndian.PutUint16(req[2:], uint16(len(req)))
+	req[8] = 64
+	req[9] = packet.ProtoICMP
+	copy(req[12:16], l.PodIP[1].AsSlice()) // from the remote pod
+	copy(req[16:20], l.PodIP[0].AsSlice())
+	packet.SetIPv4Checksum(req[:20])
+	icmp := req[20:]
+	icmp[0] = 8 // echo request
+	binary.BigEndian.PutUint16(icmp[4:], 0x7764)
+	binary.BigEndian.PutUint16(icmp[6:], 1)
+	copy(icmp[8:], "weft")
+	binary.BigEndian.PutUint16(icmp[2:], packet.Checksum(icmp))
+	to := &net.UDPAddr{IP: l.HostIP[0].AsSlice(), Port: udp.DefaultPort}
+	buf := make([]byte, 2000)
+	for try := 0; ; try++ {
+		if _, err := c.WriteToUDP(req, to); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		n, from, err := c.ReadFromUDP(buf)
+		if err != nil {
+			if try < 5 {
+				continue
+			}
+			t.Fatalf("no reply: %v (status %+v)", err, n0.Backend.Status().DataPath)
+		}
+		if !from.IP.Equal(l.HostIP[0].AsSlice()) || from.Port != udp.DefaultPort {
+			t.Fatalf("reply from %v", from)
+		}
+		rep := buf[:n]
+		h, err := packet.ParseIPv4(rep)
+		if err != nil || h.TotalLen != n || packet.Checksum(rep[:20]) != 0 {
+			t.Fatalf("reply is not one bare IPv4 packet: % x", rep)
+		}
+		if h.Src != binary.BigEndian.Uint32(l.PodIP[0].AsSlice()) || h.Dst != binary.BigEndian.Uint32(l.PodIP[1].AsSlice()) ||
+			h.Proto != packet.ProtoICMP || rep[20] != 0 || string(rep[28:]) != "weft" {
+			t.Fatalf("unexpected reply % x", rep)
+		}
+		if h.TTL != 62 {
+			t.Fatalf("reply TTL %d, want 62 (64 - host forwarding - backend send)", h.TTL)
+		}
+		return
+	}
+}
