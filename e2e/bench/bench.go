@@ -194,7 +194,7 @@ func backendLab(ctx context.Context, opts *Options, b string, res *Results) erro
 		*res.CNI = MeasureCNI(ctx, h1, l.BinDir, opts.Name+"c", seq, par, 20)
 	}
 	if opts.has(SectionRestart) && ctx.Err() == nil {
-		opts.progress("%s: weftd restart under 100 pings/s", b)
+		opts.progress("%s: weftd restart under ping -i 0.01", b)
 		r := MeasureRestart(ctx, pods[0], pods[1], h2)
 		r.Backend = b
 		res.Restart = append(res.Restart, r)

@@ -322,6 +322,19 @@ func TestTable(t *testing.T) {
 	}
 }
 
+func TestNotes(t *testing.T) {
+	notes := strings.Join(Notes(sampleResults()), "\n")
+	for _, want := range []string{
+		"measured 20.00 Gbit/s to 22.00 Gbit/s in the 3 labs of this run, a spread of 10% of its median",
+		"Target missed: start-up with 5000 peers",
+		"Restart:",
+	} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notes lack %q:\n%s", want, notes)
+		}
+	}
+}
+
 func TestRender(t *testing.T) {
 	tab := Table{Rows: []Row{
 		{"data path", "vxlan pod→pod", "TCP, 1 stream", "1.00 Gbit/s", "a|b", ""},

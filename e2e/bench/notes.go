@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -19,6 +20,18 @@ func Notes(r Results) []string {
 				"RTT is the median of 20 pings 50 ms apart. weftd CPU is utime+stime of both hosts' weftd during the two "+
 				"transfers (/proc/<pid>/stat), as a share of one core. All hosts share this machine's cores, so the "+
 				"physical limit is CPU-bound, not a wire speed.")
+	}
+	if r.Dataplane != nil {
+		var xs []float64
+		for _, l := range r.Dataplane.limits() {
+			xs = append(xs, l.TCP1.BitsPerSecond)
+		}
+		if len(xs) > 1 {
+			lo, hi, med := slices.Min(xs), slices.Max(xs), MedianFloat(xs)
+			n = append(n, fmt.Sprintf("Noise: the same underlay transfer (1 stream) measured %s to %s in the %d labs of this run, "+
+				"a spread of %.0f%% of its median; differences between backends smaller than that are within this machine's noise.",
+				fmtGbps(lo), fmtGbps(hi), len(xs), 100*(hi-lo)/med))
+		}
 	}
 	if len(r.Control) > 0 {
 		n = append(n,
