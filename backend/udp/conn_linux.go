@@ -193,6 +193,7 @@ func (s *udpSock) WriteBatch(ms []message) error {
 		b.cnt = min(len(ms), len(b.hdrs))
 		for i := 0; i < b.cnt; i++ {
 			m := &ms[i]
+			m.n = 0
 			name := &b.names[i]
 			name.Family = unix.AF_INET
 			binary.BigEndian.PutUint32(name.Addr[:], m.addr)
@@ -231,6 +232,7 @@ func (s *udpSock) WriteBatch(ms []message) error {
 				if firstErr == nil {
 					firstErr = fmt.Errorf("sendmmsg: %w", b.errno)
 				}
+				ms[b.done].n = -1
 				b.done++
 			}
 		}

@@ -40,7 +40,7 @@ type tunDevice interface {
 // the same peer, when seg is set) in a batch.
 type message struct {
 	buf  []byte // read: the buffer to fill; write: the payload
-	n    int    // read: bytes received
+	n    int    // read: bytes received; write: -1 if the kernel refused it
 	addr uint32 // the peer's IPv4 address
 	seg  int    // write: UDP_SEGMENT size; read: UDP_GRO size; 0 if one datagram
 }
@@ -51,9 +51,10 @@ type batchConn interface {
 	// ReadBatch receives up to len(ms) messages into ms[i].buf, blocking
 	// until at least one arrives, and returns how many it filled.
 	ReadBatch(ms []message) (int, error)
-	// WriteBatch sends every message. It returns errGSO if the kernel
-	// refused a segmented send; the caller then sends one datagram per
-	// message.
+	// WriteBatch sends every message. A message the kernel refuses is
+	// skipped with its n set to -1, and an error is returned after the
+	// rest went out. It returns errGSO if the kernel refused a segmented
+	// send; the caller then sends one datagram per message.
 	WriteBatch(ms []message) error
 }
 
@@ -115,7 +116,8 @@ const (
 	maxPacket   = 65535
 	headroom    = packet.VirtioNetHdrLen
 	rxBatch     = 32
-	txMaxMsgs   = 160
+	txMaxMsgs   = 512
+	txBatch     = 8     // TUN reads handled per sendmmsg
 	udpMaxSegs  = 64    // UDP_MAX_SEGMENTS on older kernels
 	udpMaxBytes = 65507 // largest UDP payload in one IPv4 datagram
 )
@@ -130,33 +132,64 @@ type dataPath struct {
 	logger  *slog.Logger
 }
 
+// batchReader is implemented by TUN devices that can return several
+// queued packets per wake-up.
+type batchReader interface {
+	// ReadBatch blocks until at least one packet is queued, then reads
+	// up to len(bufs) packets without blocking, storing their lengths in
+	// sizes. It returns the number read.
+	ReadBatch(bufs [][]byte, sizes []int) (int, error)
+}
+
 // txPath is the TUN-to-UDP direction's state, owned by one goroutine.
+// Packets of up to txBatch TUN reads are queued as messages and go out
+// in one WriteBatch (sendmmsg).
 type txPath struct {
 	*dataPath
-	in   []byte
-	out  []byte
-	msgs []message
-	icmp []byte
+	ins       [][]byte
+	sizes     []int
+	out       []byte
+	outN      int // bytes of out holding queued segments
+	msgs      []message
+	pendPkts  int
+	pendBytes int
+	icmp      []byte
+	one       [1]message
 }
 
 func (d *dataPath) newTx() *txPath {
-	return &txPath{
+	t := &txPath{
 		dataPath: d,
-		in:       make([]byte, headroom+maxPacket+1),
-		out:      make([]byte, 3*maxPacket),
-		msgs:     make([]message, txMaxMsgs),
+		ins:      make([][]byte, txBatch),
+		sizes:    make([]int, txBatch),
+		out:      make([]byte, 4*maxPacket),
+		msgs:     make([]message, 0, txMaxMsgs),
 		icmp:     make([]byte, headroom+packet.IPv4HeaderLen+8+60+8),
 	}
+	for i := range t.ins {
+		t.ins[i] = make([]byte, headroom+maxPacket+1)
+	}
+	return t
 }
 
-// runTx moves packets from the TUN to peers until the TUN read fails.
+// run moves packets from the TUN to peers until the TUN read fails.
 func (t *txPath) run() error {
+	br, _ := t.tun.(batchReader)
 	for {
-		n, err := t.tun.Read(t.in)
+		n := 1
+		var err error
+		if br != nil {
+			n, err = br.ReadBatch(t.ins, t.sizes)
+		} else {
+			t.sizes[0], err = t.tun.Read(t.ins[0])
+		}
 		if err != nil {
 			return err
 		}
-		t.handle(t.in[:n])
+		for i := 0; i < n; i++ {
+			t.handle(t.ins[i][:t.sizes[i]])
+		}
+		t.flush()
 	}
 }
 
@@ -207,14 +240,25 @@ func (t *txPath) handle(b []byte) {
 			t.stats.drops[dropTTL].Add(1)
 			return
 		}
-		t.msgs[0] = message{buf: pkt, addr: peer}
-		t.send(t.msgs[:1], 1, len(pkt))
+		if len(t.msgs) == cap(t.msgs) {
+			t.flush()
+		}
+		t.msgs = append(t.msgs, message{buf: pkt, addr: peer})
+		t.pendPkts++
+		t.pendBytes += len(pkt)
 	case packet.GSOTCPv4, packet.GSOUDPL4:
 		segment := packet.SegmentTCPv4
 		if h.GSOType&^packet.GSOECNBit == packet.GSOUDPL4 {
 			segment = packet.SegmentUDPv4
 		}
-		segSize, nseg, used, err := segment(pkt, int(h.GSOSize), true, t.out)
+		segSize, nseg, used, err := segment(pkt, int(h.GSOSize), true, t.out[t.outN:])
+		if errors.Is(err, packet.ErrOutTooSmall) || (err == nil && len(t.msgs)+nseg > cap(t.msgs)) {
+			t.flush()
+			segSize, nseg, used, err = segment(pkt, int(h.GSOSize), true, t.out)
+		}
+		if err == nil && nseg > cap(t.msgs) {
+			err = packet.ErrBadGSO
+		}
 		if err != nil {
 			if errors.Is(err, packet.ErrTTL) {
 				t.stats.drops[dropTTL].Add(1)
@@ -223,52 +267,73 @@ func (t *txPath) handle(b []byte) {
 			}
 			return
 		}
-		t.send(t.segmentMsgs(peer, segSize, nseg, used), nseg, used)
+		t.queueSegments(peer, segSize, nseg, used)
 	default:
 		t.stats.drops[dropMalformed].Add(1)
 	}
 }
 
-// segmentMsgs describes nseg back-to-back segments in t.out as messages:
-// runs of up to udpMaxSegs segments when UDP GSO works, else one each.
-func (t *txPath) segmentMsgs(peer uint32, segSize, nseg, used int) []message {
+// queueSegments queues nseg back-to-back segments at t.out[t.outN:] as
+// messages: runs of up to udpMaxSegs segments when UDP GSO works, else
+// one each.
+func (t *txPath) queueSegments(peer uint32, segSize, nseg, used int) {
 	per := 1
 	if t.gso.Load() {
-		per = min(udpMaxSegs, udpMaxBytes/segSize)
+		per = max(1, min(udpMaxSegs, udpMaxBytes/segSize))
 	}
-	ms := t.msgs[:0]
+	base := t.outN
 	for i := 0; i < nseg; i += per {
-		start := i * segSize
-		end := min(start+per*segSize, used)
+		start := base + i*segSize
+		end := min(start+per*segSize, base+used)
 		m := message{buf: t.out[start:end], addr: peer}
 		if end-start > segSize {
 			m.seg = segSize
 		}
-		ms = append(ms, m)
+		t.msgs = append(t.msgs, m)
 	}
-	return ms
+	t.outN += used
+	t.pendPkts += nseg
+	t.pendBytes += used
 }
 
-func (t *txPath) send(ms []message, npkts, nbytes int) {
+// flush sends every queued message.
+func (t *txPath) flush() {
+	if len(t.msgs) == 0 {
+		return
+	}
+	ms, npkts, nbytes := t.msgs, t.pendPkts, t.pendBytes
+	t.msgs, t.outN, t.pendPkts, t.pendBytes = t.msgs[:0], 0, 0, 0
 	err := t.conn.WriteBatch(ms)
 	if errors.Is(err, errGSO) {
 		t.gso.Store(false)
-		t.logger.Warn("UDP GSO send failed; sending one datagram per call from now on")
-		// Resend one datagram per message.
+		t.logger.Warn("UDP GSO send failed; sending one datagram per message from now on")
+		err = nil
 		for _, m := range ms {
-			if m.seg == 0 {
-				err = t.conn.WriteBatch([]message{m})
-				continue
+			seg := m.seg
+			if seg == 0 {
+				seg = len(m.buf)
 			}
-			for off := 0; off < len(m.buf); off += m.seg {
-				one := message{buf: m.buf[off:min(off+m.seg, len(m.buf))], addr: m.addr}
-				err = t.conn.WriteBatch([]message{one})
+			for off := 0; off < len(m.buf); off += seg {
+				t.one[0] = message{buf: m.buf[off:min(off+seg, len(m.buf))], addr: m.addr}
+				if e := t.conn.WriteBatch(t.one[:]); e != nil {
+					err = e
+				}
 			}
 		}
 	}
 	if err != nil {
-		t.stats.drops[dropSend].Add(uint64(npkts))
-		return
+		// WriteBatch marked the messages the kernel refused.
+		for _, m := range ms {
+			if m.n < 0 {
+				k := 1
+				if m.seg > 0 {
+					k = (len(m.buf) + m.seg - 1) / m.seg
+				}
+				npkts -= k
+				nbytes -= len(m.buf)
+				t.stats.drops[dropSend].Add(uint64(k))
+			}
+		}
 	}
 	t.stats.txPackets.Add(uint64(npkts))
 	t.stats.txBytes.Add(uint64(nbytes))

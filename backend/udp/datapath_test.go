@@ -59,6 +59,7 @@ type fakeConn struct {
 	mu      sync.Mutex
 	sent    []message
 	refuseG bool // fail segmented sends like a kernel without UDP GSO
+	calls   int
 	closed  chan struct{}
 }
 
@@ -80,6 +81,7 @@ func (c *fakeConn) ReadBatch(ms []message) (int, error) {
 func (c *fakeConn) WriteBatch(ms []message) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.calls++
 	for _, m := range ms {
 		if m.seg > 0 && c.refuseG {
 			return errGSO
@@ -196,7 +198,7 @@ func TestEncapsulate(t *testing.T) {
 		if vnet {
 			in = vnetPrefix(packet.VirtioNetHdr{}, p)
 		}
-		tx.handle(in)
+		tx.handleNow(in)
 		got := conn.datagrams()
 		if len(got) != 1 || got[0].addr != u32("192.0.2.2") {
 			t.Fatalf("vnet=%v: sent %+v", vnet, got)
@@ -232,7 +234,7 @@ func TestEncapsulateGSO(t *testing.T) {
 			// As the kernel hands it over: partial checksum, GSO header.
 			tcp := p[20:]
 			binary.BigEndian.PutUint16(tcp[16:], packet.Fold(packet.PseudoHeaderSum(p, packet.ProtoTCP, len(tcp))))
-			tx.handle(vnetPrefix(packet.VirtioNetHdr{Flags: packet.VirtioNeedsCsum, GSOType: packet.GSOTCPv4, HdrLen: 40, GSOSize: 1400, CsumStart: 20, CsumOffset: 16}, p))
+			tx.handleNow(vnetPrefix(packet.VirtioNetHdr{Flags: packet.VirtioNeedsCsum, GSOType: packet.GSOTCPv4, HdrLen: 40, GSOSize: 1400, CsumStart: 20, CsumOffset: 16}, p))
 			conn.mu.Lock()
 			nmsgs := len(conn.sent)
 			conn.mu.Unlock()
@@ -272,7 +274,7 @@ func TestUnknownDestinationGetsICMP(t *testing.T) {
 		if vnet {
 			in = vnetPrefix(packet.VirtioNetHdr{}, p)
 		}
-		tx.handle(in)
+		tx.handleNow(in)
 		w := tun.take()
 		if len(w) != 1 {
 			t.Fatalf("vnet=%v: %d TUN writes", vnet, len(w))
@@ -290,8 +292,8 @@ func TestUnknownDestinationGetsICMP(t *testing.T) {
 			t.Fatal("packet not dropped as no-route")
 		}
 		// Outside the cluster network: dropped silently.
-		tx.handle(append(make([]byte, 0), in[:len(in)-len(p)]...))
-		tx.handle(func() []byte {
+		tx.handleNow(append(make([]byte, 0), in[:len(in)-len(p)]...))
+		tx.handleNow(func() []byte {
 			q := ipPacket("198.18.1.2", "203.0.113.9", packet.ProtoUDP, []byte("x"), 64)
 			if vnet {
 				return vnetPrefix(packet.VirtioNetHdr{}, q)
@@ -442,7 +444,7 @@ func BenchmarkTxPacket(b *testing.B) {
 	for b.Loop() {
 		p[8] = 64
 		packet.SetIPv4Checksum(p[:20])
-		tx.handle(p)
+		tx.handleNow(p)
 	}
 }
 
@@ -453,7 +455,7 @@ func BenchmarkTxGSO(b *testing.B) {
 	b.SetBytes(int64(len(p)))
 	b.ReportAllocs()
 	for b.Loop() {
-		tx.handle(in)
+		tx.handleNow(in)
 	}
 }
 
@@ -503,7 +505,7 @@ func TestEncapsulateUSO(t *testing.T) {
 	binary.BigEndian.PutUint16(udpHdr[2:], 6000)
 	copy(udpHdr[8:], payload)
 	p := ipPacket("198.18.1.2", "198.18.2.7", packet.ProtoUDP, udpHdr, 64)
-	tx.handle(vnetPrefix(packet.VirtioNetHdr{Flags: packet.VirtioNeedsCsum, GSOType: packet.GSOUDPL4, HdrLen: 28, GSOSize: 1000, CsumStart: 20, CsumOffset: 6}, p))
+	tx.handleNow(vnetPrefix(packet.VirtioNetHdr{Flags: packet.VirtioNeedsCsum, GSOType: packet.GSOUDPL4, HdrLen: 28, GSOSize: 1000, CsumStart: 20, CsumOffset: 6}, p))
 	dg := conn.datagrams()
 	if len(dg) != 6 {
 		t.Fatalf("%d datagrams", len(dg))
@@ -548,6 +550,55 @@ func FuzzParseDatagram(f *testing.F) {
 		if s.RxPackets+drops == 0 {
 			t.Fatal("datagram neither delivered nor counted")
 		}
-		tx.handle(bytes.Clone(b))
+		tx.handleNow(bytes.Clone(b))
 	})
+}
+
+// handleNow handles one TUN read and sends what it queued.
+func (t *txPath) handleNow(b []byte) {
+	t.handle(b)
+	t.flush()
+}
+
+// TestTxBatching queues several reads, small packets and a super-packet,
+// to two peers, and checks they leave in one WriteBatch, in order.
+func TestTxBatching(t *testing.T) {
+	tx, _, _, conn, b := testPath(t, true, true)
+	b.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24")}, []subnet.Lease{
+		{Subnet: netip.MustParsePrefix("198.18.2.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("192.0.2.2")}},
+		{Subnet: netip.MustParsePrefix("198.18.3.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("192.0.2.3")}},
+	})
+	var reads [][]byte
+	for i := 0; i < 3; i++ {
+		dst := []string{"198.18.2.7", "198.18.3.7"}[i%2]
+		reads = append(reads, vnetPrefix(packet.VirtioNetHdr{}, ipPacket("198.18.1.2", dst, packet.ProtoUDP, []byte{byte(i)}, 64)))
+	}
+	big := ipPacket("198.18.1.2", "198.18.3.9", packet.ProtoTCP, make([]byte, 3000), 64)
+	reads = append(reads, vnetPrefix(packet.VirtioNetHdr{GSOType: packet.GSOTCPv4, GSOSize: 1000, HdrLen: 40}, big))
+	for _, r := range reads {
+		tx.handle(r)
+	}
+	if conn.calls != 0 {
+		t.Fatal("sent before flush")
+	}
+	tx.flush()
+	if conn.calls != 1 {
+		t.Fatalf("%d WriteBatch calls, want 1", conn.calls)
+	}
+	dg := conn.datagrams()
+	if len(dg) != 6 {
+		t.Fatalf("%d datagrams", len(dg))
+	}
+	wantTo := []string{"192.0.2.2", "192.0.2.3", "192.0.2.2", "192.0.2.3", "192.0.2.3", "192.0.2.3"}
+	for i, d := range dg {
+		if d.addr != u32(wantTo[i]) {
+			t.Fatalf("datagram %d to %#x", i, d.addr)
+		}
+		if i < 3 && d.buf[20] != byte(i) {
+			t.Fatalf("datagram %d out of order", i)
+		}
+	}
+	if s := b.Status().DataPath; s.TxPackets != 6 {
+		t.Fatalf("tx packets %d", s.TxPackets)
+	}
 }

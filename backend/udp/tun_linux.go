@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,6 +15,44 @@ type tunFile struct {
 	*os.File
 	vnetHdr  bool
 	offloads []string // active TUN offloads, e.g. "csum", "tso4"
+
+	rc     syscall.RawConn
+	rbufs  [][]byte
+	rsizes []int
+	rn     int
+	rerr   error
+	rfn    func(fd uintptr) bool
+}
+
+// ReadBatch implements batchReader: it waits in the Go poller until the
+// device is readable, then reads until the queue is empty or bufs are full.
+func (t *tunFile) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
+	t.rbufs, t.rsizes, t.rn, t.rerr = bufs, sizes, 0, nil
+	if err := t.rc.Read(t.rfn); err != nil {
+		return 0, err
+	}
+	if t.rn == 0 && t.rerr != nil {
+		return 0, t.rerr
+	}
+	return t.rn, nil
+}
+
+func (t *tunFile) readQueued(fd uintptr) bool {
+	for t.rn < len(t.rbufs) {
+		n, err := unix.Read(int(fd), t.rbufs[t.rn])
+		switch err {
+		case nil:
+			t.rsizes[t.rn] = n
+			t.rn++
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return t.rn > 0
+		default:
+			t.rerr = fmt.Errorf("read TUN: %w", err)
+			return true
+		}
+	}
+	return true
 }
 
 // openTUN attaches to (creating if needed) the persistent TUN device name
@@ -70,6 +109,14 @@ func openTUN(name string) (*tunFile, error) {
 		t.offloads = append([]string{"vnet-hdr"}, t.offloads...)
 	}
 	t.File = os.NewFile(uintptr(fd), "/dev/net/tun:"+name)
+	rc, err := t.File.SyscallConn()
+	if err != nil {
+		t.File.Close()
+		ok = true
+		return nil, fmt.Errorf("TUN raw conn: %w", err)
+	}
+	t.rc = rc
+	t.rfn = t.readQueued
 	ok = true
 	return t, nil
 }

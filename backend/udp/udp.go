@@ -60,6 +60,7 @@ var (
 	_ backend.Backend = (*udpBackend)(nil)
 	_ tunDevice       = (*tunFile)(nil)
 	_ batchConn       = (*udpSock)(nil)
+	_ batchReader     = (*tunFile)(nil)
 )
 
 type options struct {
