@@ -538,6 +538,8 @@ func (d *daemon) readiness() (bool, string) {
 		return false, "no subnet lease held"
 	case !d.fileWritten:
 		return false, "subnet file not written yet"
+	case d.lastSnap == nil:
+		return false, "waiting for the first list of leases from etcd"
 	case d.configError != "":
 		return false, "network config in etcd is invalid (data path kept as it was): " + d.configError
 	case d.restartNeeded:
