@@ -2,7 +2,6 @@ package udp
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -240,5 +239,3 @@ func (s *udpSock) WriteBatch(ms []message) error {
 	}
 	return firstErr
 }
-
-var errClosed = errors.New("closed")

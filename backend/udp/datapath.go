@@ -18,10 +18,12 @@ import (
 //	TUN --read--> [GSO split, TTL-1, peer lookup] --sendmmsg(UDP_SEGMENT)--> peers
 //	peers --recvmmsg(UDP_GRO)--> [filters, TTL-1, GRO coalesce] --write--> TUN
 //
-// The TUN is opened with IFF_VNET_HDR and TSO, so one read returns up to
-// 64 KiB of one TCP flow; it is cut into MTU-sized packets here, each of
-// which becomes one UDP datagram (flannel's wire format). UDP GSO hands all
-// of them to the kernel in one call. On receive, UDP GRO returns many
+// The TUN is opened with IFF_VNET_HDR and TSO/USO, so one read returns up
+// to 64 KiB of one TCP (or UDP) flow; it is cut into MTU-sized packets
+// here, each of which becomes one UDP datagram (flannel's wire format).
+// The packets of up to txBatch queued reads leave in one sendmmsg, where
+// UDP GSO turns each run of equal-sized datagrams to one peer into one
+// message. On receive, UDP GRO returns many
 // datagrams of one sender in one buffer; their TCP segments are merged
 // back into super-packets before being written to the TUN. Each offload is
 // optional: without it the same code runs one packet at a time.
