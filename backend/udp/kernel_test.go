@@ -150,11 +150,29 @@ func TestKernelDeviceAndPing(t *testing.T) {
 		t.Fatalf("ping after repair: %d/%d %v", recv, sent, err)
 	}
 
+	// Address removed and device set down behind our back: repaired.
+	if _, err := udplab.Exec(l.Host[0], "ip", "addr", "flush", "dev", udp.DeviceName); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "address repair", 15*time.Second, func() bool { return n0.Backend.Status().Repairs["addr"] >= 1 })
+	if _, err := udplab.Exec(l.Host[0], "ip", "link", "set", udp.DeviceName, "down"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "link-up repair", 15*time.Second, func() bool {
+		lk, err := h.LinkByName(udp.DeviceName)
+		return err == nil && lk.Attrs().Flags&net.FlagUp != 0 && n0.Backend.Status().Repairs["device"] >= 1
+	})
+	waitFor(t, "route back after link up", 15*time.Second, func() bool {
+		_, recv, _ := udplab.Ping(l.Pod[0], l.PodIP[1], 1, 100*time.Millisecond)
+		return recv == 1
+	})
+	devRepairs := n0.Backend.Status().Repairs["device"]
+
 	// Device deleted behind our back: re-created, forwarding resumes.
 	if _, err := udplab.Exec(l.Host[0], "ip", "link", "del", udp.DeviceName); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "device repair", 15*time.Second, func() bool { return n0.Backend.Status().Repairs["device"] >= 1 })
+	waitFor(t, "device repair", 15*time.Second, func() bool { return n0.Backend.Status().Repairs["device"] > devRepairs })
 	waitFor(t, "ping after device repair", 10*time.Second, func() bool {
 		_, recv, _ := udplab.Ping(l.Pod[0], l.PodIP[1], 1, 100*time.Millisecond)
 		return recv == 1
