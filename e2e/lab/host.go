@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -30,7 +31,42 @@ type Host struct {
 	mu      sync.Mutex
 	weftd   *proc
 	podSeq  int
-	started int // how many times weftd was started
+	started int    // how many times weftd was started
+	healthz string // host:port of weftd's HTTP endpoints, from its flags
+}
+
+// HealthzAddr is where the running weftd serves /healthz and /readyz
+// (inside the host namespace): 127.0.0.1:8471 unless StartWeftd was given
+// other --healthz-ip/--healthz-port flags.
+func (h *Host) HealthzAddr() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.healthz == "" {
+		return fmt.Sprintf("127.0.0.1:%d", HealthzPort)
+	}
+	return h.healthz
+}
+
+// healthzFromArgs finds the last --healthz-ip and --healthz-port in argv.
+func healthzFromArgs(argv []string) string {
+	ip, port := "127.0.0.1", fmt.Sprint(HealthzPort)
+	for i, a := range argv {
+		a = "--" + strings.TrimLeft(a, "-")
+		for _, f := range []struct {
+			name string
+			dst  *string
+		}{{"--healthz-ip", &ip}, {"--healthz-port", &port}} {
+			if v, ok := strings.CutPrefix(a, f.name+"="); ok {
+				*f.dst = v
+			} else if a == f.name && i+1 < len(argv) {
+				*f.dst = argv[i+1]
+			}
+		}
+	}
+	if ip == "0.0.0.0" || ip == "" {
+		ip = "127.0.0.1"
+	}
+	return net.JoinHostPort(ip, port)
 }
 
 // SubnetFile is the path weftd writes subnet.env to.
@@ -74,11 +110,13 @@ func (h *Host) StartWeftd(args ...string) error {
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("%s: start weftd: %w", h.Name, err)
 	}
-	p, err := startProc("weftd", h.Name, h.WeftdLog(), h.WeftdArgs(args...)...)
+	argv := h.WeftdArgs(args...)
+	p, err := startProc("weftd", h.Name, h.WeftdLog(), argv...)
 	if err != nil {
 		return fmt.Errorf("%s: %w", h.Name, err)
 	}
 	h.weftd = p
+	h.healthz = healthzFromArgs(argv[1:])
 	h.started++
 	h.lab.log.Debug("weftd started", "host", h.Name, "pid", p.pid())
 	return nil
@@ -140,13 +178,13 @@ func exitError(err error) error {
 // KillWeftd kills weftd with SIGKILL and waits for it: a crash.
 func (h *Host) KillWeftd() error { return h.StopWeftd(syscall.SIGKILL) }
 
-// WaitReady waits until weftd reports ready: GET /readyz on
-// 127.0.0.1:HealthzPort inside the host namespace answers 200. If weftd has
+// WaitReady waits until weftd reports ready: GET /readyz on HealthzAddr
+// inside the host namespace answers 200. If weftd has
 // no /readyz (404), the subnet file existing counts as ready. It fails early
 // when weftd exits.
 func (h *Host) WaitReady(ctx context.Context) error {
 	client := HTTPClient(h.NS, 2*time.Second)
-	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", HealthzPort)
+	url := "http://" + h.HealthzAddr() + "/readyz"
 	var last string
 	for {
 		h.mu.Lock()

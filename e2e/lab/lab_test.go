@@ -152,3 +152,19 @@ func TestCheckTools(t *testing.T) {
 		t.Errorf("sh reported missing: %v", err)
 	}
 }
+
+func TestHealthzFromArgs(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--healthz-ip=127.0.0.1", "--healthz-port=8471"}, "127.0.0.1:8471"},
+		{[]string{"--healthz-ip=127.0.0.1", "--healthz-port=8471", "--healthz-port=9000"}, "127.0.0.1:9000"},
+		{[]string{"-healthz-port", "9001", "--healthz-ip", "192.0.2.11"}, "192.0.2.11:9001"},
+		{[]string{"--healthz-ip=0.0.0.0"}, "127.0.0.1:8471"},
+	} {
+		if got := healthzFromArgs(tc.args); got != tc.want {
+			t.Errorf("%q: got %s, want %s", tc.args, got, tc.want)
+		}
+	}
+}
