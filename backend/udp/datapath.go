@@ -362,13 +362,22 @@ func (t *txPath) unreachable(pkt []byte) {
 	}
 }
 
+// vectorWriter is implemented by TUN devices that take one packet from
+// several buffers in one call (writev).
+type vectorWriter interface {
+	Writev(iov [][]byte) (int, error)
+}
+
 // rxPath is the UDP-to-TUN direction's state, owned by one goroutine.
 type rxPath struct {
 	*dataPath
-	msgs  []message
-	bufs  [][]byte
-	coal  *packet.Coalescer
-	wrErr error
+	msgs    []message
+	bufs    [][]byte
+	coal    *packet.Coalescer
+	vw      vectorWriter // nil: join vectors into scratch
+	scratch []byte
+	zero    [headroom]byte
+	one     [2][]byte
 }
 
 func (d *dataPath) newRx() *rxPath {
@@ -377,14 +386,28 @@ func (d *dataPath) newRx() *rxPath {
 		r.bufs[i] = make([]byte, headroom+maxPacket)
 	}
 	r.coal = packet.NewCoalescer(8, r)
+	r.vw, _ = d.tun.(vectorWriter)
+	if r.vw == nil {
+		r.scratch = make([]byte, headroom+maxPacket)
+	}
 	return r
 }
 
-// WritePacket implements packet.Writer for the coalescer.
-func (r *rxPath) WritePacket(b []byte) error {
-	if _, err := r.tun.Write(b); err != nil {
+// WritePacket implements packet.Writer for the coalescer: one packet,
+// virtio-net header first, from the buffers in iov.
+func (r *rxPath) WritePacket(iov [][]byte) error {
+	var err error
+	if r.vw != nil {
+		_, err = r.vw.Writev(iov)
+	} else {
+		n := 0
+		for _, v := range iov {
+			n += copy(r.scratch[n:], v)
+		}
+		_, err = r.tun.Write(r.scratch[:n])
+	}
+	if err != nil {
 		r.stats.drops[dropTUNWrite].Add(1)
-		r.wrErr = err
 	}
 	return nil
 }
@@ -454,15 +477,15 @@ func (r *rxPath) handle(i int, st *fwdState) {
 		r.stats.rxBytes.Add(uint64(len(pkt)))
 		switch {
 		case !r.vnetHdr:
-			r.WritePacket(pkt)
+			if _, err := r.tun.Write(pkt); err != nil {
+				r.stats.drops[dropTUNWrite].Add(1)
+			}
 		case ip.Proto == packet.ProtoTCP:
+			// pkt stays untouched until the Flush after this batch.
 			r.coal.Push(pkt, ip)
 		default:
-			// The bytes before pkt belong to the previous datagram of
-			// this buffer, already handled, or to the headroom.
-			b := buf[off : headroom+off+len(pkt)]
-			clear(b[:headroom])
-			r.WritePacket(b)
+			r.one[0], r.one[1] = r.zero[:], pkt
+			r.WritePacket(r.one[:])
 		}
 	}
 }

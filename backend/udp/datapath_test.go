@@ -428,11 +428,18 @@ type nopTUN struct{}
 
 func (nopTUN) Read(b []byte) (int, error)  { return 0, io.EOF }
 func (nopTUN) Write(b []byte) (int, error) { return len(b), nil }
+func (nopTUN) Writev(iov [][]byte) (int, error) {
+	n := 0
+	for _, v := range iov {
+		n += len(v)
+	}
+	return n, nil
+}
 
 func benchPath(b *testing.B, vnet, gso bool) (*txPath, *rxPath, *udpBackend) {
 	tx, rx, _, _, ub := testPath(b, vnet, gso)
 	tx.tun, tx.conn = nopTUN{}, &nopConn{}
-	rx.tun, rx.conn = nopTUN{}, &nopConn{}
+	rx.tun, rx.conn, rx.vw = nopTUN{}, &nopConn{}, nopTUN{}
 	return tx, rx, ub
 }
 
@@ -600,5 +607,51 @@ func TestTxBatching(t *testing.T) {
 	}
 	if s := b.Status().DataPath; s.TxPackets != 6 {
 		t.Fatalf("tx packets %d", s.TxPackets)
+	}
+}
+
+// TestDecapsulateMixedGRO puts TCP segments and equal-sized UDP packets
+// in one GRO buffer: the UDP writes must not disturb the TCP payloads the
+// coalescer still holds.
+func TestDecapsulateMixedGRO(t *testing.T) {
+	_, rx, tun, _, b := testPath(t, true, false)
+	const mss = 500
+	var buf, wantTCP []byte
+	for i := 0; i < 4; i++ {
+		var p []byte
+		if i%2 == 0 {
+			pl := bytes.Repeat([]byte{byte(0xa0 + i)}, mss)
+			p = ipPacket("198.18.2.7", "198.18.1.5", packet.ProtoTCP, pl, 64)
+			binary.BigEndian.PutUint32(p[24:], 1000+uint32(i/2*mss))
+			binary.BigEndian.PutUint16(p[36:], 0)
+			binary.BigEndian.PutUint16(p[36:], ^packet.Fold(packet.Sum(p[20:], packet.PseudoHeaderSum(p, packet.ProtoTCP, len(p)-20))))
+			wantTCP = append(wantTCP, pl...)
+		} else {
+			p = ipPacket("198.18.2.7", "198.18.1.5", packet.ProtoUDP, bytes.Repeat([]byte{0x55}, mss+20), 64)
+		}
+		buf = append(buf, p...)
+	}
+	m := &rx.msgs[0]
+	*m = message{buf: rx.bufs[0][headroom:], n: len(buf), addr: u32("192.0.2.2"), seg: len(buf) / 4}
+	copy(m.buf, buf)
+	rx.handle(0, b.fwd.Load())
+	rx.coal.Flush()
+	var tcp []byte
+	udps := 0
+	for _, w := range tun.take() {
+		p := w[packet.VirtioNetHdrLen:]
+		if h := packet.DecodeVirtioNetHdr(w); h.Flags&packet.VirtioNeedsCsum != 0 {
+			packet.CompletePartialChecksum(p, int(h.CsumStart), int(h.CsumOffset))
+		}
+		checkIPv4(t, p)
+		switch p[9] {
+		case packet.ProtoTCP:
+			tcp = append(tcp, p[40:]...)
+		case packet.ProtoUDP:
+			udps++
+		}
+	}
+	if udps != 2 || !bytes.Equal(tcp, wantTCP) {
+		t.Fatalf("udp writes %d, tcp payload intact %v", udps, bytes.Equal(tcp, wantTCP))
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,6 +23,52 @@ type tunFile struct {
 	rn     int
 	rerr   error
 	rfn    func(fd uintptr) bool
+
+	wiov []unix.Iovec
+	wn   int
+	werr unix.Errno
+	wfn  func(fd uintptr) bool
+}
+
+// Writev implements vectorWriter: one packet from several buffers.
+func (t *tunFile) Writev(iov [][]byte) (int, error) {
+	t.wiov = t.wiov[:0]
+	for _, v := range iov {
+		if len(v) == 0 {
+			continue
+		}
+		t.wiov = append(t.wiov, unix.Iovec{Base: &v[0]})
+		t.wiov[len(t.wiov)-1].SetLen(len(v))
+	}
+	if len(t.wiov) == 0 {
+		return 0, nil
+	}
+	t.wn, t.werr = 0, 0
+	if err := t.rc.Write(t.wfn); err != nil {
+		return 0, err
+	}
+	if t.werr != 0 {
+		return 0, fmt.Errorf("write TUN: %w", t.werr)
+	}
+	return t.wn, nil
+}
+
+func (t *tunFile) writev(fd uintptr) bool {
+	for {
+		n, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.wiov[0])), uintptr(len(t.wiov)))
+		switch e {
+		case 0:
+			t.wn = int(n)
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			t.werr = e
+			return true
+		}
+	}
 }
 
 // ReadBatch implements batchReader: it waits in the Go poller until the
@@ -117,6 +164,8 @@ func openTUN(name string) (*tunFile, error) {
 	}
 	t.rc = rc
 	t.rfn = t.readQueued
+	t.wfn = t.writev
+	t.wiov = make([]unix.Iovec, 0, 80)
 	ok = true
 	return t, nil
 }

@@ -61,6 +61,7 @@ var (
 	_ tunDevice       = (*tunFile)(nil)
 	_ batchConn       = (*udpSock)(nil)
 	_ batchReader     = (*tunFile)(nil)
+	_ vectorWriter    = (*tunFile)(nil)
 )
 
 type options struct {

@@ -7,23 +7,32 @@ import (
 // MaxCoalesced is the largest packet a Coalescer builds.
 const MaxCoalesced = 65535
 
-// Writer receives finished packets from a Coalescer. b starts with a
-// VirtioNetHdrLen-byte virtio-net header followed by the IPv4 packet.
+// maxSegs bounds the segments merged into one packet (and so the length
+// of the vector handed to the Writer).
+const maxSegs = 64
+
+// maxHeaders is the room for a copied IPv4 + TCP header (no IP options,
+// TCP options up to 40 bytes).
+const maxHeaders = IPv4HeaderLen + 60
+
+// Writer receives finished packets from a Coalescer as a vector to be
+// written back to back in one call (writev): the first slice starts with
+// a VirtioNetHdrLen-byte virtio-net header.
 type Writer interface {
-	WritePacket(b []byte) error
+	WritePacket(iov [][]byte) error
 }
 
 type groFlow struct {
-	buf     []byte // VirtioNetHdrLen of headroom, then the packet
-	n       int    // packet bytes in buf after the headroom
+	head    []byte   // virtio-net header, then the first segment's IP and TCP headers
+	iov     [][]byte // head[:VirtioNetHdrLen+hl], then the payloads
+	n       int      // length of the merged IP packet
 	src     uint32
 	dst     uint32
 	ports   uint32
 	nextSeq uint32
 	hl      int // IP + TCP header length
 	mss     int // payload length of the first segment
-	segs    int
-	closed  bool // a shorter or PSH segment ended the run
+	closed  bool
 	inUse   bool
 }
 
@@ -34,20 +43,22 @@ type groFlow struct {
 // ACK, window, flags (but PSH) and options, IP header without options,
 // no fragments, and a payload no longer than the first segment's.
 //
-// Push takes packets in arrival order; Flush writes everything held.
-// A packet that cannot be merged is written right after the flow's
-// earlier segments, so the order within a flow is kept.
+// Payloads are not copied: a packet passed to Push must stay unchanged
+// until the next Flush. A packet that cannot be merged is written right
+// after the flow's earlier segments, so the order within a flow is kept.
 type Coalescer struct {
 	flows  []groFlow
-	single []byte // scratch for packets written through uncoalesced
+	zero   [VirtioNetHdrLen]byte
+	single [2][]byte
 	w      Writer
 }
 
 // NewCoalescer returns a Coalescer holding up to maxFlows flows at once.
 func NewCoalescer(maxFlows int, w Writer) *Coalescer {
-	c := &Coalescer{flows: make([]groFlow, maxFlows), w: w, single: make([]byte, VirtioNetHdrLen+MaxCoalesced)}
+	c := &Coalescer{flows: make([]groFlow, maxFlows), w: w}
 	for i := range c.flows {
-		c.flows[i].buf = make([]byte, VirtioNetHdrLen+MaxCoalesced)
+		c.flows[i].head = make([]byte, VirtioNetHdrLen+maxHeaders)
+		c.flows[i].iov = make([][]byte, 0, maxSegs+1)
 	}
 	return c
 }
@@ -80,7 +91,6 @@ func (c *Coalescer) Push(pkt []byte, ip IPv4) error {
 	if ip.Proto == ProtoTCP && len(pkt) >= ip.HeaderLen+4 {
 		ports = binary.BigEndian.Uint32(pkt[ip.HeaderLen:])
 	}
-	// Find the flow this packet belongs to.
 	free := -1
 	for i := range c.flows {
 		f := &c.flows[i]
@@ -107,7 +117,8 @@ func (c *Coalescer) Push(pkt []byte, ip IPv4) error {
 		break
 	}
 	if !ok {
-		return c.writeSingle(pkt)
+		c.single[0], c.single[1] = c.zero[:], pkt
+		return c.w.WritePacket(c.single[:])
 	}
 	if free < 0 {
 		if err := c.Flush(); err != nil {
@@ -116,13 +127,13 @@ func (c *Coalescer) Push(pkt []byte, ip IPv4) error {
 		free = 0
 	}
 	f := &c.flows[free]
-	copy(f.buf[VirtioNetHdrLen:], pkt)
+	copy(f.head[VirtioNetHdrLen:], pkt[:hl])
+	f.iov = append(f.iov[:0], f.head[:VirtioNetHdrLen+hl], pkt[hl:])
 	f.n = len(pkt)
 	f.src, f.dst, f.ports = ip.Src, ip.Dst, ports
 	f.hl = hl
 	f.mss = len(pkt) - hl
 	f.nextSeq = binary.BigEndian.Uint32(pkt[ip.HeaderLen+4:]) + uint32(f.mss)
-	f.segs = 1
 	f.closed = pkt[IPv4HeaderLen+13]&TCPPsh != 0
 	f.inUse = true
 	return nil
@@ -136,7 +147,7 @@ func (c *Coalescer) canAppend(f *groFlow, pkt []byte, hl int) bool {
 	if payload > f.mss || f.n+payload > MaxCoalesced {
 		return false
 	}
-	head := f.buf[VirtioNetHdrLen : VirtioNetHdrLen+hl]
+	head := f.head[VirtioNetHdrLen : VirtioNetHdrLen+hl]
 	// IP: TOS, DF/flags word, TTL and protocol must match.
 	if head[1] != pkt[1] || head[6] != pkt[6] || head[7] != pkt[7] || head[8] != pkt[8] {
 		return false
@@ -162,21 +173,14 @@ func (c *Coalescer) canAppend(f *groFlow, pkt []byte, hl int) bool {
 
 func (c *Coalescer) appendTo(f *groFlow, pkt []byte, hl int) {
 	payload := len(pkt) - hl
-	copy(f.buf[VirtioNetHdrLen+f.n:], pkt[hl:])
+	f.iov = append(f.iov, pkt[hl:])
 	f.n += payload
-	f.segs++
 	f.nextSeq += uint32(payload)
 	psh := pkt[IPv4HeaderLen+13] & TCPPsh
-	f.buf[VirtioNetHdrLen+IPv4HeaderLen+13] |= psh
-	if payload < f.mss || psh != 0 {
+	f.head[VirtioNetHdrLen+IPv4HeaderLen+13] |= psh
+	if payload < f.mss || psh != 0 || len(f.iov) == cap(f.iov) {
 		f.closed = true
 	}
-}
-
-func (c *Coalescer) writeSingle(pkt []byte) error {
-	clear(c.single[:VirtioNetHdrLen])
-	n := copy(c.single[VirtioNetHdrLen:], pkt)
-	return c.w.WritePacket(c.single[:VirtioNetHdrLen+n])
 }
 
 // flushFlow writes the flow's packet: untouched when it holds a single
@@ -187,12 +191,11 @@ func (c *Coalescer) flushFlow(f *groFlow) error {
 		return nil
 	}
 	f.inUse = false
-	b := f.buf[:VirtioNetHdrLen+f.n]
-	p := b[VirtioNetHdrLen:]
-	if f.segs == 1 {
-		clear(b[:VirtioNetHdrLen])
-		return c.w.WritePacket(b)
+	if len(f.iov) == 2 {
+		clear(f.head[:VirtioNetHdrLen])
+		return c.w.WritePacket(f.iov)
 	}
+	p := f.head[VirtioNetHdrLen : VirtioNetHdrLen+f.hl]
 	binary.BigEndian.PutUint16(p[2:4], uint16(f.n))
 	SetIPv4Checksum(p[:IPv4HeaderLen])
 	tcpLen := f.n - IPv4HeaderLen
@@ -204,8 +207,8 @@ func (c *Coalescer) flushFlow(f *groFlow) error {
 		GSOSize:    uint16(f.mss),
 		CsumStart:  IPv4HeaderLen,
 		CsumOffset: 16,
-	}.Encode(b)
-	return c.w.WritePacket(b)
+	}.Encode(f.head)
+	return c.w.WritePacket(f.iov)
 }
 
 // Flush writes every held flow.

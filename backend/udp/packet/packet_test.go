@@ -246,8 +246,12 @@ func TestSegmentErrors(t *testing.T) {
 
 type capture struct{ pkts [][]byte }
 
-func (c *capture) WritePacket(b []byte) error {
-	c.pkts = append(c.pkts, bytes.Clone(b))
+func (c *capture) WritePacket(iov [][]byte) error {
+	var b []byte
+	for _, v := range iov {
+		b = append(b, v...)
+	}
+	c.pkts = append(c.pkts, b)
 	return nil
 }
 
@@ -457,7 +461,7 @@ func BenchmarkSegmentTCPv4(b *testing.B) {
 
 type discard struct{}
 
-func (discard) WritePacket([]byte) error { return nil }
+func (discard) WritePacket([][]byte) error { return nil }
 
 func BenchmarkCoalesce(b *testing.B) {
 	var pkts [][]byte
