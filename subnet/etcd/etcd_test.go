@@ -725,3 +725,36 @@ func TestHolderFollowsOperatorChanges(t *testing.T) {
 		t.Fatalf("reserved key: ok %v lease %x value %q", ok, id, v)
 	}
 }
+
+func TestWatcherCoalescesDuringSlowApply(t *testing.T) {
+	cli, reg, _ := setup(t, bigNet)
+	a := &applies{ch: make(chan Snapshot, 1)}
+	slow := func(s Snapshot) {
+		a.apply(s)
+		if len(s.Leases) > 0 {
+			time.Sleep(time.Second) // a backend programming routes
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- NewWatcher(reg, nil).Run(ctx, slow) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "initial apply", func() bool { return a.count() == 1 })
+	time.Sleep(200 * time.Millisecond) // the watch is established
+	putLeases(t, cli, reg, 10, 1, 1)
+	waitFor(t, "the first change to be applied", func() bool { return a.count() == 2 })
+	start := time.Now()
+	for i := 1; i < 20; i++ {
+		putLeases(t, cli, reg, 10+i, 1, 1) // 19 separate revisions during slow applies
+		time.Sleep(10 * time.Millisecond)
+	}
+	writing := time.Since(start)
+	waitFor(t, "20 leases", func() bool { return len(a.last().Leases) == 20 })
+	// Each 1s apply may take only what arrived before it started: at most
+	// one apply per second of writing, plus the first and the last.
+	limit := 2 + int(writing/time.Second) + 1
+	if n := a.count() - 1; n > limit || n >= 20 {
+		t.Fatalf("%d applies for 20 writes over %s during 1s applies, want at most %d: responses that piled up must be applied together",
+			n, writing.Round(time.Millisecond), limit)
+	}
+}

@@ -89,6 +89,13 @@ func (w *Watcher) Run(ctx context.Context, apply func(Snapshot)) error {
 	return nil
 }
 
+// A batch of watch responses applied together ends when no response comes
+// for drainGap, or after maxBatch.
+const (
+	drainGap = 10 * time.Millisecond
+	maxBatch = 200 * time.Millisecond
+)
+
 // watch applies changes on top of the listed kvs until the watch fails or
 // ctx ends.
 func (w *Watcher) watch(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, apply func(Snapshot), healthy func()) error {
@@ -109,6 +116,9 @@ func (w *Watcher) watch(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, 
 	ticker := time.NewTicker(w.progressEvery)
 	defer ticker.Stop()
 	lastResp := time.Now()
+	drain := time.NewTimer(time.Hour)
+	drain.Stop()
+	defer drain.Stop()
 	for {
 		var resp clientv3.WatchResponse
 		var ok bool
@@ -126,35 +136,54 @@ func (w *Watcher) watch(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, 
 			continue
 		case resp, ok = <-wch:
 		}
-		if !ok {
+		// Take this response and every one already waiting (a burst, or
+		// what piled up during a slow apply), then apply once.
+		changed := false
+		batchEnd := time.Now().Add(maxBatch)
+		for {
+			if !ok {
+				if changed {
+					apply(snapshotOf(maps.Values(st), len(st), rev))
+				}
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return errors.New("watch channel closed")
+			}
+			if err := resp.Err(); err != nil {
+				return err // the caller lists again, which covers what we took
+			}
+			w.reg.touch()
+			healthy()
+			for _, ev := range resp.Events {
+				if ev.Kv.ModRevision <= listRev {
+					continue
+				}
+				changed = true
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(st, string(ev.Kv.Key))
+				} else {
+					st[string(ev.Kv.Key)] = parseKV(w.reg.subnetsPrefix, ev.Kv)
+				}
+				rev = max(rev, ev.Kv.ModRevision)
+			}
+			// etcd's client hands over buffered responses one at a time
+			// through an unbuffered channel, so wait a moment for the next
+			// one; bound the whole batch so a steady stream still applies.
+			if wait := min(drainGap, time.Until(batchEnd)); wait > 0 {
+				drain.Reset(wait)
+				select {
+				case resp, ok = <-wch:
+					drain.Stop()
+					continue
+				case <-drain.C:
+				}
+			}
 			break
 		}
-		if err := resp.Err(); err != nil {
-			return err
+		if changed {
+			apply(snapshotOf(maps.Values(st), len(st), rev))
 		}
 		lastResp = time.Now()
-		w.reg.touch()
-		healthy()
-		changed := false
-		for _, ev := range resp.Events {
-			if ev.Kv.ModRevision <= listRev {
-				continue
-			}
-			changed = true
-			if ev.Type == clientv3.EventTypeDelete {
-				delete(st, string(ev.Kv.Key))
-			} else {
-				st[string(ev.Kv.Key)] = parseKV(w.reg.subnetsPrefix, ev.Kv)
-			}
-			rev = max(rev, ev.Kv.ModRevision)
-		}
-		if !changed {
-			continue
-		}
-		apply(snapshotOf(maps.Values(st), len(st), rev))
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return errors.New("watch channel closed")
 }
