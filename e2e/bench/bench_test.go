@@ -310,6 +310,18 @@ func TestTable(t *testing.T) {
 	if r := find("vxlan, weftd SIGTERM + start on receiver", "pings lost (ping -i 0.01: 100/s achieved)"); r.Result != "10 of 250 (restart→ready 400 ms)" || r.Verdict != "≈ 100 ms without replies" {
 		t.Errorf("restart: %+v", r)
 	}
+	for _, tc := range []struct {
+		rs   Restart
+		want string
+	}{
+		{Restart{Sent: 100, Received: 100, BaseSent: 100, BaseRecv: 100, Window: time.Second}, "no loss beyond baseline"},
+		{Restart{Sent: 100, Received: 98, BaseSent: 200, BaseRecv: 194, Window: time.Second}, "no loss beyond baseline"},
+		{Restart{Sent: 100, Received: 80, BaseSent: 200, BaseRecv: 200, Window: 2 * time.Second}, "≈ 400 ms without replies"},
+	} {
+		if got := outage(tc.rs); got != tc.want {
+			t.Errorf("outage(%+v) = %q, want %q", tc.rs, got, tc.want)
+		}
+	}
 	if r := find("udp, weftd SIGTERM + start on receiver", "all"); r.Result != "error: lab exploded" {
 		t.Errorf("restart error: %+v", r)
 	}

@@ -254,14 +254,21 @@ func (r Results) Missed() []string {
 	return out
 }
 
-// outage converts a restart's lost pings into time without replies, at
-// the send rate ping actually achieved.
+// outage converts a restart's lost pings, beyond what the baseline run
+// lost at the same rate, into time without replies at the send rate ping
+// actually achieved.
 func outage(rs Restart) string {
-	lost := rs.Sent - rs.Received
-	if lost <= 0 || rs.Sent == 0 {
-		return "no loss"
+	if rs.Sent == 0 {
+		return "n/a"
 	}
-	return fmt.Sprintf("≈ %s without replies", fmtDur(time.Duration(int64(rs.Window)*int64(lost)/int64(rs.Sent))))
+	lost := float64(rs.Sent - rs.Received)
+	if rs.BaseSent > 0 {
+		lost -= float64(rs.BaseSent-rs.BaseRecv) * float64(rs.Sent) / float64(rs.BaseSent)
+	}
+	if lost < 0.5 {
+		return "no loss beyond baseline"
+	}
+	return fmt.Sprintf("≈ %s without replies", fmtDur(time.Duration(float64(rs.Window)*lost/float64(rs.Sent))))
 }
 
 // Failed lists the measurements that ended in an error, as
