@@ -164,7 +164,7 @@ func (d *dataPath) newTx() *txPath {
 		dataPath: d,
 		ins:      make([][]byte, txBatch),
 		sizes:    make([]int, txBatch),
-		out:      make([]byte, 4*maxPacket),
+		out:      make([]byte, (txBatch+1)*maxPacket),
 		msgs:     make([]message, 0, txMaxMsgs),
 		icmp:     make([]byte, headroom+packet.IPv4HeaderLen+8+60+8),
 	}
