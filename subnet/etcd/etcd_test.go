@@ -758,3 +758,40 @@ func TestWatcherCoalescesDuringSlowApply(t *testing.T) {
 			n, writing.Round(time.Millisecond), limit)
 	}
 }
+
+func TestManyHoldersFewSubnets(t *testing.T) {
+	cli, reg, nc := setup(t, `{"Network":"198.18.0.0/24","SubnetLen":28,"SubnetMin":"198.18.0.0"}`)
+	ctx := testCtx(t)
+	const hosts = 20 // for 16 subnets
+	var wg sync.WaitGroup
+	got := make([]subnet.Lease, hosts)
+	errs := make([]error, hosts)
+	for i := range hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = NewHolder(reg, HolderConfig{Network: nc, Attrs: attrs(fmt.Sprintf("192.0.2.%d", 100+i))}).Acquire(ctx)
+		}()
+	}
+	wg.Wait()
+	seen := map[netip.Prefix]bool{}
+	full := 0
+	for i := range hosts {
+		switch {
+		case errors.Is(errs[i], subnet.ErrOutOfSubnets):
+			full++
+		case errs[i] != nil:
+			t.Fatalf("host %d: %v", i, errs[i])
+		case seen[got[i].Subnet]:
+			t.Fatalf("subnet %s handed out twice", got[i].Subnet)
+		default:
+			seen[got[i].Subnet] = true
+		}
+	}
+	if len(seen) != 16 || full != 4 {
+		t.Fatalf("%d hosts got a subnet and %d were told the network is full; want 16 and 4", len(seen), full)
+	}
+	if n := countLeases(t, cli); n != 16 {
+		t.Fatalf("%d etcd leases, want 16", n)
+	}
+}
