@@ -435,3 +435,25 @@ func TestShortDuration(t *testing.T) {
 		}
 	}
 }
+
+func TestWatchCompactedSince(t *testing.T) {
+	h, cli, reg := withEtcd(t)
+	ctx := context.Background()
+	for range 3 {
+		if _, err := cli.Put(ctx, reg.LeaseKey(netip.MustParsePrefix("198.18.7.0/24")), `{"PublicIP":"192.0.2.11"}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := cli.Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	r := h.runFail(1, "watch", "--since", "1")
+	if !strings.Contains(r.stderr, "compacted") {
+		t.Fatalf("watch from a compacted revision: %q", r.stderr)
+	}
+	h.runFail(2, "watch", "--since", "-3")
+}
