@@ -1,11 +1,14 @@
 package etcd
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"testing"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/weftnet/weft/subnet/etcd/etcdtest"
 )
 
 func benchKVs(n int) []*mvccpb.KeyValue {
@@ -45,6 +48,26 @@ func BenchmarkWatcherApply5000(b *testing.B) {
 	for b.Loop() {
 		if s := snapshotOf(maps.Values(st), len(st), 1); len(s.Leases) != 5000 {
 			b.Fatal(len(s.Leases))
+		}
+	}
+}
+
+// BenchmarkAcquire is one host claiming a lease (list, grant, txn) against
+// a local etcd holding b.N earlier leases.
+func BenchmarkAcquire(b *testing.B) {
+	cli, _ := etcdtest.Start(b)
+	reg := NewRegistry(cli, "")
+	ctx := context.Background()
+	if err := reg.PutConfig(ctx, []byte(`{"Network":"198.18.0.0/15","SubnetLen":30}`)); err != nil {
+		b.Fatal(err)
+	}
+	nc, _ := reg.Config(ctx)
+	i := 0
+	for b.Loop() {
+		i++
+		a := attrs(fmt.Sprintf("192.0.%d.%d", i>>8&255, i&255))
+		if _, err := NewHolder(reg, HolderConfig{Network: nc, Attrs: a}).Acquire(ctx); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
