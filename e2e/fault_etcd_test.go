@@ -72,7 +72,6 @@ func TestFaultEtcdDownAtStart(t *testing.T) {
 		}
 	}
 	t.Run("ready within 5s", func(t *testing.T) {
-		knownBug(t, "subnet/etcd.NewClient keeps gRPC's default reconnect backoff, so a weftd that waited 15 s for etcd may need well over 5 s to notice it")
 		if len(slow) > 0 {
 			t.Errorf("ready only after %s, want ≤ 5s", strings.Join(slow, ", "))
 		}
@@ -174,7 +173,6 @@ func TestFaultEtcdOutage(t *testing.T) {
 			}
 			wg.Wait()
 			t.Run("watch resumed within 5s", func(t *testing.T) {
-				knownBug(t, "subnet/etcd.NewClient keeps gRPC's default reconnect backoff (up to 120 s), so after a 30 s etcd outage weftd sees changes only 9-15 s after etcd is back")
 				if len(late) > 0 {
 					t.Errorf("a lease added after the outage reached hosts only after %s, want ≤ %s", strings.Join(late, ", "), watchResume)
 				}

@@ -466,14 +466,3 @@ func logLines(h *lab.Host, subs ...string) []string {
 // weftdRunning reports whether h's weftd process is alive.
 func weftdRunning(h *lab.Host) bool { return h.WeftdPID() != 0 }
 
-// knownBugsEnv set to 1 runs the checks that knownBug skips.
-const knownBugsEnv = "WEFT_E2E_KNOWN_BUGS"
-
-// knownBug skips the rest of t while bug is open in another package;
-// WEFT_E2E_KNOWN_BUGS=1 runs it anyway, to check a fix.
-func knownBug(t *testing.T, bug string) {
-	t.Helper()
-	if os.Getenv(knownBugsEnv) != "1" {
-		t.Skipf("known bug: %s (run with %s=1 to check it)", bug, knownBugsEnv)
-	}
-}

@@ -14,6 +14,7 @@ import (
 
 	sdaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/vishvananda/netns"
+	"google.golang.org/grpc"
 
 	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/internal/iptables"
@@ -98,7 +99,11 @@ func (d *daemon) Run(ctx context.Context) error {
 	}
 	d.logger.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "mtu", ext.MTU)
 
-	cli, err := etcd.NewClient(d.cfg.Etcd)
+	opts := d.cfg.Etcd
+	opts.DialOptions = append(opts.DialOptions,
+		grpc.WithChainUnaryInterceptor(d.metrics.countEtcdErrors),
+		grpc.WithChainStreamInterceptor(d.metrics.countEtcdStreamErrors))
+	cli, err := etcd.NewClient(opts)
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}
@@ -251,7 +256,6 @@ func (d *daemon) waitForConfig(ctx context.Context, reg *etcd.Registry) (*subnet
 			d.setReason("waiting for the network config at %s/config", d.cfg.EtcdPrefix)
 			problem = err.Error()
 		case err != nil:
-			d.metrics.etcdErrors.Inc()
 			d.setReason("cannot reach etcd: %v", err)
 			problem = "etcd unreachable"
 		default:
@@ -314,7 +318,6 @@ func (d *daemon) acquire(ctx context.Context, h *etcd.Holder) (subnet.Lease, err
 		if errors.Is(err, subnet.ErrOutOfSubnets) {
 			d.setReason("out of subnets: every subnet of the network is leased or reserved; retrying")
 		} else {
-			d.metrics.etcdErrors.Inc()
 			d.setReason("acquiring a subnet lease: %v", err)
 		}
 		if err.Error() != last {
@@ -456,11 +459,8 @@ func (d *daemon) watchConfig(ctx context.Context, reg *etcd.Registry, startRaw [
 		cctx, c := context.WithTimeout(ctx, 5*time.Second)
 		raw, _, err := reg.ConfigRaw(cctx)
 		c()
-		if err != nil {
-			if !errors.Is(err, etcd.ErrNoConfig) {
-				d.metrics.etcdErrors.Inc()
-				continue
-			}
+		if err != nil && !errors.Is(err, etcd.ErrNoConfig) {
+			continue // etcd unreachable: nothing to compare
 		}
 		if bytes.Equal(raw, last) {
 			continue

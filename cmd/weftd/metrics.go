@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"math"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
 
 	"github.com/weftnet/weft/backend"
 )
@@ -61,6 +63,26 @@ func newMetrics() *metrics {
 		m.etcdErrors, m.configInvalid, m.restartNeeded,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// countEtcdErrors is a gRPC interceptor counting failed etcd requests;
+// a request cancelled because weftd is stopping is not a failure.
+func (m *metrics) countEtcdErrors(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	if err != nil && ctx.Err() != context.Canceled {
+		m.etcdErrors.Inc()
+	}
+	return err
+}
+
+// countEtcdStreamErrors counts watch and keep-alive streams that could not
+// be opened.
+func (m *metrics) countEtcdStreamErrors(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil && ctx.Err() != context.Canceled {
+		m.etcdErrors.Inc()
+	}
+	return s, err
 }
 
 func (m *metrics) observeReconcile(d time.Duration, err error) {

@@ -15,6 +15,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // DefaultDialTimeout bounds connecting to etcd.
@@ -28,7 +30,23 @@ type ClientOptions struct {
 	KeyFile, CertFile, CAFile string
 	Username, Password        string
 	DialTimeout               time.Duration // default 5s
+	// DialOptions are added to the client's gRPC options, e.g. an
+	// interceptor that counts failed requests.
+	DialOptions []grpc.DialOption
 }
+
+// reconnectBackoff replaces gRPC's default reconnect backoff (capped at
+// 120 s): after an etcd outage the client reconnects within about 2 s of
+// etcd coming back, instead of up to two minutes later.
+var reconnectBackoff = grpc.WithConnectParams(grpc.ConnectParams{
+	Backoff: backoff.Config{
+		BaseDelay:  250 * time.Millisecond,
+		Multiplier: 1.6,
+		Jitter:     0.2,
+		MaxDelay:   2 * time.Second,
+	},
+	MinConnectTimeout: 2 * time.Second,
+})
 
 // ErrTLS marks a TLS failure found while probing the endpoints: a wrong CA,
 // a certificate the server rejects, or a server that does not speak TLS.
@@ -54,6 +72,7 @@ func NewClient(o ClientOptions) (*clientv3.Client, error) {
 		Username:             o.Username,
 		Password:             o.Password,
 		Logger:               zap.NewNop(),
+		DialOptions:          append([]grpc.DialOption{reconnectBackoff}, o.DialOptions...),
 	}
 	if o.KeyFile != "" && o.CertFile != "" {
 		tc, err := tlsConfig(o)
