@@ -45,10 +45,10 @@ type sockBatch struct {
 
 var cmsgSpace = unix.CmsgSpace(4)
 
-func newSockBatch(n int) sockBatch {
+func newSockBatch(n, iovs int) sockBatch {
 	return sockBatch{
 		hdrs:  make([]mmsghdr, n),
-		iovs:  make([]unix.Iovec, n),
+		iovs:  make([]unix.Iovec, iovs),
 		names: make([]unix.RawSockaddrInet4, n),
 		cmsgs: make([]byte, n*cmsgSpace),
 	}
@@ -76,7 +76,7 @@ func openUDP(port uint16) (*udpSock, error) {
 	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(port)}); err != nil {
 		return nil, fmt.Errorf("bind UDP port %d: %w", port, err)
 	}
-	s := &udpSock{port: port, r: newSockBatch(rxBatch), w: newSockBatch(txMaxMsgs)}
+	s := &udpSock{port: port, r: newSockBatch(rxBatch, rxBatch), w: newSockBatch(txMaxMsgs, 4*txMaxMsgs)}
 	if _, err := unix.GetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT); err == nil {
 		s.gso = true
 	}
@@ -190,21 +190,40 @@ func (s *udpSock) WriteBatch(ms []message) error {
 	var firstErr error
 	for len(ms) > 0 {
 		b.cnt = min(len(ms), len(b.hdrs))
+		iov := 0
 		for i := 0; i < b.cnt; i++ {
 			m := &ms[i]
+			need := max(1, len(m.vec))
+			if iov+need > len(b.iovs) {
+				b.cnt = i // the rest goes in the next call
+				break
+			}
 			m.n = 0
 			name := &b.names[i]
 			name.Family = unix.AF_INET
 			binary.BigEndian.PutUint32(name.Addr[:], m.addr)
 			binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&name.Port))[:], s.port)
-			b.iovs[i].Base = &m.buf[0]
-			b.iovs[i].SetLen(len(m.buf))
+			first := iov
+			if m.vec == nil {
+				b.iovs[iov].Base = &m.buf[0]
+				b.iovs[iov].SetLen(len(m.buf))
+				iov++
+			} else {
+				for _, v := range m.vec {
+					if len(v) == 0 {
+						continue
+					}
+					b.iovs[iov].Base = &v[0]
+					b.iovs[iov].SetLen(len(v))
+					iov++
+				}
+			}
 			h := &b.hdrs[i].hdr
 			*h = unix.Msghdr{}
 			h.Name = (*byte)(unsafe.Pointer(name))
 			h.Namelen = unix.SizeofSockaddrInet4
-			h.Iov = &b.iovs[i]
-			h.Iovlen = 1
+			h.Iov = &b.iovs[first]
+			h.SetIovlen(iov - first)
 			if m.seg > 0 {
 				c := b.cmsgs[i*cmsgSpace : (i+1)*cmsgSpace]
 				clear(c)

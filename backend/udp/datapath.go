@@ -41,10 +41,11 @@ type tunDevice interface {
 // message is one datagram (or a run of equal-sized datagrams to or from
 // the same peer, when seg is set) in a batch.
 type message struct {
-	buf  []byte // read: the buffer to fill; write: the payload
-	n    int    // read: bytes received; write: -1 if the kernel refused it
-	addr uint32 // the peer's IPv4 address
-	seg  int    // write: UDP_SEGMENT size; read: UDP_GRO size; 0 if one datagram
+	buf  []byte   // read: the buffer to fill; write: the payload
+	vec  [][]byte // write: if set, the payload is these buffers back to back (buf unused)
+	n    int      // read: bytes received; write: -1 if the kernel refused it
+	addr uint32   // the peer's IPv4 address
+	seg  int      // write: UDP_SEGMENT size; read: UDP_GRO size; 0 if one datagram
 }
 
 // batchConn is the UDP side of the data path: one socket bound to the
@@ -118,7 +119,7 @@ const (
 	maxPacket   = 65535
 	headroom    = packet.VirtioNetHdrLen
 	rxBatch     = 32
-	txMaxMsgs   = 512
+	txMaxMsgs   = 1024
 	txBatch     = 8     // TUN reads handled per sendmmsg
 	udpMaxSegs  = 64    // UDP_MAX_SEGMENTS on older kernels
 	udpMaxBytes = 65507 // largest UDP payload in one IPv4 datagram
@@ -152,6 +153,9 @@ type txPath struct {
 	sizes     []int
 	out       []byte
 	outN      int // bytes of out holding queued segments
+	hdrs      []byte
+	hdrN      int // bytes of hdrs holding queued headers
+	vecs      [][]byte
 	msgs      []message
 	pendPkts  int
 	pendBytes int
@@ -165,6 +169,8 @@ func (d *dataPath) newTx() *txPath {
 		ins:      make([][]byte, txBatch),
 		sizes:    make([]int, txBatch),
 		out:      make([]byte, (txBatch+1)*maxPacket),
+		hdrs:     make([]byte, txMaxMsgs*2*(20+60)),
+		vecs:     make([][]byte, 0, 4*txMaxMsgs),
 		msgs:     make([]message, 0, txMaxMsgs),
 		icmp:     make([]byte, headroom+packet.IPv4HeaderLen+8+60+8),
 	}
@@ -248,11 +254,29 @@ func (t *txPath) handle(b []byte) {
 		t.msgs = append(t.msgs, message{buf: pkt, addr: peer})
 		t.pendPkts++
 		t.pendBytes += len(pkt)
-	case packet.GSOTCPv4, packet.GSOUDPL4:
-		segment := packet.SegmentTCPv4
-		if h.GSOType&^packet.GSOECNBit == packet.GSOUDPL4 {
-			segment = packet.SegmentUDPv4
+	case packet.GSOTCPv4:
+		// Headers are built in t.hdrs; payloads are sent from where
+		// the TUN read put them.
+		mss := int(h.GSOSize)
+		hl, nseg, err := packet.SegmentTCPv4Headers(pkt, mss, true, t.hdrs[t.hdrN:])
+		if errors.Is(err, packet.ErrOutTooSmall) || (err == nil && (len(t.msgs)+nseg > cap(t.msgs) || len(t.vecs)+2*nseg > cap(t.vecs))) {
+			t.flush()
+			hl, nseg, err = packet.SegmentTCPv4Headers(pkt, mss, true, t.hdrs)
 		}
+		if err == nil && (nseg > cap(t.msgs) || 2*nseg > cap(t.vecs)) {
+			err = packet.ErrBadGSO
+		}
+		if err != nil {
+			if errors.Is(err, packet.ErrTTL) {
+				t.stats.drops[dropTTL].Add(1)
+			} else {
+				t.stats.drops[dropMalformed].Add(1)
+			}
+			return
+		}
+		t.queueVectors(peer, pkt, hl, mss, nseg)
+	case packet.GSOUDPL4:
+		segment := packet.SegmentUDPv4
 		segSize, nseg, used, err := segment(pkt, int(h.GSOSize), true, t.out[t.outN:])
 		if errors.Is(err, packet.ErrOutTooSmall) || (err == nil && len(t.msgs)+nseg > cap(t.msgs)) {
 			t.flush()
@@ -298,6 +322,37 @@ func (t *txPath) queueSegments(peer uint32, segSize, nseg, used int) {
 	t.pendBytes += used
 }
 
+// queueVectors queues the nseg segments whose headers SegmentTCPv4Headers
+// just wrote at t.hdrs[t.hdrN:] and whose payloads are in pkt, as
+// messages of header/payload vectors: runs of up to udpMaxSegs segments
+// when UDP GSO works, else one each.
+func (t *txPath) queueVectors(peer uint32, pkt []byte, hl, mss, nseg int) {
+	segSize := hl + mss
+	per := 1
+	if t.gso.Load() {
+		per = max(1, min(udpMaxSegs, udpMaxBytes/segSize))
+	}
+	total := 0
+	for i := 0; i < nseg; i += per {
+		v0 := len(t.vecs)
+		k := min(per, nseg-i)
+		for j := i; j < i+k; j++ {
+			start := hl + j*mss
+			end := min(start+mss, len(pkt))
+			t.vecs = append(t.vecs, t.hdrs[t.hdrN+j*hl:t.hdrN+(j+1)*hl], pkt[start:end])
+			total += hl + end - start
+		}
+		m := message{vec: t.vecs[v0:len(t.vecs):len(t.vecs)], addr: peer}
+		if k > 1 {
+			m.seg = segSize
+		}
+		t.msgs = append(t.msgs, m)
+	}
+	t.hdrN += nseg * hl
+	t.pendPkts += nseg
+	t.pendBytes += total
+}
+
 // flush sends every queued message.
 func (t *txPath) flush() {
 	if len(t.msgs) == 0 {
@@ -305,12 +360,23 @@ func (t *txPath) flush() {
 	}
 	ms, npkts, nbytes := t.msgs, t.pendPkts, t.pendBytes
 	t.msgs, t.outN, t.pendPkts, t.pendBytes = t.msgs[:0], 0, 0, 0
+	t.hdrN, t.vecs = 0, t.vecs[:0]
 	err := t.conn.WriteBatch(ms)
 	if errors.Is(err, errGSO) {
 		t.gso.Store(false)
 		t.logger.Warn("UDP GSO send failed; sending one datagram per message from now on")
 		err = nil
 		for _, m := range ms {
+			if m.vec != nil {
+				// Header and payload of one segment each.
+				for j := 0; j+1 < len(m.vec); j += 2 {
+					t.one[0] = message{vec: m.vec[j : j+2], addr: m.addr}
+					if e := t.conn.WriteBatch(t.one[:]); e != nil {
+						err = e
+					}
+				}
+				continue
+			}
 			seg := m.seg
 			if seg == 0 {
 				seg = len(m.buf)
@@ -327,12 +393,18 @@ func (t *txPath) flush() {
 		// WriteBatch marked the messages the kernel refused.
 		for _, m := range ms {
 			if m.n < 0 {
-				k := 1
+				k, l := 1, len(m.buf)
+				if m.vec != nil {
+					l = 0
+					for _, v := range m.vec {
+						l += len(v)
+					}
+				}
 				if m.seg > 0 {
-					k = (len(m.buf) + m.seg - 1) / m.seg
+					k = (l + m.seg - 1) / m.seg
 				}
 				npkts -= k
-				nbytes -= len(m.buf)
+				nbytes -= l
 				t.stats.drops[dropSend].Add(uint64(k))
 			}
 		}

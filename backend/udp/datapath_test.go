@@ -88,7 +88,15 @@ func (c *fakeConn) WriteBatch(ms []message) error {
 		}
 	}
 	for _, m := range ms {
-		m.buf = bytes.Clone(m.buf)
+		if m.vec != nil {
+			var b []byte
+			for _, v := range m.vec {
+				b = append(b, v...)
+			}
+			m.buf, m.vec = b, nil
+		} else {
+			m.buf = bytes.Clone(m.buf)
+		}
 		c.sent = append(c.sent, m)
 	}
 	return nil

@@ -44,7 +44,8 @@ func TestSocketBatchNoAllocs(t *testing.T) {
 	defer s.Close()
 	t.Logf("UDP GSO %v, GRO %v", s.gso, s.gro)
 	payload := make([]byte, 3*1000)
-	out := []message{{buf: payload[:1000], addr: 0x7f000001}, {buf: payload, addr: 0x7f000001}}
+	out := []message{{buf: payload[:1000], addr: 0x7f000001}, {buf: payload, addr: 0x7f000001},
+		{vec: [][]byte{payload[:300], payload[300:1000]}, addr: 0x7f000001}}
 	if s.gso {
 		out[1].seg = 1000
 	}
@@ -58,8 +59,8 @@ func TestSocketBatchNoAllocs(t *testing.T) {
 		if err := s.WriteBatch(out); err != nil {
 			t.Fatal(err)
 		}
-		// 1 + 3 datagrams, possibly merged by GRO.
-		for want := 4 * 1000; want > 0; {
+		// 1 + 3 + 1 datagrams, possibly merged by GRO.
+		for want := 5 * 1000; want > 0; {
 			for i := range in {
 				in[i] = message{buf: bufs[i]}
 			}

@@ -157,3 +157,68 @@ func SegmentUDPv4(pkt []byte, size int, decTTL bool, out []byte) (segSize, nseg,
 	}
 	return segSize, nseg, used, nil
 }
+
+// SegmentTCPv4Headers does what SegmentTCPv4 does without copying the
+// payload: it writes only the nseg headers (hl bytes each, back to back)
+// into hdrs. Segment i is hdrs[i*hl:(i+1)*hl] followed by
+// pkt[hl+i*mss : min(hl+(i+1)*mss, len)], so the segments can be sent
+// with a vector of buffers. pkt is not modified.
+func SegmentTCPv4Headers(pkt []byte, mss int, decTTL bool, hdrs []byte) (hl, nseg int, err error) {
+	ip, err := ParseIPv4(pkt)
+	if err != nil {
+		return 0, 0, err
+	}
+	if ip.Proto != ProtoTCP || ip.Fragment {
+		return 0, 0, ErrBadGSO
+	}
+	pkt = pkt[:ip.TotalLen]
+	ihl := ip.HeaderLen
+	thl, err := TCPHeaderLen(pkt, ihl)
+	if err != nil {
+		return 0, 0, err
+	}
+	hl = ihl + thl
+	payload := len(pkt) - hl
+	if mss <= 0 || payload <= 0 {
+		return 0, 0, ErrBadGSO
+	}
+	if decTTL && pkt[8] <= 1 {
+		return 0, 0, ErrTTL
+	}
+	nseg = (payload + mss - 1) / mss
+	if nseg*hl > len(hdrs) {
+		return 0, 0, ErrOutTooSmall
+	}
+	id0 := binary.BigEndian.Uint16(pkt[4:6])
+	seq0 := binary.BigEndian.Uint32(pkt[ihl+4 : ihl+8])
+	flags := pkt[ihl+13]
+	for i := 0; i < nseg; i++ {
+		start := hl + i*mss
+		end := min(start+mss, len(pkt))
+		h := hdrs[i*hl : (i+1)*hl]
+		copy(h, pkt[:hl])
+		segLen := hl + end - start
+		binary.BigEndian.PutUint16(h[2:4], uint16(segLen))
+		binary.BigEndian.PutUint16(h[4:6], id0+uint16(i))
+		if decTTL {
+			h[8]--
+		}
+		SetIPv4Checksum(h[:ihl])
+		tcp := h[ihl:]
+		binary.BigEndian.PutUint32(tcp[4:8], seq0+uint32(i*mss))
+		f := flags
+		if i > 0 {
+			f &^= TCPCwr
+		}
+		if i < nseg-1 {
+			f &^= TCPFin | TCPPsh
+		}
+		tcp[13] = f
+		tcp[16], tcp[17] = 0, 0
+		acc := Sum(tcp, PseudoHeaderSum(h, ProtoTCP, segLen-ihl))
+		// The TCP header is a multiple of 4 bytes long, so the payload's
+		// sum continues at an even offset.
+		binary.BigEndian.PutUint16(tcp[16:18], ^Fold(Sum(pkt[start:end], acc)))
+	}
+	return hl, nseg, nil
+}

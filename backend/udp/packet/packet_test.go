@@ -432,6 +432,9 @@ func FuzzParseIPv4(f *testing.F) {
 		p := b[:h.TotalLen]
 		DecTTL(bytes.Clone(p))
 		BuildNetUnreachable(out, p, 1)
+		if _, n, err := SegmentTCPv4Headers(p, int(mss), true, out); err == nil && n <= 0 {
+			t.Fatalf("headers: %d", n)
+		}
 		if _, n, used, err := SegmentUDPv4(bytes.Clone(p), int(mss), true, out); err == nil && (n <= 0 || used > len(out)) {
 			t.Fatalf("segment udp: %d %d", n, used)
 		}
@@ -518,5 +521,32 @@ func TestSegmentUDPv4(t *testing.T) {
 	}
 	if !bytes.Equal(got, pl) {
 		t.Fatal("payload mismatch")
+	}
+}
+
+func TestSegmentTCPv4HeadersMatchesCopy(t *testing.T) {
+	for _, n := range []int{1, 999, 1000, 4321, 65000} {
+		p := buildTCP(tcpSpec{src: 1, dst: 2, seq: 7, flags: TCPAck | TCPPsh | TCPFin, opts: []byte{1, 1, 1, 1}, payload: seqPayload(n, 5), id: 9, partialSum: true})
+		out := make([]byte, 200000)
+		segSize, nseg, used, err := SegmentTCPv4(bytes.Clone(p), 1000, true, out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hdrs := make([]byte, 100000)
+		orig := bytes.Clone(p)
+		hl, nseg2, err := SegmentTCPv4Headers(p, 1000, true, hdrs)
+		if err != nil || nseg2 != nseg || !bytes.Equal(p, orig) {
+			t.Fatalf("n=%d: %d segs (want %d), %v, pkt modified %v", n, nseg2, nseg, err, !bytes.Equal(p, orig))
+		}
+		for i := 0; i < nseg; i++ {
+			want := out[i*segSize : min((i+1)*segSize, used)]
+			got := append(bytes.Clone(hdrs[i*hl:(i+1)*hl]), p[hl+i*1000:min(hl+(i+1)*1000, len(p))]...)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("n=%d segment %d differs", n, i)
+			}
+		}
+	}
+	if _, _, err := SegmentTCPv4Headers(buildTCP(tcpSpec{src: 1, dst: 2, payload: seqPayload(5000, 0)}), 100, false, make([]byte, 100)); !errors.Is(err, ErrOutTooSmall) {
+		t.Fatalf("small hdrs: %v", err)
 	}
 }
