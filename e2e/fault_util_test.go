@@ -465,4 +465,3 @@ func logLines(h *lab.Host, subs ...string) []string {
 
 // weftdRunning reports whether h's weftd process is alive.
 func weftdRunning(h *lab.Host) bool { return h.WeftdPID() != 0 }
-
