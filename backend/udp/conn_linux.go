@@ -55,8 +55,9 @@ func newSockBatch(n, iovs int) sockBatch {
 }
 
 // openUDP opens the backend's socket, bound to port on every address of
-// the current network namespace, and probes UDP GSO and GRO.
-func openUDP(port uint16) (*udpSock, error) {
+// the current network namespace, and probes UDP GSO and GRO (unless
+// offloads is false).
+func openUDP(port uint16, offloads bool) (*udpSock, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return nil, fmt.Errorf("open UDP socket: %w", err)
@@ -77,10 +78,10 @@ func openUDP(port uint16) (*udpSock, error) {
 		return nil, fmt.Errorf("bind UDP port %d: %w", port, err)
 	}
 	s := &udpSock{port: port, r: newSockBatch(rxBatch, rxBatch), w: newSockBatch(txMaxMsgs, 4*txMaxMsgs)}
-	if _, err := unix.GetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT); err == nil {
+	if _, err := unix.GetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT); err == nil && offloads {
 		s.gso = true
 	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1); err == nil {
+	if offloads && unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1) == nil {
 		s.gro = true
 	}
 	s.f = os.NewFile(uintptr(fd), "weft-udp")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -199,10 +200,36 @@ func TestKernelDeviceAndPing(t *testing.T) {
 	waitFor(t, "backend goroutines to end", 5*time.Second, func() bool { return runtime.NumGoroutine() <= baseG })
 }
 
+// TestKernelTransfer100MB sends 100 MiB pod to pod and compares hashes,
+// with offloads on both hosts, on neither (flannel's one packet per
+// syscall), and on one only: the wire format does not depend on them.
 func TestKernelTransfer100MB(t *testing.T) {
-	l := newLab(t)
-	n0 := startNode(t, l, 0)
-	startNode(t, l, 1)
+	for _, tc := range []struct {
+		name string
+		opts [2]string
+	}{
+		{"offloads", [2]string{"", ""}},
+		{"plain", [2]string{`{"DisableOffloads":true}`, `{"DisableOffloads":true}`}},
+		{"mixed", [2]string{"", `{"DisableOffloads":true}`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newLab(t)
+			var nodes [2]*udplab.Node
+			for i := range 2 {
+				n, err := l.StartUDP(i, json.RawMessage(tc.opts[i]), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { n.Stop() })
+				nodes[i] = n
+			}
+			t.Logf("offloads: %q / %q", nodes[0].Offloads(), nodes[1].Offloads())
+			transfer(t, l, nodes[0])
+		})
+	}
+}
+
+func transfer(t *testing.T, l *udplab.Lab, n0 *udplab.Node) {
 
 	const size = 100 << 20
 	var ln net.Listener
@@ -453,5 +480,54 @@ func TestKernelWireFormat(t *testing.T) {
 			t.Fatalf("reply TTL %d, want 62 (64 - host forwarding - backend send)", h.TTL)
 		}
 		return
+	}
+}
+
+// TestKernelReattachChangesOffloads restarts host 1's backend without
+// offloads on the persistent device that had them, and back.
+func TestKernelReattachChangesOffloads(t *testing.T) {
+	l := newLab(t)
+	startNode(t, l, 1)
+	for i, opts := range []string{"", `{"DisableOffloads":true}`, ""} {
+		n, err := l.StartUDP(0, json.RawMessage(opts), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, recv, err := udplab.Ping(l.Pod[0], l.PodIP[1], 3, 100*time.Millisecond); recv == 0 {
+			n.Stop()
+			t.Fatalf("attach %d (%q): no ping reply: %v", i, opts, err)
+		}
+		var ln net.Listener
+		inNS(t, l.Pod[1], func() (err error) {
+			ln, err = net.Listen("tcp", netip.AddrPortFrom(l.PodIP[1], 0).String())
+			return err
+		})
+		done := make(chan int64, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				done <- -1
+				return
+			}
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			m, _ := io.Copy(io.Discard, c)
+			c.Close()
+			done <- m
+		}()
+		var c net.Conn
+		inNS(t, l.Pod[0], func() (err error) {
+			c, err = net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+			return err
+		})
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Write(make([]byte, 8<<20)); err != nil {
+			t.Fatalf("attach %d: write: %v", i, err)
+		}
+		c.Close()
+		if m := <-done; m != 8<<20 {
+			t.Fatalf("attach %d (%q): received %d bytes", i, opts, m)
+		}
+		ln.Close()
+		n.Stop()
 	}
 }

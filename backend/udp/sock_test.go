@@ -38,7 +38,7 @@ func TestSocketBatchNoAllocs(t *testing.T) {
 	}
 	defer h.Close()
 	var s *udpSock
-	if err := nl.Do(h, func() (err error) { s, err = openUDP(DefaultPort); return err }); err != nil {
+	if err := nl.Do(h, func() (err error) { s, err = openUDP(DefaultPort, true); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()

@@ -105,7 +105,8 @@ func (t *tunFile) readQueued(fd uintptr) bool {
 // openTUN attaches to (creating if needed) the persistent TUN device name
 // in the current network namespace, asking for a virtio-net header and
 // TCP segmentation offload, and falling back step by step to a plain TUN.
-func openTUN(name string) (*tunFile, error) {
+// With offloads false it opens a plain TUN, as flannel does.
+func openTUN(name string, offloads bool) (*tunFile, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
@@ -126,7 +127,11 @@ func openTUN(name string) (*tunFile, error) {
 		return unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
 	}
 	base := uint16(unix.IFF_TUN | unix.IFF_NO_PI)
-	if err := setIff(base | unix.IFF_VNET_HDR); err == nil {
+	if !offloads {
+		if err := setIff(base); err != nil {
+			return nil, fmt.Errorf("attach TUN %s: %w", name, err)
+		}
+	} else if err := setIff(base | unix.IFF_VNET_HDR); err == nil {
 		t.vnetHdr = true
 	} else if err2 := setIff(base); err2 != nil {
 		return nil, fmt.Errorf("attach TUN %s: %w", name, errors.Join(err, err2))
@@ -134,7 +139,14 @@ func openTUN(name string) (*tunFile, error) {
 	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
 		return nil, fmt.Errorf("make TUN %s persistent: %w", name, err)
 	}
-	if t.vnetHdr {
+	if !t.vnetHdr {
+		// A persistent device keeps the offloads a previous owner
+		// enabled; without a virtio-net header we could not tell a
+		// partial checksum or a super-packet from a finished packet.
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0); err != nil {
+			return nil, fmt.Errorf("clear offloads of TUN %s: %w", name, err)
+		}
+	} else {
 		for _, try := range []struct {
 			flags int
 			names []string

@@ -68,12 +68,17 @@ type options struct {
 	Type string
 	Port *int
 	MTU  *int
+	// DisableOffloads runs the data path one packet per syscall, as
+	// flannel does (no TUN TSO, no UDP GSO/GRO). weft-only; for
+	// debugging and for tests of the fallback path.
+	DisableOffloads bool
 }
 
 type udpBackend struct {
 	cfg    backend.Config
 	port   uint16
 	mtuOpt int
+	noOffl bool
 	logger *slog.Logger
 	kick   chan struct{}
 
@@ -114,6 +119,7 @@ func New(cfg backend.Config) (backend.Backend, error) {
 			}
 			b.port = uint16(*o.Port)
 		}
+		b.noOffl = o.DisableOffloads
 		if o.MTU != nil {
 			if *o.MTU < 576 || *o.MTU > 65535 {
 				return nil, fmt.Errorf("udp backend option MTU: %d is outside 576-65535", *o.MTU)
@@ -165,10 +171,10 @@ func (b *udpBackend) openLocked() error {
 	var sock *udpSock
 	err := nl.Do(b.cfg.Netns, func() error {
 		var err error
-		if tun, err = openTUN(DeviceName); err != nil {
+		if tun, err = openTUN(DeviceName, !b.noOffl); err != nil {
 			return err
 		}
-		if sock, err = openUDP(b.port); err != nil {
+		if sock, err = openUDP(b.port, !b.noOffl); err != nil {
 			tun.Close()
 			return err
 		}

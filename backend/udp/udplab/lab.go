@@ -326,6 +326,7 @@ type Result struct {
 	RawGbps   float64 // host to host over the veth underlay
 	VXLANGbps float64 // pod to pod over kernel vxlan
 	UDPGbps   float64 // pod to pod over weft's udp backend
+	PlainGbps float64 // the same without offloads: one packet per syscall, like flannel
 	Offloads  string  // offloads the udp data path used
 }
 
@@ -338,8 +339,8 @@ func (r Result) Ratio() float64 {
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("raw veth %.2f Gbit/s, kernel vxlan %.2f Gbit/s, weft udp %.2f Gbit/s, udp/vxlan %.1f%% (offloads: %s)",
-		r.RawGbps, r.VXLANGbps, r.UDPGbps, 100*r.Ratio(), r.Offloads)
+	return fmt.Sprintf("raw veth %.2f Gbit/s, kernel vxlan %.2f Gbit/s, weft udp %.2f Gbit/s, udp/vxlan %.1f%% (offloads: %s); without offloads %.2f Gbit/s (%.1f%% of vxlan)",
+		r.RawGbps, r.VXLANGbps, r.UDPGbps, 100*r.Ratio(), r.Offloads, r.PlainGbps, 100*r.PlainGbps/max(r.VXLANGbps, 1e-9))
 }
 
 // BenchThroughput measures single-stream iperf3 TCP throughput over the
@@ -347,7 +348,8 @@ func (r Result) String() string {
 // and the udp lab exist side by side, and the runs alternate (vxlan, udp,
 // vxlan, udp, ...) for the given number of rounds of secs seconds each,
 // so that load from elsewhere on the machine hits both alike; the result
-// holds the means. Needs root and iperf3.
+// holds the means. A last run measures the udp backend without offloads
+// (flannel's one-packet-per-syscall model). Needs root and iperf3.
 func BenchThroughput(secs, rounds int, logger *slog.Logger) (Result, error) {
 	var r Result
 	if rounds < 1 {
@@ -393,6 +395,21 @@ func BenchThroughput(secs, rounds int, logger *slog.Logger) (Result, error) {
 			return r, fmt.Errorf("udp: %w", err)
 		}
 		r.UDPGbps += g / float64(rounds)
+	}
+	// The udp backend again, re-attached without offloads.
+	for _, n := range nodes {
+		n.Stop()
+	}
+	nodes = nodes[:0]
+	for i := range 2 {
+		n, err := ul.StartUDP(i, json.RawMessage(`{"DisableOffloads":true}`), logger)
+		if err != nil {
+			return r, err
+		}
+		nodes = append(nodes, n)
+	}
+	if r.PlainGbps, err = ul.Iperf(ul.Pod[0], ul.Pod[1], ul.PodIP[1], secs); err != nil {
+		return r, fmt.Errorf("udp without offloads: %w", err)
 	}
 	return r, nil
 }

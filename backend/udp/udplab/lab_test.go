@@ -25,5 +25,6 @@ func BenchmarkThroughput(b *testing.B) {
 		b.ReportMetric(r.VXLANGbps, "vxlan-Gbit/s")
 		b.ReportMetric(r.UDPGbps, "udp-Gbit/s")
 		b.ReportMetric(100*r.Ratio(), "udp/vxlan-%")
+		b.ReportMetric(r.PlainGbps, "udp-no-offload-Gbit/s")
 	}
 }
