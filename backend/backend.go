@@ -84,8 +84,10 @@ type Backend interface {
 	// MTU is the MTU pods must use (FLANNEL_MTU). Valid after Setup.
 	MTU() int
 	// SetDesired replaces the desired state: our own lease and every peer
-	// lease to program. Peers must already be validated. It never blocks on
-	// the kernel; Run applies the state promptly. Safe for concurrent use.
+	// lease to program. Peers must already be validated. The backend takes
+	// ownership of the peers slice: the caller must not modify it
+	// afterwards. It never blocks on the kernel; Run applies the state
+	// promptly. Safe for concurrent use.
 	SetDesired(own subnet.Lease, peers []subnet.Lease)
 	// Run reconciles until ctx is done: after each SetDesired, every
 	// ResyncInterval, and on netlink events. It returns only after every

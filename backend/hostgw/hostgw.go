@@ -121,7 +121,7 @@ func (b *Backend) MTU() int {
 func (b *Backend) SetDesired(own subnet.Lease, peers []subnet.Lease) {
 	b.mu.Lock()
 	b.own = own
-	b.peers = append([]subnet.Lease(nil), peers...)
+	b.peers = peers // ours now: see backend.Backend.SetDesired
 	b.desired = true
 	b.status.PeersWanted = len(peers)
 	b.mu.Unlock()

@@ -103,8 +103,9 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
 
 	plans := make([]peerPlan, 0, len(peers))
 	want := make([]routes.Want, 0, len(peers))
+	b.macGen++
 	for _, l := range peers {
-		_, mac, err := subnet.ParseVXLANData(l.Attrs.BackendData)
+		mac, err := b.peerMAC(l)
 		if err != nil {
 			p.refused[l.Subnet] = err.Error()
 			continue
@@ -173,6 +174,11 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
 		}
 		p.programmed++
 	}
+	for sn, e := range b.macs {
+		if e.gen != b.macGen {
+			delete(b.macs, sn)
+		}
+	}
 	for sn, why := range p.refused {
 		if b.loggedRefusal[sn] != why {
 			b.log.Warn("refusing peer", "subnet", sn, "reason", why)
@@ -180,6 +186,28 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
 	}
 	b.loggedRefusal = p.refused
 	return p, errors.Join(errs...)
+}
+
+// macEntry caches one peer's parsed VtepMAC, keyed by its BackendData, so
+// a pass over thousands of unchanged peers parses no JSON.
+type macEntry struct {
+	data string
+	mac  net.HardwareAddr
+	err  error
+	gen  uint64
+}
+
+// peerMAC returns l's VtepMAC, parsing BackendData only when it changed.
+// Caller holds kmu.
+func (b *Backend) peerMAC(l subnet.Lease) (net.HardwareAddr, error) {
+	e, ok := b.macs[l.Subnet]
+	if !ok || e.data != string(l.Attrs.BackendData) {
+		_, mac, err := subnet.ParseVXLANData(l.Attrs.BackendData)
+		e = macEntry{data: string(l.Attrs.BackendData), mac: mac, err: err}
+	}
+	e.gen = b.macGen
+	b.macs[l.Subnet] = e
+	return e.mac, e.err
 }
 
 // extPrefixes lists the IPv4 prefixes configured on the external interface.

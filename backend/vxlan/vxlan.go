@@ -108,6 +108,8 @@ type Backend struct {
 	installedFDB   map[string]netip.Addr // MAC -> PublicIP
 	installedAddr  netip.Prefix
 	loggedRefusal  map[netip.Prefix]string
+	macs           map[netip.Prefix]macEntry
+	macGen         uint64
 }
 
 // New validates the options and returns a backend; it touches no kernel
@@ -135,6 +137,7 @@ func New(cfg backend.Config) (backend.Backend, error) {
 		installedNeigh: map[netip.Addr]string{},
 		installedFDB:   map[string]netip.Addr{},
 		loggedRefusal:  map[netip.Prefix]string{},
+		macs:           map[netip.Prefix]macEntry{},
 	}
 	b.log = cfg.Logger.With("backend", Type, "device", b.name)
 	if b.resync <= 0 {
@@ -171,7 +174,7 @@ func (b *Backend) MTU() int { return int(b.mtu.Load()) }
 func (b *Backend) SetDesired(own subnet.Lease, peers []subnet.Lease) {
 	b.mu.Lock()
 	b.own = own
-	b.peers = append([]subnet.Lease(nil), peers...)
+	b.peers = peers // ours now: see backend.Backend.SetDesired
 	b.desired = true
 	b.status.PeersWanted = len(peers)
 	b.mu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -48,7 +49,10 @@ type daemon struct {
 	fileWritten   bool
 	lastSnap      *etcd.Snapshot
 	peersKnown    int
-	skipped       map[string]string // lease key -> fingerprint already warned about
+	skipped       map[string]string // unparsable lease key -> value already warned about
+	verdicts      map[netip.Prefix]verdict
+	gen           uint64
+	leasesSkipped int
 	restartNeeded bool
 	configError   string
 	notified      bool
@@ -63,6 +67,7 @@ func newDaemon(cfg *Config, backends map[string]backendEntry, logger *slog.Logge
 		started:  time.Now(),
 		reason:   "connecting to etcd",
 		skipped:  map[string]string{},
+		verdicts: map[netip.Prefix]verdict{},
 	}
 }
 
@@ -383,6 +388,17 @@ func (d *daemon) applySnapshot(s etcd.Snapshot) {
 	d.pushDesired()
 }
 
+// verdict caches the validation of one peer lease: leases are re-checked
+// only when their value (ModRevision) or our own subnet changes, so a
+// burst of watch events over thousands of leases costs no JSON parsing.
+type verdict struct {
+	modRev int64
+	own    netip.Prefix
+	err    error
+	reason string
+	gen    uint64
+}
+
 // pushDesired filters the last snapshot against our lease and the network
 // and hands the result to the backend. Each invalid lease is warned about
 // once per distinct value.
@@ -392,47 +408,62 @@ func (d *daemon) pushDesired() {
 	if !d.haveLease || d.be == nil {
 		return
 	}
-	var peers []subnet.Lease
-	seen := map[string]bool{}
+	s := d.lastSnap
+	if s == nil {
+		d.be.SetDesired(d.lease, nil)
+		return
+	}
+	d.gen++
+	own := d.lease.Subnet
+	peers := make([]subnet.Lease, 0, len(s.Leases))
 	skipped := 0
-	if s := d.lastSnap; s != nil {
-		for _, inv := range s.Invalid {
-			seen[inv.Key] = true
+	for _, inv := range s.Invalid {
+		skipped++
+		d.warnSkip(inv.Key, string(inv.Value), "unparsable", inv.Err)
+	}
+	for _, l := range s.Leases {
+		if l.Subnet == own {
+			continue
+		}
+		v, ok := d.verdicts[l.Subnet]
+		if !ok || v.modRev != l.ModRevision || v.own != own {
+			v = verdict{modRev: l.ModRevision, own: own}
+			if err := d.netcfg.ValidatePeer(l, own, d.ext.PublicIP); err != nil {
+				v.err, v.reason = err, "invalid"
+			} else if err := d.netcfg.ValidatePeerBackend(l); err != nil {
+				v.err, v.reason = err, "backend-data"
+			}
+			if v.err != nil {
+				d.metrics.leasesSkipped.WithLabelValues(v.reason).Inc()
+				d.logger.Warn("skipping lease", "key", subnet.SubnetKey(l.Subnet), "reason", v.reason, "err", v.err)
+			}
+		}
+		v.gen = d.gen
+		d.verdicts[l.Subnet] = v
+		if v.err != nil {
 			skipped++
-			d.warnSkip(inv.Key, string(inv.Value), "unparsable", inv.Err)
+			continue
 		}
-		for _, l := range s.Leases {
-			if l.Subnet == d.lease.Subnet {
-				continue
-			}
-			key := subnet.SubnetKey(l.Subnet)
-			if err := d.netcfg.ValidatePeer(l, d.lease.Subnet, d.ext.PublicIP); err != nil {
-				seen[key] = true
-				skipped++
-				d.warnSkip(key, fmt.Sprint(l.ModRevision), "invalid", err)
-				continue
-			}
-			if err := d.netcfg.ValidatePeerBackend(l); err != nil {
-				seen[key] = true
-				skipped++
-				d.warnSkip(key, fmt.Sprint(l.ModRevision), "backend-data", err)
-				continue
-			}
-			peers = append(peers, l)
-		}
-		d.metrics.leasesKnown.Set(float64(len(s.Leases) + len(s.Invalid)))
+		peers = append(peers, l)
 	}
-	for k := range d.skipped {
-		if !seen[k] {
-			delete(d.skipped, k)
+	for sn, v := range d.verdicts {
+		if v.gen != d.gen {
+			delete(d.verdicts, sn)
 		}
 	}
+	for key, v := range d.skipped {
+		if !slices.ContainsFunc(s.Invalid, func(inv etcd.InvalidLease) bool { return inv.Key == key && string(inv.Value) == v }) {
+			delete(d.skipped, key)
+		}
+	}
+	d.metrics.leasesKnown.Set(float64(len(s.Leases) + len(s.Invalid)))
 	d.peersKnown = len(peers)
+	d.leasesSkipped = skipped
 	d.metrics.leasesInvalid.Set(float64(skipped))
 	d.be.SetDesired(d.lease, peers)
 }
 
-// warnSkip logs a skipped lease once per fingerprint and counts it.
+// warnSkip logs an unparsable lease once per distinct value and counts it.
 func (d *daemon) warnSkip(key, fingerprint, reason string, err error) {
 	if d.skipped[key] == fingerprint {
 		return

@@ -33,6 +33,7 @@ type Config struct {
 	ReconcileEvery  time.Duration
 	LogFormat       string
 	LogLevel        string
+	Pprof           bool
 	Version         bool
 }
 
@@ -81,6 +82,7 @@ func newFlagSet(out io.Writer) (*flag.FlagSet, *rawFlags) {
 	fs.DurationVar(&r.reconcile, "reconcile-interval", 10*time.Second, "how often the backend re-checks the kernel state without being asked (weft extension)")
 	fs.StringVar(&r.logFormat, "log-format", "text", "log format: text or json (weft extension)")
 	fs.StringVar(&r.logLevel, "log-level", "info", "log level: debug, info, warn or error (weft extension)")
+	fs.BoolVar(&r.pprof, "pprof", false, "also serve Go's /debug/pprof/ profiles on the HTTP endpoints (weft extension)")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
 	return fs, r
 }
@@ -98,7 +100,7 @@ type rawFlags struct {
 	healthzPort                                                      int
 	reconcile                                                        time.Duration
 	logFormat, logLevel                                              string
-	version                                                          bool
+	pprof, version                                                   bool
 }
 
 // parseConfig parses the command line, applies WEFTD_* then FLANNELD_*
@@ -156,6 +158,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 		ReconcileEvery:  r.reconcile,
 		LogFormat:       r.logFormat,
 		LogLevel:        r.logLevel,
+		Pprof:           r.pprof,
 		Version:         r.version,
 	}
 	c.Etcd = etcd.ClientOptions{

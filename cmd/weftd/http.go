@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -30,6 +31,12 @@ func (d *daemon) startHTTP() (*http.Server, error) {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	if d.cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -57,7 +64,7 @@ func (d *daemon) status() apitypes.Status {
 		ExternalInterface: d.ext.Name,
 		SubnetFile:        d.cfg.SubnetFile,
 		PeersKnown:        d.peersKnown,
-		LeasesSkipped:     len(d.skipped),
+		LeasesSkipped:     d.leasesSkipped,
 		Ready:             ready,
 		NotReadyReason:    reason,
 		RestartNeeded:     d.restartNeeded,
