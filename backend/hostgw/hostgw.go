@@ -20,12 +20,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"sort"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -40,34 +38,24 @@ import (
 // Type is the backend type name in the network config.
 const Type = "host-gw"
 
-const (
-	defaultResync = 10 * time.Second
-	settle        = 10 * time.Millisecond
-)
-
 var _ backend.Backend = (*Backend)(nil)
 var _ backend.Factory = New
 var _ backend.Cleanup = Cleanup
 
 // Backend is the host-gw data path. Build it with New.
 type Backend struct {
-	cfg    backend.Config
-	log    *slog.Logger
-	resync time.Duration
-	kick   chan struct{}
+	cfg backend.Config
+	log *slog.Logger
+	// loop holds the desired state and Status and runs pass.
+	loop *backend.Loop
 
-	mu      sync.Mutex // guards the fields below
-	own     subnet.Lease
-	peers   []subnet.Lease
-	desired bool
-	mtu     int
-	status  backend.Status
+	mu  sync.Mutex // guards mtu
+	mtu int
 
-	kmu           sync.Mutex // guards kernel state below
-	h             *netlink.Handle
-	table         *routes.NetlinkTable
-	routes        *routes.Reconciler
-	loggedRefusal map[netip.Prefix]string
+	kmu    sync.Mutex // guards kernel state below
+	h      *netlink.Handle
+	table  *routes.NetlinkTable
+	routes *routes.Reconciler
 }
 
 // New validates the config and returns a backend; it touches no kernel
@@ -86,17 +74,10 @@ func New(cfg backend.Config) (backend.Backend, error) {
 		return nil, fmt.Errorf("host-gw cannot work through NAT: --public-ip %s differs from interface address %s",
 			cfg.Ext.PublicIP, cfg.Ext.Addr)
 	}
-	b := &Backend{
-		cfg:           cfg,
-		log:           cfg.Logger.With("backend", Type),
-		resync:        cfg.ResyncInterval,
-		kick:          make(chan struct{}, 1),
-		loggedRefusal: map[netip.Prefix]string{},
-		status:        backend.Status{Refused: map[netip.Prefix]string{}, Repairs: map[string]uint64{}},
-	}
-	if b.resync <= 0 {
-		b.resync = defaultResync
-	}
+	b := &Backend{cfg: cfg, log: cfg.Logger.With("backend", Type)}
+	lcfg := cfg
+	lcfg.Logger = b.log
+	b.loop = backend.NewLoop(lcfg, "", b.pass)
 	return b, nil
 }
 
@@ -118,71 +99,23 @@ func (b *Backend) MTU() int {
 }
 
 // SetDesired implements backend.Backend.
-func (b *Backend) SetDesired(own subnet.Lease, peers []subnet.Lease) {
-	b.mu.Lock()
-	b.own = own
-	b.peers = peers // ours now: see backend.Backend.SetDesired
-	b.desired = true
-	b.status.PeersWanted = len(peers)
-	b.mu.Unlock()
-	b.poke()
-}
-
-func (b *Backend) poke() {
-	select {
-	case b.kick <- struct{}{}:
-	default:
-	}
-}
+func (b *Backend) SetDesired(own subnet.Lease, peers []subnet.Lease) { b.loop.SetDesired(own, peers) }
 
 // Status implements backend.Backend.
-func (b *Backend) Status() backend.Status {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := b.status
-	s.Refused = maps.Clone(s.Refused)
-	s.Repairs = maps.Clone(s.Repairs)
-	return s
-}
+func (b *Backend) Status() backend.Status { return b.loop.Status() }
 
 // Run implements backend.Backend.
 func (b *Backend) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		nl.Watch(ctx, b.cfg.Netns, b.log, b.eventFilter(), b.poke)
-	}()
-	defer func() {
-		cancel()
-		wg.Wait()
-		b.kmu.Lock()
-		b.closeHandles()
-		b.kmu.Unlock()
-	}()
-	tick := time.NewTicker(b.resync)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-		case <-b.kick:
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(settle):
-			}
-			select {
-			case <-b.kick:
-			default:
-			}
-		}
-		b.reconcile()
-	}
+	b.loop.Run(ctx, func(ctx context.Context, kick func()) {
+		nl.Watch(ctx, b.cfg.Netns, b.log, b.eventFilter(), kick)
+	})
+	b.kmu.Lock()
+	b.closeHandles()
+	b.kmu.Unlock()
+	return nil
 }
 
+// eventFilter selects the events that mean something we own changed.
 func (b *Backend) eventFilter() nl.Filter {
 	network := b.cfg.Network.Network
 	ext := b.cfg.Ext.Index
@@ -254,40 +187,12 @@ func (b *Backend) prepare() error {
 	return nil
 }
 
-// reconcile runs one pass if SetDesired has been called.
-func (b *Backend) reconcile() {
-	b.mu.Lock()
-	if !b.desired {
-		b.mu.Unlock()
-		return
-	}
-	peers := b.peers
-	b.mu.Unlock()
-
-	start := time.Now()
+// pass is the backend.PassFunc: one reconcile pass under kmu.
+func (b *Backend) pass(own subnet.Lease, peers []subnet.Lease) backend.Pass {
 	b.kmu.Lock()
+	defer b.kmu.Unlock()
 	programmed, refused, repaired, err := b.apply(peers)
-	b.kmu.Unlock()
-	d := time.Since(start)
-
-	b.mu.Lock()
-	b.status.LastReconcile = time.Now()
-	b.status.PeersProgrammed = programmed
-	b.status.Refused = refused
-	b.status.Repairs["route"] += uint64(repaired)
-	b.status.LastError = ""
-	if err != nil {
-		b.status.LastError = err.Error()
-	}
-	b.mu.Unlock()
-	if err != nil {
-		b.log.Warn("reconcile failed; will retry", "err", err)
-	} else {
-		b.log.Debug("reconciled", "peers", len(peers), "programmed", programmed, "took", d)
-	}
-	if b.cfg.OnReconcile != nil {
-		b.cfg.OnReconcile(d, err)
-	}
+	return backend.Pass{Programmed: programmed, Refused: refused, Repairs: map[string]uint64{"route": uint64(repaired)}, Err: err}
 }
 
 // apply makes the routes match peers. Caller holds kmu.
@@ -330,13 +235,6 @@ func (b *Backend) apply(peers []subnet.Lease) (programmed int, refused map[netip
 		}
 		programmed++
 	}
-	// Log each refusal once, not on every pass.
-	for sn, why := range refused {
-		if b.loggedRefusal[sn] != why {
-			b.log.Warn("refusing peer", "subnet", sn, "reason", why)
-		}
-	}
-	b.loggedRefusal = maps.Clone(refused)
 	return programmed, refused, res.Repaired, err
 }
 

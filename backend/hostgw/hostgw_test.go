@@ -143,7 +143,7 @@ func TestRoutesAndRefusal(t *testing.T) {
 	far := lease("198.18.4.0/24", "203.0.113.40")
 	b.SetDesired(own, []subnet.Lease{lease("198.18.2.0/24", "192.0.2.20"), lease("198.18.3.0/24", "192.0.2.30"), far})
 	for i := 0; i < 3; i++ {
-		b.reconcile()
+		b.loop.Reconcile()
 	}
 	want := "198.18.2.0/24 via 192.0.2.20 dev eth0\n198.18.3.0/24 via 192.0.2.30 dev eth0"
 	if got := ourRoutes(t, h); got != want {
@@ -161,7 +161,7 @@ func TestRoutesAndRefusal(t *testing.T) {
 	}
 	// Removing a peer removes its route.
 	b.SetDesired(own, []subnet.Lease{lease("198.18.3.0/24", "192.0.2.30")})
-	b.reconcile()
+	b.loop.Reconcile()
 	if got := ourRoutes(t, h); got != "198.18.3.0/24 via 192.0.2.30 dev eth0" {
 		t.Fatalf("routes after removal: %s", got)
 	}
@@ -224,7 +224,8 @@ func TestRepairAndPing(t *testing.T) {
 		pod, ip := h.AddPod(t, netip.MustParsePrefix(subnets[i]))
 		pods, podIPs = append(pods, pod), append(podIPs, ip)
 		b := newBackend(t, h, nil)
-		b.resync = time.Hour // only events may trigger the repair below
+		b.cfg.ResyncInterval = time.Hour // only events may trigger the repair below
+		b.loop = backend.NewLoop(b.cfg, "", b.pass)
 		attrs, err := b.Setup(context.Background())
 		if err != nil {
 			t.Fatal(err)

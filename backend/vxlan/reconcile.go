@@ -11,57 +11,17 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/backend/routes"
 	"github.com/weftnet/weft/internal/nl"
 	"github.com/weftnet/weft/subnet"
 )
 
-// pass is what one reconcile found and did.
-type pass struct {
-	// phases records how long each step took, for the debug log.
-	phases     []any
-	programmed int
-	refused    map[netip.Prefix]string
-	repairs    map[string]uint64
-}
-
-// reconcile runs one pass if SetDesired has been called, records the result
-// in Status and calls OnReconcile.
-func (b *Backend) reconcile() {
-	b.mu.Lock()
-	if !b.desired {
-		b.mu.Unlock()
-		return
-	}
-	own, peers := b.own, b.peers
-	b.mu.Unlock()
-
-	start := time.Now()
+// pass is the backend.PassFunc: one reconcile pass under kmu.
+func (b *Backend) pass(own subnet.Lease, peers []subnet.Lease) backend.Pass {
 	b.kmu.Lock()
-	p, err := b.apply(own, peers)
-	b.kmu.Unlock()
-	d := time.Since(start)
-
-	b.mu.Lock()
-	b.status.LastReconcile = time.Now()
-	b.status.PeersProgrammed = p.programmed
-	b.status.Refused = p.refused
-	for k, v := range p.repairs {
-		b.status.Repairs[k] += v
-	}
-	b.status.LastError = ""
-	if err != nil {
-		b.status.LastError = err.Error()
-	}
-	b.mu.Unlock()
-	if err != nil {
-		b.log.Warn("reconcile failed; will retry", "err", err)
-	} else {
-		b.log.Debug("reconciled", append([]any{"peers", len(peers), "programmed", p.programmed, "took", d}, p.phases...)...)
-	}
-	if b.cfg.OnReconcile != nil {
-		b.cfg.OnReconcile(d, err)
-	}
+	defer b.kmu.Unlock()
+	return b.apply(own, peers)
 }
 
 // peerPlan is one peer after validation.
@@ -72,17 +32,19 @@ type peerPlan struct {
 }
 
 // apply makes the kernel match own and peers. Caller holds kmu.
-func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
-	p := pass{refused: map[netip.Prefix]string{}, repairs: map[string]uint64{}}
+func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass) {
+	p.Refused, p.Repairs = map[netip.Prefix]string{}, map[string]uint64{}
 	if err := b.prepare(); err != nil {
-		return p, err
+		p.Err = err
+		return p
 	}
 	repaired, err := b.ensureDevice()
 	if err != nil {
-		return p, err
+		p.Err = err
+		return p
 	}
 	if repaired {
-		p.repairs["device"]++
+		p.Repairs["device"]++
 	}
 	linkIndex := int(b.linkIndex.Load())
 	var errs []error
@@ -90,7 +52,7 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
 		if rep, err := b.ensureAddr(linkIndex, netip.PrefixFrom(own.Subnet.Addr(), 32)); err != nil {
 			errs = append(errs, err)
 		} else if rep {
-			p.repairs["addr"]++
+			p.Repairs["addr"]++
 		}
 	}
 
@@ -107,7 +69,7 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
 	for _, l := range peers {
 		mac, err := b.peerMAC(l)
 		if err != nil {
-			p.refused[l.Subnet] = err.Error()
+			p.Refused[l.Subnet] = err.Error()
 			continue
 		}
 		pp := peerPlan{lease: l, mac: mac}
@@ -128,19 +90,19 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
 	}
 	t0 := time.Now()
 	rres, err := b.routes.Reconcile(want)
-	p.phases = append(p.phases, "routes", time.Since(t0))
+	p.Details = append(p.Details, "routes", time.Since(t0))
 	if err != nil {
 		errs = append(errs, err)
 	}
-	p.repairs["route"] += uint64(rres.Repaired)
+	p.Repairs["route"] += uint64(rres.Repaired)
 	for dst, why := range rres.Refused {
-		p.refused[dst] = why
+		p.Refused[dst] = why
 	}
 
 	neighWant := make(map[netip.Addr]net.HardwareAddr, len(plans))
 	fdbWant := make(map[string]netip.Addr, len(plans))
 	for _, pp := range plans {
-		if _, bad := p.refused[pp.lease.Subnet]; bad || pp.direct {
+		if _, bad := p.Refused[pp.lease.Subnet]; bad || pp.direct {
 			continue
 		}
 		neighWant[pp.lease.Subnet.Addr()] = pp.mac
@@ -148,22 +110,22 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
 	}
 	t0 = time.Now()
 	neighFailed, rep, err := b.syncNeigh(linkIndex, neighWant)
-	p.phases = append(p.phases, "neigh", time.Since(t0))
+	p.Details = append(p.Details, "neigh", time.Since(t0))
 	if err != nil {
 		errs = append(errs, err)
 	}
-	p.repairs["neigh"] += uint64(rep)
+	p.Repairs["neigh"] += uint64(rep)
 	t0 = time.Now()
 	fdbFailed, rep, err := b.syncFDB(linkIndex, fdbWant)
-	p.phases = append(p.phases, "fdb", time.Since(t0))
+	p.Details = append(p.Details, "fdb", time.Since(t0))
 	if err != nil {
 		errs = append(errs, err)
 	}
-	p.repairs["fdb"] += uint64(rep)
+	p.Repairs["fdb"] += uint64(rep)
 
 	for _, pp := range plans {
 		sn := pp.lease.Subnet
-		if _, bad := p.refused[sn]; bad {
+		if _, bad := p.Refused[sn]; bad {
 			continue
 		}
 		if _, failed := rres.Failed[sn]; failed {
@@ -172,20 +134,15 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (pass, error) {
 		if !pp.direct && (neighFailed[sn.Addr()] || fdbFailed[pp.mac.String()]) {
 			continue
 		}
-		p.programmed++
+		p.Programmed++
 	}
 	for sn, e := range b.macs {
 		if e.gen != b.macGen {
 			delete(b.macs, sn)
 		}
 	}
-	for sn, why := range p.refused {
-		if b.loggedRefusal[sn] != why {
-			b.log.Warn("refusing peer", "subnet", sn, "reason", why)
-		}
-	}
-	b.loggedRefusal = p.refused
-	return p, errors.Join(errs...)
+	p.Err = errors.Join(errs...)
+	return p
 }
 
 // macEntry caches one peer's parsed VtepMAC, keyed by its BackendData, so

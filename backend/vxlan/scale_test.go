@@ -61,10 +61,10 @@ func programPeers(t testing.TB, n int) (first, idle time.Duration) {
 	peers := syntheticPeers(n)
 	b.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.0.0/28"), Attrs: attrs}, peers)
 	start := time.Now()
-	b.reconcile()
+	b.loop.Reconcile()
 	first = time.Since(start)
 	start = time.Now()
-	b.reconcile()
+	b.loop.Reconcile()
 	idle = time.Since(start)
 	if st := b.Status(); st.LastError != "" || st.PeersProgrammed != n {
 		t.Fatalf("programmed %d of %d: %s", st.PeersProgrammed, n, st.LastError)

@@ -42,14 +42,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -67,36 +65,23 @@ const Type = "vxlan"
 // DevicePrefix starts the name of every device this backend creates.
 const DevicePrefix = "weft."
 
-const (
-	defaultResync = 10 * time.Second
-	// settle lets a burst of events (a deleted device takes its routes,
-	// neighbours and FDB entries with it) arrive before one pass fixes all.
-	settle = 10 * time.Millisecond
-)
-
 var _ backend.Backend = (*Backend)(nil)
 var _ backend.Factory = New
 var _ backend.Cleanup = Cleanup
 
 // Backend is the vxlan data path. Build it with New.
 type Backend struct {
-	cfg    backend.Config
-	opts   options
-	log    *slog.Logger
-	name   string
-	resync time.Duration
+	cfg  backend.Config
+	opts options
+	log  *slog.Logger
+	name string
+	// loop holds the desired state and Status and runs pass.
+	loop *backend.Loop
 
 	mtu       atomic.Int64
 	linkIndex atomic.Int64
-	kick      chan struct{}
 
-	mu      sync.Mutex // guards the fields below
-	own     subnet.Lease
-	peers   []subnet.Lease
-	desired bool
-	status  backend.Status
-
-	// kernel state, guarded by kmu: only Setup and reconcile touch it.
+	// kernel state, guarded by kmu: only Setup and pass touch it.
 	kmu            sync.Mutex
 	h              *netlink.Handle
 	table          *routes.NetlinkTable
@@ -107,7 +92,6 @@ type Backend struct {
 	installedNeigh map[netip.Addr]string // peer VTEP address -> MAC
 	installedFDB   map[string]netip.Addr // MAC -> PublicIP
 	installedAddr  netip.Prefix
-	loggedRefusal  map[netip.Prefix]string
 	macs           map[netip.Prefix]macEntry
 	macGen         uint64
 }
@@ -132,21 +116,17 @@ func New(cfg backend.Config) (backend.Backend, error) {
 		cfg:            cfg,
 		opts:           o,
 		name:           DevicePrefix + strconv.Itoa(o.VNI),
-		resync:         cfg.ResyncInterval,
-		kick:           make(chan struct{}, 1),
 		installedNeigh: map[netip.Addr]string{},
 		installedFDB:   map[string]netip.Addr{},
-		loggedRefusal:  map[netip.Prefix]string{},
 		macs:           map[netip.Prefix]macEntry{},
 	}
 	b.log = cfg.Logger.With("backend", Type, "device", b.name)
-	if b.resync <= 0 {
-		b.resync = defaultResync
-	}
 	if len(o.Unknown) > 0 {
 		b.log.Warn("ignoring unknown vxlan backend options", "options", o.Unknown)
 	}
-	b.status = backend.Status{Device: b.name, Refused: map[netip.Prefix]string{}, Repairs: map[string]uint64{}}
+	lcfg := cfg
+	lcfg.Logger = b.log
+	b.loop = backend.NewLoop(lcfg, b.name, b.pass)
 	return b, nil
 }
 
@@ -171,70 +151,20 @@ func (b *Backend) Setup(ctx context.Context) (subnet.LeaseAttrs, error) {
 func (b *Backend) MTU() int { return int(b.mtu.Load()) }
 
 // SetDesired implements backend.Backend.
-func (b *Backend) SetDesired(own subnet.Lease, peers []subnet.Lease) {
-	b.mu.Lock()
-	b.own = own
-	b.peers = peers // ours now: see backend.Backend.SetDesired
-	b.desired = true
-	b.status.PeersWanted = len(peers)
-	b.mu.Unlock()
-	b.poke()
-}
-
-func (b *Backend) poke() {
-	select {
-	case b.kick <- struct{}{}:
-	default:
-	}
-}
+func (b *Backend) SetDesired(own subnet.Lease, peers []subnet.Lease) { b.loop.SetDesired(own, peers) }
 
 // Status implements backend.Backend.
-func (b *Backend) Status() backend.Status {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := b.status
-	s.Refused = maps.Clone(s.Refused)
-	s.Repairs = maps.Clone(s.Repairs)
-	return s
-}
+func (b *Backend) Status() backend.Status { return b.loop.Status() }
 
 // Run implements backend.Backend.
 func (b *Backend) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		nl.Watch(ctx, b.cfg.Netns, b.log, b.eventFilter(), b.poke)
-	}()
-	defer func() {
-		cancel()
-		wg.Wait()
-		b.kmu.Lock()
-		b.closeHandles()
-		b.kmu.Unlock()
-	}()
-
-	tick := time.NewTicker(b.resync)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-		case <-b.kick:
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(settle):
-			}
-			select { // coalesce what arrived meanwhile
-			case <-b.kick:
-			default:
-			}
-		}
-		b.reconcile()
-	}
+	b.loop.Run(ctx, func(ctx context.Context, kick func()) {
+		nl.Watch(ctx, b.cfg.Netns, b.log, b.eventFilter(), kick)
+	})
+	b.kmu.Lock()
+	b.closeHandles()
+	b.kmu.Unlock()
+	return nil
 }
 
 // eventFilter selects the events that mean something we own changed.

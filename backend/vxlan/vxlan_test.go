@@ -213,7 +213,7 @@ func TestSetupAndPeers(t *testing.T) {
 		vxLease("198.18.3.0/24", "203.0.113.30", macB),
 	}
 	b.SetDesired(own, peers)
-	b.reconcile()
+	b.loop.Reconcile()
 	st := b.Status()
 	if st.LastError != "" || st.PeersWanted != 2 || st.PeersProgrammed != 2 || !st.Ready() {
 		t.Fatalf("status: %+v", st)
@@ -237,7 +237,7 @@ func TestSetupAndPeers(t *testing.T) {
 
 	// Idempotence: a second pass writes nothing to the kernel.
 	events := eventCounter(t, h)
-	b.reconcile()
+	b.loop.Reconcile()
 	time.Sleep(100 * time.Millisecond)
 	if n := events.Load(); n != 0 {
 		t.Fatalf("second reconcile caused %d kernel events", n)
@@ -245,7 +245,7 @@ func TestSetupAndPeers(t *testing.T) {
 
 	// Peer removal and a stale MAC (peer rebooted with a new MAC).
 	b.SetDesired(own, []subnet.Lease{vxLease("198.18.3.0/24", "203.0.113.30", macC)})
-	b.reconcile()
+	b.loop.Reconcile()
 	waitFor(t, "events from a real change (the counter works)", time.Second, func() bool { return events.Load() > 0 })
 	ks = dumpState(t, h, "weft.1")
 	wantList(t, "neigh after removal", ks.neigh, "198.18.3.0 "+macC)
@@ -254,13 +254,13 @@ func TestSetupAndPeers(t *testing.T) {
 
 	// A peer that moved to another public IP.
 	b.SetDesired(own, []subnet.Lease{vxLease("198.18.3.0/24", "203.0.113.31", macC)})
-	b.reconcile()
+	b.loop.Reconcile()
 	ks = dumpState(t, h, "weft.1")
 	wantList(t, "fdb after move", ks.fdb, macC+" 203.0.113.31")
 
 	// Our own subnet changes: the address is replaced.
 	b.SetDesired(ownLease(h, "198.18.9.0/24", attrs), nil)
-	b.reconcile()
+	b.loop.Reconcile()
 	ks = dumpState(t, h, "weft.1")
 	wantList(t, "addrs after subnet change", ks.addrs, "198.18.9.0/32")
 	wantList(t, "neigh when empty", ks.neigh)
@@ -290,7 +290,7 @@ func TestRefusedPeers(t *testing.T) {
 	clash := vxLease("198.18.5.0/24", "192.0.2.50", macB)
 	good := vxLease("198.18.6.0/24", "192.0.2.60", macC)
 	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), []subnet.Lease{bad, clash, good})
-	b.reconcile()
+	b.loop.Reconcile()
 	st := b.Status()
 	if len(st.Refused) != 2 || st.Refused[bad.Subnet] == "" || st.Refused[clash.Subnet] == "" {
 		t.Fatalf("refused: %v", st.Refused)
@@ -318,7 +318,7 @@ func TestDirectRouting(t *testing.T) {
 		vxLease("198.18.2.0/24", "192.0.2.20", macA),   // same L2 segment
 		vxLease("198.18.3.0/24", "203.0.113.30", macB), // behind a router
 	})
-	b.reconcile()
+	b.loop.Reconcile()
 	l, _ := h.NL.LinkByName("weft.1")
 	ks := dumpState(t, h, "weft.1")
 	wantList(t, "routes", ks.routes,
@@ -391,7 +391,7 @@ func TestRepairs(t *testing.T) {
 	var passes atomic.Int64
 	b.cfg.OnReconcile = func(time.Duration, error) { passes.Add(1) }
 	b.cfg.ResyncInterval = time.Hour // only events may trigger repairs
-	b.resync = time.Hour
+	b.loop = backend.NewLoop(b.cfg, b.name, b.pass)
 	startRun(t, b)
 	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), []subnet.Lease{
 		vxLease("198.18.2.0/24", "192.0.2.20", macA),
@@ -541,7 +541,7 @@ func TestFlannelTakeoverAndCleanup(t *testing.T) {
 		t.Fatal("flannel.1 still exists")
 	}
 	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), []subnet.Lease{vxLease("198.18.2.0/24", "192.0.2.20", macA)})
-	b.reconcile()
+	b.loop.Reconcile()
 	if st := b.Status(); st.LastError != "" || st.PeersProgrammed != 1 {
 		t.Fatalf("status: %+v", st)
 	}

@@ -1,0 +1,193 @@
+package backend
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/weftnet/weft/subnet"
+)
+
+// DefaultResync is how often a Loop reconciles without being asked.
+const DefaultResync = 10 * time.Second
+
+// settle lets a burst of kicks (a deleted device takes its routes,
+// neighbours and FDB entries with it; a watch response brings many leases)
+// arrive before one pass handles them all.
+const settle = 10 * time.Millisecond
+
+// Pass is the outcome of one reconcile pass.
+type Pass struct {
+	// Programmed counts peers fully programmed in the kernel.
+	Programmed int
+	// Refused maps peers the backend will not program to the reason.
+	Refused map[netip.Prefix]string
+	// Repairs counts objects re-created because they had drifted, by kind.
+	Repairs map[string]uint64
+	// Err is the pass's error; the next pass retries.
+	Err error
+	// Details are extra attributes for the debug log line, e.g. the time
+	// each step took.
+	Details []any
+}
+
+// PassFunc makes the kernel match own and peers once. Passes never run
+// concurrently.
+type PassFunc func(own subnet.Lease, peers []subnet.Lease) Pass
+
+// Loop is the declarative engine the kernel backends share. It holds the
+// desired state given to SetDesired and the backend's Status, and runs the
+// backend's PassFunc: shortly after each change, every resync interval, and
+// whenever Kick is called (from netlink events). A backend supplies the
+// pass and the events; the Loop supplies everything else, so that every
+// backend reconciles, reports and logs the same way.
+type Loop struct {
+	pass        PassFunc
+	log         *slog.Logger
+	resync      time.Duration
+	onReconcile func(time.Duration, error)
+	kick        chan struct{}
+
+	mu      sync.Mutex // guards the fields below
+	own     subnet.Lease
+	peers   []subnet.Lease
+	desired bool
+	status  Status
+
+	passMu sync.Mutex               // serialises passes
+	logged map[netip.Prefix]string // refusals already logged, under passMu
+}
+
+// NewLoop returns a loop for a backend whose device is named device ("" if
+// none), taking the logger, resync interval and OnReconcile hook from cfg.
+func NewLoop(cfg Config, device string, pass PassFunc) *Loop {
+	l := &Loop{
+		pass:        pass,
+		log:         cfg.Logger,
+		resync:      cfg.ResyncInterval,
+		onReconcile: cfg.OnReconcile,
+		kick:        make(chan struct{}, 1),
+		status:      Status{Device: device, Refused: map[netip.Prefix]string{}, Repairs: map[string]uint64{}},
+		logged:      map[netip.Prefix]string{},
+	}
+	if l.log == nil {
+		l.log = slog.Default()
+	}
+	if l.resync <= 0 {
+		l.resync = DefaultResync
+	}
+	return l
+}
+
+// SetDesired implements Backend.SetDesired for the backend that owns l.
+func (l *Loop) SetDesired(own subnet.Lease, peers []subnet.Lease) {
+	l.mu.Lock()
+	l.own, l.peers, l.desired = own, peers, true
+	l.status.PeersWanted = len(peers)
+	l.mu.Unlock()
+	l.Kick()
+}
+
+// Kick asks for a pass soon. It never blocks.
+func (l *Loop) Kick() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Status implements Backend.Status.
+func (l *Loop) Status() Status {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.status
+	s.Refused = maps.Clone(s.Refused)
+	s.Repairs = maps.Clone(s.Repairs)
+	return s
+}
+
+// Reconcile runs one pass now, if SetDesired has been called, and records
+// its outcome in Status. Each refusal is logged once, not on every pass.
+func (l *Loop) Reconcile() {
+	l.mu.Lock()
+	if !l.desired {
+		l.mu.Unlock()
+		return
+	}
+	own, peers := l.own, l.peers
+	l.mu.Unlock()
+
+	l.passMu.Lock()
+	start := time.Now()
+	p := l.pass(own, peers)
+	d := time.Since(start)
+	for sn, why := range p.Refused {
+		if l.logged[sn] != why {
+			l.log.Warn("refusing peer", "subnet", sn, "reason", why)
+		}
+	}
+	l.logged = maps.Clone(p.Refused)
+	l.passMu.Unlock()
+
+	l.mu.Lock()
+	l.status.LastReconcile = time.Now()
+	l.status.PeersProgrammed = p.Programmed
+	l.status.Refused = p.Refused
+	if l.status.Refused == nil {
+		l.status.Refused = map[netip.Prefix]string{}
+	}
+	for k, v := range p.Repairs {
+		l.status.Repairs[k] += v
+	}
+	l.status.LastError = ""
+	if p.Err != nil {
+		l.status.LastError = p.Err.Error()
+	}
+	l.mu.Unlock()
+	if p.Err != nil {
+		l.log.Warn("reconcile failed; will retry", "err", p.Err)
+	} else {
+		l.log.Debug("reconciled", append([]any{"peers", len(peers), "programmed", p.Programmed, "took", d}, p.Details...)...)
+	}
+	if l.onReconcile != nil {
+		l.onReconcile(d, p.Err)
+	}
+}
+
+// Run reconciles until ctx is done. watch, if not nil, runs in its own
+// goroutine for as long as Run does and calls kick whenever the kernel
+// changed something the backend owns. Run returns after watch has.
+func (l *Loop) Run(ctx context.Context, watch func(ctx context.Context, kick func())) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	if watch != nil {
+		wg.Go(func() { watch(ctx, l.Kick) })
+	}
+	tick := time.NewTicker(l.resync)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-l.kick:
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(settle):
+			}
+			select { // coalesce what arrived meanwhile
+			case <-l.kick:
+			default:
+			}
+		}
+		l.Reconcile()
+	}
+}

@@ -1,0 +1,99 @@
+package backend
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/subnet"
+)
+
+func TestLoop(t *testing.T) {
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	var seen [][]subnet.Lease
+	far := netip.MustParsePrefix("198.18.9.0/24")
+	fail := atomic.Bool{}
+	var reconciles atomic.Int64
+	cfg := Config{
+		Logger:         slog.New(slog.NewTextHandler(&logs, nil)),
+		ResyncInterval: 20 * time.Millisecond,
+		OnReconcile:    func(time.Duration, error) { reconciles.Add(1) },
+	}
+	l := NewLoop(cfg, "dev0", func(own subnet.Lease, peers []subnet.Lease) Pass {
+		mu.Lock()
+		seen = append(seen, peers)
+		mu.Unlock()
+		p := Pass{Programmed: len(peers) - 1, Refused: map[netip.Prefix]string{far: "not on-link"}, Repairs: map[string]uint64{"route": 1}}
+		if fail.Load() {
+			p.Err = errors.New("boom")
+		}
+		return p
+	})
+	if st := l.Status(); st.Device != "dev0" || st.Ready() {
+		t.Fatalf("fresh loop status %+v", st)
+	}
+	l.Reconcile() // nothing desired yet: no pass
+	if reconciles.Load() != 0 {
+		t.Fatal("a pass ran before SetDesired")
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		l.Run(ctx, func(ctx context.Context, kick func()) {
+			<-ctx.Done()
+			close(watchDone)
+		})
+		close(done)
+	}()
+	peers := []subnet.Lease{{Subnet: netip.MustParsePrefix("198.18.2.0/24")}, {Subnet: far}}
+	l.SetDesired(subnet.Lease{}, peers)
+	deadline := time.Now().Add(2 * time.Second)
+	for reconciles.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	st := l.Status()
+	if st.PeersWanted != 2 || st.PeersProgrammed != 1 || st.Refused[far] != "not on-link" || !st.Ready() {
+		t.Errorf("status after passes: %+v", st)
+	}
+	if st.Repairs["route"] < 3 {
+		t.Errorf("repairs do not accumulate: %v", st.Repairs)
+	}
+	if n := strings.Count(logs.String(), "refusing peer"); n != 1 {
+		t.Errorf("refusal logged %d times over %d passes, want once", n, reconciles.Load())
+	}
+	fail.Store(true)
+	l.Kick()
+	deadline = time.Now().Add(2 * time.Second)
+	for l.Status().LastError == "" && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if l.Status().LastError != "boom" {
+		t.Errorf("LastError = %q", l.Status().LastError)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	select {
+	case <-watchDone:
+	default:
+		t.Fatal("Run returned before its watch goroutine ended")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen[0]) != 2 {
+		t.Errorf("pass got %d peers", len(seen[0]))
+	}
+}
