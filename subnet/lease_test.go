@@ -123,3 +123,32 @@ func FuzzParseLease(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParseLeaseAttrs(b *testing.B) {
+	v := []byte(flannelValues[0])
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseLeaseAttrs(v); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkMarshalLeaseAttrs(b *testing.B) {
+	a, _ := ParseLeaseAttrs([]byte(flannelValues[0]))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := a.MarshalJSON(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkParseSubnetKey(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseSubnetKey("198.18.7.0-24"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
