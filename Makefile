@@ -19,6 +19,8 @@ build:
 
 # Every test, root-only ones included (they skip with a message when not root).
 test: build
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	WEFT_E2E_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -p 2 -timeout 30m ./...
 

@@ -57,7 +57,7 @@ type Loop struct {
 	desired bool
 	status  Status
 
-	passMu sync.Mutex               // serialises passes
+	passMu sync.Mutex              // serialises passes
 	logged map[netip.Prefix]string // refusals already logged, under passMu
 }
 

@@ -191,10 +191,10 @@ func validMTU(m int) error {
 // lease is usable.
 func (c *NetConf) Resolve(env subnet.Env) (*Settings, error) {
 	s := &Settings{
-		Name:       c.Name,
-		DataDir:    c.DataDir,
-		Bridge:     c.Bridge,
-		MTU:        env.MTU,
+		Name:    c.Name,
+		DataDir: c.DataDir,
+		Bridge:  c.Bridge,
+		MTU:     env.MTU,
 		// As with flannel's plugin and Docker's --ip-masq: the plugin
 		// masquerades exactly when weftd does not (FLANNEL_IPMASQ=false).
 		IPMasq:     !env.IPMasq,
