@@ -36,14 +36,24 @@ func keyOf(r *netlink.Route) fakeKey {
 }
 
 // List implements Table.
-func (f *FakeTable) List() ([]netlink.Route, error) {
+func (f *FakeTable) List() ([]Route, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]Route, 0, len(f.routes))
+	for _, r := range f.routes {
+		out = append(out, RouteOf(&r))
+	}
+	return out, nil
+}
+
+func (f *FakeTable) all() []netlink.Route {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := make([]netlink.Route, 0, len(f.routes))
 	for _, r := range f.routes {
 		out = append(out, r)
 	}
-	return out, nil
+	return out
 }
 
 // Replace implements Table.
@@ -60,11 +70,11 @@ func (f *FakeTable) Replace(r *netlink.Route) error {
 }
 
 // Delete implements Table.
-func (f *FakeTable) Delete(r *netlink.Route) error {
+func (f *FakeTable) Delete(r *Route) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Deletes++
-	k := keyOf(r)
+	k := fakeKey{dst: r.Dst, priority: r.Priority}
 	if _, ok := f.routes[k]; !ok {
 		return unix.ESRCH
 	}
@@ -92,7 +102,7 @@ func (f *FakeTable) Remove(dst netip.Prefix) {
 
 // Sorted returns the routes ordered by destination, then metric.
 func (f *FakeTable) Sorted() []netlink.Route {
-	rs, _ := f.List()
+	rs := f.all()
 	sort.Slice(rs, func(i, j int) bool {
 		a, b := keyOf(&rs[i]), keyOf(&rs[j])
 		if a.dst != b.dst {

@@ -40,7 +40,13 @@ type NetlinkTable struct {
 	h       *netlink.Handle
 	sock    *vnl.SocketHandle
 	batch   *nl.Batcher
+	dump    *nl.Dumper
 	network netip.Prefix
+	// list is List's result, reused by the next List; nhs and used are
+	// List's scratch maps, kept so that a pass allocates nothing new.
+	list []Route
+	nhs  map[uint32]uint8
+	used map[uint32]bool
 	// nhSupported: the kernel has nexthop objects. useNH: we install
 	// routes through them (off when route dumps would not show their
 	// gateway, i.e. net.ipv4.nexthop_compat_mode=0).
@@ -67,8 +73,12 @@ func NewNetlinkTable(ns netns.NsHandle, h *netlink.Handle, network netip.Prefix)
 		t.Close()
 		return nil, err
 	}
+	if t.dump, err = nl.NewDumper(ns); err != nil {
+		t.Close()
+		return nil, err
+	}
 	// Probe for nexthop object support with a harmless dump.
-	if _, err := t.listNexthops(); err == nil {
+	if err := t.listNexthops(func(uint32, uint8) {}); err == nil {
 		t.nhSupported, t.useNH = true, true
 	}
 	return t, nil
@@ -79,6 +89,10 @@ func (t *NetlinkTable) Close() {
 	if t.batch != nil {
 		t.batch.Close()
 		t.batch = nil
+	}
+	if t.dump != nil {
+		t.dump.Close()
+		t.dump = nil
 	}
 	if t.sock != nil {
 		t.sock.Close()
@@ -134,32 +148,24 @@ func (m nhmsg) Serialize() []byte {
 	return b
 }
 
-// listNexthops returns id -> protocol for every nexthop object.
-func (t *NetlinkTable) listNexthops() (map[uint32]uint8, error) {
-	return dumpMap(func() (map[uint32]uint8, error) {
-		req := t.request(unix.RTM_GETNEXTHOP, unix.NLM_F_DUMP)
-		req.AddData(nhmsg{family: unix.AF_UNSPEC})
-		msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWNEXTHOP)
-		if err != nil {
-			return nil, err
-		}
-		out := make(map[uint32]uint8, len(msgs))
-		for _, m := range msgs {
-			if len(m) < 8 {
-				continue
+// listNexthops calls fn with the id and protocol of every nexthop object.
+func (t *NetlinkTable) listNexthops(fn func(id uint32, proto uint8)) error {
+	var body [8]byte // struct nhmsg, family AF_UNSPEC
+	_, err := nl.Dump(func() ([]struct{}, error) {
+		return nil, t.dump.Dump(unix.RTM_GETNEXTHOP, body[:], unix.RTM_NEWNEXTHOP, func(p []byte) error {
+			if len(p) < 8 {
+				return nil
 			}
-			attrs, err := vnl.ParseRouteAttr(m[8:])
-			if err != nil {
-				continue
-			}
-			for _, a := range attrs {
-				if a.Attr.Type == unix.NHA_ID && len(a.Value) >= 4 {
-					out[vnl.NativeEndian().Uint32(a.Value)] = m[2]
+			proto := p[2]
+			nl.Attrs(p[8:], func(typ uint16, v []byte) {
+				if typ == unix.NHA_ID && len(v) >= 4 {
+					fn(binary.NativeEndian.Uint32(v), proto)
 				}
-			}
-		}
-		return out, nil
+			})
+			return nil
+		})
 	})
+	return err
 }
 
 func dumpMap[K comparable, V any](fn func() (map[K]V, error)) (map[K]V, error) {
@@ -172,47 +178,120 @@ func dumpMap[K comparable, V any](fn func() (map[K]V, error)) (map[K]V, error) {
 	return m, err
 }
 
-// List implements Table. With nexthop objects it also deletes our nexthop
-// objects that no route of ours uses any more (left behind when somebody
-// deleted a route by hand), so that they cannot pile up.
-func (t *NetlinkTable) List() ([]netlink.Route, error) {
-	rs, err := nl.Dump(func() ([]netlink.Route, error) {
-		return t.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+// ParseRoute decodes the payload of an RTM_NEWROUTE message (struct rtmsg
+// and attributes). ok is false for a message too short to be a route.
+func ParseRoute(p []byte) (r Route, family uint8, ok bool) {
+	const rtmsgLen = 12
+	if len(p) < rtmsgLen {
+		return Route{}, 0, false
+	}
+	family = p[0]
+	dstLen := int(p[1])
+	r = Route{
+		Table: uint32(p[4]), Protocol: p[5], Scope: p[6], Type: p[7],
+		Flags: binary.NativeEndian.Uint32(p[8:12]),
+	}
+	ne := binary.NativeEndian
+	nl.Attrs(p[rtmsgLen:], func(typ uint16, v []byte) {
+		switch typ {
+		case unix.RTA_DST:
+			if a, ok := netip.AddrFromSlice(v); ok {
+				if pf, err := a.Unmap().Prefix(dstLen); err == nil {
+					r.Dst = pf
+				}
+			}
+		case unix.RTA_GATEWAY:
+			if a, ok := netip.AddrFromSlice(v); ok {
+				r.Gw = a.Unmap()
+			}
+		case unix.RTA_OIF:
+			if len(v) >= 4 {
+				r.LinkIndex = int(int32(ne.Uint32(v)))
+			}
+		case unix.RTA_PRIORITY:
+			if len(v) >= 4 {
+				r.Priority = int(int32(ne.Uint32(v)))
+			}
+		case unix.RTA_TABLE:
+			if len(v) >= 4 {
+				r.Table = ne.Uint32(v)
+			}
+		case rtaNHID:
+			if len(v) >= 4 {
+				r.NHID = ne.Uint32(v)
+			}
+		case unix.RTA_MULTIPATH:
+			r.MultiPath = len(v) >= unix.SizeofRtNexthop
+		}
+	})
+	if !r.Dst.IsValid() && family == unix.AF_INET {
+		// No RTA_DST: a default route (as iproute2 and netlink show it).
+		r.Dst, _ = netip.IPv4Unspecified().Prefix(dstLen)
+	}
+	return r, family, true
+}
+
+// List implements Table. It keeps the routes the reconciler looks at (see
+// Table) and drops the rest while parsing. The slice is reused by the next
+// List. With nexthop objects it also deletes our nexthop objects that no
+// route of ours uses any more (left behind when somebody deleted a route by
+// hand), so that they cannot pile up.
+func (t *NetlinkTable) List() ([]Route, error) {
+	body := [12]byte{0: unix.AF_INET, 4: unix.RT_TABLE_MAIN} // struct rtmsg
+	rs, err := nl.Dump(func() ([]Route, error) {
+		rs := t.list[:0]
+		err := t.dump.Dump(unix.RTM_GETROUTE, body[:], unix.RTM_NEWROUTE, func(p []byte) error {
+			if len(p) >= 12 && binary.NativeEndian.Uint32(p[8:12])&unix.RTM_F_CLONED != 0 {
+				return nil // cached clones, as netlink.RouteList skips them
+			}
+			r, family, ok := ParseRoute(p)
+			if !ok || family != unix.AF_INET || r.Table != unix.RT_TABLE_MAIN {
+				return nil
+			}
+			if r.Protocol == backend.RouteProtocol || (r.Protocol == unix.RTPROT_KERNEL && r.Scope == unix.RT_SCOPE_LINK) ||
+				(t.network.IsValid() && t.network.Overlaps(r.Dst)) {
+				rs = append(rs, r)
+			}
+			return nil
+		})
+		t.list = rs
+		return rs, err
 	})
 	if err != nil || !t.nhSupported {
 		return rs, err
 	}
 	for i := range rs {
 		r := &rs[i]
-		if t.useNH && r.Protocol == backend.RouteProtocol && r.Gw == nil && r.LinkIndex == 0 && len(r.MultiPath) == 0 {
+		if t.useNH && r.Protocol == backend.RouteProtocol && !r.Gw.IsValid() && r.LinkIndex == 0 && !r.MultiPath {
 			// A route through a nexthop object dumped without its
 			// gateway: nexthop_compat_mode is off, so the reconciler
 			// could never see that the route is right. Use plain routes.
 			t.useNH = false
 		}
 	}
-	nhs, err := t.listNexthops()
-	if err != nil {
+	if t.nhs == nil {
+		t.nhs, t.used = map[uint32]uint8{}, map[uint32]bool{}
+	}
+	clear(t.nhs)
+	if err := t.listNexthops(func(id uint32, proto uint8) { t.nhs[id] = proto }); err != nil {
 		return nil, fmt.Errorf("list nexthop objects: %w", err)
 	}
 	clear(t.foreignNH)
-	used := make(map[uint32]bool, len(rs))
+	clear(t.used)
 	for i := range rs {
 		if rs[i].Protocol != backend.RouteProtocol {
 			continue
 		}
-		if dst, ok := ipNetToPrefix(rs[i].Dst); ok {
-			if id := t.nhID(dst); id != 0 {
-				used[id] = true
-			}
+		if id := t.nhID(rs[i].Dst); id != 0 {
+			t.used[id] = true
 		}
 	}
-	for id, proto := range nhs {
+	for id, proto := range t.nhs {
 		if proto != backend.RouteProtocol {
 			t.foreignNH[id] = true
 			continue
 		}
-		if !used[id] {
+		if !t.used[id] {
 			_ = t.delNexthop(id) // best effort; retried on the next List
 		}
 	}
@@ -228,24 +307,26 @@ func (t *NetlinkTable) Replace(r *netlink.Route) error {
 // sent in batches (nexthop, then route); others go one by one.
 func (t *NetlinkTable) ReplaceAll(rs []*netlink.Route) []error {
 	errs := make([]error, len(rs))
-	type pair struct{ nh, route *nl.Op }
+	type pair struct{ nh, route nl.Op }
 	pairs := make([]pair, len(rs))
 	var ops []*nl.Op
+	var arena []byte // the requests, back to back
 	for i, r := range rs {
-		nh, route := t.nhRequests(r)
+		var nh, route []byte
+		arena, nh, route = t.nhRequests(arena, r)
 		if nh == nil {
 			errs[i] = t.h.RouteReplace(r)
 			continue
 		}
-		pairs[i] = pair{&nl.Op{Req: nh}, &nl.Op{Req: route}}
-		ops = append(ops, pairs[i].nh, pairs[i].route)
+		pairs[i] = pair{nl.Op{Msg: nh}, nl.Op{Msg: route}}
+		ops = append(ops, &pairs[i].nh, &pairs[i].route)
 	}
 	if len(ops) == 0 {
 		return errs
 	}
 	_ = t.batch.Do(ops) // per-op errors below cover a socket failure too
 	for i, p := range pairs {
-		if p.nh == nil {
+		if p.nh.Msg == nil {
 			continue
 		}
 		if p.nh.Err != nil {
@@ -257,46 +338,44 @@ func (t *NetlinkTable) ReplaceAll(rs []*netlink.Route) []error {
 	return errs
 }
 
-// nhRequests builds the nexthop and route requests for r, or returns nils
-// when r should be a plain route.
-func (t *NetlinkTable) nhRequests(r *netlink.Route) (nh, route *vnl.NetlinkRequest) {
+// nhRequests appends to arena the nexthop and route requests for r and
+// returns them, or nils when r should be a plain route.
+func (t *NetlinkTable) nhRequests(arena []byte, r *netlink.Route) (out, nh, route []byte) {
 	dst, ok := ipNetToPrefix(r.Dst)
 	if !ok || r.Gw == nil || len(r.MultiPath) > 0 || r.Table != unix.RT_TABLE_MAIN || r.Priority != 0 {
-		return nil, nil
+		return arena, nil, nil
 	}
 	id := t.nhID(dst)
 	if id == 0 {
-		return nil, nil
+		return arena, nil, nil
 	}
 	gw, ok := netip.AddrFromSlice(r.Gw)
 	if !ok || !gw.Unmap().Is4() {
-		return nil, nil
+		return arena, nil, nil
 	}
 	gw4 := gw.Unmap().As4()
 
-	nh = vnl.NewNetlinkRequest(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
 	var flags uint32
 	if r.Flags&int(netlink.FLAG_ONLINK) != 0 {
 		flags |= unix.RTNH_F_ONLINK
 	}
-	nh.AddData(nhmsg{family: unix.AF_INET, protocol: backend.RouteProtocol, flags: flags})
-	nh.AddData(vnl.NewRtAttr(unix.NHA_ID, vnl.Uint32Attr(id)))
-	nh.AddData(vnl.NewRtAttr(unix.NHA_OIF, vnl.Uint32Attr(uint32(r.LinkIndex))))
-	nh.AddData(vnl.NewRtAttr(unix.NHA_GATEWAY, gw4[:]))
+	const create = unix.NLM_F_REQUEST | unix.NLM_F_CREATE | unix.NLM_F_REPLACE | unix.NLM_F_ACK
+	arena, start := nl.AppendMsg(arena, unix.RTM_NEWNEXTHOP, create)
+	arena = append(arena, unix.AF_INET, 0, backend.RouteProtocol, 0) // struct nhmsg
+	arena = binary.NativeEndian.AppendUint32(arena, flags)
+	arena = nl.AppendAttrU32(arena, unix.NHA_ID, id)
+	arena = nl.AppendAttrU32(arena, unix.NHA_OIF, uint32(r.LinkIndex))
+	arena = nl.AppendAttr(arena, unix.NHA_GATEWAY, gw4[:])
+	arena, nh = nl.FinishMsg(arena, start)
 
-	route = vnl.NewNetlinkRequest(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
-	msg := vnl.NewRtMsg()
-	msg.Family = unix.AF_INET
-	msg.Dst_len = uint8(dst.Bits())
-	msg.Protocol = backend.RouteProtocol
-	msg.Table = unix.RT_TABLE_MAIN
-	msg.Scope = unix.RT_SCOPE_UNIVERSE
-	msg.Type = unix.RTN_UNICAST
-	route.AddData(msg)
+	arena, start = nl.AppendMsg(arena, unix.RTM_NEWROUTE, create)
+	arena = append(arena, unix.AF_INET, uint8(dst.Bits()), 0, 0, // struct rtmsg
+		unix.RT_TABLE_MAIN, backend.RouteProtocol, unix.RT_SCOPE_UNIVERSE, unix.RTN_UNICAST, 0, 0, 0, 0)
 	d4 := dst.Addr().As4()
-	route.AddData(vnl.NewRtAttr(unix.RTA_DST, d4[:]))
-	route.AddData(vnl.NewRtAttr(rtaNHID, vnl.Uint32Attr(id)))
-	return nh, route
+	arena = nl.AppendAttr(arena, unix.RTA_DST, d4[:])
+	arena = nl.AppendAttrU32(arena, rtaNHID, id)
+	arena, route = nl.FinishMsg(arena, start)
+	return arena, nh, route
 }
 
 func (t *NetlinkTable) delNexthop(id uint32) error {
@@ -309,13 +388,14 @@ func (t *NetlinkTable) delNexthop(id uint32) error {
 
 // Delete implements Table. Deleting our nexthop object removes the route
 // that uses it; a plain route is deleted directly.
-func (t *NetlinkTable) Delete(r *netlink.Route) error {
+func (t *NetlinkTable) Delete(r *Route) error {
 	// Match on destination, metric and protocol only: a route that uses a
 	// nexthop object does not match a request that names a gateway.
 	err := t.h.RouteDel(&netlink.Route{
-		Family: netlink.FAMILY_V4, Dst: r.Dst, Table: r.Table, Priority: r.Priority, Protocol: r.Protocol,
+		Family: netlink.FAMILY_V4, Dst: prefixToIPNet(r.Dst), Table: int(r.Table), Priority: r.Priority,
+		Protocol: netlink.RouteProtocol(r.Protocol),
 	})
-	if dst, ok := ipNetToPrefix(r.Dst); ok && r.Protocol == backend.RouteProtocol {
+	if dst := r.Dst; dst.IsValid() && r.Protocol == backend.RouteProtocol {
 		if id := t.nhID(dst); id != 0 {
 			if nerr := t.delNexthop(id); nerr != nil && !errors.Is(nerr, unix.ENOENT) {
 				return errors.Join(err, nerr)

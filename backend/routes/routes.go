@@ -29,15 +29,55 @@ import (
 
 // Table is the kernel routing table as the reconciler needs it.
 type Table interface {
-	// List returns every IPv4 route in the main table, whatever its
-	// protocol, in one consistent dump.
-	List() ([]netlink.Route, error)
+	// List returns the IPv4 routes of the main table that the reconciler
+	// must see, in one consistent dump: at least every route tagged with
+	// backend.RouteProtocol, every kernel (connected) route and every
+	// route to a destination inside the cluster network.
+	List() ([]Route, error)
 	// Replace installs r, replacing any route with the same destination
 	// and metric in the same table.
 	Replace(r *netlink.Route) error
-	// Delete removes r; removing a route that is already gone is not an
-	// error the reconciler cares about.
-	Delete(r *netlink.Route) error
+	// Delete removes the listed route r; removing a route that is already
+	// gone is not an error the reconciler cares about.
+	Delete(r *Route) error
+}
+
+// Route is a route as a dump shows it, reduced to the fields the
+// reconciler compares (a netlink.Route is ten times the size and a dump
+// of thousands of them was most of each pass's garbage).
+type Route struct {
+	// Dst is the destination, masked; 0.0.0.0/0 for a default route.
+	Dst netip.Prefix
+	// Gw is RTA_GATEWAY (invalid if none), unmapped.
+	Gw netip.Addr
+	// LinkIndex is RTA_OIF.
+	LinkIndex int
+	// Priority is the metric (RTA_PRIORITY).
+	Priority int
+	// Table is RTA_TABLE, or rtm_table without it.
+	Table uint32
+	// Flags is rtm_flags (RTNH_F_ONLINK among them).
+	Flags uint32
+	// NHID is RTA_NH_ID: the route uses a nexthop object.
+	NHID     uint32
+	Protocol uint8
+	Scope    uint8
+	Type     uint8
+	// MultiPath: the route has RTA_MULTIPATH next hops.
+	MultiPath bool
+}
+
+// RouteOf reduces a netlink.Route to a Route.
+func RouteOf(r *netlink.Route) Route {
+	out := Route{
+		LinkIndex: r.LinkIndex, Priority: r.Priority, Table: uint32(r.Table), Flags: uint32(r.Flags),
+		Protocol: uint8(r.Protocol), Scope: uint8(r.Scope), Type: uint8(r.Type), MultiPath: len(r.MultiPath) > 0,
+	}
+	out.Dst, _ = ipNetToPrefix(r.Dst)
+	if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+		out.Gw = gw.Unmap()
+	}
+	return out
 }
 
 // BatchTable is a Table that can also install many routes in one go.
@@ -77,18 +117,17 @@ func (w Want) Route() *netlink.Route {
 }
 
 // matches reports whether the kernel route r is exactly w.
-func (w Want) matches(r *netlink.Route) bool {
-	if r.Priority != 0 || len(r.MultiPath) > 0 || r.LinkIndex != w.LinkIndex {
+func (w Want) matches(r *Route) bool {
+	if r.Priority != 0 || r.MultiPath || r.LinkIndex != w.LinkIndex {
 		return false
 	}
 	if r.Type != 0 && r.Type != unix.RTN_UNICAST {
 		return false
 	}
-	gw, ok := netip.AddrFromSlice(r.Gw)
-	if !ok || gw.Unmap() != w.Gw {
+	if !r.Gw.IsValid() || r.Gw != w.Gw {
 		return false
 	}
-	return (r.Flags&int(netlink.FLAG_ONLINK) != 0) == w.OnLink
+	return (r.Flags&unix.RTNH_F_ONLINK != 0) == w.OnLink
 }
 
 // Result says what one reconcile pass did.
@@ -135,12 +174,12 @@ func (rc *Reconciler) Reconcile(want []Want) (Result, error) {
 		return res, fmt.Errorf("list routes: %w", err)
 	}
 
-	ours := make(map[netip.Prefix][]*netlink.Route, len(want))
+	ours := make(map[netip.Prefix][]*Route, len(want))
 	connected := map[netip.Prefix]int{}
 	for i := range existing {
 		r := &existing[i]
-		dst, ok := ipNetToPrefix(r.Dst)
-		if !ok || !dst.Addr().Is4() {
+		dst := r.Dst
+		if !dst.IsValid() || !dst.Addr().Is4() {
 			continue
 		}
 		if r.Table != 0 && r.Table != unix.RT_TABLE_MAIN {
@@ -149,7 +188,7 @@ func (rc *Reconciler) Reconcile(want []Want) (Result, error) {
 		switch {
 		case r.Protocol == backend.RouteProtocol:
 			ours[dst] = append(ours[dst], r)
-		case r.Protocol == unix.RTPROT_KERNEL && r.Scope == netlink.SCOPE_LINK:
+		case r.Protocol == unix.RTPROT_KERNEL && r.Scope == unix.RT_SCOPE_LINK:
 			connected[dst] = r.LinkIndex
 		}
 	}
@@ -246,7 +285,7 @@ func (rc *Reconciler) Reconcile(want []Want) (Result, error) {
 	return res, errors.Join(errs...)
 }
 
-func (rc *Reconciler) del(r *netlink.Route) error {
+func (rc *Reconciler) del(r *Route) error {
 	err := rc.table.Delete(r)
 	if err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("delete route %s: %w", r.Dst, err)

@@ -1,7 +1,6 @@
 package vxlan
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -225,24 +224,21 @@ func (b *Backend) ensureAddr(linkIndex int, want netip.Prefix) (repaired bool, e
 // It returns the addresses that failed and how many entries were repairs.
 func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr) (map[netip.Addr]bool, int, error) {
 	failed := map[netip.Addr]bool{}
-	list, err := nl.Dump(func() ([]netlink.Neigh, error) { return b.h.NeighList(linkIndex, netlink.FAMILY_V4) })
+	list, err := b.dump.NeighList(linkIndex, unix.AF_INET, b.neighBuf)
+	b.neighBuf = list
 	if err != nil {
 		for ip := range want {
 			failed[ip] = true
 		}
 		return failed, 0, fmt.Errorf("list neighbours of %s: %w", b.name, err)
 	}
-	have := make(map[netip.Addr]*netlink.Neigh, len(list))
+	have := make(map[netip.Addr]*nl.Neigh, len(list))
 	for i := range list {
 		n := &list[i]
-		if n.LinkIndex != linkIndex {
+		if n.LinkIndex != linkIndex || !n.IP.IsValid() {
 			continue
 		}
-		ip, ok := netip.AddrFromSlice(n.IP)
-		if !ok {
-			continue
-		}
-		have[ip.Unmap()] = n
+		have[n.IP] = n
 	}
 	var errs []error
 	repairs := 0
@@ -253,17 +249,19 @@ func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr)
 	}
 	var sets []set
 	var ops []*nl.Op
+	var arena []byte // the requests, back to back
 	for ip, mac := range want {
 		n := have[ip]
 		delete(have, ip)
-		if n != nil && n.State&netlink.NUD_PERMANENT != 0 && bytes.Equal(n.HardwareAddr, mac) {
-			b.installedNeigh[ip] = mac.String()
+		if n != nil && n.State&netlink.NUD_PERMANENT != 0 && n.HardwareAddrIs(mac) {
+			if b.installedNeigh[ip] != string(mac) {
+				b.installedNeigh[ip] = string(mac)
+			}
 			continue
 		}
-		op := &nl.Op{Req: nl.NeighSetRequest(&netlink.Neigh{
-			LinkIndex: linkIndex, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
-			Type: unix.RTN_UNICAST, IP: net.IP(ip.AsSlice()), HardwareAddr: mac,
-		})}
+		var msg []byte
+		arena, msg = nl.AppendNeighSet(arena, linkIndex, unix.AF_INET, netlink.NUD_PERMANENT, unix.RTN_UNICAST, 0, ip, mac)
+		op := &nl.Op{Msg: msg}
 		sets = append(sets, set{ip, mac, op})
 		ops = append(ops, op)
 	}
@@ -274,17 +272,17 @@ func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr)
 			errs = append(errs, fmt.Errorf("set neighbour %s -> %s: %w", st.ip, st.mac, st.op.Err))
 			continue
 		}
-		if b.installedNeigh[st.ip] == st.mac.String() {
+		if b.installedNeigh[st.ip] == string(st.mac) {
 			repairs++
 		}
-		b.installedNeigh[st.ip] = st.mac.String()
+		b.installedNeigh[st.ip] = string(st.mac)
 	}
 	for ip, n := range have {
 		delete(b.installedNeigh, ip)
 		if n.State&netlink.NUD_PERMANENT == 0 {
 			continue // the kernel's own entries age out by themselves
 		}
-		if err := b.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+		if err := b.h.NeighDel(n.Netlink()); err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("delete neighbour %s: %w", ip, err))
 		}
 	}
@@ -300,20 +298,21 @@ func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr)
 // It returns the MACs that failed and how many entries were repairs.
 func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string]bool, int, error) {
 	failed := map[string]bool{}
-	list, err := nl.Dump(func() ([]netlink.Neigh, error) { return b.h.NeighList(linkIndex, unix.AF_BRIDGE) })
+	list, err := b.dump.NeighList(linkIndex, unix.AF_BRIDGE, b.neighBuf)
+	b.neighBuf = list
 	if err != nil {
 		for m := range want {
 			failed[m] = true
 		}
 		return failed, 0, fmt.Errorf("list FDB of %s: %w", b.name, err)
 	}
-	have := make(map[string][]*netlink.Neigh, len(list))
+	have := make(map[string][]*nl.Neigh, len(list))
 	for i := range list {
 		n := &list[i]
 		if n.LinkIndex != linkIndex || n.Flags&netlink.NTF_SELF == 0 {
 			continue
 		}
-		k := n.HardwareAddr.String()
+		k := n.HardwareAddr().String()
 		have[k] = append(have[k], n)
 	}
 	var errs []error
@@ -325,12 +324,13 @@ func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string
 	}
 	var sets []set
 	var ops []*nl.Op
+	var arena []byte // the requests, back to back
 	for m, dst := range want {
 		entries := have[m]
 		delete(have, m)
 		ok := false
 		for _, n := range entries {
-			if ip, _ := netip.AddrFromSlice(n.IP); ip.Unmap() == dst && n.State&netlink.NUD_PERMANENT != 0 {
+			if n.IP == dst && n.State&netlink.NUD_PERMANENT != 0 {
 				ok = true
 			}
 		}
@@ -338,10 +338,9 @@ func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string
 			b.installedFDB[m] = dst
 		} else {
 			mac, _ := net.ParseMAC(m)
-			op := &nl.Op{Req: nl.NeighSetRequest(&netlink.Neigh{
-				LinkIndex: linkIndex, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
-				Flags: netlink.NTF_SELF, IP: net.IP(dst.AsSlice()), HardwareAddr: mac,
-			})}
+			var msg []byte
+			arena, msg = nl.AppendNeighSet(arena, linkIndex, unix.AF_BRIDGE, netlink.NUD_PERMANENT, 0, netlink.NTF_SELF, dst, mac)
+			op := &nl.Op{Msg: msg}
 			sets = append(sets, set{m, dst, op})
 			ops = append(ops, op)
 		}
@@ -349,10 +348,10 @@ func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string
 		// The replace above rewrites the first remote; a stale one that
 		// is already gone by then fails with ENOENT, which is fine.
 		for _, n := range entries {
-			if ip, _ := netip.AddrFromSlice(n.IP); ip.Unmap() == dst || (!ok && len(entries) == 1) {
+			if n.IP == dst || (!ok && len(entries) == 1) {
 				continue
 			}
-			if err := b.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+			if err := b.h.NeighDel(n.Netlink()); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("delete FDB entry %s -> %s: %w", m, n.IP, err))
 			}
 		}
@@ -371,7 +370,7 @@ func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string
 	}
 	for m, entries := range have {
 		for _, n := range entries {
-			if err := b.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+			if err := b.h.NeighDel(n.Netlink()); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("delete FDB entry %s -> %s: %w", m, n.IP, err))
 			}
 		}

@@ -99,6 +99,80 @@ func TestProgramPeers(t *testing.T) {
 	}
 }
 
+// passBackend sets up a vxlan backend in a fresh namespace with n peers
+// desired but not yet programmed.
+func passBackend(b *testing.B, n int) *Backend {
+	lab := nltest.NewLab(b, 1)
+	h := lab.Hosts[0]
+	cfg, err := subnet.ParseConfig([]byte(`{"Network":"198.18.0.0/15","SubnetLen":28,"Backend":{"Type":"vxlan"}}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	bb, err := New(backend.Config{
+		Network: cfg, Options: json.RawMessage(`{"Type":"vxlan"}`),
+		Ext:   backend.ExternalInterface{Name: h.ExtName, Index: h.ExtIndex, Addr: h.Addr, PublicIP: h.Addr, MTU: h.MTU},
+		Netns: h.Handle, Logger: testLogger(b),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	be := bb.(*Backend)
+	b.Cleanup(be.closeHandles)
+	attrs, err := be.Setup(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	be.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.0.0/28"), Attrs: attrs}, syntheticPeers(n))
+	return be
+}
+
+func checkPass(b *testing.B, be *Backend, n int) {
+	if st := be.Status(); st.LastError != "" || st.PeersProgrammed != n {
+		b.Fatalf("programmed %d of %d: %s", st.PeersProgrammed, n, st.LastError)
+	}
+}
+
+// BenchmarkIdlePass measures one reconcile pass over n peers that are all
+// programmed already (the steady state): B/op is the garbage each periodic
+// pass leaves for the GC.
+func BenchmarkIdlePass(b *testing.B) {
+	nltest.RequireRoot(b)
+	for _, n := range []int{5000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			be := passBackend(b, n)
+			be.loop.Reconcile()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				be.loop.Reconcile()
+			}
+			b.StopTimer()
+			checkPass(b, be, n)
+		})
+	}
+}
+
+// BenchmarkFullPass measures only the pass that programs n peers into an
+// empty namespace (namespace set-up and checks are outside the timer and
+// the allocation count, unlike BenchmarkProgramPeers).
+func BenchmarkFullPass(b *testing.B) {
+	nltest.RequireRoot(b)
+	for _, n := range []int{5000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				be := passBackend(b, n)
+				b.StartTimer()
+				be.loop.Reconcile()
+				b.StopTimer()
+				checkPass(b, be, n)
+				b.StartTimer()
+			}
+		})
+	}
+}
+
 func BenchmarkProgramPeers(b *testing.B) {
 	nltest.RequireRoot(b)
 	for _, n := range []int{1000, 5000} {

@@ -86,10 +86,12 @@ type Backend struct {
 	h              *netlink.Handle
 	table          *routes.NetlinkTable
 	batch          *nl.Batcher
+	dump           *nl.Dumper
+	neighBuf       []nl.Neigh // neighbour/FDB dump results, reused by each pass
 	mac            net.HardwareAddr
 	deviceUp       bool // the device was fully set up before
 	routes         *routes.Reconciler
-	installedNeigh map[netip.Addr]string // peer VTEP address -> MAC
+	installedNeigh map[netip.Addr]string // peer VTEP address -> MAC (raw bytes)
 	installedFDB   map[string]netip.Addr // MAC -> PublicIP
 	installedAddr  netip.Prefix
 	macs           map[netip.Prefix]macEntry
@@ -224,6 +226,10 @@ func (b *Backend) closeHandles() {
 		b.batch.Close()
 		b.batch = nil
 	}
+	if b.dump != nil {
+		b.dump.Close()
+		b.dump = nil
+	}
 	if b.table != nil {
 		b.table.Close()
 		b.table = nil
@@ -252,7 +258,14 @@ func (b *Backend) prepare() error {
 			h.Close()
 			return fmt.Errorf("vxlan: %w", err)
 		}
-		b.h, b.table, b.batch = h, t, bt
+		d, err := nl.NewDumper(b.cfg.Netns)
+		if err != nil {
+			bt.Close()
+			t.Close()
+			h.Close()
+			return fmt.Errorf("vxlan: %w", err)
+		}
+		b.h, b.table, b.batch, b.dump = h, t, bt, d
 		if b.routes == nil {
 			b.routes = routes.New(t, b.cfg.Network.Network)
 		} else {

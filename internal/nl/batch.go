@@ -1,8 +1,11 @@
 package nl
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -24,6 +27,8 @@ var errNoAck = errors.New("no acknowledgement from the kernel")
 type Batcher struct {
 	s   *vnl.NetlinkSocket
 	seq uint32
+	buf []byte // requests of one chunk, reused
+	rcv []byte // receive buffer, reused
 }
 
 // NewBatcher opens a route netlink socket in ns (netns.None(): current).
@@ -48,6 +53,10 @@ func (b *Batcher) Close() {
 // Op is one request and, after Do, its result.
 type Op struct {
 	Req *vnl.NetlinkRequest
+	// Msg is the request as bytes (struct nlmsghdr and payload, see
+	// AppendMsg), used when Req is nil. Do sets the header's sequence
+	// number and adds NLM_F_REQUEST|NLM_F_ACK.
+	Msg []byte
 	Err error
 }
 
@@ -70,32 +79,57 @@ func (b *Batcher) Do(ops []*Op) error {
 }
 
 func (b *Batcher) chunk(part []*Op) error {
-	bySeq := make(map[uint32]*Op, len(part))
-	var buf []byte
+	ne := binary.NativeEndian
+	first := b.seq + 1
+	b.buf = b.buf[:0]
 	for _, op := range part {
 		b.seq++
-		op.Req.Seq = b.seq
-		op.Req.Flags |= unix.NLM_F_REQUEST | unix.NLM_F_ACK
 		op.Err = errNoAck
-		bySeq[op.Req.Seq] = op
-		buf = append(buf, op.Req.Serialize()...)
+		if op.Req != nil {
+			op.Req.Seq = b.seq
+			op.Req.Flags |= unix.NLM_F_REQUEST | unix.NLM_F_ACK
+			b.buf = append(b.buf, op.Req.Serialize()...)
+			continue
+		}
+		start := len(b.buf)
+		b.buf = append(b.buf, op.Msg...)
+		m := b.buf[start:]
+		if len(m) < unix.SizeofNlMsghdr {
+			return errors.New("short netlink request")
+		}
+		ne.PutUint16(m[6:8], ne.Uint16(m[6:8])|unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+		ne.PutUint32(m[8:12], b.seq)
 	}
-	if err := unix.Sendto(b.s.GetFd(), buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := unix.Sendto(b.s.GetFd(), b.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("send netlink batch: %w", err)
 	}
+	if b.rcv == nil {
+		b.rcv = make([]byte, dumpBufSize)
+	}
 	for pending := len(part); pending > 0; {
-		msgs, _, err := b.s.Receive()
+		n, err := unix.Read(b.s.GetFd(), b.rcv)
+		if err == unix.EINTR {
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("receive netlink acks: %w", err)
 		}
-		for _, m := range msgs {
-			op := bySeq[m.Header.Seq]
-			if op == nil || m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+		for m := b.rcv[:n]; len(m) >= unix.SizeofNlMsghdr; {
+			l := int(ne.Uint32(m[0:4]))
+			if l < unix.SizeofNlMsghdr || l > len(m) {
+				break
+			}
+			typ, seq, data := ne.Uint16(m[4:6]), ne.Uint32(m[8:12]), m[unix.SizeofNlMsghdr:l]
+			m = m[min((l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1), len(m)):]
+			if seq-first >= uint32(len(part)) || typ != unix.NLMSG_ERROR || len(data) < 4 {
 				continue
 			}
-			delete(bySeq, m.Header.Seq)
+			op := part[seq-first]
+			if op.Err != errNoAck {
+				continue // answered already
+			}
 			pending--
-			if errno := int32(vnl.NativeEndian().Uint32(m.Data[:4])); errno != 0 {
+			if errno := int32(ne.Uint32(data[:4])); errno != 0 {
 				op.Err = syscall.Errno(-errno)
 			} else {
 				op.Err = nil
@@ -103,6 +137,63 @@ func (b *Batcher) chunk(part []*Op) error {
 		}
 	}
 	return nil
+}
+
+// AppendMsg appends a netlink message header of type typ with flags to b
+// and returns b and the header's offset, for FinishMsg.
+func AppendMsg(b []byte, typ, flags uint16) ([]byte, int) {
+	start := len(b)
+	b = append(b, make([]byte, unix.SizeofNlMsghdr)...)
+	binary.NativeEndian.PutUint16(b[start+4:], typ)
+	binary.NativeEndian.PutUint16(b[start+6:], flags)
+	return b, start
+}
+
+// AppendAttr appends the route attribute typ with value v, padded.
+func AppendAttr(b []byte, typ uint16, v []byte) []byte {
+	b = binary.NativeEndian.AppendUint16(b, uint16(unix.SizeofRtAttr+len(v)))
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = append(b, v...)
+	for len(b)%unix.RTA_ALIGNTO != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// AppendAttrU32 appends a uint32 route attribute.
+func AppendAttrU32(b []byte, typ uint16, v uint32) []byte {
+	var a [4]byte
+	binary.NativeEndian.PutUint32(a[:], v)
+	return AppendAttr(b, typ, a[:])
+}
+
+// FinishMsg sets the length of the message that starts at start and
+// returns b and the message.
+func FinishMsg(b []byte, start int) ([]byte, []byte) {
+	binary.NativeEndian.PutUint32(b[start:], uint32(len(b)-start))
+	return b, b[start:len(b):len(b)]
+}
+
+// AppendNeighSet appends to b the request NeighSetRequest builds (create
+// or replace), without allocating, and returns b and the message. ip is
+// unmapped; mac may be nil.
+func AppendNeighSet(b []byte, linkIndex int, family uint8, state uint16, typ, flags uint8, ip netip.Addr, mac net.HardwareAddr) ([]byte, []byte) {
+	b, start := AppendMsg(b, unix.RTM_NEWNEIGH, unix.NLM_F_REQUEST|unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
+	b = append(b, family, 0, 0, 0)
+	b = binary.NativeEndian.AppendUint32(b, uint32(linkIndex))
+	b = binary.NativeEndian.AppendUint16(b, state)
+	b = append(b, flags, typ)
+	if ip.Is4() {
+		a := ip.As4()
+		b = AppendAttr(b, unix.NDA_DST, a[:])
+	} else {
+		a := ip.As16()
+		b = AppendAttr(b, unix.NDA_DST, a[:])
+	}
+	if mac != nil {
+		b = AppendAttr(b, unix.NDA_LLADDR, mac)
+	}
+	return FinishMsg(b, start)
 }
 
 // NeighSetRequest builds the request of netlink.Handle.NeighSet (create or
