@@ -44,9 +44,10 @@ type NetlinkTable struct {
 	network netip.Prefix
 	// list is List's result, reused by the next List; nhs and used are
 	// List's scratch maps, kept so that a pass allocates nothing new.
-	list []Route
-	nhs  map[uint32]uint8
-	used map[uint32]bool
+	list   []Route
+	reqBuf []byte
+	nhs    map[uint32]uint8
+	used   map[uint32]bool
 	// nhSupported: the kernel has nexthop objects. useNH: we install
 	// routes through them (off when route dumps would not show their
 	// gateway, i.e. net.ipv4.nexthop_compat_mode=0).
@@ -300,29 +301,50 @@ func (t *NetlinkTable) List() ([]Route, error) {
 
 // Replace implements Table.
 func (t *NetlinkTable) Replace(r *netlink.Route) error {
-	return t.ReplaceAll([]*netlink.Route{r})[0]
+	dst, ok := ipNetToPrefix(r.Dst)
+	gw, gok := netip.AddrFromSlice(r.Gw)
+	if !ok || !gok || len(r.MultiPath) > 0 || r.Table != unix.RT_TABLE_MAIN || r.Priority != 0 {
+		return t.h.RouteReplace(r)
+	}
+	w := Want{Dst: dst, Gw: gw.Unmap(), LinkIndex: r.LinkIndex, OnLink: r.Flags&int(netlink.FLAG_ONLINK) != 0}
+	if t.nhRequestsFor(w) {
+		return t.ReplaceAll([]Want{w})[0]
+	}
+	return t.h.RouteReplace(r)
+}
+
+// nhRequestsFor reports whether w gets a nexthop object.
+func (t *NetlinkTable) nhRequestsFor(w Want) bool {
+	return w.Gw.Unmap().Is4() && t.nhID(w.Dst.Masked()) != 0
 }
 
 // ReplaceAll implements BatchTable: routes that get a nexthop object are
 // sent in batches (nexthop, then route); others go one by one.
-func (t *NetlinkTable) ReplaceAll(rs []*netlink.Route) []error {
-	errs := make([]error, len(rs))
+func (t *NetlinkTable) ReplaceAll(ws []Want) []error {
+	errs := make([]error, len(ws))
 	type pair struct{ nh, route nl.Op }
-	pairs := make([]pair, len(rs))
-	var ops []*nl.Op
-	var arena []byte // the requests, back to back
-	for i, r := range rs {
-		var nh, route []byte
-		arena, nh, route = t.nhRequests(arena, r)
-		if nh == nil {
-			errs[i] = t.h.RouteReplace(r)
+	pairs := make([]pair, len(ws))
+	n := 0
+	arena := t.reqBuf[:0] // the requests, back to back
+	defer func() { t.reqBuf = arena[:0] }()
+	for i, w := range ws {
+		if !t.nhRequestsFor(w) {
+			errs[i] = t.h.RouteReplace(w.Route())
 			continue
 		}
+		var nh, route []byte
+		arena, nh, route = t.nhRequests(arena, w)
 		pairs[i] = pair{nl.Op{Msg: nh}, nl.Op{Msg: route}}
-		ops = append(ops, &pairs[i].nh, &pairs[i].route)
+		n += 2
 	}
-	if len(ops) == 0 {
+	if n == 0 {
 		return errs
+	}
+	ops := make([]*nl.Op, 0, n)
+	for i := range pairs {
+		if pairs[i].nh.Msg != nil {
+			ops = append(ops, &pairs[i].nh, &pairs[i].route)
+		}
 	}
 	_ = t.batch.Do(ops) // per-op errors below cover a socket failure too
 	for i, p := range pairs {
@@ -330,7 +352,7 @@ func (t *NetlinkTable) ReplaceAll(rs []*netlink.Route) []error {
 			continue
 		}
 		if p.nh.Err != nil {
-			errs[i] = fmt.Errorf("nexthop object for %s: %w", rs[i].Dst, p.nh.Err)
+			errs[i] = fmt.Errorf("nexthop object for %s: %w", ws[i].Dst, p.nh.Err)
 		} else {
 			errs[i] = p.route.Err
 		}
@@ -338,25 +360,14 @@ func (t *NetlinkTable) ReplaceAll(rs []*netlink.Route) []error {
 	return errs
 }
 
-// nhRequests appends to arena the nexthop and route requests for r and
-// returns them, or nils when r should be a plain route.
-func (t *NetlinkTable) nhRequests(arena []byte, r *netlink.Route) (out, nh, route []byte) {
-	dst, ok := ipNetToPrefix(r.Dst)
-	if !ok || r.Gw == nil || len(r.MultiPath) > 0 || r.Table != unix.RT_TABLE_MAIN || r.Priority != 0 {
-		return arena, nil, nil
-	}
+// nhRequests appends to arena the nexthop and route requests for w, which
+// must have a nexthop object (nhRequestsFor), and returns them.
+func (t *NetlinkTable) nhRequests(arena []byte, w Want) (out, nh, route []byte) {
+	dst := w.Dst.Masked()
 	id := t.nhID(dst)
-	if id == 0 {
-		return arena, nil, nil
-	}
-	gw, ok := netip.AddrFromSlice(r.Gw)
-	if !ok || !gw.Unmap().Is4() {
-		return arena, nil, nil
-	}
-	gw4 := gw.Unmap().As4()
-
+	gw4 := w.Gw.Unmap().As4()
 	var flags uint32
-	if r.Flags&int(netlink.FLAG_ONLINK) != 0 {
+	if w.OnLink {
 		flags |= unix.RTNH_F_ONLINK
 	}
 	const create = unix.NLM_F_REQUEST | unix.NLM_F_CREATE | unix.NLM_F_REPLACE | unix.NLM_F_ACK
@@ -364,7 +375,7 @@ func (t *NetlinkTable) nhRequests(arena []byte, r *netlink.Route) (out, nh, rout
 	arena = append(arena, unix.AF_INET, 0, backend.RouteProtocol, 0) // struct nhmsg
 	arena = binary.NativeEndian.AppendUint32(arena, flags)
 	arena = nl.AppendAttrU32(arena, unix.NHA_ID, id)
-	arena = nl.AppendAttrU32(arena, unix.NHA_OIF, uint32(r.LinkIndex))
+	arena = nl.AppendAttrU32(arena, unix.NHA_OIF, uint32(w.LinkIndex))
 	arena = nl.AppendAttr(arena, unix.NHA_GATEWAY, gw4[:])
 	arena, nh = nl.FinishMsg(arena, start)
 

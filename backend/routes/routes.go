@@ -83,9 +83,9 @@ func RouteOf(r *netlink.Route) Route {
 // BatchTable is a Table that can also install many routes in one go.
 type BatchTable interface {
 	Table
-	// ReplaceAll is Replace for every route, in order; it returns one
-	// error (or nil) per route.
-	ReplaceAll(rs []*netlink.Route) []error
+	// ReplaceAll is Replace(w.Route()) for every want, in order; it
+	// returns one error (or nil) per want.
+	ReplaceAll(ws []Want) []error
 }
 
 // Want is one wanted route: Dst via Gw out of LinkIndex.
@@ -206,6 +206,12 @@ func (rc *Reconciler) Reconcile(want []Want) (Result, error) {
 		hadOurs bool
 	}
 	var pending []pendingReplace
+	if n := len(wanted) - len(rc.installed); n > 16 {
+		pending = make([]pendingReplace, 0, n) // first pass: most are new
+	}
+	if len(rc.installed) == 0 {
+		rc.installed = make(map[netip.Prefix]Want, len(wanted))
+	}
 	for dst, w := range wanted {
 		have := ours[dst]
 		delete(ours, dst) // what is left in ours at the end is extra
@@ -234,17 +240,17 @@ func (rc *Reconciler) Reconcile(want []Want) (Result, error) {
 		}
 	}
 
-	rs := make([]*netlink.Route, len(pending))
-	for i, p := range pending {
-		rs[i] = p.w.Route()
-	}
 	var results []error
 	if bt, ok := rc.table.(BatchTable); ok {
-		results = bt.ReplaceAll(rs)
+		ws := make([]Want, len(pending))
+		for i, p := range pending {
+			ws[i] = p.w
+		}
+		results = bt.ReplaceAll(ws)
 	} else {
-		results = make([]error, len(rs))
-		for i, r := range rs {
-			results[i] = rc.table.Replace(r)
+		results = make([]error, len(pending))
+		for i, p := range pending {
+			results[i] = rc.table.Replace(p.w.Route())
 		}
 	}
 	for i, p := range pending {

@@ -25,7 +25,7 @@ func (b *Backend) pass(own subnet.Lease, peers []subnet.Lease) backend.Pass {
 
 // peerPlan is one peer after validation.
 type peerPlan struct {
-	lease  subnet.Lease
+	lease  *subnet.Lease // in the pass's peers
 	mac    net.HardwareAddr
 	direct bool
 }
@@ -65,7 +65,8 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 	plans := make([]peerPlan, 0, len(peers))
 	want := make([]routes.Want, 0, len(peers))
 	b.macGen++
-	for _, l := range peers {
+	for i := range peers {
+		l := &peers[i]
 		mac, err := b.peerMAC(l)
 		if err != nil {
 			p.Refused[l.Subnet] = err.Error()
@@ -155,7 +156,7 @@ type macEntry struct {
 
 // peerMAC returns l's VtepMAC, parsing BackendData only when it changed.
 // Caller holds kmu.
-func (b *Backend) peerMAC(l subnet.Lease) (net.HardwareAddr, error) {
+func (b *Backend) peerMAC(l *subnet.Lease) (net.HardwareAddr, error) {
 	e, ok := b.macs[l.Subnet]
 	if !ok || e.data != string(l.Attrs.BackendData) {
 		_, mac, err := subnet.ParseVXLANData(l.Attrs.BackendData)
@@ -245,11 +246,14 @@ func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr)
 	type set struct {
 		ip  netip.Addr
 		mac net.HardwareAddr
-		op  *nl.Op
+		op  nl.Op
 	}
 	var sets []set
-	var ops []*nl.Op
-	var arena []byte // the requests, back to back
+	if n := len(want) - len(b.installedNeigh); n > 16 {
+		sets = make([]set, 0, n) // first pass: most are new
+	}
+	arena := b.reqBuf[:0] // the requests, back to back
+	defer func() { b.reqBuf = arena[:0] }()
 	for ip, mac := range want {
 		n := have[ip]
 		delete(have, ip)
@@ -261,9 +265,11 @@ func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr)
 		}
 		var msg []byte
 		arena, msg = nl.AppendNeighSet(arena, linkIndex, unix.AF_INET, netlink.NUD_PERMANENT, unix.RTN_UNICAST, 0, ip, mac)
-		op := &nl.Op{Msg: msg}
-		sets = append(sets, set{ip, mac, op})
-		ops = append(ops, op)
+		sets = append(sets, set{ip, mac, nl.Op{Msg: msg}})
+	}
+	ops := make([]*nl.Op, len(sets))
+	for i := range sets {
+		ops[i] = &sets[i].op
 	}
 	_ = b.batch.Do(ops) // a socket failure shows in every op's Err
 	for _, st := range sets {
@@ -320,11 +326,14 @@ func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string
 	type set struct {
 		mac string
 		dst netip.Addr
-		op  *nl.Op
+		op  nl.Op
 	}
 	var sets []set
-	var ops []*nl.Op
-	var arena []byte // the requests, back to back
+	if n := len(want) - len(b.installedFDB); n > 16 {
+		sets = make([]set, 0, n) // first pass: most are new
+	}
+	arena := b.reqBuf[:0] // the requests, back to back
+	defer func() { b.reqBuf = arena[:0] }()
 	for m, dst := range want {
 		entries := have[m]
 		delete(have, m)
@@ -340,9 +349,7 @@ func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string
 			mac, _ := net.ParseMAC(m)
 			var msg []byte
 			arena, msg = nl.AppendNeighSet(arena, linkIndex, unix.AF_BRIDGE, netlink.NUD_PERMANENT, 0, netlink.NTF_SELF, dst, mac)
-			op := &nl.Op{Msg: msg}
-			sets = append(sets, set{m, dst, op})
-			ops = append(ops, op)
+			sets = append(sets, set{m, dst, nl.Op{Msg: msg}})
 		}
 		// Other remotes for the same MAC (a peer that moved): drop them.
 		// The replace above rewrites the first remote; a stale one that
@@ -355,6 +362,10 @@ func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string
 				errs = append(errs, fmt.Errorf("delete FDB entry %s -> %s: %w", m, n.IP, err))
 			}
 		}
+	}
+	ops := make([]*nl.Op, len(sets))
+	for i := range sets {
+		ops[i] = &sets[i].op
 	}
 	_ = b.batch.Do(ops) // a socket failure shows in every op's Err
 	for _, st := range sets {

@@ -88,6 +88,7 @@ type Backend struct {
 	batch          *nl.Batcher
 	dump           *nl.Dumper
 	neighBuf       []nl.Neigh // neighbour/FDB dump results, reused by each pass
+	reqBuf         []byte     // batched requests, reused by each pass
 	mac            net.HardwareAddr
 	deviceUp       bool // the device was fully set up before
 	routes         *routes.Reconciler
