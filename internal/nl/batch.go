@@ -154,7 +154,7 @@ func AppendAttr(b []byte, typ uint16, v []byte) []byte {
 	b = binary.NativeEndian.AppendUint16(b, uint16(unix.SizeofRtAttr+len(v)))
 	b = binary.NativeEndian.AppendUint16(b, typ)
 	b = append(b, v...)
-	for len(b)%unix.RTA_ALIGNTO != 0 {
+	for pad := (unix.RTA_ALIGNTO - len(v)%unix.RTA_ALIGNTO) % unix.RTA_ALIGNTO; pad > 0; pad-- {
 		b = append(b, 0)
 	}
 	return b

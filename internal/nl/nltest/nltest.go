@@ -50,8 +50,15 @@ func randHex(n int) string {
 // characters, so the name stays within 15).
 func NewNS(t testing.TB, suffix string) *NS {
 	t.Helper()
+	return NewNSPrefix(t, Prefix, suffix)
+}
+
+// NewNSPrefix is NewNS with another name prefix (3 characters), for tests
+// that must use their own.
+func NewNSPrefix(t testing.TB, prefix, suffix string) *NS {
+	t.Helper()
 	RequireRoot(t)
-	name := Prefix + randHex(6) + suffix
+	name := prefix + randHex(6) + suffix
 	if len(name) > 15 {
 		t.Fatalf("namespace name %q too long", name)
 	}
