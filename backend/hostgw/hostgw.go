@@ -27,7 +27,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/backend/routes"
@@ -117,29 +116,14 @@ func (b *Backend) Run(ctx context.Context) error {
 
 // eventFilter selects the events that mean something we own changed.
 func (b *Backend) eventFilter() nl.Filter {
-	network := b.cfg.Network.Network
 	ext := b.cfg.Ext.Index
-	return nl.Filter{
-		// Deleting one of our nexthop objects silently takes its route.
-		Nexthop: func(u nl.NexthopUpdate) bool {
-			return u.Type == unix.RTM_DELNEXTHOP && u.Protocol == backend.RouteProtocol
-		},
-		Route: func(u netlink.RouteUpdate) bool {
-			if u.Protocol == backend.RouteProtocol {
-				return u.Type == unix.RTM_DELROUTE
-			}
-			if u.Dst == nil || u.Type != unix.RTM_NEWROUTE || u.Table != unix.RT_TABLE_MAIN {
-				return false
-			}
-			dst, ok := netip.AddrFromSlice(u.Dst.IP)
-			return ok && network.Contains(dst.Unmap())
-		},
-		// The external interface going down takes our routes with it;
-		// coming back up needs them again.
-		Link: func(u netlink.LinkUpdate) bool { return u.Link.Attrs().Index == ext },
-		// Addresses on the external interface decide what is on-link.
-		Addr: func(u netlink.AddrUpdate) bool { return u.LinkIndex == ext },
-	}
+	f := routes.Filter(b.cfg.Network.Network)
+	// The external interface going down takes our routes with it; coming
+	// back up needs them again.
+	f.Link = func(u netlink.LinkUpdate) bool { return u.Link.Attrs().Index == ext }
+	// Addresses on the external interface decide what is on-link.
+	f.Addr = func(u netlink.AddrUpdate) bool { return u.LinkIndex == ext }
+	return f
 }
 
 func (b *Backend) closeHandles() {

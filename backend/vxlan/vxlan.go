@@ -170,54 +170,34 @@ func (b *Backend) Run(ctx context.Context) error {
 	return nil
 }
 
-// eventFilter selects the events that mean something we own changed.
+// eventFilter selects the events that mean something we own changed: the
+// shared route events, plus our neighbour entries, device and addresses.
 func (b *Backend) eventFilter() nl.Filter {
-	network := b.cfg.Network.Network
 	ext := b.cfg.Ext.Index
-	return nl.Filter{
-		// Deleting one of our nexthop objects silently takes its route.
-		Nexthop: func(u nl.NexthopUpdate) bool {
-			return u.Type == unix.RTM_DELNEXTHOP && u.Protocol == backend.RouteProtocol
-		},
-		Route: func(u netlink.RouteUpdate) bool {
-			if u.Protocol == backend.RouteProtocol {
-				return u.Type == unix.RTM_DELROUTE
-			}
-			// Somebody replaced one of our destinations.
-			dst, ok := netip.AddrFromSlice(ipOf(u.Dst))
-			return ok && u.Type == unix.RTM_NEWROUTE && u.Table == unix.RT_TABLE_MAIN && network.Contains(dst.Unmap())
-		},
-		Neigh: func(u netlink.NeighUpdate) bool {
-			if int64(u.LinkIndex) != b.linkIndex.Load() {
-				return false
-			}
-			return u.Type == unix.RTM_DELNEIGH || u.State&netlink.NUD_PERMANENT == 0
-		},
-		Link: func(u netlink.LinkUpdate) bool {
-			a := u.Link.Attrs()
-			if a.Index == ext {
-				// Going down drops DirectRouting routes silently.
-				return true
-			}
-			if a.Name != b.name && int64(a.Index) != b.linkIndex.Load() {
-				return false
-			}
-			return u.Header.Type == unix.RTM_DELLINK || a.Flags&net.FlagUp == 0 || int64(a.MTU) != b.mtu.Load()
-		},
-		Addr: func(u netlink.AddrUpdate) bool {
-			if u.LinkIndex == ext {
-				return b.opts.DirectRouting // what is on-link may have changed
-			}
-			return !u.NewAddr && int64(u.LinkIndex) == b.linkIndex.Load()
-		},
+	f := routes.Filter(b.cfg.Network.Network)
+	f.Neigh = func(u netlink.NeighUpdate) bool {
+		if int64(u.LinkIndex) != b.linkIndex.Load() {
+			return false
+		}
+		return u.Type == unix.RTM_DELNEIGH || u.State&netlink.NUD_PERMANENT == 0
 	}
-}
-
-func ipOf(n *net.IPNet) net.IP {
-	if n == nil {
-		return nil
+	f.Link = func(u netlink.LinkUpdate) bool {
+		a := u.Link.Attrs()
+		if a.Index == ext {
+			return true // going down drops DirectRouting routes silently
+		}
+		if a.Name != b.name && int64(a.Index) != b.linkIndex.Load() {
+			return false
+		}
+		return u.Header.Type == unix.RTM_DELLINK || a.Flags&net.FlagUp == 0 || int64(a.MTU) != b.mtu.Load()
 	}
-	return n.IP
+	f.Addr = func(u netlink.AddrUpdate) bool {
+		if u.LinkIndex == ext {
+			return b.opts.DirectRouting // what is on-link may have changed
+		}
+		return !u.NewAddr && int64(u.LinkIndex) == b.linkIndex.Load()
+	}
+	return f
 }
 
 // closeHandles closes the netlink sockets; prepare reopens them. Caller
