@@ -24,8 +24,12 @@ import (
 // A key with no etcd lease attached is a reservation: it never expires and
 // only the host whose PublicIP it carries may use it.
 type Lease struct {
+	// Subnet is the IPv4 subnet: the lease's identity.
 	Subnet netip.Prefix
-	Attrs  LeaseAttrs
+	// IPv6Subnet is the IPv6 part of a dual-stack key
+	// ("<v4>-<len>&<v6>-<len>"); invalid (zero) for a v4-only key.
+	IPv6Subnet netip.Prefix
+	Attrs      LeaseAttrs
 	// Expiration is when the etcd lease runs out; zero for a reservation or
 	// when unknown.
 	Expiration time.Time
@@ -35,6 +39,18 @@ type Lease struct {
 	EtcdLease int64
 	// ModRevision is the etcd revision of the last write to the key.
 	ModRevision int64
+	// CreateRevision is the etcd revision that created the key: a larger
+	// value is a newer lease. Renewals do not change it.
+	CreateRevision int64
+}
+
+// Key is the lease's key suffix under <prefix>/subnets/, in flannel's form:
+// "198.18.7.0-24", or "198.18.7.0-24&2001:db8:1::-64" for dual stack.
+func (l Lease) Key() string {
+	if l.IPv6Subnet.IsValid() {
+		return SubnetKey(l.Subnet) + "&" + SubnetKey(l.IPv6Subnet)
+	}
+	return SubnetKey(l.Subnet)
 }
 
 // LeaseAttrs is the JSON value of a lease key. MarshalJSON writes it
