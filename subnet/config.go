@@ -56,13 +56,24 @@ type rawConfig struct {
 	Backend        json.RawMessage
 }
 
+// ErrNetworkCoversUnderlay is wrapped by the FieldError CheckUnderlay returns
+// when the cluster network contains a host's underlay address: the overlay
+// routes for the network would then capture the hosts' own traffic.
+var ErrNetworkCoversUnderlay = errors.New("network contains an underlay address")
+
 // FieldError names the config field that broke a rule.
 type FieldError struct {
 	Field string
 	Rule  string
+	// Err is an optional sentinel (such as ErrNetworkCoversUnderlay) for
+	// errors.Is; Rule already describes it.
+	Err error
 }
 
 func (e *FieldError) Error() string { return fmt.Sprintf("config field %s: %s", e.Field, e.Rule) }
+
+// Unwrap returns the sentinel the rule stands for, if any.
+func (e *FieldError) Unwrap() error { return e.Err }
 
 func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Rule: fmt.Sprintf(format, args...)}
@@ -167,6 +178,38 @@ func ParseConfig(data []byte) (*Config, error) {
 		cfg.Backend = append(json.RawMessage(nil), rc.Backend...)
 	}
 	return cfg, nil
+}
+
+// CheckUnderlay refuses a config whose Network contains any of addrs: the
+// hosts' underlay (public) addresses, such as the PublicIPs of all leases and
+// a machine's own interface addresses. Invalid addresses and IPv6 addresses
+// are ignored (the network is IPv4); IPv4-mapped IPv6 addresses are checked
+// as IPv4. The error is a *FieldError for Network that names the first
+// offending address and wraps ErrNetworkCoversUnderlay.
+func (c *Config) CheckUnderlay(addrs ...netip.Addr) error {
+	var first netip.Addr
+	more := 0
+	for _, a := range addrs {
+		a = a.Unmap()
+		if !a.Is4() || !c.Network.Contains(a) {
+			continue
+		}
+		switch {
+		case !first.IsValid():
+			first = a
+		case a != first:
+			more++
+		}
+	}
+	if !first.IsValid() {
+		return nil
+	}
+	rule := fmt.Sprintf("%s contains the underlay address %s", c.Network, first)
+	if more > 0 {
+		rule += fmt.Sprintf(" (and %d more)", more)
+	}
+	rule += ": the overlay would capture traffic between hosts; pick a network that no host address lies in"
+	return &FieldError{Field: "Network", Rule: rule, Err: ErrNetworkCoversUnderlay}
 }
 
 // SubnetCount is the number of subnets in [SubnetMin, SubnetMax].

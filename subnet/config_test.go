@@ -189,3 +189,49 @@ func TestValidatePeerBackend(t *testing.T) {
 		t.Error("vxlan peer accepted on a udp network")
 	}
 }
+
+func TestCheckUnderlay(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"Network":"198.18.0.0/15"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddr
+	tests := []struct {
+		name  string
+		addrs []netip.Addr
+		bad   string // the address the error must name; "" = accepted
+	}{
+		{"none", nil, ""},
+		{"outside", []netip.Addr{a("192.0.2.11"), a("203.0.113.5")}, ""},
+		{"ipv6 ignored", []netip.Addr{a("2001:db8::1")}, ""},
+		{"invalid ignored", []netip.Addr{{}}, ""},
+		{"inside", []netip.Addr{a("192.0.2.11"), a("198.19.4.20")}, "198.19.4.20"},
+		{"network address", []netip.Addr{a("198.18.0.0")}, "198.18.0.0"},
+		{"v4-mapped", []netip.Addr{a("::ffff:198.18.9.9")}, "198.18.9.9"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := c.CheckUnderlay(tt.addrs...)
+			if tt.bad == "" {
+				if err != nil {
+					t.Fatalf("CheckUnderlay = %v, want nil", err)
+				}
+				return
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != "Network" {
+				t.Fatalf("CheckUnderlay = %v, want a FieldError for Network", err)
+			}
+			if !errors.Is(err, ErrNetworkCoversUnderlay) {
+				t.Errorf("CheckUnderlay = %v, want errors.Is ErrNetworkCoversUnderlay", err)
+			}
+			if !strings.Contains(err.Error(), tt.bad) {
+				t.Errorf("error %q does not name %s", err, tt.bad)
+			}
+		})
+	}
+	err = c.CheckUnderlay(a("198.18.1.1"), a("198.18.1.1"), a("198.18.2.1"))
+	if err == nil || !strings.Contains(err.Error(), "198.18.1.1") || !strings.Contains(err.Error(), "1 more") {
+		t.Errorf("several inside: %v", err)
+	}
+}
