@@ -61,6 +61,29 @@ type rawConfig struct {
 // routes for the network would then capture the hosts' own traffic.
 var ErrNetworkCoversUnderlay = errors.New("network contains an underlay address")
 
+// ErrNetworkTooBroad is wrapped by the FieldError for a Network shorter than
+// MinNetworkBits: such a network would swallow the hosts' own addresses and
+// the default route.
+var ErrNetworkTooBroad = errors.New("network is too broad")
+
+// ErrNetworkReserved is wrapped by the FieldError for a Network that overlaps
+// an address range that can never carry pods (see ReservedRanges).
+var ErrNetworkReserved = errors.New("network overlaps a reserved range")
+
+// MinNetworkBits is the shortest prefix a cluster Network may have.
+const MinNetworkBits = 8
+
+// ReservedRanges are the IPv4 ranges a cluster Network must not overlap:
+// "this network", loopback, link-local, multicast and the reserved class E
+// range (with the limited broadcast address).
+var ReservedRanges = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("240.0.0.0/4"),
+}
+
 // FieldError names the config field that broke a rule.
 type FieldError struct {
 	Field string
@@ -106,6 +129,16 @@ func ParseConfig(data []byte) (*Config, error) {
 		return nil, fieldErr("Network", "%q is not an IPv4 CIDR", *rc.Network)
 	}
 	nw = nw.Masked()
+	if nw.Bits() < MinNetworkBits {
+		return nil, &FieldError{Field: "Network", Err: ErrNetworkTooBroad,
+			Rule: fmt.Sprintf("%s is shorter than /%d: it would cover the hosts' own addresses", nw, MinNetworkBits)}
+	}
+	for _, r := range ReservedRanges {
+		if nw.Overlaps(r) {
+			return nil, &FieldError{Field: "Network", Err: ErrNetworkReserved,
+				Rule: fmt.Sprintf("%s overlaps the reserved range %s, which cannot be a pod network", nw, r)}
+		}
+	}
 	cfg.Network = nw
 	bits := nw.Bits()
 

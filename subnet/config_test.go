@@ -25,6 +25,9 @@ func TestParseConfigDefaults(t *testing.T) {
 		{"explicit bounds", `{"Network":"198.18.0.0/16","SubnetMin":"198.18.10.0","SubnetMax":"198.18.20.0"}`, 24, "198.18.10.0", "198.18.20.0", "vxlan", true},
 		{"case-insensitive fields", `{"network":"198.18.0.0/16","subnetlen":25,"backend":{"type":"UDP"}}`, 25, "198.18.0.128", "198.18.255.128", "udp", false},
 		{"host bits masked", `{"Network":"198.18.3.7/16"}`, 24, "198.18.1.0", "198.18.255.0", "vxlan", true},
+		{"a /8 is broad enough", `{"Network":"10.0.0.0/8"}`, 24, "10.0.1.0", "10.255.255.0", "vxlan", true},
+		{"next to link-local", `{"Network":"169.253.0.0/16"}`, 24, "169.253.1.0", "169.253.255.0", "vxlan", true},
+		{"last below multicast", `{"Network":"223.255.0.0/16"}`, 24, "223.255.1.0", "223.255.255.0", "vxlan", true},
 		{"IPv6 fields present but off", `{"Network":"198.18.0.0/16","EnableIPv6":false,"IPv6Network":"2001:db8::/64"}`, 24, "198.18.1.0", "198.18.255.0", "vxlan", true},
 	}
 	for _, tt := range tests {
@@ -62,6 +65,16 @@ func TestParseConfigErrors(t *testing.T) {
 		{"backend no type", `{"Network":"198.18.0.0/16","Backend":{"VNI":2}}`, "Backend.Type", "required"},
 		{"backend not object", `{"Network":"198.18.0.0/16","Backend":"vxlan"}`, "Backend", "object"},
 		{"ipv4 off", `{"Network":"198.18.0.0/16","EnableIPv4":false}`, "EnableIPv4", "IPv4"},
+		{"everything", `{"Network":"0.0.0.0/0"}`, "Network", "shorter than /8"},
+		{"everything, host bits", `{"Network":"198.18.0.0/0"}`, "Network", "shorter than /8"},
+		{"/7", `{"Network":"10.0.0.0/7"}`, "Network", "shorter than /8"},
+		{"this network", `{"Network":"0.0.0.0/8"}`, "Network", "reserved range 0.0.0.0/8"},
+		{"loopback", `{"Network":"127.0.0.0/16"}`, "Network", "reserved range 127.0.0.0/8"},
+		{"link-local", `{"Network":"169.254.0.0/16"}`, "Network", "reserved range 169.254.0.0/16"},
+		{"covers link-local", `{"Network":"169.0.0.0/8"}`, "Network", "reserved range 169.254.0.0/16"},
+		{"multicast", `{"Network":"239.1.0.0/16"}`, "Network", "reserved range 224.0.0.0/4"},
+		{"class E", `{"Network":"250.0.0.0/16"}`, "Network", "reserved range 240.0.0.0/4"},
+		{"broadcast", `{"Network":"255.255.255.0/24"}`, "Network", "reserved range 240.0.0.0/4"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,6 +90,12 @@ func TestParseConfigErrors(t *testing.T) {
 				t.Errorf("error %q does not name field %s", err, tt.field)
 			}
 		})
+	}
+	if _, err := ParseConfig([]byte(`{"Network":"0.0.0.0/0"}`)); !errors.Is(err, ErrNetworkTooBroad) {
+		t.Errorf("0.0.0.0/0: got %v, want ErrNetworkTooBroad", err)
+	}
+	if _, err := ParseConfig([]byte(`{"Network":"127.0.0.0/8"}`)); !errors.Is(err, ErrNetworkReserved) {
+		t.Errorf("127.0.0.0/8: got %v, want ErrNetworkReserved", err)
 	}
 	_, err := ParseConfig([]byte(`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/64"}`))
 	if !errors.Is(err, ErrIPv6Unsupported) || !strings.Contains(err.Error(), "IPv6 is not supported yet") {
@@ -161,6 +180,14 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		if c.SubnetCount() < 1 {
 			t.Fatalf("no subnets")
+		}
+		if c.Network.Bits() < MinNetworkBits {
+			t.Fatalf("accepted too broad a network %s", c.Network)
+		}
+		for _, r := range ReservedRanges {
+			if c.Network.Overlaps(r) {
+				t.Fatalf("accepted %s, which overlaps reserved %s", c.Network, r)
+			}
 		}
 	})
 }
