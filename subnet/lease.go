@@ -156,8 +156,15 @@ type VXLANData struct {
 	VtepMAC string `json:"VtepMAC"`
 }
 
+// ErrUnusableVtepMAC is wrapped by ParseVXLANData's error for a VtepMAC that
+// is well formed but cannot be a peer's VTEP: all zeros, broadcast or
+// multicast. The kernel refuses an FDB entry for such an address.
+var ErrUnusableVtepMAC = errors.New("unusable VtepMAC")
+
 // ParseVXLANData decodes and validates vxlan BackendData. The MAC must be a
-// 6-byte unicast hardware address.
+// 6-byte unicast hardware address other than 00:00:00:00:00:00; an all-zero,
+// broadcast or multicast MAC gives an error that names it and wraps
+// ErrUnusableVtepMAC.
 func ParseVXLANData(raw json.RawMessage) (VXLANData, net.HardwareAddr, error) {
 	var d VXLANData
 	if len(raw) == 0 {
@@ -170,8 +177,13 @@ func ParseVXLANData(raw json.RawMessage) (VXLANData, net.HardwareAddr, error) {
 	if err != nil || len(mac) != 6 {
 		return d, nil, fmt.Errorf("vxlan BackendData: VtepMAC %q is not a 6-byte MAC address", d.VtepMAC)
 	}
-	if mac[0]&1 == 1 {
-		return d, nil, fmt.Errorf("vxlan BackendData: VtepMAC %s is a multicast address", mac)
+	switch {
+	case mac[0]|mac[1]|mac[2]|mac[3]|mac[4]|mac[5] == 0:
+		return d, nil, fmt.Errorf("vxlan BackendData: VtepMAC %s is all zeros: %w", mac, ErrUnusableVtepMAC)
+	case mac[0]&mac[1]&mac[2]&mac[3]&mac[4]&mac[5] == 0xff:
+		return d, nil, fmt.Errorf("vxlan BackendData: VtepMAC %s is the broadcast address: %w", mac, ErrUnusableVtepMAC)
+	case mac[0]&1 == 1:
+		return d, nil, fmt.Errorf("vxlan BackendData: VtepMAC %s is a multicast address: %w", mac, ErrUnusableVtepMAC)
 	}
 	return d, mac, nil
 }

@@ -2,6 +2,7 @@ package subnet
 
 import (
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -53,9 +54,31 @@ func TestParseVXLANData(t *testing.T) {
 	if d, mac, err := ParseVXLANData(good); err != nil || d.VNI != 1 || mac.String() != "c6:d2:32:6f:8f:44" {
 		t.Errorf("good data: %v %v %v", d, mac, err)
 	}
-	for _, bad := range []string{``, `{"VNI":1}`, `{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f"}`, `{"VNI":1,"VtepMAC":"00:00:00:00:fe:80:00:00:00:00:00:00:00:00:00:00:00:00:00:00"}`, `{"VNI":1,"VtepMAC":"01:00:5e:00:00:01"}`} {
+	// A globally administered unicast MAC and one with only the last bit set
+	// are usable.
+	for _, ok := range []string{"00:00:00:00:00:01", "02:00:00:00:00:00", "fe:ff:ff:ff:ff:ff"} {
+		if _, _, err := ParseVXLANData(json.RawMessage(`{"VNI":1,"VtepMAC":"` + ok + `"}`)); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{``, `{"VNI":1}`, `{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f"}`, `{"VNI":1,"VtepMAC":"00:00:00:00:fe:80:00:00:00:00:00:00:00:00:00:00:00:00:00:00"}`} {
 		if _, _, err := ParseVXLANData(json.RawMessage(bad)); err == nil {
 			t.Errorf("%q: want an error", bad)
+		}
+	}
+	unusable := []struct{ in, name string }{
+		{"00:00:00:00:00:00", "00:00:00:00:00:00"},
+		{"0000.0000.0000", "00:00:00:00:00:00"},
+		{"00-00-00-00-00-00", "00:00:00:00:00:00"},
+		{"ff:ff:ff:ff:ff:ff", "ff:ff:ff:ff:ff:ff"},
+		{"FF:FF:FF:FF:FF:FF", "ff:ff:ff:ff:ff:ff"},
+		{"01:00:5e:00:00:01", "01:00:5e:00:00:01"},
+		{"33:33:00:00:00:01", "33:33:00:00:00:01"},
+	}
+	for _, tt := range unusable {
+		_, mac, err := ParseVXLANData(json.RawMessage(`{"VNI":1,"VtepMAC":"` + tt.in + `"}`))
+		if !errors.Is(err, ErrUnusableVtepMAC) || !strings.Contains(err.Error(), tt.name) {
+			t.Errorf("%s: got mac %v err %v, want ErrUnusableVtepMAC naming %s", tt.in, mac, err, tt.name)
 		}
 	}
 }
