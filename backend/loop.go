@@ -2,11 +2,14 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"maps"
 	"net/netip"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/subnet"
 )
@@ -25,6 +28,11 @@ type Pass struct {
 	Programmed int
 	// Refused maps peers the backend will not program to the reason.
 	Refused map[netip.Prefix]string
+	// Failed maps peers whose kernel objects could not be installed in this
+	// pass to the error. A peer the kernel itself rejects (see Rejected)
+	// is reported as refused, so that it never holds back readiness for
+	// the others; every other failure is retried and keeps it pending.
+	Failed map[netip.Prefix]error
 	// Repairs counts objects re-created because they had drifted, by kind.
 	Repairs map[string]uint64
 	// Err is the pass's error; the next pass retries.
@@ -57,8 +65,25 @@ type Loop struct {
 	desired bool
 	status  Status
 
-	passMu sync.Mutex              // serialises passes
-	logged map[netip.Prefix]string // refusals already logged, under passMu
+	passMu  sync.Mutex              // serialises passes
+	logged  map[netip.Prefix]string // refusals already logged, under passMu
+	lastErr string                  // the last pass error logged, under passMu
+}
+
+// Rejected reports whether err is the kernel refusing one peer's object
+// for what it is (an invalid address, a MAC it will not take, an
+// unreachable gateway), rather than a failure of the conversation with the
+// kernel, which the next pass retries.
+func Rejected(err error) bool {
+	var errno unix.Errno
+	if !errors.As(err, &errno) {
+		return false
+	}
+	switch errno {
+	case unix.EINVAL, unix.ERANGE, unix.EOPNOTSUPP, unix.EAFNOSUPPORT, unix.ENETUNREACH, unix.EHOSTUNREACH, unix.EADDRNOTAVAIL:
+		return true
+	}
+	return false
 }
 
 // NewLoop returns a loop for a backend whose device is named device ("" if
@@ -124,12 +149,26 @@ func (l *Loop) Reconcile() {
 	start := time.Now()
 	p := l.pass(own, peers)
 	d := time.Since(start)
+	for sn, err := range p.Failed {
+		if Rejected(err) {
+			if p.Refused == nil {
+				p.Refused = map[netip.Prefix]string{}
+			}
+			p.Refused[sn] = "the kernel rejected it: " + err.Error()
+		}
+	}
 	for sn, why := range p.Refused {
 		if l.logged[sn] != why {
 			l.log.Warn("refusing peer", "subnet", sn, "reason", why)
 		}
 	}
 	l.logged = maps.Clone(p.Refused)
+	errText := ""
+	if p.Err != nil {
+		errText = p.Err.Error()
+	}
+	repeated := errText == l.lastErr
+	l.lastErr = errText
 	l.passMu.Unlock()
 
 	l.mu.Lock()
@@ -147,9 +186,12 @@ func (l *Loop) Reconcile() {
 		l.status.LastError = p.Err.Error()
 	}
 	l.mu.Unlock()
-	if p.Err != nil {
+	switch {
+	case p.Err != nil && !repeated:
 		l.log.Warn("reconcile failed; will retry", "err", p.Err)
-	} else {
+	case p.Err != nil:
+		l.log.Debug("reconcile failed again, as in the last pass; will retry", "err", p.Err)
+	default:
 		l.log.Debug("reconciled", append([]any{"peers", len(peers), "programmed", p.Programmed, "took", d}, p.Details...)...)
 	}
 	if l.onReconcile != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/subnet"
 )
@@ -95,5 +98,48 @@ func TestLoop(t *testing.T) {
 	defer mu.Unlock()
 	if len(seen[0]) != 2 {
 		t.Errorf("pass got %d peers", len(seen[0]))
+	}
+}
+
+// TestLoopKernelRejection: a peer whose objects the kernel itself rejects
+// (EINVAL, as for an FDB entry with an all-zero MAC) is reported as refused,
+// so the others make the backend ready; a failure of the conversation
+// (ENOBUFS) keeps the peer pending. A pass error repeated unchanged is
+// logged once.
+func TestLoopKernelRejection(t *testing.T) {
+	var logs bytes.Buffer
+	good := netip.MustParsePrefix("198.18.2.0/24")
+	bad := netip.MustParsePrefix("198.18.3.0/24")
+	var failWith atomic.Value
+	failWith.Store(unix.EINVAL)
+	l := NewLoop(Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))}, "dev0", func(own subnet.Lease, peers []subnet.Lease) Pass {
+		err := fmt.Errorf("set FDB entry 00:00:00:00:00:00 -> 192.0.2.3: %w", failWith.Load().(unix.Errno))
+		return Pass{Programmed: 1, Failed: map[netip.Prefix]error{bad: err}, Err: err}
+	})
+	l.SetDesired(subnet.Lease{}, []subnet.Lease{{Subnet: good}, {Subnet: bad}})
+	l.Reconcile()
+	l.Reconcile()
+	st := l.Status()
+	if why, ok := st.Refused[bad]; !ok || !strings.Contains(why, "kernel rejected") {
+		t.Fatalf("refused = %v, want %s refused by the kernel", st.Refused, bad)
+	}
+	if !st.Ready() {
+		t.Errorf("one rejected peer holds back readiness: %+v", st)
+	}
+	if n := strings.Count(logs.String(), "reconcile failed; will retry"); n != 1 {
+		t.Errorf("the same pass error was logged %d times, want once:\n%s", n, logs.String())
+	}
+	if n := strings.Count(logs.String(), "refusing peer"); n != 1 {
+		t.Errorf("the refusal was logged %d times, want once:\n%s", n, logs.String())
+	}
+
+	failWith.Store(unix.ENOBUFS)
+	l.Reconcile()
+	st = l.Status()
+	if _, ok := st.Refused[bad]; ok {
+		t.Errorf("a transient failure (ENOBUFS) was reported as a refusal: %v", st.Refused)
+	}
+	if st.Ready() {
+		t.Errorf("ready while a peer is pending after a transient failure: %+v", st)
 	}
 }

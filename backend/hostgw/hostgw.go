@@ -175,19 +175,19 @@ func (b *Backend) prepare() error {
 func (b *Backend) pass(own subnet.Lease, peers []subnet.Lease) backend.Pass {
 	b.kmu.Lock()
 	defer b.kmu.Unlock()
-	programmed, refused, repaired, err := b.apply(peers)
-	return backend.Pass{Programmed: programmed, Refused: refused, Repairs: map[string]uint64{"route": uint64(repaired)}, Err: err}
+	programmed, refused, res, err := b.apply(peers)
+	return backend.Pass{Programmed: programmed, Refused: refused, Failed: res.Failed, Repairs: map[string]uint64{"route": uint64(res.Repaired)}, Err: err}
 }
 
 // apply makes the routes match peers. Caller holds kmu.
-func (b *Backend) apply(peers []subnet.Lease) (programmed int, refused map[netip.Prefix]string, repaired int, err error) {
+func (b *Backend) apply(peers []subnet.Lease) (programmed int, refused map[netip.Prefix]string, res routes.Result, err error) {
 	refused = map[netip.Prefix]string{}
 	if err := b.prepare(); err != nil {
-		return 0, refused, 0, err
+		return 0, refused, res, err
 	}
 	onLink, err := b.extPrefixes()
 	if err != nil {
-		return 0, refused, 0, err
+		return 0, refused, res, err
 	}
 	want := make([]routes.Want, 0, len(peers))
 	for _, l := range peers {
@@ -206,7 +206,7 @@ func (b *Backend) apply(peers []subnet.Lease) (programmed int, refused map[netip
 		}
 		want = append(want, routes.Want{Dst: l.Subnet, Gw: ip, LinkIndex: b.cfg.Ext.Index})
 	}
-	res, err := b.routes.Reconcile(want)
+	res, err = b.routes.Reconcile(want)
 	for dst, why := range res.Refused {
 		refused[dst] = why
 	}
@@ -219,7 +219,7 @@ func (b *Backend) apply(peers []subnet.Lease) (programmed int, refused map[netip
 		}
 		programmed++
 	}
-	return programmed, refused, res.Repaired, err
+	return programmed, refused, res, err
 }
 
 func prefixList(ps []netip.Prefix) string {

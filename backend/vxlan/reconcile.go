@@ -1,6 +1,7 @@
 package vxlan
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -123,16 +124,21 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 	}
 	p.Repairs["fdb"] += uint64(rep)
 
+	p.Failed = map[netip.Prefix]error{}
 	for _, pp := range plans {
 		sn := pp.lease.Subnet
 		if _, bad := p.Refused[sn]; bad {
 			continue
 		}
-		if _, failed := rres.Failed[sn]; failed {
+		if err, failed := rres.Failed[sn]; failed {
+			p.Failed[sn] = err
 			continue
 		}
-		if !pp.direct && (neighFailed[sn.Addr()] || fdbFailed[pp.mac.String()]) {
-			continue
+		if !pp.direct {
+			if err := cmp.Or(neighFailed[sn.Addr()], fdbFailed[pp.mac.String()]); err != nil {
+				p.Failed[sn] = err
+				continue
+			}
 		}
 		p.Programmed++
 	}
@@ -223,15 +229,16 @@ func (b *Backend) ensureAddr(linkIndex int, want netip.Prefix) (repaired bool, e
 
 // syncNeigh makes the permanent IPv4 neighbours of the device exactly want.
 // It returns the addresses that failed and how many entries were repairs.
-func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr) (map[netip.Addr]bool, int, error) {
-	failed := map[netip.Addr]bool{}
+func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr) (map[netip.Addr]error, int, error) {
+	failed := map[netip.Addr]error{}
 	list, err := b.dump.NeighList(linkIndex, unix.AF_INET, b.neighBuf)
 	b.neighBuf = list
 	if err != nil {
+		err = fmt.Errorf("list neighbours of %s: %w", b.name, err)
 		for ip := range want {
-			failed[ip] = true
+			failed[ip] = err
 		}
-		return failed, 0, fmt.Errorf("list neighbours of %s: %w", b.name, err)
+		return failed, 0, err
 	}
 	have := make(map[netip.Addr]*nl.Neigh, len(list))
 	for i := range list {
@@ -274,8 +281,9 @@ func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr)
 	_ = b.batch.Do(ops) // a socket failure shows in every op's Err
 	for _, st := range sets {
 		if st.op.Err != nil {
-			failed[st.ip] = true
-			errs = append(errs, fmt.Errorf("set neighbour %s -> %s: %w", st.ip, st.mac, st.op.Err))
+			err := fmt.Errorf("set neighbour %s -> %s: %w", st.ip, st.mac, st.op.Err)
+			failed[st.ip] = err
+			errs = append(errs, err)
 			continue
 		}
 		if b.installedNeigh[st.ip] == string(st.mac) {
@@ -302,15 +310,16 @@ func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr)
 
 // syncFDB makes the device's FDB exactly want (MAC -> remote VTEP).
 // It returns the MACs that failed and how many entries were repairs.
-func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string]bool, int, error) {
-	failed := map[string]bool{}
+func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string]error, int, error) {
+	failed := map[string]error{}
 	list, err := b.dump.NeighList(linkIndex, unix.AF_BRIDGE, b.neighBuf)
 	b.neighBuf = list
 	if err != nil {
+		err = fmt.Errorf("list FDB of %s: %w", b.name, err)
 		for m := range want {
-			failed[m] = true
+			failed[m] = err
 		}
-		return failed, 0, fmt.Errorf("list FDB of %s: %w", b.name, err)
+		return failed, 0, err
 	}
 	have := make(map[string][]*nl.Neigh, len(list))
 	for i := range list {
@@ -370,8 +379,9 @@ func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string
 	_ = b.batch.Do(ops) // a socket failure shows in every op's Err
 	for _, st := range sets {
 		if st.op.Err != nil {
-			failed[st.mac] = true
-			errs = append(errs, fmt.Errorf("set FDB entry %s -> %s: %w", st.mac, st.dst, st.op.Err))
+			err := fmt.Errorf("set FDB entry %s -> %s: %w", st.mac, st.dst, st.op.Err)
+			failed[st.mac] = err
+			errs = append(errs, err)
 			continue
 		}
 		if b.installedFDB[st.mac] == st.dst {

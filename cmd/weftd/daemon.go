@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -49,10 +49,9 @@ type daemon struct {
 	fileWritten   bool
 	lastSnap      *etcd.Snapshot
 	peersKnown    int
-	skipped       map[string]string // unparsable lease key -> value already warned about
-	verdicts      map[netip.Prefix]verdict
-	gen           uint64
-	leasesSkipped int
+	logged        map[string]string // lease key -> refusal already logged
+	refused       []subnet.Refusal  // the filter's refusals for lastSnap
+	leasesSkipped int               // refusals of broken leases (not conflicts)
 	restartNeeded bool
 	configError   string
 	notified      bool
@@ -66,8 +65,7 @@ func newDaemon(cfg *Config, backends map[string]backendEntry, logger *slog.Logge
 		metrics:  newMetrics(),
 		started:  time.Now(),
 		reason:   "connecting to etcd",
-		skipped:  map[string]string{},
-		verdicts: map[netip.Prefix]verdict{},
+		logged:   map[string]string{},
 	}
 }
 
@@ -388,20 +386,10 @@ func (d *daemon) applySnapshot(s etcd.Snapshot) {
 	d.pushDesired()
 }
 
-// verdict caches the validation of one peer lease: leases are re-checked
-// only when their value (ModRevision) or our own subnet changes, so a
-// burst of watch events over thousands of leases costs no JSON parsing.
-type verdict struct {
-	modRev int64
-	own    netip.Prefix
-	err    error
-	reason string
-	gen    uint64
-}
-
-// pushDesired filters the last snapshot against our lease and the network
-// and hands the result to the backend. Each invalid lease is warned about
-// once per distinct value.
+// pushDesired judges the last snapshot against our lease and the network
+// (subnet.FilterPeers, the one place where peers are judged) and hands the
+// peers to the backend. Each refusal is logged and counted once per
+// distinct reason, not on every snapshot. Linear in the number of keys.
 func (d *daemon) pushDesired() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -413,64 +401,31 @@ func (d *daemon) pushDesired() {
 		d.be.SetDesired(d.lease, nil)
 		return
 	}
-	d.gen++
-	own := d.lease.Subnet
-	peers := make([]subnet.Lease, 0, len(s.Leases))
-	skipped := 0
-	for _, inv := range s.Invalid {
-		skipped++
-		d.warnSkip(inv.Key, string(inv.Value), "unparsable", inv.Err)
+	invalid := make([]subnet.InvalidLease, len(s.Invalid))
+	for i, inv := range s.Invalid {
+		invalid[i] = subnet.InvalidLease{Key: inv.Key, Value: inv.Value, Err: inv.Err}
 	}
-	for _, l := range s.Leases {
-		if l.Subnet == own {
-			continue
+	peers, refused := subnet.FilterPeers(d.netcfg, d.lease, s.Leases, invalid)
+	logged := make(map[string]string, len(refused))
+	broken := 0
+	for _, r := range refused {
+		why := r.Reason + ": " + r.Err.Error()
+		if d.logged[r.Key] != why {
+			d.metrics.leasesSkipped.WithLabelValues(r.Reason).Inc()
+			d.logger.Warn("refusing lease", "key", strconv.Quote(r.Key), "reason", r.Reason, "err", r.Err)
 		}
-		v, ok := d.verdicts[l.Subnet]
-		if !ok || v.modRev != l.ModRevision || v.own != own {
-			v = verdict{modRev: l.ModRevision, own: own}
-			if err := d.netcfg.ValidatePeer(l, own, d.ext.PublicIP); err != nil {
-				v.err, v.reason = err, "invalid"
-			} else if err := d.netcfg.ValidatePeerBackend(l); err != nil {
-				v.err, v.reason = err, "backend-data"
-			}
-			if v.err != nil {
-				d.metrics.leasesSkipped.WithLabelValues(v.reason).Inc()
-				d.logger.Warn("skipping lease", "key", subnet.SubnetKey(l.Subnet), "reason", v.reason, "err", v.err)
-			}
-		}
-		v.gen = d.gen
-		d.verdicts[l.Subnet] = v
-		if v.err != nil {
-			skipped++
-			continue
-		}
-		peers = append(peers, l)
-	}
-	for sn, v := range d.verdicts {
-		if v.gen != d.gen {
-			delete(d.verdicts, sn)
+		logged[r.Key] = why
+		if !subnet.Conflict(r.Reason) {
+			broken++
 		}
 	}
-	for key, v := range d.skipped {
-		if !slices.ContainsFunc(s.Invalid, func(inv etcd.InvalidLease) bool { return inv.Key == key && string(inv.Value) == v }) {
-			delete(d.skipped, key)
-		}
-	}
+	d.logged = logged
+	d.refused = refused
 	d.metrics.leasesKnown.Set(float64(len(s.Leases) + len(s.Invalid)))
 	d.peersKnown = len(peers)
-	d.leasesSkipped = skipped
-	d.metrics.leasesInvalid.Set(float64(skipped))
+	d.leasesSkipped = broken
+	d.metrics.leasesInvalid.Set(float64(broken))
 	d.be.SetDesired(d.lease, peers)
-}
-
-// warnSkip logs an unparsable lease once per distinct value and counts it.
-func (d *daemon) warnSkip(key, fingerprint, reason string, err error) {
-	if d.skipped[key] == fingerprint {
-		return
-	}
-	d.skipped[key] = fingerprint
-	d.metrics.leasesSkipped.WithLabelValues(reason).Inc()
-	d.logger.Warn("skipping lease", "key", key, "reason", reason, "err", err)
 }
 
 // watchConfig notices config changes made while we run. A valid new config

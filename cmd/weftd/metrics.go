@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/subnet"
 )
 
 // metrics holds weftd's Prometheus metrics. Values that the backend and the
@@ -95,7 +96,7 @@ func (m *metrics) observeReconcile(d time.Duration, err error) {
 var (
 	descPeersProgrammed = prometheus.NewDesc("weft_peers_programmed", "Peers fully programmed in the kernel.", nil, nil)
 	descPeersWanted     = prometheus.NewDesc("weft_peers_wanted", "Peers handed to the backend.", nil, nil)
-	descPeersRefused    = prometheus.NewDesc("weft_peers_refused", "Peers the backend refuses to program.", nil, nil)
+	descPeersRefused    = prometheus.NewDesc("weft_peers_refused", "Peers not programmed because they conflict with another lease (same subnet or VtepMAC) or the backend or kernel refuses them.", nil, nil)
 	descRepairs         = prometheus.NewDesc("weft_repairs_total", "Kernel objects and rules restored after drift, by kind.", []string{"kind"}, nil)
 	descLeaseExpiry     = prometheus.NewDesc("weft_lease_expiry_seconds", "Seconds until our subnet lease expires (+Inf for a reservation).", nil, nil)
 	descReady           = prometheus.NewDesc("weft_ready", "1 when weftd is ready.", nil, nil)
@@ -120,7 +121,13 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ready, _ := d.readiness()
 	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, b2f(ready))
 	d.mu.Lock()
-	be, ipt, reg, lease, have := d.be, d.ipt, d.reg, d.lease, d.haveLease
+	be, ipt, reg, lease, have, holder := d.be, d.ipt, d.reg, d.lease, d.haveLease, d.holder
+	conflicts := 0
+	for _, r := range d.refused {
+		if subnet.Conflict(r.Reason) {
+			conflicts++
+		}
+	}
 	d.mu.Unlock()
 	if reg != nil && !reg.LastContact().IsZero() {
 		ch <- prometheus.MustNewConstMetric(descEtcdContact, prometheus.GaugeValue, time.Since(reg.LastContact()).Seconds())
@@ -130,7 +137,7 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 		if !lease.Reservation && !lease.Expiration.IsZero() {
 			v = time.Until(lease.Expiration).Seconds()
 		}
-		if h := d.holder; h != nil {
+		if h := holder; h != nil {
 			if l, ok := h.Lease(); ok && !l.Reservation && !l.Expiration.IsZero() {
 				v = time.Until(l.Expiration).Seconds()
 			}
@@ -142,7 +149,7 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 		st := be.Status()
 		ch <- prometheus.MustNewConstMetric(descPeersProgrammed, prometheus.GaugeValue, float64(st.PeersProgrammed))
 		ch <- prometheus.MustNewConstMetric(descPeersWanted, prometheus.GaugeValue, float64(st.PeersWanted))
-		ch <- prometheus.MustNewConstMetric(descPeersRefused, prometheus.GaugeValue, float64(len(st.Refused)))
+		ch <- prometheus.MustNewConstMetric(descPeersRefused, prometheus.GaugeValue, float64(len(st.Refused)+conflicts))
 		for k, v := range st.Repairs {
 			repairs[k] += v
 		}
