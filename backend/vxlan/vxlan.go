@@ -366,7 +366,7 @@ func (b *Backend) ensureDevice() (repaired bool, err error) {
 // locally administered unicast MAC.
 func (b *Backend) pickMAC() (net.HardwareAddr, error) {
 	if b.cfg.Previous.BackendType == Type {
-		if _, mac, err := subnet.ParseVXLANData(b.cfg.Previous.BackendData); err == nil {
+		if _, mac, err := subnet.ParseVXLANData(b.cfg.Previous.BackendData); err == nil && usableMAC(mac) {
 			return mac, nil
 		}
 	}

@@ -518,6 +518,17 @@ func TestMACStable(t *testing.T) {
 	if _, m5, err := subnet.ParseVXLANData(attrs5.BackendData); err != nil || m5.String() == mac.String() {
 		t.Fatalf("want a fresh valid MAC, got %s (%v)", attrs5.BackendData, err)
 	}
+	// A previous lease (ours by PublicIP) with an all-zero MAC, as a
+	// hostile key could carry: never adopted, the device still comes up.
+	h.IP(t, "link", "del", "weft.1")
+	b6 := newBackend(t, h, "", subnet.LeaseAttrs{PublicIP: h.Addr, BackendType: "vxlan", BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"00:00:00:00:00:00"}`)})
+	attrs6, err := b6.Setup(context.Background())
+	if err != nil {
+		t.Fatalf("a previous lease with a zero VtepMAC broke Setup: %v", err)
+	}
+	if _, m6, err := subnet.ParseVXLANData(attrs6.BackendData); err != nil || m6.String() == "00:00:00:00:00:00" {
+		t.Fatalf("want a fresh valid MAC, got %s (%v)", attrs6.BackendData, err)
+	}
 }
 
 func TestFlannelTakeoverAndCleanup(t *testing.T) {
