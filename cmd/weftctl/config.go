@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"strings"
 
+	"github.com/weftnet/weft/internal/backends"
 	"github.com/weftnet/weft/subnet"
 )
 
@@ -42,14 +45,19 @@ func configGet(ctx context.Context, e *env) error {
 		return err
 	}
 	var buf bytes.Buffer
+	out := raw
 	if json.Indent(&buf, bytes.TrimSpace(raw), "", "  ") == nil {
 		buf.WriteByte('\n')
-		raw = buf.Bytes()
+		out = buf.Bytes()
 	}
-	if _, err := e.stdout.Write(raw); err != nil {
+	if _, err := e.stdout.Write(out); err != nil {
 		return err
 	}
-	if _, err := subnet.ParseConfig(raw); err != nil {
+	cfg, err := subnet.ParseConfig(raw)
+	if err == nil {
+		err = backends.Check(cfg, nil)
+	}
+	if err != nil {
 		fmt.Fprintf(e.stderr, "weftctl config get: warning: the stored config is invalid: %v\n", err)
 	}
 	return nil
@@ -66,8 +74,13 @@ func configSet(ctx context.Context, e *env, file string) error {
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}
-	// Validate before connecting, so a bad file fails fast and offline.
+	// Validate before connecting, so a bad file fails fast and offline:
+	// first the network config, then the backend's own option parser, the
+	// same code weftd runs at start.
 	cfg, err := subnet.ParseConfig(raw)
+	if err == nil {
+		err = backends.Check(cfg, warnLogger(e.stderr, "weftctl config set: warning: "))
+	}
 	if err != nil {
 		return fmt.Errorf("refusing invalid config: %w", err)
 	}
@@ -84,3 +97,41 @@ func configSet(ctx context.Context, e *env, file string) error {
 	fmt.Fprintf(e.stdout, "config written to %s\n", reg.ConfigKey())
 	return nil
 }
+
+// warnLogger turns what a backend logs while it checks its options (an
+// unknown option, for example) into one warning line each on w:
+// "<prefix><message> key=value ...".
+func warnLogger(w io.Writer, prefix string) *slog.Logger {
+	return slog.New(&lineHandler{w: w, prefix: prefix})
+}
+
+// lineHandler is a minimal slog.Handler for warnLogger. Groups are
+// flattened; the backends do not use them.
+type lineHandler struct {
+	w      io.Writer
+	prefix string
+	attrs  []slog.Attr
+}
+
+func (h *lineHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *lineHandler) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	b.WriteString(r.Message)
+	add := func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
+	}
+	for _, a := range h.attrs {
+		add(a)
+	}
+	r.Attrs(add)
+	_, err := fmt.Fprintf(h.w, "%s%s\n", h.prefix, b.String())
+	return err
+}
+
+func (h *lineHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &lineHandler{w: h.w, prefix: h.prefix, attrs: append(append([]slog.Attr(nil), h.attrs...), attrs...)}
+}
+
+func (h *lineHandler) WithGroup(string) slog.Handler { return h }

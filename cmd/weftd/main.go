@@ -18,10 +18,7 @@ import (
 	"runtime/debug"
 	"syscall"
 
-	"github.com/weftnet/weft/backend"
-	"github.com/weftnet/weft/backend/hostgw"
-	"github.com/weftnet/weft/backend/udp"
-	"github.com/weftnet/weft/backend/vxlan"
+	"github.com/weftnet/weft/internal/backends"
 )
 
 // defaultGCPercent is weftd's GOGC unless the environment sets one.
@@ -30,17 +27,17 @@ const defaultGCPercent = 50
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-// backendEntry is one registered data path.
-type backendEntry struct {
-	New     backend.Factory
-	Cleanup backend.Cleanup
-}
+// backendEntry is one registered data path. It is the shared registry's
+// Descriptor, so weftd and weftctl config set know the same backends.
+type backendEntry = backends.Descriptor
 
-// backends lists every data path weftd can run, by Backend.Type.
-var backends = map[string]backendEntry{
-	vxlan.Type:  {New: vxlan.New, Cleanup: vxlan.Cleanup},
-	hostgw.Type: {New: hostgw.New, Cleanup: hostgw.Cleanup},
-	udp.Type:    {New: udp.New, Cleanup: udp.Cleanup},
+// backendMap indexes the registry in internal/backends by Backend.Type.
+func backendMap() map[string]backendEntry {
+	m := map[string]backendEntry{}
+	for _, d := range backends.All() {
+		m[d.Type] = d
+	}
+	return m
 }
 
 func main() {
@@ -70,7 +67,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	d := newDaemon(cfg, backends, logger)
+	d := newDaemon(cfg, backendMap(), logger)
 	if err := d.Run(ctx); err != nil {
 		logger.Error("weftd stopped", "err", err)
 		return 1
