@@ -9,7 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sort"
-	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -113,7 +113,7 @@ func (d *daemon) Run(ctx context.Context) error {
 	defer cli.Close()
 	reg := etcd.NewRegistry(cli, d.cfg.EtcdPrefix)
 
-	netcfg, raw, err := d.waitForConfig(ctx, reg)
+	netcfg, raw, err := d.waitForConfig(ctx, reg, ext)
 	if err != nil {
 		return nil // ctx ended
 	}
@@ -220,7 +220,7 @@ func (d *daemon) Run(ctx context.Context) error {
 	if ipt != nil {
 		wg.Go(func() { ipt.Run(ctx, d.cfg.IPTablesResync) })
 	}
-	wg.Go(func() { d.watchConfig(ctx, reg, raw) })
+	wg.Go(func() { d.watchConfig(ctx, reg, raw, ext) })
 	wg.Go(func() { d.notifyWhenReady(ctx) })
 
 	<-ctx.Done()
@@ -230,7 +230,7 @@ func (d *daemon) Run(ctx context.Context) error {
 // waitForConfig polls the network config until a valid one appears. A
 // missing or invalid config is logged once per distinct problem, not once
 // per attempt.
-func (d *daemon) waitForConfig(ctx context.Context, reg *etcd.Registry) (*subnet.Config, []byte, error) {
+func (d *daemon) waitForConfig(ctx context.Context, reg *etcd.Registry, ext backend.ExternalInterface) (*subnet.Config, []byte, error) {
 	var lastProblem string
 	delay := 250 * time.Millisecond
 	for {
@@ -240,12 +240,7 @@ func (d *daemon) waitForConfig(ctx context.Context, reg *etcd.Registry) (*subnet
 		var cfg *subnet.Config
 		var cfgErr error
 		if err == nil {
-			cfg, cfgErr = subnet.ParseConfig(raw)
-			if cfgErr == nil {
-				if _, ok := d.backends[cfg.BackendType]; !ok {
-					cfgErr = fmt.Errorf("config field Backend.Type: unknown backend %q (want vxlan, host-gw or udp)", cfg.BackendType)
-				}
-			}
+			cfg, cfgErr = d.checkConfig(raw, ext)
 		}
 		var problem string
 		switch {
@@ -281,6 +276,36 @@ func (d *daemon) waitForConfig(ctx context.Context, reg *etcd.Registry) (*subnet
 		}
 		delay = min(delay*2, 2*time.Second)
 	}
+}
+
+// checkConfig parses a network config and checks everything that would
+// make it unusable on this host before anything is built from it: an
+// unknown backend type, options the backend's own parser refuses, and a
+// network that contains our underlay address (its routes would capture
+// the host's own traffic, etcd's included).
+func (d *daemon) checkConfig(raw []byte, ext backend.ExternalInterface) (*subnet.Config, error) {
+	cfg, err := subnet.ParseConfig(raw)
+	if err != nil {
+		return nil, err
+	}
+	entry, ok := d.backends[cfg.BackendType]
+	if !ok {
+		types := make([]string, 0, len(d.backends))
+		for t := range d.backends {
+			types = append(types, t)
+		}
+		sort.Strings(types)
+		return nil, fmt.Errorf("config field Backend.Type: unknown backend %q (want one of %s)", cfg.BackendType, strings.Join(types, ", "))
+	}
+	if err := cfg.CheckUnderlay(ext.Addr, ext.PublicIP); err != nil {
+		return nil, fmt.Errorf("%w (the address of %s on this host)", err, ext.Name)
+	}
+	// A Factory validates its options and touches no kernel state.
+	if _, err := entry.New(backend.Config{Network: cfg, Options: cfg.Backend, Ext: ext, Netns: netns.None(),
+		Logger: slog.New(slog.DiscardHandler)}); err != nil {
+		return nil, fmt.Errorf("config field Backend: %w", err)
+	}
+	return cfg, nil
 }
 
 // previous returns the subnet from an earlier subnet file (if it belongs to
@@ -412,7 +437,7 @@ func (d *daemon) pushDesired() {
 		why := r.Reason + ": " + r.Err.Error()
 		if d.logged[r.Key] != why {
 			d.metrics.leasesSkipped.WithLabelValues(r.Reason).Inc()
-			d.logger.Warn("refusing lease", "key", strconv.Quote(r.Key), "reason", r.Reason, "err", r.Err)
+			d.logger.Warn("skipping lease", "key", r.Key, "reason", r.Reason, "err", r.Err)
 		}
 		logged[r.Key] = why
 		if !subnet.Conflict(r.Reason) {
@@ -431,7 +456,7 @@ func (d *daemon) pushDesired() {
 // watchConfig notices config changes made while we run. A valid new config
 // needs a restart to apply; an invalid one is reported, and in both cases
 // the data path keeps running as it is.
-func (d *daemon) watchConfig(ctx context.Context, reg *etcd.Registry, startRaw []byte) {
+func (d *daemon) watchConfig(ctx context.Context, reg *etcd.Registry, startRaw []byte, ext backend.ExternalInterface) {
 	start, _ := subnet.ParseConfig(startRaw)
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
@@ -456,7 +481,7 @@ func (d *daemon) watchConfig(ctx context.Context, reg *etcd.Registry, startRaw [
 			d.logger.Warn("the network config was deleted from etcd; keeping the current data path")
 			continue
 		}
-		cfg, perr := subnet.ParseConfig(raw)
+		cfg, perr := d.checkConfig(raw, ext)
 		d.mu.Lock()
 		if perr != nil {
 			d.configError = perr.Error()
