@@ -60,7 +60,7 @@ func TestFaultMassStart(t *testing.T) {
 		}
 		out := map[netip.Prefix]netip.Addr{}
 		for _, kv := range resp.Kvs {
-			sn, err := subnet.ParseSubnetKey(strings.TrimPrefix(string(kv.Key), leasePrefix))
+			sn, _, err := subnet.ParseSubnetKey(strings.TrimPrefix(string(kv.Key), leasePrefix))
 			if err != nil {
 				t.Fatalf("key %s: %v", kv.Key, err)
 			}

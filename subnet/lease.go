@@ -193,27 +193,56 @@ func SubnetKey(sn netip.Prefix) string {
 	return sn.Addr().String() + "-" + strconv.Itoa(sn.Bits())
 }
 
-// ParseSubnetKey parses a key suffix such as "198.18.7.0-24". A dual-stack key
-// ("<v4>-<len>&<v6>-<len>") yields its IPv4 part. The subnet must be masked.
-func ParseSubnetKey(key string) (netip.Prefix, error) {
-	if i := strings.IndexByte(key, '&'); i >= 0 {
-		key = key[:i]
+// ParseSubnetKey parses a lease key suffix in flannel's form: "198.18.7.0-24",
+// or "198.18.7.0-24&2001:db8:1:2::-64" for a dual-stack lease. v4 is the
+// lease's identity; v6 is invalid (zero) for a plain key. Each part must be
+// written exactly as SubnetKey writes it (canonical address, decimal length
+// without leading zeros) with no host bits set, so that a parsed lease's
+// Key() names the very key it came from. Errors name the key.
+func ParseSubnetKey(key string) (v4, v6 netip.Prefix, err error) {
+	part4, part6, dual := strings.Cut(key, "&")
+	v4, err = parseKeyPart(key, part4, false)
+	if err != nil {
+		return netip.Prefix{}, netip.Prefix{}, err
 	}
-	i := strings.LastIndexByte(key, '-')
+	if !dual {
+		return v4, netip.Prefix{}, nil
+	}
+	if strings.IndexByte(part6, '&') >= 0 {
+		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("subnet key %q: more than one '&'", key)
+	}
+	v6, err = parseKeyPart(key, part6, true)
+	if err != nil {
+		return netip.Prefix{}, netip.Prefix{}, err
+	}
+	return v4, v6, nil
+}
+
+// parseKeyPart parses one "<addr>-<len>" part of the lease key.
+func parseKeyPart(key, part string, six bool) (netip.Prefix, error) {
+	family, form, maxBits := "IPv4", "<a.b.c.d>-<len>", 32
+	if six {
+		family, form, maxBits = "IPv6", "<a.b.c.d>-<len>&<ipv6>-<len>", 128
+	}
+	i := strings.LastIndexByte(part, '-')
 	if i <= 0 {
-		return netip.Prefix{}, fmt.Errorf("subnet key %q: want <a.b.c.d>-<len>", key)
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: want %s", key, form)
 	}
-	ip, err := netip.ParseAddr(key[:i])
-	if err != nil || !ip.Is4() {
-		return netip.Prefix{}, fmt.Errorf("subnet key %q: %q is not an IPv4 address", key, key[:i])
+	as, ls := part[:i], part[i+1:]
+	ip, err := netip.ParseAddr(as)
+	if err != nil || ip.Is4() == six || ip.Is4In6() || ip.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: %q is not an %s address", key, as, family)
 	}
-	bits, err := strconv.Atoi(key[i+1:])
-	if err != nil || bits < 0 || bits > 32 || key[i+1:] != strconv.Itoa(bits) {
-		return netip.Prefix{}, fmt.Errorf("subnet key %q: %q is not a prefix length", key, key[i+1:])
+	if ip.String() != as {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: %s address %q is not in canonical form (%s)", key, family, as, ip)
+	}
+	bits, err := strconv.Atoi(ls)
+	if err != nil || bits < 0 || bits > maxBits || ls != strconv.Itoa(bits) {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: %q is not an %s prefix length", key, ls, family)
 	}
 	p := netip.PrefixFrom(ip, bits)
 	if p.Masked() != p {
-		return netip.Prefix{}, fmt.Errorf("subnet key %q: address has host bits set", key)
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: %s address %s has host bits set for /%d", key, family, ip, bits)
 	}
 	return p, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -85,33 +86,70 @@ func TestParseVXLANData(t *testing.T) {
 
 func TestSubnetKey(t *testing.T) {
 	tests := []struct {
-		key  string
-		want string
-		ok   bool
+		key    string
+		v4, v6 string // "" for invalid
+		errHas string // for a refused key: what the error must say
 	}{
-		{"198.18.7.0-24", "198.18.7.0/24", true},
-		{"10.5.34.0-24&fc00::-64", "10.5.34.0/24", true},
-		{"198.18.7.0-", "", false},
-		{"198.18.7.0-033", "", false},
-		{"198.18.7.1-24", "", false},
-		{"198.18.7.0-33", "", false},
-		{"fc00::-64", "", false},
-		{"nonsense", "", false},
-		{"-24", "", false},
+		{"198.18.7.0-24", "198.18.7.0/24", "", ""},
+		{"0.0.0.0-0", "0.0.0.0/0", "", ""},
+		{"10.5.34.0-24&fc00::-64", "10.5.34.0/24", "fc00::/64", ""},
+		{"198.18.1.0-24&2001:db8:1:2::-64", "198.18.1.0/24", "2001:db8:1:2::/64", ""},
+		{"198.18.1.0-24&2001:db8:100:5::10-124", "198.18.1.0/24", "2001:db8:100:5::10/124", ""},
+		{"198.18.1.0-24&2001:db8::1-128", "198.18.1.0/24", "2001:db8::1/128", ""},
+		{"198.18.7.0-", "", "", "prefix length"},
+		{"198.18.7.0-033", "", "", "prefix length"},
+		{"198.18.7.0-+24", "", "", "prefix length"},
+		{"198.18.7.1-24", "", "", "host bits"},
+		{"198.18.7.0-33", "", "", "prefix length"},
+		{"fc00::-64", "", "", "not an IPv4 address"},
+		{"nonsense", "", "", "want"},
+		{"-24", "", "", "want"},
+		{"", "", "", "want"},
+		// Bad IPv6 parts: the whole key is refused, not cut at '&'.
+		{"198.18.7.0-24&", "", "", "want"},
+		{"198.18.7.0-24&fc00::", "", "", "want"},
+		{"198.18.7.0-24&-64", "", "", "want"},
+		{"198.18.7.0-24&198.18.7.0-24", "", "", "not an IPv6 address"},
+		{"198.18.7.0-24&::ffff:198.18.7.0-120", "", "", "not an IPv6 address"},
+		{"198.18.7.0-24&fe80::%eth0-64", "", "", "not an IPv6 address"},
+		{"198.18.7.0-24&fc00::1-64", "", "", "host bits"},
+		{"198.18.7.0-24&fc00::-129", "", "", "prefix length"},
+		{"198.18.7.0-24&fc00::-064", "", "", "prefix length"},
+		{"198.18.7.0-24&fc00::-64x", "", "", "prefix length"},
+		{"198.18.7.0-24&fc00::-64 ", "", "", "prefix length"},
+		{"198.18.7.0-24&fc00::-64&fd00::-64", "", "", "more than one '&'"},
+		{"198.18.7.0-24&&fc00::-64", "", "", "more than one '&'"},
+		{"198.18.7.0-24&FC00::-64", "", "", "canonical"},
+		{"198.18.7.0-24&fc00:0::-64", "", "", "canonical"},
+		{"198.18.7.0-24&nonsense", "", "", "want"},
+		{"198.18.7.1-24&fc00::-64", "", "", "host bits"},
 	}
 	for _, tt := range tests {
-		p, err := ParseSubnetKey(tt.key)
-		if (err == nil) != tt.ok {
-			t.Errorf("%q: err %v, want ok=%v", tt.key, err, tt.ok)
+		v4, v6, err := ParseSubnetKey(tt.key)
+		if tt.errHas != "" {
+			if err == nil {
+				t.Errorf("%q: accepted as %s %s", tt.key, v4, v6)
+			} else if !strings.Contains(err.Error(), tt.errHas) || !strings.Contains(err.Error(), strconv.Quote(tt.key)) {
+				t.Errorf("%q: error %q does not say %q and name the key", tt.key, err, tt.errHas)
+			}
+			if v4.IsValid() || v6.IsValid() {
+				t.Errorf("%q: error with prefixes %s %s", tt.key, v4, v6)
+			}
 			continue
 		}
-		if tt.ok {
-			if p.String() != tt.want {
-				t.Errorf("%q: got %s want %s", tt.key, p, tt.want)
-			}
-			if !strings.Contains(tt.key, "&") && SubnetKey(p) != tt.key {
-				t.Errorf("SubnetKey(%s) = %s, want %s", p, SubnetKey(p), tt.key)
-			}
+		if err != nil {
+			t.Errorf("%q: %v", tt.key, err)
+			continue
+		}
+		got6 := ""
+		if v6.IsValid() {
+			got6 = v6.String()
+		}
+		if v4.String() != tt.v4 || got6 != tt.v6 {
+			t.Errorf("%q: got %s %q, want %s %q", tt.key, v4, got6, tt.v4, tt.v6)
+		}
+		if k := (Lease{Subnet: v4, IPv6Subnet: v6}).Key(); k != tt.key {
+			t.Errorf("%q: Lease.Key() = %q", tt.key, k)
 		}
 	}
 }
@@ -120,15 +158,9 @@ func FuzzParseLease(f *testing.F) {
 	for _, v := range flannelValues {
 		f.Add("198.18.7.0-24", []byte(v))
 	}
+	f.Add("198.18.1.0-24&2001:db8:1:2::-64", []byte(`{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::1"}`))
 	f.Fuzz(func(t *testing.T, key string, value []byte) {
-		if p, err := ParseSubnetKey(key); err == nil {
-			if p.Masked() != p || !p.Addr().Is4() {
-				t.Fatalf("accepted unmasked or non-IPv4 key %q -> %s", key, p)
-			}
-			if q, err := ParseSubnetKey(SubnetKey(p)); err != nil || q != p {
-				t.Fatalf("key %s does not round-trip", p)
-			}
-		}
+		checkSubnetKey(t, key)
 		a, err := ParseLeaseAttrs(value)
 		if err != nil {
 			return
@@ -145,6 +177,42 @@ func FuzzParseLease(f *testing.F) {
 			t.Fatalf("re-parse of %s: %v", out, err)
 		}
 	})
+}
+
+// FuzzParseSubnetKey checks that every key ParseSubnetKey accepts is well
+// formed and is exactly the key its lease writes, and that refusals name the
+// key.
+func FuzzParseSubnetKey(f *testing.F) {
+	for _, k := range []string{"198.18.7.0-24", "198.18.1.0-24&2001:db8:1:2::-64", "10.5.34.0-24&fc00::-64",
+		"198.18.7.0-24&fc00::-64&", "198.18.7.0-24&::ffff:1.2.3.4-128", "0.0.0.0-0&::-0", "1.2.3.4-32&fe80::%x-64"} {
+		f.Add(k)
+	}
+	f.Fuzz(checkSubnetKey)
+}
+
+func checkSubnetKey(t *testing.T, key string) {
+	v4, v6, err := ParseSubnetKey(key)
+	if err != nil {
+		if v4.IsValid() || v6.IsValid() {
+			t.Fatalf("%q: error %v with prefixes %s %s", key, err, v4, v6)
+		}
+		if !strings.Contains(err.Error(), strconv.Quote(key)) {
+			t.Fatalf("%q: error %q does not name the key", key, err)
+		}
+		return
+	}
+	if !v4.IsValid() || !v4.Addr().Is4() || v4.Masked() != v4 {
+		t.Fatalf("%q: accepted IPv4 part %s", key, v4)
+	}
+	if strings.Contains(key, "&") != v6.IsValid() {
+		t.Fatalf("%q: IPv6 part %s", key, v6)
+	}
+	if v6.IsValid() && (!v6.Addr().Is6() || v6.Addr().Is4In6() || v6.Addr().Zone() != "" || v6.Masked() != v6) {
+		t.Fatalf("%q: accepted IPv6 part %s", key, v6)
+	}
+	if k := (Lease{Subnet: v4, IPv6Subnet: v6}).Key(); k != key {
+		t.Fatalf("%q parses to %s %s, whose key is %q", key, v4, v6, k)
+	}
 }
 
 func BenchmarkParseLeaseAttrs(b *testing.B) {
@@ -170,7 +238,7 @@ func BenchmarkMarshalLeaseAttrs(b *testing.B) {
 func BenchmarkParseSubnetKey(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := ParseSubnetKey("198.18.7.0-24"); err != nil {
+		if _, _, err := ParseSubnetKey("198.18.7.0-24"); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -177,7 +177,7 @@ func writeJSON(w io.Writer, v any) error {
 func parseSubnetArg(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		if p2, err2 := subnet.ParseSubnetKey(s); err2 == nil {
+		if p2, _, err2 := subnet.ParseSubnetKey(s); err2 == nil {
 			return p2, nil
 		}
 		return netip.Prefix{}, usagef("%q is not a subnet such as 198.18.7.0/24", s)

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
 	"github.com/weftnet/weft/subnet"
 )
 
@@ -16,39 +18,44 @@ type InvalidLease struct {
 	Err   error
 }
 
-// parseLeaseKV turns one key/value under subnetsPrefix into a lease. etcdLease
-// is the etcd lease ID bound to the key (0 for a reservation). Expiration is
-// left for the caller. Errors name the key.
-func parseLeaseKV(subnetsPrefix string, key, value []byte, etcdLease, modRev int64) (subnet.Lease, error) {
-	k := string(key)
+// parseLeaseKV turns one key/value under subnetsPrefix into a lease: the
+// subnets from the key (both parts of a dual-stack key), the attributes from
+// the value, and the etcd lease ID (0 for a reservation) and revisions from
+// kv. Expiration is left for the caller. Errors name the key.
+func parseLeaseKV(subnetsPrefix string, kv *mvccpb.KeyValue) (subnet.Lease, error) {
+	k := string(kv.Key)
 	name, ok := strings.CutPrefix(k, subnetsPrefix)
 	if !ok {
 		return subnet.Lease{}, fmt.Errorf("lease key %q is not under %s", k, subnetsPrefix)
 	}
-	sn, err := subnet.ParseSubnetKey(name)
+	v4, v6, err := subnet.ParseSubnetKey(name)
 	if err != nil {
 		return subnet.Lease{}, fmt.Errorf("lease key %q: %w", k, err)
 	}
-	attrs, err := subnet.ParseLeaseAttrs(value)
-	if err != nil {
-		return subnet.Lease{Subnet: sn}, fmt.Errorf("lease %s: %w", sn, err)
+	l := subnet.Lease{
+		Subnet:         v4,
+		IPv6Subnet:     v6,
+		Reservation:    kv.Lease == 0,
+		EtcdLease:      kv.Lease,
+		ModRevision:    kv.ModRevision,
+		CreateRevision: kv.CreateRevision,
 	}
-	return subnet.Lease{
-		Subnet:      sn,
-		Attrs:       attrs,
-		Reservation: etcdLease == 0,
-		EtcdLease:   etcdLease,
-		ModRevision: modRev,
-	}, nil
+	attrs, err := subnet.ParseLeaseAttrs(kv.Value)
+	if err != nil {
+		return subnet.Lease{Subnet: v4, IPv6Subnet: v6}, fmt.Errorf("lease %s: %w", l.Key(), err)
+	}
+	l.Attrs = attrs
+	return l, nil
 }
 
-// subnetFromKey returns the subnet named by a lease key, if it parses.
+// subnetFromKey returns the IPv4 subnet (the lease's identity) named by a
+// lease key, if the key parses.
 func subnetFromKey(subnetsPrefix string, key []byte) (netip.Prefix, error) {
 	name, ok := strings.CutPrefix(string(key), subnetsPrefix)
 	if !ok {
 		return netip.Prefix{}, fmt.Errorf("lease key %q is not under %s", key, subnetsPrefix)
 	}
-	sn, err := subnet.ParseSubnetKey(name)
+	sn, _, err := subnet.ParseSubnetKey(name)
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("lease key %q: %w", key, err)
 	}

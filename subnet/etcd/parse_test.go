@@ -21,24 +21,31 @@ func TestParseLeaseKV(t *testing.T) {
 		lease            int64
 		wantErr          string
 		wantSubnet       string
+		wantV6           string
 		wantReservation  bool
 	}{
-		{"vxlan lease", "198.18.7.0-24", vx, 0x42, "", "198.18.7.0/24", false},
-		{"reservation", "198.18.7.0-24", `{"PublicIP":"192.0.2.11"}`, 0, "", "198.18.7.0/24", true},
-		{"udp lease", "198.18.8.0-24", `{"PublicIP":"192.0.2.12","PublicIPv6":null}`, 7, "", "198.18.8.0/24", false},
-		{"dual stack key", "198.18.9.0-24&fd00::-64", `{"PublicIP":"192.0.2.13"}`, 7, "", "198.18.9.0/24", false},
-		{"host bits", "198.18.7.1-24", vx, 1, "host bits", "", false},
-		{"junk key", "hello", vx, 1, "want <a.b.c.d>-<len>", "", false},
-		{"bad length", "198.18.7.0-33", vx, 1, "prefix length", "", false},
-		{"not JSON", "198.18.7.0-24", `{"PublicIP":`, 1, "parse lease value", "198.18.7.0/24", false},
-		{"no PublicIP", "198.18.7.0-24", `{}`, 1, "no PublicIP", "198.18.7.0/24", false},
-		{"IPv6 PublicIP", "198.18.7.0-24", `{"PublicIP":"2001:db8::1"}`, 1, "not an IPv4", "198.18.7.0/24", false},
+		{"vxlan lease", "198.18.7.0-24", vx, 0x42, "", "198.18.7.0/24", "", false},
+		{"reservation", "198.18.7.0-24", `{"PublicIP":"192.0.2.11"}`, 0, "", "198.18.7.0/24", "", true},
+		{"udp lease", "198.18.8.0-24", `{"PublicIP":"192.0.2.12","PublicIPv6":null}`, 7, "", "198.18.8.0/24", "", false},
+		{"dual stack key", "198.18.9.0-24&fd00::-64", `{"PublicIP":"192.0.2.13"}`, 7, "", "198.18.9.0/24", "fd00::/64", false},
+		{"dual stack, bad value", "198.18.9.0-24&fd00::-64", `{}`, 7, "lease 198.18.9.0-24&fd00::-64: parse lease value", "198.18.9.0/24", "fd00::/64", false},
+		{"dual stack, v4 in v6 place", "198.18.9.0-24&198.18.9.0-24", vx, 7, "not an IPv6 address", "", "", false},
+		{"dual stack, v6 host bits", "198.18.9.0-24&fd00::1-64", vx, 7, "host bits", "", "", false},
+		{"dual stack, two &", "198.18.9.0-24&fd00::-64&fd01::-64", vx, 7, "more than one", "", "", false},
+		{"dual stack, junk after", "198.18.9.0-24&fd00::-64junk", vx, 7, "prefix length", "", "", false},
+		{"host bits", "198.18.7.1-24", vx, 1, "host bits", "", "", false},
+		{"junk key", "hello", vx, 1, "want <a.b.c.d>-<len>", "", "", false},
+		{"bad length", "198.18.7.0-33", vx, 1, "prefix length", "", "", false},
+		{"not JSON", "198.18.7.0-24", `{"PublicIP":`, 1, "parse lease value", "198.18.7.0/24", "", false},
+		{"no PublicIP", "198.18.7.0-24", `{}`, 1, "no PublicIP", "198.18.7.0/24", "", false},
+		{"IPv6 PublicIP", "198.18.7.0-24", `{"PublicIP":"2001:db8::1"}`, 1, "not an IPv4", "198.18.7.0/24", "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l, err := parseLeaseKV(testSubnets, []byte(testSubnets+tc.key), []byte(tc.value), tc.lease, 9)
+			kv := &mvccpb.KeyValue{Key: []byte(testSubnets + tc.key), Value: []byte(tc.value), Lease: tc.lease, ModRevision: 9, CreateRevision: 4}
+			l, err := parseLeaseKV(testSubnets, kv)
 			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), tc.key) {
+					t.Fatalf("err = %v, want %q naming the key", err, tc.wantErr)
 				}
 			} else if err != nil {
 				t.Fatal(err)
@@ -46,12 +53,18 @@ func TestParseLeaseKV(t *testing.T) {
 			if tc.wantSubnet != "" && l.Subnet.String() != tc.wantSubnet {
 				t.Fatalf("subnet %s, want %s", l.Subnet, tc.wantSubnet)
 			}
-			if err == nil && (l.Reservation != tc.wantReservation || l.EtcdLease != tc.lease || l.ModRevision != 9) {
+			if got := l.IPv6Subnet; (tc.wantV6 == "") == got.IsValid() || (got.IsValid() && got.String() != tc.wantV6) {
+				t.Fatalf("IPv6 subnet %s, want %q", got, tc.wantV6)
+			}
+			if err == nil && (l.Reservation != tc.wantReservation || l.EtcdLease != tc.lease || l.ModRevision != 9 || l.CreateRevision != 4) {
 				t.Fatalf("lease %+v", l)
+			}
+			if err == nil && l.Key() != tc.key {
+				t.Fatalf("Key() = %q, want %q", l.Key(), tc.key)
 			}
 		})
 	}
-	if _, err := parseLeaseKV(testSubnets, []byte("/other/198.18.7.0-24"), []byte(vx), 1, 1); err == nil {
+	if _, err := parseLeaseKV(testSubnets, &mvccpb.KeyValue{Key: []byte("/other/198.18.7.0-24"), Value: []byte(vx), Lease: 1}); err == nil {
 		t.Fatal("key outside the prefix accepted")
 	}
 }
@@ -119,8 +132,11 @@ func FuzzBuildSnapshot(f *testing.F) {
 	f.Add("1.2.3.4-32", `{"publicip":"1.2.3.4","backendtype":"host-gw"}`, int64(1))
 	f.Add("0.0.0.0-0", `{"PublicIP":""}`, int64(-1))
 	f.Add("x", "", int64(0))
+	f.Add("198.18.7.0-24&fd00::-64&", `{"PublicIP":"192.0.2.11"}`, int64(1))
+	f.Add("198.18.7.0-24&198.18.7.0-24", `{"PublicIP":"192.0.2.11"}`, int64(1))
+	f.Add("198.18.7.0-24&FD00::-64", `{"PublicIP":"192.0.2.11"}`, int64(1))
 	f.Fuzz(func(t *testing.T, key, value string, lease int64) {
-		kvs := []*mvccpb.KeyValue{{Key: []byte(testSubnets + key), Value: []byte(value), Lease: lease, ModRevision: 3}}
+		kvs := []*mvccpb.KeyValue{{Key: []byte(testSubnets + key), Value: []byte(value), Lease: lease, ModRevision: 3, CreateRevision: 2}}
 		s := buildSnapshot(testSubnets, kvs, 3)
 		if len(s.Leases)+len(s.Invalid) != 1 {
 			t.Fatalf("kv landed %d times", len(s.Leases)+len(s.Invalid))
@@ -135,10 +151,13 @@ func FuzzBuildSnapshot(f *testing.F) {
 		if !l.Subnet.IsValid() || l.Subnet.Masked() != l.Subnet || !l.Attrs.PublicIP.Is4() {
 			t.Fatalf("accepted lease %+v", l)
 		}
-		if !strings.Contains(key, "&") && subnet.SubnetKey(l.Subnet) != key {
-			t.Fatalf("key %q parsed as %s, which formats as %q", key, l.Subnet, subnet.SubnetKey(l.Subnet))
+		if l.Key() != key {
+			t.Fatalf("key %q parsed as %s %s, which formats as %q", key, l.Subnet, l.IPv6Subnet, l.Key())
 		}
-		if l.Reservation != (lease == 0) || l.EtcdLease != lease {
+		if strings.Contains(key, "&") != l.IPv6Subnet.IsValid() {
+			t.Fatalf("key %q: IPv6 subnet %s", key, l.IPv6Subnet)
+		}
+		if l.Reservation != (lease == 0) || l.EtcdLease != lease || l.ModRevision != 3 || l.CreateRevision != 2 {
 			t.Fatalf("lease id %d → %+v", lease, l)
 		}
 		// The value re-marshals and parses back to the same attributes.

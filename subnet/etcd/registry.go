@@ -224,7 +224,7 @@ type parsedKV struct {
 }
 
 func parseKV(subnetsPrefix string, kv *mvccpb.KeyValue) parsedKV {
-	l, err := parseLeaseKV(subnetsPrefix, kv.Key, kv.Value, kv.Lease, kv.ModRevision)
+	l, err := parseLeaseKV(subnetsPrefix, kv)
 	if err != nil {
 		return parsedKV{invalid: &InvalidLease{Key: string(kv.Key), Value: kv.Value, Err: err}}
 	}
@@ -521,7 +521,7 @@ func (r *Registry) toEvent(ev *clientv3.Event, now time.Time) Event {
 	} else {
 		e.Type = EventUpdated
 	}
-	l, err := parseLeaseKV(r.subnetsPrefix, ev.Kv.Key, ev.Kv.Value, ev.Kv.Lease, ev.Kv.ModRevision)
+	l, err := parseLeaseKV(r.subnetsPrefix, ev.Kv)
 	e.Subnet, e.Err = l.Subnet, err
 	if err == nil {
 		e.Lease = l
