@@ -17,11 +17,10 @@ import (
 )
 
 func cmdAdd(args *skel.CmdArgs) error {
-	conf, err := ParseConfig(args.StdinData)
+	conf, log, closeLog, err := start(args)
 	if err != nil {
 		return err
 	}
-	log, closeLog := newLogger(conf)
 	defer closeLog()
 	tm := newTimer()
 	if err := validIfName(args.IfName); err != nil {

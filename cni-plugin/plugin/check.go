@@ -20,10 +20,11 @@ import (
 // reservation, the container interface with its address, MTU and routes,
 // the host end on the bridge, and the masquerade rule.
 func cmdCheck(args *skel.CmdArgs) error {
-	conf, err := ParseConfig(args.StdinData)
+	conf, _, closeLog, err := start(args)
 	if err != nil {
 		return err
 	}
+	defer closeLog()
 	env, err := loadEnv(conf.SubnetFile)
 	if err != nil {
 		return err

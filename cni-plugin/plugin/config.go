@@ -1,11 +1,13 @@
 package plugin
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -21,7 +23,8 @@ const (
 )
 
 // NetConf is the plugin's network configuration: the standard fields plus
-// weft's own. Unknown fields are ignored.
+// weft's own. Unknown fields are ignored; those that look like a misspelt
+// known field produce a warning (Warnings).
 type NetConf struct {
 	types.NetConf
 
@@ -34,6 +37,13 @@ type NetConf struct {
 	IsDefaultGateway *bool          `json:"isDefaultGateway,omitempty"`
 	Routes           []*types.Route `json:"routes,omitempty"`
 	LogFile          string         `json:"logFile,omitempty"`
+
+	// Warnings are problems that do not stop the plugin, such as a field
+	// name that looks like a misspelling of a known one.
+	Warnings []string `json:"-"`
+	// written maps a field to the name the user wrote it under: "mtu" or
+	// "delegate.mtu".
+	written map[string]string
 }
 
 // delegated are the fields also read from a flannel-style "delegate" object.
@@ -55,63 +65,100 @@ type Settings struct {
 	SubnetFile string
 }
 
+// configError is an invalid-network-config error that starts with the field
+// as the user wrote it, e.g. "delegate.mtu: 70000 is outside 68..65535".
 func configError(field string, format string, a ...any) *types.Error {
-	return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("invalid %q: %s", field, fmt.Sprintf(format, a...)), "")
+	return types.NewError(types.ErrInvalidNetworkConfig, field+": "+fmt.Sprintf(format, a...), "")
+}
+
+// field is one of weft's own fields and how to decode it.
+type field struct {
+	name   string
+	decode func(path string, v json.RawMessage) error
+}
+
+func (c *NetConf) fields() []field {
+	return []field{
+		{"subnetFile", decodeString(&c.SubnetFile)},
+		{"dataDir", decodeString(&c.DataDir)},
+		{"bridge", decodeString(&c.Bridge)},
+		{"mtu", decodeInt(&c.MTU)},
+		{"ipMasq", decodeBoolPtr(&c.IPMasq)},
+		{"hairpinMode", decodeBool(&c.HairpinMode)},
+		{"isDefaultGateway", decodeBoolPtr(&c.IsDefaultGateway)},
+		{"routes", decodeRoutes(&c.Routes)},
+		{"logFile", decodeString(&c.LogFile)},
+	}
+}
+
+// standardFields are the top-level names CNI defines or runtimes inject;
+// they are neither weft's nor unknown.
+var standardFields = []string{
+	"cniVersion", "cniVersions", "name", "type", "ipam", "dns", "capabilities", "runtimeConfig",
+	"prevResult", "args", "cni.dev/valid-attachments", "cni.dev/attachments", "delegate",
+}
+
+// delegateKnown are the names a flannel "delegate" object may carry: the
+// reference bridge plugin's fields. Only the delegated ones are read.
+var delegateKnown = []string{
+	"cniVersion", "name", "type", "bridge", "isGateway", "isDefaultGateway", "forceAddress", "ipMasq",
+	"mtu", "hairpinMode", "ipam", "promiscMode", "vlan", "vlanTrunk", "preserveDefaultVlan",
+	"enabledad", "macspoofchk", "disableContainerInterface", "portIsolation", "dns",
 }
 
 // ParseConfig decodes and validates the network configuration. Errors are
 // *types.Error with code ErrInvalidNetworkConfig (or ErrDecodingFailure for
-// malformed JSON) and name the offending field.
+// malformed JSON) whose message starts with the offending field as the user
+// wrote it.
 func ParseConfig(data []byte) (*NetConf, error) {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("decode network config: %v", err), "")
 	}
-	conf := &NetConf{}
-	// Decode the standard fields; ours are decoded one by one below so
-	// that an error names the field.
+	conf := &NetConf{written: map[string]string{}}
+	// The standard string fields get the same messages as ours; the rest
+	// of the standard fields are decoded by the CNI library.
+	for _, name := range []string{"cniVersion", "name", "type"} {
+		if v, ok := raw[name]; ok && !isNull(v) && jsonKind(v) != "a string" {
+			return nil, configError(name, "want a string, got %s", jsonKind(v))
+		}
+	}
 	if err := json.Unmarshal(data, &conf.NetConf); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("decode network config: %v", err), "")
 	}
-	fields := []struct {
-		name string
-		dst  any
-	}{
-		{"subnetFile", &conf.SubnetFile},
-		{"dataDir", &conf.DataDir},
-		{"bridge", &conf.Bridge},
-		{"mtu", &conf.MTU},
-		{"ipMasq", &conf.IPMasq},
-		{"hairpinMode", &conf.HairpinMode},
-		{"isDefaultGateway", &conf.IsDefaultGateway},
-		{"routes", &conf.Routes},
-		{"logFile", &conf.LogFile},
-	}
+	fields := conf.fields()
+	known := slices.Clone(standardFields)
 	for _, f := range fields {
+		known = append(known, f.name)
 		v, ok := raw[f.name]
-		if !ok || string(v) == "null" {
+		if !ok || isNull(v) {
 			continue
 		}
-		if err := json.Unmarshal(v, f.dst); err != nil {
-			return nil, configError(f.name, "%v", err)
+		conf.written[f.name] = f.name
+		if err := f.decode(f.name, v); err != nil {
+			return nil, err
 		}
 	}
+	conf.Warnings = append(conf.Warnings, misspelt(raw, known, "")...)
 	// flannel configs carry bridge settings in "delegate"; honour the ones
 	// we share when the top level does not set them.
-	if v, ok := raw["delegate"]; ok && string(v) != "null" {
+	if v, ok := raw["delegate"]; ok && !isNull(v) {
 		var del map[string]json.RawMessage
-		if err := json.Unmarshal(v, &del); err != nil {
-			return nil, configError("delegate", "%v", err)
+		if jsonKind(v) != "an object" || json.Unmarshal(v, &del) != nil {
+			return nil, configError("delegate", "want an object, got %s", jsonKind(v))
 		}
 		for _, f := range fields {
 			dv, ok := del[f.name]
-			if _, top := raw[f.name]; top || !ok || !delegated[f.name] || string(dv) == "null" {
+			if _, top := raw[f.name]; top || !ok || !delegated[f.name] || isNull(dv) {
 				continue
 			}
-			if err := json.Unmarshal(dv, f.dst); err != nil {
-				return nil, configError("delegate."+f.name, "%v", err)
+			path := "delegate." + f.name
+			conf.written[f.name] = path
+			if err := f.decode(path, dv); err != nil {
+				return nil, err
 			}
 		}
+		conf.Warnings = append(conf.Warnings, misspelt(del, delegateKnown, "delegate.")...)
 	}
 	if conf.SubnetFile == "" {
 		conf.SubnetFile = DefaultSubnetFile
@@ -128,6 +175,14 @@ func ParseConfig(data []byte) (*NetConf, error) {
 	return conf, nil
 }
 
+// path is the name under which the user wrote field.
+func (c *NetConf) path(field string) string {
+	if p, ok := c.written[field]; ok {
+		return p
+	}
+	return field
+}
+
 func (c *NetConf) validate() error {
 	if c.Name == "" {
 		return configError("name", "must not be empty")
@@ -136,34 +191,200 @@ func (c *NetConf) validate() error {
 		return configError("name", "%q cannot name a directory", c.Name)
 	}
 	if !filepath.IsAbs(c.DataDir) {
-		return configError("dataDir", "%q is not an absolute path", c.DataDir)
+		return configError(c.path("dataDir"), "%q is not an absolute path", c.DataDir)
 	}
 	if !filepath.IsAbs(c.SubnetFile) {
-		return configError("subnetFile", "%q is not an absolute path", c.SubnetFile)
+		return configError(c.path("subnetFile"), "%q is not an absolute path", c.SubnetFile)
 	}
 	if c.LogFile != "" && !filepath.IsAbs(c.LogFile) {
-		return configError("logFile", "%q is not an absolute path", c.LogFile)
+		return configError(c.path("logFile"), "%q is not an absolute path", c.LogFile)
 	}
 	if err := validIfName(c.Bridge); err != nil {
-		return configError("bridge", "%v", err)
+		return configError(c.path("bridge"), "%v", err)
 	}
 	if c.MTU != nil {
 		if err := validMTU(*c.MTU); err != nil {
-			return configError("mtu", "%v", err)
-		}
-	}
-	for i, r := range c.Routes {
-		if r == nil || r.Dst.IP == nil || r.Dst.IP.To4() == nil || r.Dst.Mask == nil {
-			return configError("routes", "route %d: dst must be an IPv4 CIDR", i)
-		}
-		if ones, bits := r.Dst.Mask.Size(); bits != 32 || ones < 0 {
-			return configError("routes", "route %d: dst must be an IPv4 CIDR", i)
-		}
-		if r.GW != nil && r.GW.To4() == nil {
-			return configError("routes", "route %d: gw %s is not IPv4", i, r.GW)
+			return configError(c.path("mtu"), "%v", err)
 		}
 	}
 	return nil
+}
+
+func isNull(v json.RawMessage) bool { return string(bytes.TrimSpace(v)) == "null" }
+
+// jsonKind names the kind of a JSON value for messages: "a string",
+// "a number", "true or false", "an object", "a list" or "null".
+func jsonKind(v json.RawMessage) string {
+	v = bytes.TrimSpace(v)
+	if len(v) == 0 {
+		return "nothing"
+	}
+	switch v[0] {
+	case '"':
+		return "a string"
+	case '{':
+		return "an object"
+	case '[':
+		return "a list"
+	case 't', 'f':
+		return "true or false"
+	case 'n':
+		return "null"
+	default:
+		return "a number"
+	}
+}
+
+func decodeString(dst *string) func(string, json.RawMessage) error {
+	return func(path string, v json.RawMessage) error {
+		if jsonKind(v) != "a string" || json.Unmarshal(v, dst) != nil {
+			return configError(path, "want a string, got %s", jsonKind(v))
+		}
+		return nil
+	}
+}
+
+func decodeBool(dst *bool) func(string, json.RawMessage) error {
+	return func(path string, v json.RawMessage) error {
+		if jsonKind(v) != "true or false" || json.Unmarshal(v, dst) != nil {
+			return configError(path, "want true or false, got %s", jsonKind(v))
+		}
+		return nil
+	}
+}
+
+func decodeBoolPtr(dst **bool) func(string, json.RawMessage) error {
+	return func(path string, v json.RawMessage) error {
+		var b bool
+		if err := decodeBool(&b)(path, v); err != nil {
+			return err
+		}
+		*dst = &b
+		return nil
+	}
+}
+
+func decodeInt(dst **int) func(string, json.RawMessage) error {
+	return func(path string, v json.RawMessage) error {
+		var n int
+		if jsonKind(v) != "a number" {
+			return configError(path, "want an integer, got %s", jsonKind(v))
+		}
+		if json.Unmarshal(v, &n) != nil {
+			return configError(path, "want an integer, got %s", bytes.TrimSpace(v))
+		}
+		*dst = &n
+		return nil
+	}
+}
+
+// decodeRoutes reads a list of {"dst": "CIDR", "gw": "IP"}; both must be
+// IPv4.
+func decodeRoutes(dst *[]*types.Route) func(string, json.RawMessage) error {
+	return func(path string, v json.RawMessage) error {
+		var list []json.RawMessage
+		if jsonKind(v) != "a list" || json.Unmarshal(v, &list) != nil {
+			return configError(path, `want a list of routes ({"dst": "CIDR", "gw": "IP"}), got %s`, jsonKind(v))
+		}
+		out := make([]*types.Route, 0, len(list))
+		for i, rv := range list {
+			rpath := fmt.Sprintf("%s[%d]", path, i)
+			var r map[string]json.RawMessage
+			if jsonKind(rv) != "an object" || json.Unmarshal(rv, &r) != nil {
+				return configError(rpath, `want a route ({"dst": "CIDR", "gw": "IP"}), got %s`, jsonKind(rv))
+			}
+			var dstS, gwS string
+			dv, ok := r["dst"]
+			if !ok || isNull(dv) {
+				return configError(rpath+".dst", "missing; want an IPv4 CIDR such as 198.19.0.0/16")
+			}
+			if err := decodeString(&dstS)(rpath+".dst", dv); err != nil {
+				return err
+			}
+			ip, n, err := net.ParseCIDR(dstS)
+			if err != nil || ip.To4() == nil {
+				return configError(rpath+".dst", "want an IPv4 CIDR such as 198.19.0.0/16, got %q", dstS)
+			}
+			route := &types.Route{Dst: net.IPNet{IP: ip, Mask: n.Mask}}
+			if gv, ok := r["gw"]; ok && !isNull(gv) {
+				if err := decodeString(&gwS)(rpath+".gw", gv); err != nil {
+					return err
+				}
+				gw := net.ParseIP(gwS)
+				if gw == nil || gw.To4() == nil {
+					return configError(rpath+".gw", "want an IPv4 address, got %q", gwS)
+				}
+				route.GW = gw
+			}
+			out = append(out, route)
+		}
+		*dst = out
+		return nil
+	}
+}
+
+// misspelt returns a warning for each name of obj that is not known but
+// is close to a known one (a typo, or the wrong case: JSON names are
+// case-sensitive, so "MTU" is not "mtu").
+func misspelt(obj map[string]json.RawMessage, known []string, prefix string) []string {
+	var out []string
+	names := make([]string, 0, len(obj))
+	for name := range obj {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if slices.Contains(known, name) {
+			continue
+		}
+		if k, ok := closest(name, known); ok {
+			out = append(out, fmt.Sprintf("unknown field %q is ignored; did you mean %q?", prefix+name, prefix+k))
+		}
+	}
+	return out
+}
+
+// closest returns the known name within a small edit distance of name,
+// ignoring case: at most 1 for names of up to 7 bytes, else 2.
+func closest(name string, known []string) (string, bool) {
+	best, bestD := "", -1
+	for _, k := range known {
+		limit := 1
+		if len(k) > 7 {
+			limit = 2
+		}
+		d := editDistance(strings.ToLower(name), strings.ToLower(k))
+		if d <= limit && (bestD < 0 || d < bestD) {
+			best, bestD = k, d
+		}
+	}
+	return best, bestD >= 0
+}
+
+// editDistance is the optimal string alignment distance: insertions,
+// deletions, substitutions and transpositions of adjacent bytes.
+func editDistance(a, b string) int {
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(a)][len(b)]
 }
 
 func validIfName(n string) error {

@@ -2,10 +2,15 @@ package plugin
 
 import (
 	"errors"
+	"io"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/weftnet/weft/subnet"
@@ -99,33 +104,46 @@ func TestParseConfigFlannelDelegate(t *testing.T) {
 	}
 }
 
+// TestParseConfigErrors: every error names the field as the user wrote it
+// (delegate.mtu, routes[1].gw) and says what was wanted in words, not in
+// terms of Go types.
 func TestParseConfigErrors(t *testing.T) {
 	base := `"cniVersion":"1.1.0","name":"weft","type":"weft"`
 	cases := []struct {
-		name, json, field string
-		code              uint
+		name, json, msg string
+		code            uint
 	}{
-		{"mtu string", `{` + base + `,"mtu":"big"}`, `"mtu"`, types.ErrInvalidNetworkConfig},
-		{"mtu too small", `{` + base + `,"mtu":10}`, `"mtu"`, types.ErrInvalidNetworkConfig},
-		{"mtu too big", `{` + base + `,"mtu":70000}`, `"mtu"`, types.ErrInvalidNetworkConfig},
-		{"ipMasq not bool", `{` + base + `,"ipMasq":"yes"}`, `"ipMasq"`, types.ErrInvalidNetworkConfig},
-		{"hairpin not bool", `{` + base + `,"hairpinMode":1}`, `"hairpinMode"`, types.ErrInvalidNetworkConfig},
-		{"gateway not bool", `{` + base + `,"isDefaultGateway":"no"}`, `"isDefaultGateway"`, types.ErrInvalidNetworkConfig},
-		{"bridge too long", `{` + base + `,"bridge":"abcdefghijklmnop"}`, `"bridge"`, types.ErrInvalidNetworkConfig},
-		{"bridge slash", `{` + base + `,"bridge":"a/b"}`, `"bridge"`, types.ErrInvalidNetworkConfig},
-		{"bridge number", `{` + base + `,"bridge":5}`, `"bridge"`, types.ErrInvalidNetworkConfig},
-		{"dataDir relative", `{` + base + `,"dataDir":"var/lib"}`, `"dataDir"`, types.ErrInvalidNetworkConfig},
-		{"subnetFile relative", `{` + base + `,"subnetFile":"subnet.env"}`, `"subnetFile"`, types.ErrInvalidNetworkConfig},
-		{"logFile relative", `{` + base + `,"logFile":"x.log"}`, `"logFile"`, types.ErrInvalidNetworkConfig},
-		{"route bad dst", `{` + base + `,"routes":[{"dst":"nonsense"}]}`, `"routes"`, types.ErrInvalidNetworkConfig},
-		{"route no dst", `{` + base + `,"routes":[{"gw":"198.18.5.9"}]}`, `"routes"`, types.ErrInvalidNetworkConfig},
-		{"route v6", `{` + base + `,"routes":[{"dst":"2001:db8::/32"}]}`, `"routes"`, types.ErrInvalidNetworkConfig},
-		{"routes not list", `{` + base + `,"routes":{}}`, `"routes"`, types.ErrInvalidNetworkConfig},
-		{"no name", `{"cniVersion":"1.1.0","type":"weft"}`, `"name"`, types.ErrInvalidNetworkConfig},
-		{"name with slash", `{"cniVersion":"1.1.0","name":"a/b","type":"weft"}`, `"name"`, types.ErrInvalidNetworkConfig},
-		{"delegate mtu", `{` + base + `,"delegate":{"mtu":"x"}}`, `"delegate.mtu"`, types.ErrInvalidNetworkConfig},
-		{"delegate not object", `{` + base + `,"delegate":5}`, `"delegate"`, types.ErrInvalidNetworkConfig},
-		{"not json", `{`, `decode`, types.ErrDecodingFailure},
+		{"mtu string", `{` + base + `,"mtu":"big"}`, `mtu: want an integer, got a string`, types.ErrInvalidNetworkConfig},
+		{"mtu fraction", `{` + base + `,"mtu":1400.5}`, `mtu: want an integer, got 1400.5`, types.ErrInvalidNetworkConfig},
+		{"mtu too small", `{` + base + `,"mtu":10}`, `mtu: 10 is outside 68..65535`, types.ErrInvalidNetworkConfig},
+		{"mtu too big", `{` + base + `,"mtu":70000}`, `mtu: 70000 is outside 68..65535`, types.ErrInvalidNetworkConfig},
+		{"ipMasq not bool", `{` + base + `,"ipMasq":"yes"}`, `ipMasq: want true or false, got a string`, types.ErrInvalidNetworkConfig},
+		{"hairpin not bool", `{` + base + `,"hairpinMode":1}`, `hairpinMode: want true or false, got a number`, types.ErrInvalidNetworkConfig},
+		{"hairpin string", `{` + base + `,"hairpinMode":"true"}`, `hairpinMode: want true or false, got a string`, types.ErrInvalidNetworkConfig},
+		{"gateway not bool", `{` + base + `,"isDefaultGateway":"no"}`, `isDefaultGateway: want true or false, got a string`, types.ErrInvalidNetworkConfig},
+		{"bridge too long", `{` + base + `,"bridge":"abcdefghijklmnop"}`, `bridge: interface name "abcdefghijklmnop" is longer than 15 bytes`, types.ErrInvalidNetworkConfig},
+		{"bridge slash", `{` + base + `,"bridge":"a/b"}`, `bridge: interface name "a/b" contains '/', ':' or white space`, types.ErrInvalidNetworkConfig},
+		{"bridge number", `{` + base + `,"bridge":5}`, `bridge: want a string, got a number`, types.ErrInvalidNetworkConfig},
+		{"dataDir relative", `{` + base + `,"dataDir":"var/lib"}`, `dataDir: "var/lib" is not an absolute path`, types.ErrInvalidNetworkConfig},
+		{"dataDir list", `{` + base + `,"dataDir":["/a"]}`, `dataDir: want a string, got a list`, types.ErrInvalidNetworkConfig},
+		{"subnetFile relative", `{` + base + `,"subnetFile":"subnet.env"}`, `subnetFile: "subnet.env" is not an absolute path`, types.ErrInvalidNetworkConfig},
+		{"logFile relative", `{` + base + `,"logFile":"x.log"}`, `logFile: "x.log" is not an absolute path`, types.ErrInvalidNetworkConfig},
+		{"route bad dst", `{` + base + `,"routes":[{"dst":"nonsense"}]}`, `routes[0].dst: want an IPv4 CIDR such as 198.19.0.0/16, got "nonsense"`, types.ErrInvalidNetworkConfig},
+		{"route no dst", `{` + base + `,"routes":[{"gw":"198.18.5.9"}]}`, `routes[0].dst: missing; want an IPv4 CIDR such as 198.19.0.0/16`, types.ErrInvalidNetworkConfig},
+		{"route v6", `{` + base + `,"routes":[{"dst":"198.19.0.0/16"},{"dst":"2001:db8::/32"}]}`, `routes[1].dst: want an IPv4 CIDR such as 198.19.0.0/16, got "2001:db8::/32"`, types.ErrInvalidNetworkConfig},
+		{"route bad gw", `{` + base + `,"routes":[{"dst":"198.19.0.0/16","gw":"2001:db8::1"}]}`, `routes[0].gw: want an IPv4 address, got "2001:db8::1"`, types.ErrInvalidNetworkConfig},
+		{"route not object", `{` + base + `,"routes":["198.19.0.0/16"]}`, `routes[0]: want a route ({"dst": "CIDR", "gw": "IP"}), got a string`, types.ErrInvalidNetworkConfig},
+		{"routes not list", `{` + base + `,"routes":{}}`, `routes: want a list of routes ({"dst": "CIDR", "gw": "IP"}), got an object`, types.ErrInvalidNetworkConfig},
+		{"no name", `{"cniVersion":"1.1.0","type":"weft"}`, `name: must not be empty`, types.ErrInvalidNetworkConfig},
+		{"name number", `{"cniVersion":"1.1.0","name":5,"type":"weft"}`, `name: want a string, got a number`, types.ErrInvalidNetworkConfig},
+		{"name with slash", `{"cniVersion":"1.1.0","name":"a/b","type":"weft"}`, `name: "a/b" cannot name a directory`, types.ErrInvalidNetworkConfig},
+		{"delegate mtu type", `{` + base + `,"delegate":{"mtu":"x"}}`, `delegate.mtu: want an integer, got a string`, types.ErrInvalidNetworkConfig},
+		{"delegate mtu range", `{` + base + `,"delegate":{"mtu":70000}}`, `delegate.mtu: 70000 is outside 68..65535`, types.ErrInvalidNetworkConfig},
+		{"delegate bridge", `{` + base + `,"delegate":{"bridge":"abcdefghijklmnop"}}`, `delegate.bridge: interface name "abcdefghijklmnop" is longer than 15 bytes`, types.ErrInvalidNetworkConfig},
+		{"delegate hairpin", `{` + base + `,"delegate":{"hairpinMode":"yes"}}`, `delegate.hairpinMode: want true or false, got a string`, types.ErrInvalidNetworkConfig},
+		{"top level wins over delegate", `{` + base + `,"mtu":70000,"delegate":{"mtu":1400}}`, `mtu: 70000 is outside 68..65535`, types.ErrInvalidNetworkConfig},
+		{"delegate not object", `{` + base + `,"delegate":5}`, `delegate: want an object, got a number`, types.ErrInvalidNetworkConfig},
+		{"not json", `{`, `decode network config: unexpected end of JSON input`, types.ErrDecodingFailure},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -137,11 +155,102 @@ func TestParseConfigErrors(t *testing.T) {
 			if te.Code != tc.code {
 				t.Errorf("code %d, want %d (%s)", te.Code, tc.code, te.Msg)
 			}
-			if !strings.Contains(te.Msg, tc.field) {
-				t.Errorf("message %q does not name %s", te.Msg, tc.field)
+			if te.Msg != tc.msg {
+				t.Errorf("message %q\nwant    %q", te.Msg, tc.msg)
+			}
+			if strings.Contains(te.Msg, "Go struct") || strings.Contains(te.Msg, "unmarshal") {
+				t.Errorf("message %q speaks of Go types", te.Msg)
 			}
 		})
 	}
+}
+
+// TestParseConfigWarnsMisspelt: unknown names close to a known one (typos,
+// wrong case) are ignored but produce a warning naming the likely field;
+// unknown names that resemble nothing, and the standard fields, do not.
+func TestParseConfigWarnsMisspelt(t *testing.T) {
+	base := `"cniVersion":"1.1.0","name":"weft","type":"weft"`
+	cases := []struct {
+		name, json string
+		want       []string
+	}{
+		{"transposed", `{` + base + `,"subnetFlie":"/x"}`, []string{`unknown field "subnetFlie" is ignored; did you mean "subnetFile"?`}},
+		{"case", `{` + base + `,"MTU":1400}`, []string{`unknown field "MTU" is ignored; did you mean "mtu"?`}},
+		{"missing letter", `{` + base + `,"hairpinMod":true,"ipMask":false}`, []string{
+			`unknown field "hairpinMod" is ignored; did you mean "hairpinMode"?`,
+			`unknown field "ipMask" is ignored; did you mean "ipMasq"?`}},
+		{"in delegate", `{` + base + `,"delegate":{"type":"bridge","isGateway":true,"hairpinMdoe":true}}`, []string{`unknown field "delegate.hairpinMdoe" is ignored; did you mean "delegate.hairpinMode"?`}},
+		{"unrelated", `{` + base + `,"somethingUnknown":42,"capabilities":{"portMappings":true},"runtimeConfig":{},"cni.dev/valid-attachments":[]}`, nil},
+		{"all known", `{` + base + `,"subnetFile":"/x","dataDir":"/d","bridge":"cni0","mtu":1400,"ipMasq":true,"hairpinMode":true,"isDefaultGateway":true,"routes":[],"logFile":"/l"}`, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			conf, err := ParseConfig([]byte(tc.json))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(conf.Warnings, tc.want) {
+				t.Fatalf("warnings %q\nwant     %q", conf.Warnings, tc.want)
+			}
+		})
+	}
+	// The misspelt field is ignored, not guessed at.
+	conf, _ := ParseConfig([]byte(`{` + base + `,"subnetFlie":"/x"}`))
+	if conf.SubnetFile != DefaultSubnetFile {
+		t.Fatalf("subnetFile %q, want the default", conf.SubnetFile)
+	}
+}
+
+// TestWarningsReachStderrAndLogFile: a warning goes to stderr and, with
+// logFile, to the log file as well; nothing goes to stdout.
+func TestWarningsReachStderrAndLogFile(t *testing.T) {
+	logFile := filepath.Join(t.TempDir(), "weft.log")
+	stdin := []byte(`{"cniVersion":"1.1.0","name":"weft","type":"weft","subnetFlie":"/x","logFile":"` + logFile + `"}`)
+	stdout, stderr := captureStdio(t, func() {
+		_, _, closeLog, err := start(&skel.CmdArgs{StdinData: stdin})
+		if err != nil {
+			t.Fatal(err)
+		}
+		closeLog()
+	})
+	want := `did you mean \"subnetFile\"?`
+	if !strings.Contains(stderr, want) {
+		t.Errorf("stderr %q lacks %q", stderr, want)
+	}
+	if stdout != "" {
+		t.Errorf("stdout %q, want nothing", stdout)
+	}
+	b, _ := os.ReadFile(logFile)
+	if !strings.Contains(string(b), want) {
+		t.Errorf("log file %q lacks %q", b, want)
+	}
+}
+
+// captureStdio runs fn with os.Stdout and os.Stderr redirected to pipes.
+func captureStdio(t *testing.T, fn func()) (stdout, stderr string) {
+	t.Helper()
+	read := func(f **os.File) func() string {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := *f
+		*f = w
+		done := make(chan string)
+		go func() {
+			b, _ := io.ReadAll(r)
+			done <- string(b)
+		}()
+		return func() string {
+			*f = old
+			w.Close()
+			return <-done
+		}
+	}
+	endOut, endErr := read(&os.Stdout), read(&os.Stderr)
+	defer func() { stdout, stderr = endOut(), endErr() }()
+	fn()
+	return
 }
 
 func TestResolveRejectsBadEnv(t *testing.T) {

@@ -14,11 +14,10 @@ import (
 // deletes the container end) nor the subnet file, so it succeeds for unknown
 // containers, gone namespaces and a stopped weftd alike.
 func cmdDel(args *skel.CmdArgs) error {
-	conf, err := ParseConfig(args.StdinData)
+	conf, log, closeLog, err := start(args)
 	if err != nil {
 		return err
 	}
-	log, closeLog := newLogger(conf)
 	defer closeLog()
 	store, err := openStore(conf)
 	if err != nil {
@@ -69,11 +68,10 @@ func lastOut(store *ipam.Store, network string, remaining int) error {
 // cmdGC releases every attachment not listed in cni.dev/valid-attachments,
 // deleting the host veth ends that belong to them.
 func cmdGC(args *skel.CmdArgs) error {
-	conf, err := ParseConfig(args.StdinData)
+	conf, log, closeLog, err := start(args)
 	if err != nil {
 		return err
 	}
-	log, closeLog := newLogger(conf)
 	defer closeLog()
 	store, err := openStore(conf)
 	if err != nil {

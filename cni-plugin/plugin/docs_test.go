@@ -26,10 +26,10 @@ func TestDocumentedFields(t *testing.T) {
 	typ := reflect.TypeOf(NetConf{})
 	for i := 0; i < typ.NumField(); i++ {
 		f := typ.Field(i)
-		if f.Anonymous {
+		name := strings.Split(f.Tag.Get("json"), ",")[0]
+		if f.Anonymous || !f.IsExported() || name == "-" {
 			continue
 		}
-		name := strings.Split(f.Tag.Get("json"), ",")[0]
 		if _, ok := rows[name]; !ok {
 			t.Errorf("field %q is not documented in Documentation/cni.md", name)
 		}

@@ -11,6 +11,7 @@
 package plugin
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -51,17 +52,72 @@ func HostVethName(containerID, ifName string) string {
 	return "weft" + hex.EncodeToString(h[:])[:11]
 }
 
-// newLogger writes to logFile when set, else warnings and errors to stderr.
-// It never writes to stdout, which carries the result.
+// newLogger writes warnings and errors to stderr and, when logFile is set,
+// every record to the log file too. It never writes to stdout, which carries
+// the result.
 func newLogger(conf *NetConf) (*slog.Logger, func()) {
+	stderr := slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})
 	if conf != nil && conf.LogFile != "" {
 		f, err := os.OpenFile(conf.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 		if err == nil {
-			return slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug})), func() { f.Close() }
+			file := slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug})
+			return slog.New(teeHandler{stderr, file}), func() { f.Close() }
 		}
 		fmt.Fprintf(os.Stderr, "weft: open log file: %v\n", err)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), func() {}
+	return slog.New(stderr), func() {}
+}
+
+// start parses the configuration and opens the logger, to which it reports
+// the configuration's warnings (misspelt field names).
+func start(args *skel.CmdArgs) (*NetConf, *slog.Logger, func(), error) {
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	log, closeLog := newLogger(conf)
+	for _, w := range conf.Warnings {
+		log.Warn("config: " + w)
+	}
+	return conf, log, closeLog, nil
+}
+
+// teeHandler passes each record to every handler that takes its level.
+type teeHandler []slog.Handler
+
+func (t teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	for _, h := range t {
+		if h.Enabled(ctx, l) {
+			return true
+		}
+	}
+	return false
+}
+
+func (t teeHandler) Handle(ctx context.Context, r slog.Record) error {
+	var errs []error
+	for _, h := range t {
+		if h.Enabled(ctx, r.Level) {
+			errs = append(errs, h.Handle(ctx, r.Clone()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (t teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	out := make(teeHandler, len(t))
+	for i, h := range t {
+		out[i] = h.WithAttrs(as)
+	}
+	return out
+}
+
+func (t teeHandler) WithGroup(name string) slog.Handler {
+	out := make(teeHandler, len(t))
+	for i, h := range t {
+		out[i] = h.WithGroup(name)
+	}
+	return out
 }
 
 // loadEnv reads the subnet file; a missing or bad file means weftd has not
@@ -85,10 +141,11 @@ func NotRunningMessage(path string) string {
 }
 
 func cmdStatus(args *skel.CmdArgs) error {
-	conf, err := ParseConfig(args.StdinData)
+	conf, _, closeLog, err := start(args)
 	if err != nil {
 		return err
 	}
+	defer closeLog()
 	_, err = loadEnv(conf.SubnetFile)
 	return err
 }
