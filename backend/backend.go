@@ -54,6 +54,13 @@ type Config struct {
 	// (zero value otherwise). VXLAN reuses its VtepMAC so that peers keep
 	// valid neighbour and FDB entries across a device re-creation.
 	Previous subnet.LeaseAttrs
+	// PeerAttrs are the attributes published by the other hosts' leases
+	// (those with another PublicIP) when weftd started. A backend never
+	// publishes an identity that one of them already carries: peers keep
+	// the older of two leases with one VtepMAC, so vxlan picks a fresh MAC
+	// rather than adopt one another lease holds (for example our own old
+	// lease from before a PublicIP change).
+	PeerAttrs []subnet.LeaseAttrs
 	// ResyncInterval is how often Run reconciles without being asked.
 	// Zero means 10 s.
 	ResyncInterval time.Duration

@@ -18,11 +18,11 @@ const (
 	// RefusedBackendData: the lease was written by another backend type, or
 	// its backend data is malformed.
 	RefusedBackendData = "backend-data"
-	// RefusedDuplicateSubnet: another key names the same subnet (a plain key
-	// and a dual-stack "&" key) and won.
+	// RefusedDuplicateSubnet: an older key names the same subnet (a plain
+	// key and a dual-stack "&" key).
 	RefusedDuplicateSubnet = "duplicate-subnet"
-	// RefusedDuplicateMAC: another lease carries the same VtepMAC and won, or
-	// the MAC is our own.
+	// RefusedDuplicateMAC: an older lease carries the same VtepMAC, or the
+	// MAC is our own.
 	RefusedDuplicateMAC = "duplicate-mac"
 )
 
@@ -66,11 +66,19 @@ type Refusal struct {
 //     backend's or malformed backend data is refused;
 //   - a reservation nobody has taken up yet (no backend data of ours) is
 //     neither a peer nor a refusal: it is somebody's future lease;
-//   - of two keys for one subnet, the newer lease (higher CreateRevision,
+//   - of two keys for one subnet, the older lease (lower CreateRevision,
 //     then the smaller key) wins and the other is refused;
-//   - on vxlan, of two leases with one VtepMAC the newer wins and the other
+//   - on vxlan, of two leases with one VtepMAC the older wins and the other
 //     is refused, and a peer with our own VtepMAC is refused, because the
 //     kernel's FDB holds one remote per MAC.
+//
+// The older lease wins so that a peer that is already working is never
+// displaced by a key written after it, whoever wrote it. Renewals keep a
+// lease's CreateRevision, so a live host stays the older. The honest way
+// to meet a conflict, a host whose PublicIP changed while its old lease
+// lives on with the same VtepMAC, is resolved on that host: weftd never
+// publishes a VtepMAC that another host's lease already carries (see
+// backend.Config.PeerAttrs).
 //
 // Its cost is linear in the number of leases.
 func FilterPeers(c *Config, own Lease, leases []Lease, invalid []InvalidLease) (peers []Lease, refused []Refusal) {
@@ -114,9 +122,9 @@ func FilterPeers(c *Config, own Lease, leases []Lease, invalid []InvalidLease) (
 		cands = append(cands, cd)
 	}
 
-	// newer orders the winner of a conflict first.
-	newer := func(a, b *Lease) int {
-		if c := cmp.Compare(b.CreateRevision, a.CreateRevision); c != 0 {
+	// older orders the winner of a conflict first.
+	older := func(a, b *Lease) int {
+		if c := cmp.Compare(a.CreateRevision, b.CreateRevision); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.Key(), b.Key())
@@ -132,13 +140,13 @@ func FilterPeers(c *Config, own Lease, leases []Lease, invalid []InvalidLease) (
 			continue
 		}
 		win, lose := j, i
-		if newer(cd.l, cands[j].l) < 0 {
+		if older(cd.l, cands[j].l) < 0 {
 			win, lose = i, j
 		}
 		bySubnet[cd.l.Subnet] = win
 		lost[lose] = true
 		refused = append(refused, Refusal{Key: cands[lose].l.Key(), Subnet: cd.l.Subnet, Reason: RefusedDuplicateSubnet,
-			Err: fmt.Errorf("subnet %s is also claimed by the newer key %s", cd.l.Subnet, cands[win].l.Key())})
+			Err: fmt.Errorf("subnet %s is also claimed by the older key %s", cd.l.Subnet, cands[win].l.Key())})
 	}
 
 	// One lease per VTEP MAC.
@@ -165,13 +173,13 @@ func FilterPeers(c *Config, own Lease, leases []Lease, invalid []InvalidLease) (
 				continue
 			}
 			win, lose := j, i
-			if newer(cd.l, cands[j].l) < 0 {
+			if older(cd.l, cands[j].l) < 0 {
 				win, lose = i, j
 			}
 			byMAC[cd.mac] = win
 			lost[lose] = true
 			refused = append(refused, Refusal{Key: cands[lose].l.Key(), Subnet: cands[lose].l.Subnet, Reason: RefusedDuplicateMAC,
-				Err: fmt.Errorf("VtepMAC %s is also used by the newer lease %s", macString(cd.mac), cands[win].l.Key())})
+				Err: fmt.Errorf("VtepMAC %s is also used by the older lease %s", macString(cd.mac), cands[win].l.Key())})
 		}
 	}
 

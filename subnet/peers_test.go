@@ -74,25 +74,25 @@ func TestFilterPeers(t *testing.T) {
 		leases:  []Lease{own, dual(vx(1, "192.0.2.9", "02:00:00:00:00:09", 9))},
 		refused: []string{"198.18.1.0-24&2001:db8:0:1::-64 invalid"},
 	}, {
-		name:    "plain and dual-stack keys for one subnet: the newer wins",
+		name:    "plain and dual-stack keys for one subnet: the older wins",
 		leases:  []Lease{vx(2, "192.0.2.2", "02:00:00:00:00:02", 2), dual(vx(2, "192.0.2.3", "02:00:00:00:00:03", 5))},
-		peers:   []string{"198.18.2.0-24&2001:db8:0:2::-64"},
-		refused: []string{"198.18.2.0-24 duplicate-subnet"},
-	}, {
-		name:    "plain and dual-stack keys for one subnet: the newer wins (other order)",
-		leases:  []Lease{vx(2, "192.0.2.2", "02:00:00:00:00:02", 7), dual(vx(2, "192.0.2.3", "02:00:00:00:00:03", 5))},
 		peers:   []string{"198.18.2.0-24"},
 		refused: []string{"198.18.2.0-24&2001:db8:0:2::-64 duplicate-subnet"},
 	}, {
-		name:    "two leases with one VtepMAC: the newer wins",
-		leases:  []Lease{vx(2, "192.0.2.2", "02:00:00:00:00:02", 2), vx(3, "192.0.2.3", "02:00:00:00:00:02", 3), vx(4, "192.0.2.4", "02:00:00:00:00:04", 4)},
-		peers:   []string{"198.18.3.0-24", "198.18.4.0-24"},
-		refused: []string{"198.18.2.0-24 duplicate-mac"},
+		name:    "plain and dual-stack keys for one subnet: the older wins (other order)",
+		leases:  []Lease{vx(2, "192.0.2.2", "02:00:00:00:00:02", 7), dual(vx(2, "192.0.2.3", "02:00:00:00:00:03", 5))},
+		peers:   []string{"198.18.2.0-24&2001:db8:0:2::-64"},
+		refused: []string{"198.18.2.0-24 duplicate-subnet"},
 	}, {
-		name:    "three leases with one VtepMAC: only the newest is a peer",
+		name:    "two leases with one VtepMAC: the older wins",
+		leases:  []Lease{vx(2, "192.0.2.2", "02:00:00:00:00:02", 2), vx(3, "192.0.2.3", "02:00:00:00:00:02", 3), vx(4, "192.0.2.4", "02:00:00:00:00:04", 4)},
+		peers:   []string{"198.18.2.0-24", "198.18.4.0-24"},
+		refused: []string{"198.18.3.0-24 duplicate-mac"},
+	}, {
+		name:    "three leases with one VtepMAC: only the oldest is a peer",
 		leases:  []Lease{vx(5, "192.0.2.5", "02:00:00:00:00:02", 9), vx(3, "192.0.2.3", "02:00:00:00:00:02", 3), vx(4, "192.0.2.4", "02:00:00:00:00:02", 4)},
-		peers:   []string{"198.18.5.0-24"},
-		refused: []string{"198.18.3.0-24 duplicate-mac", "198.18.4.0-24 duplicate-mac"},
+		peers:   []string{"198.18.3.0-24"},
+		refused: []string{"198.18.4.0-24 duplicate-mac", "198.18.5.0-24 duplicate-mac"},
 	}, {
 		name:    "a peer with our own VtepMAC is refused",
 		leases:  []Lease{own, vx(2, "192.0.2.2", "02:00:00:00:00:01", 2)},

@@ -278,6 +278,25 @@ func (b *Backend) deviceMatches(vx *netlink.Vxlan) bool {
 		(len(vx.Group) == 0 || vx.Group.IsUnspecified())
 }
 
+// adoptable reports whether m may be our VtepMAC: usable, and not
+// published by another host's lease (peers would keep the older lease and
+// refuse ours).
+func (b *Backend) adoptable(m net.HardwareAddr) bool {
+	if !usableMAC(m) {
+		return false
+	}
+	for _, a := range b.cfg.PeerAttrs {
+		if a.BackendType != Type || a.PublicIP == b.cfg.Ext.PublicIP {
+			continue
+		}
+		if _, pm, err := subnet.ParseVXLANData(a.BackendData); err == nil && bytes.Equal(pm, m) {
+			b.log.Warn("not adopting a VtepMAC that another host's lease carries; picking a fresh one", "mac", m, "lease-public-ip", a.PublicIP)
+			return false
+		}
+	}
+	return true
+}
+
 func usableMAC(m net.HardwareAddr) bool {
 	return len(m) == 6 && m[0]&1 == 0 && !bytes.Equal(m, make([]byte, 6))
 }
@@ -303,7 +322,7 @@ func (b *Backend) ensureDevice() (repaired bool, err error) {
 		vx, ok := l.(*netlink.Vxlan)
 		if ok && b.deviceMatches(vx) {
 			if b.mac == nil {
-				if usableMAC(vx.HardwareAddr) {
+				if b.adoptable(vx.HardwareAddr) {
 					b.mac = append(net.HardwareAddr(nil), vx.HardwareAddr...)
 				} else if b.mac, err = b.pickMAC(); err != nil {
 					return false, err
@@ -334,7 +353,7 @@ func (b *Backend) ensureDevice() (repaired bool, err error) {
 		}
 		// Wrong kind or attributes: recreate, keeping its MAC if we have
 		// none yet.
-		if b.mac == nil && ok && usableMAC(l.Attrs().HardwareAddr) {
+		if b.mac == nil && ok && b.adoptable(l.Attrs().HardwareAddr) {
 			b.mac = append(net.HardwareAddr(nil), l.Attrs().HardwareAddr...)
 		}
 		b.log.Info("recreating device whose attributes do not match", "type", l.Type())
@@ -366,7 +385,7 @@ func (b *Backend) ensureDevice() (repaired bool, err error) {
 // locally administered unicast MAC.
 func (b *Backend) pickMAC() (net.HardwareAddr, error) {
 	if b.cfg.Previous.BackendType == Type {
-		if _, mac, err := subnet.ParseVXLANData(b.cfg.Previous.BackendData); err == nil && usableMAC(mac) {
+		if _, mac, err := subnet.ParseVXLANData(b.cfg.Previous.BackendData); err == nil && b.adoptable(mac) {
 			return mac, nil
 		}
 	}

@@ -529,6 +529,32 @@ func TestMACStable(t *testing.T) {
 	if _, m6, err := subnet.ParseVXLANData(attrs6.BackendData); err != nil || m6.String() == "00:00:00:00:00:00" {
 		t.Fatalf("want a fresh valid MAC, got %s (%v)", attrs6.BackendData, err)
 	}
+	// Another host's lease already carries the device's MAC (our old lease
+	// from before a PublicIP change, say): peers keep the older lease, so
+	// the device gets a fresh MAC instead of publishing a refused one.
+	_, m6, _ := subnet.ParseVXLANData(attrs6.BackendData)
+	b7, err := New(backend.Config{
+		Network: netConfig(t), Options: json.RawMessage(`{"Type":"vxlan"}`),
+		Ext:       backend.ExternalInterface{Name: h.ExtName, Index: h.ExtIndex, Addr: h.Addr, PublicIP: h.Addr, MTU: h.MTU},
+		Netns:     h.Handle,
+		PeerAttrs: []subnet.LeaseAttrs{vxLease("198.18.9.0/24", "192.0.2.99", m6.String()).Attrs},
+		Logger:    testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b7.(*Backend).closeHandles() })
+	attrs7, err := b7.Setup(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, m7, _ := subnet.ParseVXLANData(attrs7.BackendData)
+	if m7.String() == m6.String() {
+		t.Fatalf("adopted VtepMAC %s that another host's lease carries", m7)
+	}
+	if l, _ := h.NL.LinkByName("weft.1"); l.Attrs().HardwareAddr.String() != m7.String() {
+		t.Fatalf("device MAC %s, published %s", l.Attrs().HardwareAddr, m7)
+	}
 }
 
 func TestFlannelTakeoverAndCleanup(t *testing.T) {

@@ -141,13 +141,14 @@ func (d *daemon) Run(ctx context.Context) error {
 		}
 	}
 
-	prevSubnet, prevAttrs := d.previous(ctx, reg, netcfg, ext)
+	prevSubnet, prevAttrs, peerAttrs := d.previous(ctx, reg, netcfg, ext)
 	be, err := entry.New(backend.Config{
 		Network:        netcfg,
 		Options:        netcfg.Backend,
 		Ext:            ext,
 		Netns:          netns.None(),
 		Previous:       prevAttrs,
+		PeerAttrs:      peerAttrs,
 		ResyncInterval: d.cfg.ReconcileEvery,
 		Logger:         logger,
 		OnReconcile:    d.metrics.observeReconcile,
@@ -309,8 +310,9 @@ func (d *daemon) checkConfig(raw []byte, ext backend.ExternalInterface) (*subnet
 }
 
 // previous returns the subnet from an earlier subnet file (if it belongs to
-// this network) and the attributes of our earlier lease in etcd, if any.
-func (d *daemon) previous(ctx context.Context, reg *etcd.Registry, netcfg *subnet.Config, ext backend.ExternalInterface) (netip.Prefix, subnet.LeaseAttrs) {
+// this network), the attributes of our earlier lease in etcd, if any, and
+// the attributes of every other host's lease.
+func (d *daemon) previous(ctx context.Context, reg *etcd.Registry, netcfg *subnet.Config, ext backend.ExternalInterface) (netip.Prefix, subnet.LeaseAttrs, []subnet.LeaseAttrs) {
 	var prevSubnet netip.Prefix
 	if env, err := subnet.ReadEnvFile(d.cfg.SubnetFile); err == nil && env.Network == netcfg.Network {
 		prevSubnet = env.LeaseSubnet()
@@ -319,14 +321,22 @@ func (d *daemon) previous(ctx context.Context, reg *etcd.Registry, netcfg *subne
 	defer c()
 	snap, err := reg.Leases(cctx)
 	if err != nil {
-		return prevSubnet, subnet.LeaseAttrs{}
+		return prevSubnet, subnet.LeaseAttrs{}, nil
 	}
+	var prev subnet.LeaseAttrs
+	found := false
+	others := make([]subnet.LeaseAttrs, 0, len(snap.Leases))
 	for _, l := range snap.Leases {
-		if l.Attrs.PublicIP == ext.PublicIP && l.Attrs.BackendType == subnet.LeaseBackendType(netcfg.BackendType) {
-			return prevSubnet, l.Attrs
+		if l.Attrs.PublicIP != ext.PublicIP {
+			others = append(others, l.Attrs)
+			continue
+		}
+		// Ours by PublicIP: prefer the lease in our previous subnet.
+		if l.Attrs.BackendType == subnet.LeaseBackendType(netcfg.BackendType) && (!found || l.Subnet == prevSubnet) {
+			prev, found = l.Attrs, true
 		}
 	}
-	return prevSubnet, subnet.LeaseAttrs{}
+	return prevSubnet, prev, others
 }
 
 // acquire claims our lease, retrying with backoff until it succeeds or ctx
