@@ -35,6 +35,10 @@ type Config struct {
 	LogLevel        string
 	Pprof           bool
 	Version         bool
+
+	// httpLimits bound the clients of the HTTP endpoints; the zero value
+	// means defaultHTTPLimits. Not a flag: tests shorten it.
+	httpLimits httpLimits
 }
 
 // multiFlag collects a repeatable flag.
@@ -77,7 +81,7 @@ func newFlagSet(out io.Writer) (*flag.FlagSet, *rawFlags) {
 	fs.BoolVar(&r.ipMasq, "ip-masq", false, "masquerade traffic from pods that leaves the cluster network")
 	fs.IntVar(&r.iptResync, "iptables-resync", 5, "seconds between checks that weft's iptables rules are in place")
 	fs.BoolVar(&r.iptForward, "iptables-forward-rules", true, "accept forwarded traffic to and from the cluster network")
-	fs.StringVar(&r.healthzIP, "healthz-ip", "0.0.0.0", "address the /healthz, /readyz, /metrics and /status endpoints listen on")
+	fs.StringVar(&r.healthzIP, "healthz-ip", "127.0.0.1", "address the /healthz, /readyz, /metrics and /status endpoints listen on (flanneld's default is 0.0.0.0)")
 	fs.IntVar(&r.healthzPort, "healthz-port", 0, "port of the HTTP endpoints (0 disables them)")
 	fs.DurationVar(&r.reconcile, "reconcile-interval", 10*time.Second, "how often the backend re-checks the kernel state without being asked (weft extension)")
 	fs.StringVar(&r.logFormat, "log-format", "text", "log format: text or json (weft extension)")

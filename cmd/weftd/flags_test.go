@@ -87,3 +87,23 @@ func TestFlagsDocumented(t *testing.T) {
 		}
 	})
 }
+
+// TestHealthzIPDefault: the unauthenticated HTTP endpoints listen on
+// loopback unless told otherwise (flanneld's default is 0.0.0.0), and an
+// explicit flanneld setting still carries over.
+func TestHealthzIPDefault(t *testing.T) {
+	c, err := parseConfig(nil, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HealthzIP != "127.0.0.1" {
+		t.Errorf("default --healthz-ip %q, want 127.0.0.1", c.HealthzIP)
+	}
+	c, err = parseConfig(nil, env(map[string]string{"FLANNELD_HEALTHZ_IP": "0.0.0.0"}), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HealthzIP != "0.0.0.0" {
+		t.Errorf("FLANNELD_HEALTHZ_IP=0.0.0.0 gave %q", c.HealthzIP)
+	}
+}

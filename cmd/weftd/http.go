@@ -7,15 +7,66 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/weftnet/weft/internal/apitypes"
 )
 
+// httpLimits bound what one client of the HTTP endpoints may take, so that
+// a slow or hostile client (slowloris: headers sent a byte at a time, or a
+// response read never) cannot hold connections open for ever.
+type httpLimits struct {
+	// ReadHeader is the time allowed to send the request line and headers.
+	ReadHeader time.Duration
+	// Read is the time allowed to send the whole request.
+	Read time.Duration
+	// Write is the time allowed from the end of the headers to the end of
+	// the response. It must exceed the longest profile /debug/pprof/profile
+	// is asked for (30 s by default), or pprof refuses the request.
+	Write time.Duration
+	// Idle is how long a keep-alive connection may wait for its next request.
+	Idle time.Duration
+	// MaxHeaderBytes caps the request line and headers.
+	MaxHeaderBytes int
+}
+
+// defaultHTTPLimits are generous for Prometheus, kubelet probes and
+// weftctl status, which send a few hundred bytes at once.
+var defaultHTTPLimits = httpLimits{
+	ReadHeader:     5 * time.Second,
+	Read:           10 * time.Second,
+	Write:          60 * time.Second,
+	Idle:           60 * time.Second,
+	MaxHeaderBytes: 16 << 10,
+}
+
+// newHTTPServer applies lim (zero fields: the defaults) to a server for h.
+func newHTTPServer(h http.Handler, lim httpLimits) *http.Server {
+	def := defaultHTTPLimits
+	pick := func(v, d time.Duration) time.Duration {
+		if v > 0 {
+			return v
+		}
+		return d
+	}
+	if lim.MaxHeaderBytes <= 0 {
+		lim.MaxHeaderBytes = def.MaxHeaderBytes
+	}
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: pick(lim.ReadHeader, def.ReadHeader),
+		ReadTimeout:       pick(lim.Read, def.Read),
+		WriteTimeout:      pick(lim.Write, def.Write),
+		IdleTimeout:       pick(lim.Idle, def.Idle),
+		MaxHeaderBytes:    lim.MaxHeaderBytes,
+	}
+}
+
 // startHTTP serves /healthz, /readyz, /metrics and /status on
 // --healthz-ip:--healthz-port. It binds before returning so that a port
-// clash is a start-up error.
+// clash is a start-up error. The server's Addr is the bound address.
 func (d *daemon) startHTTP() (*http.Server, error) {
 	d.metrics.reg.MustRegister(statusCollector{d})
 	mux := http.NewServeMux()
@@ -49,7 +100,8 @@ func (d *daemon) startHTTP() (*http.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on --healthz-ip/--healthz-port %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: mux}
+	srv := newHTTPServer(mux, d.cfg.httpLimits)
+	srv.Addr = ln.Addr().String()
 	go srv.Serve(ln)
 	return srv, nil
 }
