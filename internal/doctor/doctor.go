@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -29,6 +30,8 @@ import (
 type Input struct {
 	Config *subnet.Config
 	Leases []subnet.Lease
+	// Invalid are the lease keys whose name or value did not parse.
+	Invalid []subnet.InvalidLease
 	// Netns is the namespace to inspect; netns.None() for the current one.
 	Netns netns.NsHandle
 	// SubnetFile is weftd's --subnet-file.
@@ -58,6 +61,18 @@ type Report struct {
 	Peers     int       `json:"peers"`
 	Checked   int       `json:"checked"`
 	Problems  []Problem `json:"problems"`
+	// Refused lists every lease weftd does not program, and why, judged
+	// as weftd judges them. A conflict (two leases for one subnet or one
+	// VtepMAC) is also a problem, because it can cut a live host off; a
+	// broken lease harms nobody and is listed only.
+	Refused []RefusedLease `json:"refused,omitempty"`
+}
+
+// RefusedLease is one lease that is not programmed as a peer.
+type RefusedLease struct {
+	Key    string `json:"key"`
+	Reason string `json:"reason"`
+	Error  string `json:"error"`
 }
 
 // OK reports whether nothing is wrong.
@@ -189,16 +204,17 @@ func (c *checker) checkSubnetFile() {
 	}
 }
 
+// validPeers judges the leases exactly as weftd does (subnet.FilterPeers)
+// and reports every refused lease: weftd programs nothing for it, and an
+// operator should know why.
 func (c *checker) validPeers() []subnet.Lease {
-	var peers []subnet.Lease
-	for _, l := range c.in.Leases {
-		if l.Subnet == c.own.Subnet {
-			continue
+	peers, refused := subnet.FilterPeers(c.in.Config, c.own, c.in.Leases, c.in.Invalid)
+	for _, r := range refused {
+		c.rep.Refused = append(c.rep.Refused, RefusedLease{Key: r.Key, Reason: r.Reason, Error: r.Err.Error()})
+		if subnet.Conflict(r.Reason) {
+			c.problem("lease", "weftd keeps the older of two leases that claim one subnet or VtepMAC: if the refused lease belongs to a live host, delete the stale older key (etcdctl del <prefix>/subnets/<key>), else delete the refused one",
+				"lease %s is refused (%s): %v", strconv.Quote(r.Key), r.Reason, r.Err)
 		}
-		if c.in.Config.ValidatePeer(l, c.own.Subnet, c.own.Attrs.PublicIP) != nil || c.in.Config.ValidatePeerBackend(l) != nil {
-			continue
-		}
-		peers = append(peers, l)
 	}
 	return peers
 }
@@ -455,6 +471,12 @@ func (r Report) Format() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "lease %s  public-ip %s  backend %s  interface %s  peers %d  checks %d\n",
 		orDash(r.Lease), orDash(r.PublicIP), r.Backend, orDash(r.Interface), r.Peers, r.Checked)
+	if len(r.Refused) > 0 {
+		fmt.Fprintf(&b, "%d lease(s) not programmed:\n", len(r.Refused))
+		for _, x := range r.Refused {
+			fmt.Fprintf(&b, "  %s (%s): %s\n", strconv.Quote(x.Key), x.Reason, strconv.Quote(x.Error))
+		}
+	}
 	if r.OK() {
 		b.WriteString("OK: the kernel matches the leases in etcd\n")
 		return b.String()

@@ -74,6 +74,22 @@ func TestDoctorVXLAN(t *testing.T) {
 	if !rep.OK() || rep.Lease != "198.18.1.0/24" || rep.Peers != 2 || rep.Interface != "eth0" {
 		t.Fatalf("healthy host:\n%s", rep.Format())
 	}
+	if len(rep.Refused) != 1 || rep.Refused[0].Key != "198.18.9.0-24" || rep.Refused[0].Reason != subnet.RefusedInvalid {
+		t.Fatalf("the broken lease is not listed as refused: %+v", rep.Refused)
+	}
+
+	// A lease that copies a peer's VtepMAC: weftd keeps the older lease
+	// and refuses this one; the doctor says so as a problem, and checks
+	// the kernel for the winner only.
+	thief := vxLease(t, "198.18.4.0/24", "192.0.2.14", "aa:bb:cc:00:00:02")
+	thief.CreateRevision = 100
+	in.Leases = append(in.Leases, thief)
+	rep = check()
+	if len(rep.Problems) != 1 || rep.Problems[0].Area != "lease" || !strings.Contains(rep.Problems[0].What, "198.18.4.0-24") ||
+		!strings.Contains(rep.Problems[0].What, subnet.RefusedDuplicateMAC) || rep.Peers != 2 {
+		t.Fatalf("duplicate VtepMAC:\n%s", rep.Format())
+	}
+	in.Leases = in.Leases[:len(in.Leases)-1]
 
 	ns.IP(t, "route", "del", "198.18.3.0/24")
 	rep = check()
