@@ -1,6 +1,7 @@
 package cnitest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -424,7 +425,8 @@ func TestStatus(t *testing.T) {
 }
 
 func TestGCReleasesLeaks(t *testing.T) {
-	h := newHarness(t, opts{})
+	logFile := filepath.Join(t.TempDir(), "weft.log")
+	h := newHarness(t, opts{extraWeftConf: fmt.Sprintf(`,"logFile":%q`, logFile)})
 	pods := []*pod{h.newPod(t), h.newPod(t), h.newPod(t)}
 	for _, p := range pods {
 		h.add(t, p)
@@ -443,7 +445,8 @@ func TestGCReleasesLeaks(t *testing.T) {
 	}
 	// The runtime forgot pods 1 and 2 (a fresh libcni cache), so only the
 	// plugin's own GC can reclaim them.
-	fresh := NewCNI(h.hostNS, pluginDir, t.TempDir())
+	var stderr lockedBuffer
+	fresh := libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), &HostExec{NSPath: h.hostNS, raw: invoke.RawExec{Stderr: &stderr}})
 	valid := []types.GCAttachment{{ContainerID: pods[0].rt.ContainerID, IfName: "eth0"}}
 	if err := fresh.GCNetworkList(context.Background(), h.list, &libcni.GCArgs{ValidAttachments: valid}); err != nil {
 		t.Fatalf("GC: %v", err)
@@ -464,6 +467,97 @@ func TestGCReleasesLeaks(t *testing.T) {
 	if err := h.cni.CheckNetworkList(context.Background(), h.list, pods[0].rt); err != nil {
 		t.Fatalf("CHECK of the valid pod after GC: %v", err)
 	}
+	// Each released attachment is logged to stderr and to the log file.
+	logged, _ := os.ReadFile(logFile)
+	for _, id := range []string{pods[1].rt.ContainerID, pods[2].rt.ContainerID, "crashed"} {
+		for where, text := range map[string]string{"stderr": stderr.String(), "log file": string(logged)} {
+			if !strings.Contains(text, "gc: released") || !strings.Contains(text, "container="+id) {
+				t.Errorf("%s does not log the release of %s:\n%s", where, id, text)
+			}
+		}
+	}
+	if strings.Contains(stderr.String(), pods[0].rt.ContainerID) {
+		t.Errorf("stderr names the valid pod 0:\n%s", stderr.String())
+	}
+	// stdout carries only the result, which GC does not have.
+	h.add(t, pods[1])
+	out := h.execGC(t, valid)
+	if len(out) != 0 {
+		t.Fatalf("GC wrote %q to stdout", out)
+	}
+	if rs := h.reservations(t); len(rs) != 1 {
+		t.Fatalf("after the second GC: %v, want only pod 0", rs)
+	}
+}
+
+// execGC runs the plugin's GC directly, with valid as the list, and returns
+// what it wrote to stdout.
+func (h *harness) execGC(t *testing.T, valid []types.GCAttachment) []byte {
+	t.Helper()
+	conf, err := libcni.InjectConf(h.list.Plugins[0], map[string]interface{}{"name": h.list.Name, "cniVersion": h.list.CNIVersion, "cni.dev/valid-attachments": valid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := &invoke.Args{Command: "GC", Path: pluginDir}
+	out, err := NewHostExec(h.hostNS).ExecPlugin(context.Background(), filepath.Join(pluginDir, "weft"), conf.Bytes, args.AsEnv())
+	if err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	return out
+}
+
+// TestGCRefusesWithoutList: a GC without cni.dev/valid-attachments (libcni
+// sends none for nil GCArgs, and null for an unset list) fails and leaves
+// every pod attached.
+func TestGCRefusesWithoutList(t *testing.T) {
+	h := newHarness(t, opts{})
+	pods := []*pod{h.newPod(t), h.newPod(t)}
+	for _, p := range pods {
+		h.add(t, p)
+	}
+	fresh := NewCNI(h.hostNS, pluginDir, t.TempDir())
+	for name, args := range map[string]*libcni.GCArgs{"no args": nil, "nil list": {}} {
+		err := fresh.GCNetworkList(context.Background(), h.list, args)
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, "cni.dev/valid-attachments") {
+			t.Errorf("GC with %s: got %v, want an invalid-config error naming cni.dev/valid-attachments", name, err)
+		}
+	}
+	if rs := h.reservations(t); len(rs) != len(pods) {
+		t.Fatalf("GC without a list left %d of %d reservations", len(rs), len(pods))
+	}
+	for _, p := range pods {
+		if err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt); err != nil {
+			t.Errorf("CHECK of %s after a refused GC: %v", p.name, err)
+		}
+	}
+	// An explicit empty list means the runtime has no attachments: GC
+	// releases them all.
+	if err := fresh.GCNetworkList(context.Background(), h.list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{}}); err != nil {
+		t.Fatalf("GC with an empty list: %v", err)
+	}
+	if rs := h.reservations(t); len(rs) != 0 {
+		t.Fatalf("GC with an empty list left %v", rs)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer that plugin processes may write to from
+// several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestDelReclaimsCrashedAdd(t *testing.T) {

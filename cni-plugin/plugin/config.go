@@ -123,6 +123,12 @@ func ParseConfig(data []byte) (*NetConf, error) {
 			return nil, configError(name, "want a string, got %s", jsonKind(v))
 		}
 	}
+	for _, name := range []string{"cni.dev/valid-attachments", "cni.dev/attachments"} {
+		var list []types.GCAttachment
+		if v, ok := raw[name]; ok && !isNull(v) && (jsonKind(v) != "a list" || json.Unmarshal(v, &list) != nil) {
+			return nil, configError(name, `want a list of {"containerID": ..., "ifname": ...}, got %s`, jsonKind(v))
+		}
+	}
 	if err := json.Unmarshal(data, &conf.NetConf); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("decode network config: %v", err), "")
 	}

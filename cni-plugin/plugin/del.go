@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -65,20 +67,26 @@ func lastOut(store *ipam.Store, network string, remaining int) error {
 	return m.remove(store)
 }
 
-// cmdGC releases every attachment not listed in cni.dev/valid-attachments,
-// deleting the host veth ends that belong to them.
+// cmdGC releases every attachment of the network that is not listed in
+// cni.dev/valid-attachments, deleting the host veth ends that belong to
+// them, and logs each one it releases. A request without the list is
+// refused: it would make every attachment look stale.
 func cmdGC(args *skel.CmdArgs) error {
 	conf, log, closeLog, err := start(args)
 	if err != nil {
 		return err
 	}
 	defer closeLog()
+	list, err := validAttachments(args.StdinData)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("gc of network %q: %v", conf.Name, err), "")
+	}
 	store, err := openStore(conf)
 	if err != nil {
 		return err
 	}
-	valid := make(map[ipam.Owner]bool, len(conf.ValidAttachments))
-	for _, a := range conf.ValidAttachments {
+	valid := make(map[ipam.Owner]bool, len(list))
+	for _, a := range list {
 		valid[ipam.Owner{ContainerID: a.ContainerID, IfName: a.IfName}] = true
 	}
 	var released []ipam.Reservation
@@ -94,16 +102,47 @@ func cmdGC(args *skel.CmdArgs) error {
 	// Host ends go after the release: a reservation without a veth is
 	// harmless, and a veth without a reservation is not looked for again.
 	for _, r := range released {
-		if r.ContainerID == "" {
-			continue
+		attrs := []any{"network", conf.Name, "container", r.ContainerID, "ifname", r.IfName, "ip", r.IP}
+		if r.ContainerID != "" {
+			veth := HostVethName(r.ContainerID, r.IfName)
+			attrs = append(attrs, "hostVeth", veth)
+			if derr := deleteLinkByName(veth); derr != nil {
+				log.Warn("gc: delete host veth", append(attrs, "err", derr)...)
+			}
 		}
-		if derr := deleteLinkByName(HostVethName(r.ContainerID, r.IfName)); derr != nil {
-			log.Warn("gc: delete host veth", "container", r.ContainerID, "err", derr)
-		}
+		log.Warn("gc: released an attachment missing from cni.dev/valid-attachments", attrs...)
 	}
 	if err != nil {
 		return wrap(types.ErrInternal, "gc", err)
 	}
-	log.Info("gc", "released", fmt.Sprint(len(released)))
+	log.Info("gc", "valid", len(list), "released", len(released))
 	return nil
+}
+
+// errNoValidAttachments is why GC refuses a request without the list.
+var errNoValidAttachments = errors.New(`the request has no "cni.dev/valid-attachments" list, so every attachment would look stale; ` +
+	`refusing to release anything (send the list; an empty list releases every attachment)`)
+
+// validAttachments returns the list of attachments a GC request says are in
+// use. libcni sends it as "cni.dev/valid-attachments" and, for the name an
+// earlier version of the spec used, as "cni.dev/attachments". A missing or
+// null list is an error, never "nothing is valid": libcni sends null when
+// its caller passed no list.
+func validAttachments(stdin []byte) ([]types.GCAttachment, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(stdin, &raw); err != nil {
+		return nil, fmt.Errorf("decode network config: %w", err)
+	}
+	for _, key := range []string{"cni.dev/valid-attachments", "cni.dev/attachments"} {
+		v, ok := raw[key]
+		if !ok || isNull(v) {
+			continue
+		}
+		var list []types.GCAttachment
+		if err := json.Unmarshal(v, &list); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", key, err) // ParseConfig has checked it
+		}
+		return list, nil
+	}
+	return nil, errNoValidAttachments
 }
