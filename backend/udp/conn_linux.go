@@ -57,6 +57,19 @@ func newSockBatch(n, iovs int) sockBatch {
 // openUDP opens the backend's socket, bound to port on every address of
 // the current network namespace, and probes UDP GSO and GRO (unless
 // offloads is false).
+//
+// Why a wildcard bind without SO_REUSEADDR or SO_REUSEPORT. The port is
+// above 1023, so any local user may bind it. Linux lets a second UDP
+// socket bind the same port only if both sockets set SO_REUSEADDR, or
+// both set SO_REUSEPORT and belong to the same user; a more specific
+// address (a bind to <PublicIP>:8285 next to our 0.0.0.0:8285) would
+// then take the peers' datagrams, since the kernel delivers to the most
+// specific match. With neither option set on our socket, every other
+// bind of the port in the namespace, wildcard or specific, by any user
+// (root included) fails with EADDRINUSE. The wildcard is also what
+// makes a specific bind conflict: a socket bound to PublicIP alone would
+// leave the port free on the host's other addresses, and could not be
+// opened at all when PublicIP is a NAT address (--public-ip).
 func openUDP(port uint16, offloads bool) (*udpSock, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
@@ -68,7 +81,6 @@ func openUDP(port uint16, offloads bool) (*udpSock, error) {
 			unix.Close(fd)
 		}
 	}()
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
 	for _, o := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {
 		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, o[0], 8<<20) != nil {
 			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, o[1], 8<<20)

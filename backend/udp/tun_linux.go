@@ -136,6 +136,23 @@ func openTUN(name string, offloads bool) (*tunFile, error) {
 	} else if err2 := setIff(base); err2 != nil {
 		return nil, fmt.Errorf("attach TUN %s: %w", name, errors.Join(err, err2))
 	}
+	// Who may attach. A TUN device with neither an owner nor a group set
+	// lets any process that can open /dev/net/tun (mode 0666 on most
+	// distributions) attach to it: the kernel asks for CAP_NET_ADMIN only
+	// when the caller's euid differs from a set owner, or when the caller
+	// is not in a set group. The device is persistent, so at each weftd
+	// restart, or while weftd is stopped, any local user could attach,
+	// read the pods' outgoing traffic and write packets with any source
+	// into the host. With the owner set to our euid (root, or the user a
+	// capability-holding weftd runs as) only that user and holders of
+	// CAP_NET_ADMIN may attach; a group set by whoever created the device
+	// before cannot widen that, since the kernel requires both to match.
+	// Attached, we may change the owner of a device someone made earlier
+	// with another owner (ip tuntap add weft0 mode tun user nobody). The
+	// kernel cannot unset an owner, hence our own euid rather than none.
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, os.Geteuid()); err != nil {
+		return nil, fmt.Errorf("set owner of TUN %s: %w", name, err)
+	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
 		return nil, fmt.Errorf("make TUN %s persistent: %w", name, err)
 	}

@@ -15,6 +15,13 @@
 // The device is persistent so that a restarted daemon re-attaches to it
 // with address and route intact; Run returning leaves both in place and
 // Cleanup removes them.
+//
+// Other local users. The device is owned by weftd's euid, so no other
+// user can attach to it while weftd is stopped (tun_linux.go), and the
+// socket takes the port on every address with neither SO_REUSEADDR nor
+// SO_REUSEPORT, so no other user can bind it next to weftd
+// (conn_linux.go). The socket stays open when the data path restarts on
+// a re-created device.
 package udp
 
 import (
@@ -162,25 +169,31 @@ func (b *udpBackend) Setup(ctx context.Context) (subnet.LeaseAttrs, error) {
 	return subnet.LeaseAttrs{}, nil
 }
 
-// openLocked attaches the TUN and opens the socket inside cfg.Netns.
+// openLocked attaches the TUN and opens the socket inside cfg.Netns,
+// whichever of the two is not open.
 func (b *udpBackend) openLocked() error {
 	if b.tun != nil && b.sock != nil {
 		return nil
 	}
-	var tun *tunFile
-	var sock *udpSock
+	tun, sock := b.tun, b.sock
 	err := nl.Do(b.cfg.Netns, func() error {
 		var err error
-		if tun, err = openTUN(DeviceName, !b.noOffl); err != nil {
-			return err
+		if tun == nil {
+			if tun, err = openTUN(DeviceName, !b.noOffl); err != nil {
+				return err
+			}
 		}
-		if sock, err = openUDP(b.port, !b.noOffl); err != nil {
-			tun.Close()
-			return err
+		if sock == nil {
+			if sock, err = openUDP(b.port, !b.noOffl); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
 	if err != nil {
+		if tun != nil && tun != b.tun {
+			tun.Close()
+		}
 		return err
 	}
 	b.tun, b.sock = tun, sock
@@ -350,26 +363,44 @@ func (b *udpBackend) Run(ctx context.Context) error {
 		wg.Go(func() { errc <- rx.run() })
 		running = true
 	}
-	stop := func() {
-		if !running {
-			return
-		}
+	// stop ends both loops and closes the TUN. The socket stays open,
+	// bound to the port, unless final: closing it to restart the data
+	// path would let another local user bind the port in between (see
+	// openUDP). The receive loop is ended with a deadline instead.
+	stop := func(final bool) {
 		b.mu.Lock()
-		b.tun.Close()
-		b.sock.Close()
-		b.tun, b.sock = nil, nil
-		b.mu.Unlock()
-		wg.Wait()
-		for len(errc) > 0 {
-			<-errc
+		tun, sock := b.tun, b.sock
+		b.tun = nil
+		if final {
+			b.sock = nil
 		}
-		running = false
+		b.mu.Unlock()
+		if tun != nil {
+			tun.Close()
+		}
+		if sock != nil {
+			if final {
+				sock.Close()
+			} else {
+				sock.f.SetDeadline(time.Unix(1, 0))
+			}
+		}
+		if running {
+			wg.Wait()
+			for len(errc) > 0 {
+				<-errc
+			}
+			running = false
+		}
+		if sock != nil && !final {
+			sock.f.SetDeadline(time.Time{})
+		}
 	}
-	defer stop()
+	defer stop(true)
 	start()
 
 	reopen := func() {
-		stop()
+		stop(false)
 		b.mu.Lock()
 		err := b.openLocked()
 		if err == nil {
