@@ -437,8 +437,9 @@ func (d *daemon) pushDesired() {
 		return
 	}
 	invalid := make([]subnet.InvalidLease, len(s.Invalid))
+	subnets := d.reg.Prefix() + "/subnets/"
 	for i, inv := range s.Invalid {
-		invalid[i] = subnet.InvalidLease{Key: inv.Key, Value: inv.Value, Err: inv.Err}
+		invalid[i] = subnet.InvalidLease{Key: strings.TrimPrefix(inv.Key, subnets), Value: inv.Value, Err: inv.Err}
 	}
 	peers, refused := subnet.FilterPeers(d.netcfg, d.lease, s.Leases, invalid)
 	logged := make(map[string]string, len(refused))

@@ -117,11 +117,15 @@ func (d *daemon) status() apitypes.Status {
 		SubnetFile:        d.cfg.SubnetFile,
 		PeersKnown:        d.peersKnown,
 		LeasesSkipped:     d.leasesSkipped,
+		LeasesRefused:     make([]apitypes.LeaseRefusal, 0, len(d.refused)),
 		Ready:             ready,
 		NotReadyReason:    reason,
 		RestartNeeded:     d.restartNeeded,
 		ConfigError:       d.configError,
 		Version:           version,
+	}
+	for _, r := range d.refused {
+		s.LeasesRefused = append(s.LeasesRefused, apitypes.LeaseRefusal{Key: r.Key, Reason: r.Reason, Error: r.Err.Error()})
 	}
 	if !d.ext.PublicIP.IsValid() {
 		s.PublicIP = ""

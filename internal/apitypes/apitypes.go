@@ -24,15 +24,29 @@ type Status struct {
 	PeersKnown      int               `json:"peersKnown"`
 	PeersProgrammed int               `json:"peersProgrammed"`
 	PeersRefused    map[string]string `json:"peersRefused,omitempty"`
-	LeasesSkipped   int               `json:"leasesSkipped"`
-	LastReconcile   time.Time         `json:"lastReconcile,omitzero"`
-	LastError       string            `json:"lastError,omitempty"`
-	LastEtcdContact time.Time         `json:"lastEtcdContact,omitzero"`
-	Ready           bool              `json:"ready"`
-	NotReadyReason  string            `json:"notReadyReason,omitempty"`
+	// LeasesRefused lists every lease key weftd does not program, with the
+	// reason class (unparsable, invalid, backend-data, duplicate-subnet,
+	// duplicate-mac) and the error. Keys come from etcd: quote them before
+	// printing them to a terminal.
+	LeasesRefused []LeaseRefusal `json:"leasesRefused,omitempty"`
+	// LeasesSkipped counts the broken leases among LeasesRefused (not the
+	// conflicts).
+	LeasesSkipped   int       `json:"leasesSkipped"`
+	LastReconcile   time.Time `json:"lastReconcile,omitzero"`
+	LastError       string    `json:"lastError,omitempty"`
+	LastEtcdContact time.Time `json:"lastEtcdContact,omitzero"`
+	Ready           bool      `json:"ready"`
+	NotReadyReason  string    `json:"notReadyReason,omitempty"`
 	// RestartNeeded is true when the network config in etcd changed after
 	// weftd started; weftd keeps running on the config it started with.
 	RestartNeeded bool   `json:"restartNeeded"`
 	ConfigError   string `json:"configError,omitempty"`
 	Version       string `json:"version"`
+}
+
+// LeaseRefusal is one lease weftd does not program.
+type LeaseRefusal struct {
+	Key    string `json:"key"`
+	Reason string `json:"reason"`
+	Error  string `json:"error"`
 }
