@@ -42,8 +42,20 @@ install: build
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNIBIN) $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/weft $(DESTDIR)/etc/cni/net.d
 	install -m 0755 bin/weftd bin/weftctl $(DESTDIR)$(PREFIX)/bin/
 	install -m 0755 bin/weft $(DESTDIR)$(CNIBIN)/weft
-	sed 's|@PREFIX@|$(PREFIX)|g' dist/weftd.service > $(DESTDIR)/etc/systemd/system/weftd.service
-	test -e $(DESTDIR)/etc/weft/weftd.env || install -m 0644 dist/weftd.env $(DESTDIR)/etc/weft/weftd.env
+	sed 's|@PREFIX@|$(PREFIX)|g' dist/weftd.service > bin/weftd.service
+	install -m 0644 bin/weftd.service $(DESTDIR)/etc/systemd/system/weftd.service
+	@# weftd.env may hold WEFTD_ETCD_PASSWORD: readable by root only. An
+	@# existing one is the operator's: keep it, but say if others can read it.
+	@f=$(DESTDIR)/etc/weft/weftd.env; \
+	if [ -e "$$f" ]; then \
+		case "$$(stat -c %a "$$f")" in \
+		*00) ;; \
+		*) echo "warning: $$f is readable by other users and may hold WEFTD_ETCD_PASSWORD: chmod 600 $$f" >&2 ;; \
+		esac; \
+	else \
+		echo install -m 0600 dist/weftd.env "$$f"; \
+		install -m 0600 dist/weftd.env "$$f"; \
+	fi
 	test -e $(DESTDIR)/etc/cni/net.d/10-weft.conflist || install -m 0644 dist/10-weft.conflist $(DESTDIR)/etc/cni/net.d/10-weft.conflist
 
 fmt:

@@ -26,23 +26,47 @@ func TestMakeInstall(t *testing.T) {
 	}
 	for _, f := range []struct {
 		path string
-		exec bool
+		mode os.FileMode
 	}{
-		{"usr/bin/weftd", true},
-		{"usr/bin/weftctl", true},
-		{"opt/cni/bin/weft", true},
-		{"etc/systemd/system/weftd.service", false},
-		{"etc/weft/weftd.env", false},
-		{"etc/cni/net.d/10-weft.conflist", false},
+		{"usr/bin/weftd", 0o755},
+		{"usr/bin/weftctl", 0o755},
+		{"opt/cni/bin/weft", 0o755},
+		{"etc/systemd/system/weftd.service", 0o644},
+		// May hold WEFTD_ETCD_PASSWORD: root only.
+		{"etc/weft/weftd.env", 0o600},
+		{"etc/cni/net.d/10-weft.conflist", 0o644},
 	} {
 		st, err := os.Stat(filepath.Join(dest, f.path))
 		if err != nil {
 			t.Errorf("%s not installed: %v", f.path, err)
 			continue
 		}
-		if f.exec && st.Mode()&0o111 == 0 {
-			t.Errorf("%s is not executable: %v", f.path, st.Mode())
+		if st.Mode().Perm() != f.mode {
+			t.Errorf("%s has mode %v, want %v", f.path, st.Mode().Perm(), f.mode)
 		}
+	}
+	if st, err := os.Stat(filepath.Join(dest, "etc/weft")); err != nil || st.Mode().Perm()&0o022 != 0 {
+		t.Errorf("etc/weft is writable by others, or missing: %v", err)
+	}
+
+	// A second install keeps the operator's weftd.env, and warns when
+	// others can read it.
+	envPath := filepath.Join(dest, "etc/weft/weftd.env")
+	if err := os.WriteFile(envPath, []byte("WEFTD_ETCD_PASSWORD=s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(envPath, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("make", "-C", "..", "install", "DESTDIR="+dest, "PREFIX=/usr").CombinedOutput()
+	if err != nil {
+		t.Fatalf("second make install: %v\n%s", err, out)
+	}
+	if got, _ := os.ReadFile(envPath); string(got) != "WEFTD_ETCD_PASSWORD=s3cret\n" {
+		t.Errorf("second make install replaced the existing weftd.env: %q", got)
+	}
+	if !strings.Contains(string(out), "warning: "+envPath+" is readable by other users") {
+		t.Errorf("no warning about a weftd.env others can read:\n%s", out)
 	}
 	unit, err := os.ReadFile(filepath.Join(dest, "etc/systemd/system/weftd.service"))
 	if err != nil {
