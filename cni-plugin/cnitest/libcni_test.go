@@ -95,17 +95,28 @@ func newHarness(t *testing.T, o opts) *harness {
 			t.Fatal(err)
 		}
 	}
+	h.list = h.confList(t, "weft", o)
+	h.cni = NewCNI(h.hostNS, pluginDir, filepath.Join(dir, "cache"))
+	return h
+}
+
+// confList is a network config list named name for the harness's subnet
+// file and data directory.
+func (h *harness) confList(t *testing.T, name string, o opts) *libcni.NetworkConfigList {
+	t.Helper()
+	if o.version == "" {
+		o.version = "1.1.0"
+	}
 	plugins := fmt.Sprintf(`{"type":"weft","subnetFile":%q,"dataDir":%q%s}`, h.subnetFile, h.dataDir, o.extraWeftConf)
 	if o.portmap {
 		plugins += `,{"type":"portmap","capabilities":{"portMappings":true}}`
 	}
-	conf := fmt.Sprintf(`{"cniVersion":%q,"name":"weft","plugins":[%s]}`, o.version, plugins)
-	h.list, err = libcni.NetworkConfFromBytes([]byte(conf))
+	conf := fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[%s]}`, o.version, name, plugins)
+	list, err := libcni.NetworkConfFromBytes([]byte(conf))
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.cni = NewCNI(h.hostNS, pluginDir, filepath.Join(dir, "cache"))
-	return h
+	return list
 }
 
 type pod struct {
@@ -158,7 +169,7 @@ func (h *harness) iptablesNAT(t *testing.T) string {
 }
 
 func (h *harness) reservations(t *testing.T) []ipam.Reservation {
-	s, err := ipam.Open(h.dataDir, "weft")
+	s, err := ipam.Open(h.dataDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,6 +388,68 @@ func TestParallelAdds(t *testing.T) {
 	}
 }
 
+// TestTwoNetworksShareAddresses: a second conflist with another name but
+// the same subnet file (an operator's second config on the node) never
+// hands out an address that a pod of the first holds, even with ADDs of
+// both running at once.
+func TestTwoNetworksShareAddresses(t *testing.T) {
+	h := newHarness(t, opts{})
+	lists := []*libcni.NetworkConfigList{h.list, h.confList(t, "weft-second", opts{})}
+	const perNet = 12
+	type attach struct {
+		list *libcni.NetworkConfigList
+		pod  *pod
+	}
+	var all []attach
+	for _, l := range lists {
+		for i := 0; i < perNet; i++ {
+			all = append(all, attach{l, h.newPod(t)})
+		}
+	}
+	addrs := make([]netip.Prefix, len(all))
+	errs := make([]error, len(all))
+	var wg sync.WaitGroup
+	for i, a := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := h.cni.AddNetworkList(context.Background(), a.list, a.pod.rt)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			res, err := current.NewResultFromResult(r)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			addrs[i] = podAddr(t, res)
+		}()
+	}
+	wg.Wait()
+	seen := map[netip.Prefix]int{}
+	for i, a := range all {
+		if errs[i] != nil {
+			t.Fatalf("ADD %s to %s: %v", a.pod.name, a.list.Name, errs[i])
+		}
+		if j, dup := seen[addrs[i]]; dup {
+			t.Fatalf("%s of %s and %s of %s both got %s", all[j].pod.name, all[j].list.Name, a.pod.name, a.list.Name, addrs[i])
+		}
+		seen[addrs[i]] = i
+	}
+	for _, a := range all {
+		if err := h.cni.DelNetworkList(context.Background(), a.list, a.pod.rt); err != nil {
+			t.Fatalf("DEL %s: %v", a.pod.name, err)
+		}
+	}
+	if rs := h.reservations(t); len(rs) != 0 {
+		t.Fatalf("reservations left: %v", rs)
+	}
+	if nat := h.iptablesNAT(t); strings.Contains(nat, "WEFT-MASQ") {
+		t.Fatalf("masquerade rules left after the last DEL of both networks:\n%s", nat)
+	}
+}
+
 func TestDelUnknownAndGoneNetns(t *testing.T) {
 	h := newHarness(t, opts{})
 	p := h.newPod(t)
@@ -432,12 +505,12 @@ func TestGCReleasesLeaks(t *testing.T) {
 		h.add(t, p)
 	}
 	// A plugin killed after reserving, before any interface existed.
-	s, err := ipam.Open(h.dataDir, "weft")
+	s, err := ipam.Open(h.dataDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	err = s.Do(func(tx *ipam.Tx) error {
-		_, _, err := tx.Allocate(testEnv.LeaseSubnet(), testEnv.Subnet.Addr(), ipam.Owner{ContainerID: "crashed", IfName: "eth0"})
+		_, _, err := tx.Allocate(testEnv.LeaseSubnet(), testEnv.Subnet.Addr(), ipam.Owner{Network: "weft", ContainerID: "crashed", IfName: "eth0"})
 		return err
 	})
 	if err != nil {
@@ -563,9 +636,9 @@ func (l *lockedBuffer) String() string {
 func TestDelReclaimsCrashedAdd(t *testing.T) {
 	h := newHarness(t, opts{})
 	p := h.newPod(t)
-	s, _ := ipam.Open(h.dataDir, "weft")
+	s, _ := ipam.Open(h.dataDir, nil)
 	err := s.Do(func(tx *ipam.Tx) error {
-		_, _, err := tx.Allocate(testEnv.LeaseSubnet(), testEnv.Subnet.Addr(), ipam.Owner{ContainerID: p.rt.ContainerID, IfName: "eth0"})
+		_, _, err := tx.Allocate(testEnv.LeaseSubnet(), testEnv.Subnet.Addr(), ipam.Owner{Network: "weft", ContainerID: p.rt.ContainerID, IfName: "eth0"})
 		return err
 	})
 	if err != nil {

@@ -34,11 +34,11 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	store, err := openStore(conf)
+	store, err := openStore(conf, log)
 	if err != nil {
 		return err
 	}
-	owner := ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName}
+	owner := ipam.Owner{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}
 
 	// 1. Reserve the address before touching any interface.
 	var res ipam.Reservation
@@ -154,7 +154,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 
 	tm.mark("container")
 	// 5. Masquerade and forwarding in the host namespace.
-	if s.IPMasq && !masqCurrent(store, s.Network, s.Subnet) {
+	if s.IPMasq && !masqCurrent(store, conf.Name, s.Network, s.Subnet) {
 		err := store.Do(func(*ipam.Tx) error {
 			m, err := newMasq(conf.Name)
 			if err != nil {

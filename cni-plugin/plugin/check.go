@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 
@@ -20,7 +21,7 @@ import (
 // reservation, the container interface with its address, MTU and routes,
 // the host end on the bridge, and the masquerade rule.
 func cmdCheck(args *skel.CmdArgs) error {
-	conf, _, closeLog, err := start(args)
+	conf, log, closeLog, err := start(args)
 	if err != nil {
 		return err
 	}
@@ -33,18 +34,18 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if err := check(args, conf, s); err != nil {
+	if err := check(args, conf, s, log); err != nil {
 		return wrap(types.ErrInternal, "check", err)
 	}
 	return nil
 }
 
-func check(args *skel.CmdArgs, conf *NetConf, s *Settings) error {
-	store, err := openStore(conf)
+func check(args *skel.CmdArgs, conf *NetConf, s *Settings, log *slog.Logger) error {
+	store, err := openStore(conf, log)
 	if err != nil {
 		return err
 	}
-	owner := ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName}
+	owner := ipam.Owner{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}
 	held, err := store.Lookup(owner)
 	if err != nil {
 		return err

@@ -21,12 +21,12 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	defer closeLog()
-	store, err := openStore(conf)
+	store, err := openStore(conf, log)
 	if err != nil {
 		return err
 	}
 	tm := newTimer()
-	owner := ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName}
+	owner := ipam.Owner{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}
 	if err := deleteLinkByName(HostVethName(args.ContainerID, args.IfName)); err != nil {
 		return wrap(types.ErrInternal, "delete host veth", err)
 	}
@@ -57,7 +57,7 @@ func lastOut(store *ipam.Store, network string, remaining int) error {
 	if remaining > 0 {
 		return nil
 	}
-	if _, ok := readMasqState(store); !ok {
+	if _, ok := readMasqState(store, network); !ok {
 		return nil
 	}
 	m, err := newMasq(network)
@@ -81,19 +81,19 @@ func cmdGC(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("gc of network %q: %v", conf.Name, err), "")
 	}
-	store, err := openStore(conf)
+	store, err := openStore(conf, log)
 	if err != nil {
 		return err
 	}
 	valid := make(map[ipam.Owner]bool, len(list))
 	for _, a := range list {
-		valid[ipam.Owner{ContainerID: a.ContainerID, IfName: a.IfName}] = true
+		valid[ipam.Owner{Network: conf.Name, ContainerID: a.ContainerID, IfName: a.IfName}] = true
 	}
 	var released []ipam.Reservation
 	err = store.Do(func(tx *ipam.Tx) error {
 		var remaining int
 		var err error
-		released, remaining, err = tx.ReleaseIf(func(r ipam.Reservation) bool { return !valid[r.Owner] })
+		released, remaining, err = tx.ReleaseIf(conf.Name, func(r ipam.Reservation) bool { return !valid[r.Owner] })
 		if err != nil {
 			return err
 		}

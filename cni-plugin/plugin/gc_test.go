@@ -18,7 +18,7 @@ import (
 // list, and releases nothing. The request is refused before any link is
 // looked at, so this runs without root in any namespace.
 func TestGCRefusesWithoutValidAttachments(t *testing.T) {
-	owners := []ipam.Owner{{ContainerID: "gc-test-a", IfName: "eth0"}, {ContainerID: "gc-test-b", IfName: "eth0"}}
+	owners := []ipam.Owner{{Network: "weft", ContainerID: "gc-test-a", IfName: "eth0"}, {Network: "weft", ContainerID: "gc-test-b", IfName: "eth0"}}
 	base := `"cniVersion":"1.1.0","name":"weft","type":"weft"`
 	cases := []struct {
 		name, extra string
@@ -40,7 +40,7 @@ func TestGCRefusesWithoutValidAttachments(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			store, err := openStore(nc)
+			store, err := openStore(nc, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -38,8 +38,6 @@ import (
 //	    ^                                                                     |
 //	    +------------------------- last DEL / GC ----------------------------+
 
-const masqMarker = "masq.json"
-
 // MasqChain is the nat chain holding the masquerade rules of a network.
 func MasqChain(network string) string {
 	h := sha256.Sum256([]byte(network))
@@ -51,18 +49,21 @@ type masqState struct {
 	Subnets []string `json:"subnets"`
 }
 
-func readMasqState(store *ipam.Store) (masqState, bool) {
+func readMasqState(store *ipam.Store, network string) (masqState, bool) {
 	var st masqState
-	b, err := os.ReadFile(filepath.Join(store.Dir(), masqMarker))
+	b, err := os.ReadFile(store.MarkerPath("masq", network))
 	if err != nil || json.Unmarshal(b, &st) != nil {
 		return masqState{}, false
 	}
 	return st, true
 }
 
-func writeMasqState(store *ipam.Store, st masqState) error {
+func writeMasqState(store *ipam.Store, network string, st masqState) error {
 	b, _ := json.Marshal(st)
-	p := filepath.Join(store.Dir(), masqMarker)
+	p := store.MarkerPath("masq", network)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
 	tmp := p + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
@@ -72,8 +73,8 @@ func writeMasqState(store *ipam.Store, st masqState) error {
 
 // masqCurrent reports, without running iptables, whether the marker says
 // the rules for cluster and sub are in place.
-func masqCurrent(store *ipam.Store, cluster, sub netip.Prefix) bool {
-	st, ok := readMasqState(store)
+func masqCurrent(store *ipam.Store, network string, cluster, sub netip.Prefix) bool {
+	st, ok := readMasqState(store, network)
 	return ok && st.Network == cluster.String() && slices.Contains(st.Subnets, sub.String())
 }
 
@@ -98,7 +99,7 @@ func (m *masq) jump(sub string) []string {
 // ensure builds the chain (for cluster) and the jump for sub. The caller
 // holds the store lock.
 func (m *masq) ensure(store *ipam.Store, cluster, sub netip.Prefix) error {
-	st, ok := readMasqState(store)
+	st, ok := readMasqState(store, m.network)
 	exists, err := m.ipt.ChainExists("nat", m.chain)
 	if err != nil {
 		return fmt.Errorf("look up chain %s: %w", m.chain, err)
@@ -118,7 +119,7 @@ func (m *masq) ensure(store *ipam.Store, cluster, sub netip.Prefix) error {
 	if !slices.Contains(st.Subnets, sub.String()) {
 		st.Subnets = append(st.Subnets, sub.String())
 	}
-	return writeMasqState(store, st)
+	return writeMasqState(store, m.network, st)
 }
 
 func (m *masq) buildChain(cluster netip.Prefix) error {
@@ -161,7 +162,7 @@ func (m *masq) check(cluster, sub netip.Prefix) error {
 // remove deletes every jump and the chain. The caller holds the store lock
 // and has seen that no address is reserved any more.
 func (m *masq) remove(store *ipam.Store) error {
-	st, _ := readMasqState(store)
+	st, _ := readMasqState(store, m.network)
 	var errs []error
 	for _, sub := range st.Subnets {
 		err := m.ipt.Delete("nat", "POSTROUTING", m.jump(sub)...)
@@ -176,7 +177,7 @@ func (m *masq) remove(store *ipam.Store) error {
 		}
 	}
 	if len(errs) == 0 {
-		os.Remove(filepath.Join(store.Dir(), masqMarker))
+		os.Remove(store.MarkerPath("masq", m.network))
 	}
 	return errors.Join(errs...)
 }

@@ -159,8 +159,10 @@ func wrap(code uint, context string, err error) error {
 	return types.NewError(code, fmt.Sprintf("%s: %v", context, err), "")
 }
 
-func openStore(conf *NetConf) (*ipam.Store, error) {
-	s, err := ipam.Open(conf.DataDir, conf.Name)
+// openStore opens the node's address store under dataDir, which every
+// network config sharing the dataDir uses.
+func openStore(conf *NetConf, log *slog.Logger) (*ipam.Store, error) {
+	s, err := ipam.Open(conf.DataDir, log)
 	if err != nil {
 		return nil, types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
