@@ -594,8 +594,9 @@ func (s *Store) migrate(dir string) error {
 	os.Remove(filepath.Join(dir, lastName))
 	os.Remove(lockPath)
 	if err := os.Remove(dir); err != nil {
-		// Files we do not know stay, and so does the directory; it is
-		// looked at again, which costs a listing.
+		// Files we do not know stay, and so does the directory. Without a
+		// lock, marker or reservation it is not taken for an old store
+		// again.
 		s.log.Warn("ipam migration: old directory not removed", "dir", dir, "err", err)
 	}
 	s.log.Info("ipam migration: moved reservations into the shared store", "network", network, "reservations", moved, "from", dir, "to", s.dir)
