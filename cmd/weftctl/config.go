@@ -34,7 +34,8 @@ func cmdConfig(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 }
 
 // configGet prints the stored config, indented. An invalid config is still
-// printed, with a warning on stderr.
+// printed, with a warning on stderr. What is stored may be anything, so a
+// config that is not JSON is printed with its non-printing runes escaped.
 func configGet(ctx context.Context, e *env) error {
 	reg, err := e.registry()
 	if err != nil {
@@ -45,10 +46,10 @@ func configGet(ctx context.Context, e *env) error {
 		return err
 	}
 	var buf bytes.Buffer
-	out := raw
+	out := []byte(textLines(string(raw)))
 	if json.Indent(&buf, bytes.TrimSpace(raw), "", "  ") == nil {
 		buf.WriteByte('\n')
-		out = buf.Bytes()
+		out = safeJSON(buf.Bytes())
 	}
 	if _, err := e.stdout.Write(out); err != nil {
 		return err
@@ -58,7 +59,7 @@ func configGet(ctx context.Context, e *env) error {
 		err = backends.Check(cfg, nil)
 	}
 	if err != nil {
-		fmt.Fprintf(e.stderr, "weftctl config get: warning: the stored config is invalid: %v\n", err)
+		fmt.Fprintf(e.stderr, "weftctl config get: warning: the stored config is invalid: %s\n", text(err.Error()))
 	}
 	return nil
 }
@@ -126,7 +127,7 @@ func (h *lineHandler) Handle(_ context.Context, r slog.Record) error {
 		add(a)
 	}
 	r.Attrs(add)
-	_, err := fmt.Fprintf(h.w, "%s%s\n", h.prefix, b.String())
+	_, err := fmt.Fprintf(h.w, "%s%s\n", h.prefix, text(b.String()))
 	return err
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -65,13 +64,11 @@ func cmdDoctor(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 		return err
 	}
 	if c.output == "json" {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
+		if err := writeJSON(e.stdout, rep); err != nil {
 			return err
 		}
 	} else {
-		fmt.Fprint(e.stdout, rep.Format())
+		fmt.Fprint(e.stdout, textLines(rep.Format()))
 	}
 	if !rep.OK() {
 		return errProblemsFound

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -121,7 +122,7 @@ func writeLeasesTable(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED")
 	for _, l := range snap.Leases {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, backendName(l.Attrs),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, field(backendName(l.Attrs)),
 			dash(vtepMAC(l.Attrs)), expiresIn(l, now), yesNo(l.Reservation))
 	}
 	if err := tw.Flush(); err != nil {
@@ -130,7 +131,7 @@ func writeLeasesTable(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 	if len(snap.Invalid) > 0 {
 		fmt.Fprintf(w, "\n%d invalid key(s), ignored by weftd:\n", len(snap.Invalid))
 		for _, inv := range snap.Invalid {
-			fmt.Fprintf(w, "  %s: %v\n", inv.Key, inv.Err)
+			fmt.Fprintf(w, "  %s: %s\n", field(inv.Key), text(inv.Err.Error()))
 		}
 	}
 	return nil
@@ -139,7 +140,14 @@ func writeLeasesTable(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 func writeLeasesJSON(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 	out := make([]any, 0, len(snap.Leases)+len(snap.Invalid))
 	for _, l := range snap.Leases {
-		value, _ := l.Attrs.MarshalJSON()
+		value, err := l.Attrs.MarshalJSON()
+		if err != nil || !json.Valid(value) {
+			// subnet.LeaseAttrs.MarshalJSON writes BackendType with Go's
+			// quoting, which is not JSON when it holds a control
+			// character. One such lease must not make the whole listing
+			// fail: carry that value as a JSON string instead.
+			value, _ = json.Marshal(string(value))
+		}
 		j := leaseJSON{
 			Subnet:      l.Subnet.String(),
 			PublicIP:    l.Attrs.PublicIP.String(),
@@ -165,11 +173,18 @@ func writeLeasesJSON(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 	return writeJSON(w, out)
 }
 
+// writeJSON writes v indented, with every non-printing rune escaped (see
+// safeJSON).
 func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	_, err := w.Write(safeJSON(buf.Bytes()))
+	return err
 }
 
 // parseSubnetArg parses a SUBNET argument, accepting flannel's key form too

@@ -245,7 +245,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	case err == nil:
 		return exitOK
 	case errors.As(err, &ue):
-		fmt.Fprintf(e.stderr, "weftctl %s: %v\n", cmd.name, err)
+		fmt.Fprintf(e.stderr, "weftctl %s: %s\n", cmd.name, text(err.Error()))
 		commandUsage(e.stderr, cmd, fs)
 		return exitUsage
 	default:
@@ -253,7 +253,7 @@ func run(ctx context.Context, args []string, e *env) int {
 		if errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, etcd.ErrTLS) && ctx.Err() == nil {
 			msg += fmt.Sprintf(" (is etcd reachable at %s?)", c.endpoints)
 		}
-		fmt.Fprintf(e.stderr, "weftctl %s: %s\n", cmd.name, msg)
+		fmt.Fprintf(e.stderr, "weftctl %s: %s\n", cmd.name, text(msg))
 		return exitFailed
 	}
 }

@@ -43,7 +43,7 @@ func cmdStatus(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 		return fmt.Errorf("ask weftd: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("ask weftd: GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
+		return fmt.Errorf("ask weftd: GET %s: %s: %s", url, resp.Status, text(strings.TrimSpace(string(body))))
 	}
 	var st apitypes.Status
 	if err := json.Unmarshal(body, &st); err != nil {
@@ -65,7 +65,9 @@ func since(t, now time.Time) string {
 
 func writeStatus(w io.Writer, st apitypes.Status, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	line := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+	// Every value comes from weftd, and several embed data from etcd (the
+	// config error, refused peers' reasons): escape them all.
+	line := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", text(k), text(v)) }
 
 	lease := dash(st.Lease)
 	switch {

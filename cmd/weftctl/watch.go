@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -90,21 +91,26 @@ func writeEvent(w io.Writer, ev etcd.Event, asJSON bool) error {
 		if ev.Err != nil {
 			j.Error = ev.Err.Error()
 		}
-		enc := json.NewEncoder(w)
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
 		enc.SetEscapeHTML(false)
-		return enc.Encode(j)
+		if err := enc.Encode(j); err != nil {
+			return err
+		}
+		_, err := w.Write(safeJSON(buf.Bytes()))
+		return err
 	}
 	fields := []string{ts.Format(time.RFC3339), eventWord(ev)}
 	if ev.Subnet.IsValid() {
 		fields = append(fields, ev.Subnet.String())
 	} else {
-		fields = append(fields, ev.Key)
+		fields = append(fields, field(ev.Key))
 	}
 	if attrs.PublicIP.IsValid() {
-		fields = append(fields, attrs.PublicIP.String(), backendName(attrs))
+		fields = append(fields, attrs.PublicIP.String(), field(backendName(attrs)))
 	}
 	if ev.Err != nil {
-		fields = append(fields, "invalid: "+ev.Err.Error())
+		fields = append(fields, "invalid: "+text(ev.Err.Error()))
 	}
 	_, err := fmt.Fprintln(w, strings.Join(fields, " "))
 	return err
