@@ -24,6 +24,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/backend/udp/packet"
 	"github.com/weftnet/weft/internal/nl"
 	"github.com/weftnet/weft/subnet"
@@ -301,6 +302,12 @@ func startInNS(t *testing.T, n *testNS, network string) *udpBackend {
 	}
 	c := backendConfig(cfg, nil)
 	c.Netns = n.h
+	return startWith(t, c)
+}
+
+// startWith is startInNS with a backend config of the caller's.
+func startWith(t *testing.T, c backend.Config) *udpBackend {
+	t.Helper()
 	bi, err := New(c)
 	if err != nil {
 		t.Fatal(err)

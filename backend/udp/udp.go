@@ -103,6 +103,11 @@ type udpBackend struct {
 	applied  bool // address and route were programmed once
 	status   backend.Status
 	offloads string
+
+	// routeRefused is why the last pass did not route the network into
+	// the device ("" if it did); routeRefusedLogged the reason last logged.
+	routeRefused       string
+	routeRefusedLogged string
 }
 
 // New validates the options and builds the backend; it touches no kernel state.
@@ -340,11 +345,25 @@ func (b *udpBackend) Run(ctx context.Context) error {
 	wctx, wcancel := context.WithCancel(ctx)
 	var wwg sync.WaitGroup
 	wwg.Go(func() {
+		nw := b.cfg.Network.Network
 		nl.Watch(wctx, b.cfg.Netns, b.logger, nl.Filter{
 			Link: func(u netlink.LinkUpdate) bool { return u.Attrs() != nil && u.Attrs().Name == DeviceName },
-			Addr: func(u netlink.AddrUpdate) bool { return !u.NewAddr },
+			// A new address or route in the network may be underlay
+			// the network route must no longer cover (underlay.go).
+			Addr: func(u netlink.AddrUpdate) bool {
+				a, ok := netip.AddrFromSlice(u.LinkAddress.IP)
+				return !u.NewAddr || (ok && nw.Contains(a.Unmap()))
+			},
 			Route: func(u netlink.RouteUpdate) bool {
-				return u.Type == unix.RTM_DELROUTE && u.Protocol == backend.RouteProtocol
+				if u.Protocol == backend.RouteProtocol {
+					return u.Type == unix.RTM_DELROUTE
+				}
+				if u.Type != unix.RTM_NEWROUTE || u.Table != unix.RT_TABLE_MAIN || u.Dst == nil {
+					return false
+				}
+				a, ok := netip.AddrFromSlice(u.Dst.IP)
+				ones, _ := u.Dst.Mask.Size()
+				return ok && netip.PrefixFrom(a.Unmap(), ones).Overlaps(nw)
 			},
 		}, b.kickNow)
 	})
@@ -459,15 +478,31 @@ func (b *udpBackend) reconcile() (gone bool) {
 	}
 	b.status.LastReconcile = time.Now()
 	b.status.LastError = ""
+	refused := errors.Is(err, ErrUnderlayRoute)
 	switch {
 	case gone:
 		b.status.LastError = err.Error()
 		b.logger.Info("device disappeared; re-creating it", "device", DeviceName)
+	case refused:
+		// Repeated every pass until the config or the host changes:
+		// logged once per reason.
+		b.status.LastError = err.Error()
+		if b.routeRefusedLogged != b.routeRefused {
+			b.logger.Error("not routing the cluster network into the TUN device; no peer is reachable", "device", DeviceName, "err", err)
+			b.routeRefusedLogged = b.routeRefused
+		}
 	case err != nil:
 		b.status.LastError = err.Error()
 		b.logger.Warn("reconcile", "err", err)
 	}
+	if !refused && b.routeRefusedLogged != "" && b.routeRefused == "" {
+		b.logger.Info("the cluster network route no longer covers the underlay; routing it again", "device", DeviceName)
+		b.routeRefusedLogged = ""
+	}
 	b.status.PeersProgrammed = b.peers - len(b.refused)
+	if b.routeRefused != "" {
+		b.status.PeersProgrammed = 0
+	}
 	if b.cfg.OnReconcile != nil {
 		b.cfg.OnReconcile(time.Since(t0), err)
 	}
@@ -489,14 +524,20 @@ func (b *udpBackend) reconcileLocked() error {
 	if err != nil {
 		return fmt.Errorf("find %s: %w", DeviceName, err)
 	}
-	// Address: the lease's network address /32, and nothing else.
+	idx := link.Attrs().Index
+	// Address: the lease's network address /32, and nothing else. Every
+	// address of the namespace is listed: the others are the underlay
+	// the route below must leave alone.
 	want := netip.PrefixFrom(b.own.Subnet.Masked().Addr(), 32)
-	addrs, err := nl.Dump(func() ([]netlink.Addr, error) { return b.nlh.AddrList(link, netlink.FAMILY_V4) })
+	addrs, err := nl.Dump(func() ([]netlink.Addr, error) { return b.nlh.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
-		return fmt.Errorf("list addresses of %s: %w", DeviceName, err)
+		return fmt.Errorf("list addresses: %w", err)
 	}
 	have := false
 	for _, a := range addrs {
+		if a.LinkIndex != idx {
+			continue
+		}
 		p, _ := netip.AddrFromSlice(a.IP.To4())
 		ones, _ := a.Mask.Size()
 		if netip.PrefixFrom(p, ones) == want {
@@ -516,28 +557,33 @@ func (b *udpBackend) reconcileLocked() error {
 			b.status.Repairs["addr"]++
 		}
 	}
-	// Route: the whole cluster network into the device.
+	// Route: the whole cluster network into the device, unless it would
+	// take the host's own traffic off its underlay (underlay.go).
 	nw := b.cfg.Network.Network
 	routes, err := nl.Dump(func() ([]netlink.Route, error) {
-		return b.nlh.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: link.Attrs().Index}, netlink.RT_FILTER_OIF)
+		return b.nlh.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
-		return fmt.Errorf("list routes via %s: %w", DeviceName, err)
+		return fmt.Errorf("list routes: %w", err)
 	}
+	b.routeRefused = underlayConflict(nw, b.own.Subnet, idx, routes, addrs)
 	haveRoute := false
 	for _, r := range routes {
-		if r.Protocol != backend.RouteProtocol || r.Dst == nil {
+		if r.LinkIndex != idx || r.Protocol != backend.RouteProtocol || r.Dst == nil {
 			continue
 		}
 		p, _ := netip.AddrFromSlice(r.Dst.IP.To4())
 		ones, _ := r.Dst.Mask.Size()
-		if netip.PrefixFrom(p, ones) == nw && r.Table == unix.RT_TABLE_MAIN {
+		if netip.PrefixFrom(p, ones) == nw && b.routeRefused == "" {
 			haveRoute = true
 			continue
 		}
 		if err := b.nlh.RouteDel(&r); err != nil {
 			return fmt.Errorf("remove stale route %s: %w", r.Dst, err)
 		}
+	}
+	if b.routeRefused != "" {
+		return fmt.Errorf("%w: %s", ErrUnderlayRoute, b.routeRefused)
 	}
 	if !haveRoute {
 		r := &netlink.Route{
