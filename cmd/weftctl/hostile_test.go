@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weftnet/weft/internal/apitypes"
 	"github.com/weftnet/weft/subnet/etcd"
 )
 
@@ -202,5 +205,30 @@ func TestEscapeHelpers(t *testing.T) {
 	assertTerminalSafe(t, "safeJSON", string(out))
 	if got := string(safeJSON([]byte("\"\xff\""))); got != `"\ufffd"` {
 		t.Errorf("safeJSON of a non-UTF-8 byte: %s", got)
+	}
+}
+
+// TestStatusHostile: strings weftd reports from etcd data (refused keys,
+// reasons, the config error) are escaped in weftctl status's table.
+func TestStatusHostile(t *testing.T) {
+	st := apitypes.Status{
+		Lease: "198.18.7.0/24", Backend: "vxlan", Version: "v0.1.0",
+		PeersRefused:   map[string]string{"198.18.9.0/24": "BackendType \"x\x1b[2J\""},
+		LeasesRefused:  []apitypes.LeaseRefusal{{Key: "\x1b]0;t\x07\n198.18.2.0-24", Reason: "unparsable", Error: "subnet key \"\u009b\u202e\": bad\nline"}},
+		NotReadyReason: "waiting\x1b[A", ConfigError: "config field Backend.Type: unknown backend \"\x1b[2J\"",
+		LastError: "bad\tthing\r",
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(st)
+	}))
+	defer srv.Close()
+	h := &harness{t: t, env: map[string]string{}, now: time.Now()}
+	out := h.runOK("status", "--addr", strings.TrimPrefix(srv.URL, "http://"))
+	assertTerminalSafe(t, "status", out)
+	if !strings.Contains(out, `"\x1b]0;t\a\n198.18.2.0-24"`) {
+		t.Errorf("refused key not shown quoted:\n%s", out)
+	}
+	if strings.Contains(out, "\n198.18.2.0-24") || strings.Contains(out, "\nline") {
+		t.Errorf("a key or error text forged a line:\n%s", out)
 	}
 }

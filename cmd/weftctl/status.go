@@ -110,6 +110,12 @@ func writeStatus(w io.Writer, st apitypes.Status, now time.Time) error {
 	if st.LeasesSkipped > 0 {
 		line("Leases skipped", fmt.Sprint(st.LeasesSkipped))
 	}
+	if len(st.LeasesRefused) > 0 {
+		line("Leases refused", fmt.Sprint(len(st.LeasesRefused)))
+	}
+	for _, r := range st.LeasesRefused {
+		line("  "+field(r.Key), r.Reason+": "+r.Error)
+	}
 	line("Last reconcile", since(st.LastReconcile, now))
 	line("Last etcd contact", since(st.LastEtcdContact, now))
 	line("Restart needed", yesNo(st.RestartNeeded))
