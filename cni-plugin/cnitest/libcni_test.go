@@ -450,6 +450,52 @@ func TestTwoNetworksShareAddresses(t *testing.T) {
 	}
 }
 
+// TestBridgeWithForeignAddressIsRefused: a config that names a bridge
+// holding an address outside the lease (the host's own, say) makes ADD fail
+// with an error naming the bridge and the address, and the bridge keeps its
+// address, its MTU and its state.
+func TestBridgeWithForeignAddressIsRefused(t *testing.T) {
+	h := newHarness(t, opts{})
+	run(t, "ip", "-n", h.hostName, "link", "add", "cni0", "mtu", "1500", "type", "bridge")
+	run(t, "ip", "-n", h.hostName, "addr", "add", "192.0.2.10/24", "dev", "cni0")
+	p := h.newPod(t)
+	_, err := h.cni.AddNetworkList(context.Background(), h.list, p.rt)
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, "bridge cni0 holds 192.0.2.10/24") {
+		t.Fatalf("ADD on a bridge holding 192.0.2.10/24: got %v, want an invalid-config error naming cni0 and the address", err)
+	}
+	br := run(t, "ip", "-n", h.hostName, "-4", "addr", "show", "cni0")
+	if !strings.Contains(br, "192.0.2.10/24") || strings.Contains(br, gw) || !strings.Contains(br, "mtu 1500") || strings.Contains(br, ",UP") {
+		t.Fatalf("the refused bridge was changed:\n%s", br)
+	}
+	if rs := h.reservations(t); len(rs) != 0 {
+		t.Fatalf("refused ADD left reservations: %v", rs)
+	}
+	if out := run(t, "ip", "-n", h.hostName, "link", "show"); strings.Contains(out, plugin.HostVethName(p.rt.ContainerID, "eth0")) {
+		t.Fatalf("refused ADD left the host veth:\n%s", out)
+	}
+	// Without the foreign address the bridge is fine.
+	run(t, "ip", "-n", h.hostName, "addr", "del", "192.0.2.10/24", "dev", "cni0")
+	h.add(t, p)
+	h.del(t, p)
+}
+
+// TestBridgeStaleAddressInLease: an address inside the lease subnet that is
+// not the gateway (left from an earlier lease overlapping this one) is ours
+// to remove; it goes, so that no pod can get an address the bridge holds.
+func TestBridgeStaleAddressInLease(t *testing.T) {
+	h := newHarness(t, opts{})
+	run(t, "ip", "-n", h.hostName, "link", "add", "cni0", "type", "bridge")
+	run(t, "ip", "-n", h.hostName, "addr", "add", "198.18.5.77/25", "dev", "cni0")
+	p := h.newPod(t)
+	h.add(t, p)
+	br := run(t, "ip", "-n", h.hostName, "-4", "addr", "show", "cni0")
+	if strings.Contains(br, "198.18.5.77") || !strings.Contains(br, gw+"/24") {
+		t.Fatalf("bridge after ADD:\n%s", br)
+	}
+	h.del(t, p)
+}
+
 func TestDelUnknownAndGoneNetns(t *testing.T) {
 	h := newHarness(t, opts{})
 	p := h.newPod(t)

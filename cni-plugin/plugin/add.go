@@ -76,9 +76,16 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}()
 
 	// 2. Host side: the bridge.
-	br, err := ensureBridge(s)
+	br, removed, err := ensureBridge(s, store)
+	var foreign *ForeignAddressError
+	if errors.As(err, &foreign) {
+		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
+	}
 	if err != nil {
 		return wrap(types.ErrInternal, "ensure bridge", err)
+	}
+	for _, p := range removed {
+		log.Warn("removed a stale address from the bridge", "bridge", s.Bridge, "address", p, "gateway", s.Gateway)
 	}
 
 	tm.mark("bridge")
