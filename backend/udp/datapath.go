@@ -75,11 +75,13 @@ const (
 	dropSend
 	dropTUNWrite
 	dropNotIPv4
+	dropSpoofedSource
 	numDrops
 )
 
 var dropNames = [numDrops]string{
 	"unknown-peer", "malformed", "not-our-subnet", "bad-source", "no-route", "ttl-exceeded", "send-error", "tun-write", "not-ipv4",
+	"spoofed-source",
 }
 
 type counters struct {
@@ -113,6 +115,16 @@ type fwdState struct {
 
 func (s *fwdState) inNetwork(a uint32) bool { return a&s.netMask == s.netAddr }
 func (s *fwdState) inOwn(a uint32) bool     { return a&s.ownMask == s.ownAddr }
+
+// sentBy reports whether src, an inner source address, lies in a subnet
+// leased to the peer with PublicIP pub: the only sources that peer may
+// send from. One PublicIP may hold several leases (an old one still
+// alive next to a new one); each maps to it. Our own subnet, another
+// peer's and unleased ones do not.
+func (s *fwdState) sentBy(src, pub uint32) bool {
+	p, ok := s.peers[src&s.subMask]
+	return ok && p == pub
+}
 
 // Sizes of the per-direction buffers.
 const (
@@ -505,7 +517,16 @@ func (r *rxPath) run() error {
 }
 
 // handle processes message i of the batch: one datagram, or several of
-// equal size when UDP GRO merged them.
+// equal size when UDP GRO merged them. A datagram must come from a peer's
+// PublicIP (else unknown-peer); each inner packet must come from inside
+// the network (bad-source) and from a subnet leased to that PublicIP
+// (spoofed-source), and go to our own subnet (not-our-subnet). What this
+// cannot tell: the outer source address is not authenticated, so a host
+// that can forge a peer's PublicIP can send as that peer; and a pod on a
+// peer host, masqueraded to its host's address, can send with any source
+// in that host's subnets. Only a firewall that admits the port from peer
+// hosts alone, and keeps pods off it, closes those (Documentation/
+// backends.md).
 func (r *rxPath) handle(i int, st *fwdState) {
 	m := &r.msgs[i]
 	seg := m.seg
@@ -537,6 +558,9 @@ func (r *rxPath) handle(i int, st *fwdState) {
 		switch {
 		case !st.inNetwork(ip.Src):
 			r.stats.drops[dropBadSource].Add(1)
+			continue
+		case !st.sentBy(ip.Src, m.addr):
+			r.stats.drops[dropSpoofedSource].Add(1)
 			continue
 		case !st.inOwn(ip.Dst):
 			r.stats.drops[dropNotOurSubnet].Add(1)

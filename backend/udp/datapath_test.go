@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -328,6 +329,12 @@ func TestDecapsulateFilters(t *testing.T) {
 		{"relay", peer, ipPacket("198.18.2.7", "198.18.3.5", packet.ProtoUDP, []byte("hi"), 64), "not-our-subnet"},
 		{"outside-dst", peer, ipPacket("198.18.2.7", "203.0.113.5", packet.ProtoUDP, []byte("hi"), 64), "not-our-subnet"},
 		{"spoofed-src", peer, ipPacket("203.0.113.1", "198.18.1.5", packet.ProtoUDP, []byte("hi"), 64), "bad-source"},
+		// The inner source must lie in a subnet leased to the sender.
+		{"src-other-peers-pod", peer, ipPacket("198.18.3.7", "198.18.1.5", packet.ProtoUDP, []byte("hi"), 64), "spoofed-source"},
+		{"src-our-own-pod", peer, ipPacket("198.18.1.9", "198.18.1.5", packet.ProtoUDP, []byte("hi"), 64), "spoofed-source"},
+		{"src-unleased", peer, ipPacket("198.18.9.9", "198.18.1.5", packet.ProtoTCP, []byte("hi"), 64), "spoofed-source"},
+		{"src-second-lease-of-sender", peer, ipPacket("198.18.4.7", "198.18.1.5", packet.ProtoUDP, []byte("hi"), 64), ""},
+		{"src-other-peer-itself", u32("192.0.2.3"), ipPacket("198.18.3.7", "198.18.1.5", packet.ProtoTCP, []byte("hi"), 64), ""},
 		{"ttl", peer, ipPacket("198.18.2.7", "198.18.1.5", packet.ProtoUDP, []byte("hi"), 1), "ttl-exceeded"},
 		{"garbage", peer, []byte{1, 2, 3}, "malformed"},
 		{"ipv6", peer, append([]byte{0x60}, make([]byte, 39)...), "malformed"},
@@ -337,6 +344,7 @@ func TestDecapsulateFilters(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			for _, vnet := range []bool{false, true} {
 				_, rx, tun, _, b := testPath(t, vnet, false)
+				b.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24")}, spoofPeers())
 				rx.msgs[0] = message{buf: rx.bufs[0][headroom:], n: len(c.pkt), addr: c.from}
 				copy(rx.msgs[0].buf, c.pkt)
 				rx.handle(0, b.fwd.Load())
@@ -365,6 +373,46 @@ func TestDecapsulateFilters(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// spoofPeers is testPath's peer 198.18.2.0/24 at 192.0.2.2, which also
+// holds 198.18.4.0/24 (an old lease still alive), and 198.18.3.0/24 at
+// 192.0.2.3.
+func spoofPeers() []subnet.Lease {
+	lease := func(sn, pub string) subnet.Lease {
+		return subnet.Lease{Subnet: netip.MustParsePrefix(sn), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr(pub)}}
+	}
+	return []subnet.Lease{lease("198.18.2.0/24", "192.0.2.2"), lease("198.18.4.0/24", "192.0.2.2"), lease("198.18.3.0/24", "192.0.2.3")}
+}
+
+// TestDecapsulateSpoofedInGRO puts packets from the sender's pods and from
+// another peer's pod in one UDP GRO buffer from 192.0.2.2: only the
+// sender's are delivered, the other is counted as spoofed-source.
+func TestDecapsulateSpoofedInGRO(t *testing.T) {
+	for _, vnet := range []bool{false, true} {
+		_, rx, tun, _, b := testPath(t, vnet, false)
+		b.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24")}, spoofPeers())
+		var buf []byte
+		for i, src := range []string{"198.18.2.7", "198.18.3.7", "198.18.4.7"} {
+			buf = append(buf, ipPacket(src, "198.18.1.5", packet.ProtoUDP, []byte{byte(i), 0, 0, 0}, 64)...)
+		}
+		m := &rx.msgs[0]
+		*m = message{buf: rx.bufs[0][headroom:], n: len(buf), addr: u32("192.0.2.2"), seg: len(buf) / 3}
+		copy(m.buf, buf)
+		rx.handle(0, b.fwd.Load())
+		rx.coal.Flush()
+		var srcs []string
+		for _, w := range tun.take() {
+			if vnet {
+				w = w[packet.VirtioNetHdrLen:]
+			}
+			srcs = append(srcs, netip.AddrFrom4([4]byte(w[12:16])).String())
+		}
+		s := b.Status().DataPath
+		if strings.Join(srcs, ",") != "198.18.2.7,198.18.4.7" || s.RxPackets != 2 || s.Drops["spoofed-source"] != 1 {
+			t.Fatalf("vnet=%v: delivered %v, stats %+v", vnet, srcs, s)
+		}
 	}
 }
 
@@ -682,5 +730,36 @@ func TestDecapsulateMixedGRO(t *testing.T) {
 	}
 	if udps != 2 || !bytes.Equal(tcp, wantTCP) {
 		t.Fatalf("udp writes %d, tcp payload intact %v", udps, bytes.Equal(tcp, wantTCP))
+	}
+}
+
+// TestReceiveFiltersNoAllocs checks that a datagram costs no allocation
+// whichever way the receive filters decide.
+func TestReceiveFiltersNoAllocs(t *testing.T) {
+	_, rx, _, _, b := testPath(t, false, false)
+	b.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24")}, spoofPeers())
+	rx.tun, rx.conn, rx.vw = nopTUN{}, &nopConn{}, nopTUN{}
+	st := b.fwd.Load()
+	for _, c := range []struct {
+		name, src string
+		from      uint32
+	}{
+		{"delivered", "198.18.2.7", u32("192.0.2.2")},
+		{"spoofed-source", "198.18.3.7", u32("192.0.2.2")},
+		{"bad-source", "203.0.113.1", u32("192.0.2.2")},
+		{"unknown-peer", "198.18.2.7", u32("192.0.2.99")},
+	} {
+		p := ipPacket(c.src, "198.18.1.5", packet.ProtoUDP, make([]byte, 100), 64)
+		if a := testing.AllocsPerRun(100, func() {
+			m := &rx.msgs[0]
+			*m = message{buf: rx.bufs[0][headroom:], n: len(p), addr: c.from}
+			copy(m.buf, p)
+			rx.handle(0, st)
+		}); a != 0 {
+			t.Errorf("%s: %v allocations per datagram", c.name, a)
+		}
+	}
+	if d := b.Status().DataPath.Drops; d["spoofed-source"] == 0 || d["bad-source"] == 0 || d["unknown-peer"] == 0 {
+		t.Fatalf("filters not exercised: %v", d)
 	}
 }
