@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"strings"
 
 	"github.com/weftnet/weft/internal/backends"
 	"github.com/weftnet/weft/subnet"
+	"github.com/weftnet/weft/subnet/etcd"
 )
 
 func cmdConfig(ctx context.Context, e *env, c *cmdFlags, args []string) error {
@@ -92,11 +95,81 @@ func configSet(ctx context.Context, e *env, file string) error {
 	if err != nil {
 		return err
 	}
+	if err := checkUnderlay(ctx, e, reg, cfg); err != nil {
+		return fmt.Errorf("refusing invalid config: %w", err)
+	}
 	if err := reg.PutConfig(ctx, raw); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "config written to %s\n", reg.ConfigKey())
 	return nil
+}
+
+// checkUnderlay refuses a Network that contains an underlay address: one of
+// this machine's own (every interface of the current network namespace), or
+// the PublicIP of a lease or reservation already in etcd. weftd would route
+// the whole network into the overlay, capturing the traffic between the
+// hosts themselves. The error says where the address came from.
+func checkUnderlay(ctx context.Context, e *env, reg *etcd.Registry, cfg *subnet.Config) error {
+	list := e.localAddrs
+	if list == nil {
+		list = interfaceAddrs
+	}
+	local, err := list()
+	if err != nil {
+		return fmt.Errorf("list this machine's addresses to check Network against them: %w", err)
+	}
+	for _, a := range local {
+		if err := cfg.CheckUnderlay(a.addr); err != nil {
+			return fmt.Errorf("%w (%s is an address of interface %s on this machine)", err, a.addr, a.iface)
+		}
+	}
+	snap, err := reg.Leases(ctx)
+	if err != nil {
+		return fmt.Errorf("list leases to check Network against their PublicIPs: %w", err)
+	}
+	for _, l := range snap.Leases {
+		if err := cfg.CheckUnderlay(l.Attrs.PublicIP); err != nil {
+			kind := "lease"
+			if l.Reservation {
+				kind = "reservation"
+			}
+			return fmt.Errorf("%w (%s is the PublicIP of the %s %s in etcd)", err, l.Attrs.PublicIP, kind, l.Subnet)
+		}
+	}
+	return nil
+}
+
+// localAddr is one address of an interface of this machine.
+type localAddr struct {
+	iface string
+	addr  netip.Addr
+}
+
+// interfaceAddrs lists the addresses of every interface in the current
+// network namespace.
+func interfaceAddrs() ([]localAddr, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	var out []localAddr
+	for _, ifc := range ifs {
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			return nil, fmt.Errorf("addresses of %s: %w", ifc.Name, err)
+		}
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
+				out = append(out, localAddr{iface: ifc.Name, addr: ip.Unmap()})
+			}
+		}
+	}
+	return out, nil
 }
 
 // warnLogger turns what a backend logs while it checks its options (an

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -63,5 +64,83 @@ func TestConfigSetWarnsUnknownOption(t *testing.T) {
 	r := h.run(t.Context(), "config", "set", "-")
 	if r.code != 0 || !strings.Contains(r.stderr, "weftctl config set: warning: ") || !strings.Contains(r.stderr, "VNl") {
 		t.Fatalf("exit %d, stderr %q; want success and a warning naming VNl", r.code, r.stderr)
+	}
+}
+
+// TestConfigSetUnderlay: config set refuses a Network that contains the
+// PublicIP of a lease or reservation in etcd, or an address of this
+// machine, and says where the address came from; nothing is written.
+func TestConfigSetUnderlay(t *testing.T) {
+	h, cli, reg := withEtcd(t)
+	seedLeases(t, cli, reg) // PublicIPs 192.0.2.11, 192.0.2.12, 203.0.113.130; reservation for 198.51.100.42
+	h.localAddrs = []localAddr{
+		{"lo", netip.MustParseAddr("127.0.0.1")},
+		{"lo", netip.MustParseAddr("::1")},
+		{"eth9", netip.MustParseAddr("198.51.100.7")},
+		{"eth9", netip.MustParseAddr("2001:db8::7")},
+	}
+	for _, tc := range []struct {
+		network string
+		want    []string // nil: accepted
+	}{
+		{"192.0.2.0/24", []string{"192.0.2.11", "PublicIP of the lease 198.18.7.0/24 in etcd"}},
+		{"203.0.113.128/25", []string{"203.0.113.130", "PublicIP of the lease 198.18.130.0/24 in etcd"}},
+		{"198.51.100.32/28", []string{"198.51.100.42", "PublicIP of the reservation 198.18.42.0/24 in etcd"}},
+		{"198.51.100.0/24", []string{"198.51.100.7", "address of interface eth9 on this machine"}},
+		{"198.18.0.0/16", nil},
+	} {
+		t.Run(tc.network, func(t *testing.T) {
+			h := &harness{t: t, env: h.env, localAddrs: h.localAddrs}
+			if err := reg.PutConfig(t.Context(), []byte(netConfig)); err != nil {
+				t.Fatal(err)
+			}
+			h.stdin = `{"Network":"` + tc.network + `","Backend":{"Type":"vxlan"}}`
+			if tc.want == nil {
+				h.runOK("config", "set", "-")
+				return
+			}
+			r := h.runFail(1, "config", "set", "-")
+			for _, w := range append([]string{"refusing invalid config: config field Network", "contains the underlay address"}, tc.want...) {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("stderr %q lacks %q", r.stderr, w)
+				}
+			}
+			if out := h.runOK("config", "get"); strings.Contains(out, tc.network) {
+				t.Errorf("the refused config was written:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestConfigSetUnderlayRealAddrs: without a stand-in, config set reads the
+// interfaces of the namespace it runs in. A Network around one of this
+// machine's own IPv4 addresses is refused.
+func TestConfigSetUnderlayRealAddrs(t *testing.T) {
+	addrs, err := interfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var own *localAddr
+	sawLoopback := false
+	for i, a := range addrs {
+		sawLoopback = sawLoopback || a.addr == netip.MustParseAddr("127.0.0.1")
+		// An address a valid Network can contain (ParseConfig refuses
+		// loopback, link-local, multicast and class E networks).
+		if own == nil && a.addr.Is4() && !a.addr.IsLoopback() && !a.addr.IsLinkLocalUnicast() && a.addr.As4()[0] < 224 {
+			own = &addrs[i]
+		}
+	}
+	if !sawLoopback {
+		t.Errorf("interfaceAddrs() = %v, lacks 127.0.0.1", addrs)
+	}
+	if own == nil {
+		t.Skip("this machine has no usable IPv4 address outside loopback")
+	}
+	h, _, _ := withEtcd(t)
+	network := netip.PrefixFrom(own.addr, 24).Masked()
+	h.stdin = `{"Network":"` + network.String() + `","Backend":{"Type":"vxlan"}}`
+	r := h.runFail(1, "config", "set", "-")
+	if want := own.addr.String() + " is an address of interface " + own.iface + " on this machine"; !strings.Contains(r.stderr, want) {
+		t.Fatalf("stderr %q lacks %q", r.stderr, want)
 	}
 }

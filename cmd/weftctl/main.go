@@ -90,6 +90,9 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	now    func() time.Time // nil: time.Now
+	// localAddrs lists this machine's interface addresses; nil:
+	// interfaceAddrs. Tests replace it.
+	localAddrs func() ([]localAddr, error)
 
 	cli *clientv3.Client
 	reg *etcd.Registry

@@ -56,6 +56,9 @@ type harness struct {
 	stdin     string
 	now       time.Time
 	endpoints string
+	// localAddrs, if set, stands in for this machine's interface
+	// addresses (config set checks Network against them).
+	localAddrs []localAddr
 }
 
 func (h *harness) run(ctx context.Context, args ...string) result {
@@ -69,6 +72,9 @@ func (h *harness) run(ctx context.Context, args ...string) result {
 	}
 	if !h.now.IsZero() {
 		e.now = func() time.Time { return h.now }
+	}
+	if h.localAddrs != nil {
+		e.localAddrs = func() ([]localAddr, error) { return h.localAddrs, nil }
 	}
 	code := run(ctx, args, e)
 	return result{out.String(), errb.String(), code}
