@@ -44,11 +44,19 @@ type HolderConfig struct {
 //	          subnet, else a random free one; claim = Grant + Txn(key absent)
 //	free ──────────────────────────────────────────────────────────▶ held
 //	held ──remaining TTL < RenewMargin: KeepAliveOnce (no PUT)──────▶ held
+//	held ──our value overwritten, our PublicIP kept: put ours back──▶ held
 //	held ──key deleted / etcd lease expired / key taken over────────▶ lost
 //	lost ──Acquire with PreviousSubnet = our subnet, OnChange───────▶ held
 //
 // A reservation (a key with no etcd lease) carrying our PublicIP is used as
-// is and never renewed; it stays a reservation.
+// is and never renewed; it stays a reservation. A dual-stack key carrying our
+// PublicIP is never used (see findMine).
+//
+// Every retry waits a bounded, jittered exponential backoff (retryBackoff):
+// re-listing after lost races, acquire failures, renewal failures, watch
+// restarts, restoring our value, and re-acquiring after losses in quick
+// succession. Hostile keys and values therefore cost etcd a few requests,
+// not a loop.
 type Holder struct {
 	reg    *Registry
 	cfg    HolderConfig
@@ -60,9 +68,39 @@ type Holder struct {
 	have     bool
 	attrs    subnet.LeaseAttrs
 	renewals int
+	// ttl is the TTL etcd granted the current etcd lease, as last reported
+	// (0: unknown, assume cfg.TTL). An adopted key may carry a shorter one.
+	ttl time.Duration
+	// warned holds the log lines already written once.
+	warned map[string]bool
+
+	// Used by Run's goroutine only: when the last loss was, and the wait
+	// before re-acquiring after losses in quick succession.
+	lastLoss  time.Time
+	lossRetry retryBackoff
 
 	attrsCh chan struct{}
 }
+
+// Bounds of the holder's retry loops (see retryBackoff).
+const (
+	// Re-listing after a lost race or a key that changed under us.
+	acquireRetryMin, acquireRetryMax = 50 * time.Millisecond, 2 * time.Second
+	// maxClaimsPerList bounds the claims tried on one listing before
+	// listing again (after a wait).
+	maxClaimsPerList = 4
+	// Acquire failures (etcd errors, no free subnet).
+	acquireLoopMin, acquireLoopMax = time.Second, 10 * time.Second
+	// Renewal failures.
+	renewRetryMin, renewRetryMax = time.Second, 30 * time.Second
+	// Restarting the watch of our key.
+	watchRetryMin, watchRetryMax = 250 * time.Millisecond, 10 * time.Second
+	// Restoring our value after someone else overwrote it.
+	restoreRetryMin, restoreRetryMax = 100 * time.Millisecond, 30 * time.Second
+	// Re-acquiring after a loss that came within lossWindow of the last.
+	lossRetryMin, lossRetryMax = time.Second, 30 * time.Second
+	lossWindow                 = time.Minute
+)
 
 // NewHolder returns a Holder; nothing is claimed until Acquire or Run.
 func NewHolder(reg *Registry, cfg HolderConfig) *Holder {
@@ -81,12 +119,49 @@ func NewHolder(reg *Registry, cfg HolderConfig) *Holder {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Holder{
-		reg:     reg,
-		cfg:     cfg,
-		logger:  cfg.Logger,
-		attrs:   cfg.Attrs,
-		attrsCh: make(chan struct{}, 1),
+		reg:       reg,
+		cfg:       cfg,
+		logger:    cfg.Logger,
+		attrs:     cfg.Attrs,
+		warned:    map[string]bool{},
+		lossRetry: newBackoff(lossRetryMin, lossRetryMax),
+		attrsCh:   make(chan struct{}, 1),
 	}
+}
+
+// warnOnce logs msg at warning level the first time it is called with this
+// id, so that a retry loop does not repeat it.
+func (h *Holder) warnOnce(id, msg string, args ...any) {
+	h.mu.Lock()
+	seen := h.warned[id]
+	h.warned[id] = true
+	h.mu.Unlock()
+	if !seen {
+		h.logger.Warn(msg, args...)
+	}
+}
+
+func (h *Holder) setTTL(d time.Duration) {
+	h.mu.Lock()
+	h.ttl = d
+	h.mu.Unlock()
+}
+
+// renewMargin is how long before expiry to renew a lease whose etcd lease
+// has the given TTL: RenewMargin, or half the TTL when the TTL is not longer
+// than the margin (a key adopted with a short etcd lease), so that renewing
+// never turns into a tight loop.
+func (h *Holder) renewMargin() time.Duration {
+	h.mu.Lock()
+	ttl := h.ttl
+	h.mu.Unlock()
+	if ttl <= 0 {
+		ttl = h.cfg.TTL
+	}
+	if h.cfg.RenewMargin >= ttl {
+		return ttl / 2
+	}
+	return h.cfg.RenewMargin
 }
 
 // Lease returns our current lease, if we hold one.
@@ -144,9 +219,15 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 		return subnet.Lease{}, fmt.Errorf("acquire lease: %w", err)
 	}
 	nw := h.cfg.Network
+	retry := newBackoff(acquireRetryMin, acquireRetryMax)
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return subnet.Lease{}, fmt.Errorf("acquire lease: %w", err)
+		}
+		// Lost a race, or a key changed under us: list again, after a
+		// wait that grows if it keeps happening.
+		if attempt > 0 && !retry.wait(ctx) {
+			return subnet.Lease{}, fmt.Errorf("acquire lease: %w", ctx.Err())
 		}
 		snap, err := h.reg.list(ctx, false)
 		if err != nil {
@@ -168,7 +249,10 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 			taken[l.Subnet] = true
 		}
 		for _, inv := range snap.Invalid {
-			if sn, err := subnetFromKey(h.reg.subnetsPrefix, []byte(inv.Key)); err == nil {
+			// A key that does not parse may still be someone's claim on
+			// its IPv4 subnet (a dual-stack key with a bad IPv6 part):
+			// never create a second key for that subnet.
+			if sn, err := claimedSubnet(h.reg.subnetsPrefix, inv.Key); err == nil {
 				taken[sn] = true
 			}
 		}
@@ -187,8 +271,9 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 			candidates++
 		}
 
-		// Rule 3: a random free subnet; on losing a race, pick again.
-		for {
+		// Rule 3: a random free subnet; on losing a race, pick again, a
+		// few times, then list again.
+		for candidates < maxClaimsPerList {
 			sn, err := nw.RandomFree(taken, h.rng)
 			if err != nil {
 				if candidates > 0 {
@@ -212,6 +297,12 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 
 // findMine picks the key carrying our PublicIP: a reservation first, then
 // the most recently written lease.
+//
+// A dual-stack key ("<v4>-<len>&<v6>-<len>") is never ours: weft runs IPv4
+// only, writes plain keys, and would otherwise publish an IPv6 subnet it
+// does not route. Such a key with our PublicIP (flannel's, left from before
+// the switch to weft, or planted) is left alone, with a warning; its IPv4
+// subnet counts as taken until it expires or an operator deletes it.
 func (h *Holder) findMine(snap Snapshot) (subnet.Lease, bool) {
 	ip := h.currentAttrs().PublicIP
 	nw := h.cfg.Network
@@ -221,13 +312,18 @@ func (h *Holder) findMine(snap Snapshot) (subnet.Lease, bool) {
 		if l.Attrs.PublicIP != ip {
 			continue
 		}
+		if l.IPv6Subnet.IsValid() {
+			h.warnOnce("dual:"+l.Key(), "ignoring a dual-stack key with our public IP: weft is IPv4-only and "+
+				"claims a plain key; delete the key if it is a leftover", "key", l.Key(), "public_ip", ip)
+			continue
+		}
 		usable := nw.InRange(l.Subnet)
 		if l.Reservation {
 			usable = nw.Contains(l.Subnet) && l.Subnet.Bits() == nw.SubnetLen
 		}
 		if !usable {
-			h.logger.Warn("ignoring a key with our public IP that does not fit the network config",
-				"subnet", l.Subnet, "network", nw.Network, "subnet_len", nw.SubnetLen)
+			h.warnOnce("unfit:"+l.Key(), "ignoring a key with our public IP that does not fit the network config",
+				"key", l.Key(), "network", nw.Network, "subnet_len", nw.SubnetLen)
 			continue
 		}
 		switch {
@@ -243,7 +339,7 @@ func (h *Holder) findMine(snap Snapshot) (subnet.Lease, bool) {
 // reuse takes over the key that carries our PublicIP, keeping its etcd
 // lease and rewriting the value only if it differs.
 func (h *Holder) reuse(ctx context.Context, l subnet.Lease, attrs subnet.LeaseAttrs, value []byte) (subnet.Lease, error) {
-	key := h.reg.LeaseKey(l.Subnet)
+	key := h.reg.keyOf(l)
 	old, _ := l.Attrs.MarshalJSON()
 	if !l.Reservation {
 		ttl, err := h.keepAliveOnce(ctx, l.EtcdLease)
@@ -254,6 +350,7 @@ func (h *Holder) reuse(ctx context.Context, l subnet.Lease, attrs subnet.LeaseAt
 			return subnet.Lease{}, fmt.Errorf("acquire lease %s: renew etcd lease %x: %w", l.Subnet, l.EtcdLease, err)
 		}
 		l.Expiration = time.Now().Add(ttl)
+		h.setTTL(ttl)
 	}
 	if !bytes.Equal(old, value) {
 		var opts []clientv3.OpOption
@@ -314,12 +411,14 @@ func (h *Holder) claim(ctx context.Context, sn netip.Prefix, attrs subnet.LeaseA
 		return subnet.Lease{}, errLostRace
 	}
 	l := subnet.Lease{
-		Subnet:      sn,
-		Attrs:       attrs,
-		Expiration:  time.Now().Add(time.Duration(grant.TTL) * time.Second),
-		EtcdLease:   int64(grant.ID),
-		ModRevision: resp.Header.Revision,
+		Subnet:         sn,
+		Attrs:          attrs,
+		Expiration:     time.Now().Add(time.Duration(grant.TTL) * time.Second),
+		EtcdLease:      int64(grant.ID),
+		ModRevision:    resp.Header.Revision,
+		CreateRevision: resp.Header.Revision,
 	}
+	h.setTTL(time.Duration(grant.TTL) * time.Second)
 	h.logger.Info("claimed lease", "subnet", sn, "etcd_lease", fmt.Sprintf("%x", grant.ID), "ttl", time.Duration(grant.TTL)*time.Second)
 	return l, nil
 }
@@ -379,7 +478,7 @@ func (h *Holder) changed(l subnet.Lease) {
 
 // acquireLoop retries acquire with backoff until it succeeds or ctx ends.
 func (h *Holder) acquireLoop(ctx context.Context, prev netip.Prefix) (subnet.Lease, bool) {
-	backoff := time.Second
+	retry := newBackoff(acquireLoopMin, acquireLoopMax)
 	for {
 		l, err := h.acquire(ctx, prev)
 		if err == nil {
@@ -388,17 +487,15 @@ func (h *Holder) acquireLoop(ctx context.Context, prev netip.Prefix) (subnet.Lea
 		if ctx.Err() != nil {
 			return subnet.Lease{}, false
 		}
+		d := retry.next()
 		if errors.Is(err, subnet.ErrOutOfSubnets) {
-			h.logger.Error("cannot acquire a lease: no free subnet; retrying", "err", err, "retry_in", backoff)
+			h.logger.Error("cannot acquire a lease: no free subnet; retrying", "err", err, "retry_in", d.Round(time.Millisecond))
 		} else {
-			h.logger.Warn("cannot acquire a lease; retrying", "err", err, "retry_in", backoff)
+			h.logger.Warn("cannot acquire a lease; retrying", "err", err, "retry_in", d.Round(time.Millisecond))
 		}
-		select {
-		case <-ctx.Done():
+		if !sleepCtx(ctx, d) {
 			return subnet.Lease{}, false
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 10*time.Second)
 	}
 }
 
@@ -413,18 +510,30 @@ const (
 )
 
 // hold keeps the current lease until it is lost (then re-acquires it) or
-// ctx ends.
+// ctx ends. Every retry in it waits with a bounded, jittered backoff:
+// renewals that fail, restarts of the watch, and restoring our value after
+// someone else overwrote it.
 func (h *Holder) hold(ctx context.Context) {
 	cur, _ := h.Lease()
 	key := h.reg.LeaseKey(cur.Subnet)
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
 	nextRev := cur.ModRevision + 1
-	wch := h.reg.cli.Watch(wctx, key, clientv3.WithRev(nextRev))
+	cancelWatch := func() {}
+	defer func() { cancelWatch() }()
+	watch := func() clientv3.WatchChan {
+		cancelWatch()
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		cancelWatch = cancel
+		return h.reg.cli.Watch(wctx, key, clientv3.WithRev(nextRev))
+	}
+	wch := watch()
+	var rewatch <-chan time.Time // armed while the watch waits to restart
+	watchRetry := newBackoff(watchRetryMin, watchRetryMax)
+	renewRetry := newBackoff(renewRetryMin, renewRetryMax)
+	restoreRetry := newBackoff(restoreRetryMin, restoreRetryMax)
+	var restore <-chan time.Time // armed while our value waits to be restored
+	var lastOverwrite time.Time
 
-	renewBackoff := time.Second
-	renewAt := h.renewTime(cur)
-	timer := time.NewTimer(time.Until(renewAt))
+	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	h.resetTimer(timer, cur)
 	loss := lossNone
@@ -442,14 +551,15 @@ func (h *Holder) hold(ctx context.Context) {
 				loss, detail = lossExpired, "etcd lease is gone"
 				continue
 			case err != nil:
+				d := renewRetry.next()
 				left := time.Until(cur.Expiration)
 				h.logger.Warn("cannot renew our lease; retrying", "subnet", cur.Subnet, "err", err,
-					"left", left.Round(time.Second), "retry_in", renewBackoff)
-				timer.Reset(renewBackoff)
-				renewBackoff = min(renewBackoff*2, 30*time.Second)
+					"left", left.Round(time.Second), "retry_in", d.Round(time.Millisecond))
+				timer.Reset(d)
 				continue
 			}
-			renewBackoff = time.Second
+			renewRetry.reset()
+			h.setTTL(ttl)
 			cur.Expiration = time.Now().Add(ttl)
 			h.mu.Lock()
 			h.renewals++
@@ -463,6 +573,24 @@ func (h *Holder) hold(ctx context.Context) {
 				h.logger.Warn("cannot update our lease value; the watch will tell", "subnet", cur.Subnet, "err", err)
 			}
 
+		case <-restore:
+			restore = nil
+			if !h.differs(cur) {
+				continue // put back meanwhile, by us or by whoever changed it
+			}
+			if err := h.rewrite(ctx, &cur); err != nil {
+				d := restoreRetry.next()
+				h.logger.Warn("cannot restore our lease value; retrying", "subnet", cur.Subnet, "err", err,
+					"retry_in", d.Round(time.Millisecond))
+				restore = time.After(d)
+				continue
+			}
+			h.logger.Info("restored our lease value", "subnet", cur.Subnet)
+
+		case <-rewatch:
+			rewatch = nil
+			wch = watch()
+
 		case resp, ok := <-wch:
 			if !ok || resp.Err() != nil {
 				if ctx.Err() != nil {
@@ -475,34 +603,38 @@ func (h *Holder) hold(ctx context.Context) {
 					// then watch from the oldest revision etcd still has.
 					h.logger.Info("history of our lease key was compacted; checking the key directly",
 						"subnet", cur.Subnet, "compact_revision", resp.CompactRevision)
-					loss, detail = h.check(ctx, &cur)
+					v := h.check(ctx, &cur)
+					loss, detail = v.loss, v.detail
+					if v.restore {
+						restore, lastOverwrite = h.scheduleRestore(restore, &restoreRetry, lastOverwrite)
+					}
 					nextRev = max(cur.ModRevision+1, resp.CompactRevision)
-				} else if ok {
-					h.logger.Warn("watch of our lease key broke; restarting it", "err", resp.Err())
 				}
 				if loss != lossNone {
 					continue
 				}
-				cancel()
+				cancelWatch()
+				wch = nil
+				d := watchRetry.next()
 				if !compacted {
-					select {
-					case <-ctx.Done():
-						return
-					case <-time.After(time.Second):
-					}
+					h.logger.Warn("watch of our lease key broke; restarting it", "subnet", cur.Subnet, "err", resp.Err(),
+						"retry_in", d.Round(time.Millisecond))
 				}
-				wctx, cancel = context.WithCancel(clientv3.WithRequireLeader(ctx))
-				defer cancel()
-				wch = h.reg.cli.Watch(wctx, key, clientv3.WithRev(nextRev))
+				rewatch = time.After(d)
 				continue
 			}
 			h.reg.touch()
+			watchRetry.reset()
 			for _, ev := range resp.Events {
 				nextRev = ev.Kv.ModRevision + 1
 				if loss != lossNone {
 					break
 				}
-				loss, detail = h.onOwnEvent(ctx, &cur, ev)
+				v := h.onOwnEvent(ctx, &cur, ev)
+				loss, detail = v.loss, v.detail
+				if v.restore {
+					restore, lastOverwrite = h.scheduleRestore(restore, &restoreRetry, lastOverwrite)
+				}
 			}
 			h.resetTimer(timer, cur)
 		}
@@ -520,6 +652,19 @@ func (h *Holder) hold(ctx context.Context) {
 	if !cur.Reservation && loss != lossExpired {
 		h.revoke(ctx, cur.EtcdLease)
 	}
+	// Losses in quick succession (someone deleting our key again and
+	// again) must not turn into a loop of listings and claims.
+	if !h.lastLoss.IsZero() && time.Since(h.lastLoss) < lossWindow {
+		d := h.lossRetry.next()
+		h.logger.Warn("lost our lease again soon after the last loss; waiting before re-acquiring",
+			"subnet", cur.Subnet, "retry_in", d.Round(time.Millisecond))
+		if !sleepCtx(ctx, d) {
+			return
+		}
+	} else {
+		h.lossRetry.reset()
+	}
+	h.lastLoss = time.Now()
 	l, ok := h.acquireLoop(ctx, cur.Subnet)
 	if !ok {
 		return
@@ -533,6 +678,22 @@ func (h *Holder) hold(ctx context.Context) {
 	h.changed(l)
 }
 
+// scheduleRestore arms the restore of our value after someone else
+// overwrote it, unless one is armed already. The wait grows while the
+// overwrites keep coming (two hosts claiming one PublicIP would otherwise
+// rewrite the key back and forth as fast as etcd allows) and starts over
+// after a quiet spell.
+func (h *Holder) scheduleRestore(armed <-chan time.Time, b *retryBackoff, last time.Time) (<-chan time.Time, time.Time) {
+	now := time.Now()
+	if now.Sub(last) > 2*restoreRetryMax {
+		b.reset()
+	}
+	if armed != nil {
+		return armed, now
+	}
+	return time.After(b.next()), now
+}
+
 // resetTimer arms the renewal timer for cur, or stops it for a reservation.
 func (h *Holder) resetTimer(t *time.Timer, cur subnet.Lease) {
 	if cur.Reservation {
@@ -544,30 +705,40 @@ func (h *Holder) resetTimer(t *time.Timer, cur subnet.Lease) {
 
 // renewTime is when the lease should next be renewed.
 func (h *Holder) renewTime(l subnet.Lease) time.Time {
-	return l.Expiration.Add(-h.cfg.RenewMargin)
+	return l.Expiration.Add(-h.renewMargin())
 }
 
-// onOwnEvent interprets a change to our own key.
-func (h *Holder) onOwnEvent(ctx context.Context, cur *subnet.Lease, ev *clientv3.Event) (lossReason, string) {
+// ownVerdict is what a change to our own key means.
+type ownVerdict struct {
+	loss   lossReason
+	detail string
+	// restore: the key is still ours but holds another value than ours;
+	// put ours back (rate limited, see scheduleRestore).
+	restore bool
+}
+
+// onOwnEvent interprets a change to our own key and updates cur to match
+// what etcd now holds.
+func (h *Holder) onOwnEvent(ctx context.Context, cur *subnet.Lease, ev *clientv3.Event) ownVerdict {
 	if ev.Type == clientv3.EventTypeDelete {
 		if cur.Reservation {
-			return lossDeleted, "our reservation was released"
+			return ownVerdict{loss: lossDeleted, detail: "our reservation was released"}
 		}
 		// Tell an operator's delete from an expiry.
 		if _, err := h.expiredOrAlive(ctx, cur.EtcdLease); err == nil {
-			return lossDeleted, "key deleted while our etcd lease is alive"
+			return ownVerdict{loss: lossDeleted, detail: "key deleted while our etcd lease is alive"}
 		}
-		return lossExpired, "key removed with our etcd lease"
+		return ownVerdict{loss: lossExpired, detail: "key removed with our etcd lease"}
 	}
 	if ev.Kv.ModRevision == cur.ModRevision {
-		return lossNone, "" // our own write
+		return ownVerdict{} // our own write
 	}
 	attrs, err := subnet.ParseLeaseAttrs(ev.Kv.Value)
 	if err != nil {
-		return lossTakenOver, fmt.Sprintf("value overwritten with something unparsable: %v", err)
+		return ownVerdict{loss: lossTakenOver, detail: fmt.Sprintf("value overwritten with something unparsable: %v", err)}
 	}
 	if attrs.PublicIP != h.currentAttrs().PublicIP {
-		return lossTakenOver, fmt.Sprintf("now held by %s", attrs.PublicIP)
+		return ownVerdict{loss: lossTakenOver, detail: fmt.Sprintf("now held by %s", attrs.PublicIP)}
 	}
 	switch {
 	case ev.Kv.Lease == 0 && !cur.Reservation:
@@ -578,14 +749,22 @@ func (h *Holder) onOwnEvent(ctx context.Context, cur *subnet.Lease, ev *clientv3
 		h.logger.Warn("our key was re-bound to another etcd lease; adopting it", "subnet", cur.Subnet,
 			"etcd_lease", fmt.Sprintf("%x", ev.Kv.Lease))
 		cur.Reservation, cur.EtcdLease, cur.Expiration = false, ev.Kv.Lease, time.Now()
+		h.setTTL(0)
 	}
 	cur.ModRevision = ev.Kv.ModRevision
 	cur.Attrs = attrs
 	h.setLease(*cur)
-	if err := h.rewrite(ctx, cur); err != nil {
-		h.logger.Warn("cannot restore our lease value", "subnet", cur.Subnet, "err", err)
+	return ownVerdict{restore: h.differs(*cur)}
+}
+
+// differs reports whether cur's stored value is not the one we publish.
+func (h *Holder) differs(cur subnet.Lease) bool {
+	want, err := h.currentAttrs().MarshalJSON()
+	if err != nil {
+		return false
 	}
-	return lossNone, ""
+	have, _ := cur.Attrs.MarshalJSON()
+	return !bytes.Equal(want, have)
 }
 
 // expiredOrAlive returns the remaining TTL, or ErrLeaseNotFound.
@@ -605,13 +784,13 @@ func (h *Holder) expiredOrAlive(ctx context.Context, id int64) (time.Duration, e
 }
 
 // check reads our key after the watch lost events.
-func (h *Holder) check(ctx context.Context, cur *subnet.Lease) (lossReason, string) {
+func (h *Holder) check(ctx context.Context, cur *subnet.Lease) ownVerdict {
 	kv, err := h.reg.getLeaseKV(ctx, cur.Subnet)
 	if err != nil {
-		return lossNone, ""
+		return ownVerdict{}
 	}
 	if kv == nil {
-		return lossDeleted, "key absent after the watch was compacted"
+		return ownVerdict{loss: lossDeleted, detail: "key absent after the watch was compacted"}
 	}
 	return h.onOwnEvent(ctx, cur, &clientv3.Event{Type: clientv3.EventTypePut, Kv: kv})
 }

@@ -1,9 +1,23 @@
 package etcd
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"log/slog"
+	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	"github.com/weftnet/weft/internal/etcdserver"
+	"github.com/weftnet/weft/subnet"
+	"github.com/weftnet/weft/subnet/etcd/etcdtest"
 )
 
 // Dual-stack keys written by flannel are read whole: the IPv6 part of the
@@ -75,5 +89,311 @@ func TestDualStackKeysFromEtcd(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// requestCounter counts the gRPC requests a client sends to etcd: every
+// unary call (Range, Txn, LeaseGrant, ...) and every stream opened (Watch,
+// LeaseKeepAlive).
+type requestCounter struct{ n atomic.Int64 }
+
+func (c *requestCounter) options() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			c.n.Add(1)
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}),
+		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			c.n.Add(1)
+			return streamer(ctx, desc, cc, method, opts...)
+		}),
+	}
+}
+
+// countingRegistry returns a registry on its own client for srv whose
+// requests are counted.
+func countingRegistry(t *testing.T, srv *etcdserver.Server) (*Registry, *requestCounter) {
+	t.Helper()
+	rc := &requestCounter{}
+	cli, err := NewClient(ClientOptions{Endpoints: srv.Endpoints(), DialOptions: rc.options()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return NewRegistry(cli, ""), rc
+}
+
+// A dual-stack key that carries our PublicIP (a flannel leftover, or planted)
+// is not ours while weft is IPv4-only: the holder leaves it alone, counts its
+// IPv4 subnet as taken, claims a plain key elsewhere, and sends etcd only a
+// handful of requests. It used to adopt the key, address it by its IPv4 part
+// alone, lose the compare on a key that does not exist and retry at once,
+// about a thousand requests a second.
+func TestHolderDualStackKeyWithOurIP(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		reservation bool
+		sameValue   bool
+	}{
+		{"lease with another value", false, false},
+		{"lease with our value", false, true},
+		{"reservation with another value", true, false},
+		{"reservation with our value", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cli, srv := etcdtest.Start(t)
+			ctx := testCtx(t)
+			if err := NewRegistry(cli, "").PutConfig(ctx, []byte(`{"Network":"198.18.0.0/22"}`)); err != nil {
+				t.Fatal(err)
+			}
+			reg, rc := countingRegistry(t, srv)
+			nc, err := reg.Config(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ours := attrs("192.0.2.11")
+			planted := attrs("192.0.2.11")
+			if !tc.sameValue {
+				planted.BackendData = json.RawMessage(`{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:99"}`)
+			}
+			pv, _ := planted.MarshalJSON()
+			const dual = "198.18.1.0-24&2001:db8:1:2::-64"
+			var opts []clientv3.OpOption
+			if !tc.reservation {
+				g, err := cli.Grant(ctx, 3600)
+				if err != nil {
+					t.Fatal(err)
+				}
+				opts = append(opts, clientv3.WithLease(g.ID))
+			}
+			dualKey := reg.subnetsPrefix + dual
+			put, err := cli.Put(ctx, dualKey, string(pv), opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			var logs syncBuffer
+			h, changes := runHolder(t, reg, HolderConfig{Network: nc, Attrs: ours, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			before := rc.n.Load()
+			start := time.Now()
+			startRun(t, h)
+			const window = 2 * time.Second
+			var got subnet.Lease
+			select {
+			case got = <-changes:
+			case <-time.After(window):
+			}
+			time.Sleep(time.Until(start.Add(window)))
+			n := rc.n.Load() - before
+			t.Logf("%d etcd requests in %s (%.0f/s)", n, window, float64(n)/window.Seconds())
+			if n > 20 {
+				t.Errorf("%d etcd requests in %s with a dual-stack key carrying our IP; want at most 20", n, window)
+			}
+			if !got.Subnet.IsValid() {
+				t.Fatalf("no lease acquired in %s\n%s", window, logs.String())
+			}
+			if got.Subnet == netip.MustParsePrefix("198.18.1.0/24") || got.IPv6Subnet.IsValid() || got.Reservation {
+				t.Fatalf("acquired %+v; want a new plain lease on a subnet other than the dual-stack key's", got)
+			}
+			v, id, _, ok := getKV(t, cli, reg, got.Subnet)
+			if want, _ := ours.MarshalJSON(); !ok || !bytes.Equal(v, want) || id != got.EtcdLease {
+				t.Fatalf("our key %s: ok %v value %s lease %x", got.Subnet, ok, v, id)
+			}
+			resp, err := cli.Get(ctx, dualKey)
+			if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].ModRevision != put.Header.Revision {
+				t.Fatalf("the dual-stack key was touched: %+v %v", resp, err)
+			}
+			if !strings.Contains(logs.String(), dual) {
+				t.Errorf("no log naming the dual-stack key:\n%s", logs.String())
+			}
+		})
+	}
+}
+
+// countFor runs for d and returns how many requests rc counted meanwhile.
+func countFor(t *testing.T, rc *requestCounter, d time.Duration) int64 {
+	t.Helper()
+	before := rc.n.Load()
+	time.Sleep(d)
+	n := rc.n.Load() - before
+	t.Logf("%d etcd requests in %s (%.1f/s)", n, d, float64(n)/d.Seconds())
+	return n
+}
+
+// A key carrying our PublicIP whose etcd lease has a TTL no longer than the
+// renew margin (bound by hand, or by a tool with another TTL) is adopted and
+// renewed at half-life, not in a tight loop.
+func TestHolderAdoptsKeyWithShortTTL(t *testing.T) {
+	cli, srv := etcdtest.Start(t)
+	ctx := testCtx(t)
+	if err := NewRegistry(cli, "").PutConfig(ctx, []byte(bigNet)); err != nil {
+		t.Fatal(err)
+	}
+	reg, rc := countingRegistry(t, srv)
+	nc, err := reg.Config(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn := netip.MustParsePrefix("198.18.7.0/24")
+	g, err := cli.Grant(ctx, int64(DefaultRenewMargin/time.Second)) // TTL == margin
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := attrs("192.0.2.11").MarshalJSON()
+	if _, err := cli.Put(ctx, reg.LeaseKey(sn), string(v), clientv3.WithLease(g.ID)); err != nil {
+		t.Fatal(err)
+	}
+	h, changes := runHolder(t, reg, HolderConfig{Network: nc, Attrs: attrs("192.0.2.11")})
+	startRun(t, h)
+	if l := waitChange(t, changes, 10*time.Second); l.Subnet != sn || l.EtcdLease != int64(g.ID) {
+		t.Fatalf("adopted %+v, want %s on etcd lease %x", l, sn, g.ID)
+	}
+	if n := countFor(t, rc, 2*time.Second); n > 5 {
+		t.Fatalf("%d etcd requests in 2s holding a key with a %s etcd lease; want at most 5", n, DefaultRenewMargin)
+	}
+	h.mu.Lock()
+	renewals := h.renewals
+	h.mu.Unlock()
+	if renewals > 1 {
+		t.Fatalf("%d renewals in 2s, want at most 1", renewals)
+	}
+}
+
+// Two hosts that claim the same PublicIP with different values rewrite the
+// key back and forth; the restores wait a growing, jittered backoff instead
+// of answering each other as fast as etcd allows.
+func TestHolderOverwriteFightIsRateLimited(t *testing.T) {
+	cli, srv := etcdtest.Start(t)
+	ctx := testCtx(t)
+	if err := NewRegistry(cli, "").PutConfig(ctx, []byte(bigNet)); err != nil {
+		t.Fatal(err)
+	}
+	regA, rcA := countingRegistry(t, srv)
+	regB, rcB := countingRegistry(t, srv)
+	nc, err := regA.Config(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := attrs("192.0.2.11")
+	b := attrs("192.0.2.11")
+	b.BackendData = json.RawMessage(`{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:99"}`)
+	hA, changesA := runHolder(t, regA, HolderConfig{Network: nc, Attrs: a})
+	startRun(t, hA)
+	waitChange(t, changesA, 10*time.Second)
+	hB, changesB := runHolder(t, regB, HolderConfig{Network: nc, Attrs: b})
+	startRun(t, hB)
+	waitChange(t, changesB, 10*time.Second)
+
+	before := rcA.n.Load() + rcB.n.Load()
+	const window = 3 * time.Second
+	time.Sleep(window)
+	n := rcA.n.Load() + rcB.n.Load() - before
+	t.Logf("%d etcd requests from both hosts in %s (%.1f/s)", n, window, float64(n)/window.Seconds())
+	if n > 40 {
+		t.Fatalf("%d etcd requests in %s from two hosts fighting over one key; want at most 40", n, window)
+	}
+}
+
+// Someone deleting our key again and again: each loss re-acquires the
+// subnet, but losses in quick succession wait a growing backoff first.
+func TestHolderRepeatedDeletesAreRateLimited(t *testing.T) {
+	cli, srv := etcdtest.Start(t)
+	ctx := testCtx(t)
+	if err := NewRegistry(cli, "").PutConfig(ctx, []byte(bigNet)); err != nil {
+		t.Fatal(err)
+	}
+	reg, rc := countingRegistry(t, srv)
+	nc, err := reg.Config(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	h, changes := runHolder(t, reg, HolderConfig{Network: nc, Attrs: attrs("192.0.2.11"), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	// Drain OnChange calls until the holder has stopped (cleanups run last
+	// registered first, so this one runs after startRun's).
+	drained := make(chan struct{})
+	t.Cleanup(func() { close(drained) })
+	startRun(t, h)
+	l := waitChange(t, changes, 10*time.Second)
+	go func() {
+		for {
+			select {
+			case <-changes:
+			case <-drained:
+				return
+			}
+		}
+	}()
+
+	// The vandal deletes the key each time it appears.
+	vctx, stop := context.WithCancel(ctx)
+	defer stop()
+	vandalDone := make(chan struct{})
+	go func() {
+		defer close(vandalDone)
+		key := reg.LeaseKey(l.Subnet)
+		for vctx.Err() == nil {
+			if _, err := cli.Delete(vctx, key); err != nil {
+				return
+			}
+			for resp := range cli.Watch(vctx, key) {
+				if len(resp.Events) > 0 && resp.Events[0].Type == clientv3.EventTypePut {
+					break
+				}
+			}
+		}
+	}()
+	defer func() { stop(); <-vandalDone }()
+	const window = 3 * time.Second
+	if n := countFor(t, rc, window); n > 60 {
+		t.Fatalf("%d etcd requests in %s while our key is deleted again and again; want at most 60", n, window)
+	}
+	if !strings.Contains(logs.String(), "waiting before re-acquiring") {
+		t.Fatalf("no wait between losses:\n%s", logs.String())
+	}
+}
+
+// When every claim loses (here an interceptor reports each claiming Txn as
+// failed, as if another host always got there first), acquire tries a few
+// subnets per listing and lists again after a growing wait; it used to try
+// every subnet and list again at once, over and over.
+func TestAcquireBacksOffWhenEveryClaimLoses(t *testing.T) {
+	cli, srv := etcdtest.Start(t)
+	ctx := testCtx(t)
+	if err := NewRegistry(cli, "").PutConfig(ctx, []byte(bigNet)); err != nil {
+		t.Fatal(err)
+	}
+	rc := &requestCounter{}
+	lose := grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if r, ok := reply.(*etcdserverpb.TxnResponse); ok && err == nil {
+			r.Succeeded = false
+		}
+		return err
+	})
+	lcli, err := NewClient(ClientOptions{Endpoints: srv.Endpoints(), DialOptions: append(rc.options(), lose)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lcli.Close()
+	reg := NewRegistry(lcli, "")
+	nc, err := reg.Config(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	before := rc.n.Load()
+	_, err = NewHolder(reg, HolderConfig{Network: nc, Attrs: attrs("192.0.2.11")}).Acquire(actx)
+	n := rc.n.Load() - before
+	t.Logf("%d etcd requests in 2s of lost claims (%v)", n, err)
+	if err == nil {
+		t.Fatal("Acquire succeeded though every claim lost")
+	}
+	if n > 150 {
+		t.Fatalf("%d etcd requests in 2s of lost claims; want at most 150", n)
+	}
+	if l := countLeases(t, cli); l != 0 {
+		t.Fatalf("%d etcd leases left; every lost claim must revoke its grant", l)
 	}
 }

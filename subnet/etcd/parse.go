@@ -61,3 +61,19 @@ func subnetFromKey(subnetsPrefix string, key []byte) (netip.Prefix, error) {
 	}
 	return sn, nil
 }
+
+// claimedSubnet returns the IPv4 subnet a lease key claims even when the key
+// as a whole does not parse: the part before any '&', if that part is a
+// valid IPv4 key. Allocation treats that subnet as taken.
+func claimedSubnet(subnetsPrefix, key string) (netip.Prefix, error) {
+	name, ok := strings.CutPrefix(key, subnetsPrefix)
+	if !ok {
+		return netip.Prefix{}, fmt.Errorf("lease key %q is not under %s", key, subnetsPrefix)
+	}
+	v4part, _, _ := strings.Cut(name, "&")
+	sn, _, err := subnet.ParseSubnetKey(v4part)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("lease key %q: %w", key, err)
+	}
+	return sn, nil
+}

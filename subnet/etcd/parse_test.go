@@ -182,6 +182,11 @@ func TestFindMine(t *testing.T) {
 		return subnet.Lease{Subnet: netip.MustParsePrefix(sn), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr(ip)},
 			EtcdLease: id, Reservation: id == 0, ModRevision: rev}
 	}
+	dualLease := func(sn, sn6, ip string, id, rev int64) subnet.Lease {
+		l := lease(sn, ip, id, rev)
+		l.IPv6Subnet = netip.MustParsePrefix(sn6)
+		return l
+	}
 	for _, tc := range []struct {
 		name   string
 		leases []subnet.Lease
@@ -194,6 +199,9 @@ func TestFindMine(t *testing.T) {
 		{"out of range lease ignored", []subnet.Lease{lease("198.18.5.0/24", "192.0.2.11", 2, 9)}, ""},
 		{"reservation below SubnetMin kept", []subnet.Lease{lease("198.18.5.0/24", "192.0.2.11", 0, 9)}, "198.18.5.0/24"},
 		{"wrong length ignored", []subnet.Lease{lease("198.18.20.0/25", "192.0.2.11", 0, 9)}, ""},
+		{"dual-stack key ignored", []subnet.Lease{dualLease("198.18.21.0/24", "fd00:21::/64", "192.0.2.11", 2, 9)}, ""},
+		{"dual-stack key ignored, plain key kept", []subnet.Lease{dualLease("198.18.21.0/24", "fd00:21::/64", "192.0.2.11", 0, 9),
+			lease("198.18.22.0/24", "192.0.2.11", 3, 5)}, "198.18.22.0/24"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := NewHolder(NewRegistry(nil, ""), HolderConfig{Network: nc, Attrs: subnet.LeaseAttrs{PublicIP: ours}})

@@ -83,6 +83,10 @@ func (r *Registry) ConfigKey() string { return r.configKey }
 // LeaseKey is <prefix>/subnets/<a.b.c.d>-<len>.
 func (r *Registry) LeaseKey(sn netip.Prefix) string { return r.subnetsPrefix + subnet.SubnetKey(sn) }
 
+// keyOf is the full etcd key of l, in the dual-stack form when l has an
+// IPv6 subnet.
+func (r *Registry) keyOf(l subnet.Lease) string { return r.subnetsPrefix + l.Key() }
+
 // LastContact is the time of the last successful etcd round trip made
 // through this registry (by any Holder or Watcher using it too). It is zero
 // before the first one.
@@ -539,6 +543,7 @@ func (r *Registry) WatchLeases(ctx context.Context, fromRev int64, fn func(Event
 	if fromRev > 0 {
 		opts = append(opts, clientv3.WithRev(fromRev))
 	}
+	retry := newBackoff(watchRetryMin, watchRetryMax)
 	for {
 		wch := r.cli.Watch(wctx, r.subnetsPrefix, opts...)
 		for resp := range wch {
@@ -550,6 +555,7 @@ func (r *Registry) WatchLeases(ctx context.Context, fromRev int64, fn func(Event
 				break
 			}
 			r.touch()
+			retry.reset()
 			if fromRev == 0 {
 				fromRev = resp.Header.Revision + 1
 			}
@@ -564,10 +570,8 @@ func (r *Registry) WatchLeases(ctx context.Context, fromRev int64, fn func(Event
 		}
 		// The stream broke (lost leader, server restart): resume after the
 		// last event we delivered.
-		select {
-		case <-ctx.Done():
+		if !retry.wait(ctx) {
 			return nil
-		case <-time.After(time.Second):
 		}
 		opts = []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV()}
 		if fromRev > 0 {

@@ -24,7 +24,7 @@ import (
 type Watcher struct {
 	reg    *Registry
 	logger *slog.Logger
-	// backoff bounds for retrying after errors.
+	// bounds of the jittered backoff for retrying after errors.
 	minBackoff, maxBackoff time.Duration
 	// progressEvery is how often an idle watch asks etcd for a progress
 	// notification. It keeps LastContact fresh on a quiet cluster, and a
@@ -47,24 +47,17 @@ func NewWatcher(reg *Registry, logger *slog.Logger) *Watcher {
 // after each batch of changes. apply runs on Run's goroutine; Run waits for it.
 // Run returns nil when ctx ends and never on transient etcd errors.
 func (w *Watcher) Run(ctx context.Context, apply func(Snapshot)) error {
-	backoff := w.minBackoff
-	sleep := func() bool {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, w.maxBackoff)
-		return true
-	}
+	retry := newBackoff(w.minBackoff, w.maxBackoff)
+	compactions := 0 // in a row, without a healthy watch response between
 	for ctx.Err() == nil {
 		kvs, rev, err := w.reg.listKVs(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
 			}
-			w.logger.Warn("cannot list leases; retrying", "err", err, "retry_in", backoff)
-			if !sleep() {
+			d := retry.next()
+			w.logger.Warn("cannot list leases; retrying", "err", err, "retry_in", d.Round(time.Millisecond))
+			if !sleepCtx(ctx, d) {
 				break
 			}
 			continue
@@ -73,16 +66,29 @@ func (w *Watcher) Run(ctx context.Context, apply func(Snapshot)) error {
 			w.afterList()
 		}
 		apply(buildSnapshot(w.reg.subnetsPrefix, kvs, rev))
-		err = w.watch(ctx, kvs, rev, apply, func() { backoff = w.minBackoff })
+		err = w.watch(ctx, kvs, rev, apply, func() { retry.reset(); compactions = 0 })
 		if ctx.Err() != nil {
 			break
 		}
 		if errors.Is(err, rpctypes.ErrCompacted) {
-			w.logger.Info("lease watch compacted; listing again", "revision", rev)
-			continue // list at once: nothing is wrong with etcd
+			compactions++
+			if compactions == 1 {
+				w.logger.Info("lease watch compacted; listing again", "revision", rev)
+				continue // list at once: nothing is wrong with etcd
+			}
+			// Compacted again before the watch delivered anything: etcd
+			// compacts faster than we list; do not loop on it.
+			d := retry.next()
+			w.logger.Warn("lease watch compacted again; listing again after a wait", "revision", rev,
+				"retry_in", d.Round(time.Millisecond))
+			if !sleepCtx(ctx, d) {
+				break
+			}
+			continue
 		}
-		w.logger.Warn("lease watch broke; listing again", "err", err, "retry_in", backoff)
-		if !sleep() {
+		d := retry.next()
+		w.logger.Warn("lease watch broke; listing again", "err", err, "retry_in", d.Round(time.Millisecond))
+		if !sleepCtx(ctx, d) {
 			break
 		}
 	}
