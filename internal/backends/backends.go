@@ -80,10 +80,8 @@ var placeholderExt = backend.ExternalInterface{
 // Check refuses a network config that weftd would refuse at start: an
 // unknown Backend.Type, or backend options its backend's own parser
 // rejects (a VNI of 2^24, a port given as a string, a port out of range).
-// It calls the backend's Factory with a placeholder underlay interface and
-// discards the backend; a Factory touches no kernel state. Warnings the
-// Factory logs (unknown options, for example) go to logger, which may be
-// nil to drop them.
+// Warnings the backend logs (unknown options, for example) go to logger,
+// which may be nil to drop them.
 func Check(cfg *subnet.Config, logger *slog.Logger) error {
 	d, ok := Lookup(cfg.BackendType)
 	if !ok {
@@ -92,6 +90,13 @@ func Check(cfg *subnet.Config, logger *slog.Logger) error {
 			Rule:  fmt.Sprintf("unknown backend %q (want %s)", cfg.BackendType, strings.Join(Types(), ", ")),
 		}
 	}
+	return d.CheckOptions(cfg, logger)
+}
+
+// CheckOptions runs d's own option parser on cfg.Backend: it calls d.New
+// with a placeholder underlay interface and discards the backend, which a
+// Factory allows (it touches no kernel state). logger may be nil.
+func (d Descriptor) CheckOptions(cfg *subnet.Config, logger *slog.Logger) error {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
