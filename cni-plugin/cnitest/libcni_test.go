@@ -280,6 +280,9 @@ func TestAddCheckDel(t *testing.T) {
 	}
 }
 
+// TestCheckDetectsDrift: CHECK fails, naming the problem, when a pod's own
+// setup drifts. (Missing masquerade rules, shared by every pod, are restored
+// instead: TestMasqueradeRestoredAfterReload.)
 func TestCheckDetectsDrift(t *testing.T) {
 	h := newHarness(t, opts{})
 	p := h.newPod(t)
@@ -293,8 +296,6 @@ func TestCheckDetectsDrift(t *testing.T) {
 	}{
 		{"mtu", []string{"ip", "-n", p.name, "link", "set", "eth0", "mtu", "1400"}, []string{"ip", "-n", p.name, "link", "set", "eth0", "mtu", "1450"}, "mtu"},
 		{"route", []string{"ip", "-n", p.name, "route", "del", "default"}, []string{"ip", "-n", p.name, "route", "add", "default", "via", gw}, "route"},
-		{"masquerade", []string{"ip", "netns", "exec", h.hostName, "iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-s", "198.18.5.0/24", "-m", "comment", "--comment", "weft weft", "-j", plugin.MasqChain("weft")},
-			[]string{"ip", "netns", "exec", h.hostName, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "198.18.5.0/24", "-m", "comment", "--comment", "weft weft", "-j", plugin.MasqChain("weft")}, "masquerade"},
 		{"bridge port", []string{"ip", "-n", h.hostName, "link", "set", hostVeth, "nomaster"}, []string{"ip", "-n", h.hostName, "link", "set", hostVeth, "master", "cni0"}, "not attached"},
 	}
 	for _, s := range steps {
@@ -307,6 +308,62 @@ func TestCheckDetectsDrift(t *testing.T) {
 		if err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt); err != nil {
 			t.Errorf("%s repaired: CHECK gave %v", s.name, err)
 		}
+	}
+}
+
+// TestMasqueradeRestoredAfterReload: a firewall reload that flushes the
+// nat table does not leave pods unmasqueraded: the next ADD, or a CHECK,
+// restores the rules, and repeated calls never duplicate them.
+func TestMasqueradeRestoredAfterReload(t *testing.T) {
+	h := newHarness(t, opts{})
+	chain := plugin.MasqChain("weft")
+	assertMasq := func(when string) {
+		t.Helper()
+		nat := h.iptablesNAT(t)
+		if n := strings.Count(nat, "-A POSTROUTING -s 198.18.5.0/24 "); n != 1 {
+			t.Fatalf("%s: %d masquerade jumps, want 1:\n%s", when, n, nat)
+		}
+		if n := strings.Count(nat, "-A "+chain+" "); n != 3 || !strings.Contains(nat, "-A "+chain+" -d 198.18.0.0/16 -j RETURN") || !strings.Contains(nat, "-A "+chain+" -j MASQUERADE") {
+			t.Fatalf("%s: chain %s does not hold its 3 rules:\n%s", when, chain, nat)
+		}
+	}
+	iptables := func(args ...string) {
+		run(t, append([]string{"ip", "netns", "exec", h.hostName, "iptables", "-w", "-t", "nat"}, args...)...)
+	}
+	p1 := h.newPod(t)
+	h.add(t, p1)
+	assertMasq("first ADD")
+
+	// A firewall reload: every nat chain flushed, the user chains deleted.
+	iptables("-F")
+	iptables("-X")
+	p2 := h.newPod(t)
+	h.add(t, p2)
+	assertMasq("ADD after a reload")
+	h.add(t, p2) // the same attachment again
+	p3 := h.newPod(t)
+	h.add(t, p3)
+	assertMasq("further ADDs")
+
+	// Only the jumps flushed: CHECK puts them back and succeeds.
+	iptables("-F", "POSTROUTING")
+	if err := h.cni.CheckNetworkList(context.Background(), h.list, p1.rt); err != nil {
+		t.Fatalf("CHECK after POSTROUTING was flushed: %v", err)
+	}
+	assertMasq("CHECK after POSTROUTING was flushed")
+	// Only the chain flushed, and a jump duplicated by hand.
+	iptables("-F", chain)
+	iptables("-A", "POSTROUTING", "-s", "198.18.5.0/24", "-m", "comment", "--comment", "weft weft", "-j", chain)
+	if err := h.cni.CheckNetworkList(context.Background(), h.list, p2.rt); err != nil {
+		t.Fatalf("CHECK after the chain was flushed: %v", err)
+	}
+	assertMasq("CHECK after the chain was flushed")
+
+	for _, p := range []*pod{p1, p2, p3} {
+		h.del(t, p)
+	}
+	if nat := h.iptablesNAT(t); strings.Contains(nat, "WEFT-MASQ") {
+		t.Fatalf("masquerade rules left after the last DEL:\n%s", nat)
 	}
 }
 

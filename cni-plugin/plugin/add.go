@@ -161,16 +161,21 @@ func cmdAdd(args *skel.CmdArgs) error {
 
 	tm.mark("container")
 	// 5. Masquerade and forwarding in the host namespace.
-	if s.IPMasq && !masqCurrent(store, conf.Name, s.Network, s.Subnet) {
-		err := store.Do(func(*ipam.Tx) error {
-			m, err := newMasq(conf.Name)
-			if err != nil {
-				return err
-			}
-			return m.ensure(store, s.Network, s.Subnet)
-		})
+	if s.IPMasq {
+		m, err := newMasq(conf.Name)
 		if err != nil {
 			return wrap(types.ErrInternal, "masquerade", err)
+		}
+		fixed, err := ensureMasq(store, m, s.Network, s.Subnet)
+		if err != nil {
+			return wrap(types.ErrInternal, "masquerade", err)
+		}
+		for _, f := range fixed {
+			if f.Restored {
+				log.Warn("masquerade rules were not in place; restored: "+f.What, "network", conf.Name, "subnet", s.Subnet)
+			} else {
+				log.Info("masquerade: "+f.What, "network", conf.Name, "subnet", s.Subnet)
+			}
 		}
 	}
 	if err := ensureForwarding(); err != nil {

@@ -165,8 +165,15 @@ func check(args *skel.CmdArgs, conf *NetConf, s *Settings, log *slog.Logger) err
 		if err != nil {
 			return err
 		}
-		if err := m.check(s.Network, s.Subnet); err != nil {
-			return err
+		// The rules are shared by every pod of the subnet, and a firewall
+		// reload removes them all: CHECK restores them rather than
+		// failing every pod, and says so.
+		fixed, err := ensureMasq(store, m, s.Network, s.Subnet)
+		if err != nil {
+			return fmt.Errorf("masquerade: %w", err)
+		}
+		for _, f := range fixed {
+			log.Warn("check: masquerade rules were not in place; restored: "+f.What, "network", conf.Name, "subnet", s.Subnet)
 		}
 	}
 	return nil

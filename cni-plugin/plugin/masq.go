@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -25,23 +27,123 @@ import (
 //	                  -j MASQUERADE [--random-fully]
 //
 // Pods only ever get addresses of the node's lease, so one jump per lease
-// subnet covers every pod, and the steady-state ADD and DEL run no iptables
-// command at all (each costs two process executions, the bulk of an ADD).
-// A marker file in the store directory records the cluster network the chain
-// was built for and the subnets that have a jump; an ADD whose network or
-// subnet is not in it (first pod, weftd re-leased) builds the missing part
-// under the IPAM lock. The DEL or GC that releases the network's last
-// address removes the jumps and the chain, also under the lock. CHECK
-// verifies that the chain and the jump exist.
+// subnet covers every pod. A marker (ipam Store.MarkerPath("masq", network))
+// records the cluster network the chain is for and the subnets that need a
+// jump: the current lease and those of earlier leases whose pods remain.
+//
+// The marker says what is wanted, never what exists: a firewall reload
+// (firewalld, iptables-restore, a flush by hand) removes rules behind the
+// plugin's back. So every ADD and CHECK reads the nat table (one
+// `iptables -S`) and compares it with the marker. When anything is missing,
+// duplicated or changed, it takes the IPAM lock, reads the table again and
+// fixes only the difference: it rebuilds a chain whose rules differ and adds
+// or removes jumps until each wanted subnet has exactly one. Repeating it
+// changes nothing. The DEL or GC that releases the network's last address
+// removes every jump to the chain and the chain, also under the lock.
 //
 //	no chain --first ADD--> chain + jump(subnet) --subnet change ADD--> + jump(new subnet)
-//	    ^                                                                     |
+//	    ^          ^                  |                                       |
+//	    |          +-- ADD/CHECK: restore what a flush removed --------------+
 //	    +------------------------- last DEL / GC ----------------------------+
 
 // MasqChain is the nat chain holding the masquerade rules of a network.
 func MasqChain(network string) string {
 	h := sha256.Sum256([]byte(network))
 	return "WEFT-MASQ-" + strings.ToUpper(hex.EncodeToString(h[:])[:8])
+}
+
+// natTable is the nat table of the plugin's namespace, as far as the
+// masquerade rules need it.
+type natTable interface {
+	// Rules returns the table as `iptables -t nat -S` prints it: "-N
+	// <chain>" for each chain, then "-A <chain> <rule>" lines.
+	Rules() ([]string, error)
+	// ClearChain creates chain, or removes its rules if it exists.
+	ClearChain(chain string) error
+	// Append adds rule at the end of chain.
+	Append(chain string, rule ...string) error
+	// Delete removes the first rule of chain that equals rule.
+	Delete(chain string, rule ...string) error
+	// DeleteChain removes chain and its rules; nothing may jump to it.
+	DeleteChain(chain string) error
+}
+
+// iptablesNAT is the natTable of the iptables command. Reading runs one
+// `iptables -S`; the go-iptables handle, whose creation runs
+// `iptables --version`, is made only when a rule must change.
+type iptablesNAT struct {
+	path string
+	ipt  *iptables.IPTables
+}
+
+var _ natTable = (*iptablesNAT)(nil)
+
+func newIptablesNAT() (*iptablesNAT, error) {
+	path, err := exec.LookPath("iptables")
+	if err != nil {
+		return nil, fmt.Errorf("iptables: %w", err)
+	}
+	return &iptablesNAT{path: path}, nil
+}
+
+func (t *iptablesNAT) Rules() ([]string, error) {
+	var stderr bytes.Buffer
+	cmd := exec.Command(t.path, "-w", "-t", "nat", "-S")
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("iptables -t nat -S: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return strings.Split(string(out), "\n"), nil
+}
+
+func (t *iptablesNAT) handle() (*iptables.IPTables, error) {
+	if t.ipt == nil {
+		ipt, err := iptables.New(iptables.Path(t.path))
+		if err != nil {
+			return nil, fmt.Errorf("iptables: %w", err)
+		}
+		t.ipt = ipt
+	}
+	return t.ipt, nil
+}
+
+func (t *iptablesNAT) ClearChain(chain string) error {
+	h, err := t.handle()
+	if err != nil {
+		return err
+	}
+	return h.ClearChain("nat", chain)
+}
+
+func (t *iptablesNAT) Append(chain string, rule ...string) error {
+	h, err := t.handle()
+	if err != nil {
+		return err
+	}
+	return h.Append("nat", chain, rule...)
+}
+
+func (t *iptablesNAT) Delete(chain string, rule ...string) error {
+	h, err := t.handle()
+	if err != nil {
+		return err
+	}
+	return h.Delete("nat", chain, rule...)
+}
+
+func (t *iptablesNAT) DeleteChain(chain string) error {
+	h, err := t.handle()
+	if err != nil {
+		return err
+	}
+	return h.ClearAndDeleteChain("nat", chain)
+}
+
+// randomFully reports whether MASQUERADE takes --random-fully.
+func (t *iptablesNAT) randomFully() bool {
+	h, err := t.handle()
+	return err == nil && h.HasRandomFully()
 }
 
 type masqState struct {
@@ -71,108 +173,257 @@ func writeMasqState(store *ipam.Store, network string, st masqState) error {
 	return os.Rename(tmp, p)
 }
 
-// masqCurrent reports, without running iptables, whether the marker says
-// the rules for cluster and sub are in place.
-func masqCurrent(store *ipam.Store, network string, cluster, sub netip.Prefix) bool {
-	st, ok := readMasqState(store, network)
-	return ok && st.Network == cluster.String() && slices.Contains(st.Subnets, sub.String())
-}
-
 type masq struct {
-	ipt     *iptables.IPTables
-	network string // CNI network name
-	chain   string
+	nat         natTable
+	randomFully func() bool
+	network     string // CNI network name
+	chain       string
 }
 
 func newMasq(network string) (*masq, error) {
-	ipt, err := iptables.New()
+	nat, err := newIptablesNAT()
 	if err != nil {
-		return nil, fmt.Errorf("iptables: %w", err)
+		return nil, err
 	}
-	return &masq{ipt: ipt, network: network, chain: MasqChain(network)}, nil
+	return &masq{nat: nat, randomFully: nat.randomFully, network: network, chain: MasqChain(network)}, nil
 }
 
 func (m *masq) jump(sub string) []string {
 	return []string{"-s", sub, "-m", "comment", "--comment", "weft " + m.network, "-j", m.chain}
 }
 
-// ensure builds the chain (for cluster) and the jump for sub. The caller
-// holds the store lock.
-func (m *masq) ensure(store *ipam.Store, cluster, sub netip.Prefix) error {
-	st, ok := readMasqState(store, m.network)
-	exists, err := m.ipt.ChainExists("nat", m.chain)
-	if err != nil {
-		return fmt.Errorf("look up chain %s: %w", m.chain, err)
-	}
-	if !ok || !exists || st.Network != cluster.String() {
-		if err := m.buildChain(cluster); err != nil {
-			return err
-		}
-		if !exists {
-			st.Subnets = nil // the jumps went with the chain
-		}
-		st.Network = cluster.String()
-	}
-	if err := m.ipt.AppendUnique("nat", "POSTROUTING", m.jump(sub.String())...); err != nil {
-		return fmt.Errorf("add masquerade jump for %s: %w", sub, err)
-	}
-	if !slices.Contains(st.Subnets, sub.String()) {
-		st.Subnets = append(st.Subnets, sub.String())
-	}
-	return writeMasqState(store, m.network, st)
-}
-
-func (m *masq) buildChain(cluster netip.Prefix) error {
-	if err := m.ipt.ClearChain("nat", m.chain); err != nil {
-		return fmt.Errorf("create chain %s: %w", m.chain, err)
-	}
+// chainRules are the rules the chain must hold, in order.
+func (m *masq) chainRules(cluster netip.Prefix, randomFully bool) [][]string {
 	masqRule := []string{"-j", "MASQUERADE"}
-	if m.ipt.HasRandomFully() {
+	if randomFully {
 		masqRule = append(masqRule, "--random-fully")
 	}
-	rules := [][]string{
+	return [][]string{
 		{"-d", cluster.String(), "-j", "RETURN"},
 		{"-d", "224.0.0.0/4", "-j", "RETURN"},
 		masqRule,
 	}
-	for _, r := range rules {
-		if err := m.ipt.Append("nat", m.chain, r...); err != nil {
-			return fmt.Errorf("fill chain %s: %w", m.chain, err)
-		}
-	}
-	return nil
 }
 
-// check verifies the chain and the jump for sub.
-func (m *masq) check(cluster, sub netip.Prefix) error {
-	ok, err := m.ipt.Exists("nat", "POSTROUTING", m.jump(sub.String())...)
+// natState is what the nat table holds of one network's rules.
+type natState struct {
+	chainExists bool
+	chain       [][]string            // the chain's rules
+	jumps       map[string][][]string // POSTROUTING rules to the chain, by source
+}
+
+// readNAT parses the table into the network's part of it.
+func (m *masq) readNAT() (natState, error) {
+	lines, err := m.nat.Rules()
 	if err != nil {
-		return fmt.Errorf("look up masquerade jump: %w", err)
+		return natState{}, err
 	}
-	if !ok {
-		return fmt.Errorf("masquerade jump for %s missing from nat POSTROUTING", sub)
-	}
-	ok, err = m.ipt.Exists("nat", m.chain, "-d", cluster.String(), "-j", "RETURN")
-	if err != nil || !ok {
-		return fmt.Errorf("masquerade chain %s does not exempt %s (err %v)", m.chain, cluster, err)
-	}
-	return nil
-}
-
-// remove deletes every jump and the chain. The caller holds the store lock
-// and has seen that no address is reserved any more.
-func (m *masq) remove(store *ipam.Store) error {
-	st, _ := readMasqState(store, m.network)
-	var errs []error
-	for _, sub := range st.Subnets {
-		err := m.ipt.Delete("nat", "POSTROUTING", m.jump(sub)...)
-		var ie *iptables.Error
-		if err != nil && !(errors.As(err, &ie) && ie.IsNotExist()) {
-			errs = append(errs, fmt.Errorf("remove masquerade jump for %s: %w", sub, err))
+	st := natState{jumps: map[string][][]string{}}
+	for _, line := range lines {
+		f := splitRule(line)
+		switch {
+		case len(f) == 2 && f[0] == "-N" && f[1] == m.chain:
+			st.chainExists = true
+		case len(f) >= 2 && f[0] == "-A" && f[1] == m.chain:
+			st.chain = append(st.chain, f[2:])
+		case len(f) >= 2 && f[0] == "-A" && f[1] == "POSTROUTING" && slices.Equal(ruleArg(f, "-j"), []string{m.chain}):
+			src := ""
+			if s := ruleArg(f, "-s"); len(s) == 1 {
+				src = s[0]
+			}
+			st.jumps[src] = append(st.jumps[src], f[2:])
 		}
 	}
-	if ok, err := m.ipt.ChainExists("nat", m.chain); err == nil && ok {
-		if err := m.ipt.ClearAndDeleteChain("nat", m.chain); err != nil {
+	return st, nil
+}
+
+// ruleArg returns the value after flag in a rule, or nil.
+func ruleArg(f []string, flag string) []string {
+	i := slices.Index(f, flag)
+	if i < 0 || i+1 >= len(f) {
+		return nil
+	}
+	return f[i+1 : i+2]
+}
+
+// splitRule splits a line of `iptables -S` into its words, undoing the
+// double quotes iptables puts around words with spaces (comments).
+func splitRule(line string) []string {
+	var out []string
+	var w strings.Builder
+	inWord, quoted := false, false
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case quoted && c == '\\' && i+1 < len(line):
+			i++
+			w.WriteByte(line[i])
+		case c == '"':
+			quoted = !quoted
+			inWord = true
+		case c == ' ' && !quoted:
+			if inWord {
+				out = append(out, w.String())
+				w.Reset()
+				inWord = false
+			}
+		default:
+			w.WriteByte(c)
+			inWord = true
+		}
+	}
+	if inWord {
+		out = append(out, w.String())
+	}
+	return out
+}
+
+// chainOK reports whether the chain holds exactly the wanted rules;
+// MASQUERADE may come with or without --random-fully.
+func (m *masq) chainOK(st natState, cluster netip.Prefix) bool {
+	if !st.chainExists {
+		return false
+	}
+	return slices.EqualFunc(st.chain, m.chainRules(cluster, false), slices.Equal[[]string]) ||
+		slices.EqualFunc(st.chain, m.chainRules(cluster, true), slices.Equal[[]string])
+}
+
+// wanted returns the subnets that need a jump: those of the marker (if it
+// is for this cluster network), sub, and any subnet the table already
+// jumps from (ours, since they target our chain; adopting them lets the
+// last DEL remove them).
+func wanted(marker masqState, st natState, sub netip.Prefix) []string {
+	subs := []string{sub.String()}
+	subs = append(subs, marker.Subnets...)
+	for src := range st.jumps {
+		if src != "" {
+			subs = append(subs, src)
+		}
+	}
+	slices.Sort(subs)
+	return slices.Compact(subs)
+}
+
+// inPlace reports whether the table and the marker already match what is
+// wanted, so that nothing needs the lock.
+func (m *masq) inPlace(store *ipam.Store, cluster, sub netip.Prefix) (bool, error) {
+	marker, ok := readMasqState(store, m.network)
+	if !ok || marker.Network != cluster.String() || !slices.Contains(marker.Subnets, sub.String()) {
+		return false, nil
+	}
+	st, err := m.readNAT()
+	if err != nil {
+		return false, err
+	}
+	if !m.chainOK(st, cluster) {
+		return false, nil
+	}
+	for _, s := range wanted(marker, st, sub) {
+		if len(st.jumps[s]) != 1 || !slices.Contains(marker.Subnets, s) {
+			return false, nil
+		}
+	}
+	return len(st.jumps[""]) == 0, nil
+}
+
+// masqFix is one change ensure made. Restored is set when the marker says
+// the rule should have been there: something removed it.
+type masqFix struct {
+	What     string
+	Restored bool
+}
+
+// ensure makes the table hold the chain (for cluster) and exactly one jump
+// for sub and for every subnet of the marker, and returns what it had to
+// fix, for the log. The caller holds the store lock.
+func (m *masq) ensure(store *ipam.Store, cluster, sub netip.Prefix) (fixed []masqFix, err error) {
+	marker, ok := readMasqState(store, m.network)
+	if !ok || marker.Network != cluster.String() {
+		// Earlier leases of another cluster network are gone with it.
+		marker, ok = masqState{Network: cluster.String()}, false
+	}
+	st, err := m.readNAT()
+	if err != nil {
+		return nil, err
+	}
+	if !m.chainOK(st, cluster) {
+		if err := m.nat.ClearChain(m.chain); err != nil {
+			return fixed, fmt.Errorf("create chain %s: %w", m.chain, err)
+		}
+		for _, r := range m.chainRules(cluster, m.randomFully()) {
+			if err := m.nat.Append(m.chain, r...); err != nil {
+				return fixed, fmt.Errorf("fill chain %s: %w", m.chain, err)
+			}
+		}
+		fixed = append(fixed, masqFix{"filled chain " + m.chain, ok})
+	}
+	subs := wanted(marker, st, sub)
+	for _, s := range subs {
+		have := st.jumps[s]
+		if len(have) == 0 {
+			if err := m.nat.Append("POSTROUTING", m.jump(s)...); err != nil {
+				return fixed, fmt.Errorf("add masquerade jump for %s: %w", s, err)
+			}
+			fixed = append(fixed, masqFix{"added jump for " + s, slices.Contains(marker.Subnets, s)})
+		}
+		for _, extra := range have[min(1, len(have)):] {
+			if err := m.nat.Delete("POSTROUTING", extra...); err != nil {
+				return fixed, fmt.Errorf("remove duplicate masquerade jump for %s: %w", s, err)
+			}
+			fixed = append(fixed, masqFix{"removed a duplicate jump for " + s, true})
+		}
+	}
+	for _, r := range st.jumps[""] { // a jump to our chain without a source
+		if err := m.nat.Delete("POSTROUTING", r...); err != nil {
+			return fixed, fmt.Errorf("remove masquerade jump %v: %w", r, err)
+		}
+		fixed = append(fixed, masqFix{"removed a jump without source", true})
+	}
+	if !slices.Equal(marker.Subnets, subs) {
+		marker.Subnets = subs
+		if err := writeMasqState(store, m.network, marker); err != nil {
+			return fixed, fmt.Errorf("write masquerade marker: %w", err)
+		}
+	}
+	return fixed, nil
+}
+
+// ensureMasq checks the network's masquerade rules against the table and
+// repairs them under the store lock when they differ; fixed says what it
+// repaired.
+func ensureMasq(store *ipam.Store, m *masq, cluster, sub netip.Prefix) (fixed []masqFix, err error) {
+	ok, err := m.inPlace(store, cluster, sub)
+	if err != nil || ok {
+		return nil, err
+	}
+	err = store.Do(func(*ipam.Tx) error {
+		var err error
+		fixed, err = m.ensure(store, cluster, sub)
+		return err
+	})
+	return fixed, err
+}
+
+// remove deletes every jump to the chain and the chain. The caller holds
+// the store lock and has seen that no address of the network is reserved
+// any more.
+func (m *masq) remove(store *ipam.Store) error {
+	st, err := m.readNAT()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for src, rules := range st.jumps {
+		for _, r := range rules {
+			err := m.nat.Delete("POSTROUTING", r...)
+			var ie *iptables.Error
+			if err != nil && !(errors.As(err, &ie) && ie.IsNotExist()) {
+				errs = append(errs, fmt.Errorf("remove masquerade jump for %s: %w", src, err))
+			}
+		}
+	}
+	if st.chainExists {
+		if err := m.nat.DeleteChain(m.chain); err != nil {
 			errs = append(errs, fmt.Errorf("remove chain %s: %w", m.chain, err))
 		}
 	}
