@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netns"
 
 	"github.com/weftnet/weft/internal/doctor"
 	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/subnet"
 )
 
 // errProblemsFound makes weftctl exit 1 after the doctor printed its
@@ -46,9 +48,14 @@ func cmdDoctor(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	if err != nil {
 		return fmt.Errorf("list leases: %w", err)
 	}
+	invalid := make([]subnet.InvalidLease, len(snap.Invalid))
+	for i, inv := range snap.Invalid {
+		invalid[i] = subnet.InvalidLease{Key: strings.TrimPrefix(inv.Key, reg.Prefix()+"/subnets/"), Value: inv.Value, Err: inv.Err}
+	}
 	in := doctor.Input{
 		Config:     cfg,
 		Leases:     snap.Leases,
+		Invalid:    invalid,
 		Netns:      netns.None(),
 		SubnetFile: subnetFilePath(e, c),
 		PublicIP:   publicIP,
