@@ -6,8 +6,8 @@
 // a timer, and whenever a netlink event says something it owns changed.
 // Calling SetDesired twice with the same state does nothing the second time.
 //
-// Backends are registered explicitly in cmd/weftd; this package holds no
-// registry of its own.
+// Backends are registered explicitly, in one list in internal/backends that
+// weftd and weftctl share; this package holds no registry of its own.
 package backend
 
 import (
