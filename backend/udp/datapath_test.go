@@ -763,3 +763,33 @@ func TestReceiveFiltersNoAllocs(t *testing.T) {
 		t.Fatalf("filters not exercised: %v", d)
 	}
 }
+
+// TestTxHostIPv6Ignored reads from the TUN what the kernel sends into
+// weft0 on its own (an IPv6 router solicitation): counted as
+// ignored-non-ipv4, not as a drop. Another IP version is malformed.
+func TestTxHostIPv6Ignored(t *testing.T) {
+	rs := make([]byte, 40+8)
+	rs[0] = 0x60
+	binary.BigEndian.PutUint16(rs[4:], 8)
+	rs[6], rs[7] = 58, 255 // next header ICMPv6, hop limit 255
+	copy(rs[24:], netip.MustParseAddr("ff02::2").AsSlice())
+	rs[40] = 133 // router solicitation
+	v5 := ipPacket("198.18.1.2", "198.18.2.7", packet.ProtoUDP, []byte("x"), 64)
+	v5[0] = 0x55
+	for _, vnet := range []bool{false, true} {
+		tx, _, tun, conn, b := testPath(t, vnet, false)
+		for _, p := range [][]byte{rs, v5} {
+			if vnet {
+				p = vnetPrefix(packet.VirtioNetHdr{}, p)
+			}
+			tx.handleNow(p)
+		}
+		d := b.Status().DataPath.Drops
+		if len(d) != 2 || d["ignored-non-ipv4"] != 1 || d["malformed"] != 1 {
+			t.Fatalf("vnet=%v: drops %v", vnet, d)
+		}
+		if len(conn.datagrams()) != 0 || len(tun.take()) != 0 {
+			t.Fatalf("vnet=%v: forwarded or answered", vnet)
+		}
+	}
+}

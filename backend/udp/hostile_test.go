@@ -544,3 +544,33 @@ func findLink(ns netns.NsHandle, name string) (tunLink, bool, error) {
 	})
 	return l, found, err
 }
+
+// TestKernelHostIPv6NotADrop brings weft0 up on a fresh host and waits for
+// the IPv6 the kernel itself sends into it (MLD reports, router and
+// neighbour solicitations): counted as ignored-non-ipv4, never as a drop
+// worth alarming on.
+func TestKernelHostIPv6NotADrop(t *testing.T) {
+	n := newTestNS(t)
+	b := startInNS(t, n, `{"Network":"198.18.0.0/16","Backend":{"Type":"udp"}}`)
+	b.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24")}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(b.Status().DataPath.Drops) == 0 {
+		if time.Now().After(deadline) {
+			t.Skipf("no IPv6 from the kernel on %s within 10 s (IPv6 disabled?)", DeviceName)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	for reason, v := range b.Status().DataPath.Drops {
+		if reason != "ignored-non-ipv4" {
+			t.Errorf("%d packets counted as %s on a host with no traffic", v, reason)
+		}
+	}
+}
