@@ -359,6 +359,9 @@ func closest(name string, known []string) (string, bool) {
 		if len(k) > 7 {
 			limit = 2
 		}
+		if len(name) > len(k)+limit || len(name) < len(k)-limit {
+			continue // too far apart, and keeps the distance cheap for huge names
+		}
 		d := editDistance(strings.ToLower(name), strings.ToLower(k))
 		if d <= limit && (bestD < 0 || d < bestD) {
 			best, bestD = k, d
