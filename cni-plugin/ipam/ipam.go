@@ -8,7 +8,9 @@
 //	last_reserved                the last address handed out (a hint)
 //	<ip>_<net key>-<owner key>   one file per reservation, holding
 //	                             {"network", "containerID", "ifname"}
-//	masq/<network>.json          markers that the plugin keeps per network
+//	masq/<network>.json          the plugin's markers (MarkerPath): the
+//	bridge/<bridge>.json         masquerade subnets of each network, the
+//	                             gateways weft put on each bridge
 //
 // The keys in a reservation's name are short hashes of the network name and
 // of the attachment (container ID and interface name), so allocation, DEL and
