@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -248,19 +249,46 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 		for _, l := range snap.Leases {
 			taken[l.Subnet] = true
 		}
+		// garbageAt is the mod revision of prev's plain key when that key
+		// holds a value that does not parse; prevClaims counts the keys
+		// that claim prev.
+		var garbageAt int64
+		prevClaims := 0
+		for _, l := range snap.Leases {
+			if l.Subnet == prev {
+				prevClaims++
+			}
+		}
 		for _, inv := range snap.Invalid {
 			// A key that does not parse may still be someone's claim on
 			// its IPv4 subnet (a dual-stack key with a bad IPv6 part):
 			// never create a second key for that subnet.
-			if sn, err := claimedSubnet(h.reg.subnetsPrefix, inv.Key); err == nil {
-				taken[sn] = true
+			sn, err := claimedSubnet(h.reg.subnetsPrefix, inv.Key)
+			if err != nil {
+				continue
+			}
+			taken[sn] = true
+			if sn == prev {
+				prevClaims++
+				if inv.Key == h.reg.LeaseKey(prev) {
+					garbageAt = inv.ModRevision
+				}
 			}
 		}
 
-		// Rule 2: the subnet we had before, if still ours to take.
+		// Rule 2: the subnet we had before, if still ours to take. Our own
+		// key holding garbage (overwritten while we were down) is nobody's
+		// claim: take it back, replacing exactly that garbage.
 		candidates := 0
+		if garbageAt != 0 && prevClaims == 1 && nw.InRange(prev) {
+			taken[prev] = false
+			h.logger.Warn("our previous subnet's key holds an unparsable value; taking it back",
+				"key", h.reg.LeaseKey(prev))
+		} else {
+			garbageAt = 0
+		}
 		if prev.IsValid() && nw.InRange(prev) && !taken[prev] {
-			l, err := h.claim(ctx, prev, attrs, value)
+			l, err := h.claim(ctx, prev, garbageAt, attrs, value)
 			if err == nil {
 				return l, nil
 			}
@@ -281,7 +309,7 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 				}
 				return subnet.Lease{}, fmt.Errorf("acquire lease in %s: %w", nw.Network, err)
 			}
-			l, err := h.claim(ctx, sn, attrs, value)
+			l, err := h.claim(ctx, sn, 0, attrs, value)
 			if err == nil {
 				return l, nil
 			}
@@ -383,9 +411,15 @@ func (h *Holder) reuse(ctx context.Context, l subnet.Lease, attrs subnet.LeaseAt
 }
 
 // claim grants an etcd lease and creates the key bound to it, only if the
-// key is absent. A grant that did not end up holding the key is revoked.
-func (h *Holder) claim(ctx context.Context, sn netip.Prefix, attrs subnet.LeaseAttrs, value []byte) (subnet.Lease, error) {
+// key is absent, or, when garbageAt is not 0, only if the key still holds
+// the unparsable value written at that revision. A grant that did not end up
+// holding the key is revoked.
+func (h *Holder) claim(ctx context.Context, sn netip.Prefix, garbageAt int64, attrs subnet.LeaseAttrs, value []byte) (subnet.Lease, error) {
 	key := h.reg.LeaseKey(sn)
+	cond := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+	if garbageAt != 0 {
+		cond = clientv3.Compare(clientv3.ModRevision(key), "=", garbageAt)
+	}
 	var grant *clientv3.LeaseGrantResponse
 	err := h.reg.call(ctx, func(ctx context.Context) (err error) {
 		grant, err = h.reg.cli.Grant(ctx, int64((h.cfg.TTL+time.Second-1)/time.Second))
@@ -397,7 +431,7 @@ func (h *Holder) claim(ctx context.Context, sn netip.Prefix, attrs subnet.LeaseA
 	var resp *clientv3.TxnResponse
 	err = h.reg.call(ctx, func(ctx context.Context) (err error) {
 		resp, err = h.reg.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			If(cond).
 			Then(clientv3.OpPut(key, string(value), clientv3.WithLease(grant.ID))).Commit()
 		return err
 	})
@@ -417,6 +451,9 @@ func (h *Holder) claim(ctx context.Context, sn netip.Prefix, attrs subnet.LeaseA
 		EtcdLease:      int64(grant.ID),
 		ModRevision:    resp.Header.Revision,
 		CreateRevision: resp.Header.Revision,
+	}
+	if garbageAt != 0 {
+		l.CreateRevision = 0 // the key is older than our claim; unknown here
 	}
 	h.setTTL(time.Duration(grant.TTL) * time.Second)
 	h.logger.Info("claimed lease", "subnet", sn, "etcd_lease", fmt.Sprintf("%x", grant.ID), "ttl", time.Duration(grant.TTL)*time.Second)
@@ -735,7 +772,15 @@ func (h *Holder) onOwnEvent(ctx context.Context, cur *subnet.Lease, ev *clientv3
 	}
 	attrs, err := subnet.ParseLeaseAttrs(ev.Kv.Value)
 	if err != nil {
-		return ownVerdict{loss: lossTakenOver, detail: fmt.Sprintf("value overwritten with something unparsable: %v", err)}
+		// Garbage is nobody's claim: the key stays ours, on our etcd lease
+		// (a plain put may have unbound it), and our value goes back.
+		// cur.Attrs is cleared so that the stored value differs from ours;
+		// what others see through Lease() is left as it was.
+		h.logger.Warn("OUR LEASE KEY WAS OVERWRITTEN with an unparsable value; putting our value back on the same key",
+			"key", h.reg.LeaseKey(cur.Subnet), "value", excerpt(ev.Kv.Value), "err", err)
+		cur.ModRevision = ev.Kv.ModRevision
+		cur.Attrs = subnet.LeaseAttrs{}
+		return ownVerdict{restore: true}
 	}
 	if attrs.PublicIP != h.currentAttrs().PublicIP {
 		return ownVerdict{loss: lossTakenOver, detail: fmt.Sprintf("now held by %s", attrs.PublicIP)}
@@ -755,6 +800,15 @@ func (h *Holder) onOwnEvent(ctx context.Context, cur *subnet.Lease, ev *clientv3
 	cur.Attrs = attrs
 	h.setLease(*cur)
 	return ownVerdict{restore: h.differs(*cur)}
+}
+
+// excerpt quotes at most 64 bytes of an etcd value for a log line.
+func excerpt(v []byte) string {
+	const n = 64
+	if len(v) > n {
+		return strconv.Quote(string(v[:n])) + "..."
+	}
+	return strconv.Quote(string(v))
 }
 
 // differs reports whether cur's stored value is not the one we publish.

@@ -397,3 +397,128 @@ func TestAcquireBacksOffWhenEveryClaimLoses(t *testing.T) {
 		t.Fatalf("%d etcd leases left; every lost claim must revoke its grant", l)
 	}
 }
+
+// Garbage written over our own key is nobody's claim: the holder keeps the
+// subnet, puts its value back on the same key, bound to its own etcd lease,
+// and says so in the log. It used to treat the garbage as a takeover and
+// move to a new subnet.
+func TestOwnKeyGarbageIsRestored(t *testing.T) {
+	for _, tc := range []struct {
+		name, value string
+		otherLease  bool // the garbage is bound to someone else's etcd lease
+	}{
+		{"binary, no etcd lease", "\x00\xffnot json", false},
+		{"empty", "", false},
+		{"JSON without PublicIP", `{"BackendType":"vxlan"}`, false},
+		{"bad PublicIP, another etcd lease", `{"PublicIP":"999.1.1.1"}`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cli, reg, nc := setup(t, bigNet)
+			ctx := testCtx(t)
+			var logs syncBuffer
+			a := attrs("192.0.2.11")
+			h, changes := runHolder(t, reg, HolderConfig{Network: nc, Attrs: a, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			l, err := h.Acquire(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			startRun(t, h)
+			time.Sleep(200 * time.Millisecond)
+			var opts []clientv3.OpOption
+			if tc.otherLease {
+				g, err := cli.Grant(ctx, 3600)
+				if err != nil {
+					t.Fatal(err)
+				}
+				opts = append(opts, clientv3.WithLease(g.ID))
+			}
+			put, err := cli.Put(ctx, reg.LeaseKey(l.Subnet), tc.value, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := a.MarshalJSON()
+			waitFor(t, "our value back on our key", func() bool {
+				v, id, rev, ok := getKV(t, cli, reg, l.Subnet)
+				return ok && rev > put.Header.Revision && bytes.Equal(v, want) && id == l.EtcdLease
+			})
+			select {
+			case c := <-changes:
+				t.Fatalf("OnChange(%s): the holder moved although garbage is nobody's claim", c.Subnet)
+			case <-time.After(500 * time.Millisecond):
+			}
+			if cur, ok := h.Lease(); !ok || cur.Subnet != l.Subnet || cur.EtcdLease != l.EtcdLease || !bytes.Equal(mustMarshal(t, cur.Attrs), want) {
+				t.Fatalf("Lease() = %+v %v", cur, ok)
+			}
+			snap, err := reg.Leases(ctx)
+			if err != nil || len(snap.Leases) != 1 || len(snap.Invalid) != 0 {
+				t.Fatalf("leases after the restore: %v %v", leaseSubnets(snap), err)
+			}
+			out := logs.String()
+			if !strings.Contains(out, "unparsable value") || !strings.Contains(out, "restored our lease value") {
+				t.Fatalf("the overwrite and the restore are not logged:\n%s", out)
+			}
+			if strings.Contains(out, "TAKEN OVER") {
+				t.Fatalf("garbage treated as a takeover:\n%s", out)
+			}
+			// The restored key is still renewed: our etcd lease holds it.
+			if _, err := cli.KeepAliveOnce(ctx, clientv3.LeaseID(l.EtcdLease)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func mustMarshal(t *testing.T, a subnet.LeaseAttrs) []byte {
+	t.Helper()
+	b, err := a.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A host that restarts and finds the key of its previous subnet (from the
+// subnet file) holding garbage takes that key back instead of moving.
+func TestAcquireTakesBackPreviousSubnetFromGarbage(t *testing.T) {
+	cli, reg, nc := setup(t, bigNet)
+	ctx := testCtx(t)
+	prev := netip.MustParsePrefix("198.18.42.0/24")
+	put, err := cli.Put(ctx, reg.LeaseKey(prev), "\x00garbage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := attrs("192.0.2.11")
+	l, err := NewHolder(reg, HolderConfig{Network: nc, Attrs: a, PreviousSubnet: prev}).Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Subnet != prev || l.EtcdLease == 0 {
+		t.Fatalf("acquired %s lease %x; want the previous subnet %s back", l.Subnet, l.EtcdLease, prev)
+	}
+	v, id, rev, ok := getKV(t, cli, reg, prev)
+	if !ok || !bytes.Equal(v, mustMarshal(t, a)) || id != l.EtcdLease || rev <= put.Header.Revision {
+		t.Fatalf("key: ok %v value %q lease %x rev %d", ok, v, id, rev)
+	}
+	// Garbage on a key that is not our previous subnet is not taken.
+	other := netip.MustParsePrefix("198.18.43.0/24")
+	if _, err := cli.Put(ctx, reg.LeaseKey(other), "junk"); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := NewHolder(reg, HolderConfig{Network: nc, Attrs: attrs("192.0.2.12")}).Acquire(ctx)
+	if err != nil || l2.Subnet == other || l2.Subnet == prev {
+		t.Fatalf("second host got %s, %v; want neither %s nor %s", l2.Subnet, err, other, prev)
+	}
+	// Nor when a valid dual-stack key claims the same IPv4 subnet.
+	third := netip.MustParsePrefix("198.18.44.0/24")
+	if _, err := cli.Put(ctx, reg.LeaseKey(third), "junk"); err != nil {
+		t.Fatal(err)
+	}
+	v3, _ := attrs("192.0.2.13").MarshalJSON()
+	if _, err := cli.Put(ctx, reg.subnetsPrefix+"198.18.44.0-24&fd00:44::-64", string(v3)); err != nil {
+		t.Fatal(err)
+	}
+	l3, err := NewHolder(reg, HolderConfig{Network: nc, Attrs: attrs("192.0.2.14"), PreviousSubnet: third}).Acquire(ctx)
+	if err != nil || l3.Subnet == third {
+		t.Fatalf("third host got %s, %v; want another subnet than %s, which a dual-stack key claims", l3.Subnet, err, third)
+	}
+}

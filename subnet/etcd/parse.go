@@ -16,6 +16,8 @@ type InvalidLease struct {
 	Key   string
 	Value []byte
 	Err   error
+	// ModRevision is the etcd revision of the last write to the key.
+	ModRevision int64
 }
 
 // parseLeaseKV turns one key/value under subnetsPrefix into a lease: the

@@ -230,7 +230,7 @@ type parsedKV struct {
 func parseKV(subnetsPrefix string, kv *mvccpb.KeyValue) parsedKV {
 	l, err := parseLeaseKV(subnetsPrefix, kv)
 	if err != nil {
-		return parsedKV{invalid: &InvalidLease{Key: string(kv.Key), Value: kv.Value, Err: err}}
+		return parsedKV{invalid: &InvalidLease{Key: string(kv.Key), Value: kv.Value, Err: err, ModRevision: kv.ModRevision}}
 	}
 	return parsedKV{lease: l}
 }
