@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weftnet/weft/e2e/lab"
+	"github.com/weftnet/weft/internal/lab"
 )
 
 // TestBackendsMesh brings up a small lab on each non-vxlan backend and

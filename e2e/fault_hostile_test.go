@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weftnet/weft/e2e/lab"
+	"github.com/weftnet/weft/internal/lab"
 )
 
 // TestFaultHostileLeases writes malformed and malicious lease values into

@@ -28,8 +28,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
-	"github.com/weftnet/weft/e2e/lab"
 	"github.com/weftnet/weft/internal/etcdserver"
+	"github.com/weftnet/weft/internal/lab"
 )
 
 // `weft-lab etcd` has no TLS flags, so the secured etcd of

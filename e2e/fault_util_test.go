@@ -24,8 +24,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weftnet/weft/e2e/lab"
 	"github.com/weftnet/weft/internal/apitypes"
+	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/subnet"
 )
 

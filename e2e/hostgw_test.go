@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weftnet/weft/e2e/lab"
+	"github.com/weftnet/weft/internal/lab"
 )
 
 // TestHostGWNonAdjacentPeer puts h3 in another IP subnet (198.51.100.0/24)

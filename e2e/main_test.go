@@ -1,7 +1,7 @@
 // Package e2e_test runs weft end to end: hosts in network namespaces, a
 // real etcd, real weftd daemons and real CNI calls, all built by package
-// github.com/weftnet/weft/e2e/lab. Every test needs root and skips without
-// it.
+// github.com/weftnet/weft/internal/lab. Every test needs root and skips
+// without it.
 //
 // TestMain builds the binaries once into a temp dir:
 //
@@ -21,7 +21,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftnet/weft/e2e/lab"
+	"github.com/weftnet/weft/internal/lab"
+	"github.com/weftnet/weft/internal/lab/labtest"
 )
 
 // binDir holds the binaries TestMain built; empty when not root.
@@ -143,7 +144,7 @@ func newLab(t *testing.T, opts lab.Options) *lab.Lab {
 	t.Helper()
 	needBins(t, "weft-lab")
 	opts.BinDir = binDir
-	return lab.NewForTest(t, opts)
+	return labtest.New(t, opts)
 }
 
 // goTool finds the go command, also when PATH lacks /usr/local/go/bin.

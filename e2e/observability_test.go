@@ -13,8 +13,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/weftnet/weft/e2e/lab"
 	"github.com/weftnet/weft/internal/doctor"
+	"github.com/weftnet/weft/internal/lab"
 )
 
 // TestObservability is issue #6 on a live cluster: /readyz flips from 503

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weftnet/weft/e2e/lab"
+	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/subnet"
 )
 

@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/weftnet/weft/e2e/bench"
-	"github.com/weftnet/weft/e2e/lab"
+	"github.com/weftnet/weft/internal/bench"
+	"github.com/weftnet/weft/internal/lab"
 )
 
 // benchConfig is what `weft-lab bench` was asked for.
@@ -59,7 +59,7 @@ func parseBench(args []string, stderr io.Writer) (benchConfig, error) {
 }
 
 // runBench is `weft-lab bench`: it runs the measurements of package
-// e2e/bench, prints one table and writes it with the machine description
+// internal/bench, prints one table and writes it with the machine description
 // to --out.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c, err := parseBench(args, stderr)

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/weftnet/weft/e2e/lab"
+	"github.com/weftnet/weft/internal/lab"
 )
 
 // demoConfig is what `weft-lab demo` was asked for.

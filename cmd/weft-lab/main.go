@@ -1,5 +1,5 @@
 // Command weft-lab runs weft's virtual multi-host lab (see package
-// github.com/weftnet/weft/e2e/lab).
+// github.com/weftnet/weft/internal/lab).
 //
 //	weft-lab demo [--hosts N] [--backend vxlan|host-gw|udp] [--keep] [--bin-dir DIR]
 //	weft-lab down [NAME...]
@@ -8,7 +8,7 @@
 //
 // demo brings up a lab, runs weftd on every host, attaches two pods per host
 // with the weft CNI plugin and prints the leases and a ping matrix. down
-// removes labs kept with --keep. bench runs package e2e/bench (data path,
+// removes labs kept with --keep. bench runs package internal/bench (data path,
 // control plane and CNI figures). etcd is the etcd server process the lab runs inside
 // its switch namespace; it is not meant to be run by hand.
 package main

@@ -1,5 +1,5 @@
 // Package bench measures weft end to end in the virtual lab (package
-// e2e/lab) for `weft-lab bench` and `make bench`: the data path of every
+// internal/lab) for `weft-lab bench` and `make bench`: the data path of every
 // backend against the raw underlay, the control plane with thousands of
 // synthetic peers against the kernel's own programming cost, CNI ADD/DEL
 // latency against a bare plugin exec, and packet loss across a weftd
@@ -19,7 +19,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/weftnet/weft/e2e/lab"
+	"github.com/weftnet/weft/internal/lab"
 )
 
 // Sections that can be selected with Options.Only.

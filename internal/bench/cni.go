@@ -8,7 +8,7 @@ import (
 
 	"github.com/weftnet/weft/cni-plugin/cnibench"
 	"github.com/weftnet/weft/cni-plugin/cnitest"
-	"github.com/weftnet/weft/e2e/lab"
+	"github.com/weftnet/weft/internal/lab"
 )
 
 // MeasureCNI times ADD and DEL through libcni against host h (weftd must

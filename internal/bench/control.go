@@ -17,7 +17,7 @@ import (
 
 	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/cni-plugin/cnitest"
-	"github.com/weftnet/weft/e2e/lab"
+	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/internal/nl"
 	"github.com/weftnet/weft/subnet"
 )

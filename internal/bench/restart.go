@@ -6,7 +6,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/weftnet/weft/e2e/lab"
+	"github.com/weftnet/weft/internal/lab"
 )
 
 // PingFlood pings dst from namespace ns every 10 ms, runs fn after lead,

@@ -27,4 +27,8 @@
 // Every lab records its state in /run/weft-lab/<name>.json while it exists,
 // so that `weft-lab down` can remove a lab that was kept (or whose owner
 // died): it kills every process inside the lab's namespaces and deletes them.
+//
+// Tests build a lab with labtest.New (package internal/lab/labtest), which
+// skips without root and closes the lab in t.Cleanup; it lives apart so that
+// this package, linked into weft-lab, does not import package testing.
 package lab

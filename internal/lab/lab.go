@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -93,34 +92,6 @@ type Lab struct {
 	kept      bool
 	created   time.Time
 	closeErr  error
-}
-
-// NewForTest builds a lab for a test: it skips the test when not root,
-// fails it when the lab cannot be built, prints the daemons' logs when the
-// test failed, and closes the lab in t.Cleanup.
-func NewForTest(t testing.TB, opts Options) *Lab {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("lab: needs root to create network namespaces (run the e2e tests as root)")
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	l, err := New(ctx, opts)
-	if err != nil {
-		t.Fatalf("lab: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			l.DumpLogs(t.Output())
-		}
-		if err := l.Close(); err != nil {
-			t.Errorf("lab close: %v", err)
-		}
-	})
-	return l
 }
 
 // New builds the topology, starts etcd and, unless opts.NoConfig, writes
