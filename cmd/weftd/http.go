@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/weftnet/weft/internal/apitypes"
+	"github.com/weftnet/weft/subnet"
 )
 
 // httpLimits bound what one client of the HTTP endpoints may take, so that
@@ -109,56 +110,53 @@ func (d *daemon) startHTTP() (*http.Server, error) {
 // status assembles what GET /status and weftctl status show.
 func (d *daemon) status() apitypes.Status {
 	ready, reason := d.readiness()
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	s := apitypes.Status{
-		PublicIP:          d.ext.PublicIP.String(),
-		ExternalInterface: d.ext.Name,
-		SubnetFile:        d.cfg.SubnetFile,
-		PeersKnown:        d.peersKnown,
-		LeasesSkipped:     d.leasesSkipped,
-		LeasesRefused:     make([]apitypes.LeaseRefusal, 0, len(d.refused)),
-		Ready:             ready,
-		NotReadyReason:    reason,
-		RestartNeeded:     d.restartNeeded,
-		ConfigError:       d.configError,
-		Version:           version,
+		SubnetFile:     d.cfg.SubnetFile,
+		Ready:          ready,
+		NotReadyReason: reason,
+		ConfigError:    *d.configError.Load(),
+		Version:        version,
+		LeasesRefused:  []apitypes.LeaseRefusal{},
 	}
-	for _, r := range d.refused {
+	w := d.wired.Load()
+	if w == nil {
+		return s
+	}
+	st := w.core.State()
+	s.ExternalInterface = w.ext.Name
+	if w.ext.PublicIP.IsValid() {
+		s.PublicIP = w.ext.PublicIP.String()
+	}
+	s.Backend = w.netcfg.BackendType
+	s.PeersKnown = st.Peers
+	s.RestartNeeded = len(st.RestartNeeded) > 0
+	s.ConfigError = st.ConfigError
+	for _, r := range st.Refused {
 		s.LeasesRefused = append(s.LeasesRefused, apitypes.LeaseRefusal{Key: r.Key, Reason: r.Reason, Error: r.Err.Error()})
-	}
-	if !d.ext.PublicIP.IsValid() {
-		s.PublicIP = ""
-	}
-	if d.netcfg != nil {
-		s.Backend = d.netcfg.BackendType
-	}
-	if d.haveLease {
-		s.Lease = d.lease.Subnet.String()
-		s.Reservation = d.lease.Reservation
-		s.LeaseExpires = d.lease.Expiration
-		if d.holder != nil {
-			if l, ok := d.holder.Lease(); ok {
-				s.LeaseExpires = l.Expiration
-				s.Reservation = l.Reservation
-			}
+		if !subnet.Conflict(r.Reason) {
+			s.LeasesSkipped++
 		}
 	}
-	if d.reg != nil {
-		s.LastEtcdContact = d.reg.LastContact()
+	if st.HaveLease {
+		s.Lease = st.Lease.Subnet.String()
+		s.Reservation = st.Lease.Reservation
+		s.LeaseExpires = st.Lease.Expiration
+		if l, ok := w.store.Lease(); ok && l.Subnet == st.Lease.Subnet {
+			s.LeaseExpires = l.Expiration
+			s.Reservation = l.Reservation
+		}
 	}
-	if d.be != nil {
-		st := d.be.Status()
-		s.MTU = d.be.MTU()
-		s.Device = st.Device
-		s.PeersProgrammed = st.PeersProgrammed
-		s.LastReconcile = st.LastReconcile
-		s.LastError = st.LastError
-		if len(st.Refused) > 0 {
-			s.PeersRefused = map[string]string{}
-			for p, why := range st.Refused {
-				s.PeersRefused[p.String()] = why
-			}
+	s.LastEtcdContact = w.reg.LastContact()
+	bs := w.be.Status()
+	s.MTU = w.be.MTU()
+	s.Device = bs.Device
+	s.PeersProgrammed = bs.PeersProgrammed
+	s.LastReconcile = bs.LastReconcile
+	s.LastError = bs.LastError
+	if len(bs.Refused) > 0 {
+		s.PeersRefused = map[string]string{}
+		for p, why := range bs.Refused {
+			s.PeersRefused[p.String()] = why
 		}
 	}
 	return s

@@ -18,25 +18,15 @@ import (
 // rather than copied on every change.
 type metrics struct {
 	reg             *prometheus.Registry
-	leasesKnown     prometheus.Gauge
-	leasesInvalid   prometheus.Gauge
 	leasesSkipped   *prometheus.CounterVec
 	reconcile       prometheus.Histogram
 	reconcileErrors prometheus.Counter
 	etcdErrors      prometheus.Counter
-	configInvalid   prometheus.Gauge
-	restartNeeded   prometheus.Gauge
 }
 
 func newMetrics() *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
-		leasesKnown: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "weft_leases_known", Help: "Subnet leases in etcd, ours and invalid ones included.",
-		}),
-		leasesInvalid: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "weft_leases_invalid", Help: "Leases in etcd currently skipped because they are invalid.",
-		}),
 		leasesSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weft_leases_skipped_total", Help: "Leases skipped as invalid, counted once per distinct value, by reason.",
 		}, []string{"reason"}),
@@ -50,18 +40,12 @@ func newMetrics() *metrics {
 		etcdErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weft_etcd_errors_total", Help: "etcd requests by weftd that failed.",
 		}),
-		configInvalid: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "weft_config_invalid", Help: "1 while the network config in etcd is invalid.",
-		}),
-		restartNeeded: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "weft_restart_needed", Help: "1 when the network config in etcd changed since weftd started.",
-		}),
 	}
-	m.leasesSkipped.WithLabelValues("unparsable")
-	m.leasesSkipped.WithLabelValues("invalid")
-	m.leasesSkipped.WithLabelValues("backend-data")
-	m.reg.MustRegister(m.leasesKnown, m.leasesInvalid, m.leasesSkipped, m.reconcile, m.reconcileErrors,
-		m.etcdErrors, m.configInvalid, m.restartNeeded,
+	for _, r := range []string{subnet.RefusedUnparsable, subnet.RefusedInvalid, subnet.RefusedBackendData,
+		subnet.RefusedDuplicateSubnet, subnet.RefusedDuplicateMAC} {
+		m.leasesSkipped.WithLabelValues(r)
+	}
+	m.reg.MustRegister(m.leasesSkipped, m.reconcile, m.reconcileErrors, m.etcdErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -103,6 +87,10 @@ var (
 	descPackets         = prometheus.NewDesc("weft_udp_packets_total", "Packets through the udp backend.", []string{"direction"}, nil)
 	descBytes           = prometheus.NewDesc("weft_udp_bytes_total", "Bytes through the udp backend.", []string{"direction"}, nil)
 	descDrops           = prometheus.NewDesc("weft_udp_drops_total", "Packets the udp backend dropped, by reason.", []string{"reason"}, nil)
+	descLeasesKnown     = prometheus.NewDesc("weft_leases_known", "Subnet leases in etcd, ours and invalid ones included.", nil, nil)
+	descLeasesInvalid   = prometheus.NewDesc("weft_leases_invalid", "Leases in etcd currently skipped because they are broken (conflicts count in weft_peers_refused).", nil, nil)
+	descConfigInvalid   = prometheus.NewDesc("weft_config_invalid", "1 while the network config in etcd is invalid.", nil, nil)
+	descRestartNeeded   = prometheus.NewDesc("weft_restart_needed", "1 when the network config in etcd changed since weftd started.", nil, nil)
 	descEtcdContact     = prometheus.NewDesc("weft_etcd_last_contact_seconds", "Seconds since weftd last heard from etcd.", nil, nil)
 )
 
@@ -111,7 +99,8 @@ type statusCollector struct{ d *daemon }
 
 func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPeersProgrammed, descPeersWanted, descPeersRefused, descRepairs,
-		descLeaseExpiry, descReady, descPackets, descBytes, descDrops, descEtcdContact} {
+		descLeaseExpiry, descReady, descPackets, descBytes, descDrops, descEtcdContact,
+		descLeasesKnown, descLeasesInvalid, descConfigInvalid, descRestartNeeded} {
 		ch <- d
 	}
 }
@@ -120,46 +109,57 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	d := c.d
 	ready, _ := d.readiness()
 	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, b2f(ready))
-	d.mu.Lock()
-	be, ipt, reg, lease, have, holder := d.be, d.ipt, d.reg, d.lease, d.haveLease, d.holder
-	conflicts := 0
-	for _, r := range d.refused {
+	repairs := map[string]uint64{"device": 0, "route": 0, "neigh": 0, "fdb": 0, "addr": 0, "iptables": 0}
+	defer func() {
+		for k, v := range repairs {
+			ch <- prometheus.MustNewConstMetric(descRepairs, prometheus.CounterValue, float64(v), k)
+		}
+	}()
+	w := d.wired.Load()
+	if w == nil {
+		ch <- prometheus.MustNewConstMetric(descConfigInvalid, prometheus.GaugeValue, b2f(*d.configError.Load() != ""))
+		ch <- prometheus.MustNewConstMetric(descRestartNeeded, prometheus.GaugeValue, 0)
+		ch <- prometheus.MustNewConstMetric(descLeasesKnown, prometheus.GaugeValue, 0)
+		ch <- prometheus.MustNewConstMetric(descLeasesInvalid, prometheus.GaugeValue, 0)
+		return
+	}
+	st := w.core.State()
+	ch <- prometheus.MustNewConstMetric(descConfigInvalid, prometheus.GaugeValue, b2f(st.ConfigError != ""))
+	ch <- prometheus.MustNewConstMetric(descRestartNeeded, prometheus.GaugeValue, b2f(len(st.RestartNeeded) > 0))
+	ch <- prometheus.MustNewConstMetric(descLeasesKnown, prometheus.GaugeValue, float64(st.LeasesKnown))
+	conflicts, broken := 0, 0
+	for _, r := range st.Refused {
 		if subnet.Conflict(r.Reason) {
 			conflicts++
+		} else {
+			broken++
 		}
 	}
-	d.mu.Unlock()
-	if reg != nil && !reg.LastContact().IsZero() {
-		ch <- prometheus.MustNewConstMetric(descEtcdContact, prometheus.GaugeValue, time.Since(reg.LastContact()).Seconds())
+	ch <- prometheus.MustNewConstMetric(descLeasesInvalid, prometheus.GaugeValue, float64(broken))
+	if !w.reg.LastContact().IsZero() {
+		ch <- prometheus.MustNewConstMetric(descEtcdContact, prometheus.GaugeValue, time.Since(w.reg.LastContact()).Seconds())
 	}
-	if have {
+	if st.HaveLease {
+		lease := st.Lease
+		if l, ok := w.store.Lease(); ok && l.Subnet == lease.Subnet {
+			lease = l
+		}
 		v := math.Inf(1)
 		if !lease.Reservation && !lease.Expiration.IsZero() {
 			v = time.Until(lease.Expiration).Seconds()
 		}
-		if h := holder; h != nil {
-			if l, ok := h.Lease(); ok && !l.Reservation && !l.Expiration.IsZero() {
-				v = time.Until(l.Expiration).Seconds()
-			}
-		}
 		ch <- prometheus.MustNewConstMetric(descLeaseExpiry, prometheus.GaugeValue, v)
 	}
-	repairs := map[string]uint64{"device": 0, "route": 0, "neigh": 0, "fdb": 0, "addr": 0, "iptables": 0}
-	if be != nil {
-		st := be.Status()
-		ch <- prometheus.MustNewConstMetric(descPeersProgrammed, prometheus.GaugeValue, float64(st.PeersProgrammed))
-		ch <- prometheus.MustNewConstMetric(descPeersWanted, prometheus.GaugeValue, float64(st.PeersWanted))
-		ch <- prometheus.MustNewConstMetric(descPeersRefused, prometheus.GaugeValue, float64(len(st.Refused)+conflicts))
-		for k, v := range st.Repairs {
-			repairs[k] += v
-		}
-		collectDataPath(ch, st.DataPath)
+	bs := w.be.Status()
+	ch <- prometheus.MustNewConstMetric(descPeersProgrammed, prometheus.GaugeValue, float64(bs.PeersProgrammed))
+	ch <- prometheus.MustNewConstMetric(descPeersWanted, prometheus.GaugeValue, float64(bs.PeersWanted))
+	ch <- prometheus.MustNewConstMetric(descPeersRefused, prometheus.GaugeValue, float64(len(bs.Refused)+conflicts))
+	for k, v := range bs.Repairs {
+		repairs[k] += v
 	}
-	if ipt != nil {
-		repairs["iptables"] += ipt.Repairs()
-	}
-	for k, v := range repairs {
-		ch <- prometheus.MustNewConstMetric(descRepairs, prometheus.CounterValue, float64(v), k)
+	collectDataPath(ch, bs.DataPath)
+	if w.ipt != nil {
+		repairs["iptables"] += w.ipt.Repairs()
 	}
 }
 

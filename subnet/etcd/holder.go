@@ -37,6 +37,9 @@ type HolderConfig struct {
 	// OnChange is called from Run's goroutine whenever our lease is
 	// re-acquired or its subnet changes.
 	OnChange func(subnet.Lease)
+	// OnWaiting, if set, is called from Run's goroutine with a one-line
+	// reason each time acquiring a lease fails and is retried.
+	OnWaiting func(reason string)
 }
 
 // Holder claims and keeps this host's lease. Its life cycle:
@@ -525,10 +528,15 @@ func (h *Holder) acquireLoop(ctx context.Context, prev netip.Prefix) (subnet.Lea
 			return subnet.Lease{}, false
 		}
 		d := retry.next()
+		reason := "acquiring a subnet lease: " + err.Error()
 		if errors.Is(err, subnet.ErrOutOfSubnets) {
+			reason = "out of subnets: every subnet of the network is leased or reserved; retrying"
 			h.logger.Error("cannot acquire a lease: no free subnet; retrying", "err", err, "retry_in", d.Round(time.Millisecond))
 		} else {
 			h.logger.Warn("cannot acquire a lease; retrying", "err", err, "retry_in", d.Round(time.Millisecond))
+		}
+		if h.cfg.OnWaiting != nil {
+			h.cfg.OnWaiting(reason)
 		}
 		if !sleepCtx(ctx, d) {
 			return subnet.Lease{}, false

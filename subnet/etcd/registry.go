@@ -37,7 +37,8 @@ const DefaultPrefix = "/coreos.com/network"
 const CallTimeout = 5 * time.Second
 
 // ErrNoConfig means the config key is absent. It is wrapped with the key name.
-var ErrNoConfig = errors.New("no network config in etcd")
+// It wraps subnet.ErrNoConfig, which every lease store returns.
+var ErrNoConfig = fmt.Errorf("%w in etcd", subnet.ErrNoConfig)
 
 // ErrCompacted means a watch asked for a revision etcd has compacted away.
 // The etcd error is wrapped too.
