@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/internal/etcdserver"
+	"github.com/weftnet/weft/subnet/etcd/etcdtest"
 )
 
 type testCA struct {
@@ -146,12 +147,186 @@ func TestNewClientTLS(t *testing.T) {
 			t.Logf("error (after %s): %v", time.Since(start).Round(time.Millisecond), err)
 		})
 	}
-	t.Run("no key file: TLS not used, missing files not read", func(t *testing.T) {
-		cli, err := NewClient(ClientOptions{Endpoints: []string{"http://127.0.0.1:1"}, CertFile: "/nonexistent"})
+	t.Run("no client certificate for a server that requires one", func(t *testing.T) {
+		cli, err := NewClient(ClientOptions{Endpoints: srv.Endpoints(), CAFile: filepath.Join(dir, "ca.pem"), DialTimeout: 3 * time.Second})
+		if err == nil {
+			cli.Close()
+			t.Fatal("NewClient succeeded")
+		}
+		if !errors.Is(err, ErrTLS) {
+			t.Fatalf("error %v does not wrap ErrTLS", err)
+		}
+		t.Logf("error: %v", err)
+	})
+}
+
+// Options that cannot work are refused before any connection, naming both
+// halves of a client certificate.
+func TestNewClientTLSOptions(t *testing.T) {
+	dir := t.TempDir()
+	ca := newCA(t, dir, "ca")
+	cert, key := ca.issue(t, "client", 3)
+	for _, tc := range []struct {
+		name string
+		o    ClientOptions
+		says []string
+	}{
+		{"certificate without key", ClientOptions{CertFile: cert}, []string{"--etcd-certfile", "--etcd-keyfile", cert}},
+		{"key without certificate", ClientOptions{KeyFile: key, CAFile: filepath.Join(dir, "ca.pem")}, []string{"--etcd-certfile", "--etcd-keyfile", key}},
+		{"missing CA file", ClientOptions{CAFile: filepath.Join(dir, "nope.pem")}, []string{"nope.pem"}},
+		{"CA file without PEM", ClientOptions{CAFile: key + ".missing"}, []string{"CA file"}},
+		{"certificate without key, missing file", ClientOptions{CertFile: "/nonexistent"}, []string{"--etcd-keyfile", "/nonexistent"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.o.Endpoints = []string{"http://127.0.0.1:1"}
+			cli, err := NewClient(tc.o)
+			if err == nil {
+				cli.Close()
+				t.Fatal("NewClient succeeded")
+			}
+			if !errors.Is(err, ErrTLSOptions) {
+				t.Errorf("error %v does not wrap ErrTLSOptions", err)
+			}
+			for _, w := range tc.says {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %s", err, w)
+				}
+			}
+		})
+	}
+	for _, tc := range []struct {
+		o    ClientOptions
+		want bool
+	}{
+		{ClientOptions{Endpoints: []string{"http://a:2379"}}, false},
+		{ClientOptions{Endpoints: []string{"a:2379"}}, false},
+		{ClientOptions{Endpoints: []string{"http://a:2379", "HTTPS://b:2379"}}, true},
+		{ClientOptions{Endpoints: []string{"http://a:2379"}, CAFile: "ca.pem"}, true},
+		{ClientOptions{Endpoints: []string{"http://a:2379"}, CertFile: "c.pem"}, true},
+		{ClientOptions{Endpoints: []string{"http://a:2379"}, KeyFile: "k.pem"}, true},
+	} {
+		if got := tc.o.UsesTLS(); got != tc.want {
+			t.Errorf("%+v: UsesTLS = %v, want %v", tc.o, got, tc.want)
+		}
+	}
+	if got := asHTTPS("HTTP://a:1"); got != "https://a:1" {
+		t.Errorf("asHTTPS = %s", got)
+	}
+}
+
+// tlsEtcd starts an etcd that serves TLS with a certificate from its own CA
+// and does not ask for client certificates.
+func tlsEtcd(t *testing.T) (srv *etcdserver.Server, caFile string) {
+	t.Helper()
+	dir := t.TempDir()
+	ca := newCA(t, dir, "ca")
+	srvCert, srvKey := ca.issue(t, "server", 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv, err := etcdserver.Start(ctx, etcdserver.Options{Dir: filepath.Join(dir, "data"), ClientURLs: []string{"https://127.0.0.1:0"},
+		CertFile: srvCert, KeyFile: srvKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	return srv, filepath.Join(dir, "ca.pem")
+}
+
+// --etcd-cafile alone means TLS: against an etcd that serves TLS without
+// client certificates it works, with the endpoint written https:// or, as
+// in flannel's default endpoints, http://. It used to be ignored, and
+// every request ran into its deadline.
+func TestNewClientCAOnly(t *testing.T) {
+	srv, caFile := tlsEtcd(t)
+	https := srv.Endpoints()[0]
+	for _, ep := range []string{https, "http://" + strings.TrimPrefix(https, "https://")} {
+		t.Run(ep, func(t *testing.T) {
+			cli, err := NewClient(ClientOptions{Endpoints: []string{ep}, CAFile: caFile})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cli.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := NewRegistry(cli, "").PutConfig(ctx, []byte(bigNet)); err != nil {
+				t.Fatalf("PutConfig with only a CA file: %v", err)
+			}
+		})
+	}
+}
+
+// Mismatches between the client's TLS settings and the server are named as
+// TLS problems, not left as a bare "context deadline exceeded".
+func TestTLSMismatchNamed(t *testing.T) {
+	tlsSrv, caFile := tlsEtcd(t)
+	https := tlsSrv.Endpoints()[0]
+	hostport := strings.TrimPrefix(https, "https://")
+
+	t.Run("https endpoint, server CA not given", func(t *testing.T) {
+		start := time.Now()
+		cli, err := NewClient(ClientOptions{Endpoints: []string{https}, DialTimeout: 3 * time.Second})
+		if err == nil {
+			cli.Close()
+			t.Fatal("NewClient succeeded against a server certificate nobody trusts")
+		}
+		if !errors.Is(err, ErrTLS) || !strings.Contains(err.Error(), "not trusted") || !strings.Contains(err.Error(), "--etcd-cafile") {
+			t.Fatalf("error %v: want ErrTLS saying the server certificate is not trusted", err)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("took %s", d)
+		}
+		t.Logf("error: %v", err)
+	})
+
+	for _, ep := range []string{"http://" + hostport, hostport} {
+		t.Run("no TLS options, server speaks TLS: "+ep, func(t *testing.T) {
+			cli, err := NewClient(ClientOptions{Endpoints: []string{ep}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cli.Close()
+			start := time.Now()
+			_, _, err = NewRegistry(cli, "").ConfigRaw(context.Background())
+			if !errors.Is(err, ErrTLS) || !strings.Contains(err.Error(), "speaks TLS but no TLS options were given") {
+				t.Fatalf("first request: %v; want ErrTLS saying the endpoint speaks TLS", err)
+			}
+			if d := time.Since(start); d > CallTimeout+3*time.Second {
+				t.Fatalf("took %s", d)
+			}
+			t.Logf("after %s: %v", time.Since(start).Round(time.Millisecond), err)
+		})
+	}
+
+	t.Run("TLS options, server speaks plain text", func(t *testing.T) {
+		_, plain := etcdtest.Start(t)
+		start := time.Now()
+		cli, err := NewClient(ClientOptions{Endpoints: plain.Endpoints(), CAFile: caFile, DialTimeout: 3 * time.Second})
+		if err == nil {
+			cli.Close()
+			t.Fatal("NewClient with TLS options succeeded against a plain-text etcd")
+		}
+		if !errors.Is(err, ErrTLS) || !strings.Contains(err.Error(), "speak TLS") {
+			t.Fatalf("error %v: want ErrTLS saying the endpoint does not speak TLS", err)
+		}
+		t.Logf("after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	})
+
+	t.Run("no TLS options, plain-text etcd down: no TLS blamed", func(t *testing.T) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		cli.Close()
+		ep := "http://" + l.Addr().String()
+		l.Close()
+		cli, err := NewClient(ClientOptions{Endpoints: []string{ep}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		_, _, err = NewRegistry(cli, "").ConfigRaw(context.Background())
+		if err == nil || errors.Is(err, ErrTLS) {
+			t.Fatalf("request to a down etcd: %v; want a plain error", err)
+		}
 	})
 }
 
