@@ -795,3 +795,54 @@ func TestManyHoldersFewSubnets(t *testing.T) {
 		t.Fatalf("%d etcd leases, want 16", n)
 	}
 }
+
+// TestOwnStaleLeases: a host that comes back with its subnet file keeps the
+// subnet its pods use even when a reservation (or a planted key without an
+// etcd lease) carries its PublicIP too; a host that comes back without one
+// takes the reservation and removes its own older lease, which would live
+// on for its TTL with the same VTEP MAC otherwise.
+func TestOwnStaleLeases(t *testing.T) {
+	cli, reg, nc := setup(t, bigNet)
+	ctx := testCtx(t)
+	a := attrs("192.0.2.11")
+	live, err := NewHolder(reg, HolderConfig{Network: nc, Attrs: a}).Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := netip.MustParsePrefix("198.18.200.0/24")
+	if live.Subnet == res {
+		t.Skip("the random subnet is the test's reservation")
+	}
+	if err := reg.Reserve(ctx, res, a.PublicIP); err != nil {
+		t.Fatal(err)
+	}
+
+	// With the subnet file: the live lease, untouched; the reservation stays.
+	l, err := NewHolder(reg, HolderConfig{Network: nc, Attrs: a, PreviousSubnet: live.Subnet}).Acquire(ctx)
+	if err != nil || l.Subnet != live.Subnet || l.EtcdLease != live.EtcdLease {
+		t.Fatalf("with the subnet file: got %+v, %v; want %s", l, err, live.Subnet)
+	}
+	if _, _, _, ok := getKV(t, cli, reg, res); !ok {
+		t.Fatal("the reservation was removed")
+	}
+
+	// Without it: the reservation, and the old live lease is gone.
+	l, err = NewHolder(reg, HolderConfig{Network: nc, Attrs: a}).Acquire(ctx)
+	if err != nil || l.Subnet != res || !l.Reservation {
+		t.Fatalf("without the subnet file: got %+v, %v; want the reservation %s", l, err, res)
+	}
+	if _, _, _, ok := getKV(t, cli, reg, live.Subnet); ok {
+		t.Fatalf("our stale lease %s is still in etcd", live.Subnet)
+	}
+	// Another host's lease is never touched.
+	other, err := NewHolder(reg, HolderConfig{Network: nc, Attrs: attrs("192.0.2.12")}).Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewHolder(reg, HolderConfig{Network: nc, Attrs: a}).Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, ok := getKV(t, cli, reg, other.Subnet); !ok {
+		t.Fatal("another host's lease was removed")
+	}
+}

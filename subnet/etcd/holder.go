@@ -239,11 +239,14 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 		}
 
 		// Rule 1: the key that already carries our PublicIP.
-		if mine, ok := h.findMine(snap); ok {
+		if mine, ok := h.findMine(snap, prev); ok {
 			l, err := h.reuse(ctx, mine, attrs, value)
 			if errors.Is(err, errLostRace) {
 				prev = mine.Subnet
 				continue
+			}
+			if err == nil {
+				h.retireStale(ctx, snap, l)
 			}
 			return l, err
 		}
@@ -326,7 +329,8 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 	}
 }
 
-// findMine picks the key carrying our PublicIP: a reservation first, then
+// findMine picks the key carrying our PublicIP: the one in prev, our
+// previous subnet (the pods on this host use it), else a reservation, else
 // the most recently written lease.
 //
 // A dual-stack key ("<v4>-<len>&<v6>-<len>") is never ours: weft runs IPv4
@@ -334,7 +338,7 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 // does not route. Such a key with our PublicIP (flannel's, left from before
 // the switch to weft, or planted) is left alone, with a warning; its IPv4
 // subnet counts as taken until it expires or an operator deletes it.
-func (h *Holder) findMine(snap Snapshot) (subnet.Lease, bool) {
+func (h *Holder) findMine(snap Snapshot, prev netip.Prefix) (subnet.Lease, bool) {
 	ip := h.currentAttrs().PublicIP
 	nw := h.cfg.Network
 	var best subnet.Lease
@@ -359,12 +363,41 @@ func (h *Holder) findMine(snap Snapshot) (subnet.Lease, bool) {
 		}
 		switch {
 		case !found,
-			l.Reservation && !best.Reservation,
-			l.Reservation == best.Reservation && l.ModRevision > best.ModRevision:
+			best.Subnet != prev && l.Subnet == prev,
+			best.Subnet != prev && l.Reservation && !best.Reservation,
+			best.Subnet != prev && l.Reservation == best.Reservation && l.ModRevision > best.ModRevision:
 			best, found = l, true
 		}
 	}
 	return best, found
+}
+
+// retireStale deletes the other leases that carry our PublicIP once we hold
+// kept: our own earlier leases (from before a reboot that lost the subnet
+// file, say), which would otherwise live on until their TTL with our VTEP
+// MAC, so that peers keep the older of the two and refuse the one we use.
+// Reservations (an operator's) and dual-stack keys are left alone. A key
+// that changed since the listing is left alone too: it is not stale.
+func (h *Holder) retireStale(ctx context.Context, snap Snapshot, kept subnet.Lease) {
+	for _, l := range snap.Leases {
+		if l.Attrs.PublicIP != kept.Attrs.PublicIP || l.Reservation || l.IPv6Subnet.IsValid() || l.Subnet == kept.Subnet {
+			continue
+		}
+		key := h.reg.LeaseKey(l.Subnet)
+		var resp *clientv3.TxnResponse
+		err := h.reg.call(ctx, func(ctx context.Context) (err error) {
+			resp, err = h.reg.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.ModRevision(key), "=", l.ModRevision)).
+				Then(clientv3.OpDelete(key)).Commit()
+			return err
+		})
+		switch {
+		case err != nil:
+			h.logger.Warn("cannot remove our stale lease; it expires by itself", "key", key, "err", err)
+		case resp.Succeeded:
+			h.logger.Warn("removed our own stale lease: we hold another subnet now", "stale", l.Subnet, "held", kept.Subnet)
+		}
+	}
 }
 
 // reuse takes over the key that carries our PublicIP, keeping its etcd

@@ -2,6 +2,7 @@ package etcd
 
 import (
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -205,7 +206,7 @@ func TestFindMine(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := NewHolder(NewRegistry(nil, ""), HolderConfig{Network: nc, Attrs: subnet.LeaseAttrs{PublicIP: ours}})
-			got, ok := h.findMine(Snapshot{Leases: tc.leases})
+			got, ok := h.findMine(Snapshot{Leases: tc.leases}, netip.Prefix{})
 			switch {
 			case tc.want == "" && ok:
 				t.Fatalf("found %s, want none", got.Subnet)
@@ -231,4 +232,54 @@ func TestHolderDefaults(t *testing.T) {
 			t.Errorf("TTL %s margin %s -> %s %s, want %s %s", tc.ttl, tc.margin, h.cfg.TTL, h.cfg.RenewMargin, tc.wantTTL, tc.wantMargin)
 		}
 	}
+}
+
+// FuzzLeaseKey feeds arbitrary key names (and prefixes) through every
+// place that reads a lease key: the KV parser, watch events (a DELETE
+// carries the key only) and the allocator's view of invalid keys. None may
+// panic, and they must agree on the IPv4 subnet a key names.
+func FuzzLeaseKey(f *testing.F) {
+	for _, k := range []string{"198.18.7.0-24", "198.18.7.0-24&fd00::-64", "198.18.7.0-24&junk", "198.18.7.0-24&&",
+		"198.18.7.1-24", "-24", "", "&", "198.18.7.0-24&fd00::-64&fd00::-64", "1.2.3.0-24&::ffff:0:0-96"} {
+		f.Add(testSubnets, k, true)
+	}
+	f.Add("/other/", "198.18.7.0-24", false)
+	f.Fuzz(func(t *testing.T, prefix, name string, put bool) {
+		key := []byte(prefix + name)
+		value := []byte(`{"PublicIP":"192.0.2.11"}`)
+		l, err := parseLeaseKV(testSubnets, &mvccpb.KeyValue{Key: key, Value: value, Lease: 1, ModRevision: 2, CreateRevision: 1})
+		v4, v6, kerr := subnet.ParseSubnetKey(strings.TrimPrefix(string(key), testSubnets))
+		under := strings.HasPrefix(string(key), testSubnets)
+		switch {
+		case err == nil && (!under || kerr != nil):
+			t.Fatalf("key %q accepted by parseLeaseKV only", key)
+		case err == nil && (l.Subnet != v4 || l.IPv6Subnet != v6 || testSubnets+l.Key() != string(key)):
+			t.Fatalf("key %q parsed as %s %s", key, l.Subnet, l.IPv6Subnet)
+		case err != nil && under && kerr == nil:
+			t.Fatalf("key %q refused: %v", key, err)
+		case err != nil && !strings.Contains(err.Error(), strconv.Quote(string(key))):
+			t.Fatalf("error %q does not name the key %q", err, key)
+		}
+		sn, serr := subnetFromKey(testSubnets, key)
+		if (serr == nil) != (err == nil) || sn != l.Subnet {
+			t.Fatalf("subnetFromKey(%q) = %s %v; parseLeaseKV %s %v", key, sn, serr, l.Subnet, err)
+		}
+		// claimedSubnet accepts every parsable key, with the same subnet.
+		if c, cerr := claimedSubnet(testSubnets, string(key)); err == nil && (cerr != nil || c != l.Subnet) {
+			t.Fatalf("claimedSubnet(%q) = %s %v, want %s", key, c, cerr, l.Subnet)
+		} else if cerr == nil && (!c.Addr().Is4() || c.Masked() != c) {
+			t.Fatalf("claimedSubnet(%q) = %s", key, c)
+		}
+		kv := &mvccpb.KeyValue{Key: key, ModRevision: 5, CreateRevision: 4, Version: 1, Value: value}
+		typ := clientv3.EventTypeDelete
+		if put {
+			typ = clientv3.EventTypePut
+		}
+		e := NewRegistry(nil, "").toEvent(&clientv3.Event{Type: typ, Kv: kv}, time.Time{})
+		reg := NewRegistry(nil, "")
+		_ = reg
+		if testSubnets == reg.subnetsPrefix && ((e.Err == nil) != (err == nil) || e.Subnet != l.Subnet) {
+			t.Fatalf("event for %q: subnet %s err %v; parseLeaseKV %s %v", key, e.Subnet, e.Err, l.Subnet, err)
+		}
+	})
 }
