@@ -32,10 +32,15 @@ var binDir string
 var buildErr = map[string]error{}
 
 func TestMain(m *testing.M) {
-	os.Exit(testMain(m))
+	code := testMain(m)
+	removeProbeBinary()
+	os.Exit(code)
 }
 
 func testMain(m *testing.M) int {
+	if addr := os.Getenv(bindProbeEnv); addr != "" {
+		return bindProbe(addr) // a child started by bindAsNobody
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "e2e: not root: every e2e test skips (they create network namespaces)")
 		return m.Run()
