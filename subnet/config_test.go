@@ -163,7 +163,9 @@ func TestValidatePeer(t *testing.T) {
 }
 
 func FuzzParseConfig(f *testing.F) {
-	for _, s := range []string{`{"Network":"10.5.0.0/16"}`, `{"Network":"198.18.0.0/23","SubnetLen":27,"SubnetMin":"198.18.0.32"}`, `{"network":"1.2.3.4/28","backend":{"type":"udp"}}`, `{}`, `[]`} {
+	for _, s := range []string{`{"Network":"10.5.0.0/16"}`, `{"Network":"198.18.0.0/23","SubnetLen":27,"SubnetMin":"198.18.0.32"}`, `{"network":"1.2.3.4/28","backend":{"type":"udp"}}`, `{}`, `[]`,
+		`{"Network":"0.0.0.0/0"}`, `{"Network":"169.254.0.0/16"}`, `{"Network":"223.255.255.0/24"}`, `{"Network":"10.0.0.0/8","SubnetLen":30}`,
+		`{"Network":"198.18.0.0/15","SubnetMin":"198.19.255.0","SubnetMax":"198.19.255.0","Backend":{"Type":"HOST-GW"}}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -188,6 +190,22 @@ func FuzzParseConfig(f *testing.F) {
 			if c.Network.Overlaps(r) {
 				t.Fatalf("accepted %s, which overlaps reserved %s", c.Network, r)
 			}
+		}
+		if !c.Network.Addr().Is4() || c.Network.Masked() != c.Network {
+			t.Fatalf("Network %s is not a masked IPv4 prefix", c.Network)
+		}
+		if last := c.NthSubnet(c.SubnetCount() - 1); last.Addr() != c.SubnetMax || !c.InRange(last) {
+			t.Fatalf("the last subnet %s is not SubnetMax %s", last, c.SubnetMax)
+		}
+		// CheckUnderlay refuses exactly the addresses inside the network.
+		if err := c.CheckUnderlay(c.SubnetMax); !errors.Is(err, ErrNetworkCoversUnderlay) {
+			t.Fatalf("CheckUnderlay(%s) inside %s = %v", c.SubnetMax, c.Network, err)
+		}
+		if err := c.CheckUnderlay(netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("2001:db8::1")); err != nil {
+			t.Fatalf("CheckUnderlay outside %s = %v", c.Network, err)
+		}
+		if c.Backend == nil || c.BackendType == "" || c.BackendType != strings.ToLower(c.BackendType) {
+			t.Fatalf("backend %q %s", c.BackendType, c.Backend)
 		}
 	})
 }

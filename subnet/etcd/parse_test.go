@@ -275,10 +275,8 @@ func FuzzLeaseKey(f *testing.F) {
 		if put {
 			typ = clientv3.EventTypePut
 		}
-		e := NewRegistry(nil, "").toEvent(&clientv3.Event{Type: typ, Kv: kv}, time.Time{})
-		reg := NewRegistry(nil, "")
-		_ = reg
-		if testSubnets == reg.subnetsPrefix && ((e.Err == nil) != (err == nil) || e.Subnet != l.Subnet) {
+		e := NewRegistry(nil, "").toEvent(&clientv3.Event{Type: typ, Kv: kv}, time.Time{}) // its prefix is testSubnets
+		if (e.Err == nil) != (err == nil) || e.Subnet != l.Subnet {
 			t.Fatalf("event for %q: subnet %s err %v; parseLeaseKV %s %v", key, e.Subnet, e.Err, l.Subnet, err)
 		}
 	})
