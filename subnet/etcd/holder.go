@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -65,7 +64,6 @@ type Holder struct {
 	reg    *Registry
 	cfg    HolderConfig
 	logger *slog.Logger
-	rng    *rand.Rand
 
 	mu       sync.Mutex
 	lease    subnet.Lease
@@ -82,8 +80,6 @@ type Holder struct {
 	// before re-acquiring after losses in quick succession.
 	lastLoss  time.Time
 	lossRetry retryBackoff
-
-	attrsCh chan struct{}
 }
 
 // Bounds of the holder's retry loops (see retryBackoff).
@@ -129,7 +125,6 @@ func NewHolder(reg *Registry, cfg HolderConfig) *Holder {
 		attrs:     cfg.Attrs,
 		warned:    map[string]bool{},
 		lossRetry: newBackoff(lossRetryMin, lossRetryMax),
-		attrsCh:   make(chan struct{}, 1),
 	}
 }
 
@@ -173,17 +168,6 @@ func (h *Holder) Lease() (subnet.Lease, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.lease, h.have
-}
-
-// SetAttrs changes what we publish; Run rewrites our value when it differs.
-func (h *Holder) SetAttrs(a subnet.LeaseAttrs) {
-	h.mu.Lock()
-	h.attrs = a
-	h.mu.Unlock()
-	select {
-	case h.attrsCh <- struct{}{}:
-	default:
-	}
 }
 
 func (h *Holder) currentAttrs() subnet.LeaseAttrs {
@@ -308,7 +292,7 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 		// Rule 3: a random free subnet; on losing a race, pick again, a
 		// few times, then list again.
 		for candidates < maxClaimsPerList {
-			sn, err := nw.RandomFree(taken, h.rng)
+			sn, err := nw.RandomFree(taken, nil)
 			if err != nil {
 				if candidates > 0 {
 					break // lost races: list again, keys may have changed
@@ -510,19 +494,37 @@ func (h *Holder) revoke(ctx context.Context, id int64) {
 	}
 }
 
+// keepAliveOnce renews etcd lease id once and returns its new TTL, or
+// ErrLeaseNotFound once it has expired.
 func (h *Holder) keepAliveOnce(ctx context.Context, id int64) (time.Duration, error) {
-	var resp *clientv3.LeaseKeepAliveResponse
-	err := h.reg.call(ctx, func(ctx context.Context) (err error) {
-		resp, err = h.reg.cli.KeepAliveOnce(ctx, clientv3.LeaseID(id))
+	return h.leaseTTL(ctx, id, true)
+}
+
+// leaseTTL returns the remaining TTL of etcd lease id, renewing it first
+// when renew is set, or ErrLeaseNotFound once it has expired.
+func (h *Holder) leaseTTL(ctx context.Context, id int64, renew bool) (time.Duration, error) {
+	var ttl int64
+	err := h.reg.call(ctx, func(ctx context.Context) error {
+		if renew {
+			resp, err := h.reg.cli.KeepAliveOnce(ctx, clientv3.LeaseID(id))
+			if err == nil {
+				ttl = resp.TTL
+			}
+			return err
+		}
+		resp, err := h.reg.cli.TimeToLive(ctx, clientv3.LeaseID(id))
+		if err == nil {
+			ttl = resp.TTL
+		}
 		return err
 	})
 	if err != nil {
 		return 0, err
 	}
-	if resp.TTL <= 0 {
+	if ttl <= 0 {
 		return 0, rpctypes.ErrLeaseNotFound
 	}
-	return time.Duration(resp.TTL) * time.Second, nil
+	return time.Duration(ttl) * time.Second, nil
 }
 
 // Run keeps our lease: it renews it before expiry, watches our own key and
@@ -645,11 +647,6 @@ func (h *Holder) hold(ctx context.Context) {
 			h.mu.Unlock()
 			h.logger.Debug("renewed lease", "subnet", cur.Subnet, "ttl", ttl)
 			timer.Reset(time.Until(h.renewTime(cur)))
-
-		case <-h.attrsCh:
-			if err := h.rewrite(ctx, &cur); err != nil {
-				h.logger.Warn("cannot update our lease value; the watch will tell", "subnet", cur.Subnet, "err", err)
-			}
 
 		case <-restore:
 			restore = nil
@@ -803,7 +800,7 @@ func (h *Holder) onOwnEvent(ctx context.Context, cur *subnet.Lease, ev *clientv3
 			return ownVerdict{loss: lossDeleted, detail: "our reservation was released"}
 		}
 		// Tell an operator's delete from an expiry.
-		if _, err := h.expiredOrAlive(ctx, cur.EtcdLease); err == nil {
+		if _, err := h.leaseTTL(ctx, cur.EtcdLease, false); err == nil {
 			return ownVerdict{loss: lossDeleted, detail: "key deleted while our etcd lease is alive"}
 		}
 		return ownVerdict{loss: lossExpired, detail: "key removed with our etcd lease"}
@@ -860,22 +857,6 @@ func (h *Holder) differs(cur subnet.Lease) bool {
 	}
 	have, _ := cur.Attrs.MarshalJSON()
 	return !bytes.Equal(want, have)
-}
-
-// expiredOrAlive returns the remaining TTL, or ErrLeaseNotFound.
-func (h *Holder) expiredOrAlive(ctx context.Context, id int64) (time.Duration, error) {
-	var resp *clientv3.LeaseTimeToLiveResponse
-	err := h.reg.call(ctx, func(ctx context.Context) (err error) {
-		resp, err = h.reg.cli.TimeToLive(ctx, clientv3.LeaseID(id))
-		return err
-	})
-	if err != nil {
-		return 0, err
-	}
-	if resp.TTL <= 0 {
-		return 0, rpctypes.ErrLeaseNotFound
-	}
-	return time.Duration(resp.TTL) * time.Second, nil
 }
 
 // check reads our key after the watch lost events.

@@ -260,7 +260,7 @@ func TestHolderReuseOfCompactedKey(t *testing.T) {
 	if n := strings.Count(logs.String(), "was compacted"); n != 1 {
 		t.Fatalf("compacted watch handled %d times in 2.5s, want once:\n%s", n, logs.String())
 	}
-	if err := reg.DeleteLease(ctx, l.Subnet); err != nil {
+	if _, err := reg.cli.Delete(ctx, reg.LeaseKey(l.Subnet)); err != nil {
 		t.Fatal(err)
 	}
 	if got := waitChange(t, changes, 15*time.Second); got.Subnet != l.Subnet {
@@ -278,7 +278,6 @@ func TestHolderRunLeavesNoGoroutines(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- h.Run(ctx) }() // Run acquires by itself
 	waitFor(t, "a lease", func() bool { _, ok := h.Lease(); return ok })
-	h.SetAttrs(attrs("192.0.2.11")) // no change: no write
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -89,8 +89,8 @@ func TestBuildSnapshotSortsAndSplits(t *testing.T) {
 	if len(s.Invalid) != 2 || s.Invalid[0].Key != testSubnets+"198.18.3.0-24" || s.Invalid[1].Err == nil {
 		t.Fatalf("invalid %+v", s.Invalid)
 	}
-	if l, ok := s.Find(netip.MustParsePrefix("198.18.10.0/24")); !ok || !l.Reservation {
-		t.Fatalf("Find = %+v %v", l, ok)
+	if l := s.Leases[2]; l.Subnet != netip.MustParsePrefix("198.18.10.0/24") || !l.Reservation {
+		t.Fatalf("198.18.10.0/24 = %+v, want a reservation", l)
 	}
 }
 

@@ -169,16 +169,6 @@ type Snapshot struct {
 	Revision int64
 }
 
-// Find returns the lease for sn.
-func (s Snapshot) Find(sn netip.Prefix) (subnet.Lease, bool) {
-	for _, l := range s.Leases {
-		if l.Subnet == sn {
-			return l, true
-		}
-	}
-	return subnet.Lease{}, false
-}
-
 // Leases lists every lease, with Expiration filled from each etcd lease's
 // remaining TTL.
 func (r *Registry) Leases(ctx context.Context) (Snapshot, error) {
@@ -437,25 +427,6 @@ func (r *Registry) Release(ctx context.Context, sn netip.Prefix) error {
 	}
 	if !resp.Succeeded {
 		return fmt.Errorf("release %s: the key changed meanwhile; try again", sn)
-	}
-	return nil
-}
-
-// DeleteLease deletes the key of sn, lease or reservation.
-func (r *Registry) DeleteLease(ctx context.Context, sn netip.Prefix) error {
-	if err := checkSubnet(sn); err != nil {
-		return fmt.Errorf("delete lease %s: %w", sn, err)
-	}
-	var resp *clientv3.DeleteResponse
-	err := r.call(ctx, func(ctx context.Context) (err error) {
-		resp, err = r.cli.Delete(ctx, r.LeaseKey(sn))
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("delete lease %s: %w", sn, err)
-	}
-	if resp.Deleted == 0 {
-		return fmt.Errorf("delete lease %s: %w", sn, ErrNotFound)
 	}
 	return nil
 }
