@@ -4,8 +4,12 @@
 // reached by one jump rule at the top of POSTROUTING and FORWARD. Owning the
 // chains means the full rule set can be compared and rewritten without
 // touching anybody else's rules, and removed cleanly by deleting the jump
-// and the chain. The rules mirror flannel's semantics (see
-// shared/flannel-compat.md): pod-to-pod traffic is never masqueraded.
+// and the chain. The rules follow flannel's semantics, so that mixed
+// clusters behave alike: traffic marked 0x4000/0x4000 (kube-proxy's) is left
+// alone; pod-to-pod traffic inside the network is never masqueraded; traffic
+// from the network to anywhere outside it but multicast is masqueraded, and
+// so is traffic from outside into the network except into our own subnet;
+// forwarding is accepted for the network as source and as destination.
 package iptables
 
 import (
