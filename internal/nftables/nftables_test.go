@@ -177,7 +177,9 @@ func TestEqual(t *testing.T) {
 		{"other prefix", func(t *Table) {
 			t.Chains[1].Rules[0].Exprs = cat(addrMatch(nft.TableFamilyIPv4, src, netip.MustParsePrefix("198.18.0.0/15"), false), counted(verdict(expr.VerdictAccept)))
 		}, false},
-		{"verdict", func(t *Table) { t.Chains[1].Rules[0].Exprs[len(t.Chains[1].Rules[0].Exprs)-1] = verdict(expr.VerdictDrop) }, false},
+		{"verdict", func(t *Table) {
+			t.Chains[1].Rules[0].Exprs[len(t.Chains[1].Rules[0].Exprs)-1] = verdict(expr.VerdictDrop)
+		}, false},
 		{"foreign expression", func(t *Table) {
 			t.Chains[1].Rules[0].Exprs = append(t.Chains[1].Rules[0].Exprs[:0:0], append([]expr.Any{&expr.Log{}}, t.Chains[1].Rules[0].Exprs...)...)
 		}, false},
