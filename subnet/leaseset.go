@@ -1,6 +1,9 @@
 package subnet
 
-import "errors"
+import (
+	"errors"
+	"net/netip"
+)
 
 // ErrNoConfig is returned by a lease store that holds no network config.
 var ErrNoConfig = errors.New("no network config")
@@ -16,4 +19,15 @@ type LeaseSet struct {
 	// Revision orders sets from one store (the etcd revision); zero when
 	// the store has none.
 	Revision int64
+}
+
+// HoldSpec is what a lease store needs to claim this host's lease.
+type HoldSpec struct {
+	// Network is the config weftd runs; the lease must lie in it.
+	Network *Config
+	// Attrs is what the lease publishes: PublicIP, BackendType, BackendData.
+	Attrs LeaseAttrs
+	// Previous is the subnet this host held before (from its subnet file),
+	// which a store that allocates should prefer; zero if unknown.
+	Previous netip.Prefix
 }

@@ -42,13 +42,26 @@ type daemon struct {
 	wired atomic.Pointer[wiring]
 }
 
+// leaseStore is a node.Store that weftd can also list leases from at
+// start-up and ask about etcd contact and lease expiry.
+type leaseStore interface {
+	node.Store
+	// Leases lists every lease now.
+	Leases(ctx context.Context) (subnet.LeaseSet, error)
+	// Lease is the lease held now, with its expiry as of the last renewal.
+	Lease() (subnet.Lease, bool)
+	// LastContact is when the store last answered.
+	LastContact() time.Time
+}
+
+var _ leaseStore = (*etcd.Store)(nil)
+
 // wiring is what start-up built.
 type wiring struct {
 	netcfg *subnet.Config
 	ext    backend.ExternalInterface
 	be     backend.Backend
-	reg    *etcd.Registry
-	store  *etcd.Store
+	store  leaseStore
 	ipt    *iptables.Manager
 	core   *node.Core
 }
@@ -110,8 +123,13 @@ func (d *daemon) Run(ctx context.Context) error {
 	}
 	defer cli.Close()
 	reg := etcd.NewRegistry(cli, d.cfg.EtcdPrefix)
+	store := etcd.NewStore(reg, etcd.StoreConfig{
+		TTL:         d.cfg.LeaseTTL,
+		RenewMargin: d.cfg.RenewMargin,
+		Logger:      d.logger,
+	})
 
-	netcfg, err := d.waitForConfig(ctx, reg, ext)
+	netcfg, err := d.waitForConfig(ctx, store, ext)
 	if err != nil {
 		return nil // ctx ended
 	}
@@ -135,7 +153,7 @@ func (d *daemon) Run(ctx context.Context) error {
 		}
 	}
 
-	prevSubnet, prevAttrs, peerAttrs := d.previous(ctx, reg, netcfg, ext)
+	prevSubnet, prevAttrs, peerAttrs := d.previous(ctx, store, netcfg, ext)
 	be, err := entry.New(backend.Config{
 		Network:        netcfg,
 		Options:        netcfg.Backend,
@@ -173,15 +191,9 @@ func (d *daemon) Run(ctx context.Context) error {
 		}
 	}
 
-	store := etcd.NewStore(reg, etcd.StoreConfig{
-		Network:        netcfg,
-		PreviousSubnet: prevSubnet,
-		TTL:            d.cfg.LeaseTTL,
-		RenewMargin:    d.cfg.RenewMargin,
-		Logger:         d.logger,
-	})
 	core := node.New(node.Config{
-		Network: netcfg,
+		Network:  netcfg,
+		Previous: prevSubnet,
 		Check:   func(raw []byte) (*subnet.Config, error) { return d.checkConfig(raw, ext) },
 		Attrs:   attrs,
 		IPMasq:  d.cfg.IPMasq,
@@ -190,7 +202,7 @@ func (d *daemon) Run(ctx context.Context) error {
 		},
 		Logger: d.logger,
 	}, store, be, rules, envFile(d.cfg.SubnetFile))
-	d.wired.Store(&wiring{netcfg: netcfg, ext: ext, be: be, reg: reg, store: store, ipt: ipt, core: core})
+	d.wired.Store(&wiring{netcfg: netcfg, ext: ext, be: be, store: store, ipt: ipt, core: core})
 
 	wg.Go(func() {
 		if err := be.Run(ctx); err != nil {
@@ -222,12 +234,12 @@ func (f envFile) Write(e subnet.Env) error { return subnet.WriteEnvFile(string(f
 // waitForConfig polls the network config until a valid one appears. A
 // missing or invalid config is logged once per distinct problem, not once
 // per attempt.
-func (d *daemon) waitForConfig(ctx context.Context, reg *etcd.Registry, ext backend.ExternalInterface) (*subnet.Config, error) {
+func (d *daemon) waitForConfig(ctx context.Context, store leaseStore, ext backend.ExternalInterface) (*subnet.Config, error) {
 	var lastProblem string
 	delay := 250 * time.Millisecond
 	for {
 		cctx, c := context.WithTimeout(ctx, 5*time.Second)
-		raw, _, err := reg.ConfigRaw(cctx)
+		raw, err := store.Config(cctx)
 		c()
 		var cfg *subnet.Config
 		var cfgErr error
@@ -239,7 +251,7 @@ func (d *daemon) waitForConfig(ctx context.Context, reg *etcd.Registry, ext back
 		case err == nil && cfgErr == nil:
 			d.setConfigError("")
 			return cfg, nil
-		case errors.Is(err, etcd.ErrNoConfig):
+		case errors.Is(err, subnet.ErrNoConfig):
 			d.setConfigError("")
 			d.setReason("waiting for the network config at %s/config", d.cfg.EtcdPrefix)
 			problem = err.Error()
@@ -298,14 +310,14 @@ func (d *daemon) checkConfig(raw []byte, ext backend.ExternalInterface) (*subnet
 // previous returns the subnet from an earlier subnet file (if it belongs to
 // this network), the attributes of our earlier lease in etcd, if any, and
 // the attributes of every other host's lease.
-func (d *daemon) previous(ctx context.Context, reg *etcd.Registry, netcfg *subnet.Config, ext backend.ExternalInterface) (netip.Prefix, subnet.LeaseAttrs, []subnet.LeaseAttrs) {
+func (d *daemon) previous(ctx context.Context, store leaseStore, netcfg *subnet.Config, ext backend.ExternalInterface) (netip.Prefix, subnet.LeaseAttrs, []subnet.LeaseAttrs) {
 	var prevSubnet netip.Prefix
 	if env, err := subnet.ReadEnvFile(d.cfg.SubnetFile); err == nil && env.Network == netcfg.Network {
 		prevSubnet = env.LeaseSubnet()
 	}
 	cctx, c := context.WithTimeout(ctx, 5*time.Second)
 	defer c()
-	snap, err := reg.Leases(cctx)
+	snap, err := store.Leases(cctx)
 	if err != nil {
 		return prevSubnet, subnet.LeaseAttrs{}, nil
 	}

@@ -28,6 +28,7 @@ type Config struct {
 	IPMasq          bool
 	IPTablesResync  time.Duration
 	IPTablesForward bool
+	NFTables        string // --nftables: "auto" (follow EnableNFTables), "on" or "off"
 	HealthzIP       string
 	HealthzPort     int
 	ReconcileEvery  time.Duration
@@ -81,6 +82,7 @@ func newFlagSet(out io.Writer) (*flag.FlagSet, *rawFlags) {
 	fs.BoolVar(&r.ipMasq, "ip-masq", false, "masquerade traffic from pods that leaves the cluster network")
 	fs.IntVar(&r.iptResync, "iptables-resync", 5, "seconds between checks that weft's iptables rules are in place")
 	fs.BoolVar(&r.iptForward, "iptables-forward-rules", true, "accept forwarded traffic to and from the cluster network")
+	fs.StringVar(&r.nftables, "nftables", "auto", "keep the masquerade and forward rules in nftables (table ip weft) instead of iptables: auto (follow the config's EnableNFTables), on or off")
 	fs.StringVar(&r.healthzIP, "healthz-ip", "127.0.0.1", "address the /healthz, /readyz, /metrics and /status endpoints listen on (flanneld's default is 0.0.0.0)")
 	fs.IntVar(&r.healthzPort, "healthz-port", 0, "port of the HTTP endpoints (0 disables them)")
 	fs.DurationVar(&r.reconcile, "reconcile-interval", 10*time.Second, "how often the backend re-checks the kernel state without being asked (weft extension)")
@@ -100,6 +102,7 @@ type rawFlags struct {
 	ipMasq                                                           bool
 	iptResync                                                        int
 	iptForward                                                       bool
+	nftables                                                         string
 	healthzIP                                                        string
 	healthzPort                                                      int
 	reconcile                                                        time.Duration
@@ -157,6 +160,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 		IPMasq:          r.ipMasq,
 		IPTablesResync:  time.Duration(r.iptResync) * time.Second,
 		IPTablesForward: r.iptForward,
+		NFTables:        r.nftables,
 		HealthzIP:       r.healthzIP,
 		HealthzPort:     r.healthzPort,
 		ReconcileEvery:  r.reconcile,
@@ -228,6 +232,11 @@ func (c *Config) validate(r *rawFlags) error {
 	}
 	if r.iptResync < 1 {
 		bad("iptables-resync", "%d must be at least 1 second", r.iptResync)
+	}
+	switch c.NFTables {
+	case "auto", "on", "off":
+	default:
+		bad("nftables", "%q is not auto, on or off", c.NFTables)
 	}
 	if c.HealthzPort < 0 || c.HealthzPort > 65535 {
 		bad("healthz-port", "%d is not a TCP port", c.HealthzPort)

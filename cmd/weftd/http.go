@@ -146,7 +146,7 @@ func (d *daemon) status() apitypes.Status {
 			s.Reservation = l.Reservation
 		}
 	}
-	s.LastEtcdContact = w.reg.LastContact()
+	s.LastEtcdContact = w.store.LastContact()
 	bs := w.be.Status()
 	s.MTU = w.be.MTU()
 	s.Device = bs.Device

@@ -3,29 +3,52 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 
-	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/internal/nl"
 )
+
+// ifaceKernel is what choosing the interface reads from netlink: *nl.Conn.
+type ifaceKernel interface {
+	LinkByName(name string) (nl.Link, error)
+	LinkByIndex(index int) (nl.Link, error)
+	LinkList() ([]nl.Link, error)
+	AddrList(linkIndex int, family nl.Family) ([]nl.Addr, error)
+	RouteList(family nl.Family, table uint32, keep func(*nl.Route) bool, out []nl.Route) ([]nl.Route, error)
+	RouteTo(dst netip.Addr) (linkIndex int, src netip.Addr, err error)
+}
+
+var _ ifaceKernel = (*nl.Conn)(nil)
 
 // chooseInterface picks the underlay interface, in flannel's order of
 // preference: --iface (names or addresses, first match wins), --iface-regex
 // (names, then addresses), --iface-can-reach, else the interface of the
 // default route.
 func chooseInterface(c *Config) (backend.ExternalInterface, error) {
-	link, addr, err := findInterface(c)
+	k, err := nl.Open(netns.None())
+	if err != nil {
+		return backend.ExternalInterface{}, err
+	}
+	defer k.Close()
+	return chooseInterfaceIn(k, c)
+}
+
+// chooseInterfaceIn is chooseInterface on the kernel k.
+func chooseInterfaceIn(k ifaceKernel, c *Config) (backend.ExternalInterface, error) {
+	link, addr, err := findInterface(k, c)
 	if err != nil {
 		return backend.ExternalInterface{}, err
 	}
 	ext := backend.ExternalInterface{
-		Name:     link.Attrs().Name,
-		Index:    link.Attrs().Index,
+		Name:     link.Name,
+		Index:    link.Index,
 		Addr:     addr,
 		PublicIP: addr,
-		MTU:      link.Attrs().MTU,
+		MTU:      link.MTU,
 	}
 	if c.PublicIP.IsValid() {
 		ext.PublicIP = c.PublicIP
@@ -36,123 +59,111 @@ func chooseInterface(c *Config) (backend.ExternalInterface, error) {
 	return ext, nil
 }
 
-func findInterface(c *Config) (netlink.Link, netip.Addr, error) {
+func findInterface(k ifaceKernel, c *Config) (nl.Link, netip.Addr, error) {
 	if len(c.Ifaces) > 0 {
 		var tried []string
 		for _, spec := range c.Ifaces {
 			if ip, err := netip.ParseAddr(spec); err == nil {
-				if l, err := linkByAddr(ip); err == nil {
+				if l, err := linkByAddr(k, ip); err == nil {
 					return l, ip, nil
 				}
 				tried = append(tried, spec)
 				continue
 			}
-			l, err := netlink.LinkByName(spec)
+			l, err := k.LinkByName(spec)
 			if err != nil {
 				tried = append(tried, spec)
 				continue
 			}
-			a, err := firstIPv4(l)
+			a, err := firstIPv4(k, l)
 			if err != nil {
-				return nil, netip.Addr{}, fmt.Errorf("--iface %s: %w", spec, err)
+				return nl.Link{}, netip.Addr{}, fmt.Errorf("--iface %s: %w", spec, err)
 			}
 			return l, a, nil
 		}
-		return nil, netip.Addr{}, fmt.Errorf("--iface: no interface found matching %q", tried)
+		return nl.Link{}, netip.Addr{}, fmt.Errorf("--iface: no interface found matching %q", tried)
 	}
 	if len(c.IfaceRegex) > 0 {
-		links, err := netlink.LinkList()
+		links, err := k.LinkList()
 		if err != nil {
-			return nil, netip.Addr{}, fmt.Errorf("list interfaces: %w", err)
+			return nl.Link{}, netip.Addr{}, fmt.Errorf("list interfaces: %w", err)
 		}
 		for _, re := range c.IfaceRegex {
 			for _, l := range links {
-				if re.MatchString(l.Attrs().Name) {
-					if a, err := firstIPv4(l); err == nil {
+				if re.MatchString(l.Name) {
+					if a, err := firstIPv4(k, l); err == nil {
 						return l, a, nil
 					}
 				}
 			}
 			for _, l := range links {
-				addrs, _ := netlink.AddrList(l, netlink.FAMILY_V4)
+				addrs, _ := k.AddrList(l.Index, nl.FamilyV4)
 				for _, a := range addrs {
-					if re.MatchString(a.IP.String()) {
-						ip, _ := netip.AddrFromSlice(a.IP.To4())
+					if ip := a.Prefix.Addr(); re.MatchString(ip.String()) {
 						return l, ip, nil
 					}
 				}
 			}
 		}
-		return nil, netip.Addr{}, errors.New("--iface-regex: no interface matches")
+		return nl.Link{}, netip.Addr{}, errors.New("--iface-regex: no interface matches")
 	}
-	var dst net.IP
-	if c.IfaceReach.IsValid() {
-		dst = c.IfaceReach.AsSlice()
-	} else {
+	if !c.IfaceReach.IsValid() {
 		// The interface of the default route in the main table.
-		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+		routes, err := k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, func(r *nl.Route) bool {
+			return r.Dst.Bits() == 0 && r.LinkIndex > 0
+		}, nil)
 		if err == nil {
 			for _, r := range routes {
-				if (r.Dst == nil || r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) && r.LinkIndex > 0 {
-					l, err := netlink.LinkByIndex(r.LinkIndex)
-					if err != nil {
-						continue
-					}
-					a, err := firstIPv4(l)
-					if err != nil {
-						return nil, netip.Addr{}, fmt.Errorf("default route interface %s: %w", l.Attrs().Name, err)
-					}
-					return l, a, nil
+				l, err := k.LinkByIndex(r.LinkIndex)
+				if err != nil {
+					continue
 				}
+				a, err := firstIPv4(k, l)
+				if err != nil {
+					return nl.Link{}, netip.Addr{}, fmt.Errorf("default route interface %s: %w", l.Name, err)
+				}
+				return l, a, nil
 			}
 		}
-		return nil, netip.Addr{}, errors.New("no default route: name the underlay interface with --iface")
+		return nl.Link{}, netip.Addr{}, errors.New("no default route: name the underlay interface with --iface")
 	}
-	routes, err := netlink.RouteGet(dst)
-	if err != nil || len(routes) == 0 {
-		return nil, netip.Addr{}, fmt.Errorf("--iface-can-reach %s: no route: %v", c.IfaceReach, err)
-	}
-	l, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	idx, src, err := k.RouteTo(c.IfaceReach)
 	if err != nil {
-		return nil, netip.Addr{}, fmt.Errorf("--iface-can-reach %s: %w", c.IfaceReach, err)
+		return nl.Link{}, netip.Addr{}, fmt.Errorf("--iface-can-reach %s: no route: %v", c.IfaceReach, err)
 	}
-	if src, ok := netip.AddrFromSlice(routes[0].Src.To4()); ok && routes[0].Src != nil {
+	l, err := k.LinkByIndex(idx)
+	if err != nil {
+		return nl.Link{}, netip.Addr{}, fmt.Errorf("--iface-can-reach %s: %w", c.IfaceReach, err)
+	}
+	if src.Is4() {
 		return l, src, nil
 	}
-	a, err := firstIPv4(l)
+	a, err := firstIPv4(k, l)
 	return l, a, err
 }
 
-func isZeroMask(m net.IPMask) bool {
-	ones, _ := m.Size()
-	return ones == 0
-}
-
-func linkByAddr(ip netip.Addr) (netlink.Link, error) {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+func linkByAddr(k ifaceKernel, ip netip.Addr) (nl.Link, error) {
+	addrs, err := k.AddrList(0, nl.FamilyV4)
 	if err != nil {
-		return nil, err
+		return nl.Link{}, err
 	}
 	for _, a := range addrs {
-		if got, ok := netip.AddrFromSlice(a.IP.To4()); ok && got == ip {
-			return netlink.LinkByIndex(a.LinkIndex)
+		if a.Prefix.Addr() == ip {
+			return k.LinkByIndex(a.LinkIndex)
 		}
 	}
-	return nil, fmt.Errorf("no interface has address %s", ip)
+	return nl.Link{}, fmt.Errorf("no interface has address %s", ip)
 }
 
-func firstIPv4(l netlink.Link) (netip.Addr, error) {
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+func firstIPv4(k ifaceKernel, l nl.Link) (netip.Addr, error) {
+	addrs, err := k.AddrList(l.Index, nl.FamilyV4)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+		return netip.Addr{}, fmt.Errorf("list addresses of %s: %w", l.Name, err)
 	}
 	for _, a := range addrs {
-		if a.Scope != int(netlink.SCOPE_UNIVERSE) {
-			continue
-		}
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
-			return ip, nil
+		if a.Scope == unix.RT_SCOPE_UNIVERSE {
+			return a.Prefix.Addr(), nil
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("interface %s has no global IPv4 address", l.Attrs().Name)
+	return netip.Addr{}, fmt.Errorf("interface %s has no global IPv4 address", l.Name)
 }

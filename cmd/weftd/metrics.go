@@ -136,8 +136,8 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descLeasesInvalid, prometheus.GaugeValue, float64(broken))
-	if !w.reg.LastContact().IsZero() {
-		ch <- prometheus.MustNewConstMetric(descEtcdContact, prometheus.GaugeValue, time.Since(w.reg.LastContact()).Seconds())
+	if !w.store.LastContact().IsZero() {
+		ch <- prometheus.MustNewConstMetric(descEtcdContact, prometheus.GaugeValue, time.Since(w.store.LastContact()).Seconds())
 	}
 	if st.HaveLease {
 		lease := st.Lease

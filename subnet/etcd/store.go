@@ -3,7 +3,6 @@ package etcd
 import (
 	"context"
 	"log/slog"
-	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -13,10 +12,6 @@ import (
 
 // StoreConfig configures a Store.
 type StoreConfig struct {
-	// Network is the config weftd runs.
-	Network *subnet.Config
-	// PreviousSubnet is the subnet of an earlier subnet file, if any.
-	PreviousSubnet netip.Prefix
 	// TTL and RenewMargin are the Holder's (zero: flannel's defaults).
 	TTL, RenewMargin time.Duration
 	Logger           *slog.Logger
@@ -38,14 +33,13 @@ func NewStore(reg *Registry, cfg StoreConfig) *Store {
 	return &Store{reg: reg, cfg: cfg}
 }
 
-// Hold claims a lease publishing attrs and keeps it until ctx ends (see
-// Holder): own is called with each lease held, waiting with the reason of
-// each failed attempt.
-func (s *Store) Hold(ctx context.Context, attrs subnet.LeaseAttrs, own func(subnet.Lease), waiting func(string)) error {
+// Hold claims a lease as spec says and keeps it until ctx ends (see Holder): own is called with each lease
+// held, waiting with the reason of each failed attempt.
+func (s *Store) Hold(ctx context.Context, spec subnet.HoldSpec, own func(subnet.Lease), waiting func(string)) error {
 	h := NewHolder(s.reg, HolderConfig{
-		Network:        s.cfg.Network,
-		Attrs:          attrs,
-		PreviousSubnet: s.cfg.PreviousSubnet,
+		Network:        spec.Network,
+		Attrs:          spec.Attrs,
+		PreviousSubnet: spec.Previous,
 		TTL:            s.cfg.TTL,
 		RenewMargin:    s.cfg.RenewMargin,
 		Logger:         s.cfg.Logger.With("component", "lease"),
@@ -81,6 +75,18 @@ func (s *Store) LeaseSet(snap Snapshot) subnet.LeaseSet {
 	}
 	return subnet.LeaseSet{Leases: snap.Leases, Invalid: invalid, Revision: snap.Revision}
 }
+
+// Leases lists every lease now, with expirations.
+func (s *Store) Leases(ctx context.Context) (subnet.LeaseSet, error) {
+	snap, err := s.reg.Leases(ctx)
+	if err != nil {
+		return subnet.LeaseSet{}, err
+	}
+	return s.LeaseSet(snap), nil
+}
+
+// LastContact is when etcd last answered.
+func (s *Store) LastContact() time.Time { return s.reg.LastContact() }
 
 // Config reads the raw network config; the error wraps subnet.ErrNoConfig
 // when the key is absent.

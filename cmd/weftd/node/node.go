@@ -35,12 +35,12 @@ import (
 // Store is where the leases live: etcd (subnet/etcd.Store) today, the
 // Kubernetes API next. Implementations call back from their own goroutines.
 type Store interface {
-	// Hold claims a lease publishing attrs and keeps it until ctx ends. It
+	// Hold claims a lease as spec says and keeps it until ctx ends. It
 	// calls own with every lease it comes to hold: the first, and each one
 	// re-acquired after a loss (which may be another subnet). While it
 	// holds none it calls waiting with a one-line reason. It returns nil
 	// when ctx ends, an error only when holding is impossible for good.
-	Hold(ctx context.Context, attrs subnet.LeaseAttrs, own func(subnet.Lease), waiting func(reason string)) error
+	Hold(ctx context.Context, spec subnet.HoldSpec, own func(subnet.Lease), waiting func(reason string)) error
 	// Watch calls leases with every complete set of leases (ours included)
 	// until ctx ends; nil then, an error only when watching is impossible
 	// for good.
@@ -83,6 +83,8 @@ type Config struct {
 	Check func(raw []byte) (*subnet.Config, error)
 	// Attrs is what our lease publishes: PublicIP, BackendType, BackendData.
 	Attrs subnet.LeaseAttrs
+	// Previous is the subnet of an earlier subnet file, if any.
+	Previous netip.Prefix
 	// IPMasq is written to the subnet file (FLANNEL_IPMASQ).
 	IPMasq bool
 	// ConfigPoll is how often the config is re-read; zero means 5 s.
@@ -175,7 +177,7 @@ func (c *Core) Run(ctx context.Context) error {
 		}
 	}
 	wg.Go(func() {
-		err := c.store.Hold(ctx, c.cfg.Attrs,
+		err := c.store.Hold(ctx, subnet.HoldSpec{Network: c.cfg.Network, Attrs: c.cfg.Attrs, Previous: c.cfg.Previous},
 			func(l subnet.Lease) { send(func(s *state) { c.onLease(s, l) }) },
 			func(why string) { send(func(s *state) { s.Waiting = why }) })
 		if err != nil {

@@ -42,7 +42,7 @@ func (f *fakeStore) registered() {
 	}
 }
 
-func (f *fakeStore) Hold(ctx context.Context, attrs subnet.LeaseAttrs, own func(subnet.Lease), waiting func(string)) error {
+func (f *fakeStore) Hold(ctx context.Context, spec subnet.HoldSpec, own func(subnet.Lease), waiting func(string)) error {
 	f.mu.Lock()
 	f.own, f.waiting = own, waiting
 	f.registered()
