@@ -25,7 +25,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/weftnet/weft/backend"
@@ -51,11 +50,25 @@ type Backend struct {
 	mu  sync.Mutex // guards mtu
 	mtu int
 
-	kmu    sync.Mutex // guards kernel state below
-	h      *netlink.Handle
-	table  *routes.NetlinkTable
-	routes *routes.Reconciler
+	kmu sync.Mutex // guards kernel state below
+	// kern is the netlink connection and the route reconciler; k is the
+	// open connection from prepare on (nil after closeHandles).
+	kern *routes.Kernel[kernel]
+	k    kernel
 }
+
+// kernel is what the backend asks of netlink in its namespace besides its
+// routes, which go through a routes.Table: *nl.Conn, or *nlfake.NS in
+// tests.
+type kernel interface {
+	// LinkByIndex looks a device up (for the external interface's MTU).
+	LinkByIndex(index int) (nl.Link, error)
+	routes.AddrLister
+	// Close ends the connection; the next pass opens a new one.
+	Close()
+}
+
+var _ kernel = (*nl.Conn)(nil)
 
 // New validates the config and returns a backend; it touches no kernel
 // state.
@@ -73,7 +86,10 @@ func New(cfg backend.Config) (backend.Backend, error) {
 		return nil, fmt.Errorf("host-gw cannot work through NAT: --public-ip %s differs from interface address %s",
 			cfg.Ext.PublicIP, cfg.Ext.Addr)
 	}
-	b := &Backend{cfg: cfg, log: cfg.Logger.With("backend", Type)}
+	b := &Backend{
+		cfg: cfg, log: cfg.Logger.With("backend", Type),
+		kern: routes.NewKernel[kernel](cfg.Netns, cfg.Network.Network),
+	}
 	lcfg := cfg
 	lcfg.Logger = b.log
 	b.loop = backend.NewLoop(lcfg, "", b.pass)
@@ -106,7 +122,7 @@ func (b *Backend) Status() backend.Status { return b.loop.Status() }
 // Run implements backend.Backend.
 func (b *Backend) Run(ctx context.Context) error {
 	b.loop.Run(ctx, func(ctx context.Context, kick func()) {
-		nl.Watch(ctx, b.cfg.Netns, b.log, b.eventFilter(), kick)
+		nl.Watch(ctx, b.cfg.Netns, b.log, b.events().Filter(), kick)
 	})
 	b.kmu.Lock()
 	b.closeHandles()
@@ -114,58 +130,35 @@ func (b *Backend) Run(ctx context.Context) error {
 	return nil
 }
 
-// eventFilter selects the events that mean something we own changed.
-func (b *Backend) eventFilter() nl.Filter {
+// events selects the events that mean something we own changed.
+func (b *Backend) events() nl.Events {
 	ext := b.cfg.Ext.Index
-	f := routes.Filter(b.cfg.Network.Network)
+	ev := routes.Events(b.cfg.Network.Network)
 	// The external interface going down takes our routes with it; coming
 	// back up needs them again.
-	f.Link = func(u netlink.LinkUpdate) bool { return u.Link.Attrs().Index == ext }
+	ev.Link = func(e nl.LinkEvent) bool { return e.Index == ext }
 	// Addresses on the external interface decide what is on-link.
-	f.Addr = func(u netlink.AddrUpdate) bool { return u.LinkIndex == ext }
-	return f
+	ev.Addr = func(e nl.AddrEvent) bool { return e.LinkIndex == ext }
+	return ev
 }
 
+// closeHandles closes the netlink connection; prepare reopens it. Caller
+// holds kmu.
 func (b *Backend) closeHandles() {
-	if b.table != nil {
-		b.table.Close()
-		b.table = nil
-	}
-	if b.h != nil {
-		b.h.Close()
-		b.h = nil
-	}
+	b.kern.Close()
+	b.k = nil
 }
 
-// prepare opens the netlink sockets and reads the MTU. Caller holds kmu.
-func (b *Backend) prepare() error {
-	if b.h == nil {
-		h, err := nl.NewHandle(b.cfg.Netns)
-		if err != nil {
-			return fmt.Errorf("host-gw: %w", err)
-		}
-		t, err := routes.NewNetlinkTable(b.cfg.Netns, h, b.cfg.Network.Network)
-		if err != nil {
-			h.Close()
-			return fmt.Errorf("host-gw: %w", err)
-		}
-		b.h, b.table = h, t
-		if b.routes == nil {
-			b.routes = routes.New(t, b.cfg.Network.Network)
-		} else {
-			b.routes.SetTable(t)
-		}
+// prepare connects to the namespace and reads the MTU. Caller holds kmu.
+func (b *Backend) prepare() (err error) {
+	if b.k, err = b.kern.Open(); err != nil {
+		return fmt.Errorf("host-gw: %w", err)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.mtu == 0 {
-		b.mtu = b.cfg.Ext.MTU
-		if b.mtu == 0 {
-			l, err := b.h.LinkByIndex(b.cfg.Ext.Index)
-			if err != nil {
-				return fmt.Errorf("host-gw: look up external interface %s: %w", b.cfg.Ext.Name, err)
-			}
-			b.mtu = l.Attrs().MTU
+		if b.mtu, err = routes.ExtMTU(b.k, b.cfg.Ext); err != nil {
+			return fmt.Errorf("host-gw: %w", err)
 		}
 	}
 	return nil
@@ -185,11 +178,11 @@ func (b *Backend) apply(peers []subnet.Lease) (programmed int, refused map[netip
 	if err := b.prepare(); err != nil {
 		return 0, refused, res, err
 	}
-	onLink, err := b.extPrefixes()
+	onLink, err := routes.OnLink(b.k, b.cfg.Ext)
 	if err != nil {
 		return 0, refused, res, err
 	}
-	want := make([]routes.Want, 0, len(peers))
+	want := make([]nl.RouteSpec, 0, len(peers))
 	for _, l := range peers {
 		ip := l.Attrs.PublicIP
 		direct := false
@@ -204,9 +197,9 @@ func (b *Backend) apply(peers []subnet.Lease) (programmed int, refused map[netip
 				ip, b.cfg.Ext.Name, prefixList(onLink))
 			continue
 		}
-		want = append(want, routes.Want{Dst: l.Subnet, Gw: ip, LinkIndex: b.cfg.Ext.Index})
+		want = append(want, nl.RouteSpec{Dst: l.Subnet, Gw: ip, LinkIndex: b.cfg.Ext.Index})
 	}
-	res, err = b.routes.Reconcile(want)
+	res, err = b.kern.Routes.Reconcile(want)
 	for dst, why := range res.Refused {
 		refused[dst] = why
 	}
@@ -234,48 +227,18 @@ func prefixList(ps []netip.Prefix) string {
 	return strings.Join(s, ", ")
 }
 
-// extPrefixes lists the IPv4 prefixes configured on the external interface.
-func (b *Backend) extPrefixes() ([]netip.Prefix, error) {
-	link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: b.cfg.Ext.Index}}
-	addrs, err := nl.Dump(func() ([]netlink.Addr, error) { return b.h.AddrList(link, netlink.FAMILY_V4) })
-	if err != nil {
-		return nil, fmt.Errorf("list addresses of %s: %w", b.cfg.Ext.Name, err)
-	}
-	var out []netip.Prefix
-	for _, a := range addrs {
-		if a.IPNet == nil || a.LinkIndex != b.cfg.Ext.Index {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
-			continue
-		}
-		ones, _ := a.Mask.Size()
-		if a.Peer != nil {
-			// A point-to-point address: only the peer is on-link.
-			if pip, ok := netip.AddrFromSlice(a.Peer.IP); ok {
-				pones, _ := a.Peer.Mask.Size()
-				out = append(out, netip.PrefixFrom(pip.Unmap(), pones).Masked())
-			}
-			continue
-		}
-		out = append(out, netip.PrefixFrom(ip.Unmap(), ones).Masked())
-	}
-	return out, nil
-}
-
 // Cleanup removes the routes (and nexthop objects) host-gw installs: tagged
 // with backend.RouteProtocol, with a gateway and without the onlink flag.
 // Routes of the vxlan backend (onlink) and of udp (no gateway) carry the
 // same tag and are left alone, because weftd runs this at every start of
 // another backend.
 func Cleanup(ctx context.Context, ns netns.NsHandle, logger *slog.Logger) error {
-	h, err := nl.NewHandle(ns)
+	c, err := nl.Open(ns)
 	if err != nil {
 		return fmt.Errorf("host-gw cleanup: %w", err)
 	}
-	defer h.Close()
-	n, err := routes.DeleteOwned(ns, h, func(o routes.Owned) bool { return o.Gw.IsValid() && !o.OnLink })
+	defer c.Close()
+	n, err := c.DelOwnedRoutes(backend.RouteProtocol, func(o nl.Owned) bool { return o.Gw.IsValid() && !o.OnLink })
 	if err != nil {
 		return fmt.Errorf("host-gw cleanup: %w", err)
 	}

@@ -7,13 +7,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/internal/nl"
 )
 
 // IsConnected reports whether r is a connected route of the main table: the
 // IPv4 route the kernel adds for an interface address's prefix (protocol
 // kernel, scope link). These are the networks the Reconciler refuses to
 // cover.
-func IsConnected(r *Route) bool {
+func IsConnected(r *nl.Route) bool {
 	return r.Dst.IsValid() && r.Dst.Addr().Is4() &&
 		(r.Table == 0 || r.Table == unix.RT_TABLE_MAIN) &&
 		r.Protocol == unix.RTPROT_KERNEL && r.Scope == unix.RT_SCOPE_LINK
@@ -36,7 +37,7 @@ func IsConnected(r *Route) bool {
 //
 // The cost is linear in len(rs)+len(addrs); it is meant for a handful of
 // destinations per pass (the udp backend has one).
-func UnderlayConflict(dst netip.Prefix, rs []Route, addrs []netip.Addr) string {
+func UnderlayConflict(dst netip.Prefix, rs []nl.Route, addrs []netip.Addr) string {
 	dst = dst.Masked()
 	inside := func(p netip.Prefix) bool { return p.Bits() >= dst.Bits() && dst.Contains(p.Addr()) }
 	for i := range rs {
@@ -76,4 +77,21 @@ func UnderlayConflict(dst netip.Prefix, rs []Route, addrs []netip.Addr) string {
 		}
 	}
 	return ""
+}
+
+// AddrLister lists the addresses of a device (nl.Conn, nlfake.NS).
+type AddrLister interface {
+	AddrList(linkIndex int, family nl.Family) ([]nl.Addr, error)
+}
+
+// OnLink returns the IPv4 prefixes that are on-link on the external
+// interface ext, masked: the prefix of each address, or for a
+// point-to-point address only its peer's (nl.Addr.OnLink). A gateway in
+// one of them needs no onlink flag.
+func OnLink(k AddrLister, ext backend.ExternalInterface) ([]netip.Prefix, error) {
+	addrs, err := k.AddrList(ext.Index, nl.FamilyV4)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", ext.Name, err)
+	}
+	return nl.OnLink(addrs), nil
 }

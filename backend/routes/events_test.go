@@ -1,45 +1,46 @@
 package routes
 
 import (
-	"net"
 	"net/netip"
 	"testing"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/internal/nl"
 )
 
-func TestFilter(t *testing.T) {
-	f := Filter(netip.MustParsePrefix("198.18.0.0/16"))
-	dst := func(s string) *net.IPNet { _, n, _ := net.ParseCIDR(s); return n }
-	route := func(typ uint16, proto netlink.RouteProtocol, d string, table int) netlink.RouteUpdate {
-		return netlink.RouteUpdate{Type: typ, Route: netlink.Route{Protocol: proto, Dst: dst(d), Table: table}}
+func TestEvents(t *testing.T) {
+	ev := Events(netip.MustParsePrefix("198.18.0.0/16"))
+	route := func(deleted bool, proto uint8, d string, table uint32) nl.RouteEvent {
+		return nl.RouteEvent{Deleted: deleted, Route: nl.Route{Protocol: proto, Dst: netip.MustParsePrefix(d), Table: table}}
 	}
 	tests := []struct {
 		name string
-		u    netlink.RouteUpdate
+		e    nl.RouteEvent
 		want bool
 	}{
-		{"our route deleted", route(unix.RTM_DELROUTE, backend.RouteProtocol, "198.18.2.0/24", unix.RT_TABLE_MAIN), true},
-		{"our route added", route(unix.RTM_NEWROUTE, backend.RouteProtocol, "198.18.2.0/24", unix.RT_TABLE_MAIN), false},
-		{"foreign route into the network", route(unix.RTM_NEWROUTE, unix.RTPROT_BOOT, "198.18.2.0/24", unix.RT_TABLE_MAIN), true},
-		{"foreign route elsewhere", route(unix.RTM_NEWROUTE, unix.RTPROT_BOOT, "203.0.113.0/24", unix.RT_TABLE_MAIN), false},
-		{"foreign route in another table", route(unix.RTM_NEWROUTE, unix.RTPROT_BOOT, "198.18.2.0/24", 100), false},
-		{"foreign route deleted", route(unix.RTM_DELROUTE, unix.RTPROT_BOOT, "198.18.2.0/24", unix.RT_TABLE_MAIN), false},
-		{"default route", netlink.RouteUpdate{Type: unix.RTM_NEWROUTE, Route: netlink.Route{Table: unix.RT_TABLE_MAIN}}, false},
+		{"our route deleted", route(true, backend.RouteProtocol, "198.18.2.0/24", unix.RT_TABLE_MAIN), true},
+		{"our route added", route(false, backend.RouteProtocol, "198.18.2.0/24", unix.RT_TABLE_MAIN), false},
+		{"foreign route into the network", route(false, unix.RTPROT_BOOT, "198.18.2.0/24", unix.RT_TABLE_MAIN), true},
+		{"foreign route elsewhere", route(false, unix.RTPROT_BOOT, "203.0.113.0/24", unix.RT_TABLE_MAIN), false},
+		{"foreign route in another table", route(false, unix.RTPROT_BOOT, "198.18.2.0/24", 100), false},
+		{"foreign route deleted", route(true, unix.RTPROT_BOOT, "198.18.2.0/24", unix.RT_TABLE_MAIN), false},
+		{"default route", route(false, unix.RTPROT_BOOT, "0.0.0.0/0", unix.RT_TABLE_MAIN), false},
+		{"no destination", nl.RouteEvent{Route: nl.Route{Table: unix.RT_TABLE_MAIN}}, false},
 	}
 	for _, tt := range tests {
-		if got := f.Route(tt.u); got != tt.want {
+		if got := ev.Route(tt.e); got != tt.want {
 			t.Errorf("%s: Route = %v, want %v", tt.name, got, tt.want)
 		}
 	}
-	if !f.Nexthop(nl.NexthopUpdate{Type: unix.RTM_DELNEXTHOP, Protocol: backend.RouteProtocol}) {
+	if !ev.Nexthop(nl.NexthopEvent{Deleted: true, Protocol: backend.RouteProtocol}) {
 		t.Error("deleting our nexthop object must trigger a pass")
 	}
-	if f.Nexthop(nl.NexthopUpdate{Type: unix.RTM_DELNEXTHOP, Protocol: unix.RTPROT_BOOT}) {
+	if ev.Nexthop(nl.NexthopEvent{Deleted: true, Protocol: unix.RTPROT_BOOT}) {
 		t.Error("someone else's nexthop object is not ours to repair")
+	}
+	if ev.Link != nil || ev.Addr != nil || ev.Neigh != nil {
+		t.Error("route events subscribe to more than routes and nexthop objects")
 	}
 }

@@ -4,19 +4,28 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/internal/nl"
 	"github.com/weftnet/weft/internal/nl/nltest"
 )
+
+// kernelTable connects to h's namespace and returns its main table.
+func kernelTable(t *testing.T, h *nltest.Host) (*nl.Conn, *nl.RouteTable) {
+	t.Helper()
+	c, err := nl.Open(h.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c, c.RouteTable(network, backend.RouteProtocol)
+}
 
 // TestNetlinkTable runs the reconciler against a real kernel table.
 func TestNetlinkTable(t *testing.T) {
 	lab := nltest.NewLab(t, 1)
 	h := lab.Hosts[0]
-	tbl, err := NewNetlinkTable(h.Handle, h.NL, network)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tbl.Close)
-	if !tbl.useNH {
+	c, tbl := kernelTable(t, h)
+	if !tbl.UsesNexthops() {
 		t.Log("kernel without nexthop objects: plain routes")
 	}
 	// flanneld's route to a peer, without our protocol.
@@ -58,18 +67,16 @@ func TestNetlinkTable(t *testing.T) {
 	if out := strings.TrimSpace(h.IP(t, "route", "show", "proto", "87")); !strings.HasPrefix(out, "198.18.2.0/24") || strings.Count(out, "\n") != 0 || !strings.Contains(out, "192.0.2.21") {
 		t.Fatalf("routes: %q", out)
 	}
-	if tbl.useNH {
+	if tbl.UsesNexthops() {
 		if out := strings.TrimSpace(h.IP(t, "nexthop", "show", "protocol", "87")); strings.Count(out, "\n") != 0 || !strings.Contains(out, "192.0.2.21") {
 			t.Fatalf("nexthop objects: %q", out)
 		}
 	}
-	n, err := DeleteOwned(h.Handle, h.NL, nil)
-	if err != nil {
+	if _, err := c.DelOwnedRoutes(backend.RouteProtocol, nil); err != nil {
 		t.Fatal(err)
 	}
-	_ = n
 	if out := strings.TrimSpace(h.IP(t, "route", "show", "proto", "87") + h.IP(t, "nexthop", "show", "protocol", "87")); out != "" {
-		t.Fatalf("left after DeleteOwned: %q", out)
+		t.Fatalf("left after DelOwnedRoutes: %q", out)
 	}
 }
 
@@ -81,11 +88,7 @@ func TestNetlinkTableCompatModeOff(t *testing.T) {
 	if _, err := h.Exec("sysctl", "-qw", "net.ipv4.nexthop_compat_mode=0"); err != nil {
 		t.Skip("kernel without net.ipv4.nexthop_compat_mode")
 	}
-	tbl, err := NewNetlinkTable(h.Handle, h.NL, network)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tbl.Close)
+	_, tbl := kernelTable(t, h)
 	rc := New(tbl, network)
 	want := []Want{{Dst: pfx("198.18.2.0/24"), Gw: addr("192.0.2.20"), LinkIndex: h.ExtIndex}}
 	for i := 0; i < 2; i++ {

@@ -7,11 +7,35 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/internal/nl"
+	"github.com/weftnet/weft/internal/nl/nlfake"
 )
+
+var (
+	_ Table = (*nl.RouteTable)(nil)
+	_ Table = (*nlfake.Table)(nil)
+)
+
+// Want is one wanted route, in this file's shorter words.
+type Want = nl.RouteSpec
+
+// fakeTable returns an empty fake namespace and its main table.
+func fakeTable() (*nlfake.NS, Table) {
+	f := nlfake.New()
+	return f, f.RouteTable(network, backend.RouteProtocol)
+}
+
+// route is the route the table holds for w, tagged with proto.
+func route(w Want, proto uint8) nl.Route {
+	r := nl.Route{Dst: w.Dst, Gw: w.Gw, LinkIndex: w.LinkIndex, Protocol: proto, Type: unix.RTN_UNICAST}
+	if w.OnLink {
+		r.Flags = unix.RTNH_F_ONLINK
+	}
+	return r
+}
 
 var network = netip.MustParsePrefix("198.18.0.0/16")
 
@@ -19,27 +43,26 @@ func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 func addr(s string) netip.Addr  { return netip.MustParseAddr(s) }
 
 // ownedState returns our routes in the fake as a map dst -> Want.
-func ownedState(t *testing.T, f *FakeTable) map[netip.Prefix]Want {
+func ownedState(t *testing.T, f *nlfake.NS) map[netip.Prefix]Want {
 	t.Helper()
 	got := map[netip.Prefix]Want{}
-	for _, r := range f.Sorted() {
+	all, _ := f.RouteList(nl.FamilyAll, 0, nil, nil)
+	for _, r := range all {
 		if r.Protocol != backend.RouteProtocol {
 			continue
 		}
-		dst, _ := ipNetToPrefix(r.Dst)
-		if _, dup := got[dst]; dup {
-			t.Fatalf("two routes of ours for %s", dst)
+		if _, dup := got[r.Dst]; dup {
+			t.Fatalf("two routes of ours for %s", r.Dst)
 		}
-		gw, _ := netip.AddrFromSlice(r.Gw)
 		if r.Priority != 0 {
-			t.Fatalf("route %s has metric %d", dst, r.Priority)
+			t.Fatalf("route %s has metric %d", r.Dst, r.Priority)
 		}
-		got[dst] = Want{Dst: dst, Gw: gw.Unmap(), LinkIndex: r.LinkIndex, OnLink: r.Flags&int(netlink.FLAG_ONLINK) != 0}
+		got[r.Dst] = Want{Dst: r.Dst, Gw: r.Gw, LinkIndex: r.LinkIndex, OnLink: r.Flags&unix.RTNH_F_ONLINK != 0}
 	}
 	return got
 }
 
-func assertState(t *testing.T, f *FakeTable, want []Want) {
+func assertState(t *testing.T, f *nlfake.NS, want []Want) {
 	t.Helper()
 	got := ownedState(t, f)
 	wm := map[netip.Prefix]Want{}
@@ -57,8 +80,8 @@ func assertState(t *testing.T, f *FakeTable, want []Want) {
 }
 
 func TestAddRemoveReplace(t *testing.T) {
-	f := NewFakeTable()
-	rc := New(f, network)
+	f, tbl := fakeTable()
+	rc := New(tbl, network)
 	a := Want{Dst: pfx("198.18.1.0/24"), Gw: addr("192.0.2.11"), LinkIndex: 2}
 	b := Want{Dst: pfx("198.18.2.0/24"), Gw: addr("198.18.2.0"), LinkIndex: 5, OnLink: true}
 
@@ -72,12 +95,12 @@ func TestAddRemoveReplace(t *testing.T) {
 	assertState(t, f, []Want{a, b})
 
 	// Idempotent.
-	before := f.Replaces + f.Deletes
+	before := f.Writes()
 	res, err = rc.Reconcile([]Want{a, b})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.Replaces+f.Deletes != before || res.Added+res.Updated+res.Repaired+res.Removed != 0 {
+	if f.Writes() != before || res.Added+res.Updated+res.Repaired+res.Removed != 0 {
 		t.Fatalf("second pass changed something: %+v", res)
 	}
 
@@ -104,7 +127,7 @@ func TestAddRemoveReplace(t *testing.T) {
 	assertState(t, f, []Want{a2})
 
 	// Deleted behind our back: a repair.
-	f.Remove(a2.Dst)
+	f.RemoveRoute(a2.Dst)
 	res, err = rc.Reconcile([]Want{a2})
 	if err != nil {
 		t.Fatal(err)
@@ -115,9 +138,9 @@ func TestAddRemoveReplace(t *testing.T) {
 	assertState(t, f, []Want{a2})
 
 	// Modified behind our back (device changed): a repair too.
-	r := a2.Route()
+	r := route(a2, backend.RouteProtocol)
 	r.LinkIndex = 9
-	f.Put(*r)
+	f.PutRoute(r)
 	res, err = rc.Reconcile([]Want{a2})
 	if err != nil {
 		t.Fatal(err)
@@ -129,16 +152,13 @@ func TestAddRemoveReplace(t *testing.T) {
 }
 
 func TestForeignRouteTakenOver(t *testing.T) {
-	f := NewFakeTable()
+	f, tbl := fakeTable()
 	dst := pfx("198.18.7.0/24")
-	foreign := Want{Dst: dst, Gw: addr("198.18.7.0"), LinkIndex: 4, OnLink: true}.Route()
-	foreign.Protocol = unix.RTPROT_BOOT // what "ip route add" leaves
-	f.Put(*foreign)
-	other := Want{Dst: pfx("198.18.8.0/24"), Gw: addr("192.0.2.99"), LinkIndex: 2}.Route()
-	other.Protocol = unix.RTPROT_STATIC
-	f.Put(*other)
+	// What "ip route add" leaves.
+	f.PutRoute(route(Want{Dst: dst, Gw: addr("198.18.7.0"), LinkIndex: 4, OnLink: true}, unix.RTPROT_BOOT))
+	f.PutRoute(route(Want{Dst: pfx("198.18.8.0/24"), Gw: addr("192.0.2.99"), LinkIndex: 2}, unix.RTPROT_STATIC))
 
-	rc := New(f, network)
+	rc := New(tbl, network)
 	w := Want{Dst: dst, Gw: addr("198.18.7.0"), LinkIndex: 6, OnLink: true}
 	if _, err := rc.Reconcile([]Want{w}); err != nil {
 		t.Fatal(err)
@@ -146,7 +166,8 @@ func TestForeignRouteTakenOver(t *testing.T) {
 	assertState(t, f, []Want{w})
 	// The unrelated foreign route is untouched.
 	found := false
-	for _, r := range f.Sorted() {
+	all, _ := f.RouteList(nl.FamilyAll, 0, nil, nil)
+	for _, r := range all {
 		if r.Protocol == unix.RTPROT_STATIC {
 			found = true
 		}
@@ -157,16 +178,12 @@ func TestForeignRouteTakenOver(t *testing.T) {
 }
 
 func TestRefusesUnderlayAndOutside(t *testing.T) {
-	f := NewFakeTable()
-	// The host's underlay and a pod bridge, as the kernel lists them.
-	for _, c := range []struct {
-		dst string
-		idx int
-	}{{"192.0.2.0/24", 2}, {"198.18.40.0/26", 3}} {
-		f.Put(netlink.Route{Dst: prefixToIPNet(pfx(c.dst)), LinkIndex: c.idx, Protocol: unix.RTPROT_KERNEL, Scope: netlink.SCOPE_LINK})
-	}
+	f, tbl := fakeTable()
+	// The host's underlay and a pod bridge, with their connected routes.
+	f.AddDevice("eth0", 1500, pfx("192.0.2.11/24"))
+	f.AddDevice("cni0", 1500, pfx("198.18.40.1/26"))
 	wide := netip.MustParsePrefix("192.0.0.0/8")
-	rc := New(f, wide)
+	rc := New(tbl, wide)
 	good := Want{Dst: pfx("192.0.3.0/24"), Gw: addr("192.0.2.20"), LinkIndex: 2}
 	over := Want{Dst: pfx("192.0.2.0/24"), Gw: addr("192.0.2.21"), LinkIndex: 2}
 	super := Want{Dst: pfx("192.0.0.0/16"), Gw: addr("192.0.2.22"), LinkIndex: 2}
@@ -190,7 +207,7 @@ func TestRefusesUnderlayAndOutside(t *testing.T) {
 
 	// A pod network overlapping a connected route inside the cluster
 	// network is refused too.
-	rc = New(f, network)
+	rc = New(tbl, network)
 	res, _ = rc.Reconcile([]Want{{Dst: pfx("198.18.40.0/24"), Gw: addr("192.0.2.5"), LinkIndex: 2}})
 	if len(res.Refused) != 1 {
 		t.Fatalf("want the route over 198.18.40.0/26 refused: %+v", res)
@@ -199,12 +216,12 @@ func TestRefusesUnderlayAndOutside(t *testing.T) {
 }
 
 func TestExtraMetricRemoved(t *testing.T) {
-	f := NewFakeTable()
+	f, tbl := fakeTable()
 	w := Want{Dst: pfx("198.18.3.0/24"), Gw: addr("192.0.2.3"), LinkIndex: 2}
-	r := w.Route()
+	r := route(w, backend.RouteProtocol)
 	r.Priority = 100
-	f.Put(*r)
-	rc := New(f, network)
+	f.PutRoute(r)
+	rc := New(tbl, network)
 	if _, err := rc.Reconcile([]Want{w}); err != nil {
 		t.Fatal(err)
 	}
@@ -216,9 +233,9 @@ func TestExtraMetricRemoved(t *testing.T) {
 // wanted state.
 func TestRandomTransitions(t *testing.T) {
 	rng := rand.New(rand.NewSource(1))
-	f := NewFakeTable()
-	f.Put(netlink.Route{Dst: prefixToIPNet(pfx("192.0.2.0/24")), LinkIndex: 2, Protocol: unix.RTPROT_KERNEL, Scope: netlink.SCOPE_LINK})
-	rc := New(f, network)
+	f, tbl := fakeTable()
+	f.AddDevice("eth0", 1500, pfx("192.0.2.11/24"))
+	rc := New(tbl, network)
 	var pool []netip.Prefix
 	for i := 0; i < 64; i++ {
 		pool = append(pool, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 0}), 24))
@@ -239,15 +256,13 @@ func TestRandomTransitions(t *testing.T) {
 				p := pool[rng.Intn(len(pool))]
 				switch rng.Intn(3) {
 				case 0:
-					f.Remove(p)
+					f.RemoveRoute(p)
 				case 1:
-					r := Want{Dst: p, Gw: gws[rng.Intn(len(gws))], LinkIndex: 7}.Route()
-					r.Protocol = unix.RTPROT_BOOT
-					f.Put(*r)
+					f.PutRoute(route(Want{Dst: p, Gw: gws[rng.Intn(len(gws))], LinkIndex: 7}, unix.RTPROT_BOOT))
 				case 2:
-					r := Want{Dst: p, Gw: gws[0], LinkIndex: 2}.Route()
+					r := route(Want{Dst: p, Gw: gws[0], LinkIndex: 2}, backend.RouteProtocol)
 					r.Priority = 10 + rng.Intn(3)
-					f.Put(*r)
+					f.PutRoute(r)
 				}
 			}
 		case 2: // change a few
@@ -267,11 +282,11 @@ func TestRandomTransitions(t *testing.T) {
 		}
 		assertState(t, f, want)
 		// Ours is now exactly want; a second pass must do nothing.
-		before := f.Replaces + f.Deletes
+		before := f.Writes()
 		if _, err := rc.Reconcile(want); err != nil {
 			t.Fatal(err)
 		}
-		if f.Replaces+f.Deletes != before {
+		if f.Writes() != before {
 			t.Fatalf("step %d: second pass was not a no-op", step)
 		}
 	}
@@ -290,8 +305,8 @@ func peers(n int, gwLast byte) []Want {
 }
 
 func BenchmarkDiff5000(b *testing.B) {
-	f := NewFakeTable()
-	rc := New(f, netip.MustParsePrefix("198.18.0.0/15"))
+	f, tbl := fakeTable()
+	rc := New(tbl, netip.MustParsePrefix("198.18.0.0/15"))
 	want := peers(5000, 1)
 	if _, err := rc.Reconcile(want); err != nil {
 		b.Fatal(err)
@@ -300,7 +315,7 @@ func BenchmarkDiff5000(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		// Every pass: one dump, a full diff, and 50 drifted routes fixed.
 		for j := 0; j < 50; j++ {
-			f.Remove(want[(i*50+j)%len(want)].Dst)
+			f.RemoveRoute(want[(i*50+j)%len(want)].Dst)
 		}
 		res, err := rc.Reconcile(want)
 		if err != nil || res.Repaired != 50 {

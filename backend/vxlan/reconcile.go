@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backend"
@@ -27,7 +26,7 @@ func (b *Backend) pass(own subnet.Lease, peers []subnet.Lease) backend.Pass {
 // peerPlan is one peer after validation.
 type peerPlan struct {
 	lease  *subnet.Lease // in the pass's peers
-	mac    net.HardwareAddr
+	mac    string        // VtepMAC, raw bytes
 	direct bool
 }
 
@@ -58,13 +57,13 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 
 	var onLink []netip.Prefix
 	if b.opts.DirectRouting {
-		if onLink, err = b.extPrefixes(); err != nil {
+		if onLink, err = routes.OnLink(b.k, b.cfg.Ext); err != nil {
 			errs = append(errs, err)
 		}
 	}
 
 	plans := make([]peerPlan, 0, len(peers))
-	want := make([]routes.Want, 0, len(peers))
+	want := make([]nl.RouteSpec, 0, len(peers))
 	b.macGen++
 	for i := range peers {
 		l := &peers[i]
@@ -84,13 +83,13 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 		if pp.direct {
 			// onlink is redundant here (the gateway is on-link anyway) but
 			// marks the route as ours rather than host-gw's for Cleanup.
-			want = append(want, routes.Want{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: b.cfg.Ext.Index, OnLink: true})
+			want = append(want, nl.RouteSpec{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: b.cfg.Ext.Index, OnLink: true})
 		} else {
-			want = append(want, routes.Want{Dst: l.Subnet, Gw: l.Subnet.Addr(), LinkIndex: linkIndex, OnLink: true})
+			want = append(want, nl.RouteSpec{Dst: l.Subnet, Gw: l.Subnet.Addr(), LinkIndex: linkIndex, OnLink: true})
 		}
 	}
 	t0 := time.Now()
-	rres, err := b.routes.Reconcile(want)
+	rres, err := b.kern.Routes.Reconcile(want)
 	p.Details = append(p.Details, "routes", time.Since(t0))
 	if err != nil {
 		errs = append(errs, err)
@@ -100,24 +99,24 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 		p.Refused[dst] = why
 	}
 
-	neighWant := make(map[netip.Addr]net.HardwareAddr, len(plans))
+	neighWant := make(map[netip.Addr]string, len(plans))
 	fdbWant := make(map[string]netip.Addr, len(plans))
 	for _, pp := range plans {
 		if _, bad := p.Refused[pp.lease.Subnet]; bad || pp.direct {
 			continue
 		}
 		neighWant[pp.lease.Subnet.Addr()] = pp.mac
-		fdbWant[pp.mac.String()] = pp.lease.Attrs.PublicIP
+		fdbWant[pp.mac] = pp.lease.Attrs.PublicIP
 	}
 	t0 = time.Now()
-	neighFailed, rep, err := b.syncNeigh(linkIndex, neighWant)
+	neighFailed, rep, err := b.neighs.sync(b, linkIndex, neighWant)
 	p.Details = append(p.Details, "neigh", time.Since(t0))
 	if err != nil {
 		errs = append(errs, err)
 	}
 	p.Repairs["neigh"] += uint64(rep)
 	t0 = time.Now()
-	fdbFailed, rep, err := b.syncFDB(linkIndex, fdbWant)
+	fdbFailed, rep, err := b.fdb.sync(b, linkIndex, fdbWant)
 	p.Details = append(p.Details, "fdb", time.Since(t0))
 	if err != nil {
 		errs = append(errs, err)
@@ -135,7 +134,7 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 			continue
 		}
 		if !pp.direct {
-			if err := cmp.Or(neighFailed[sn.Addr()], fdbFailed[pp.mac.String()]); err != nil {
+			if err := cmp.Or(neighFailed[sn.Addr()], fdbFailed[pp.mac]); err != nil {
 				p.Failed[sn] = err
 				continue
 			}
@@ -155,71 +154,45 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 // a pass over thousands of unchanged peers parses no JSON.
 type macEntry struct {
 	data string
-	mac  net.HardwareAddr
+	mac  string // raw bytes
 	err  error
 	gen  uint64
 }
 
-// peerMAC returns l's VtepMAC, parsing BackendData only when it changed.
-// Caller holds kmu.
-func (b *Backend) peerMAC(l *subnet.Lease) (net.HardwareAddr, error) {
+// peerMAC returns l's VtepMAC as raw bytes, parsing BackendData only when
+// it changed. Caller holds kmu.
+func (b *Backend) peerMAC(l *subnet.Lease) (string, error) {
 	e, ok := b.macs[l.Subnet]
 	if !ok || e.data != string(l.Attrs.BackendData) {
 		_, mac, err := subnet.ParseVXLANData(l.Attrs.BackendData)
-		e = macEntry{data: string(l.Attrs.BackendData), mac: mac, err: err}
+		e = macEntry{data: string(l.Attrs.BackendData), mac: string(mac), err: err}
 	}
 	e.gen = b.macGen
 	b.macs[l.Subnet] = e
 	return e.mac, e.err
 }
 
-// extPrefixes lists the IPv4 prefixes configured on the external interface.
-func (b *Backend) extPrefixes() ([]netip.Prefix, error) {
-	l, err := b.h.LinkByIndex(b.cfg.Ext.Index)
-	if err != nil {
-		return nil, fmt.Errorf("look up external interface %s: %w", b.cfg.Ext.Name, err)
-	}
-	addrs, err := nl.Dump(func() ([]netlink.Addr, error) { return b.h.AddrList(l, netlink.FAMILY_V4) })
-	if err != nil {
-		return nil, fmt.Errorf("list addresses of %s: %w", b.cfg.Ext.Name, err)
-	}
-	var out []netip.Prefix
-	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok || a.IPNet == nil {
-			continue
-		}
-		ones, _ := a.Mask.Size()
-		out = append(out, netip.PrefixFrom(ip.Unmap(), ones).Masked())
-	}
-	return out, nil
-}
-
 // ensureAddr makes want the only IPv4 address of the device.
 func (b *Backend) ensureAddr(linkIndex int, want netip.Prefix) (repaired bool, err error) {
-	link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: linkIndex}}
-	addrs, err := nl.Dump(func() ([]netlink.Addr, error) { return b.h.AddrList(link, netlink.FAMILY_V4) })
+	addrs, err := b.k.AddrList(linkIndex, nl.FamilyV4)
 	if err != nil {
 		return false, fmt.Errorf("list addresses of %s: %w", b.name, err)
 	}
 	found := false
 	for _, a := range addrs {
-		ip, _ := netip.AddrFromSlice(a.IP)
-		ones, _ := a.Mask.Size()
-		if netip.PrefixFrom(ip.Unmap(), ones) == want {
+		if a.Prefix == want {
 			found = true
 			continue
 		}
-		if err := b.h.AddrDel(link, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-			return false, fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, b.name, err)
+		if err := b.k.DelAddr(a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return false, fmt.Errorf("remove stale address %s from %s: %w", a.Prefix, b.name, err)
 		}
 	}
 	if found {
 		b.installedAddr = want
 		return false, nil
 	}
-	ipn := &net.IPNet{IP: net.IP(want.Addr().AsSlice()), Mask: net.CIDRMask(want.Bits(), 32)}
-	if err := b.h.AddrAdd(link, &netlink.Addr{IPNet: ipn}); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := b.k.AddAddr(linkIndex, want); err != nil && !errors.Is(err, unix.EEXIST) {
 		return false, fmt.Errorf("add address %s to %s: %w", want, b.name, err)
 	}
 	repaired = b.installedAddr == want
@@ -227,178 +200,149 @@ func (b *Backend) ensureAddr(linkIndex int, want netip.Prefix) (repaired bool, e
 	return repaired, nil
 }
 
-// syncNeigh makes the permanent IPv4 neighbours of the device exactly want.
-// It returns the addresses that failed and how many entries were repairs.
-func (b *Backend) syncNeigh(linkIndex int, want map[netip.Addr]net.HardwareAddr) (map[netip.Addr]error, int, error) {
-	failed := map[netip.Addr]error{}
-	list, err := b.dump.NeighList(linkIndex, unix.AF_INET, b.neighBuf)
-	b.neighBuf = list
-	if err != nil {
-		err = fmt.Errorf("list neighbours of %s: %w", b.name, err)
-		for ip := range want {
-			failed[ip] = err
-		}
-		return failed, 0, err
-	}
-	have := make(map[netip.Addr]*nl.Neigh, len(list))
-	for i := range list {
-		n := &list[i]
-		if n.LinkIndex != linkIndex || !n.IP.IsValid() {
-			continue
-		}
-		have[n.IP] = n
-	}
-	var errs []error
-	repairs := 0
-	type set struct {
-		ip  netip.Addr
-		mac net.HardwareAddr
-		op  nl.Op
-	}
-	var sets []set
-	if n := len(want) - len(b.installedNeigh); n > 16 {
-		sets = make([]set, 0, n) // first pass: most are new
-	}
-	arena := b.reqBuf[:0] // the requests, back to back
-	defer func() { b.reqBuf = arena[:0] }()
-	for ip, mac := range want {
-		n := have[ip]
-		delete(have, ip)
-		if n != nil && n.State&netlink.NUD_PERMANENT != 0 && n.HardwareAddrIs(mac) {
-			if b.installedNeigh[ip] != string(mac) {
-				b.installedNeigh[ip] = string(mac)
-			}
-			continue
-		}
-		var msg []byte
-		arena, msg = nl.AppendNeighSet(arena, linkIndex, unix.AF_INET, netlink.NUD_PERMANENT, unix.RTN_UNICAST, 0, ip, mac)
-		sets = append(sets, set{ip, mac, nl.Op{Msg: msg}})
-	}
-	ops := make([]*nl.Op, len(sets))
-	for i := range sets {
-		ops[i] = &sets[i].op
-	}
-	_ = b.batch.Do(ops) // a socket failure shows in every op's Err
-	for _, st := range sets {
-		if st.op.Err != nil {
-			err := fmt.Errorf("set neighbour %s -> %s: %w", st.ip, st.mac, st.op.Err)
-			failed[st.ip] = err
-			errs = append(errs, err)
-			continue
-		}
-		if b.installedNeigh[st.ip] == string(st.mac) {
-			repairs++
-		}
-		b.installedNeigh[st.ip] = string(st.mac)
-	}
-	for ip, n := range have {
-		delete(b.installedNeigh, ip)
-		if n.State&netlink.NUD_PERMANENT == 0 {
-			continue // the kernel's own entries age out by themselves
-		}
-		if err := b.h.NeighDel(n.Netlink()); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("delete neighbour %s: %w", ip, err))
-		}
-	}
-	for ip := range b.installedNeigh {
-		if _, ok := want[ip]; !ok {
-			delete(b.installedNeigh, ip)
-		}
-	}
-	return failed, repairs, errors.Join(errs...)
+// peerEntries is one of the two kinds of entry the backend keeps on its
+// device for every peer. To the kernel both are neighbour objects: a
+// neighbour entry maps the peer's VTEP address to its VtepMAC (K is the
+// address, V the MAC), an FDB entry maps the VtepMAC to the peer's
+// PublicIP (K is the MAC, V the address). MACs are raw bytes in a string.
+type peerEntries[K, V comparable] struct {
+	kind   string // "neighbour" or "FDB", for messages
+	family nl.Family
+	// key returns the key of a listed entry that is the backend's to
+	// manage; false leaves the entry alone.
+	key func(n *nl.Neigh) (K, bool)
+	// says reports whether the listed entry n maps its key to v.
+	says func(n *nl.Neigh, v V) bool
+	// spec is the request that makes k -> v a permanent entry.
+	spec func(linkIndex int, k K, v V) nl.NeighSpec
+	// installed is what this backend installed and the kernel still
+	// held at the last pass.
+	installed map[K]V
 }
 
-// syncFDB makes the device's FDB exactly want (MAC -> remote VTEP).
-// It returns the MACs that failed and how many entries were repairs.
-func (b *Backend) syncFDB(linkIndex int, want map[string]netip.Addr) (map[string]error, int, error) {
-	failed := map[string]error{}
-	list, err := b.dump.NeighList(linkIndex, unix.AF_BRIDGE, b.neighBuf)
+// neighEntries returns the neighbour entries: peer VTEP address -> MAC.
+func neighEntries() *peerEntries[netip.Addr, string] {
+	return &peerEntries[netip.Addr, string]{
+		kind: "neighbour", family: nl.FamilyV4,
+		key: func(n *nl.Neigh) (netip.Addr, bool) {
+			// The kernel's own (not permanent) entries age out by
+			// themselves.
+			return n.IP, n.IP.IsValid() && n.State&unix.NUD_PERMANENT != 0
+		},
+		says: func(n *nl.Neigh, mac string) bool { return n.HardwareAddrIs(net.HardwareAddr(mac)) },
+		spec: func(linkIndex int, ip netip.Addr, mac string) nl.NeighSpec {
+			return nl.NeighSpec{LinkIndex: linkIndex, Family: nl.FamilyV4, State: unix.NUD_PERMANENT, Type: unix.RTN_UNICAST,
+				IP: ip, MAC: net.HardwareAddr(mac)}
+		},
+		installed: map[netip.Addr]string{},
+	}
+}
+
+// fdbEntries returns the FDB entries: MAC -> remote VTEP (PublicIP).
+func fdbEntries() *peerEntries[string, netip.Addr] {
+	return &peerEntries[string, netip.Addr]{
+		kind: "FDB", family: nl.FamilyBridge,
+		key: func(n *nl.Neigh) (string, bool) {
+			if n.Flags&unix.NTF_SELF == 0 {
+				return "", false
+			}
+			return string(n.HardwareAddr()), true
+		},
+		says: func(n *nl.Neigh, dst netip.Addr) bool { return n.IP == dst },
+		spec: func(linkIndex int, mac string, dst netip.Addr) nl.NeighSpec {
+			return nl.NeighSpec{LinkIndex: linkIndex, Family: nl.FamilyBridge, State: unix.NUD_PERMANENT, Flags: unix.NTF_SELF,
+				IP: dst, MAC: net.HardwareAddr(mac)}
+		},
+		installed: map[string]netip.Addr{},
+	}
+}
+
+// describe renders an entry for messages the way ip(8) and bridge(8) list
+// it: "address -> MAC" for a neighbour, "MAC -> remote" for FDB.
+func (e *peerEntries[K, V]) describe(ip netip.Addr, mac net.HardwareAddr) string {
+	if e.family == nl.FamilyBridge {
+		return fmt.Sprintf("%s -> %s", mac, ip)
+	}
+	return fmt.Sprintf("%s -> %s", ip, mac)
+}
+
+// sync makes the entries of this kind on the device exactly want. It
+// returns the keys that failed and how many entries were repairs. Caller
+// holds kmu.
+func (e *peerEntries[K, V]) sync(b *Backend, linkIndex int, want map[K]V) (map[K]error, int, error) {
+	failed := map[K]error{}
+	list, err := b.k.NeighList(linkIndex, e.family, b.neighBuf)
 	b.neighBuf = list
 	if err != nil {
-		err = fmt.Errorf("list FDB of %s: %w", b.name, err)
-		for m := range want {
-			failed[m] = err
+		err = fmt.Errorf("list %s entries of %s: %w", e.kind, b.name, err)
+		for k := range want {
+			failed[k] = err
 		}
 		return failed, 0, err
 	}
-	have := make(map[string][]*nl.Neigh, len(list))
+	// The listed entries: the one of each wanted key, and the stale rest.
+	// (A wanted FDB key is a peer's VtepMAC, which is unicast, and the
+	// kernel keeps one remote per unicast MAC; only the all-zeros and
+	// multicast entries have several.)
+	have := make(map[K]*nl.Neigh, len(want))
+	var stale []*nl.Neigh
 	for i := range list {
 		n := &list[i]
-		if n.LinkIndex != linkIndex || n.Flags&netlink.NTF_SELF == 0 {
+		if n.LinkIndex != linkIndex {
 			continue
 		}
-		k := n.HardwareAddr().String()
-		have[k] = append(have[k], n)
+		k, ok := e.key(n)
+		if !ok {
+			continue
+		}
+		if _, wanted := want[k]; wanted {
+			have[k] = n
+		} else {
+			stale = append(stale, n)
+		}
 	}
+
 	var errs []error
 	repairs := 0
 	type set struct {
-		mac string
-		dst netip.Addr
-		op  nl.Op
+		k K
+		v V
 	}
 	var sets []set
-	if n := len(want) - len(b.installedFDB); n > 16 {
-		sets = make([]set, 0, n) // first pass: most are new
+	var specs []nl.NeighSpec
+	if n := len(want) - len(e.installed); n > 16 {
+		sets, specs = make([]set, 0, n), make([]nl.NeighSpec, 0, n) // first pass: most are new
 	}
-	arena := b.reqBuf[:0] // the requests, back to back
-	defer func() { b.reqBuf = arena[:0] }()
-	for m, dst := range want {
-		entries := have[m]
-		delete(have, m)
-		ok := false
-		for _, n := range entries {
-			if n.IP == dst && n.State&netlink.NUD_PERMANENT != 0 {
-				ok = true
-			}
+	for k, v := range want {
+		if n := have[k]; n != nil && n.State&unix.NUD_PERMANENT != 0 && e.says(n, v) {
+			e.installed[k] = v
+			continue
 		}
-		if ok {
-			b.installedFDB[m] = dst
-		} else {
-			mac, _ := net.ParseMAC(m)
-			var msg []byte
-			arena, msg = nl.AppendNeighSet(arena, linkIndex, unix.AF_BRIDGE, netlink.NUD_PERMANENT, 0, netlink.NTF_SELF, dst, mac)
-			sets = append(sets, set{m, dst, nl.Op{Msg: msg}})
-		}
-		// Other remotes for the same MAC (a peer that moved): drop them.
-		// The replace above rewrites the first remote; a stale one that
-		// is already gone by then fails with ENOENT, which is fine.
-		for _, n := range entries {
-			if n.IP == dst || (!ok && len(entries) == 1) {
-				continue
-			}
-			if err := b.h.NeighDel(n.Netlink()); err != nil && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("delete FDB entry %s -> %s: %w", m, n.IP, err))
-			}
-		}
+		// Missing or wrong: a replace rewrites a wrong entry in place.
+		sets = append(sets, set{k, v})
+		specs = append(specs, e.spec(linkIndex, k, v))
 	}
-	ops := make([]*nl.Op, len(sets))
-	for i := range sets {
-		ops[i] = &sets[i].op
-	}
-	_ = b.batch.Do(ops) // a socket failure shows in every op's Err
-	for _, st := range sets {
-		if st.op.Err != nil {
-			err := fmt.Errorf("set FDB entry %s -> %s: %w", st.mac, st.dst, st.op.Err)
-			failed[st.mac] = err
+	for i, err := range b.k.SetNeighs(specs) {
+		st := sets[i]
+		if err != nil {
+			err = fmt.Errorf("set %s entry %s: %w", e.kind, e.describe(specs[i].IP, specs[i].MAC), err)
+			failed[st.k] = err
 			errs = append(errs, err)
 			continue
 		}
-		if b.installedFDB[st.mac] == st.dst {
+		if prev, had := e.installed[st.k]; had && prev == st.v {
 			repairs++
 		}
-		b.installedFDB[st.mac] = st.dst
+		e.installed[st.k] = st.v
 	}
-	for m, entries := range have {
-		for _, n := range entries {
-			if err := b.h.NeighDel(n.Netlink()); err != nil && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("delete FDB entry %s -> %s: %w", m, n.IP, err))
-			}
+	for _, n := range stale {
+		if err := b.k.DelNeigh(n); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("delete %s entry %s: %w", e.kind, e.describe(n.IP, n.HardwareAddr()), err))
 		}
 	}
-	for m := range b.installedFDB {
-		if _, ok := want[m]; !ok {
-			delete(b.installedFDB, m)
+	for k := range e.installed {
+		if _, ok := want[k]; !ok {
+			delete(e.installed, k)
 		}
 	}
 	return failed, repairs, errors.Join(errs...)

@@ -49,7 +49,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -82,22 +81,70 @@ type Backend struct {
 	linkIndex atomic.Int64
 
 	// kernel state, guarded by kmu: only Setup and pass touch it.
-	kmu            sync.Mutex
-	h              *netlink.Handle
-	table          *routes.NetlinkTable
-	batch          *nl.Batcher
-	dump           *nl.Dumper
-	neighBuf       []nl.Neigh // neighbour/FDB dump results, reused by each pass
-	reqBuf         []byte     // batched requests, reused by each pass
-	mac            net.HardwareAddr
-	deviceUp       bool // the device was fully set up before
-	routes         *routes.Reconciler
-	installedNeigh map[netip.Addr]string // peer VTEP address -> MAC (raw bytes)
-	installedFDB   map[string]netip.Addr // MAC -> PublicIP
-	installedAddr  netip.Prefix
-	macs           map[netip.Prefix]macEntry
-	macGen         uint64
+	kmu sync.Mutex
+	// kern is the netlink connection and the route reconciler; k is the
+	// open connection from prepare on (nil after closeHandles).
+	kern          *routes.Kernel[kernel]
+	k             kernel
+	neighBuf      []nl.Neigh // neighbour/FDB dump results, reused by each pass
+	mac           net.HardwareAddr
+	deviceUp      bool                             // the device was fully set up before
+	neighs        *peerEntries[netip.Addr, string] // peer VTEP address -> MAC
+	fdb           *peerEntries[string, netip.Addr] // MAC -> PublicIP
+	installedAddr netip.Prefix
+	macs          map[netip.Prefix]macEntry
+	macGen        uint64
 }
+
+// kernel is what the backend asks of netlink in its namespace: *nl.Conn,
+// or *nlfake.NS in tests. Routes go through a routes.Table instead.
+type kernel interface {
+	devices
+	addrs
+	neighbours
+	// Close ends the connection; the next pass opens a new one.
+	Close()
+}
+
+// devices finds, creates and fixes weft.<VNI> and reads the external
+// interface.
+type devices interface {
+	// LinkByName and LinkByIndex look a device up; a missing one is
+	// nl.ErrLinkNotFound.
+	LinkByName(name string) (nl.Link, error)
+	LinkByIndex(index int) (nl.Link, error)
+	// LinkList lists every device.
+	LinkList() ([]nl.Link, error)
+	// AddLink creates a VXLAN device, down.
+	AddLink(l nl.Link) error
+	// DelLink deletes a device and everything on it.
+	DelLink(index int) error
+	// SetLinkUp, SetLinkMTU and SetLinkHardwareAddr change one attribute.
+	SetLinkUp(index int) error
+	SetLinkMTU(index, mtu int) error
+	SetLinkHardwareAddr(index int, mac net.HardwareAddr) error
+}
+
+// addrs reads and sets the device's address.
+type addrs interface {
+	// AddrList lists the addresses of family on a device.
+	AddrList(linkIndex int, family nl.Family) ([]nl.Addr, error)
+	// AddAddr adds an address; DelAddr removes one as listed.
+	AddAddr(linkIndex int, p netip.Prefix) error
+	DelAddr(a nl.Addr) error
+}
+
+// neighbours programs the device's neighbour and FDB entries.
+type neighbours interface {
+	// NeighList lists the entries of family on a device into out.
+	NeighList(linkIndex int, family nl.Family, out []nl.Neigh) ([]nl.Neigh, error)
+	// SetNeighs creates or replaces entries, one error per entry.
+	SetNeighs(specs []nl.NeighSpec) []error
+	// DelNeigh deletes an entry as listed.
+	DelNeigh(n *nl.Neigh) error
+}
+
+var _ kernel = (*nl.Conn)(nil)
 
 // New validates the options and returns a backend; it touches no kernel
 // state.
@@ -116,12 +163,13 @@ func New(cfg backend.Config) (backend.Backend, error) {
 		return nil, fmt.Errorf("vxlan: external interface %q has no IPv4 address", cfg.Ext.Name)
 	}
 	b := &Backend{
-		cfg:            cfg,
-		opts:           o,
-		name:           DevicePrefix + strconv.Itoa(o.VNI),
-		installedNeigh: map[netip.Addr]string{},
-		installedFDB:   map[string]netip.Addr{},
-		macs:           map[netip.Prefix]macEntry{},
+		cfg:    cfg,
+		opts:   o,
+		name:   DevicePrefix + strconv.Itoa(o.VNI),
+		kern:   routes.NewKernel[kernel](cfg.Netns, cfg.Network.Network),
+		neighs: neighEntries(),
+		fdb:    fdbEntries(),
+		macs:   map[netip.Prefix]macEntry{},
 	}
 	b.log = cfg.Logger.With("backend", Type, "device", b.name)
 	if len(o.Unknown) > 0 {
@@ -162,7 +210,7 @@ func (b *Backend) Status() backend.Status { return b.loop.Status() }
 // Run implements backend.Backend.
 func (b *Backend) Run(ctx context.Context) error {
 	b.loop.Run(ctx, func(ctx context.Context, kick func()) {
-		nl.Watch(ctx, b.cfg.Netns, b.log, b.eventFilter(), kick)
+		nl.Watch(ctx, b.cfg.Netns, b.log, b.events().Filter(), kick)
 	})
 	b.kmu.Lock()
 	b.closeHandles()
@@ -170,99 +218,54 @@ func (b *Backend) Run(ctx context.Context) error {
 	return nil
 }
 
-// eventFilter selects the events that mean something we own changed: the
+// events selects the events that mean something we own changed: the
 // shared route events, plus our neighbour entries, device and addresses.
-func (b *Backend) eventFilter() nl.Filter {
+func (b *Backend) events() nl.Events {
 	ext := b.cfg.Ext.Index
-	f := routes.Filter(b.cfg.Network.Network)
-	f.Neigh = func(u netlink.NeighUpdate) bool {
-		if int64(u.LinkIndex) != b.linkIndex.Load() {
+	ev := routes.Events(b.cfg.Network.Network)
+	ev.Neigh = func(e nl.NeighEvent) bool {
+		if int64(e.LinkIndex) != b.linkIndex.Load() {
 			return false
 		}
-		return u.Type == unix.RTM_DELNEIGH || u.State&netlink.NUD_PERMANENT == 0
+		return e.Deleted || e.State&unix.NUD_PERMANENT == 0
 	}
-	f.Link = func(u netlink.LinkUpdate) bool {
-		a := u.Link.Attrs()
-		if a.Index == ext {
+	ev.Link = func(e nl.LinkEvent) bool {
+		if e.Index == ext {
 			return true // going down drops DirectRouting routes silently
 		}
-		if a.Name != b.name && int64(a.Index) != b.linkIndex.Load() {
+		if e.Name != b.name && int64(e.Index) != b.linkIndex.Load() {
 			return false
 		}
-		return u.Header.Type == unix.RTM_DELLINK || a.Flags&net.FlagUp == 0 || int64(a.MTU) != b.mtu.Load()
+		return e.Deleted || !e.Up || int64(e.MTU) != b.mtu.Load()
 	}
-	f.Addr = func(u netlink.AddrUpdate) bool {
-		if u.LinkIndex == ext {
+	ev.Addr = func(e nl.AddrEvent) bool {
+		if e.LinkIndex == ext {
 			return b.opts.DirectRouting // what is on-link may have changed
 		}
-		return !u.NewAddr && int64(u.LinkIndex) == b.linkIndex.Load()
+		return e.Deleted && int64(e.LinkIndex) == b.linkIndex.Load()
 	}
-	return f
+	return ev
 }
 
-// closeHandles closes the netlink sockets; prepare reopens them. Caller
+// closeHandles closes the netlink connection; prepare reopens it. Caller
 // holds kmu.
 func (b *Backend) closeHandles() {
-	if b.batch != nil {
-		b.batch.Close()
-		b.batch = nil
-	}
-	if b.dump != nil {
-		b.dump.Close()
-		b.dump = nil
-	}
-	if b.table != nil {
-		b.table.Close()
-		b.table = nil
-	}
-	if b.h != nil {
-		b.h.Close()
-		b.h = nil
-	}
+	b.kern.Close()
+	b.k = nil
 }
 
-// prepare opens the netlink sockets and works out the MTU. Caller holds kmu.
-func (b *Backend) prepare() error {
-	if b.h == nil {
-		h, err := nl.NewHandle(b.cfg.Netns)
-		if err != nil {
-			return fmt.Errorf("vxlan: %w", err)
-		}
-		t, err := routes.NewNetlinkTable(b.cfg.Netns, h, b.cfg.Network.Network)
-		if err != nil {
-			h.Close()
-			return fmt.Errorf("vxlan: %w", err)
-		}
-		bt, err := nl.NewBatcher(b.cfg.Netns)
-		if err != nil {
-			t.Close()
-			h.Close()
-			return fmt.Errorf("vxlan: %w", err)
-		}
-		d, err := nl.NewDumper(b.cfg.Netns)
-		if err != nil {
-			bt.Close()
-			t.Close()
-			h.Close()
-			return fmt.Errorf("vxlan: %w", err)
-		}
-		b.h, b.table, b.batch, b.dump = h, t, bt, d
-		if b.routes == nil {
-			b.routes = routes.New(t, b.cfg.Network.Network)
-		} else {
-			b.routes.SetTable(t)
-		}
+// prepare connects to the namespace and works out the MTU. Caller holds
+// kmu.
+func (b *Backend) prepare() (err error) {
+	if b.k, err = b.kern.Open(); err != nil {
+		return fmt.Errorf("vxlan: %w", err)
 	}
 	if b.mtu.Load() == 0 {
 		mtu := b.opts.MTU
 		if mtu == 0 {
-			ext := b.cfg.Ext.MTU
-			if ext == 0 {
-				l, err := b.h.LinkByIndex(b.cfg.Ext.Index)
-				if err != nil {
-					return fmt.Errorf("vxlan: look up external interface %s: %w", b.cfg.Ext.Name, err)
-				}
-				ext = l.Attrs().MTU
+			ext, err := routes.ExtMTU(b.k, b.cfg.Ext)
+			if err != nil {
+				return fmt.Errorf("vxlan: %w", err)
 			}
 			mtu = ext - overhead
 		}
@@ -271,11 +274,11 @@ func (b *Backend) prepare() error {
 	return nil
 }
 
-func (b *Backend) deviceMatches(vx *netlink.Vxlan) bool {
-	return vx.VxlanId == b.opts.VNI && vx.Port == b.opts.Port && !vx.Learning &&
+func (b *Backend) deviceMatches(vx *nl.VXLAN) bool {
+	return vx != nil && vx.VNI == b.opts.VNI && vx.Port == b.opts.Port && !vx.Learning &&
 		vx.GBP == b.opts.GBP && vx.VtepDevIndex == b.cfg.Ext.Index &&
-		vx.SrcAddr.Equal(net.IP(b.cfg.Ext.Addr.AsSlice())) &&
-		(len(vx.Group) == 0 || vx.Group.IsUnspecified())
+		vx.SrcAddr == b.cfg.Ext.Addr.Unmap() &&
+		(!vx.Group.IsValid() || vx.Group.IsUnspecified())
 }
 
 // adoptable reports whether m may be our VtepMAC: usable, and not
@@ -315,52 +318,50 @@ func randomMAC() (net.HardwareAddr, error) {
 // up before (a repair). Caller holds kmu.
 func (b *Backend) ensureDevice() (repaired bool, err error) {
 	mtu := int(b.mtu.Load())
-	l, err := b.h.LinkByName(b.name)
-	var notFound netlink.LinkNotFoundError
+	l, err := b.k.LinkByName(b.name)
 	switch {
 	case err == nil:
-		vx, ok := l.(*netlink.Vxlan)
-		if ok && b.deviceMatches(vx) {
+		if b.deviceMatches(l.VXLAN) {
 			if b.mac == nil {
-				if b.adoptable(vx.HardwareAddr) {
-					b.mac = append(net.HardwareAddr(nil), vx.HardwareAddr...)
+				if b.adoptable(l.HardwareAddr) {
+					b.mac = l.HardwareAddr
 				} else if b.mac, err = b.pickMAC(); err != nil {
 					return false, err
 				}
 			}
-			if !bytes.Equal(vx.HardwareAddr, b.mac) {
+			if !bytes.Equal(l.HardwareAddr, b.mac) {
 				repaired = true
-				if err := b.h.LinkSetHardwareAddr(vx, b.mac); err != nil {
+				if err := b.k.SetLinkHardwareAddr(l.Index, b.mac); err != nil {
 					return false, fmt.Errorf("set MAC of %s: %w", b.name, err)
 				}
 			}
-			if vx.MTU != mtu {
+			if l.MTU != mtu {
 				repaired = true
-				if err := b.h.LinkSetMTU(vx, mtu); err != nil {
+				if err := b.k.SetLinkMTU(l.Index, mtu); err != nil {
 					return false, fmt.Errorf("set MTU of %s: %w", b.name, err)
 				}
 			}
-			if vx.Flags&net.FlagUp == 0 {
+			if !l.Up {
 				repaired = true
-				if err := b.h.LinkSetUp(vx); err != nil {
+				if err := b.k.SetLinkUp(l.Index); err != nil {
 					return false, fmt.Errorf("set %s up: %w", b.name, err)
 				}
 			}
-			b.linkIndex.Store(int64(vx.Index))
+			b.linkIndex.Store(int64(l.Index))
 			wasUp := b.deviceUp
 			b.deviceUp = true
 			return repaired && wasUp, nil
 		}
 		// Wrong kind or attributes: recreate, keeping its MAC if we have
 		// none yet.
-		if b.mac == nil && ok && b.adoptable(l.Attrs().HardwareAddr) {
-			b.mac = append(net.HardwareAddr(nil), l.Attrs().HardwareAddr...)
+		if b.mac == nil && l.VXLAN != nil && b.adoptable(l.HardwareAddr) {
+			b.mac = l.HardwareAddr
 		}
-		b.log.Info("recreating device whose attributes do not match", "type", l.Type())
-		if err := b.h.LinkDel(l); err != nil {
+		b.log.Info("recreating device whose attributes do not match", "type", l.Kind)
+		if err := b.k.DelLink(l.Index); err != nil {
 			return false, fmt.Errorf("delete mismatched %s: %w", b.name, err)
 		}
-	case errors.As(err, &notFound):
+	case errors.Is(err, nl.ErrLinkNotFound):
 	default:
 		return false, fmt.Errorf("look up %s: %w", b.name, err)
 	}
@@ -392,48 +393,47 @@ func (b *Backend) pickMAC() (net.HardwareAddr, error) {
 	return randomMAC()
 }
 
-func (b *Backend) newLink(mtu int) *netlink.Vxlan {
-	la := netlink.NewLinkAttrs()
-	la.Name = b.name
-	la.MTU = mtu
-	la.HardwareAddr = b.mac
-	return &netlink.Vxlan{
-		LinkAttrs:    la,
-		VxlanId:      b.opts.VNI,
-		VtepDevIndex: b.cfg.Ext.Index,
-		SrcAddr:      net.IP(b.cfg.Ext.Addr.AsSlice()),
-		Port:         b.opts.Port,
-		Learning:     false,
-		GBP:          b.opts.GBP,
+func (b *Backend) newLink(mtu int) nl.Link {
+	return nl.Link{
+		Name:         b.name,
+		MTU:          mtu,
+		HardwareAddr: b.mac,
+		VXLAN: &nl.VXLAN{
+			VNI:          b.opts.VNI,
+			VtepDevIndex: b.cfg.Ext.Index,
+			SrcAddr:      b.cfg.Ext.Addr,
+			Port:         b.opts.Port,
+			Learning:     false,
+			GBP:          b.opts.GBP,
+		},
 	}
 }
 
 func (b *Backend) createDevice(mtu int) error {
-	vx := b.newLink(mtu)
-	err := b.h.LinkAdd(vx)
+	err := b.k.AddLink(b.newLink(mtu))
 	if errors.Is(err, unix.EADDRINUSE) || errors.Is(err, unix.EEXIST) {
 		// Another VXLAN device holds this VNI and port.
 		if derr := b.removeConflicting(); derr != nil {
 			return errors.Join(fmt.Errorf("create %s: %w", b.name, err), derr)
 		}
-		err = b.h.LinkAdd(b.newLink(mtu))
+		err = b.k.AddLink(b.newLink(mtu))
 	}
 	if err != nil {
 		return fmt.Errorf("create %s (VNI %d, port %d): %w", b.name, b.opts.VNI, b.opts.Port, err)
 	}
-	l, err := b.h.LinkByName(b.name)
+	l, err := b.k.LinkByName(b.name)
 	if err != nil {
 		return fmt.Errorf("look up new %s: %w", b.name, err)
 	}
-	if !bytes.Equal(l.Attrs().HardwareAddr, b.mac) {
-		if err := b.h.LinkSetHardwareAddr(l, b.mac); err != nil {
+	if !bytes.Equal(l.HardwareAddr, b.mac) {
+		if err := b.k.SetLinkHardwareAddr(l.Index, b.mac); err != nil {
 			return fmt.Errorf("set MAC of %s: %w", b.name, err)
 		}
 	}
-	if err := b.h.LinkSetUp(l); err != nil {
+	if err := b.k.SetLinkUp(l.Index); err != nil {
 		return fmt.Errorf("set %s up: %w", b.name, err)
 	}
-	b.linkIndex.Store(int64(l.Attrs().Index))
+	b.linkIndex.Store(int64(l.Index))
 	b.log.Info("created device", "vni", b.opts.VNI, "port", b.opts.Port, "mac", b.mac.String(), "mtu", mtu)
 	return nil
 }
@@ -442,16 +442,15 @@ func (b *Backend) createDevice(mtu int) error {
 // and port: its socket would make our device fail with "address in use".
 func (b *Backend) removeFlannelDevice() error {
 	name := "flannel." + strconv.Itoa(b.opts.VNI)
-	l, err := b.h.LinkByName(name)
+	l, err := b.k.LinkByName(name)
 	if err != nil {
 		return nil
 	}
-	vx, ok := l.(*netlink.Vxlan)
-	if !ok || vx.VxlanId != b.opts.VNI || vx.Port != b.opts.Port {
+	if vx := l.VXLAN; vx == nil || vx.VNI != b.opts.VNI || vx.Port != b.opts.Port {
 		return nil
 	}
 	b.log.Info("deleting flanneld's device to take over its VNI and port (in-place migration)", "old", name)
-	if err := b.h.LinkDel(l); err != nil {
+	if err := b.k.DelLink(l.Index); err != nil {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
 	return nil
@@ -460,21 +459,20 @@ func (b *Backend) removeFlannelDevice() error {
 // removeConflicting deletes a flannel.* or weft.* VXLAN device with our
 // VNI and port, whatever its name.
 func (b *Backend) removeConflicting() error {
-	links, err := nl.Dump(b.h.LinkList)
+	links, err := b.k.LinkList()
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
 	}
 	for _, l := range links {
-		vx, ok := l.(*netlink.Vxlan)
-		if !ok || vx.VxlanId != b.opts.VNI || vx.Port != b.opts.Port {
+		if vx := l.VXLAN; vx == nil || vx.VNI != b.opts.VNI || vx.Port != b.opts.Port {
 			continue
 		}
-		if !strings.HasPrefix(vx.Name, "flannel.") && !strings.HasPrefix(vx.Name, DevicePrefix) {
+		if !strings.HasPrefix(l.Name, "flannel.") && !strings.HasPrefix(l.Name, DevicePrefix) {
 			continue
 		}
-		b.log.Info("deleting conflicting VXLAN device", "old", vx.Name)
-		if err := b.h.LinkDel(vx); err != nil {
-			return fmt.Errorf("delete %s: %w", vx.Name, err)
+		b.log.Info("deleting conflicting VXLAN device", "old", l.Name)
+		if err := b.k.DelLink(l.Index); err != nil {
+			return fmt.Errorf("delete %s: %w", l.Name, err)
 		}
 	}
 	return nil
@@ -487,27 +485,27 @@ func (b *Backend) removeConflicting() error {
 // routes tagged with backend.RouteProtocol belong to other backends and are
 // left alone, because weftd runs this at every start of another backend.
 func Cleanup(ctx context.Context, ns netns.NsHandle, logger *slog.Logger) error {
-	h, err := nl.NewHandle(ns)
+	c, err := nl.Open(ns)
 	if err != nil {
 		return fmt.Errorf("vxlan cleanup: %w", err)
 	}
-	defer h.Close()
-	links, err := nl.Dump(h.LinkList)
+	defer c.Close()
+	links, err := c.LinkList()
 	if err != nil {
 		return fmt.Errorf("vxlan cleanup: list links: %w", err)
 	}
 	var errs []error
 	for _, l := range links {
-		if _, ok := l.(*netlink.Vxlan); !ok || !strings.HasPrefix(l.Attrs().Name, DevicePrefix) {
+		if l.VXLAN == nil || !strings.HasPrefix(l.Name, DevicePrefix) {
 			continue
 		}
-		if err := h.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("vxlan cleanup: delete %s: %w", l.Attrs().Name, err))
+		if err := c.DelLink(l.Index); err != nil {
+			errs = append(errs, fmt.Errorf("vxlan cleanup: delete %s: %w", l.Name, err))
 			continue
 		}
-		logger.Info("deleted device", "backend", Type, "device", l.Attrs().Name)
+		logger.Info("deleted device", "backend", Type, "device", l.Name)
 	}
-	n, err := routes.DeleteOwned(ns, h, func(o routes.Owned) bool { return o.Gw.IsValid() && o.OnLink })
+	n, err := c.DelOwnedRoutes(backend.RouteProtocol, func(o nl.Owned) bool { return o.Gw.IsValid() && o.OnLink })
 	if err != nil {
 		errs = append(errs, fmt.Errorf("vxlan cleanup: %w", err))
 	}

@@ -10,13 +10,11 @@ package doctor
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -80,12 +78,23 @@ func (r Report) OK() bool { return len(r.Problems) == 0 }
 
 type checker struct {
 	in     Input
-	h      *netlink.Handle
+	k      kernel
 	rep    Report
 	own    subnet.Lease
-	ext    netlink.Link
+	ext    *nl.Link // nil if not found
 	extNet []netip.Prefix
 }
+
+// kernel is what the doctor reads: *nl.Conn (or a fake).
+type kernel interface {
+	LinkByName(name string) (nl.Link, error)
+	LinkByIndex(index int) (nl.Link, error)
+	AddrList(linkIndex int, family nl.Family) ([]nl.Addr, error)
+	RouteList(family nl.Family, table uint32, keep func(*nl.Route) bool, out []nl.Route) ([]nl.Route, error)
+	NeighList(linkIndex int, family nl.Family, out []nl.Neigh) ([]nl.Neigh, error)
+}
+
+var _ kernel = (*nl.Conn)(nil)
 
 func (c *checker) problem(area, fix, format string, args ...any) {
 	c.rep.Problems = append(c.rep.Problems, Problem{Area: area, What: fmt.Sprintf(format, args...), Fix: fix})
@@ -96,12 +105,17 @@ const fixWeftd = "weftd restores this within its reconcile interval; if it stays
 // Check inspects the host and returns its report. An error means the
 // doctor itself could not look (for example no permission for netlink).
 func Check(in Input) (Report, error) {
-	h, err := nl.NewHandle(in.Netns)
+	k, err := nl.Open(in.Netns)
 	if err != nil {
 		return Report{}, err
 	}
-	defer h.Close()
-	c := &checker{in: in, h: h, rep: Report{Backend: in.Config.BackendType, Problems: []Problem{}}}
+	defer k.Close()
+	return check(in, k)
+}
+
+// check is Check on the kernel k.
+func check(in Input, k kernel) (Report, error) {
+	c := &checker{in: in, k: k, rep: Report{Backend: in.Config.BackendType, Problems: []Problem{}}}
 	if err := c.findOwn(); err != nil {
 		return c.rep, err
 	}
@@ -133,15 +147,13 @@ func Check(in Input) (Report, error) {
 
 // findOwn identifies our lease and the external interface.
 func (c *checker) findOwn() error {
-	addrs, err := nl.Dump(func() ([]netlink.Addr, error) { return c.h.AddrList(nil, netlink.FAMILY_V4) })
+	addrs, err := c.k.AddrList(0, nl.FamilyV4)
 	if err != nil {
 		return fmt.Errorf("list addresses: %w", err)
 	}
 	local := map[netip.Addr]int{}
 	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
-			local[ip] = a.LinkIndex
-		}
+		local[a.Prefix.Addr()] = a.LinkIndex
 	}
 	for _, l := range c.in.Leases {
 		if c.in.PublicIP.IsValid() && l.Attrs.PublicIP == c.in.PublicIP {
@@ -163,29 +175,37 @@ func (c *checker) findOwn() error {
 	c.rep.Lease = c.own.Subnet.String()
 	c.rep.PublicIP = c.own.Attrs.PublicIP.String()
 	if idx, ok := local[c.own.Attrs.PublicIP]; ok {
-		c.ext, _ = c.h.LinkByIndex(idx)
+		c.ext = c.link(idx)
 	}
 	if c.ext == nil {
 		// Behind NAT: fall back to the interface of the default route.
-		routes, _ := nl.Dump(func() ([]netlink.Route, error) { return c.h.RouteList(nil, netlink.FAMILY_V4) })
-		for _, r := range routes {
-			if r.Dst == nil && r.LinkIndex > 0 {
-				c.ext, _ = c.h.LinkByIndex(r.LinkIndex)
-				break
-			}
+		routes, _ := c.k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, func(r *nl.Route) bool {
+			return r.Dst.Bits() == 0 && r.LinkIndex > 0
+		}, nil)
+		if len(routes) > 0 {
+			c.ext = c.link(routes[0].LinkIndex)
 		}
 	}
 	if c.ext != nil {
-		c.rep.Interface = c.ext.Attrs().Name
+		c.rep.Interface = c.ext.Name
+		var onExt []nl.Addr
 		for _, a := range addrs {
-			if a.LinkIndex == c.ext.Attrs().Index {
-				if p, ok := ipNetPrefix(a.IPNet); ok {
-					c.extNet = append(c.extNet, p.Masked())
-				}
+			if a.LinkIndex == c.ext.Index {
+				onExt = append(onExt, a)
 			}
 		}
+		c.extNet = nl.OnLink(onExt)
 	}
 	return nil
+}
+
+// link looks a device up by index; nil if it is not there.
+func (c *checker) link(index int) *nl.Link {
+	l, err := c.k.LinkByIndex(index)
+	if err != nil {
+		return nil
+	}
+	return &l
 }
 
 func (c *checker) checkSubnetFile() {
@@ -245,24 +265,24 @@ func (c *checker) onLink(ip netip.Addr) bool {
 }
 
 // checkDevice verifies a device exists, is up, has the MTU and address.
-func (c *checker) checkDevice(name string, mtu int, addr netip.Prefix) netlink.Link {
+func (c *checker) checkDevice(name string, mtu int, addr netip.Prefix) *nl.Link {
 	c.rep.Checked++
-	link, err := c.h.LinkByName(name)
+	link, err := c.k.LinkByName(name)
 	if err != nil {
 		c.problem("device", fixWeftd+"; it is re-created with all its peers", "device %s is missing", name)
 		return nil
 	}
-	if link.Attrs().Flags&net.FlagUp == 0 {
+	if !link.Up {
 		c.problem("device", fixWeftd+"; by hand: ip link set "+name+" up", "device %s is down", name)
 	}
-	if mtu > 0 && link.Attrs().MTU != mtu {
-		c.problem("device", fixWeftd+fmt.Sprintf("; by hand: ip link set %s mtu %d", name, mtu), "device %s has MTU %d, want %d", name, link.Attrs().MTU, mtu)
+	if mtu > 0 && link.MTU != mtu {
+		c.problem("device", fixWeftd+fmt.Sprintf("; by hand: ip link set %s mtu %d", name, mtu), "device %s has MTU %d, want %d", name, link.MTU, mtu)
 	}
 	if addr.IsValid() {
-		addrs, _ := c.h.AddrList(link, netlink.FAMILY_V4)
+		addrs, _ := c.k.AddrList(link.Index, nl.FamilyV4)
 		found := false
 		for _, a := range addrs {
-			if p, ok := ipNetPrefix(a.IPNet); ok && p == addr {
+			if a.Prefix == addr {
 				found = true
 			}
 		}
@@ -270,14 +290,14 @@ func (c *checker) checkDevice(name string, mtu int, addr netip.Prefix) netlink.L
 			c.problem("device", fixWeftd+fmt.Sprintf("; by hand: ip addr add %s dev %s", addr, name), "device %s lacks address %s", name, addr)
 		}
 	}
-	return link
+	return &link
 }
 
 func (c *checker) extMTU() int {
 	if c.ext == nil {
 		return 0
 	}
-	return c.ext.Attrs().MTU
+	return c.ext.MTU
 }
 
 func (c *checker) checkVXLAN(peers []subnet.Lease) error {
@@ -291,25 +311,24 @@ func (c *checker) checkVXLAN(peers []subnet.Lease) error {
 	if link == nil {
 		return nil // one problem, not one per peer: everything hangs off the device
 	}
-	idx := link.Attrs().Index
-	neighs, err := nl.Dump(func() ([]netlink.Neigh, error) { return c.h.NeighList(idx, netlink.FAMILY_V4) })
+	neighs, err := c.k.NeighList(link.Index, nl.FamilyV4, nil)
 	if err != nil {
 		return fmt.Errorf("list neighbours of %s: %w", name, err)
 	}
 	haveNeigh := map[netip.Addr]string{}
 	for _, n := range neighs {
-		if ip, ok := netip.AddrFromSlice(n.IP.To4()); ok && n.State&netlink.NUD_PERMANENT != 0 {
-			haveNeigh[ip] = n.HardwareAddr.String()
+		if n.IP.Is4() && n.State&unix.NUD_PERMANENT != 0 {
+			haveNeigh[n.IP] = n.HardwareAddr().String()
 		}
 	}
-	fdbs, err := nl.Dump(func() ([]netlink.Neigh, error) { return c.h.NeighList(idx, unix.AF_BRIDGE) })
+	fdbs, err := c.k.NeighList(link.Index, nl.FamilyBridge, nil)
 	if err != nil {
 		return fmt.Errorf("list fdb of %s: %w", name, err)
 	}
 	haveFDB := map[string]netip.Addr{}
 	for _, f := range fdbs {
-		if ip, ok := netip.AddrFromSlice(f.IP.To4()); ok {
-			haveFDB[f.HardwareAddr.String()] = ip
+		if f.IP.Is4() {
+			haveFDB[f.HardwareAddr().String()] = f.IP
 		}
 	}
 	c.checkRoutes(peers, func(p subnet.Lease) (string, routeWant) {
@@ -359,14 +378,14 @@ func (c *checker) checkUDP() error {
 		return nil
 	}
 	c.rep.Checked++
-	routes, err := nl.Dump(func() ([]netlink.Route, error) { return c.h.RouteList(link, netlink.FAMILY_V4) })
+	routes, err := c.k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, func(r *nl.Route) bool {
+		return r.LinkIndex == link.Index && r.Dst == c.in.Config.Network
+	}, nil)
 	if err != nil {
 		return fmt.Errorf("list routes: %w", err)
 	}
-	for _, r := range routes {
-		if p, ok := ipNetPrefix(r.Dst); ok && p == c.in.Config.Network {
-			return nil
-		}
+	if len(routes) > 0 {
+		return nil
 	}
 	c.problem("route", fixWeftd+fmt.Sprintf("; by hand: ip route replace %s dev weft0 proto %d", c.in.Config.Network, backend.RouteProtocol),
 		"route %s dev weft0 is missing", c.in.Config.Network)
@@ -375,7 +394,7 @@ func (c *checker) checkUDP() error {
 
 type routeWant struct {
 	gw     netip.Addr
-	link   netlink.Link
+	link   *nl.Link
 	onlink bool
 }
 
@@ -383,18 +402,16 @@ type routeWant struct {
 // as want describes it; a peer for which want returns "refused" must have
 // no route. Routes to subnets that no peer holds any more are reported too.
 func (c *checker) checkRoutes(peers []subnet.Lease, want func(subnet.Lease) (string, routeWant)) {
-	all, err := nl.Dump(func() ([]netlink.Route, error) {
-		return c.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: backend.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
-	})
+	all, err := c.k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, func(r *nl.Route) bool {
+		return r.Protocol == backend.RouteProtocol
+	}, nil)
 	if err != nil {
 		c.problem("route", "run weftctl doctor as root", "cannot list routes: %v", err)
 		return
 	}
-	have := map[netip.Prefix]netlink.Route{}
+	have := map[netip.Prefix]nl.Route{}
 	for _, r := range all {
-		if p, ok := ipNetPrefix(r.Dst); ok {
-			have[p] = r
-		}
+		have[r.Dst] = r
 	}
 	wanted := map[netip.Prefix]bool{}
 	for _, p := range peers {
@@ -408,7 +425,7 @@ func (c *checker) checkRoutes(peers []subnet.Lease, want func(subnet.Lease) (str
 			c.problem("route", fixWeftd, "route to %s (peer %s) cannot be checked: its device is missing", p.Subnet, p.Attrs.PublicIP)
 			continue
 		}
-		desc := fmt.Sprintf("%s via %s dev %s", p.Subnet, w.gw, w.link.Attrs().Name)
+		desc := fmt.Sprintf("%s via %s dev %s", p.Subnet, w.gw, w.link.Name)
 		if w.onlink {
 			desc += " onlink"
 		}
@@ -418,9 +435,8 @@ func (c *checker) checkRoutes(peers []subnet.Lease, want func(subnet.Lease) (str
 			c.problem("route", fix, "route %s is missing (peer %s)", desc, p.Attrs.PublicIP)
 			continue
 		}
-		gw, _ := netip.AddrFromSlice(r.Gw.To4())
-		if gw != w.gw || r.LinkIndex != w.link.Attrs().Index {
-			c.problem("route", fix, "route to %s goes via %s ifindex %d, want %s", p.Subnet, gw, r.LinkIndex, desc)
+		if r.Gw != w.gw || r.LinkIndex != w.link.Index {
+			c.problem("route", fix, "route to %s goes via %s ifindex %d, want %s", p.Subnet, r.Gw, r.LinkIndex, desc)
 		}
 	}
 	var stale []string
@@ -448,21 +464,6 @@ func (c *checker) checkIPTables() {
 	for _, p := range problems {
 		c.problem("iptables", "weftd restores its rules every --iptables-resync seconds; if they stay missing, another tool is flushing them", "%s", p)
 	}
-}
-
-func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	ip, ok := netip.AddrFromSlice(n.IP.To4())
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, bits := n.Mask.Size()
-	if bits != 32 {
-		return netip.Prefix{}, false
-	}
-	return netip.PrefixFrom(ip, ones), true
 }
 
 // Format renders the report for a terminal: one line per problem with its

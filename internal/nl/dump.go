@@ -4,23 +4,21 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"syscall"
 
-	"github.com/vishvananda/netlink"
 	vnl "github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
-// Why a raw dumper. vishvananda's dumps copy every reply into a fresh
+// Why a raw socket. vishvananda's dumps copy every reply into a fresh
 // 64 KiB buffer, split it into a slice of messages, parse each message's
 // attributes into another slice and then build a large struct per object.
 // With thousands of peers each reconcile pass left tens of MB of garbage,
-// which raised the GC goal and with it weftd's RSS. Dumper reads replies
-// into one buffer it keeps and hands each message's payload to a callback
-// that picks out only the fields it needs.
+// which raised the GC goal and with it weftd's RSS. sock reads replies into
+// one buffer it keeps and hands each message's payload to a callback that
+// picks out only the fields it needs (Route, Neigh). The same socket sends
+// batches of requests (batch.go).
 
 // dumpBufSize holds the largest datagram a dump reply uses (the kernel
 // sizes dump skbs to at most 32 KiB) with room to spare.
@@ -29,64 +27,69 @@ const dumpBufSize = 64 << 10
 // nlaTypeMask strips NLA_F_NESTED and NLA_F_NET_BYTEORDER from a type.
 const nlaTypeMask = 0x3fff
 
-// Dumper runs netlink dumps on its own route socket. It is not safe for
-// concurrent use.
-type Dumper struct {
+// sock is one raw route netlink socket. It is not safe for concurrent use.
+type sock struct {
 	s   *vnl.NetlinkSocket
-	buf []byte
-	req []byte
 	seq uint32
+	rcv []byte // receive buffer, reused
+	req []byte // dump request, reused
+	buf []byte // requests of one batch chunk, reused
 }
 
-// NewDumper opens a route netlink socket in ns (netns.None(): current).
-func NewDumper(ns netns.NsHandle) (*Dumper, error) {
+// openSock opens a route netlink socket in ns (netns.None(): current).
+func openSock(ns netns.NsHandle) (*sock, error) {
 	s, err := vnl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("open netlink socket: %w", err)
 	}
-	return &Dumper{s: s}, nil
+	// Room for a whole chunk of error acks, which echo the request.
+	_ = s.SetReceiveBufferSize(4<<20, true)
+	return &sock{s: s}, nil
 }
 
-// Close closes the socket.
-func (d *Dumper) Close() {
-	if d != nil && d.s != nil {
-		d.s.Close()
-		d.s = nil
+func (s *sock) close() {
+	if s.s != nil {
+		s.s.Close()
+		s.s = nil
 	}
 }
 
-// Dump sends a dump request of type reqType whose body (the family header
+func (s *sock) recvBuf() []byte {
+	if s.rcv == nil {
+		s.rcv = make([]byte, dumpBufSize)
+	}
+	return s.rcv
+}
+
+// dump sends a dump request of type reqType whose body (the family header
 // and any attributes) is body, and calls fn with the payload of every reply
 // message of type msgType. The payload is only valid during the call. An
 // error from fn ends the dump (the rest of the reply is read and dropped)
 // and is returned. A dump the kernel flagged as interrupted returns
-// netlink.ErrDumpInterrupted after the whole reply was read, so it can be
-// retried with Dump (the function).
-func (d *Dumper) Dump(reqType uint16, body []byte, msgType uint16, fn func(payload []byte) error) error {
-	if d.s == nil {
-		return errors.New("netlink dumper is closed")
+// ErrDumpInterrupted after the whole reply was read.
+func (s *sock) dump(reqType uint16, body []byte, msgType uint16, fn func(payload []byte) error) error {
+	if s.s == nil {
+		return errClosed
 	}
-	if d.buf == nil {
-		d.buf = make([]byte, dumpBufSize)
-	}
-	d.seq++
-	seq := d.seq
+	buf := s.recvBuf()
+	s.seq++
+	seq := s.seq
 	ne := binary.NativeEndian
-	d.req = d.req[:0]
-	d.req = ne.AppendUint32(d.req, uint32(unix.SizeofNlMsghdr+len(body)))
-	d.req = ne.AppendUint16(d.req, reqType)
-	d.req = ne.AppendUint16(d.req, unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	d.req = ne.AppendUint32(d.req, seq)
-	d.req = ne.AppendUint32(d.req, 0)
-	d.req = append(d.req, body...)
-	fd := d.s.GetFd()
-	if err := unix.Sendto(fd, d.req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	s.req = s.req[:0]
+	s.req = ne.AppendUint32(s.req, uint32(unix.SizeofNlMsghdr+len(body)))
+	s.req = ne.AppendUint16(s.req, reqType)
+	s.req = ne.AppendUint16(s.req, unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	s.req = ne.AppendUint32(s.req, seq)
+	s.req = ne.AppendUint32(s.req, 0)
+	s.req = append(s.req, body...)
+	fd := s.s.GetFd()
+	if err := unix.Sendto(fd, s.req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("send netlink dump request: %w", err)
 	}
 	var fnErr error
 	intr := false
 	for {
-		n, _, rflags, _, err := unix.Recvmsg(fd, d.buf, nil, 0)
+		n, _, rflags, _, err := unix.Recvmsg(fd, buf, nil, 0)
 		if err == unix.EINTR {
 			continue
 		}
@@ -96,7 +99,7 @@ func (d *Dumper) Dump(reqType uint16, body []byte, msgType uint16, fn func(paylo
 		if rflags&unix.MSG_TRUNC != 0 {
 			return errors.New("receive netlink dump: message truncated")
 		}
-		done, err := walkMessages(d.buf[:n], seq, msgType, &intr, func(p []byte) {
+		done, err := walkMessages(buf[:n], seq, msgType, &intr, func(p []byte) {
 			if fnErr == nil {
 				fnErr = fn(p)
 			}
@@ -112,7 +115,7 @@ func (d *Dumper) Dump(reqType uint16, body []byte, msgType uint16, fn func(paylo
 		return fnErr
 	}
 	if intr {
-		return netlink.ErrDumpInterrupted
+		return ErrDumpInterrupted
 	}
 	return nil
 }
@@ -175,120 +178,40 @@ func Attrs(b []byte, fn func(typ uint16, val []byte)) {
 	}
 }
 
-// Neigh is one entry of a neighbour or bridge FDB dump, with the fields
-// weft compares and the ones a delete request needs.
-type Neigh struct {
-	LinkIndex   int
-	Family      uint8
-	Flags       uint8
-	State       uint16
-	Type        uint8
-	IP          netip.Addr
-	hw          [16]byte
-	hwLen       uint8
-	llIP        netip.Addr // NDA_LLADDR of 4 bytes
-	FlagsExt    uint32
-	Vlan        uint16
-	VNI         uint32
-	MasterIndex uint32
+// Dumper runs raw dumps on its own route socket, for reading what Conn
+// does not parse (tests use it to read a TUN device's owner). It is not
+// safe for concurrent use.
+type Dumper struct {
+	s *sock
 }
 
-// HardwareAddr returns the link-layer address (nil if none); it shares no
-// memory with n when the caller keeps it.
-func (n *Neigh) HardwareAddr() net.HardwareAddr {
-	if n.hwLen == 0 {
-		return nil
+// NewDumper opens a route netlink socket in ns (netns.None(): current).
+func NewDumper(ns netns.NsHandle) (*Dumper, error) {
+	s, err := openSock(ns)
+	if err != nil {
+		return nil, err
 	}
-	return net.HardwareAddr(n.hw[:n.hwLen:n.hwLen])
+	return &Dumper{s: s}, nil
 }
 
-// HardwareAddrIs reports whether the link-layer address is mac, without
-// allocating.
-func (n *Neigh) HardwareAddrIs(mac net.HardwareAddr) bool {
-	return int(n.hwLen) == len(mac) && string(n.hw[:n.hwLen]) == string(mac)
+// Close closes the socket. It is idempotent.
+func (d *Dumper) Close() {
+	if d != nil && d.s != nil {
+		d.s.close()
+		d.s = nil
+	}
 }
 
-// Netlink returns n as vishvananda's type, for a delete request that must
-// name the entry the way the dump showed it.
-func (n *Neigh) Netlink() *netlink.Neigh {
-	out := &netlink.Neigh{
-		LinkIndex: n.LinkIndex, Family: int(n.Family), State: int(n.State), Type: int(n.Type),
-		Flags: int(n.Flags), FlagsExt: int(n.FlagsExt), Vlan: int(n.Vlan), VNI: int(n.VNI),
-		MasterIndex: int(n.MasterIndex), HardwareAddr: append(net.HardwareAddr(nil), n.HardwareAddr()...),
+// Dump sends a dump request of type reqType whose body (the family header
+// and any attributes) is body, and calls fn with the payload of every reply
+// message of type msgType. The payload is only valid during the call. An
+// error from fn ends the dump and is returned. Unlike Conn's methods, Dump
+// does not retry: a dump the kernel flagged as interrupted returns
+// ErrDumpInterrupted after the whole reply was read, and the caller decides
+// (wrap the call and its state in the function Dump to retry).
+func (d *Dumper) Dump(reqType uint16, body []byte, msgType uint16, fn func(payload []byte) error) error {
+	if d.s == nil {
+		return errClosed
 	}
-	if n.IP.IsValid() {
-		out.IP = net.IP(n.IP.AsSlice())
-	}
-	if n.llIP.IsValid() {
-		out.LLIPAddr = net.IP(n.llIP.AsSlice())
-	}
-	return out
-}
-
-// ParseNeigh decodes the payload of an RTM_NEWNEIGH message (struct ndmsg
-// and attributes). IPv4-mapped addresses are unmapped.
-func ParseNeigh(p []byte) (Neigh, bool) {
-	const ndmsgLen = 12
-	if len(p) < ndmsgLen {
-		return Neigh{}, false
-	}
-	ne := binary.NativeEndian
-	n := Neigh{
-		Family: p[0], LinkIndex: int(int32(ne.Uint32(p[4:8]))), State: ne.Uint16(p[8:10]),
-		Flags: p[10], Type: p[11],
-	}
-	Attrs(p[ndmsgLen:], func(typ uint16, v []byte) {
-		switch typ {
-		case unix.NDA_DST:
-			if a, ok := netip.AddrFromSlice(v); ok {
-				n.IP = a.Unmap()
-			}
-		case unix.NDA_LLADDR:
-			switch {
-			case len(v) == 4:
-				n.llIP, _ = netip.AddrFromSlice(v)
-			case len(v) <= len(n.hw):
-				n.hwLen = uint8(copy(n.hw[:], v))
-			}
-		case netlink.NDA_FLAGS_EXT:
-			if len(v) >= 4 {
-				n.FlagsExt = ne.Uint32(v)
-			}
-		case unix.NDA_VLAN:
-			if len(v) >= 2 {
-				n.Vlan = ne.Uint16(v)
-			}
-		case unix.NDA_VNI:
-			if len(v) >= 4 {
-				n.VNI = ne.Uint32(v)
-			}
-		case unix.NDA_MASTER:
-			if len(v) >= 4 {
-				n.MasterIndex = ne.Uint32(v)
-			}
-		}
-	})
-	return n, true
-}
-
-// NeighList lists the neighbour entries of family (unix.AF_INET, or
-// unix.AF_BRIDGE for the FDB) on the device linkIndex, like
-// netlink.Handle.NeighList, into out (reused; its old contents are
-// dropped). It retries interrupted dumps.
-func (d *Dumper) NeighList(linkIndex int, family uint8, out []Neigh) ([]Neigh, error) {
-	var body [12]byte
-	body[0] = family
-	binary.NativeEndian.PutUint32(body[4:8], uint32(linkIndex))
-	return Dump(func() ([]Neigh, error) {
-		out = out[:0]
-		err := d.Dump(unix.RTM_GETNEIGH, body[:], unix.RTM_NEWNEIGH, func(p []byte) error {
-			n, ok := ParseNeigh(p)
-			if !ok || (linkIndex != 0 && n.LinkIndex != linkIndex) || (family != 0 && n.Family != family) {
-				return nil
-			}
-			out = append(out, n)
-			return nil
-		})
-		return out, err
-	})
+	return d.s.dump(reqType, body, msgType, fn)
 }

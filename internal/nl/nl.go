@@ -1,25 +1,69 @@
-// Package nl holds small netlink helpers shared by weft's kernel data paths:
-// a retry wrapper for dumps that the kernel interrupted, a helper that runs a
-// function inside a network namespace on a locked OS thread, and a watcher
-// that turns rtnetlink events in a namespace into "please reconcile" kicks.
+// Package nl owns every netlink conversation weft's daemon has with the
+// kernel: links, addresses, routes (with the nexthop objects behind them),
+// neighbours, bridge FDB entries and rtnetlink events.
+//
+// A Conn is one namespace's connection (see Open): a vishvananda handle for
+// the requests whose encoding is intricate (link creation, address changes,
+// single deletes) and one raw route socket for the hot paths, which are
+// written here byte by byte: dumps parsed field by field from one reused
+// buffer (Neigh, Route), and batches of create-or-replace requests sent many
+// per sendmsg (SetNeighs, RouteTable.ReplaceAll). Every dump is retried here
+// when the kernel reports it interrupted, so callers never see
+// ErrDumpInterrupted. The types at the API are family-neutral: netip.Addr
+// and netip.Prefix, never net.IP.
+//
+// Watch turns rtnetlink events in a namespace into "please reconcile" kicks,
+// and Do runs a function inside a namespace on a locked OS thread.
 package nl
 
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"runtime"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
+
+// Family is an address family as netlink names it.
+type Family uint8
+
+// The families weft asks for.
+const (
+	FamilyAll    Family = unix.AF_UNSPEC
+	FamilyV4     Family = unix.AF_INET
+	FamilyV6     Family = unix.AF_INET6
+	FamilyBridge Family = unix.AF_BRIDGE // bridge FDB entries
+)
+
+// FamilyOf returns the family of a (unmapped).
+func FamilyOf(a netip.Addr) Family {
+	if a.Unmap().Is4() {
+		return FamilyV4
+	}
+	if a.Is6() {
+		return FamilyV6
+	}
+	return FamilyAll
+}
+
+// ErrDumpInterrupted is what a dump returns when the kernel's object set
+// changed underneath it. Conn's methods retry such dumps (see Dump); only
+// Dumper.Dump returns it.
+var ErrDumpInterrupted = netlink.ErrDumpInterrupted
 
 // dumpAttempts bounds how often a dump is retried after the kernel reported
 // that the object set changed underneath it.
 const dumpAttempts = 10
 
 // Dump runs a netlink dump and retries it while it returns
-// netlink.ErrDumpInterrupted, so callers only ever see consistent results.
-// After the last attempt the error is returned, wrapped.
+// ErrDumpInterrupted, so callers only ever see consistent results. After
+// the last attempt the error is returned, wrapped. This is the one place
+// weft retries dumps: Conn's methods go through it. Callers that still hold
+// a vishvananda handle of their own (backend/udp, internal/bench) wrap
+// their dumps in it until they move onto Conn.
 func Dump[T any](dump func() ([]T, error)) ([]T, error) {
 	var err error
 	for i := 0; i < dumpAttempts; i++ {
@@ -28,15 +72,16 @@ func Dump[T any](dump func() ([]T, error)) ([]T, error) {
 		if err == nil {
 			return res, nil
 		}
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+		if !errors.Is(err, ErrDumpInterrupted) {
 			return nil, err
 		}
 	}
 	return nil, fmt.Errorf("dump still interrupted after %d attempts: %w", dumpAttempts, err)
 }
 
-// NewHandle opens a netlink handle for ns; netns.None() means the current
-// namespace.
+// NewHandle opens a vishvananda netlink handle for ns; netns.None() means
+// the current namespace. It is for the callers that have not moved onto
+// Conn yet (backend/udp, internal/bench); new code uses Open.
 func NewHandle(ns netns.NsHandle) (*netlink.Handle, error) {
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/nl/nltest"
 )
@@ -21,7 +23,7 @@ func TestDumpRetriesInterrupted(t *testing.T) {
 	got, err := Dump(func() ([]int, error) {
 		calls++
 		if calls < 3 {
-			return []int{-1}, netlink.ErrDumpInterrupted
+			return []int{-1}, ErrDumpInterrupted
 		}
 		return []int{1, 2}, nil
 	})
@@ -31,7 +33,7 @@ func TestDumpRetriesInterrupted(t *testing.T) {
 
 	calls = 0
 	_, err = Dump(func() ([]int, error) { calls++; return nil, netlink.ErrDumpInterrupted })
-	if !errors.Is(err, netlink.ErrDumpInterrupted) || calls != dumpAttempts {
+	if !errors.Is(err, ErrDumpInterrupted) || calls != dumpAttempts {
 		t.Fatalf("persistent interruption: %v after %d calls", err, calls)
 	}
 
@@ -88,9 +90,9 @@ func TestWatchKicksAndStops(t *testing.T) {
 	before := runtime.NumGoroutine()
 	go func() {
 		defer close(done)
-		Watch(ctx, n.Handle, slog.New(slog.DiscardHandler), Filter{
-			Link: func(u netlink.LinkUpdate) bool { return u.Link.Attrs().Name == "wvxtest0" },
-		}, func() { kicks.Add(1) })
+		Watch(ctx, n.Handle, slog.New(slog.DiscardHandler), Events{
+			Link: func(e LinkEvent) bool { return e.Name == "wvxtest0" },
+		}.Filter(), func() { kicks.Add(1) })
 	}()
 	time.Sleep(100 * time.Millisecond)
 	n.IP(t, "link", "add", "wvxtest0", "type", "veth", "peer", "name", "wvxtest1")
@@ -116,46 +118,45 @@ func TestWatchKicksAndStops(t *testing.T) {
 	}
 }
 
-func TestBatcherAcksInOrder(t *testing.T) {
+// TestSetNeighsAcksInOrder sends more than two chunks of requests, some of
+// them bound to fail, and checks that each gets its own ack.
+func TestSetNeighsAcksInOrder(t *testing.T) {
 	n := nltest.NewNS(t, "b")
 	n.IP(t, "link", "add", "wvxa", "type", "veth", "peer", "name", "wvxb")
 	n.IP(t, "link", "set", "wvxa", "up")
-	l, err := n.NL.LinkByName("wvxa")
+	c := open(t, n)
+	l, err := c.LinkByName("wvxa")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := NewBatcher(n.Handle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
 	const total = 600 // more than two chunks
-	var ops []*Op
+	var specs []NeighSpec
 	for i := 0; i < total; i++ {
-		idx := l.Attrs().Index
+		idx := l.Index
 		if i%97 == 5 {
 			idx = 99999 // no such device
 		}
-		ops = append(ops, &Op{Req: NeighSetRequest(&netlink.Neigh{
-			LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
-			IP: net.IPv4(198, 18, byte(i>>8), byte(i)), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, byte(i >> 8), byte(i)},
-		})})
+		specs = append(specs, NeighSpec{
+			LinkIndex: idx, Family: FamilyV4, State: unix.NUD_PERMANENT,
+			IP: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), MAC: net.HardwareAddr{2, 0, 0, 0, byte(i >> 8), byte(i)},
+		})
 	}
-	if err := b.Do(ops); err != nil {
-		t.Fatal(err)
+	errs := c.SetNeighs(specs)
+	if len(errs) != total {
+		t.Fatalf("%d results for %d requests", len(errs), total)
 	}
 	bad := 0
-	for i, op := range ops {
+	for i, err := range errs {
 		if i%97 == 5 {
-			if op.Err == nil {
-				t.Fatalf("op %d on a missing device succeeded", i)
+			if !errors.Is(err, unix.ENODEV) {
+				t.Fatalf("request %d on a missing device: %v", i, err)
 			}
 			bad++
-		} else if op.Err != nil {
-			t.Fatalf("op %d: %v", i, op.Err)
+		} else if err != nil {
+			t.Fatalf("request %d: %v", i, err)
 		}
 	}
-	ns, err := n.NL.NeighList(l.Attrs().Index, netlink.FAMILY_V4)
+	ns, err := n.NL.NeighList(l.Index, netlink.FAMILY_V4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,5 +168,42 @@ func TestBatcherAcksInOrder(t *testing.T) {
 	}
 	if perm != total-bad {
 		t.Fatalf("%d permanent neighbours, want %d", perm, total-bad)
+	}
+	// The connection is usable after the batch, for a dump and a batch of
+	// one.
+	if list, err := c.NeighList(l.Index, FamilyV4, nil); err != nil || len(list) != total-bad {
+		t.Fatalf("listed %d entries (%v), want %d", len(list), err, total-bad)
+	}
+	if errs := c.SetNeighs(specs[:1]); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+}
+
+// open connects to n for the test.
+func open(t testing.TB, n *nltest.NS) *Conn {
+	t.Helper()
+	c, err := Open(n.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// TestClosedConn checks that a closed connection fails cleanly and that
+// Close may be called again.
+func TestClosedConn(t *testing.T) {
+	n := nltest.NewNS(t, "cl")
+	c := open(t, n)
+	c.Close()
+	c.Close()
+	if _, err := c.LinkByName("lo"); !errors.Is(err, errClosed) {
+		t.Errorf("LinkByName after Close: %v", err)
+	}
+	if _, err := c.NeighList(1, FamilyV4, nil); !errors.Is(err, errClosed) {
+		t.Errorf("NeighList after Close: %v", err)
+	}
+	if errs := c.SetNeighs([]NeighSpec{{LinkIndex: 1, IP: netip.MustParseAddr("198.18.0.1")}}); !errors.Is(errs[0], errClosed) {
+		t.Errorf("SetNeighs after Close: %v", errs[0])
 	}
 }

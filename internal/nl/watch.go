@@ -3,6 +3,8 @@ package nl
 import (
 	"context"
 	"log/slog"
+	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -12,25 +14,104 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Filter selects the rtnetlink events that should trigger a reconcile. A nil
-// function means "do not subscribe to this kind of event".
-type Filter struct {
-	Route func(netlink.RouteUpdate) bool
-	Neigh func(netlink.NeighUpdate) bool
-	Link  func(netlink.LinkUpdate) bool
-	Addr  func(netlink.AddrUpdate) bool
+// Events selects the rtnetlink events that should trigger a reconcile. A
+// nil function means "do not subscribe to this kind of event". Watch takes
+// it as a Filter (Events.Filter).
+type Events struct {
+	Link  func(LinkEvent) bool
+	Addr  func(AddrEvent) bool
+	Route func(RouteEvent) bool
+	Neigh func(NeighEvent) bool
 	// Nexthop sees nexthop object events. The kernel removes the routes
 	// that use a deleted nexthop object without a route event, so this is
 	// the only prompt sign of that.
-	Nexthop func(NexthopUpdate) bool
+	Nexthop func(NexthopEvent) bool
 }
 
-// NexthopUpdate is a nexthop object event: RTM_NEWNEXTHOP or
-// RTM_DELNEXTHOP.
-type NexthopUpdate struct {
-	Type     uint16
+// LinkEvent is RTM_NEWLINK or RTM_DELLINK.
+type LinkEvent struct {
+	Deleted bool
+	Index   int
+	Name    string
+	Up      bool
+	MTU     int
+}
+
+// AddrEvent is RTM_NEWADDR or RTM_DELADDR.
+type AddrEvent struct {
+	Deleted   bool
+	LinkIndex int
+	// Prefix is the address with its prefix length.
+	Prefix netip.Prefix
+}
+
+// RouteEvent is RTM_NEWROUTE or RTM_DELROUTE.
+type RouteEvent struct {
+	Deleted bool
+	Route
+}
+
+// NeighEvent is RTM_NEWNEIGH or RTM_DELNEIGH.
+type NeighEvent struct {
+	Deleted   bool
+	LinkIndex int
+	Family    Family
+	State     uint16
+	IP        netip.Addr
+}
+
+// NexthopEvent is RTM_NEWNEXTHOP or RTM_DELNEXTHOP.
+type NexthopEvent struct {
+	Deleted  bool
 	ID       uint32
 	Protocol uint8
+}
+
+// Filter is the form Watch takes. Its functions see vishvananda's update
+// types; only backend/udp still writes one by hand until it moves onto
+// Events, which is what new code builds.
+type Filter struct {
+	Route   func(netlink.RouteUpdate) bool
+	Neigh   func(netlink.NeighUpdate) bool
+	Link    func(netlink.LinkUpdate) bool
+	Addr    func(netlink.AddrUpdate) bool
+	Nexthop func(NexthopEvent) bool
+}
+
+// Filter returns the Filter that passes the events e selects.
+func (e Events) Filter() Filter {
+	f := Filter{Nexthop: e.Nexthop}
+	if e.Link != nil {
+		f.Link = func(u netlink.LinkUpdate) bool {
+			ev := LinkEvent{Deleted: u.Header.Type == unix.RTM_DELLINK}
+			if u.Link != nil {
+				a := u.Link.Attrs()
+				ev.Index, ev.Name, ev.Up, ev.MTU = a.Index, a.Name, a.Flags&net.FlagUp != 0, a.MTU
+			}
+			return e.Link(ev)
+		}
+	}
+	if e.Addr != nil {
+		f.Addr = func(u netlink.AddrUpdate) bool {
+			ev := AddrEvent{Deleted: !u.NewAddr, LinkIndex: u.LinkIndex}
+			ev.Prefix = prefixOf(&u.LinkAddress)
+			return e.Addr(ev)
+		}
+	}
+	if e.Route != nil {
+		f.Route = func(u netlink.RouteUpdate) bool {
+			return e.Route(RouteEvent{Deleted: u.Type == unix.RTM_DELROUTE, Route: RouteOf(&u.Route)})
+		}
+	}
+	if e.Neigh != nil {
+		f.Neigh = func(u netlink.NeighUpdate) bool {
+			return e.Neigh(NeighEvent{
+				Deleted: u.Type == unix.RTM_DELNEIGH, LinkIndex: u.LinkIndex, Family: Family(u.Family),
+				State: uint16(u.State), IP: addrOf(u.IP),
+			})
+		}
+	}
+	return f
 }
 
 // eventBuffer is the kernel receive buffer asked for each subscription, so
@@ -41,8 +122,9 @@ const eventBuffer = 8 << 20
 // subscription broke or could not be made.
 const resubscribeDelay = 200 * time.Millisecond
 
-// Watch subscribes, in ns, to every kind of event with a non-nil filter and
-// calls kick whenever an event passes its filter. kick must not block. A
+// Watch subscribes, in ns, to every kind of event with a non-nil filter
+// (build it with Events.Filter) and calls kick whenever an event passes its
+// filter. kick must not block. A
 // subscription that breaks (for example because the socket overflowed and
 // events were lost) is re-made after a short delay, and kick is called
 // because something may have been missed. Watch returns when ctx is done and
@@ -105,7 +187,7 @@ func Watch(ctx context.Context, ns netns.NsHandle, logger *slog.Logger, f Filter
 	}
 	if f.Nexthop != nil {
 		start(func() {
-			watchLoop(ctx, logger, "nexthop", func(ch chan NexthopUpdate, done chan struct{}) error {
+			watchLoop(ctx, logger, "nexthop", func(ch chan NexthopEvent, done chan struct{}) error {
 				return nexthopSubscribe(ns, ch, done)
 			}, f.Nexthop, kick)
 		})
@@ -116,7 +198,7 @@ func Watch(ctx context.Context, ns netns.NsHandle, logger *slog.Logger, f Filter
 // nexthopSubscribe is the nexthop counterpart of the netlink package's
 // Subscribe functions, which have none: it delivers events on ch until done
 // is closed or the socket fails, then closes ch.
-func nexthopSubscribe(ns netns.NsHandle, ch chan<- NexthopUpdate, done <-chan struct{}) error {
+func nexthopSubscribe(ns netns.NsHandle, ch chan<- NexthopEvent, done <-chan struct{}) error {
 	s, err := vnl.SubscribeAt(ns, netns.None(), unix.NETLINK_ROUTE, unix.RTNLGRP_NEXTHOP)
 	if err != nil {
 		return err
@@ -141,7 +223,7 @@ func nexthopSubscribe(ns netns.NsHandle, ch chan<- NexthopUpdate, done <-chan st
 				if (t != unix.RTM_NEWNEXTHOP && t != unix.RTM_DELNEXTHOP) || len(m.Data) < 8 {
 					continue
 				}
-				u := NexthopUpdate{Type: t, Protocol: m.Data[2]}
+				u := NexthopEvent{Deleted: t == unix.RTM_DELNEXTHOP, Protocol: m.Data[2]}
 				if attrs, err := vnl.ParseRouteAttr(m.Data[8:]); err == nil {
 					for _, a := range attrs {
 						if a.Attr.Type == unix.NHA_ID && len(a.Value) >= 4 {

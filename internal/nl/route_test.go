@@ -1,4 +1,4 @@
-package routes
+package nl
 
 import (
 	"bytes"
@@ -10,10 +10,17 @@ import (
 	vnl "github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/backend"
-	"github.com/weftnet/weft/internal/nl"
 	"github.com/weftnet/weft/internal/nl/nltest"
 )
+
+// proto is weft's route protocol (proto, which this
+// package does not import).
+const proto = 87
+
+var network = netip.MustParsePrefix("198.18.0.0/16")
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+func addr(s string) netip.Addr  { return netip.MustParseAddr(s) }
 
 // routeKey identifies a route in a dump of every table.
 type routeKey struct {
@@ -25,8 +32,8 @@ type routeKey struct {
 // TestParseRouteMatchesNetlink dumps a namespace holding every shape of
 // route weft can meet (gateway, onlink, metric, nexthop object, multipath,
 // default, blackhole, other tables, a table id above 255, IPv6) with
-// nl.Dumper and checks that ParseRoute reads each message as vishvananda's
-// parser does.
+// Dumper and checks that parseRoute reads each message as vishvananda's
+// parser does, and that Conn.RouteList keeps what it is asked to.
 func TestParseRouteMatchesNetlink(t *testing.T) {
 	ns := nltest.NewNSPrefix(t, "wmm", "rt")
 	ns.IP(t, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
@@ -47,8 +54,9 @@ func TestParseRouteMatchesNetlink(t *testing.T) {
 		t.Log("kernel without nexthop objects")
 	}
 	ns.IP(t, "-6", "addr", "add", "2001:db8::1/64", "dev", "d0", "nodad")
+	ns.IP(t, "-6", "route", "add", "default", "via", "2001:db8::fe", "dev", "d0")
 
-	d, err := nl.NewDumper(ns.Handle)
+	d, err := NewDumper(ns.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +68,7 @@ func TestParseRouteMatchesNetlink(t *testing.T) {
 		if len(p) >= 12 && vnl.NativeEndian().Uint32(p[8:12])&unix.RTM_F_CLONED != 0 {
 			return nil
 		}
-		r, family, ok := ParseRoute(p)
+		r, family, ok := parseRoute(p)
 		if !ok {
 			t.Errorf("unparsed route message %x", p)
 			return nil
@@ -102,7 +110,7 @@ func TestParseRouteMatchesNetlink(t *testing.T) {
 			t.Errorf("route %s table %d:\n got %+v\nwant %+v", w.Dst, w.Table, g, w)
 		}
 	}
-	if r, ok := got[routeKey{pfx("198.18.4.0/24"), unix.RT_TABLE_MAIN, 0}]; ok && (!sawNH || r.NHID != 7 || r.Protocol != backend.RouteProtocol) {
+	if r, ok := got[routeKey{pfx("198.18.4.0/24"), unix.RT_TABLE_MAIN, 0}]; ok && (!sawNH || r.NHID != 7 || r.Protocol != proto) {
 		t.Errorf("route through nexthop object 7: %+v", r)
 	}
 	if r := got[routeKey{pfx("198.18.8.0/24"), 1000, 0}]; r.Gw != addr("192.0.2.80") {
@@ -114,18 +122,58 @@ func TestParseRouteMatchesNetlink(t *testing.T) {
 	for _, s := range seeds {
 		t.Logf("seed %s", hex.EncodeToString(s))
 	}
+
+	// RouteList keeps what it is asked to, from one family and table.
+	c := open(t, ns)
+	all, err := c.RouteList(FamilyV4, 0, nil, nil)
+	if err != nil || len(all) != len(want) {
+		t.Fatalf("RouteList of every IPv4 table: %d routes (%v), want %d", len(all), err, len(want))
+	}
+	if rs, err := c.RouteList(FamilyV4, 1000, nil, all); err != nil || len(rs) != 1 || rs[0].Dst != pfx("198.18.8.0/24") {
+		t.Errorf("RouteList of table 1000: %+v %v", rs, err)
+	}
+	ours, err := c.RouteList(FamilyV4, unix.RT_TABLE_MAIN, func(r *Route) bool { return r.Protocol == proto }, nil)
+	if err != nil || len(ours) != 1+boolInt(sawNH) {
+		t.Errorf("RouteList of protocol %d: %+v %v", proto, ours, err)
+	}
+	v6, err := c.RouteList(FamilyV6, unix.RT_TABLE_MAIN, func(r *Route) bool { return r.Dst.Bits() == 0 }, nil)
+	if err != nil || len(v6) != 1 || v6[0].Dst != pfx("::/0") || v6[0].Gw != addr("2001:db8::fe") {
+		t.Errorf("IPv6 default route: %+v %v", v6, err)
+	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// nhmsg is struct nhmsg from linux/nexthop.h, for vishvananda's request
+// type.
+type nhmsg struct {
+	family, scope, protocol uint8
+	flags                   uint32
+}
+
+func (m nhmsg) Len() int { return 8 }
+func (m nhmsg) Serialize() []byte {
+	b := make([]byte, 8)
+	b[0], b[1], b[2] = m.family, m.scope, m.protocol
+	vnl.NativeEndian().PutUint32(b[4:], m.flags)
+	return b
 }
 
 // oldNHRequests builds the requests the way the code before the raw
 // builders did, with vishvananda's types.
-func oldNHRequests(w Want, id uint32) (nh, route []byte) {
+func oldNHRequests(w RouteSpec, id uint32) (nh, route []byte) {
 	gw4 := w.Gw.As4()
 	req := vnl.NewNetlinkRequest(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
 	var flags uint32
 	if w.OnLink {
 		flags |= unix.RTNH_F_ONLINK
 	}
-	req.AddData(nhmsg{family: unix.AF_INET, protocol: backend.RouteProtocol, flags: flags})
+	req.AddData(nhmsg{family: unix.AF_INET, protocol: proto, flags: flags})
 	req.AddData(vnl.NewRtAttr(unix.NHA_ID, vnl.Uint32Attr(id)))
 	req.AddData(vnl.NewRtAttr(unix.NHA_OIF, vnl.Uint32Attr(uint32(w.LinkIndex))))
 	req.AddData(vnl.NewRtAttr(unix.NHA_GATEWAY, gw4[:]))
@@ -136,7 +184,7 @@ func oldNHRequests(w Want, id uint32) (nh, route []byte) {
 	msg := vnl.NewRtMsg()
 	msg.Family = unix.AF_INET
 	msg.Dst_len = uint8(w.Dst.Bits())
-	msg.Protocol = backend.RouteProtocol
+	msg.Protocol = proto
 	msg.Table = unix.RT_TABLE_MAIN
 	msg.Scope = unix.RT_SCOPE_UNIVERSE
 	msg.Type = unix.RTN_UNICAST
@@ -151,8 +199,8 @@ func oldNHRequests(w Want, id uint32) (nh, route []byte) {
 // TestNHRequestsBytes checks that the raw request builders send exactly
 // the bytes vishvananda's request types produced.
 func TestNHRequestsBytes(t *testing.T) {
-	tbl := &NetlinkTable{network: network, useNH: true, foreignNH: map[uint32]bool{}}
-	for _, w := range []Want{
+	tbl := &RouteTable{network: network, protocol: proto, useNH: true, foreignNH: map[uint32]bool{}}
+	for _, w := range []RouteSpec{
 		{Dst: pfx("198.18.2.0/24"), Gw: addr("192.0.2.20"), LinkIndex: 2},
 		{Dst: pfx("198.18.3.16/28"), Gw: addr("198.18.3.16"), LinkIndex: 7, OnLink: true},
 		{Dst: pfx("198.18.255.255/32"), Gw: addr("203.0.113.9"), LinkIndex: 1 << 20, OnLink: true},
@@ -179,7 +227,7 @@ func TestNHRequestsBytes(t *testing.T) {
 // TestParseRouteMatchesNetlink's namespace (d0 had index 3), logged with -v.
 var capturedRoutes = []struct {
 	name, hex string
-	family    uint8
+	family    Family
 	want      Route
 }{
 	{"ours onlink", "02180000fe5700010400000008000f00fe00000008000100c612020008000500c00002140800040003000000", unix.AF_INET,
@@ -209,19 +257,20 @@ func TestParseRouteCaptured(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, family, ok := ParseRoute(b)
+		got, family, ok := parseRoute(b)
 		if !ok || family != c.family || got != c.want {
 			t.Errorf("%s: got %+v (family %d, ok %v)\nwant %+v", c.name, got, family, ok, c.want)
 		}
 		// Every truncation parses without panicking.
 		for i := range b {
-			ParseRoute(b[:i])
+			parseRoute(b[:i])
 		}
 	}
 }
 
-// FuzzParseRoute feeds arbitrary route messages to ParseRoute: it must
-// not panic, and an IPv4 route always gets a destination of its dst_len.
+// FuzzParseRoute feeds arbitrary route messages to parseRoute: it must
+// not panic, and an IPv4 or IPv6 route always gets a destination of its
+// dst_len.
 func FuzzParseRoute(f *testing.F) {
 	for _, c := range capturedRoutes {
 		if b, err := hex.DecodeString(c.hex); err == nil {
@@ -230,12 +279,15 @@ func FuzzParseRoute(f *testing.F) {
 	}
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, family, ok := ParseRoute(b)
+		r, family, ok := parseRoute(b)
 		if !ok {
 			return
 		}
-		if family == unix.AF_INET && !r.Dst.IsValid() && int(b[1]) <= 32 {
+		if family == FamilyV4 && !r.Dst.IsValid() && int(b[1]) <= 32 {
 			t.Fatalf("IPv4 route without destination: %+v from %x", r, b)
+		}
+		if family == FamilyV6 && !r.Dst.IsValid() && int(b[1]) <= 128 {
+			t.Fatalf("IPv6 route without destination: %+v from %x", r, b)
 		}
 		if r.Dst.IsValid() && r.Dst.Bits() != int(b[1]) {
 			t.Fatalf("destination %s for dst_len %d", r.Dst, b[1])

@@ -1,0 +1,235 @@
+package nl
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/nl/nltest"
+)
+
+// TestLinks creates, changes, lists and deletes a VXLAN device through a
+// Conn and checks each step with ip(8).
+func TestLinks(t *testing.T) {
+	ns := nltest.NewNS(t, "lk")
+	ns.IP(t, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+	ns.IP(t, "addr", "add", "192.0.2.11/24", "dev", "eth0")
+	c := open(t, ns)
+	eth0, err := c.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eth0.Kind != "veth" || eth0.VXLAN != nil || eth0.Up || eth0.Name != "eth0" || eth0.MTU != 1500 {
+		t.Fatalf("eth0: %+v", eth0)
+	}
+	if _, err := c.LinkByName("nosuch0"); !errors.Is(err, ErrLinkNotFound) {
+		t.Fatalf("missing link: %v", err)
+	}
+	if _, err := c.LinkByIndex(9999); !errors.Is(err, ErrLinkNotFound) {
+		t.Fatalf("missing index: %v", err)
+	}
+
+	mac := net.HardwareAddr{0x02, 0xaa, 0, 0, 0, 1}
+	want := VXLAN{VNI: 7, Port: 8472, GBP: true, VtepDevIndex: eth0.Index, SrcAddr: addr("192.0.2.11")}
+	if err := c.AddLink(Link{Name: "weft.7", MTU: 1400, HardwareAddr: mac, VXLAN: &want}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddLink(Link{Name: "x0"}); err == nil {
+		t.Fatal("AddLink of a device that is not vxlan succeeded")
+	}
+	vx, err := c.LinkByName("weft.7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vx.Kind != "vxlan" || vx.VXLAN == nil || *vx.VXLAN != want || vx.MTU != 1400 || vx.HardwareAddr.String() != mac.String() || vx.Up {
+		t.Fatalf("created %+v (vxlan %+v), want %+v", vx, vx.VXLAN, want)
+	}
+	if out := ns.IP(t, "-d", "link", "show", "weft.7"); !strings.Contains(out, "vxlan id 7") || !strings.Contains(out, "nolearning") ||
+		!strings.Contains(out, "local 192.0.2.11") || !strings.Contains(out, "dev eth0") || !strings.Contains(out, "dstport 8472") {
+		t.Fatalf("ip link: %s", out)
+	}
+
+	mac2 := net.HardwareAddr{0x02, 0xbb, 0, 0, 0, 2}
+	for _, err := range []error{c.SetLinkMTU(vx.Index, 1350), c.SetLinkHardwareAddr(vx.Index, mac2), c.SetLinkUp(vx.Index)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	vx, err = c.LinkByIndex(vx.Index)
+	if err != nil || vx.MTU != 1350 || vx.HardwareAddr.String() != mac2.String() || !vx.Up {
+		t.Fatalf("after changes: %+v %v", vx, err)
+	}
+	links, err := c.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(links, func(l Link) bool { return l.Name == "weft.7" }); i < 0 || links[i].VXLAN == nil || links[i].VXLAN.VNI != 7 {
+		t.Fatalf("LinkList: %+v", links)
+	}
+	if err := c.DelLink(vx.Index); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.LinkByName("weft.7"); !errors.Is(err, ErrLinkNotFound) {
+		t.Fatalf("after DelLink: %v", err)
+	}
+}
+
+// TestAddrs adds and removes addresses, a point-to-point one among them,
+// and checks what they put on-link.
+func TestAddrs(t *testing.T) {
+	ns := nltest.NewNS(t, "ad")
+	ns.IP(t, "link", "add", "d0", "type", "veth", "peer", "name", "d0p")
+	ns.IP(t, "link", "add", "d1", "type", "veth", "peer", "name", "d1p")
+	ns.IP(t, "addr", "add", "10.9.0.1", "peer", "10.9.0.2/32", "dev", "d1")
+	ns.IP(t, "-6", "addr", "add", "2001:db8::1/64", "dev", "d0", "nodad")
+	c := open(t, ns)
+	d0, err := c.LinkByName("d0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1, _ := c.LinkByName("d1")
+	if err := c.AddAddr(d0.Index, pfx("192.0.2.11/24")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddAddr(d0.Index, pfx("198.18.1.0/32")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddAddr(d0.Index, pfx("192.0.2.11/24")); !errors.Is(err, unix.EEXIST) {
+		t.Fatalf("adding an address twice: %v", err)
+	}
+	v4, err := c.AddrList(d0.Index, FamilyV4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := OnLink(v4); !slices.Equal(got, []netip.Prefix{pfx("192.0.2.0/24"), pfx("198.18.1.0/32")}) {
+		t.Fatalf("on-link on d0: %v (addresses %+v)", got, v4)
+	}
+	if v4[0].Prefix != pfx("192.0.2.11/24") || v4[0].LinkIndex != d0.Index || v4[0].Scope != unix.RT_SCOPE_UNIVERSE {
+		t.Fatalf("address: %+v", v4[0])
+	}
+	p2p, err := c.AddrList(d1.Index, FamilyV4)
+	if err != nil || len(p2p) != 1 {
+		t.Fatalf("d1: %+v %v", p2p, err)
+	}
+	if p2p[0].Prefix != pfx("10.9.0.1/32") || p2p[0].Peer != pfx("10.9.0.2/32") || p2p[0].OnLink() != pfx("10.9.0.2/32") {
+		t.Fatalf("point-to-point address: %+v, on-link %s", p2p[0], p2p[0].OnLink())
+	}
+	all, err := c.AddrList(0, FamilyAll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(all, func(a Addr) bool { return a.Prefix == pfx("2001:db8::1/64") && a.LinkIndex == d0.Index }) ||
+		!slices.ContainsFunc(all, func(a Addr) bool { return a.Prefix == pfx("10.9.0.1/32") }) {
+		t.Fatalf("every address: %+v", all)
+	}
+	// Deleting as listed, the point-to-point one too.
+	for _, a := range append(v4[:1:1], p2p...) {
+		if err := c.DelAddr(a); err != nil {
+			t.Fatalf("delete %+v: %v", a, err)
+		}
+	}
+	if rest, _ := c.AddrList(0, FamilyV4); len(rest) != 2 || rest[1].Prefix != pfx("198.18.1.0/32") { // and lo's
+		t.Fatalf("left after deleting: %+v", rest)
+	}
+}
+
+// TestRouteTo asks for the route to an address behind a gateway.
+func TestRouteTo(t *testing.T) {
+	lab := nltest.NewLab(t, 1)
+	h := lab.Hosts[0]
+	h.IP(t, "route", "add", "default", "via", "192.0.2.1")
+	c := open(t, h.NS)
+	idx, src, err := c.RouteTo(addr("203.0.113.5"))
+	if err != nil || idx != h.ExtIndex || src != h.Addr {
+		t.Fatalf("route to 203.0.113.5: index %d (want %d), source %s (want %s), %v", idx, h.ExtIndex, src, h.Addr, err)
+	}
+	if _, _, err := c.RouteTo(addr("2001:db8::9")); err == nil {
+		t.Fatal("route to an IPv6 address in a namespace without IPv6 routes")
+	}
+}
+
+// TestDelOwnedRoutes removes only the selected routes of one protocol, and
+// their nexthop objects.
+func TestDelOwnedRoutes(t *testing.T) {
+	lab := nltest.NewLab(t, 1)
+	h := lab.Hosts[0]
+	c := open(t, h.NS)
+	tbl := c.RouteTable(network, proto)
+	errs := tbl.ReplaceAll([]RouteSpec{
+		{Dst: pfx("198.18.2.0/24"), Gw: addr("192.0.2.20"), LinkIndex: h.ExtIndex},
+		{Dst: pfx("198.18.3.0/24"), Gw: addr("198.18.3.0"), LinkIndex: h.ExtIndex, OnLink: true},
+	})
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.IP(t, "route", "add", "198.18.4.0/24", "via", "192.0.2.40", "table", "100", "proto", "87")
+	h.IP(t, "route", "add", "198.18.5.0/24", "via", "192.0.2.50") // not ours
+	n, err := c.DelOwnedRoutes(proto, func(o Owned) bool { return o.Gw.IsValid() && !o.OnLink })
+	if err != nil || n < 1 {
+		t.Fatalf("removed %d: %v", n, err)
+	}
+	out := h.IP(t, "route", "show", "table", "all", "proto", "87")
+	if strings.Contains(out, "198.18.2.0") || strings.Contains(out, "198.18.4.0") || !strings.Contains(out, "198.18.3.0/24") {
+		t.Fatalf("routes of protocol 87 left: %q", out)
+	}
+	if !strings.Contains(h.IP(t, "route", "show"), "198.18.5.0/24") {
+		t.Fatal("a route of another protocol was removed")
+	}
+	if _, err := c.DelOwnedRoutes(proto, nil); err != nil {
+		t.Fatal(err)
+	}
+	if out := strings.TrimSpace(h.IP(t, "route", "show", "table", "all", "proto", "87")); out != "" {
+		t.Fatalf("left: %q", out)
+	}
+	if tbl.UsesNexthops() {
+		if out := strings.TrimSpace(h.IP(t, "nexthop", "show", "protocol", "87")); out != "" {
+			t.Fatalf("nexthop objects left: %q", out)
+		}
+	}
+}
+
+// TestEventsFilter checks the translation of vishvananda's updates into
+// Events.
+func TestEventsFilter(t *testing.T) {
+	var link LinkEvent
+	var a AddrEvent
+	var r RouteEvent
+	var n NeighEvent
+	f := Events{
+		Link:  func(e LinkEvent) bool { link = e; return true },
+		Addr:  func(e AddrEvent) bool { a = e; return true },
+		Route: func(e RouteEvent) bool { r = e; return true },
+		Neigh: func(e NeighEvent) bool { n = e; return true },
+	}.Filter()
+	if f.Nexthop != nil {
+		t.Error("an unset kind of event is subscribed to")
+	}
+	lu := netlink.LinkUpdate{Link: &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Index: 4, Name: "weft.1", MTU: 1450, Flags: net.FlagUp}}}
+	lu.Header.Type = unix.RTM_DELLINK
+	f.Link(lu)
+	if link != (LinkEvent{Deleted: true, Index: 4, Name: "weft.1", Up: true, MTU: 1450}) {
+		t.Errorf("link: %+v", link)
+	}
+	_, ipn, _ := net.ParseCIDR("198.18.1.0/32")
+	f.Addr(netlink.AddrUpdate{LinkAddress: *ipn, LinkIndex: 4, NewAddr: true})
+	if a != (AddrEvent{LinkIndex: 4, Prefix: pfx("198.18.1.0/32")}) {
+		t.Errorf("addr: %+v", a)
+	}
+	_, dst, _ := net.ParseCIDR("198.18.2.0/24")
+	f.Route(netlink.RouteUpdate{Type: unix.RTM_DELROUTE, Route: netlink.Route{Dst: dst, Gw: net.ParseIP("192.0.2.20"), Protocol: proto, Table: 254}})
+	if !r.Deleted || r.Dst != pfx("198.18.2.0/24") || r.Gw != addr("192.0.2.20") || r.Protocol != proto || r.Table != 254 {
+		t.Errorf("route: %+v", r)
+	}
+	f.Neigh(netlink.NeighUpdate{Type: unix.RTM_NEWNEIGH, Neigh: netlink.Neigh{LinkIndex: 4, Family: unix.AF_INET, State: netlink.NUD_STALE, IP: net.ParseIP("198.18.2.0")}})
+	if n != (NeighEvent{LinkIndex: 4, Family: FamilyV4, State: netlink.NUD_STALE, IP: addr("198.18.2.0")}) {
+		t.Errorf("neigh: %+v", n)
+	}
+}
