@@ -20,8 +20,8 @@ func kernelTable(t *testing.T, h *nltest.Host) (*nl.Conn, *nl.RouteTable) {
 	return c, c.RouteTable(network, backend.RouteProtocol)
 }
 
-// TestNetlinkTable runs the reconciler against a real kernel table.
-func TestNetlinkTable(t *testing.T) {
+// TestKernelTable runs the reconciler against a real kernel table.
+func TestKernelTable(t *testing.T) {
 	lab := nltest.NewLab(t, 1)
 	h := lab.Hosts[0]
 	c, tbl := kernelTable(t, h)
@@ -80,9 +80,9 @@ func TestNetlinkTable(t *testing.T) {
 	}
 }
 
-// TestNetlinkTableCompatModeOff checks the fallback to plain routes when
+// TestKernelTableCompatModeOff checks the fallback to plain routes when
 // route dumps do not show the gateway of a nexthop object.
-func TestNetlinkTableCompatModeOff(t *testing.T) {
+func TestKernelTableCompatModeOff(t *testing.T) {
 	lab := nltest.NewLab(t, 1)
 	h := lab.Hosts[0]
 	if _, err := h.Exec("sysctl", "-qw", "net.ipv4.nexthop_compat_mode=0"); err != nil {

@@ -11,6 +11,10 @@
 // a replace, never refused with EEXIST. Routes that would cover the host's
 // own connected networks, or that leave the cluster network, are refused and
 // reported so that the underlay can never be hijacked.
+//
+// The package also holds what vxlan and host-gw share around the
+// Reconciler: Kernel, their lazily opened netlink connection, and OnLink
+// and ExtMTU, what they read of the external interface.
 package routes
 
 import (

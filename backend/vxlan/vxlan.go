@@ -24,7 +24,7 @@
 // each object kind once, indexes the dump in maps and fixes only the
 // difference, so a pass costs O(peers) and an idle pass writes nothing.
 // Writes go to the kernel in batches (many requests per sendmsg), and routes
-// point at per-peer nexthop objects (see backend/routes for why), which
+// point at per-peer nexthop objects (see internal/nl/table.go for why), which
 // keeps programming 5000 peers well under a second.
 //
 // Run reconciles after SetDesired, every ResyncInterval, and on rtnetlink
