@@ -19,6 +19,7 @@ import (
 	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/cmd/weftd/node"
 	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/nftables"
 	"github.com/weftnet/weft/subnet"
 	"github.com/weftnet/weft/subnet/etcd"
 )
@@ -62,7 +63,7 @@ type wiring struct {
 	ext    backend.ExternalInterface
 	be     backend.Backend
 	store  leaseStore
-	ipt    *iptables.Manager
+	ipt    ruleKeeper
 	core   *node.Core
 }
 
@@ -175,28 +176,21 @@ func (d *daemon) Run(ctx context.Context) error {
 	}
 	attrs.PublicIP = ext.PublicIP
 
-	var ipt *iptables.Manager
+	ipt, err := d.newRuleKeeper(netcfg)
+	if err != nil {
+		return err
+	}
 	var rules node.Rules
-	if d.cfg.IPMasq || d.cfg.IPTablesForward {
-		sys, err := iptables.New()
-		if err != nil {
-			return err
-		}
-		ipt = iptables.NewManager(sys, d.cfg.IPMasq, d.cfg.IPTablesForward, d.logger.With("component", "iptables"))
+	if ipt != nil {
 		rules = ipt
-	} else if sys, err := iptables.New(); err == nil {
-		// Both rule sets are off: remove any that an earlier run installed.
-		if err := iptables.Remove(sys); err != nil {
-			d.logger.Warn("remove old iptables rules", "err", err)
-		}
 	}
 
 	core := node.New(node.Config{
 		Network:  netcfg,
 		Previous: prevSubnet,
-		Check:   func(raw []byte) (*subnet.Config, error) { return d.checkConfig(raw, ext) },
-		Attrs:   attrs,
-		IPMasq:  d.cfg.IPMasq,
+		Check:    func(raw []byte) (*subnet.Config, error) { return d.checkConfig(raw, ext) },
+		Attrs:    attrs,
+		IPMasq:   d.cfg.IPMasq,
 		OnRefusal: func(r subnet.Refusal) {
 			d.metrics.leasesSkipped.WithLabelValues(r.Reason).Inc()
 		},
@@ -368,4 +362,66 @@ func (d *daemon) readiness() (bool, string) {
 		return false, *d.startup.Load()
 	}
 	return node.Readiness(w.core.State(), w.be.Status())
+}
+
+// ruleKeeper keeps the masquerade and forward rules in place:
+// *iptables.Manager or *nftables.Manager.
+type ruleKeeper interface {
+	// Set installs the rules for the network and our subnet (node.Rules).
+	Set(network, own netip.Prefix) error
+	// Run re-checks and repairs the rules every interval until ctx ends.
+	Run(ctx context.Context, interval time.Duration) error
+	// Repairs counts the rules restored after Set installed them.
+	Repairs() uint64
+}
+
+var (
+	_ ruleKeeper = (*iptables.Manager)(nil)
+	_ ruleKeeper = (*nftables.Manager)(nil)
+)
+
+// newRuleKeeper builds the keeper of the rules in the mode chosen, after
+// removing the other mode's rules (and both modes' when both rule sets are
+// off), as switching backends removes the other backends' leftovers. It
+// returns nil when there are no rules to keep.
+func (d *daemon) newRuleKeeper(netcfg *subnet.Config) (ruleKeeper, error) {
+	sys, iptErr := iptables.New()
+	kern := nftables.NewKernel(0)
+	nft, why := d.cfg.UseNFTables(netcfg.EnableNFTables, iptErr == nil)
+	want := d.cfg.IPMasq || d.cfg.IPTablesForward
+	if !nft || !want {
+		if err := nftables.Remove(kern); err != nil {
+			d.logger.Warn("remove old nftables rules (table ip weft)", "err", err)
+		}
+	}
+	if iptErr == nil && (nft || !want) {
+		// In nftables mode the fallback keeps WEFT-FWD while iptables'
+		// FORWARD policy drops, and removes it otherwise.
+		remove := iptables.Remove
+		if want && d.cfg.IPTablesForward {
+			remove = iptables.RemoveMasq
+		}
+		if err := remove(sys); err != nil {
+			d.logger.Warn("remove old iptables rules", "err", err)
+		}
+	}
+	if !want {
+		return nil, nil
+	}
+	if !nft {
+		if iptErr != nil {
+			return nil, fmt.Errorf("%w (%s; --nftables=on needs no binary)", iptErr, why)
+		}
+		d.logger.Info("masquerade and forward rules in iptables", "why", why)
+		return iptables.NewManager(sys, d.cfg.IPMasq, d.cfg.IPTablesForward, d.logger.With("component", "iptables")), nil
+	}
+	var fallback nftables.ForwardFallback
+	if iptErr == nil {
+		fallback = iptables.NewForwardFallback(sys)
+	}
+	d.logger.Info("masquerade and forward rules in nftables, table ip weft", "why", why)
+	return nftables.NewManager(kern, nftables.Config{
+		Masq: d.cfg.IPMasq, Forward: d.cfg.IPTablesForward, Fallback: fallback,
+		Logger: d.logger.With("component", "nftables"),
+	}), nil
 }

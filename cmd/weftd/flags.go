@@ -181,6 +181,22 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	return c, c.validate(r)
 }
 
+// UseNFTables says where the masquerade and forward rules live: in
+// nftables (true) or iptables, and why. --nftables=on or off decides; auto
+// follows the network config's EnableNFTables, and takes nftables on a host
+// without an iptables binary.
+func (c *Config) UseNFTables(enableNFTables, haveIPTables bool) (bool, string) {
+	switch {
+	case c.NFTables == "on" || c.NFTables == "off":
+		return c.NFTables == "on", "--nftables=" + c.NFTables
+	case enableNFTables:
+		return true, "EnableNFTables is true in the network config"
+	case !haveIPTables:
+		return true, "EnableNFTables is false, but there is no iptables binary"
+	}
+	return false, "EnableNFTables is false in the network config"
+}
+
 func (c *Config) validate(r *rawFlags) error {
 	var errs []error
 	bad := func(flagName, format string, args ...any) {

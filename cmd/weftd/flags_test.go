@@ -107,3 +107,41 @@ func TestHealthzIPDefault(t *testing.T) {
 		t.Errorf("FLANNELD_HEALTHZ_IP=0.0.0.0 gave %q", c.HealthzIP)
 	}
 }
+
+// TestNFTablesFlag: --nftables takes auto, on or off, from the command line
+// or WEFTD_NFTABLES / FLANNELD_NFTABLES; auto follows the config's
+// EnableNFTables and takes nftables when there is no iptables binary, and
+// on or off override both.
+func TestNFTablesFlag(t *testing.T) {
+	tests := []struct {
+		args           []string
+		env            map[string]string
+		enable, haveIP bool
+		want           bool
+	}{
+		{nil, nil, false, true, false},
+		{nil, nil, true, true, true},
+		{nil, nil, false, false, true},
+		{[]string{"--nftables=on"}, nil, false, true, true},
+		{[]string{"--nftables=off"}, nil, true, true, false},
+		{[]string{"--nftables=off"}, nil, true, false, false},
+		{nil, map[string]string{"FLANNELD_NFTABLES": "on"}, false, true, true},
+		{nil, map[string]string{"WEFTD_NFTABLES": "off", "FLANNELD_NFTABLES": "on"}, true, true, false},
+		{[]string{"--nftables=auto"}, map[string]string{"WEFTD_NFTABLES": "on"}, false, true, false},
+	}
+	for _, tt := range tests {
+		c, err := parseConfig(tt.args, env(tt.env), &bytes.Buffer{})
+		if err != nil {
+			t.Fatalf("%v %v: %v", tt.args, tt.env, err)
+		}
+		if got, why := c.UseNFTables(tt.enable, tt.haveIP); got != tt.want || why == "" {
+			t.Errorf("%v %v EnableNFTables=%v iptables=%v: nftables %v (%s), want %v", tt.args, tt.env, tt.enable, tt.haveIP, got, why, tt.want)
+		}
+	}
+	for _, bad := range []string{"yes", "true", ""} {
+		_, err := parseConfig([]string{"--nftables=" + bad}, env(nil), &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), "--nftables") {
+			t.Errorf("--nftables=%q: error %v, want one naming --nftables", bad, err)
+		}
+	}
+}

@@ -37,3 +37,10 @@ func (f *ForwardFallback) EnsureForward(network netip.Prefix) (bool, error) {
 func (f *ForwardFallback) RemoveForward() error {
 	return removeChain(f.ipt, "filter", ForwardChain, "FORWARD")
 }
+
+// RemoveMasq deletes WEFT-POSTRTG and its jump, leaving WEFT-FWD: what
+// weft's nftables mode removes at start when a ForwardFallback manages
+// WEFT-FWD.
+func RemoveMasq(ipt IPTables) error {
+	return removeChain(ipt, "nat", MasqChain, "POSTROUTING")
+}
