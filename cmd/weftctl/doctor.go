@@ -95,12 +95,6 @@ func subnetFilePath(e *env, c *cmdFlags) string {
 	return defaultSubnetFile
 }
 
-// firstEnv reads WEFTD_<name>, then FLANNELD_<name>.
-func firstEnv(e *env, name string) string {
-	for _, p := range []string{"WEFTD_", "FLANNELD_"} {
-		if v := e.getenv(p + name); v != "" {
-			return v
-		}
-	}
-	return ""
-}
+// firstEnv reads WEFTD_<name>, then FLANNELD_<name>, from the environment,
+// then from weftd's environment file (env.setting).
+func firstEnv(e *env, name string) string { return e.setting(name) }

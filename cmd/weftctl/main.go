@@ -60,7 +60,7 @@ var commands = []command{
 	{name: "release", args: "SUBNET", summary: "remove the reservation of SUBNET", run: cmdRelease},
 	{name: "status", args: "[--addr HOST:PORT]", summary: "show the local weftd's status (GET /status)",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {
-			fs.StringVar(&c.addr, "addr", "", "address of weftd's HTTP endpoints (default 127.0.0.1:$WEFTD_HEALTHZ_PORT, else "+defaultAddr+")")
+			fs.StringVar(&c.addr, "addr", "", "address of weftd's HTTP endpoints (default $WEFTD_HEALTHZ_IP:$WEFTD_HEALTHZ_PORT, 127.0.0.1 for a wildcard IP; else "+defaultAddr+")")
 		}, run: cmdStatus},
 	{name: "docker-opts", args: "[--subnet-file PATH] [--format env|args]", summary: "print Docker daemon options from subnet.env",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {
@@ -78,14 +78,21 @@ var commands = []command{
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], &env{getenv: os.Getenv, stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr})
+	code := run(ctx, os.Args[1:], &env{getenv: os.Getenv, envFile: defaultEnvFile, stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr})
 	stop()
 	os.Exit(code)
 }
 
-// env is what a command may touch: the environment and the standard streams.
+// env is what a command may touch: the environment, weftd's environment
+// file and the standard streams.
 type env struct {
 	getenv func(string) string
+	// envFile is the environment file read when --env-file is not given
+	// and it exists; "" reads none. main sets defaultEnvFile; tests leave
+	// it empty so that the host's own file never leaks into them.
+	envFile string
+	// file is the environment file read for this command, nil if none.
+	file   *envFile
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
@@ -97,6 +104,26 @@ type env struct {
 	cli *clientv3.Client
 	reg *etcd.Registry
 	cf  *cmdFlags
+}
+
+// setting is weftd's setting name ("ETCD_ENDPOINTS") as weftctl sees it:
+// WEFTD_<name>, then FLANNELD_<name> from the environment, then the same
+// two from weftd's environment file. The environment wins over the file
+// so that an operator can override one value for one command.
+func (e *env) setting(name string) string {
+	for _, p := range []string{"WEFTD_", "FLANNELD_"} {
+		if v := e.getenv(p + name); v != "" {
+			return v
+		}
+	}
+	if e.file != nil {
+		for _, p := range []string{"WEFTD_", "FLANNELD_"} {
+			if v := e.file.vars[p+name]; v != "" {
+				return v
+			}
+		}
+	}
+	return ""
 }
 
 func (e *env) timeNow() time.Time {
@@ -132,7 +159,7 @@ type cmdFlags struct {
 	endpoints, prefix                  string
 	keyfile, certfile, cafile          string
 	username, password                 string
-	output                             string
+	output, envFile                    string
 	since                              int64
 	publicIP, addr, subnetFile, format string
 	forward                            bool
@@ -148,7 +175,8 @@ func (c *cmdFlags) clientOptions() etcd.ClientOptions {
 	return o
 }
 
-// envFlags are the flags that fall back to WEFTD_<FLAG> then FLANNELD_<FLAG>.
+// envFlags are the flags that fall back to WEFTD_<FLAG>, then
+// FLANNELD_<FLAG>, from the environment, then from weftd's environment file.
 var envFlags = []string{"etcd-endpoints", "etcd-prefix", "etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username", "etcd-password"}
 
 func commonFlags(fs *flag.FlagSet, c *cmdFlags) {
@@ -160,6 +188,7 @@ func commonFlags(fs *flag.FlagSet, c *cmdFlags) {
 	fs.StringVar(&c.username, "etcd-username", "", "etcd user name")
 	fs.StringVar(&c.password, "etcd-password", "", "etcd password")
 	fs.StringVar(&c.output, "o", "table", "output format: table or json")
+	fs.StringVar(&c.envFile, "env-file", "", "weftd's environment file to read WEFTD_* settings from (default "+defaultEnvFile+" if it exists; --env-file= reads none)")
 }
 
 // usageError is a bad command line: exit code 2.
@@ -236,7 +265,19 @@ func run(ctx context.Context, args []string, e *env) int {
 		return exitUsage
 	}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	applyEnv(c, given, e.getenv)
+	path, required := e.envFile, false
+	if given["env-file"] {
+		path, required = c.envFile, true
+	}
+	if path != "" {
+		f, err := loadEnvFile(path, required, e.stderr)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "weftctl %s: %s\n", cmd.name, text(err.Error()))
+			return exitFailed
+		}
+		e.file = f
+	}
+	applyEnv(c, given, e.setting)
 	if c.output != "table" && c.output != "json" {
 		fmt.Fprintf(e.stderr, "weftctl %s: -o must be table or json, not %q\n", cmd.name, c.output)
 		return exitUsage
@@ -262,8 +303,8 @@ func run(ctx context.Context, args []string, e *env) int {
 }
 
 // applyEnv fills the etcd flags not given on the command line from
-// WEFTD_<FLAG>, then FLANNELD_<FLAG>.
-func applyEnv(c *cmdFlags, given map[string]bool, getenv func(string) string) {
+// setting (env.setting): the environment, then weftd's environment file.
+func applyEnv(c *cmdFlags, given map[string]bool, setting func(name string) string) {
 	targets := map[string]*string{
 		"etcd-endpoints": &c.endpoints, "etcd-prefix": &c.prefix,
 		"etcd-keyfile": &c.keyfile, "etcd-certfile": &c.certfile, "etcd-cafile": &c.cafile,
@@ -273,11 +314,8 @@ func applyEnv(c *cmdFlags, given map[string]bool, getenv func(string) string) {
 		if given[name] {
 			continue
 		}
-		for _, p := range []string{"WEFTD_", "FLANNELD_"} {
-			if v := getenv(envName(p, name)); v != "" {
-				*targets[name] = v
-				break
-			}
+		if v := setting(envName("", name)); v != "" {
+			*targets[name] = v
 		}
 	}
 }
@@ -321,13 +359,18 @@ func usage(w io.Writer) {
 	fs.PrintDefaults()
 	fmt.Fprintf(w, `
 Each --etcd-* flag not given falls back to the environment variable WEFTD_<FLAG>,
-then FLANNELD_<FLAG> (upper case, '-' as '_'), e.g. WEFTD_ETCD_ENDPOINTS.
+then FLANNELD_<FLAG> (upper case, '-' as '_'), e.g. WEFTD_ETCD_ENDPOINTS, and
+then to the same names in weftd's environment file (--env-file, by default
+%s when it exists): a flag wins over the environment, which wins
+over the file. So do --subnet-file and --public-ip (doctor, docker-opts) and
+weftd's --healthz-ip and --healthz-port (status). The file is read as systemd
+reads it (KEY=VALUE lines, # comments, quotes), never run by a shell.
 
 Exit codes:
   0  success
   1  the operation failed (etcd unreachable, key absent, refused) or the input was invalid
   2  usage error (unknown command, bad flag, missing argument)
-`)
+`, defaultEnvFile)
 }
 
 func commandUsage(w io.Writer, c *command, fs *flag.FlagSet) {

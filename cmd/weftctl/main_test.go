@@ -59,16 +59,19 @@ type harness struct {
 	// localAddrs, if set, stands in for this machine's interface
 	// addresses (config set checks Network against them).
 	localAddrs []localAddr
+	// envFile stands in for /etc/weft/weftd.env; "" reads none.
+	envFile string
 }
 
 func (h *harness) run(ctx context.Context, args ...string) result {
 	h.t.Helper()
 	var out, errb syncBuffer
 	e := &env{
-		getenv: func(k string) string { return h.env[k] },
-		stdin:  strings.NewReader(h.stdin),
-		stdout: &out,
-		stderr: &errb,
+		getenv:  func(k string) string { return h.env[k] },
+		envFile: h.envFile,
+		stdin:   strings.NewReader(h.stdin),
+		stdout:  &out,
+		stderr:  &errb,
 	}
 	if !h.now.IsZero() {
 		e.now = func() time.Time { return h.now }
@@ -395,19 +398,28 @@ func TestUsageAndExitCodes(t *testing.T) {
 
 func TestEnvPrecedence(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		env   map[string]string
-		given map[string]bool
-		want  string
+		name      string
+		env, file map[string]string
+		given     map[string]bool
+		want      string
 	}{
-		{"default", nil, nil, "flag-default"},
-		{"flannel only", map[string]string{"FLANNELD_ETCD_ENDPOINTS": "f"}, nil, "f"},
-		{"weftd wins over flannel", map[string]string{"FLANNELD_ETCD_ENDPOINTS": "f", "WEFTD_ETCD_ENDPOINTS": "w"}, nil, "w"},
-		{"command line wins", map[string]string{"WEFTD_ETCD_ENDPOINTS": "w"}, map[string]bool{"etcd-endpoints": true}, "flag-default"},
+		{"default", nil, nil, nil, "flag-default"},
+		{"flannel only", map[string]string{"FLANNELD_ETCD_ENDPOINTS": "f"}, nil, nil, "f"},
+		{"weftd wins over flannel", map[string]string{"FLANNELD_ETCD_ENDPOINTS": "f", "WEFTD_ETCD_ENDPOINTS": "w"}, nil, nil, "w"},
+		{"command line wins", map[string]string{"WEFTD_ETCD_ENDPOINTS": "w"}, nil, map[string]bool{"etcd-endpoints": true}, "flag-default"},
+		{"file only", nil, map[string]string{"WEFTD_ETCD_ENDPOINTS": "file"}, nil, "file"},
+		{"flannel name in the file", nil, map[string]string{"FLANNELD_ETCD_ENDPOINTS": "ffile"}, nil, "ffile"},
+		{"environment wins over the file", map[string]string{"WEFTD_ETCD_ENDPOINTS": "w"}, map[string]string{"WEFTD_ETCD_ENDPOINTS": "file"}, nil, "w"},
+		{"any environment name wins over the file", map[string]string{"FLANNELD_ETCD_ENDPOINTS": "f"}, map[string]string{"WEFTD_ETCD_ENDPOINTS": "file"}, nil, "f"},
+		{"command line wins over the file", nil, map[string]string{"WEFTD_ETCD_ENDPOINTS": "file"}, map[string]bool{"etcd-endpoints": true}, "flag-default"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &cmdFlags{endpoints: "flag-default"}
-			applyEnv(c, tc.given, func(k string) string { return tc.env[k] })
+			e := &env{getenv: func(k string) string { return tc.env[k] }}
+			if tc.file != nil {
+				e.file = &envFile{vars: tc.file}
+			}
+			applyEnv(c, tc.given, e.setting)
 			if c.endpoints != tc.want {
 				t.Fatalf("endpoints = %q, want %q", c.endpoints, tc.want)
 			}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -21,10 +22,7 @@ func cmdStatus(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	}
 	addr := c.addr
 	if addr == "" {
-		addr = defaultAddr
-		if p := e.getenv("WEFTD_HEALTHZ_PORT"); p != "" && p != "0" {
-			addr = net.JoinHostPort("127.0.0.1", p)
-		}
+		addr = weftdAddr(e)
 	}
 	url := "http://" + addr + "/status"
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -53,6 +51,21 @@ func cmdStatus(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 		return writeJSON(e.stdout, st)
 	}
 	return writeStatus(e.stdout, st, e.timeNow())
+}
+
+// weftdAddr is where weftd serves /status by its own settings:
+// --healthz-ip (127.0.0.1 when unset or a wildcard) and --healthz-port,
+// else defaultAddr.
+func weftdAddr(e *env) string {
+	port := e.setting("HEALTHZ_PORT")
+	if port == "" || port == "0" {
+		return defaultAddr
+	}
+	host := "127.0.0.1"
+	if ip, err := netip.ParseAddr(e.setting("HEALTHZ_IP")); err == nil && !ip.IsUnspecified() {
+		host = ip.String()
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // since renders a past timestamp as "3s ago (2026-11-26T04:00:00Z)".
