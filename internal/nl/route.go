@@ -132,8 +132,11 @@ func (c *Conn) RouteList(family Family, table uint32, keep func(*Route) bool, ou
 			if !ok || (family != FamilyAll && f != family) || (table != 0 && r.Table != table) {
 				return nil
 			}
-			if keep == nil || keep(&r) {
-				out = append(out, r)
+			// keep sees the copy in out: handing it &r would move every
+			// parsed route to the heap.
+			out = append(out, r)
+			if keep != nil && !keep(&out[len(out)-1]) {
+				out = out[:len(out)-1]
 			}
 			return nil
 		})
