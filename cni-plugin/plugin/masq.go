@@ -15,8 +15,10 @@ import (
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
+	nft "github.com/google/nftables"
 
 	"github.com/weftnet/weft/cni-plugin/ipam"
+	"github.com/weftnet/weft/internal/nftables"
 )
 
 // Masquerading, in the nat table of the plugin's (host) namespace:
@@ -45,6 +47,13 @@ import (
 //	    ^          ^                  |                                       |
 //	    |          +-- ADD/CHECK: restore what a flush removed --------------+
 //	    +------------------------- last DEL / GC ----------------------------+
+//
+// The same rules can live in nftables instead, in a table of the network's
+// own (nftMasq, below). Which one is in force follows weftd: nftables when
+// weftd keeps its own rules in nftables on this host (its `table ip weft`
+// exists), or when there is no iptables binary; iptables otherwise. The
+// marker records the backend the rules were made in, so that the first ADD
+// or CHECK after a switch removes them from the other one.
 
 // MasqChain is the nat chain holding the masquerade rules of a network.
 func MasqChain(network string) string {
@@ -149,7 +158,35 @@ func (t *iptablesNAT) randomFully() bool {
 type masqState struct {
 	Network string   `json:"network"`
 	Subnets []string `json:"subnets"`
+	// Backend is where the rules are: masqIPTables (also what markers
+	// written before nftables support say) or masqNFTables.
+	Backend string `json:"backend,omitempty"`
 }
+
+// Backends of the masquerade rules, as the marker records them.
+const (
+	masqIPTables = ""
+	masqNFTables = "nftables"
+)
+
+// masquerader keeps one network's masquerade rules in one backend.
+type masquerader interface {
+	// inPlace reports whether the rules and the marker already match
+	// what cluster and sub need, so that nothing needs the lock.
+	inPlace(store *ipam.Store, cluster, sub netip.Prefix) (bool, error)
+	// ensure makes the rules and the marker match and says what it
+	// fixed. The caller holds the store lock.
+	ensure(store *ipam.Store, cluster, sub netip.Prefix) ([]masqFix, error)
+	// remove deletes the rules and the marker. The caller holds the store
+	// lock and has seen that no address of the network is reserved.
+	remove(store *ipam.Store) error
+}
+
+var (
+	_ masquerader = (*masq)(nil)
+	_ masquerader = (*nftMasq)(nil)
+	_ masquerader = (*modeMasq)(nil)
+)
 
 func readMasqState(store *ipam.Store, network string) (masqState, bool) {
 	var st masqState
@@ -180,7 +217,22 @@ type masq struct {
 	chain       string
 }
 
-func newMasq(network string) (*masq, error) {
+// newMasq returns the masquerade rules of a network in the backend in force
+// on this host.
+func newMasq(network string) (masquerader, error) {
+	k := nftables.NewKernel(0)
+	ipt, iptErr := newIptablesMasq(network)
+	useNFT := iptErr != nil
+	if !useNFT {
+		// A kernel without nf_tables cannot be in nftables mode.
+		present, err := nftables.Present(k)
+		useNFT = err == nil && present
+	}
+	return &modeMasq{network: network, nft: newNFTMasq(network, k), ipt: ipt, useNFT: useNFT}, nil
+}
+
+// newIptablesMasq returns the masquerade rules of a network in iptables.
+func newIptablesMasq(network string) (*masq, error) {
 	nat, err := newIptablesNAT()
 	if err != nil {
 		return nil, err
@@ -293,22 +345,20 @@ func (m *masq) chainOK(st natState, cluster netip.Prefix) bool {
 // jumps from (ours, since they target our chain; adopting them lets the
 // last DEL remove them).
 func wanted(marker masqState, st natState, sub netip.Prefix) []string {
-	subs := []string{sub.String()}
-	subs = append(subs, marker.Subnets...)
+	var srcs []string
 	for src := range st.jumps {
 		if src != "" {
-			subs = append(subs, src)
+			srcs = append(srcs, src)
 		}
 	}
-	slices.Sort(subs)
-	return slices.Compact(subs)
+	return mergeSubnets(sub, marker.Subnets, srcs)
 }
 
 // inPlace reports whether the table and the marker already match what is
 // wanted, so that nothing needs the lock.
 func (m *masq) inPlace(store *ipam.Store, cluster, sub netip.Prefix) (bool, error) {
 	marker, ok := readMasqState(store, m.network)
-	if !ok || marker.Network != cluster.String() || !slices.Contains(marker.Subnets, sub.String()) {
+	if !ok || marker.Network != cluster.String() || marker.Backend != masqIPTables || !slices.Contains(marker.Subnets, sub.String()) {
 		return false, nil
 	}
 	st, err := m.readNAT()
@@ -341,6 +391,11 @@ func (m *masq) ensure(store *ipam.Store, cluster, sub netip.Prefix) (fixed []mas
 	if !ok || marker.Network != cluster.String() {
 		// Earlier leases of another cluster network are gone with it.
 		marker, ok = masqState{Network: cluster.String()}, false
+	}
+	moved := marker.Backend != masqIPTables
+	if moved {
+		// Made in nftables until now: nothing here is a restoration.
+		marker.Backend, ok = masqIPTables, false
 	}
 	st, err := m.readNAT()
 	if err != nil {
@@ -379,7 +434,7 @@ func (m *masq) ensure(store *ipam.Store, cluster, sub netip.Prefix) (fixed []mas
 		}
 		fixed = append(fixed, masqFix{"removed a jump without source", true})
 	}
-	if !slices.Equal(marker.Subnets, subs) {
+	if moved || !slices.Equal(marker.Subnets, subs) {
 		marker.Subnets = subs
 		if err := writeMasqState(store, m.network, marker); err != nil {
 			return fixed, fmt.Errorf("write masquerade marker: %w", err)
@@ -391,7 +446,7 @@ func (m *masq) ensure(store *ipam.Store, cluster, sub netip.Prefix) (fixed []mas
 // ensureMasq checks the network's masquerade rules against the table and
 // repairs them under the store lock when they differ; fixed says what it
 // repaired.
-func ensureMasq(store *ipam.Store, m *masq, cluster, sub netip.Prefix) (fixed []masqFix, err error) {
+func ensureMasq(store *ipam.Store, m masquerader, cluster, sub netip.Prefix) (fixed []masqFix, err error) {
 	ok, err := m.inPlace(store, cluster, sub)
 	if err != nil || ok {
 		return nil, err
@@ -404,10 +459,19 @@ func ensureMasq(store *ipam.Store, m *masq, cluster, sub netip.Prefix) (fixed []
 	return fixed, err
 }
 
-// remove deletes every jump to the chain and the chain. The caller holds
-// the store lock and has seen that no address of the network is reserved
-// any more.
+// remove deletes every jump to the chain, the chain and the marker. The
+// caller holds the store lock and has seen that no address of the network
+// is reserved any more.
 func (m *masq) remove(store *ipam.Store) error {
+	if err := m.removeRules(); err != nil {
+		return err
+	}
+	os.Remove(store.MarkerPath("masq", m.network))
+	return nil
+}
+
+// removeRules deletes every jump to the chain and the chain.
+func (m *masq) removeRules() error {
 	st, err := m.readNAT()
 	if err != nil {
 		return err
@@ -427,8 +491,174 @@ func (m *masq) remove(store *ipam.Store) error {
 			errs = append(errs, fmt.Errorf("remove chain %s: %w", m.chain, err))
 		}
 	}
-	if len(errs) == 0 {
-		os.Remove(store.MarkerPath("masq", m.network))
-	}
 	return errors.Join(errs...)
+}
+
+// MasqTable is the nftables table (family ip) holding the masquerade rules
+// of a network in nftables mode.
+func MasqTable(network string) string {
+	return "weft-cni-" + strings.ToLower(strings.TrimPrefix(MasqChain(network), "WEFT-MASQ-"))
+}
+
+// nftMasq keeps a network's masquerade rules in nftables: the table ip
+// MasqTable(network) (the plugin is IPv4 only), built by nftables.PodMasq, holds the same chain as
+// WEFT-MASQ-<hash> and one jump per subnet of the marker. Any difference
+// is repaired by replacing the whole table in one transaction.
+type nftMasq struct {
+	k       nftables.Kernel
+	network string
+	table   string
+	// plain is set once the kernel refused fully-random masquerade.
+	plain bool
+}
+
+func newNFTMasq(network string, k nftables.Kernel) *nftMasq {
+	return &nftMasq{k: k, network: network, table: MasqTable(network)}
+}
+
+func (m *nftMasq) want(cluster netip.Prefix, subs []string, fullyRandom bool) nftables.Table {
+	var ps []netip.Prefix
+	for _, s := range subs {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			ps = append(ps, p)
+		}
+	}
+	return nftables.PodMasq(m.table, "weft "+m.network, cluster, ps, fullyRandom)
+}
+
+// matches reports whether the table is the wanted one, with or without
+// fully-random masquerade.
+func (m *nftMasq) matches(have nftables.Table, exists bool, cluster netip.Prefix, subs []string) bool {
+	return exists && (nftables.Equal(have, m.want(cluster, subs, true)) || nftables.Equal(have, m.want(cluster, subs, false)))
+}
+
+func (m *nftMasq) inPlace(store *ipam.Store, cluster, sub netip.Prefix) (bool, error) {
+	marker, ok := readMasqState(store, m.network)
+	if !ok || marker.Network != cluster.String() || marker.Backend != masqNFTables || !slices.Contains(marker.Subnets, sub.String()) {
+		return false, nil
+	}
+	have, exists, err := m.k.Read(nft.TableFamilyIPv4, m.table)
+	if err != nil {
+		return false, err
+	}
+	return m.matches(have, exists, cluster, marker.Subnets), nil
+}
+
+func (m *nftMasq) ensure(store *ipam.Store, cluster, sub netip.Prefix) ([]masqFix, error) {
+	marker, ok := readMasqState(store, m.network)
+	if !ok || marker.Network != cluster.String() {
+		marker, ok = masqState{Network: cluster.String()}, false
+	}
+	moved := marker.Backend != masqNFTables
+	if moved {
+		marker.Backend, ok = masqNFTables, false
+	}
+	have, exists, err := m.k.Read(nft.TableFamilyIPv4, m.table)
+	if err != nil {
+		return nil, err
+	}
+	var srcs []string
+	for _, p := range nftables.PodMasqSubnets(have) {
+		srcs = append(srcs, p.String())
+	}
+	subs := mergeSubnets(sub, marker.Subnets, srcs)
+	var fixed []masqFix
+	if !m.matches(have, exists, cluster, subs) {
+		err := m.k.Replace(m.want(cluster, subs, !m.plain))
+		if err != nil && !m.plain {
+			if err2 := m.k.Replace(m.want(cluster, subs, false)); err2 == nil {
+				m.plain, err = true, nil
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("masquerade table %s: %w", m.table, err)
+		}
+		// Restored when what the marker recorded was not there.
+		restored := ok && !m.matches(have, exists, cluster, marker.Subnets)
+		fixed = append(fixed, masqFix{"rebuilt table ip " + m.table + " for " + strings.Join(subs, ", "), restored})
+	}
+	if moved || !slices.Equal(marker.Subnets, subs) {
+		marker.Subnets = subs
+		if err := writeMasqState(store, m.network, marker); err != nil {
+			return fixed, fmt.Errorf("write masquerade marker: %w", err)
+		}
+	}
+	return fixed, nil
+}
+
+func (m *nftMasq) remove(store *ipam.Store) error {
+	if err := m.removeRules(); err != nil {
+		return err
+	}
+	os.Remove(store.MarkerPath("masq", m.network))
+	return nil
+}
+
+// removeRules deletes the network's table.
+func (m *nftMasq) removeRules() error {
+	return m.k.Delete(nft.TableFamilyIPv4, m.table)
+}
+
+// mergeSubnets is sub, the marker's subnets and those the rules already
+// jump from (ours, since they use our chain or table: adopting them lets
+// the last DEL remove them), sorted, without duplicates.
+func mergeSubnets(sub netip.Prefix, marker, found []string) []string {
+	subs := append([]string{sub.String()}, marker...)
+	subs = append(subs, found...)
+	slices.Sort(subs)
+	return slices.Compact(subs)
+}
+
+// modeMasq is the masquerade rules of a network in the backend in force
+// (useNFT), moving them out of the other backend when the marker says
+// they were made there.
+type modeMasq struct {
+	network string
+	nft     *nftMasq
+	ipt     *masq // nil without an iptables binary
+	useNFT  bool
+}
+
+func (m *modeMasq) active() masquerader {
+	if m.useNFT {
+		return m.nft
+	}
+	return m.ipt
+}
+
+func (m *modeMasq) inPlace(store *ipam.Store, cluster, sub netip.Prefix) (bool, error) {
+	return m.active().inPlace(store, cluster, sub)
+}
+
+func (m *modeMasq) ensure(store *ipam.Store, cluster, sub netip.Prefix) ([]masqFix, error) {
+	var fixed []masqFix
+	if marker, ok := readMasqState(store, m.network); ok {
+		switch {
+		case m.useNFT && marker.Backend != masqNFTables && m.ipt != nil:
+			if err := m.ipt.removeRules(); err != nil {
+				return nil, fmt.Errorf("remove the iptables masquerade rules: %w", err)
+			}
+			fixed = append(fixed, masqFix{"moved the masquerade rules from iptables to nftables", false})
+		case !m.useNFT && marker.Backend == masqNFTables:
+			if err := m.nft.removeRules(); err != nil {
+				return nil, fmt.Errorf("remove the nftables masquerade rules: %w", err)
+			}
+			fixed = append(fixed, masqFix{"moved the masquerade rules from nftables to iptables", false})
+		}
+	}
+	more, err := m.active().ensure(store, cluster, sub)
+	return append(fixed, more...), err
+}
+
+// remove deletes the rules from both backends, and the marker.
+func (m *modeMasq) remove(store *ipam.Store) error {
+	errs := []error{m.nft.removeRules()}
+	if m.ipt != nil {
+		errs = append(errs, m.ipt.removeRules())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	os.Remove(store.MarkerPath("masq", m.network))
+	return nil
 }

@@ -115,14 +115,10 @@ func (k *netlinkKernel) Replace(t Table) error {
 	c.AddTable(nt)
 	c.DelTable(nt)
 	c.AddTable(nt)
-	// Chains first, regular ones before base chains, so that every jump
-	// target exists when the rules are added.
-	order := slices.Clone(t.Chains)
-	slices.SortStableFunc(order, func(a, b Chain) int {
-		return boolInt(a.Hook != nil) - boolInt(b.Hook != nil)
-	})
+	// Every chain before any rule, so that every jump target exists
+	// when the rules are added.
 	made := map[string]*nft.Chain{}
-	for _, ch := range order {
+	for _, ch := range t.Chains {
 		made[ch.Name] = c.AddChain(&nft.Chain{Name: ch.Name, Table: nt, Type: ch.Type, Hooknum: ch.Hook, Priority: ch.Priority, Policy: ch.Policy})
 	}
 	for _, ch := range t.Chains {
@@ -138,13 +134,6 @@ func (k *netlinkKernel) Replace(t Table) error {
 		return fmt.Errorf("replace table %s %s: %w", familyName(t.Family), t.Name, err)
 	}
 	return nil
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 func (k *netlinkKernel) Delete(family nft.TableFamily, name string) error {

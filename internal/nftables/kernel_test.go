@@ -568,3 +568,34 @@ func TestKernelCoexistence(t *testing.T) {
 		t.Errorf("after the DROP policy went:\n%s", out)
 	}
 }
+
+// TestKernelPodMasq installs the CNI plugin's table in a namespace: the
+// jump target is created before the jumps, the table reads back equal, and
+// the subnets it jumps from read back too.
+func TestKernelPodMasq(t *testing.T) {
+	needTool(t, "nft")
+	ns := newNS(t, "m")
+	k := ns.Kernel()
+	subs := []netip.Prefix{netip.MustParsePrefix("198.18.7.0/24"), lease}
+	want := PodMasq("weft-cni-0a1b2c3d", "weft mynet", network, subs, true)
+	if err := k.Replace(want); err != nil {
+		t.Fatal(err)
+	}
+	have, ok, err := k.Read(nft.TableFamilyIPv4, "weft-cni-0a1b2c3d")
+	if err != nil || !ok || !Equal(have, want) {
+		t.Fatalf("read back (ok %v, err %v):\n%s\nwant\n%s", ok, err, have, want)
+	}
+	got := PodMasqSubnets(have)
+	if len(got) != 2 || got[0] != lease || got[1] != subs[0] {
+		t.Errorf("PodMasqSubnets = %v", got)
+	}
+	out := ns.run(t, "nft", "list", "table", "ip", "weft-cni-0a1b2c3d")
+	for _, w := range []string{"ip saddr 198.18.4.0/24 counter packets 0 bytes 0 jump masq comment \"weft mynet\"", "ip daddr 198.18.0.0/16 counter packets 0 bytes 0 return", "masquerade fully-random"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("nft list lacks %q:\n%s", w, out)
+		}
+	}
+	if ok, _ := Present(k); ok {
+		t.Error("Present is true with only the plugin's table")
+	}
+}
