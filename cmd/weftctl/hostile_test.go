@@ -223,8 +223,11 @@ func TestStatusHostile(t *testing.T) {
 	}))
 	defer srv.Close()
 	h := &harness{t: t, env: map[string]string{}, now: time.Now()}
-	out := h.runOK("status", "--addr", strings.TrimPrefix(srv.URL, "http://"))
+	// Not ready: exit 3, and the reason on stderr is escaped too.
+	r := h.runFail(3, "status", "--addr", strings.TrimPrefix(srv.URL, "http://"))
+	out := r.stdout
 	assertTerminalSafe(t, "status", out)
+	assertTerminalSafe(t, "status stderr", r.stderr)
 	if !strings.Contains(out, `"\x1b]0;t\a\n198.18.2.0-24"`) {
 		t.Errorf("refused key not shown quoted:\n%s", out)
 	}

@@ -27,10 +27,12 @@ import (
 
 // Exit codes.
 const (
-	exitOK      = 0 // success
-	exitFailed  = 1 // the operation failed or the input was invalid
-	exitUsage   = 2 // bad command line
-	defaultAddr = "127.0.0.1:8471"
+	exitOK     = 0 // success
+	exitFailed = 1 // the operation failed or the input was invalid
+	exitUsage  = 2 // bad command line
+	// exitNotReady: weftd answered weftctl status but is not ready.
+	exitNotReady = 3
+	defaultAddr  = "127.0.0.1:8471"
 )
 
 // command is one entry of the command table. To add a command (doctor, for
@@ -58,7 +60,7 @@ var commands = []command{
 			fs.StringVar(&c.publicIP, "public-ip", "", "public IPv4 address of the host the subnet is reserved for")
 		}, run: cmdReserve},
 	{name: "release", args: "SUBNET", summary: "remove the reservation of SUBNET", run: cmdRelease},
-	{name: "status", args: "[--addr HOST:PORT]", summary: "show the local weftd's status (GET /status)",
+	{name: "status", args: "[--addr HOST:PORT]", summary: "show the local weftd's status (GET /status); exit 3 when it is not ready",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {
 			fs.StringVar(&c.addr, "addr", "", "address of weftd's HTTP endpoints (default $WEFTD_HEALTHZ_IP:$WEFTD_HEALTHZ_PORT, 127.0.0.1 for a wildcard IP; else "+defaultAddr+")")
 		}, run: cmdStatus},
@@ -198,6 +200,15 @@ func (u usageError) Error() string { return u.msg }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
 
+// exitError ends a command that printed its output with an exit code of
+// its own; msg goes to stderr.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (x exitError) Error() string { return x.msg }
+
 // run executes one command line and returns the exit code.
 func run(ctx context.Context, args []string, e *env) int {
 	defer e.close()
@@ -285,9 +296,13 @@ func run(ctx context.Context, args []string, e *env) int {
 
 	err = cmd.run(ctx, e, c, positional)
 	var ue usageError
+	var xe exitError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &xe):
+		fmt.Fprintf(e.stderr, "weftctl %s: %s\n", cmd.name, text(xe.msg))
+		return xe.code
 	case errors.As(err, &ue):
 		fmt.Fprintf(e.stderr, "weftctl %s: %s\n", cmd.name, text(err.Error()))
 		commandUsage(e.stderr, cmd, fs)
@@ -370,6 +385,7 @@ Exit codes:
   0  success
   1  the operation failed (etcd unreachable, key absent, refused) or the input was invalid
   2  usage error (unknown command, bad flag, missing argument)
+  3  status only: weftd answered, and it is not ready (its output is printed all the same)
 `, defaultEnvFile)
 }
 

@@ -349,26 +349,61 @@ func TestStatus(t *testing.T) {
 		LastReconcile: now.Add(-3 * time.Second), LastEtcdContact: now.Add(-1500 * time.Millisecond),
 		Ready: false, NotReadyReason: "1 peer refused", Version: "v0.1.0",
 	}
+	var mu sync.Mutex
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/status" {
 			http.NotFound(w, r)
 			return
 		}
+		mu.Lock()
+		defer mu.Unlock()
 		json.NewEncoder(w).Encode(st)
 	}))
 	defer srv.Close()
+	set := func(s apitypes.Status) {
+		mu.Lock()
+		st = s
+		mu.Unlock()
+	}
 	addr := strings.TrimPrefix(srv.URL, "http://")
 	h := &harness{t: t, env: map[string]string{}, now: now}
-	golden(t, "status.table.golden", h.runOK("status", "--addr", addr))
-	golden(t, "status.json.golden", h.runOK("status", "--addr", addr, "-o", "json"))
+
+	// Not ready: the status is printed all the same, and the exit code is 3.
+	r := h.runFail(3, "status", "--addr", addr)
+	golden(t, "status.table.golden", r.stdout)
+	if !strings.Contains(r.stderr, "weftd is not ready: 1 peer refused") {
+		t.Fatalf("not ready: stderr %q", r.stderr)
+	}
+	golden(t, "status.json.golden", h.runFail(3, "status", "--addr", addr, "-o", "json").stdout)
+
+	// Ready: exit 0.
+	ready := st
+	ready.Ready, ready.NotReadyReason, ready.PeersRefused = true, "", nil
+	set(ready)
+	if out := h.runOK("status", "--addr", addr); !regexp.MustCompile(`(?m)^Ready: +yes$`).MatchString(out) {
+		t.Fatalf("ready status:\n%s", out)
+	}
+
+	// A weftd still starting sends only what GET /status has then; what it
+	// leaves out is unknown, not 0 or "never".
+	set(apitypes.Status{SubnetFile: "/run/flannel/subnet.env", NotReadyReason: "waiting for the network config at /coreos.com/network/config",
+		Version: "v0.1.0", LeasesRefused: []apitypes.LeaseRefusal{}})
+	r = h.runFail(3, "status", "--addr", addr)
+	golden(t, "status.starting.table.golden", r.stdout)
+	for _, bad := range []string{`never`, `MTU: +0`, ` 0 known`, `-$`} {
+		if regexp.MustCompile(`(?m)` + bad).MatchString(r.stdout) {
+			t.Errorf("a starting weftd's status shows %q for a value weftd did not report:\n%s", bad, r.stdout)
+		}
+	}
 
 	// The port comes from WEFTD_HEALTHZ_PORT when --addr is not given.
+	set(ready)
 	h.env["WEFTD_HEALTHZ_PORT"] = addr[strings.LastIndex(addr, ":")+1:]
 	if out := h.runOK("status"); !strings.Contains(out, "198.18.7.0/24") {
 		t.Fatalf("status via WEFTD_HEALTHZ_PORT: %q", out)
 	}
 	srv.Close()
-	r := h.runFail(1, "status", "--addr", addr)
+	r = h.runFail(1, "status", "--addr", addr)
 	if !strings.Contains(r.stderr, "weftd") {
 		t.Fatalf("unreachable weftd: %q", r.stderr)
 	}

@@ -48,9 +48,21 @@ func cmdStatus(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 		return fmt.Errorf("ask weftd: GET %s: bad JSON: %w", url, err)
 	}
 	if c.output == "json" {
-		return writeJSON(e.stdout, st)
+		err = writeJSON(e.stdout, st)
+	} else {
+		err = writeStatus(e.stdout, st, e.timeNow())
 	}
-	return writeStatus(e.stdout, st, e.timeNow())
+	if err != nil {
+		return err
+	}
+	if !st.Ready {
+		msg := "weftd is not ready"
+		if st.NotReadyReason != "" {
+			msg += ": " + st.NotReadyReason
+		}
+		return exitError{code: exitNotReady, msg: msg}
+	}
+	return nil
 }
 
 // weftdAddr is where weftd serves /status by its own settings:
@@ -68,10 +80,14 @@ func weftdAddr(e *env) string {
 	return net.JoinHostPort(host, port)
 }
 
+// unknown stands for a value weftd did not report. weftd leaves out what
+// it has not learnt yet, so a missing value is unknown, never "never" or 0.
+const unknown = "unknown"
+
 // since renders a past timestamp as "3s ago (2026-11-26T04:00:00Z)".
 func since(t, now time.Time) string {
 	if t.IsZero() {
-		return "never"
+		return unknown
 	}
 	return fmt.Sprintf("%s ago (%s)", shortDuration(now.Sub(t)), t.UTC().Format(time.RFC3339))
 }
@@ -81,6 +97,16 @@ func writeStatus(w io.Writer, st apitypes.Status, now time.Time) error {
 	// Every value comes from weftd, and several embed data from etcd (the
 	// config error, refused peers' reasons): escape them all.
 	line := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", text(k), text(v)) }
+	orUnknown := func(s string) string {
+		if s == "" {
+			return unknown
+		}
+		return s
+	}
+	// A weftd still starting (connecting to etcd, waiting for the network
+	// config, setting its backend up) reports no backend, and no peer
+	// counts: zeros there mean "not counted yet".
+	starting := st.Backend == ""
 
 	lease := dash(st.Lease)
 	switch {
@@ -100,18 +126,26 @@ func writeStatus(w io.Writer, st apitypes.Status, now time.Time) error {
 	}
 	line("Ready", ready)
 	line("Lease", lease)
-	line("Public IP", dash(st.PublicIP))
-	be := dash(st.Backend)
+	line("Public IP", orUnknown(st.PublicIP))
+	be := orUnknown(st.Backend)
 	if st.Device != "" {
 		be += " (device " + st.Device + ")"
 	}
 	line("Backend", be)
-	line("External interface", dash(st.ExternalInterface))
-	line("MTU", fmt.Sprint(st.MTU))
+	line("External interface", orUnknown(st.ExternalInterface))
+	mtu := unknown
+	if st.MTU > 0 {
+		mtu = fmt.Sprint(st.MTU)
+	}
+	line("MTU", mtu)
 	if st.SubnetFile != "" {
 		line("Subnet file", st.SubnetFile)
 	}
-	line("Peers", fmt.Sprintf("%d known, %d programmed, %d refused", st.PeersKnown, st.PeersProgrammed, len(st.PeersRefused)))
+	peers := fmt.Sprintf("%d known, %d programmed, %d refused", st.PeersKnown, st.PeersProgrammed, len(st.PeersRefused))
+	if starting && st.PeersKnown == 0 && st.PeersProgrammed == 0 && len(st.PeersRefused) == 0 {
+		peers = unknown
+	}
+	line("Peers", peers)
 	refused := make([]string, 0, len(st.PeersRefused))
 	for k := range st.PeersRefused {
 		refused = append(refused, k)
