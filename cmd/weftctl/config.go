@@ -26,20 +26,21 @@ func cmdConfig(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 		if len(args) != 1 {
 			return usagef("config get takes no arguments")
 		}
-		return configGet(ctx, e)
+		return configGet(ctx, e, c.output == "json")
 	case "set":
 		if len(args) != 2 {
 			return usagef("config set takes one argument: a file, or - for standard input")
 		}
-		return configSet(ctx, e, args[1])
+		return configSet(ctx, e, args[1], c.output == "json")
 	}
 	return usagef("unknown config subcommand %q (want get or set)", args[0])
 }
 
 // configGet prints the stored config, indented. An invalid config is still
 // printed, with a warning on stderr. What is stored may be anything, so a
-// config that is not JSON is printed with its non-printing runes escaped.
-func configGet(ctx context.Context, e *env) error {
+// config that is not JSON is printed with its non-printing runes escaped,
+// or as one JSON string with asJSON.
+func configGet(ctx context.Context, e *env, asJSON bool) error {
 	reg, err := e.registry()
 	if err != nil {
 		return err
@@ -53,6 +54,12 @@ func configGet(ctx context.Context, e *env) error {
 	if json.Indent(&buf, bytes.TrimSpace(raw), "", "  ") == nil {
 		buf.WriteByte('\n')
 		out = safeJSON(buf.Bytes())
+	} else if asJSON {
+		buf.Reset()
+		if err := writeJSON(&buf, string(raw)); err != nil {
+			return err
+		}
+		out = buf.Bytes()
 	}
 	if _, err := e.stdout.Write(out); err != nil {
 		return err
@@ -67,7 +74,7 @@ func configGet(ctx context.Context, e *env) error {
 	return nil
 }
 
-func configSet(ctx context.Context, e *env, file string) error {
+func configSet(ctx context.Context, e *env, file string, asJSON bool) error {
 	var raw []byte
 	var err error
 	if file == "-" {
@@ -101,8 +108,14 @@ func configSet(ctx context.Context, e *env, file string) error {
 	if err := reg.PutConfig(ctx, raw); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "config written to %s\n", reg.ConfigKey())
-	return nil
+	if asJSON {
+		return writeJSON(e.stdout, struct {
+			Key     string `json:"key"`
+			Written bool   `json:"written"`
+		}{reg.ConfigKey(), true})
+	}
+	_, err = fmt.Fprintf(e.stdout, "config written to %s\n", reg.ConfigKey())
+	return err
 }
 
 // checkUnderlay refuses a Network that contains an underlay address: one of

@@ -22,6 +22,14 @@ func dockerOpts(env subnet.Env) [][2]string {
 	}
 }
 
+// dockerDaemonJSON is `weftctl docker-opts -o json`: the same options under
+// the keys of Docker's /etc/docker/daemon.json.
+type dockerDaemonJSON struct {
+	BIP    string `json:"bip"`
+	IPMasq bool   `json:"ip-masq"`
+	MTU    int    `json:"mtu"`
+}
+
 func cmdDockerOpts(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	if len(args) > 0 {
 		return usagef("unexpected argument %q", args[0])
@@ -30,12 +38,18 @@ func cmdDockerOpts(ctx context.Context, e *env, c *cmdFlags, args []string) erro
 	if c.format != "env" && c.format != "args" {
 		return usagef("--format must be env or args, not %q", c.format)
 	}
+	if c.output == "json" && c.given["format"] {
+		return usagef("--format and -o json exclude each other")
+	}
 	sf, err := subnet.ReadEnvFile(path)
 	if err != nil {
 		return err
 	}
 	if sf.MTU <= 0 {
 		return fmt.Errorf("subnet file %s: FLANNEL_MTU is missing", path)
+	}
+	if c.output == "json" {
+		return writeJSON(e.stdout, dockerDaemonJSON{BIP: sf.Subnet.String(), IPMasq: !sf.IPMasq, MTU: sf.MTU})
 	}
 	opts := dockerOpts(sf)
 	all := make([]string, len(opts))

@@ -41,6 +41,10 @@ type command struct {
 	name    string
 	args    string // synopsis after the name
 	summary string
+	// json says that the command writes JSON with -o json. Without it
+	// run refuses -o json with a usage error, so that no command ever
+	// ignores it silently.
+	json bool
 	// flags declares the command's own flags on fs; it may be nil.
 	flags func(fs *flag.FlagSet, c *cmdFlags)
 	// run does the work. Positional arguments are in args.
@@ -49,32 +53,32 @@ type command struct {
 
 // commands is the command table, in the order help lists them.
 var commands = []command{
-	{name: "leases", summary: "list every subnet lease and reservation in etcd", run: cmdLeases},
-	{name: "config", args: "get | set FILE|-", summary: "print or replace the network config (set validates first)", run: cmdConfig},
+	{name: "leases", summary: "list every subnet lease and reservation in etcd", json: true, run: cmdLeases},
+	{name: "config", args: "get | set FILE|-", summary: "print or replace the network config (set validates first)", json: true, run: cmdConfig},
 	{name: "watch", args: "[--since REV]", summary: "stream lease changes: added, renewed, updated, removed",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {
 			fs.Int64Var(&c.since, "since", 0, "start from this etcd revision (default: now)")
-		}, run: cmdWatch},
+		}, json: true, run: cmdWatch},
 	{name: "reserve", args: "SUBNET --public-ip IP", summary: "reserve SUBNET for the host with public IP (never expires)",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {
 			fs.StringVar(&c.publicIP, "public-ip", "", "public IPv4 address of the host the subnet is reserved for")
-		}, run: cmdReserve},
-	{name: "release", args: "SUBNET", summary: "remove the reservation of SUBNET", run: cmdRelease},
+		}, json: true, run: cmdReserve},
+	{name: "release", args: "SUBNET", summary: "remove the reservation of SUBNET", json: true, run: cmdRelease},
 	{name: "status", args: "[--addr HOST:PORT]", summary: "show the local weftd's status (GET /status); exit 3 when it is not ready",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {
 			fs.StringVar(&c.addr, "addr", "", "address of weftd's HTTP endpoints (default $WEFTD_HEALTHZ_IP:$WEFTD_HEALTHZ_PORT, 127.0.0.1 for a wildcard IP; else "+defaultAddr+")")
-		}, run: cmdStatus},
+		}, json: true, run: cmdStatus},
 	{name: "docker-opts", args: "[--subnet-file PATH] [--format env|args]", summary: "print Docker daemon options from subnet.env",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {
 			fs.StringVar(&c.subnetFile, "subnet-file", "", "subnet file written by weftd (default $WEFTD_SUBNET_FILE, else /run/flannel/subnet.env)")
-			fs.StringVar(&c.format, "format", "env", "env: DOCKER_OPT_* and DOCKER_OPTS lines; args: the options on one line")
-		}, run: cmdDockerOpts},
+			fs.StringVar(&c.format, "format", "env", "env: DOCKER_OPT_* and DOCKER_OPTS lines; args: the options on one line (-o json: the keys of Docker's daemon.json instead)")
+		}, json: true, run: cmdDockerOpts},
 	{name: "doctor", args: "[--subnet-file PATH] [--public-ip IP]", summary: "compare this host's kernel state with the leases in etcd; exit 1 on any problem",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {
 			fs.StringVar(&c.subnetFile, "subnet-file", "", "subnet file written by weftd (default $WEFTD_SUBNET_FILE, else /run/flannel/subnet.env)")
 			fs.StringVar(&c.publicIP, "public-ip", "", "this host's public IP as weftd publishes it (default: the lease carrying an address of this host)")
 			fs.BoolVar(&c.forward, "iptables-forward-rules", true, "weftd runs with --iptables-forward-rules (expect the WEFT-FWD chain)")
-		}, run: cmdDoctor},
+		}, json: true, run: cmdDoctor},
 	{name: "help", summary: "show this help", run: nil},
 }
 
@@ -158,10 +162,12 @@ func (e *env) close() {
 // cmdFlags holds every flag; the etcd and output flags are accepted both
 // before and after the command name.
 type cmdFlags struct {
-	endpoints, prefix                  string
-	keyfile, certfile, cafile          string
-	username, password                 string
-	output, envFile                    string
+	endpoints, prefix         string
+	keyfile, certfile, cafile string
+	username, password        string
+	output, envFile           string
+	// given holds the names of the flags given on the command line.
+	given                              map[string]bool
 	since                              int64
 	publicIP, addr, subnetFile, format string
 	forward                            bool
@@ -189,7 +195,7 @@ func commonFlags(fs *flag.FlagSet, c *cmdFlags) {
 	fs.StringVar(&c.cafile, "etcd-cafile", "", "TLS CA bundle that signed etcd's server certificate")
 	fs.StringVar(&c.username, "etcd-username", "", "etcd user name")
 	fs.StringVar(&c.password, "etcd-password", "", "etcd password")
-	fs.StringVar(&c.output, "o", "table", "output format: table or json")
+	fs.StringVar(&c.output, "o", "table", "output format: table or json (a command without JSON output refuses json: exit 2)")
 	fs.StringVar(&c.envFile, "env-file", "", "weftd's environment file to read WEFTD_* settings from (default "+defaultEnvFile+" if it exists; --env-file= reads none)")
 }
 
@@ -247,6 +253,10 @@ func run(ctx context.Context, args []string, e *env) int {
 		return exitUsage
 	}
 	if cmd.run == nil { // help
+		if err := checkOutput(cmd, c); err != nil {
+			fmt.Fprintf(e.stderr, "weftctl %s: %v\n", cmd.name, err)
+			return exitUsage
+		}
 		usage(e.stdout)
 		return exitOK
 	}
@@ -276,6 +286,11 @@ func run(ctx context.Context, args []string, e *env) int {
 		return exitUsage
 	}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	c.given = given
+	if err := checkOutput(cmd, c); err != nil {
+		fmt.Fprintf(e.stderr, "weftctl %s: %v\n", cmd.name, err)
+		return exitUsage
+	}
 	path, required := e.envFile, false
 	if given["env-file"] {
 		path, required = c.envFile, true
@@ -289,10 +304,6 @@ func run(ctx context.Context, args []string, e *env) int {
 		e.file = f
 	}
 	applyEnv(c, given, e.setting)
-	if c.output != "table" && c.output != "json" {
-		fmt.Fprintf(e.stderr, "weftctl %s: -o must be table or json, not %q\n", cmd.name, c.output)
-		return exitUsage
-	}
 
 	err = cmd.run(ctx, e, c, positional)
 	var ue usageError
@@ -315,6 +326,18 @@ func run(ctx context.Context, args []string, e *env) int {
 		fmt.Fprintf(e.stderr, "weftctl %s: %s\n", cmd.name, text(msg))
 		return exitFailed
 	}
+}
+
+// checkOutput refuses an -o other than table and json, and -o json for a
+// command that has no JSON output.
+func checkOutput(cmd *command, c *cmdFlags) error {
+	switch {
+	case c.output != "table" && c.output != "json":
+		return fmt.Errorf("-o must be table or json, not %q", c.output)
+	case c.output == "json" && !cmd.json:
+		return fmt.Errorf("-o json: %s has no JSON output", cmd.name)
+	}
+	return nil
 }
 
 // applyEnv fills the etcd flags not given on the command line from

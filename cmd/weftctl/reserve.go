@@ -28,8 +28,18 @@ func cmdReserve(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	if err := reg.Reserve(ctx, sn, ip); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "reserved %s for %s\n", sn, ip)
-	return nil
+	if c.output == "json" {
+		return writeJSON(e.stdout, reservationJSON{Subnet: sn.String(), PublicIP: ip.String(), Reserved: true})
+	}
+	_, err = fmt.Fprintf(e.stdout, "reserved %s for %s\n", sn, ip)
+	return err
+}
+
+// reservationJSON is `weftctl reserve -o json` and `weftctl release -o json`.
+type reservationJSON struct {
+	Subnet   string `json:"subnet"`
+	PublicIP string `json:"publicIP,omitempty"`
+	Reserved bool   `json:"reserved"`
 }
 
 func cmdRelease(ctx context.Context, e *env, c *cmdFlags, args []string) error {
@@ -47,6 +57,9 @@ func cmdRelease(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	if err := reg.Release(ctx, sn); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "released %s\n", sn)
-	return nil
+	if c.output == "json" {
+		return writeJSON(e.stdout, reservationJSON{Subnet: sn.String(), Reserved: false})
+	}
+	_, err = fmt.Fprintf(e.stdout, "released %s\n", sn)
+	return err
 }
