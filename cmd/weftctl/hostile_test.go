@@ -146,6 +146,9 @@ func TestHostileKeysEscaped(t *testing.T) {
 					&env{getenv: func(k string) string { return h.env[k] }, stdin: strings.NewReader(""), stdout: &out, stderr: &errb})
 			}()
 			want := len(hostileKVs) + len(hostileLeases)
+			if format == "table" {
+				want++ // the header
+			}
 			deadline := time.Now().Add(15 * time.Second)
 			for strings.Count(out.String(), "\n") < want && time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)

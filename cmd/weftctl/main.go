@@ -55,9 +55,9 @@ type command struct {
 var commands = []command{
 	{name: "leases", summary: "list every subnet lease and reservation in etcd", json: true, run: cmdLeases},
 	{name: "config", args: "get | set FILE|-", summary: "print or replace the network config (set validates first)", json: true, run: cmdConfig},
-	{name: "watch", args: "[--since REV]", summary: "stream lease changes: added, renewed, updated, removed",
+	{name: "watch", args: "[--since REV]", summary: "stream lease changes (added, renewed, updated, removed) with their etcd revisions",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {
-			fs.Int64Var(&c.since, "since", 0, "start from this etcd revision (default: now)")
+			fs.Int64Var(&c.since, "since", 0, "replay the changes from this etcd revision on, then follow (default: now); replayed changes have no time, as etcd keeps none")
 		}, json: true, run: cmdWatch},
 	{name: "reserve", args: "SUBNET --public-ip IP", summary: "reserve SUBNET for the host with public IP (never expires)",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -509,4 +510,81 @@ func TestWatchCompactedSince(t *testing.T) {
 		t.Fatalf("watch from a compacted revision: %q", r.stderr)
 	}
 	h.runFail(2, "watch", "--since", "-3")
+}
+
+// TestWatchTimes: etcd keeps no time for a change. Events replayed from
+// --since carry their revision and no time; live ones the time weftctl
+// received them. The resume point is printed on stderr at the end.
+func TestWatchTimes(t *testing.T) {
+	for _, format := range []string{"table", "json"} {
+		t.Run(format, func(t *testing.T) {
+			h, cli, reg := withEtcd(t)
+			ctx := context.Background()
+			if err := reg.PutConfig(ctx, []byte(netConfig)); err != nil {
+				t.Fatal(err)
+			}
+			old, err := cli.Put(ctx, reg.LeaseKey(netip.MustParsePrefix("198.18.7.0/24")), `{"PublicIP":"192.0.2.11","PublicIPv6":null}`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			var out, errb syncBuffer
+			done := make(chan int, 1)
+			go func() {
+				done <- run(wctx, []string{"watch", "-o", format, "--since", itoa(old.Header.Revision)},
+					&env{getenv: func(k string) string { return h.env[k] }, stdin: strings.NewReader(""), stdout: &out, stderr: &errb})
+			}()
+			waitFor := func(s string) {
+				t.Helper()
+				deadline := time.Now().Add(15 * time.Second)
+				for !strings.Contains(out.String(), s) && time.Now().Before(deadline) {
+					time.Sleep(20 * time.Millisecond)
+				}
+				if !strings.Contains(out.String(), s) {
+					t.Fatalf("watch did not print %q:\n%s%s", s, out.String(), errb.String())
+				}
+			}
+			waitFor("198.18.7.0/24")
+			before := time.Now().UTC().Truncate(time.Second)
+			live, err := cli.Put(ctx, reg.LeaseKey(netip.MustParsePrefix("198.18.8.0/24")), `{"PublicIP":"192.0.2.12","PublicIPv6":null}`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFor("198.18.8.0/24")
+			cancel()
+			if code := <-done; code != 0 {
+				t.Fatalf("watch exit %d: %s", code, errb.String())
+			}
+			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+			if format == "table" {
+				if len(lines) != 3 || !strings.HasPrefix(lines[0], "REV ") {
+					t.Fatalf("want a header and two events:\n%s", out.String())
+				}
+				replayed, now := strings.Fields(lines[1]), strings.Fields(lines[2])
+				if replayed[0] != itoa(old.Header.Revision) || replayed[1] != "-" {
+					t.Errorf("replayed event: want revision %d and no time: %q", old.Header.Revision, lines[1])
+				}
+				seen, err := time.Parse(time.RFC3339, now[1])
+				if now[0] != itoa(live.Header.Revision) || err != nil || seen.Before(before) || seen.After(time.Now()) {
+					t.Errorf("live event: want revision %d and the time it arrived: %q", live.Header.Revision, lines[2])
+				}
+			} else {
+				var replayed, now map[string]any
+				if len(lines) != 2 || json.Unmarshal([]byte(lines[0]), &replayed) != nil || json.Unmarshal([]byte(lines[1]), &now) != nil {
+					t.Fatalf("want two JSON events:\n%s", out.String())
+				}
+				if replayed["revision"] != float64(old.Header.Revision) || replayed["replayed"] != true || replayed["seen"] != nil || replayed["time"] != nil {
+					t.Errorf("replayed event: want its revision, replayed and no time: %s", lines[0])
+				}
+				seen, err := time.Parse(time.RFC3339, fmt.Sprint(now["seen"]))
+				if now["revision"] != float64(live.Header.Revision) || now["replayed"] != nil || err != nil || seen.Before(before) {
+					t.Errorf("live event: want its revision and the time it arrived: %s", lines[1])
+				}
+			}
+			if want := fmt.Sprintf("resume with --since %d", live.Header.Revision+1); !strings.Contains(errb.String(), want) {
+				t.Errorf("stderr %q lacks %q", errb.String(), want)
+			}
+		})
+	}
 }

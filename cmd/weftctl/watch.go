@@ -9,22 +9,34 @@ import (
 	"strings"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/weftnet/weft/subnet"
 	"github.com/weftnet/weft/subnet/etcd"
 )
 
-// watchJSON is one line of `weftctl watch -o json`.
+// watchJSON is one line of `weftctl watch -o json`. etcd keeps no time for
+// a change, only its revision: Seen is when weftctl received a live event,
+// and is absent for one replayed from before the watch began (--since).
 type watchJSON struct {
-	Time     time.Time       `json:"time"`
+	Revision int64           `json:"revision"`
+	Replayed bool            `json:"replayed,omitempty"`
+	Seen     *time.Time      `json:"seen,omitempty"`
 	Event    string          `json:"event"`
 	Subnet   string          `json:"subnet,omitempty"`
 	PublicIP string          `json:"publicIP,omitempty"`
 	Backend  string          `json:"backend,omitempty"`
-	Revision int64           `json:"revision"`
 	Key      string          `json:"key"`
 	Value    json.RawMessage `json:"value,omitempty"`
 	Error    string          `json:"error,omitempty"`
 }
+
+// watchHeader heads the table of `weftctl watch`; watchLine formats its
+// rows, so that the columns line up without buffering a stream.
+const (
+	watchHeader = "REV      SEEN                  EVENT    SUBNET PUBLIC-IP BACKEND"
+	watchLine   = "%-8d %-21s %-8s %s"
+)
 
 // eventWord is added, renewed (a PUT with an identical value), updated or
 // removed.
@@ -46,24 +58,53 @@ func cmdWatch(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	// Fail fast when etcd is unreachable instead of waiting silently.
-	if _, _, err := reg.ConfigRaw(ctx); err != nil && reg.LastContact().IsZero() {
-		return err
+	// The current revision divides replayed events from live ones. Asking
+	// for it also fails fast when etcd is unreachable, instead of waiting
+	// silently, and tells whether the prefix holds a network config.
+	cctx, cancel := context.WithTimeout(ctx, etcd.CallTimeout)
+	resp, err := e.cli.Get(cctx, reg.ConfigKey(), clientv3.WithCountOnly())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("read config %s: %w", reg.ConfigKey(), err)
+	}
+	if resp.Count == 0 {
+		fmt.Fprintf(e.stderr, "weftctl watch: warning: no network config at %s (check --etcd-prefix); watching anyway\n", text(reg.ConfigKey()))
+	}
+	head := resp.Header.Revision
+	last := max(head, c.since-1)
+	asJSON := c.output == "json"
+	if !asJSON {
+		fmt.Fprintln(e.stdout, watchHeader)
 	}
 	var werr error
-	err = reg.WatchLeases(ctx, c.since, func(ev etcd.Event) {
+	from := c.since
+	if from == 0 {
+		from = head + 1 // nothing written since the Get is lost
+	}
+	err = reg.WatchLeases(ctx, from, func(ev etcd.Event) {
+		last = max(last, ev.Revision)
 		if werr == nil {
-			werr = writeEvent(e.stdout, ev, c.output == "json")
+			werr = writeEvent(e.stdout, ev, ev.Revision <= head, asJSON)
 		}
 	})
+	if err == nil && werr == nil {
+		fmt.Fprintf(e.stderr, "weftctl watch: seen up to revision %d; resume with --since %d\n", last, last+1)
+	}
 	if err != nil {
 		return err
 	}
 	return werr
 }
 
-func writeEvent(w io.Writer, ev etcd.Event, asJSON bool) error {
-	ts := ev.Time.UTC().Truncate(time.Second)
+// writeEvent writes one event. A replayed event (one from before the watch
+// began) has no time: etcd stores none, and the time it arrived says
+// nothing about when it happened.
+func writeEvent(w io.Writer, ev etcd.Event, replayed, asJSON bool) error {
+	var seen *time.Time
+	if !replayed {
+		ts := ev.Time.UTC().Truncate(time.Second)
+		seen = &ts
+	}
 	// On remove the lease is gone; show who held it from the previous value.
 	attrs := ev.Lease.Attrs
 	if ev.Type == etcd.EventRemoved && ev.PrevValue != nil {
@@ -72,7 +113,7 @@ func writeEvent(w io.Writer, ev etcd.Event, asJSON bool) error {
 		}
 	}
 	if asJSON {
-		j := watchJSON{Time: ts, Event: eventWord(ev), Revision: ev.Revision, Key: ev.Key}
+		j := watchJSON{Revision: ev.Revision, Replayed: replayed, Seen: seen, Event: eventWord(ev), Key: ev.Key}
 		if ev.Subnet.IsValid() {
 			j.Subnet = ev.Subnet.String()
 		}
@@ -100,7 +141,11 @@ func writeEvent(w io.Writer, ev etcd.Event, asJSON bool) error {
 		_, err := w.Write(safeJSON(buf.Bytes()))
 		return err
 	}
-	fields := []string{ts.Format(time.RFC3339), eventWord(ev)}
+	when := "-"
+	if seen != nil {
+		when = seen.Format(time.RFC3339)
+	}
+	var fields []string
 	if ev.Subnet.IsValid() {
 		fields = append(fields, ev.Subnet.String())
 	} else {
@@ -112,6 +157,6 @@ func writeEvent(w io.Writer, ev etcd.Event, asJSON bool) error {
 	if ev.Err != nil {
 		fields = append(fields, "invalid: "+text(ev.Err.Error()))
 	}
-	_, err := fmt.Fprintln(w, strings.Join(fields, " "))
+	_, err := fmt.Fprintf(w, watchLine+"\n", ev.Revision, when, eventWord(ev), strings.Join(fields, " "))
 	return err
 }
