@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -221,5 +222,63 @@ func TestFaultNFTablesNoIPTables(t *testing.T) {
 	}
 	if out := hostOut(t, ctx, l.Host(1), "nft", "list", "tables"); !strings.Contains(out, "table ip weft-cni-") {
 		t.Errorf("h1: the CNI plugin did not masquerade in nftables:\n%s", out)
+	}
+}
+
+// TestFaultNFTablesSwitch restarts weftd on one host from iptables mode to
+// --nftables=on and back: each start removes the other mode's rules, the
+// CNI plugin moves its masquerade at the next ADD, and the pods keep
+// reaching each other and the outside.
+func TestFaultNFTablesSwitch(t *testing.T) {
+	t.Parallel()
+	l := faultLab(t, lab.Options{Hosts: 2})
+	ctx := testCtx(t, 3*time.Minute)
+	addInternet(t, ctx, l)
+	h := l.Host(1)
+	startWeftds(t, ctx, l.Hosts, "--iptables-resync=1")
+	pods := onePodPerHost(t, ctx, l)
+	expectInternet(t, ctx, pods)
+
+	type state struct{ table, cniTable, fwdChain, masqChain bool }
+	look := func() state {
+		tables := hostOut(t, ctx, h, "nft", "list", "tables")
+		ipt := hostOut(t, ctx, h, "iptables", "-w", "-S") + hostOut(t, ctx, h, "iptables", "-w", "-t", "nat", "-S")
+		return state{
+			table:     strings.Contains(tables, "table ip weft\n"),
+			cniTable:  strings.Contains(tables, "table ip weft-cni-"),
+			fwdChain:  strings.Contains(ipt, "-N WEFT-FWD"),
+			masqChain: strings.Contains(ipt, "-N WEFT-MASQ-"),
+		}
+	}
+	if got, want := look(), (state{fwdChain: true, masqChain: true}); got != want {
+		t.Fatalf("iptables mode: %+v, want %+v", got, want)
+	}
+	steps := []struct {
+		flag string
+		want state
+	}{
+		{"--nftables=on", state{table: true, cniTable: true}},
+		{"--nftables=off", state{fwdChain: true, masqChain: true}},
+	}
+	for _, s := range steps {
+		if err := h.StopWeftd(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.StartWeftd("--iptables-resync=1", s.flag); err != nil {
+			t.Fatal(err)
+		}
+		waitAllReady(t, ctx, []*lab.Host{h}, 30*time.Second)
+		p, err := h.AddPod(ctx, "") // the plugin moves its rules at this ADD
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+		if got := look(); got != s.want {
+			t.Errorf("after restarting with %s and one ADD: %+v, want %+v", s.flag, got, s.want)
+		}
+		if m, err := l.WaitConnectivity(ctx, 20*time.Second); err != nil {
+			t.Errorf("after restarting with %s: %v\n%s", s.flag, err, m)
+		}
+		expectInternet(t, ctx, pods)
 	}
 }
