@@ -25,6 +25,12 @@ func cmdReserve(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Registry.Reserve checks the subnet against the network config when
+	// there is one. Without one (a wrong --etcd-prefix, say), nothing
+	// could be checked, and the key would land where no weftd looks.
+	if _, err := reg.Config(ctx); err != nil {
+		return fmt.Errorf("reserve %s: %w", sn, err)
+	}
 	if err := reg.Reserve(ctx, sn, ip); err != nil {
 		return err
 	}

@@ -348,7 +348,8 @@ func checkSubnet(sn netip.Prefix) error {
 // Reserve makes sn a reservation for publicIP: a key with no etcd lease, so
 // it never expires and only the host with that PublicIP will use it. A key
 // already held by a different PublicIP is refused; our own live lease is
-// converted to a reservation (its value is kept).
+// converted to a reservation (its value is kept). So is the network's first
+// subnet, which is never leased unless SubnetMin names it.
 func (r *Registry) Reserve(ctx context.Context, sn netip.Prefix, publicIP netip.Addr) error {
 	if err := checkSubnet(sn); err != nil {
 		return fmt.Errorf("reserve %s: %w", sn, err)
@@ -359,6 +360,10 @@ func (r *Registry) Reserve(ctx context.Context, sn netip.Prefix, publicIP netip.
 	if cfg, err := r.Config(ctx); err == nil {
 		if !cfg.Contains(sn) || sn.Bits() != cfg.SubnetLen {
 			return fmt.Errorf("reserve %s: not a /%d inside network %s", sn, cfg.SubnetLen, cfg.Network)
+		}
+		if sn.Addr() == cfg.Network.Masked().Addr() && !cfg.InRange(sn) {
+			return fmt.Errorf("reserve %s: the first subnet of network %s is never leased (SubnetMin is %s); reserve another",
+				sn, cfg.Network, cfg.SubnetMin)
 		}
 	}
 	key := r.LeaseKey(sn)
