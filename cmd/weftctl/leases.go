@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -49,10 +50,27 @@ func cmdLeases(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	if c.output == "json" {
-		return writeLeasesJSON(e.stdout, snap, e.timeNow())
+	// Without a network config, no weftd uses this prefix: an empty
+	// listing would look like an empty network. Print what is there, if
+	// anything, and fail.
+	_, _, cfgErr := reg.ConfigRaw(ctx)
+	if cfgErr != nil && !errors.Is(cfgErr, etcd.ErrNoConfig) {
+		return cfgErr
 	}
-	return writeLeasesTable(e.stdout, snap, e.timeNow())
+	if cfgErr == nil || len(snap.Leases)+len(snap.Invalid) > 0 {
+		if c.output == "json" {
+			err = writeLeasesJSON(e.stdout, snap, e.timeNow())
+		} else {
+			err = writeLeasesTable(e.stdout, snap, e.timeNow())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if cfgErr != nil {
+		return fmt.Errorf("%w under prefix %s (%s is absent)", etcd.ErrNoConfig, reg.Prefix(), reg.ConfigKey())
+	}
+	return nil
 }
 
 // backendName is the BackendType, "udp" when empty (flannel's udp leases

@@ -22,6 +22,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weftnet/weft/subnet"
 	"github.com/weftnet/weft/subnet/etcd"
 )
 
@@ -322,6 +323,9 @@ func run(ctx context.Context, args []string, e *env) int {
 		msg := err.Error()
 		if errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, etcd.ErrTLS) && ctx.Err() == nil {
 			msg += fmt.Sprintf(" (is etcd reachable at %s?)", c.endpoints)
+		}
+		if errors.Is(err, subnet.ErrNoConfig) {
+			msg += fmt.Sprintf("; check --etcd-prefix (weftd's default is %s), or write one with 'weftctl config set'", etcd.DefaultPrefix)
 		}
 		fmt.Fprintf(e.stderr, "weftctl %s: %s\n", cmd.name, text(msg))
 		return exitFailed

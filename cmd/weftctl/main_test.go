@@ -588,3 +588,29 @@ func TestWatchTimes(t *testing.T) {
 		})
 	}
 }
+
+// TestLeasesWithoutConfig: a prefix without a network config is no empty
+// network. leases says so and exits 1, after listing what keys there are.
+func TestLeasesWithoutConfig(t *testing.T) {
+	h, cli, reg := withEtcd(t)
+	seedLeases(t, cli, reg)
+	for _, args := range [][]string{{"--etcd-prefix=/wrong", "leases"}, {"leases", "--etcd-prefix", "/wrong", "-o", "json"}} {
+		r := h.runFail(1, args...)
+		if r.stdout != "" {
+			t.Errorf("weftctl %s printed a listing for an empty prefix:\n%s", strings.Join(args, " "), r.stdout)
+		}
+		for _, want := range []string{"no network config in etcd under prefix /wrong", "/wrong/config is absent", "check --etcd-prefix"} {
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("weftctl %s: stderr %q lacks %q", strings.Join(args, " "), r.stderr, want)
+			}
+		}
+	}
+	// Leases without a config (deleted, say) are still listed.
+	if _, err := cli.Delete(context.Background(), reg.ConfigKey()); err != nil {
+		t.Fatal(err)
+	}
+	r := h.runFail(1, "leases")
+	if !strings.Contains(r.stdout, "198.18.7.0/24") || !strings.Contains(r.stderr, "no network config") {
+		t.Fatalf("leases without a config: stdout %q, stderr %q", r.stdout, r.stderr)
+	}
+}
