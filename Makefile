@@ -8,14 +8,19 @@ export PATH := $(PATH):/usr/local/go/bin
 
 BINARIES := bin/weftd bin/weftctl bin/weft bin/weft-lab
 
-.PHONY: all build test unit e2e bench demo install clean fmt vet
+# Every binary reports this version (weftd --version, weftctl version):
+# git describe of the tree built, "dev" without git or outside a clone.
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: all build test unit e2e bench demo install clean fmt vet version
 
 all: build
 
 build:
 	@mkdir -p bin
-	$(GO) build -o bin/ ./cmd/...
-	$(GO) build -o bin/weft ./cni-plugin
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/weft ./cni-plugin
 
 # Every test, root-only ones included (they skip with a message when not root).
 test: build
@@ -57,6 +62,9 @@ install: build
 		install -m 0600 dist/weftd.env "$$f"; \
 	fi
 	test -e $(DESTDIR)/etc/cni/net.d/10-weft.conflist || install -m 0644 dist/10-weft.conflist $(DESTDIR)/etc/cni/net.d/10-weft.conflist
+
+version:
+	@echo $(VERSION)
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

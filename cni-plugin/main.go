@@ -3,4 +3,8 @@ package main
 
 import "github.com/weftnet/weft/cni-plugin/plugin"
 
+// version is set at build time with -ldflags "-X main.version=..." (see the
+// Makefile).
+var version = "dev"
+
 func main() { plugin.Main() }

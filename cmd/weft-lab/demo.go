@@ -119,7 +119,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 		}
 	}()
-	step("lab %s: switch %s, %d hosts on 192.0.2.0/24, etcd at %s", l.Name, l.Switch, c.hosts, lab.EtcdEndpoint)
+	step("lab %s (weft-lab %s): switch %s, %d hosts on 192.0.2.0/24, etcd at %s", l.Name, version, l.Switch, c.hosts, lab.EtcdEndpoint)
 
 	config := fmt.Sprintf(`{"Network":"198.18.0.0/16","Backend":{"Type":%q}}`, c.backend)
 	if err := l.WriteConfig(config); err != nil {

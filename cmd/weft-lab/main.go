@@ -23,6 +23,10 @@ import (
 	"syscall"
 )
 
+// version is set at build time with -ldflags "-X main.version=..." (see the
+// Makefile).
+var version = "dev"
+
 // errUsage marks a command-line mistake: exit status 2.
 var errUsage = errors.New("usage")
 

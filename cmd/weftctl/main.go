@@ -46,6 +46,9 @@ type command struct {
 	// run refuses -o json with a usage error, so that no command ever
 	// ignores it silently.
 	json bool
+	// local says that the command reads none of weftd's settings, so
+	// weftd's environment file is not read for it.
+	local bool
 	// flags declares the command's own flags on fs; it may be nil.
 	flags func(fs *flag.FlagSet, c *cmdFlags)
 	// run does the work. Positional arguments are in args.
@@ -80,6 +83,7 @@ var commands = []command{
 			fs.StringVar(&c.publicIP, "public-ip", "", "this host's public IP as weftd publishes it (default: the lease carrying an address of this host)")
 			fs.BoolVar(&c.forward, "iptables-forward-rules", true, "weftd runs with --iptables-forward-rules (expect the WEFT-FWD chain)")
 		}, json: true, run: cmdDoctor},
+	{name: "version", summary: "print weftctl's version", json: true, local: true, run: cmdVersion},
 	{name: "help", summary: "show this help", run: nil},
 }
 
@@ -296,7 +300,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	if given["env-file"] {
 		path, required = c.envFile, true
 	}
-	if path != "" {
+	if path != "" && !cmd.local {
 		f, err := loadEnvFile(path, required, e.stderr)
 		if err != nil {
 			fmt.Fprintf(e.stderr, "weftctl %s: %s\n", cmd.name, text(err.Error()))

@@ -478,6 +478,19 @@ func TestFlagsBeforeAndAfterCommand(t *testing.T) {
 	}
 }
 
+func TestVersion(t *testing.T) {
+	h := &harness{t: t, env: map[string]string{}}
+	if out := h.runOK("version"); out != "weftctl dev\n" {
+		t.Fatalf("version = %q", out)
+	}
+	defer func(v string) { version = v }(version)
+	version = "v1.2.3-4-gabcdef0-dirty"
+	if out := h.runOK("version"); out != "weftctl v1.2.3-4-gabcdef0-dirty\n" {
+		t.Fatalf("version = %q", out)
+	}
+	h.runFail(2, "version", "extra")
+}
+
 func TestShortDuration(t *testing.T) {
 	for d, want := range map[time.Duration]string{
 		0: "0s", 42 * time.Second: "42s", 5*time.Minute + 3*time.Second: "5m3s",

@@ -52,6 +52,7 @@ func TestJSONOutput(t *testing.T) {
 		"release":     {{[]string{"release", "198.18.42.0/24"}, map[string]any{"subnet": "198.18.42.0/24", "reserved": false}}},
 		"status":      {{[]string{"status", "--addr", strings.TrimPrefix(srv.URL, "http://")}, map[string]any{"lease": "198.18.7.0/24"}}},
 		"docker-opts": {{[]string{"docker-opts", "--subnet-file", envPath}, map[string]any{"bip": "198.18.7.1/24", "ip-masq": false, "mtu": 1450.0}}},
+		"version":     {{[]string{"version"}, map[string]any{"version": "dev"}}},
 		// Covered by their own tests: watch streams (TestWatch), doctor
 		// needs this host's kernel state.
 		"watch":  nil,
