@@ -1,0 +1,517 @@
+// Package kube is the Kubernetes lease store of weftd's node core
+// (--kube-subnet-mgr), the second implementation of the interface that
+// subnet/etcd.Store implements. There is no etcd: our subnet is our Node's
+// spec.podCIDR, assigned by the controller manager's node IPAM, and every
+// node publishes its lease as annotations on its own Node object, in
+// flannel's format, so that flannel and weft nodes can share a cluster.
+//
+// One Node informer feeds everything:
+//
+//	Node informer ──▶ Hold:  our Node ──▶ podCIDR + our attributes ──▶ patch our annotations ──▶ own(lease)
+//	        │               (no podCIDR: waiting("pod cidr not assigned: ..."), never an error)
+//	        └──────▶ Watch: every other Node ──▶ NodeLeases ──▶ subnet.LeaseSet ──▶ FilterPeers (in the core)
+//	Run: the informer, and NetworkUnavailable=False once Config.Ready says the node is programmed
+//
+// Nodes are hostile input like etcd keys: NodeLeases converts them to
+// leases and InvalidLeases, and the core's one filter, subnet.FilterPeers,
+// judges them with the rules it applies to etcd leases.
+//
+// The lease a Node yields has a state machine with fewer states than an
+// etcd lease, because the controller manager, not weftd, allocates:
+//
+//	no Node / no podCIDR ──podCIDR assigned──▶ annotations patched ──▶ held
+//	held ──annotations edited or removed──▶ patched again (same lease)
+//	held ──Node deleted──▶ waiting (data path kept) ──Node re-created──▶ held (maybe another subnet)
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"os"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/weftnet/weft/subnet"
+)
+
+// DefaultNetConfPath is where kube-flannel's ConfigMap mounts net-conf.json.
+const DefaultNetConfPath = "/etc/kube-flannel/net-conf.json"
+
+// Condition written on our Node once it is programmed.
+const (
+	ConditionReason  = "FlannelIsUp"
+	conditionMessage = "weft is running on this node"
+)
+
+// Config configures a Store.
+type Config struct {
+	// NodeName is our Node.
+	NodeName string
+	// AnnotationPrefix is the annotations' prefix; "" means
+	// DefaultAnnotationPrefix.
+	AnnotationPrefix string
+	// NetConfPath is the network config file; "" means DefaultNetConfPath.
+	NetConfPath string
+	// SetNodeNetworkUnavailable makes Run set our Node's condition
+	// NetworkUnavailable to False (reason FlannelIsUp) once Ready is true.
+	SetNodeNetworkUnavailable bool
+	// Ready reports whether this node's data path is programmed (weftd's
+	// readiness); Run polls it. nil means never.
+	Ready func() bool
+	// Resync is how often the informer replays its cache; zero means none.
+	Resync time.Duration
+	Logger *slog.Logger
+}
+
+// Store is the Kubernetes lease store. Build it with New, start Run, then
+// use it as a node.Store; Hold, Watch and Leases wait for the Node cache's
+// first list.
+type Store struct {
+	cli    corev1client.CoreV1Interface
+	cfg    Config
+	prefix Annotations
+	log    *slog.Logger
+
+	informer cache.SharedIndexInformer
+	synced   chan struct{} // closed once the cache holds the first list
+
+	mu   sync.Mutex
+	subs map[chan struct{}]struct{} // woken (never blocking) on every Node event
+
+	lease    atomic.Pointer[subnet.Lease]
+	contact  atomic.Int64 // unix nanoseconds of the last answer from the API server
+	watchErr atomic.Pointer[string]
+}
+
+// New returns a Store that talks to the API server of rc. It sends no
+// request until Run starts.
+func New(rc *rest.Config, cfg Config) (*Store, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("kube lease store: no node name")
+	}
+	if cfg.AnnotationPrefix == "" {
+		cfg.AnnotationPrefix = DefaultAnnotationPrefix
+	}
+	if cfg.NetConfPath == "" {
+		cfg.NetConfPath = DefaultNetConfPath
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{
+		cfg:    cfg,
+		prefix: Annotations(cfg.AnnotationPrefix),
+		log:    cfg.Logger,
+		synced: make(chan struct{}),
+		subs:   map[chan struct{}]struct{}{},
+	}
+	rc = rest.CopyConfig(rc)
+	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return contactRecorder{rt, &s.contact} })
+	if rc.UserAgent == "" {
+		rc.UserAgent = "weftd"
+	}
+	cli, err := corev1client.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	s.cli = cli
+	lw := cache.NewListWatchFromClient(cli.RESTClient(), "nodes", metav1.NamespaceAll, fields.Everything())
+	s.informer = cache.NewSharedIndexInformer(lw, &corev1.Node{}, cfg.Resync, cache.Indexers{})
+	// The informer retries on its own; this records why for the waiting
+	// reasons and logs each distinct error once.
+	if err := s.informer.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+		msg := err.Error()
+		if old := s.watchErr.Swap(&msg); old == nil || *old != msg {
+			s.log.Warn("list or watch Nodes failed; retrying", "err", err)
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { s.event() },
+		UpdateFunc: func(any, any) { s.event() },
+		DeleteFunc: func(any) { s.event() },
+	}); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// contactRecorder notes the time of every answer from the API server.
+type contactRecorder struct {
+	rt   http.RoundTripper
+	last *atomic.Int64
+}
+
+func (c contactRecorder) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := c.rt.RoundTrip(r)
+	if err == nil {
+		c.last.Store(time.Now().UnixNano())
+	}
+	return resp, err
+}
+
+func (s *Store) event() {
+	s.contact.Store(time.Now().UnixNano())
+	msg := ""
+	s.watchErr.Store(&msg)
+	s.mu.Lock()
+	for c := range s.subs {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+	s.mu.Unlock()
+}
+
+// subscribe returns a channel woken after Node events, and its release.
+func (s *Store) subscribe() (<-chan struct{}, func()) {
+	c := make(chan struct{}, 1)
+	s.mu.Lock()
+	s.subs[c] = struct{}{}
+	s.mu.Unlock()
+	return c, func() {
+		s.mu.Lock()
+		delete(s.subs, c)
+		s.mu.Unlock()
+	}
+}
+
+// Run runs the Node informer and, when configured, sets our Node's
+// NetworkUnavailable condition once the node is ready. It returns nil when
+// ctx ends, after every goroutine it started has ended.
+func (s *Store) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.informer.RunWithContext(ctx) })
+	if !cache.WaitForCacheSync(ctx.Done(), s.informer.HasSynced) {
+		return nil
+	}
+	close(s.synced)
+	s.event()
+	if s.cfg.SetNodeNetworkUnavailable && s.cfg.Ready != nil {
+		wg.Go(func() { s.runCondition(ctx) })
+	}
+	return nil
+}
+
+// waitSynced waits for the Node cache, calling waiting (if set) with why
+// it is not there yet.
+func (s *Store) waitSynced(ctx context.Context, waiting func(string)) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	last := ""
+	for {
+		select {
+		case <-s.synced:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		why := "waiting for the Kubernetes API to list Nodes"
+		if e := s.watchErr.Load(); e != nil && *e != "" {
+			why += ": " + *e
+		}
+		if waiting != nil && why != last {
+			waiting(why)
+			last = why
+		}
+	}
+}
+
+// node returns our Node from the cache.
+func (s *Store) node() (*corev1.Node, bool) {
+	obj, ok, err := s.informer.GetStore().GetByKey(s.cfg.NodeName)
+	if err != nil || !ok {
+		return nil, false
+	}
+	n, ok := obj.(*corev1.Node)
+	return n, ok
+}
+
+// nodes returns every Node in the cache.
+func (s *Store) nodes() []*corev1.Node {
+	objs := s.informer.GetStore().List()
+	out := make([]*corev1.Node, 0, len(objs))
+	for _, o := range objs {
+		if n, ok := o.(*corev1.Node); ok {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Hold publishes our lease on our Node and keeps it published until ctx
+// ends: own is called with the lease once our annotations are on the
+// Node, and again whenever our podCIDR or published attributes change;
+// waiting is called with the reason while there is none (no Node, "pod
+// cidr not assigned", a podCIDR outside the network, the patch failing).
+// Annotations that someone edits or removes are patched back. It returns
+// nil when ctx ends; a Node without podCIDR is waited for, never an error.
+func (s *Store) Hold(ctx context.Context, spec subnet.HoldSpec, own func(subnet.Lease), waiting func(string)) error {
+	if err := s.waitSynced(ctx, waiting); err != nil {
+		return nil
+	}
+	wake, release := s.subscribe()
+	defer release()
+	h := holder{s: s, spec: spec}
+	backoff := time.Second
+	lastWhy := ""
+	var held *subnet.Lease
+	for {
+		l, why, retry := h.once(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case why != "":
+			if why != lastWhy {
+				s.log.Warn("no subnet lease from the Kubernetes API yet", "node", s.cfg.NodeName, "reason", why)
+				waiting(why)
+				lastWhy = why
+			}
+		default:
+			// Again after a wait, so that the core forgets the reason.
+			if held == nil || lastWhy != "" || !reflect.DeepEqual(*held, l) {
+				held = &l
+				s.lease.Store(&l)
+				own(l)
+			}
+			lastWhy = ""
+		}
+		var after <-chan time.Time
+		if retry {
+			after = time.After(backoff)
+			backoff = min(2*backoff, 30*time.Second)
+		} else {
+			backoff = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-after:
+		}
+	}
+}
+
+// holder is one Hold call's state.
+type holder struct {
+	s    *Store
+	spec subnet.HoldSpec
+	// patchedFrom is the resourceVersion of our Node that our last patch
+	// was computed from: until the cache moves past it, the cache does not
+	// show that patch yet and must not trigger another.
+	patchedFrom string
+	warned      string
+}
+
+// once reads our Node and publishes our annotations if they differ. It
+// returns the lease, or why there is none (retry: try again after a
+// backoff even without a Node event).
+func (h *holder) once(ctx context.Context) (l subnet.Lease, why string, retry bool) {
+	s, name := h.s, h.s.cfg.NodeName
+	n, ok := s.node()
+	if !ok {
+		return l, fmt.Sprintf("node %s not found in the Kubernetes API", name), false
+	}
+	v4, v6, err := PodCIDRs(n)
+	switch {
+	case err != nil:
+		return l, fmt.Sprintf("node %s: %v", name, err), false
+	case !v4.IsValid() && !v6.IsValid():
+		return l, fmt.Sprintf("%v: node %s has no spec.podCIDR yet (is the controller manager allocating node CIDRs?)", ErrPodCIDRNotAssigned, name), false
+	case !v4.IsValid():
+		return l, fmt.Sprintf("%v: node %s has only the IPv6 pod cidr %s and weft needs an IPv4 one", ErrPodCIDRNotAssigned, name, v6), false
+	}
+	netcfg := h.spec.Network
+	if netcfg != nil && (!netcfg.Contains(v4) || v4.Bits() != netcfg.SubnetLen) {
+		return l, fmt.Sprintf("pod cidr %s of node %s is not a /%d inside network %s: the controller manager's cluster CIDR and node CIDR mask size must match Network and SubnetLen of %s",
+			v4, name, netcfg.SubnetLen, netcfg.Network, s.cfg.NetConfPath), false
+	}
+	attrs := h.spec.Attrs
+	if o, ok := n.Annotations[s.prefix.Name(AnnPublicIPOverwrite)]; ok {
+		ip, err := netip.ParseAddr(o)
+		if err == nil && ip.Is4() {
+			attrs.PublicIP = ip
+		} else if h.warned != o {
+			s.log.Warn("ignoring an annotation that is not an IPv4 address", "node", name, "annotation", s.prefix.Name(AnnPublicIPOverwrite), "value", o)
+			h.warned = o
+		}
+	}
+	want, err := WantAnnotations(s.prefix, attrs)
+	if err != nil {
+		return l, fmt.Sprintf("encode our annotations: %v", err), true
+	}
+	patch := annotationPatch(s.prefix, n.Annotations, want)
+	if patch != nil && n.ResourceVersion != h.patchedFrom {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := s.cli.Nodes().Patch(pctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "weftd"})
+		cancel()
+		if err != nil {
+			return l, fmt.Sprintf("publish our lease as annotations on node %s: %v", name, err), true
+		}
+		h.patchedFrom = n.ResourceVersion
+		s.log.Info("published our lease as node annotations", "node", name, "subnet", v4, "public-ip", attrs.PublicIP)
+	}
+	return subnet.Lease{Subnet: v4, IPv6Subnet: v6, Attrs: attrs}, "", false
+}
+
+// annotationPatch returns a merge patch that makes have carry want, and
+// removes the v6 annotations that want lacks; nil when nothing differs.
+func annotationPatch(prefix Annotations, have, want map[string]string) []byte {
+	set := map[string]any{}
+	for k, v := range want {
+		if cur, ok := have[k]; !ok || cur != v {
+			set[k] = v
+		}
+	}
+	for _, a := range []string{AnnBackendV6Data, AnnPublicIPv6} {
+		k := prefix.Name(a)
+		if _, wanted := want[k]; !wanted {
+			if _, ok := have[k]; ok {
+				set[k] = nil
+			}
+		}
+	}
+	if len(set) == 0 {
+		return nil
+	}
+	out, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": set}}) // strings and nils only
+	return out
+}
+
+// Watch calls leases with the lease set of every Node (see NodeLeases),
+// ours included, after each change, until ctx ends.
+func (s *Store) Watch(ctx context.Context, leases func(subnet.LeaseSet)) error {
+	if err := s.waitSynced(ctx, nil); err != nil {
+		return nil
+	}
+	wake, release := s.subscribe()
+	defer release()
+	var last *subnet.LeaseSet
+	for {
+		set := NodeLeases(s.prefix, s.cfg.NodeName, s.nodes())
+		if last == nil || !reflect.DeepEqual(*last, set) {
+			last = &set
+			leases(set)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		}
+	}
+}
+
+// Leases lists the lease of every Node now, ours included.
+func (s *Store) Leases(ctx context.Context) (subnet.LeaseSet, error) {
+	if err := s.waitSynced(ctx, nil); err != nil {
+		msg := "no answer"
+		if e := s.watchErr.Load(); e != nil && *e != "" {
+			msg = *e
+		}
+		return subnet.LeaseSet{}, fmt.Errorf("list Nodes: %w (%s)", err, msg)
+	}
+	return NodeLeases(s.prefix, s.cfg.NodeName, s.nodes()), nil
+}
+
+// Lease returns the lease held now; it never expires.
+func (s *Store) Lease() (subnet.Lease, bool) {
+	if l := s.lease.Load(); l != nil {
+		return *l, true
+	}
+	return subnet.Lease{}, false
+}
+
+// LastContact is when the API server last answered or sent an event.
+func (s *Store) LastContact() time.Time {
+	if ns := s.contact.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+// Config reads the network config file (kube-flannel's net-conf.json). A
+// missing file wraps subnet.ErrNoConfig.
+func (s *Store) Config(ctx context.Context) ([]byte, error) {
+	raw, err := os.ReadFile(s.cfg.NetConfPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: file %s does not exist", subnet.ErrNoConfig, s.cfg.NetConfPath)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read network config: %w", err)
+	}
+	return raw, nil
+}
+
+// runCondition sets NetworkUnavailable=False on our Node once the node is
+// ready, once for each Node object (a re-created Node gets it again).
+func (s *Store) runCondition(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var done types.UID
+	lastErr := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, ok := s.node()
+		if !ok || n.UID == done || !s.cfg.Ready() {
+			continue
+		}
+		if err := s.setCondition(ctx, n); err != nil {
+			if err.Error() != lastErr {
+				s.log.Warn("set the node condition NetworkUnavailable=False; retrying", "node", n.Name, "err", err)
+				lastErr = err.Error()
+			}
+			continue
+		}
+		s.log.Info("node condition set", "node", n.Name, "NetworkUnavailable", "False", "reason", ConditionReason)
+		done, lastErr = n.UID, ""
+	}
+}
+
+func (s *Store) setCondition(ctx context.Context, n *corev1.Node) error {
+	now := metav1.NewTime(time.Now())
+	cond := corev1.NodeCondition{
+		Type:               corev1.NodeNetworkUnavailable,
+		Status:             corev1.ConditionFalse,
+		Reason:             ConditionReason,
+		Message:            conditionMessage,
+		LastTransitionTime: now,
+		LastHeartbeatTime:  now,
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == cond.Type && c.Status == cond.Status {
+			cond.LastTransitionTime = c.LastTransitionTime // no transition
+		}
+	}
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = s.cli.Nodes().PatchStatus(pctx, n.Name, patch)
+	return err
+}
