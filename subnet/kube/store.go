@@ -363,7 +363,9 @@ func (h *holder) once(ctx context.Context) (l subnet.Lease, why string, retry bo
 	patch := annotationPatch(s.prefix, n.Annotations, want)
 	if patch != nil && n.ResourceVersion != h.patchedFrom {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := s.cli.Nodes().Patch(pctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "weftd"})
+		// Through the status subresource, as flannel does, so that the
+		// RBAC needs no patch on nodes themselves: only on nodes/status.
+		_, err := s.cli.Nodes().Patch(pctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "weftd"}, "status")
 		cancel()
 		if err != nil {
 			return l, fmt.Sprintf("publish our lease as annotations on node %s: %v", name, err), true
