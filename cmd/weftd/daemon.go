@@ -114,21 +114,31 @@ func (d *daemon) Run(ctx context.Context) error {
 	}
 	d.logger.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "mtu", ext.MTU)
 
-	opts := d.cfg.Etcd
-	opts.DialOptions = append(opts.DialOptions,
-		grpc.WithChainUnaryInterceptor(d.metrics.countEtcdErrors),
-		grpc.WithChainStreamInterceptor(d.metrics.countEtcdStreamErrors))
-	cli, err := etcd.NewClient(opts)
-	if err != nil {
-		return fmt.Errorf("etcd client: %w", err)
+	var store leaseStore
+	if d.cfg.Kube.Enabled {
+		ks, err := d.kubeStore(ctx) // kube.go
+		if err != nil {
+			return err
+		}
+		wg.Go(func() { ks.Run(ctx) })
+		store = ks
+	} else {
+		opts := d.cfg.Etcd
+		opts.DialOptions = append(opts.DialOptions,
+			grpc.WithChainUnaryInterceptor(d.metrics.countEtcdErrors),
+			grpc.WithChainStreamInterceptor(d.metrics.countEtcdStreamErrors))
+		cli, err := etcd.NewClient(opts)
+		if err != nil {
+			return fmt.Errorf("etcd client: %w", err)
+		}
+		defer cli.Close()
+		reg := etcd.NewRegistry(cli, d.cfg.EtcdPrefix)
+		store = etcd.NewStore(reg, etcd.StoreConfig{
+			TTL:         d.cfg.LeaseTTL,
+			RenewMargin: d.cfg.RenewMargin,
+			Logger:      d.logger,
+		})
 	}
-	defer cli.Close()
-	reg := etcd.NewRegistry(cli, d.cfg.EtcdPrefix)
-	store := etcd.NewStore(reg, etcd.StoreConfig{
-		TTL:         d.cfg.LeaseTTL,
-		RenewMargin: d.cfg.RenewMargin,
-		Logger:      d.logger,
-	})
 
 	netcfg, err := d.waitForConfig(ctx, store, ext)
 	if err != nil {
@@ -247,7 +257,7 @@ func (d *daemon) waitForConfig(ctx context.Context, store leaseStore, ext backen
 			return cfg, nil
 		case errors.Is(err, subnet.ErrNoConfig):
 			d.setConfigError("")
-			d.setReason("waiting for the network config at %s/config", d.cfg.EtcdPrefix)
+			d.setReason("waiting for the network config at %s", d.configSource())
 			problem = err.Error()
 		case err != nil:
 			d.setConfigError("")

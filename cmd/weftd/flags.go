@@ -37,9 +37,23 @@ type Config struct {
 	Pprof           bool
 	Version         bool
 
+	// Kube is the Kubernetes subnet manager (--kube-subnet-mgr and its
+	// companions); etcd is not used when Kube.Enabled.
+	Kube KubeConfig
+
 	// httpLimits bound the clients of the HTTP endpoints; the zero value
 	// means defaultHTTPLimits. Not a flag: tests shorten it.
 	httpLimits httpLimits
+}
+
+// KubeConfig is the Kubernetes subnet manager's part of the command line.
+type KubeConfig struct {
+	Enabled                   bool   // --kube-subnet-mgr
+	Kubeconfig                string // --kubeconfig-file; "" means in-cluster
+	APIURL                    string // --kube-api-url
+	AnnotationPrefix          string // --kube-annotation-prefix
+	NetConfPath               string // --net-config-path
+	SetNodeNetworkUnavailable bool   // --set-node-network-unavailable
 }
 
 // multiFlag collects a repeatable flag.
@@ -90,6 +104,12 @@ func newFlagSet(out io.Writer) (*flag.FlagSet, *rawFlags) {
 	fs.StringVar(&r.logLevel, "log-level", "info", "log level: debug, info, warn or error (weft extension)")
 	fs.BoolVar(&r.pprof, "pprof", false, "also serve Go's /debug/pprof/ profiles on the HTTP endpoints (weft extension)")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
+	fs.BoolVar(&r.kube.Enabled, "kube-subnet-mgr", false, "take the subnet from this Node's spec.podCIDR and publish the lease as Node annotations, instead of etcd")
+	fs.StringVar(&r.kube.Kubeconfig, "kubeconfig-file", "", "kubeconfig file for --kube-subnet-mgr (default: the pod's service account)")
+	fs.StringVar(&r.kube.APIURL, "kube-api-url", "", "Kubernetes API server URL for --kube-subnet-mgr (overrides the kubeconfig's or the in-cluster one)")
+	fs.StringVar(&r.kube.AnnotationPrefix, "kube-annotation-prefix", "flannel.alpha.coreos.com", "prefix of the Node annotations that carry the lease")
+	fs.StringVar(&r.kube.NetConfPath, "net-config-path", "/etc/kube-flannel/net-conf.json", "network config file for --kube-subnet-mgr")
+	fs.BoolVar(&r.kube.SetNodeNetworkUnavailable, "set-node-network-unavailable", true, "with --kube-subnet-mgr, set the Node condition NetworkUnavailable to False once the node is programmed")
 	return fs, r
 }
 
@@ -108,6 +128,7 @@ type rawFlags struct {
 	reconcile                                                        time.Duration
 	logFormat, logLevel                                              string
 	pprof, version                                                   bool
+	kube                                                             KubeConfig
 }
 
 // parseConfig parses the command line, applies WEFTD_* then FLANNELD_*
@@ -168,6 +189,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 		LogLevel:        r.logLevel,
 		Pprof:           r.pprof,
 		Version:         r.version,
+		Kube:            r.kube,
 	}
 	c.Etcd = etcd.ClientOptions{
 		KeyFile: r.keyfile, CertFile: r.certfile, CAFile: r.cafile,
@@ -262,6 +284,17 @@ func (c *Config) validate(r *rawFlags) error {
 	}
 	if c.ReconcileEvery < 100*time.Millisecond {
 		bad("reconcile-interval", "%s is shorter than 100ms", c.ReconcileEvery)
+	}
+	if c.Kube.Enabled {
+		if c.Kube.NetConfPath == "" {
+			bad("net-config-path", "must not be empty with --kube-subnet-mgr")
+		}
+		if p := c.Kube.AnnotationPrefix; p == "" || strings.ContainsAny(p, "/ ") || strings.Trim(p, ".-") != p {
+			bad("kube-annotation-prefix", "%q is not a DNS-style prefix such as flannel.alpha.coreos.com", p)
+		}
+		if u := c.Kube.APIURL; u != "" && !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
+			bad("kube-api-url", "%q is not an http:// or https:// URL", u)
+		}
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		bad("log-format", "%q is not text or json", c.LogFormat)
