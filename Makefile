@@ -3,6 +3,9 @@ GO      ?= go
 PREFIX  ?= /usr/local
 DESTDIR ?=
 CNIBIN  ?= /opt/cni/bin
+MANDIR      ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
 export CGO_ENABLED ?= 0
 export PATH := $(PATH):/usr/local/go/bin
 
@@ -13,7 +16,7 @@ BINARIES := bin/weftd bin/weftctl bin/weft bin/weft-lab
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test unit e2e bench demo install clean fmt vet version
+.PHONY: all build docs test unit e2e bench demo install clean fmt vet version
 
 all: build
 
@@ -21,6 +24,16 @@ build:
 	@mkdir -p bin
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/weft ./cni-plugin
+
+# Shell completion and manual pages, generated from the binaries' own help:
+# weftctl describes its command table; weftd's page lists the flags of
+# weftd --help in dist/weftd.1.in. The binaries must run on this machine.
+docs: build
+	bin/weftctl completion bash > bin/weftctl.bash
+	bin/weftctl completion zsh > bin/_weftctl
+	bin/weftctl man > bin/weftctl.1
+	bin/weftd --help > bin/weftd.help 2>&1
+	$(GO) run ./dist/mkman -template dist/weftd.1.in -version $(VERSION) < bin/weftd.help > bin/weftd.1
 
 # Every test, root-only ones included (they skip with a message when not root).
 test: build
@@ -43,9 +56,13 @@ bench: build
 demo: build
 	./bin/weft-lab demo --hosts $(or $(HOSTS),3) --backend $(or $(BACKEND),vxlan) $(if $(KEEP),--keep,)
 
-install: build
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNIBIN) $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/weft $(DESTDIR)/etc/cni/net.d
+install: build docs
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNIBIN) $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/weft $(DESTDIR)/etc/cni/net.d \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR)
 	install -m 0755 bin/weftd bin/weftctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 bin/weftd.1 bin/weftctl.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 bin/weftctl.bash $(DESTDIR)$(BASHCOMPDIR)/weftctl
+	install -m 0644 bin/_weftctl $(DESTDIR)$(ZSHCOMPDIR)/_weftctl
 	install -m 0755 bin/weft $(DESTDIR)$(CNIBIN)/weft
 	sed 's|@PREFIX@|$(PREFIX)|g' dist/weftd.service > bin/weftd.service
 	install -m 0644 bin/weftd.service $(DESTDIR)/etc/systemd/system/weftd.service

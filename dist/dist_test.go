@@ -1,6 +1,8 @@
 // Package dist holds the files `make install` puts on a host: the systemd
-// unit, the example environment file and the example CNI conflist. Its
-// test installs them into a scratch DESTDIR and checks the result.
+// unit, the example environment file, the example CNI conflist, and
+// weftd's manual page template (filled from weftd --help by mkman). Its
+// test installs them, with the binaries, manual pages and shell completion,
+// into a scratch DESTDIR and checks the result.
 package dist
 
 import (
@@ -21,7 +23,10 @@ func TestMakeInstall(t *testing.T) {
 		t.Skip("make is not installed")
 	}
 	dest := t.TempDir()
-	cmd := exec.Command("make", "-C", "..", "install", "DESTDIR="+dest, "PREFIX=/usr")
+	// The version git describe gives now, handed to make so that a commit
+	// landing during the build cannot make it differ from the one checked.
+	version := makeVersion(t)
+	cmd := exec.Command("make", "-C", "..", "install", "DESTDIR="+dest, "PREFIX=/usr", "VERSION="+version)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make install: %v\n%s", err, out)
 	}
@@ -36,6 +41,10 @@ func TestMakeInstall(t *testing.T) {
 		// May hold WEFTD_ETCD_PASSWORD: root only.
 		{"etc/weft/weftd.env", 0o600},
 		{"etc/cni/net.d/10-weft.conflist", 0o644},
+		{"usr/share/man/man1/weftd.1", 0o644},
+		{"usr/share/man/man1/weftctl.1", 0o644},
+		{"usr/share/bash-completion/completions/weftctl", 0o644},
+		{"usr/share/zsh/site-functions/_weftctl", 0o644},
 	} {
 		st, err := os.Stat(filepath.Join(dest, f.path))
 		if err != nil {
@@ -46,7 +55,8 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("%s has mode %v, want %v", f.path, st.Mode().Perm(), f.mode)
 		}
 	}
-	checkVersions(t, dest)
+	checkVersions(t, dest, version)
+	checkDocs(t, dest)
 	if st, err := os.Stat(filepath.Join(dest, "etc/weft")); err != nil || st.Mode().Perm()&0o022 != 0 {
 		t.Errorf("etc/weft is writable by others, or missing: %v", err)
 	}
@@ -60,7 +70,7 @@ func TestMakeInstall(t *testing.T) {
 	if err := os.Chmod(envPath, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("make", "-C", "..", "install", "DESTDIR="+dest, "PREFIX=/usr").CombinedOutput()
+	out, err := exec.Command("make", "-C", "..", "install", "DESTDIR="+dest, "PREFIX=/usr", "VERSION="+version).CombinedOutput()
 	if err != nil {
 		t.Fatalf("second make install: %v\n%s", err, out)
 	}
@@ -114,20 +124,27 @@ func TestMakeInstall(t *testing.T) {
 // its distance and commit, or an abbreviated commit, maybe -dirty.
 var describeRE = regexp.MustCompile(`^(v?[0-9][^\s]*|[0-9a-f]{7,40})(-dirty)?$`)
 
-// checkVersions: every binary make built carries the version of the tree,
-// from git describe, and weftd and weftctl print the same one.
-func checkVersions(t *testing.T, dest string) {
+// makeVersion is the version make stamps into the binaries: git
+// describe's, when this is a git clone and git is installed.
+func makeVersion(t *testing.T) string {
 	t.Helper()
 	out, err := exec.Command("make", "-s", "-C", "..", "version").Output()
 	if err != nil {
 		t.Fatalf("make version: %v", err)
 	}
-	want := strings.TrimSpace(string(out))
+	v := strings.TrimSpace(string(out))
 	if _, err := exec.LookPath("git"); err == nil && exec.Command("git", "-C", "..", "rev-parse").Run() == nil {
-		if !describeRE.MatchString(want) {
-			t.Errorf("make version = %q, want git describe's output", want)
+		if !describeRE.MatchString(v) {
+			t.Errorf("make version = %q, want git describe's output", v)
 		}
 	}
+	return v
+}
+
+// checkVersions: every binary make built carries the version, and weftd
+// and weftctl print it.
+func checkVersions(t *testing.T, dest, want string) {
+	t.Helper()
 	for _, c := range []struct {
 		argv []string
 		want string
@@ -170,4 +187,62 @@ func goCmd() string {
 		return p
 	}
 	return "/usr/local/go/bin/go"
+}
+
+// checkDocs: the installed manual pages render cleanly and list every flag
+// of the installed binaries' help, and the installed completion scripts
+// load.
+func checkDocs(t *testing.T, dest string) {
+	t.Helper()
+	help, err := exec.Command(filepath.Join(dest, "usr/bin/weftd"), "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("weftd --help: %v\n%s", err, help)
+	}
+	page, err := os.ReadFile(filepath.Join(dest, "usr/share/man/man1/weftd.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags := regexp.MustCompile(`(?m)^  -(\S+)`).FindAllStringSubmatch(string(help), -1)
+	if len(flags) < 10 {
+		t.Fatalf("weftd --help lists %d flags:\n%s", len(flags), help)
+	}
+	for _, m := range flags {
+		name := strings.ReplaceAll(m[1], "-", `\-`)
+		if !strings.Contains(string(page), ".B \\-\\-"+name) && !strings.Contains(string(page), ".B \\-"+name+"\n") && !strings.Contains(string(page), ".B \\-"+name+" ") {
+			t.Errorf("weftd.1 lacks the flag -%s of weftd --help", m[1])
+		}
+	}
+	ctlHelp, err := exec.Command(filepath.Join(dest, "usr/bin/weftctl"), "help").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctlPage, err := os.ReadFile(filepath.Join(dest, "usr/share/man/man1/weftctl.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`(?m)^  ([a-z][a-z-]*) `).FindAllStringSubmatch(string(ctlHelp), -1) {
+		if !strings.Contains(string(ctlPage), "\n.B "+strings.ReplaceAll(m[1], "-", `\-`)) {
+			t.Errorf("weftctl.1 lacks the command %s", m[1])
+		}
+	}
+	if _, err := exec.LookPath("groff"); err == nil {
+		for _, p := range []string{"weftd.1", "weftctl.1"} {
+			out, err := exec.Command("groff", "-man", "-Tutf8", "-ww", "-z", filepath.Join(dest, "usr/share/man/man1", p)).CombinedOutput()
+			if err != nil || len(out) > 0 {
+				t.Errorf("groff %s: %v\n%s", p, err, out)
+			}
+		}
+	}
+	if _, err := exec.LookPath("bash"); err == nil {
+		script := filepath.Join(dest, "usr/share/bash-completion/completions/weftctl")
+		out, err := exec.Command("bash", "--norc", "--noprofile", "-c", "source "+script+" && complete -p weftctl").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "-F _weftctl weftctl") {
+			t.Errorf("bash completion does not load: %v\n%s", err, out)
+		}
+	}
+	if _, err := exec.LookPath("zsh"); err == nil {
+		if out, err := exec.Command("zsh", "-n", filepath.Join(dest, "usr/share/zsh/site-functions/_weftctl")).CombinedOutput(); err != nil {
+			t.Errorf("zsh -n _weftctl: %v\n%s", err, out)
+		}
+	}
 }

@@ -49,6 +49,12 @@ type command struct {
 	// local says that the command reads none of weftd's settings, so
 	// weftd's environment file is not read for it.
 	local bool
+	// hidden leaves the command out of help and shell completion.
+	hidden bool
+	// words are what the first argument may be, for shell completion;
+	// fileArgs says that the arguments after it are files.
+	words    []string
+	fileArgs bool
 	// flags declares the command's own flags on fs; it may be nil.
 	flags func(fs *flag.FlagSet, c *cmdFlags)
 	// run does the work. Positional arguments are in args.
@@ -58,7 +64,8 @@ type command struct {
 // commands is the command table, in the order help lists them.
 var commands = []command{
 	{name: "leases", summary: "list every subnet lease and reservation in etcd", json: true, run: cmdLeases},
-	{name: "config", args: "get | set FILE|-", summary: "print or replace the network config (set validates first)", json: true, run: cmdConfig},
+	{name: "config", args: "get | set FILE|-", summary: "print or replace the network config (set validates first)", json: true,
+		words: []string{"get", "set"}, fileArgs: true, run: cmdConfig},
 	{name: "watch", args: "[--since REV]", summary: "stream lease changes (added, renewed, updated, removed) with their etcd revisions",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {
 			fs.Int64Var(&c.since, "since", 0, "replay the changes from this etcd revision on, then follow (default: now); replayed changes have no time, as etcd keeps none")
@@ -84,6 +91,9 @@ var commands = []command{
 			fs.BoolVar(&c.forward, "iptables-forward-rules", true, "weftd runs with --iptables-forward-rules (expect the WEFT-FWD chain)")
 		}, json: true, run: cmdDoctor},
 	{name: "version", summary: "print weftctl's version", json: true, local: true, run: cmdVersion},
+	{name: "completion", args: "bash|zsh", summary: "print a shell completion script, e.g. source <(weftctl completion bash)", local: true,
+		words: []string{"bash", "zsh"}, run: cmdCompletion},
+	{name: "man", summary: "print weftctl's manual page (roff)", local: true, hidden: true, run: cmdMan},
 	{name: "help", summary: "show this help", run: nil},
 }
 
@@ -115,6 +125,9 @@ type env struct {
 	cli *clientv3.Client
 	reg *etcd.Registry
 	cf  *cmdFlags
+	// commands is the command table, for the commands that describe it
+	// (completion, man); run sets it.
+	commands []command
 }
 
 // setting is weftd's setting name ("ETCD_ENDPOINTS") as weftctl sees it:
@@ -225,6 +238,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	defer e.close()
 	c := &cmdFlags{}
 	e.cf = c
+	e.commands = commands
 	given := map[string]bool{}
 
 	global := flag.NewFlagSet("weftctl", flag.ContinueOnError)
@@ -395,7 +409,9 @@ func usage(w io.Writer) {
 	fmt.Fprintf(w, "Usage: weftctl [etcd flags] COMMAND [flags] [args]\n\nCommands:\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, c := range commands {
-		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
+		if !c.hidden {
+			fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
+		}
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nFlags accepted by every command (before or after its name):\n")
@@ -403,21 +419,31 @@ func usage(w io.Writer) {
 	commonFlags(fs, &cmdFlags{})
 	fs.SetOutput(w)
 	fs.PrintDefaults()
-	fmt.Fprintf(w, `
-Each --etcd-* flag not given falls back to the environment variable WEFTD_<FLAG>,
+	fmt.Fprintf(w, "\n%s\n\nExit codes:\n", settingsHelp)
+	for _, x := range exitCodes {
+		fmt.Fprintf(w, "  %d  %s\n", x.code, x.meaning)
+	}
+}
+
+// settingsHelp says where the flags not given come from; help and the man
+// page print it.
+var settingsHelp = `Each --etcd-* flag not given falls back to the environment variable WEFTD_<FLAG>,
 then FLANNELD_<FLAG> (upper case, '-' as '_'), e.g. WEFTD_ETCD_ENDPOINTS, and
 then to the same names in weftd's environment file (--env-file, by default
-%s when it exists): a flag wins over the environment, which wins
+` + defaultEnvFile + ` when it exists): a flag wins over the environment, which wins
 over the file. So do --subnet-file and --public-ip (doctor, docker-opts) and
 weftd's --healthz-ip and --healthz-port (status). The file is read as systemd
-reads it (KEY=VALUE lines, # comments, quotes), never run by a shell.
+reads it (KEY=VALUE lines, # comments, quotes), never run by a shell.`
 
-Exit codes:
-  0  success
-  1  the operation failed (etcd unreachable, key absent, refused) or the input was invalid
-  2  usage error (unknown command, bad flag, missing argument)
-  3  status only: weftd answered, and it is not ready (its output is printed all the same)
-`, defaultEnvFile)
+// exitCodes are weftctl's exit codes; help and the man page print them.
+var exitCodes = []struct {
+	code    int
+	meaning string
+}{
+	{exitOK, "success"},
+	{exitFailed, "the operation failed (etcd unreachable, key absent, refused) or the input was invalid"},
+	{exitUsage, "usage error (unknown command, bad flag, missing argument)"},
+	{exitNotReady, "status only: weftd answered, and it is not ready (its output is printed all the same)"},
 }
 
 func commandUsage(w io.Writer, c *command, fs *flag.FlagSet) {

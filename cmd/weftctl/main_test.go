@@ -415,8 +415,8 @@ func TestUsageAndExitCodes(t *testing.T) {
 	out := h.runOK("help")
 	golden(t, "help.golden", out)
 	for _, c := range commands {
-		if !strings.Contains(out, "  "+c.name+" ") {
-			t.Errorf("help does not list %s", c.name)
+		if strings.Contains(out, "  "+c.name+" ") == c.hidden {
+			t.Errorf("help lists %s: %v; hidden: %v", c.name, !c.hidden, c.hidden)
 		}
 	}
 	for _, f := range envFlags {
