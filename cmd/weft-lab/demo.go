@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,6 +60,13 @@ func parseDemo(args []string, stderr io.Writer) (demoConfig, error) {
 		}
 		c.binDir = filepath.Dir(exe)
 	}
+	// The commands the demo prints name the binaries by this path: make
+	// it absolute, so that they work from any directory.
+	abs, err := filepath.Abs(c.binDir)
+	if err != nil {
+		return c, fmt.Errorf("find bin dir: %w", err)
+	}
+	c.binDir = abs
 	return c, nil
 }
 
@@ -153,11 +161,13 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 
 	h1 := l.Host(1)
-	if err := checkBins(c.binDir, "weftctl"); err != nil {
-		fmt.Fprintf(stderr, "weft-lab: not showing leases: %v\n", err)
+	tour := tourOf(l, c.binDir)
+	haveWeftctl := checkBins(c.binDir, "weftctl") == nil
+	if !haveWeftctl {
+		fmt.Fprintf(stderr, "weft-lab: not showing leases: %v\n", checkBins(c.binDir, "weftctl"))
 	} else {
-		out, err := h1.Exec(upCtx, filepath.Join(c.binDir, "weftctl"), "--etcd-endpoints="+lab.EtcdEndpoint, "leases")
-		fmt.Fprintf(stdout, "\n$ ip netns exec %s weftctl --etcd-endpoints=%s leases\n%s\n", h1.Name, lab.EtcdEndpoint, strings.TrimRight(string(out), "\n"))
+		out, err := h1.Exec(upCtx, tour.leases().argv...)
+		fmt.Fprintf(stdout, "\n$ %s\n%s\n", tour.leases().line(), strings.TrimRight(string(out), "\n"))
 		if err != nil {
 			fmt.Fprintf(stderr, "weft-lab: weftctl leases: %v\n", err)
 		}
@@ -184,15 +194,99 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		kept = true
 		fmt.Fprintf(stdout, "lab %s kept running. Look around:\n", l.Name)
-		fmt.Fprintf(stdout, "  ip netns list | grep %s\n", l.Name)
-		fmt.Fprintf(stdout, "  ip netns exec %s bash    # a host: ip route, ip -d link show, iptables -S\n", h1.Name)
-		if pods := l.Pods(); len(pods) > 0 {
-			fmt.Fprintf(stdout, "  ip netns exec %s ping %s    # from a pod\n", pods[0].NSName, pods[len(pods)-1].IP)
+		for _, h := range tour.lookAround(haveWeftctl) {
+			fmt.Fprintf(stdout, "  %s\n", h.line())
 		}
-		fmt.Fprintf(stdout, "  less %s    # weftd's log on %s\n", h1.WeftdLog(), h1.Name)
-		fmt.Fprintf(stdout, "Clean up with:\n  %s down %s\n", filepath.Join(c.binDir, "weft-lab"), l.Name)
+		fmt.Fprintf(stdout, "Clean up with:\n  %s\n", tour.down().line())
 	}
 	return demoErr
+}
+
+// tour is what the demo suggests to look at: commands printed so that they
+// work as printed, pasted into a shell from any directory (binaries by
+// absolute path, arguments quoted where needed).
+type tour struct {
+	binDir, lab string
+	host        string // first host's namespace
+	healthz     string // its weftd's HTTP address
+	weftdLog    string
+	podNS       string     // first pod's namespace, "" without pods
+	podIP       netip.Addr // last pod's address
+}
+
+func tourOf(l *lab.Lab, binDir string) tour {
+	h1 := l.Host(1)
+	t := tour{binDir: binDir, lab: l.Name, host: h1.Name, healthz: h1.HealthzAddr(), weftdLog: h1.WeftdLog()}
+	if pods := l.Pods(); len(pods) > 0 {
+		t.podNS, t.podIP = pods[0].NSName, pods[len(pods)-1].IP
+	}
+	return t
+}
+
+// hint is one suggested command, run in the network namespace ns ("": the
+// caller's), and what it shows.
+type hint struct {
+	ns   string
+	argv []string
+	note string
+}
+
+// words is the whole command line: ip netns exec NS ARGV...
+func (h hint) words() []string {
+	if h.ns == "" {
+		return h.argv
+	}
+	return append([]string{"ip", "netns", "exec", h.ns}, h.argv...)
+}
+
+// line is the hint as a shell line, the note as a comment.
+func (h hint) line() string {
+	var words []string
+	for _, a := range h.words() {
+		words = append(words, shellQuote(a))
+	}
+	s := strings.Join(words, " ")
+	if h.note != "" {
+		s += "    # " + h.note
+	}
+	return s
+}
+
+// shellQuote quotes s for a POSIX shell when it holds anything but plain
+// word characters.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+=/.,:@%") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func (t tour) weftctl(args ...string) []string {
+	return append([]string{filepath.Join(t.binDir, "weftctl")}, args...)
+}
+
+func (t tour) leases() hint {
+	return hint{ns: t.host, argv: t.weftctl("--etcd-endpoints="+lab.EtcdEndpoint, "leases"), note: "every host's lease, from etcd"}
+}
+
+// lookAround lists the commands shown when the lab is kept.
+func (t tour) lookAround(withWeftctl bool) []hint {
+	hs := []hint{
+		{argv: []string{"ip", "netns", "list"}, note: "the lab's namespaces start with " + t.lab},
+		{ns: t.host, argv: []string{"bash"}, note: "a shell on a host: ip route, ip -d link show, iptables -S"},
+	}
+	if withWeftctl {
+		hs = append(hs, t.leases(),
+			hint{ns: t.host, argv: t.weftctl("status", "--addr", t.healthz), note: "what weftd on " + t.host + " says"})
+	}
+	if t.podNS != "" {
+		hs = append(hs, hint{ns: t.podNS, argv: []string{"ping", "-c", "3", t.podIP.String()}, note: "from a pod to another"})
+	}
+	return append(hs, hint{argv: []string{"less", t.weftdLog}, note: "weftd's log on " + t.host})
+}
+
+func (t tour) down() hint {
+	return hint{argv: []string{filepath.Join(t.binDir, "weft-lab"), "down", t.lab}}
 }
 
 func runDown(args []string, stdout io.Writer) error {
