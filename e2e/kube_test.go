@@ -1,0 +1,448 @@
+package e2e_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	rbacv1client "k8s.io/client-go/kubernetes/typed/rbac/v1"
+	"k8s.io/client-go/rest"
+
+	"github.com/weftnet/weft/internal/lab"
+	"github.com/weftnet/weft/subnet"
+)
+
+// kubeAPIServerEnv names the kube-apiserver binary the Kubernetes tests
+// run; make e2e-kube builds it (e2e/kubeapiserver/build.sh) and sets it.
+const kubeAPIServerEnv = "WEFT_KUBE_APISERVER"
+
+// ann is flannel's annotation prefix, which weftd uses by default.
+const ann = "flannel.alpha.coreos.com/"
+
+// kubeAPIServerBin returns the kube-apiserver to test against, or skips.
+func kubeAPIServerBin(t *testing.T) string {
+	t.Helper()
+	bin := os.Getenv(kubeAPIServerEnv)
+	if bin == "" {
+		t.Skipf("kube e2e: %s is not set; run make e2e-kube, which builds kube-apiserver once (about 5 minutes) into ~/.cache/weft and runs these tests", kubeAPIServerEnv)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("kube e2e: %s=%s: %v", kubeAPIServerEnv, bin, err)
+	}
+	return bin
+}
+
+// kubeClient is a client of the lab's API server with the admin token.
+func kubeClient(t *testing.T, k *lab.KubeAPIServer) (corev1client.CoreV1Interface, rbacv1client.RbacV1Interface) {
+	t.Helper()
+	rc := &rest.Config{Host: k.URL, BearerToken: k.AdminToken, TLSClientConfig: rest.TLSClientConfig{CAFile: k.CAFile}, Dial: k.Dial, Timeout: 10 * time.Second}
+	core, err := corev1client.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rbac, err := rbacv1client.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return core, rbac
+}
+
+// grantWeftd gives weftd's token exactly the rights configuration.md
+// lists, so that the test fails if weftd needs more.
+func grantWeftd(t *testing.T, ctx context.Context, rbac rbacv1client.RbacV1Interface) {
+	t.Helper()
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "weft"},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
+		},
+	}
+	if _, err := rbac.ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "weft"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "weft"},
+		Subjects:   []rbacv1.Subject{{Kind: "Group", APIGroup: "rbac.authorization.k8s.io", Name: lab.KubeNodeGroup}},
+	}
+	if _, err := rbac.ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// createNode creates a Node as a kubelet and the node IPAM controller
+// would leave it: a podCIDR (none when cidr is ""), the given annotations.
+func createNode(t *testing.T, ctx context.Context, core corev1client.CoreV1Interface, name, cidr string, annotations map[string]string) {
+	t.Helper()
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: annotations}}
+	if cidr != "" {
+		n.Spec.PodCIDR, n.Spec.PodCIDRs = cidr, []string{cidr}
+	}
+	if _, err := core.Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create node %s: %v", name, err)
+	}
+}
+
+// podCIDR of lab host i.
+func podCIDR(i int) netip.Prefix { return netip.MustParsePrefix(fmt.Sprintf("198.18.%d.0/24", i)) }
+
+func nodeName(h *lab.Host) string { return fmt.Sprintf("n%d", h.Index) }
+
+// vxlanAnnotation is flannel's backend-data for VNI 1.
+func vxlanAnnotation(mac string) string { return `{"VNI":1,"VtepMAC":"` + mac + `"}` }
+
+// TestKube is issue 16 against a real kube-apiserver (make e2e-kube):
+// weftd in Kubernetes mode on lab hosts whose Node objects the test
+// writes as the node IPAM controller would. The subtests run in order on
+// one lab:
+//   - annotations in flannel's format, NetworkUnavailable=False, a pod
+//     ping matrix, hostile Nodes refused;
+//   - a restart without the vxlan device keeps the VTEP MAC (read back
+//     from our annotation);
+//   - a Node without podCIDR waits and says why on /readyz, then comes up
+//     once the podCIDR is patched in;
+//   - the API server restarts under pings: no packet lost;
+//   - a deleted Node's routes are withdrawn everywhere, and come back with
+//     the Node;
+//   - a mixed pair: a node whose annotations are written by hand in
+//     flannel's exact format, and whose data path is programmed by hand
+//     from weft's annotations, as kube-flannel would.
+func TestKube(t *testing.T) {
+	needBins(t, "weft-lab", "weftd", "weft")
+	bin := kubeAPIServerBin(t)
+	l := newLab(t, lab.Options{Hosts: 5, Backend: "vxlan", Name: "wk", NoConfig: true, Logger: testLogger(t)})
+	ctx := testCtx(t, 10*time.Minute)
+	h1, h2, h3, h4, h5 := l.Host(1), l.Host(2), l.Host(3), l.Host(4), l.Host(5)
+	weft := []*lab.Host{h1, h2, h3}
+
+	k, err := l.NewKubeAPIServer(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := k.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kube-apiserver ready in %s", time.Since(start).Round(time.Millisecond))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("kube-apiserver log tail:\n%s", tailFile(k.Log(), 40))
+		}
+		k.Stop()
+	})
+	core, rbac := kubeClient(t, k)
+	grantWeftd(t, ctx, rbac)
+
+	// Hostile Nodes beside the real ones: one with no annotations at all
+	// (no overlay there: ignored), one whose public-ip is loopback, one
+	// with malformed backend-data, one claiming h2's podCIDR (created
+	// later, so h2's Node is older), one outside the network.
+	hostile := map[string]string{ann + "kube-subnet-manager": "true", ann + "backend-type": "vxlan"}
+	with := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for k, v := range hostile {
+			m[k] = v
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	for _, h := range weft {
+		createNode(t, ctx, core, nodeName(h), podCIDR(h.Index).String(), nil)
+	}
+	createNode(t, ctx, core, "bare", "198.18.8.0/24", nil)
+	createNode(t, ctx, core, "loopback", "198.18.9.0/24", with(ann+"public-ip", "127.0.0.1", ann+"backend-data", vxlanAnnotation("0e:00:00:00:00:09")))
+	createNode(t, ctx, core, "garbled", "198.18.10.0/24", with(ann+"public-ip", "192.0.2.99", ann+"backend-data", `{"VNI":1,"VtepMAC":`))
+	createNode(t, ctx, core, "thief", podCIDR(2).String(), with(ann+"public-ip", "192.0.2.98", ann+"backend-data", vxlanAnnotation("0e:00:00:00:00:98")))
+	createNode(t, ctx, core, "outside", "203.0.113.0/24", with(ann+"public-ip", "192.0.2.97", ann+"backend-data", vxlanAnnotation("0e:00:00:00:00:97")))
+
+	start = time.Now()
+	for _, h := range weft {
+		if err := h.StartWeftdKube(k, nodeName(h), "--log-level=debug"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitAllReady(t, ctx, weft, 90*time.Second)
+	t.Logf("3 weftd ready in Kubernetes mode in %s", time.Since(start).Round(time.Millisecond))
+	var pods []*lab.Pod
+	for _, h := range weft {
+		p, err := h.AddPod(ctx, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+	}
+
+	t.Run("annotations, condition and mesh", func(t *testing.T) {
+		for _, h := range weft {
+			n, err := core.Nodes().Get(ctx, nodeName(h), metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]string{
+				ann + "backend-type":        "vxlan",
+				ann + "backend-data":        vxlanAnnotation(linkMAC(ctx, h, vxlanDev)),
+				ann + "public-ip":           h.IP.String(),
+				ann + "kube-subnet-manager": "true",
+			}
+			for key, v := range want {
+				if n.Annotations[key] != v {
+					t.Errorf("%s: annotation %s=%q, want %q", n.Name, key, n.Annotations[key], v)
+				}
+			}
+			for key := range n.Annotations {
+				if strings.HasPrefix(key, ann) && want[key] == "" {
+					t.Errorf("%s: unexpected annotation %s=%q", n.Name, key, n.Annotations[key])
+				}
+			}
+			env, err := h.SubnetEnv()
+			if err != nil || env.LeaseSubnet() != podCIDR(h.Index) {
+				t.Errorf("%s: subnet.env %+v (%v), want the podCIDR %s", h.Name, env, err, podCIDR(h.Index))
+			}
+		}
+		if _, err := waitFor(ctx, 20*time.Second, 250*time.Millisecond, func() (bool, string) {
+			for _, h := range weft {
+				n, err := core.Nodes().Get(ctx, nodeName(h), metav1.GetOptions{})
+				if err != nil {
+					return false, err.Error()
+				}
+				if c := condition(n, corev1.NodeNetworkUnavailable); c == nil || c.Status != corev1.ConditionFalse || c.Reason != "FlannelIsUp" {
+					return false, fmt.Sprintf("%s: NetworkUnavailable %+v", n.Name, c)
+				}
+			}
+			return true, ""
+		}); err != nil {
+			t.Error(err)
+		}
+		m, err := l.WaitConnectivity(ctx, 30*time.Second)
+		t.Logf("ping matrix:\n%s", m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The hostile Nodes: no route anywhere, and the claim on h2's
+		// subnet did not displace h2.
+		for _, h := range weft {
+			for _, sn := range []string{"198.18.8.0/24", "198.18.9.0/24", "198.18.10.0/24", "203.0.113.0/24"} {
+				if r, err := routeTo(ctx, h, netip.MustParsePrefix(sn)); err != nil || r != nil {
+					t.Errorf("%s: route to the hostile Node's %s: %v %v", h.Name, sn, r, err)
+				}
+			}
+			if h == h2 {
+				// On h2 the thief claims our own podCIDR.
+				if st, err := status(ctx, h); err != nil || !strings.Contains(fmt.Sprint(st.LeasesRefused), "node/thief unparsable node thief: pod cidr 198.18.2.0/24 is our node n2's") {
+					t.Errorf("h2: /status does not show the refusal of the thief: %+v %v", st.LeasesRefused, err)
+				}
+				continue
+			}
+			if route, neigh, fdb, err := peerEntries(ctx, h, podCIDR(2), linkMAC(ctx, h2, vxlanDev), h2.IP.String()); err != nil || !route || !neigh || !fdb {
+				t.Errorf("%s: h2's entries route %v neigh %v fdb %v (%v): the thief took them", h.Name, route, neigh, fdb, err)
+			}
+			st, err := status(ctx, h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			refused := fmt.Sprint(st.LeasesRefused)
+			for _, want := range []string{"node/garbled unparsable", "198.18.9.0-24 invalid", "203.0.113.0-24 invalid", "198.18.2.0-24 duplicate-subnet"} {
+				if !strings.Contains(refused, want) {
+					t.Errorf("%s: /status does not show the refusal of %s: %s", h.Name, want, refused)
+				}
+			}
+		}
+	})
+
+	t.Run("restart without the device keeps the VTEP MAC", func(t *testing.T) {
+		before := linkMAC(ctx, h1, vxlanDev)
+		if err := h1.StopWeftd(os.Interrupt); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h1.Exec(ctx, "ip", "link", "del", vxlanDev); err != nil {
+			t.Fatal(err)
+		}
+		if err := h1.StartWeftdKube(k, nodeName(h1)); err != nil {
+			t.Fatal(err)
+		}
+		waitAllReady(t, ctx, []*lab.Host{h1}, 60*time.Second)
+		if after := linkMAC(ctx, h1, vxlanDev); after != before {
+			t.Errorf("VTEP MAC %s after the restart, %s before: not recovered from the annotation", after, before)
+		}
+		if m, err := l.WaitConnectivity(ctx, 30*time.Second); err != nil {
+			t.Fatalf("%v\n%s", err, m)
+		}
+	})
+
+	t.Run("node without podCIDR waits, then comes up", func(t *testing.T) {
+		createNode(t, ctx, core, nodeName(h4), "", nil)
+		if err := h4.StartWeftdKube(k, nodeName(h4)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := waitFor(ctx, 60*time.Second, 250*time.Millisecond, func() (bool, string) {
+			code, body, err := readyz(ctx, h4)
+			return err == nil && code == 503 && strings.Contains(body, "pod cidr not assigned") && strings.Contains(body, nodeName(h4)),
+				fmt.Sprintf("/readyz %d %q %v", code, body, err)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		_, body, _ := readyz(ctx, h4)
+		t.Logf("h4 /readyz while waiting: %s", body)
+		if len(logLines(h4, "pod cidr not assigned", nodeName(h4))) == 0 {
+			t.Error("weftd's log does not say why it waits, with the node name")
+		}
+		time.Sleep(2 * time.Second)
+		if !weftdRunning(h4) {
+			t.Fatal("weftd exited while waiting for a podCIDR")
+		}
+		patch := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`, podCIDR(4), podCIDR(4))
+		if _, err := core.Nodes().Patch(ctx, nodeName(h4), types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		waitAllReady(t, ctx, []*lab.Host{h4}, 60*time.Second)
+		t.Logf("h4 ready %s after its podCIDR was assigned", time.Since(start).Round(time.Millisecond))
+		p, err := h4.AddPod(ctx, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+		m, err := l.WaitConnectivity(ctx, 30*time.Second)
+		t.Logf("ping matrix:\n%s", m)
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("API server restart loses no pod traffic", func(t *testing.T) {
+		pgs := pingAll(t, pods, 600, 100*time.Millisecond) // 60 s
+		time.Sleep(2 * time.Second)
+		k.Stop()
+		time.Sleep(5 * time.Second)
+		for _, h := range l.Hosts[:4] {
+			if code, body, err := readyz(ctx, h); err != nil || code != 200 {
+				t.Errorf("%s: /readyz %d %q %v with the API server down: the data path does not depend on it", h.Name, code, body, err)
+			}
+		}
+		start := time.Now()
+		if err := k.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("kube-apiserver restarted in %s", time.Since(start).Round(time.Millisecond))
+		expectNoLoss(t, ctx, pgs)
+	})
+
+	t.Run("deleted node's routes are withdrawn", func(t *testing.T) {
+		if err := core.Nodes().Delete(ctx, nodeName(h3), metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		others := []*lab.Host{h1, h2, h4}
+		took, err := waitFor(ctx, 30*time.Second, 100*time.Millisecond, func() (bool, string) {
+			for _, h := range others {
+				if r, err := routeTo(ctx, h, podCIDR(3)); err != nil || r != nil {
+					return false, fmt.Sprintf("%s still routes %s: %v %v", h.Name, podCIDR(3), r, err)
+				}
+			}
+			return true, ""
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("routes to the deleted node withdrawn on every host in %s", took.Round(time.Millisecond))
+		// The Node comes back (a kubelet re-registering): h3's weftd
+		// publishes its lease again and the mesh heals.
+		createNode(t, ctx, core, nodeName(h3), podCIDR(3).String(), nil)
+		if m, err := l.WaitConnectivity(ctx, 60*time.Second); err != nil {
+			t.Fatalf("after the Node came back: %v\n%s", err, m)
+		}
+	})
+
+	t.Run("mixed pair with a flannel node", func(t *testing.T) {
+		// h5 stands in for kube-flannel: its annotations are written by
+		// hand in flannel's format, and its data path is programmed by
+		// hand from h1's annotations, as flanneld would program it.
+		const mac5 = "0e:00:00:00:00:05"
+		n1, err := core.Nodes().Get(ctx, nodeName(h1), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d1 subnet.VXLANData
+		if err := json.Unmarshal([]byte(n1.Annotations[ann+"backend-data"]), &d1); err != nil {
+			t.Fatalf("h1's backend-data %q: %v", n1.Annotations[ann+"backend-data"], err)
+		}
+		sn1, sn5 := podCIDR(1), podCIDR(5)
+		for _, c := range [][]string{
+			{"ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", h5.IP.String(), "dev", "eth0", "dstport", "8472", "nolearning"},
+			{"ip", "link", "set", "flannel.1", "address", mac5, "mtu", "1450", "up"},
+			{"ip", "addr", "add", sn5.Addr().String() + "/32", "dev", "flannel.1"},
+			{"ip", "neigh", "replace", sn1.Addr().String(), "lladdr", d1.VtepMAC, "dev", "flannel.1", "nud", "permanent"},
+			{"bridge", "fdb", "append", d1.VtepMAC, "dev", "flannel.1", "dst", n1.Annotations[ann+"public-ip"], "self", "permanent"},
+			{"ip", "route", "replace", sn1.String(), "via", sn1.Addr().String(), "dev", "flannel.1", "onlink"},
+		} {
+			if _, err := h5.Exec(ctx, c...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := subnet.WriteEnvFile(h5.SubnetFile(), subnet.Env{Network: netip.MustParsePrefix("198.18.0.0/16"), Subnet: subnet.GatewayPrefix(sn5), MTU: 1450}); err != nil {
+			t.Fatal(err)
+		}
+		// Exactly what flanneld writes on its Node.
+		createNode(t, ctx, core, nodeName(h5), sn5.String(), map[string]string{
+			"flannel.alpha.coreos.com/backend-data":        `{"VNI":1,"VtepMAC":"0e:00:00:00:00:05"}`,
+			"flannel.alpha.coreos.com/backend-type":        "vxlan",
+			"flannel.alpha.coreos.com/kube-subnet-manager": "true",
+			"flannel.alpha.coreos.com/public-ip":           h5.IP.String(),
+		})
+		p5, err := h5.AddPod(ctx, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := waitFor(ctx, 20*time.Second, 100*time.Millisecond, func() (bool, string) {
+			route, neigh, fdb, err := peerEntries(ctx, h1, sn5, mac5, h5.IP.String())
+			return route && neigh && fdb, fmt.Sprintf("h1's entries for the flannel node: route %v neigh %v fdb %v %v", route, neigh, fdb, err)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, pair := range [][2]*lab.Pod{{pods[0], p5}, {p5, pods[0]}} {
+			r, err := pair[0].Ping(ctx, pair[1].IP, 5, 200*time.Millisecond)
+			if err != nil || !r.OK() {
+				t.Errorf("ping %s → %s across the mixed pair: %+v %v", pair[0].Name, pair[1].IP, r, err)
+			}
+		}
+		for _, h := range []*lab.Host{h2, h3, h4} {
+			if route, _, _, err := peerEntries(ctx, h, sn5, mac5, h5.IP.String()); err != nil || !route {
+				t.Errorf("%s: no route to the flannel node's %s (%v)", h.Name, sn5, err)
+			}
+		}
+	})
+}
+
+func condition(n *corev1.Node, typ corev1.NodeConditionType) *corev1.NodeCondition {
+	for i := range n.Status.Conditions {
+		if n.Status.Conditions[i].Type == typ {
+			return &n.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+func tailFile(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
