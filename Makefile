@@ -49,6 +49,14 @@ unit:
 e2e: build
 	WEFT_E2E_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 20m ./e2e/...
 
+# The Kubernetes e2e tests against a real kube-apiserver, which
+# e2e/kubeapiserver/build.sh builds once (about 5 minutes) and caches in
+# ~/.cache/weft. make test skips them (see e2e/README.md).
+.PHONY: e2e-kube
+e2e-kube: build
+	apiserver=$$(e2e/kubeapiserver/build.sh) && \
+	WEFT_E2E_BIN_DIR=$(CURDIR)/bin WEFT_KUBE_APISERVER=$$apiserver $(GO) test -count=1 -timeout 20m -run '^TestKube' -v ./e2e/
+
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./subnet/... ./backend/...
 	./bin/weft-lab bench
