@@ -210,31 +210,6 @@ func FuzzParseConfig(f *testing.F) {
 	})
 }
 
-func TestValidatePeerBackend(t *testing.T) {
-	vx, _ := ParseConfig([]byte(`{"Network":"198.18.0.0/16"}`))
-	udp, _ := ParseConfig([]byte(`{"Network":"198.18.0.0/16","Backend":{"Type":"udp"}}`))
-	sn := netip.MustParsePrefix("198.18.2.0/24")
-	ip := netip.MustParseAddr("192.0.2.12")
-	good := Lease{Subnet: sn, Attrs: LeaseAttrs{PublicIP: ip, BackendType: "vxlan", BackendData: []byte(`{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}`)}}
-	badMAC := Lease{Subnet: sn, Attrs: LeaseAttrs{PublicIP: ip, BackendType: "vxlan", BackendData: []byte(`{"VNI":1,"VtepMAC":"c6:d2:32"}`)}}
-	udpLease := Lease{Subnet: sn, Attrs: LeaseAttrs{PublicIP: ip}}
-	if err := vx.ValidatePeerBackend(good); err != nil {
-		t.Errorf("good vxlan peer: %v", err)
-	}
-	if err := vx.ValidatePeerBackend(badMAC); err == nil {
-		t.Error("short VtepMAC accepted")
-	}
-	if err := vx.ValidatePeerBackend(udpLease); err == nil || !strings.Contains(err.Error(), `"udp"`) {
-		t.Errorf("udp peer on a vxlan network: %v", err)
-	}
-	if err := udp.ValidatePeerBackend(udpLease); err != nil {
-		t.Errorf("udp peer on a udp network: %v", err)
-	}
-	if err := udp.ValidatePeerBackend(good); err == nil {
-		t.Error("vxlan peer accepted on a udp network")
-	}
-}
-
 func TestCheckUnderlay(t *testing.T) {
 	c, err := ParseConfig([]byte(`{"Network":"198.18.0.0/15"}`))
 	if err != nil {

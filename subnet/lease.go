@@ -271,30 +271,3 @@ func (c *Config) ValidatePeer(l Lease, own netip.Prefix, ownPublicIP netip.Addr)
 	}
 	return nil
 }
-
-// LeaseBackendType is the BackendType a backend writes in its lease: the
-// udp backend writes none, as flannel's does.
-func LeaseBackendType(backendType string) string {
-	if backendType == "udp" {
-		return ""
-	}
-	return backendType
-}
-
-// ValidatePeerBackend refuses a peer lease written by another backend than
-// ours, or whose vxlan BackendData is malformed, so that such a lease never
-// becomes a route.
-func (c *Config) ValidatePeerBackend(l Lease) error {
-	if got, want := l.Attrs.BackendType, LeaseBackendType(c.BackendType); got != want {
-		if got == "" {
-			got = "udp"
-		}
-		return fmt.Errorf("peer runs backend %q, this network runs %q", got, c.BackendType)
-	}
-	if c.BackendType == "vxlan" {
-		if _, _, err := ParseVXLANData(l.Attrs.BackendData); err != nil {
-			return err
-		}
-	}
-	return nil
-}

@@ -3,8 +3,10 @@ package subnet
 import (
 	"cmp"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 )
 
 // Why a lease is not programmed as a peer. Each refusal carries one of these
@@ -21,8 +23,8 @@ const (
 	// RefusedDuplicateSubnet: an older key names the same subnet (a plain
 	// key and a dual-stack "&" key).
 	RefusedDuplicateSubnet = "duplicate-subnet"
-	// RefusedDuplicateMAC: an older lease carries the same VtepMAC, or the
-	// MAC is our own.
+	// RefusedDuplicateMAC: an older lease carries the same backend identity
+	// (vxlan: the VtepMAC), or the identity is our own.
 	RefusedDuplicateMAC = "duplicate-mac"
 )
 
@@ -53,6 +55,17 @@ type Refusal struct {
 	Err error
 }
 
+// PeerRules is what FilterPeers needs to know of the backend in use; each
+// backend describes it once (backend.Descriptor.PeerRules).
+type PeerRules struct {
+	// LeaseType is the BackendType the backend's leases carry ("" for udp).
+	LeaseType string
+	// PeerData judges a peer's BackendData: it returns the identity two
+	// hosts must never share (vxlan: the VTEP MAC), "" if none, or an
+	// error when the data is unusable. Nil: the backend carries no data.
+	PeerData func(LeaseAttrs) (identity string, err error)
+}
+
 // FilterPeers is the one place where peer leases are judged. From the
 // network config, our own lease (with the PublicIP we publish) and the
 // current set of leases, it returns the peers a backend may program, sorted
@@ -63,14 +76,14 @@ type Refusal struct {
 //   - our own key is neither a peer nor a refusal;
 //   - a lease that does not parse, lies outside the network, overlaps our
 //     subnet, has an unusable or our own PublicIP, or carries another
-//     backend's or malformed backend data is refused;
+//     backend's data or data rules.PeerData refuses is refused;
 //   - a reservation nobody has taken up yet (no backend data of ours) is
 //     neither a peer nor a refusal: it is somebody's future lease;
 //   - of two keys for one subnet, the older lease (lower CreateRevision,
 //     then the smaller key) wins and the other is refused;
-//   - on vxlan, of two leases with one VtepMAC the older wins and the other
-//     is refused, and a peer with our own VtepMAC is refused, because the
-//     kernel's FDB holds one remote per MAC.
+//   - of two leases with one backend identity (vxlan: the VtepMAC, as the
+//     kernel's FDB holds one remote per MAC) the older wins and the other
+//     is refused, and a peer with our own identity is refused.
 //
 // The older lease wins so that a peer that is already working is never
 // displaced by a key written after it, whoever wrote it. Renewals keep a
@@ -81,18 +94,16 @@ type Refusal struct {
 // backend.Config.PeerAttrs).
 //
 // Its cost is linear in the number of leases.
-func FilterPeers(c *Config, own Lease, leases []Lease, invalid []InvalidLease) (peers []Lease, refused []Refusal) {
+func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid []InvalidLease) (peers []Lease, refused []Refusal) {
 	for _, inv := range invalid {
 		refused = append(refused, Refusal{Key: inv.Key, Reason: RefusedUnparsable, Err: inv.Err})
 	}
 
 	// Per-lease checks.
 	type cand struct {
-		l   *Lease
-		mac [6]byte
+		l  *Lease
+		id string // the backend identity, "" if none
 	}
-	vxlan := c.BackendType == "vxlan"
-	wantType := LeaseBackendType(c.BackendType)
 	cands := make([]cand, 0, len(leases))
 	for i := range leases {
 		l := &leases[i]
@@ -103,21 +114,22 @@ func FilterPeers(c *Config, own Lease, leases []Lease, invalid []InvalidLease) (
 			refused = append(refused, Refusal{Key: l.Key(), Subnet: l.Subnet, Reason: RefusedInvalid, Err: err})
 			continue
 		}
-		if l.Attrs.BackendType != wantType {
+		if got := l.Attrs.BackendType; got != rules.LeaseType {
 			if l.Reservation {
 				continue // reserved for a host that has not started yet
 			}
-			refused = append(refused, Refusal{Key: l.Key(), Subnet: l.Subnet, Reason: RefusedBackendData, Err: c.ValidatePeerBackend(*l)})
+			refused = append(refused, Refusal{Key: l.Key(), Subnet: l.Subnet, Reason: RefusedBackendData,
+				Err: fmt.Errorf("peer runs backend %s, this network runs %s", backendName(got), c.BackendType)})
 			continue
 		}
 		cd := cand{l: l}
-		if vxlan {
-			mac, err := vtepMAC(l.Attrs.BackendData)
+		if rules.PeerData != nil {
+			id, err := rules.PeerData(l.Attrs)
 			if err != nil {
 				refused = append(refused, Refusal{Key: l.Key(), Subnet: l.Subnet, Reason: RefusedBackendData, Err: err})
 				continue
 			}
-			cd.mac = mac
+			cd.id = id
 		}
 		cands = append(cands, cd)
 	}
@@ -149,37 +161,36 @@ func FilterPeers(c *Config, own Lease, leases []Lease, invalid []InvalidLease) (
 			Err: fmt.Errorf("subnet %s is also claimed by the older key %s", cd.l.Subnet, cands[win].l.Key())})
 	}
 
-	// One lease per VTEP MAC.
-	if vxlan {
-		var ownMAC [6]byte
-		haveOwnMAC := false
-		if m, err := vtepMAC(own.Attrs.BackendData); err == nil {
-			ownMAC, haveOwnMAC = m, true
+	// One lease per backend identity.
+	if rules.PeerData != nil {
+		ownID := ""
+		if id, err := rules.PeerData(own.Attrs); err == nil {
+			ownID = id
 		}
-		byMAC := make(map[[6]byte]int, len(cands))
+		byID := make(map[string]int, len(cands))
 		for i, cd := range cands {
-			if lost[i] {
+			if lost[i] || cd.id == "" {
 				continue
 			}
-			if haveOwnMAC && cd.mac == ownMAC {
+			if cd.id == ownID {
 				lost[i] = true
 				refused = append(refused, Refusal{Key: cd.l.Key(), Subnet: cd.l.Subnet, Reason: RefusedDuplicateMAC,
-					Err: fmt.Errorf("VtepMAC %s is our own device's", macString(cd.mac))})
+					Err: fmt.Errorf("its %s is our own", describeID(cd.id))})
 				continue
 			}
-			j, seen := byMAC[cd.mac]
+			j, seen := byID[cd.id]
 			if !seen {
-				byMAC[cd.mac] = i
+				byID[cd.id] = i
 				continue
 			}
 			win, lose := j, i
 			if older(cd.l, cands[j].l) < 0 {
 				win, lose = i, j
 			}
-			byMAC[cd.mac] = win
+			byID[cd.id] = win
 			lost[lose] = true
 			refused = append(refused, Refusal{Key: cands[lose].l.Key(), Subnet: cands[lose].l.Subnet, Reason: RefusedDuplicateMAC,
-				Err: fmt.Errorf("VtepMAC %s is also used by the older lease %s", macString(cd.mac), cands[win].l.Key())})
+				Err: fmt.Errorf("its %s is also used by the older lease %s", describeID(cd.id), cands[win].l.Key())})
 		}
 	}
 
@@ -200,68 +211,20 @@ func macString(m [6]byte) string {
 	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
-// vtepMAC returns the VtepMAC of vxlan BackendData. flannel and weft write
-// it in one canonical form, {"VNI":<n>,"VtepMAC":"<mac>"}, which is read
-// here without encoding/json (a pass over 5000 leases would otherwise spend
-// most of its time there); anything else goes through ParseVXLANData.
-func vtepMAC(raw []byte) ([6]byte, error) {
-	var mac [6]byte
-	if m, ok := canonicalVTEPMAC(raw); ok && usableMAC(m) {
-		return m, nil
+// backendName names a lease's BackendType for messages: flannel's udp
+// leases carry none.
+func backendName(leaseType string) string {
+	if leaseType == "" {
+		return "udp (no BackendType)"
 	}
-	_, hw, err := ParseVXLANData(raw)
-	if err != nil {
-		return mac, err
-	}
-	copy(mac[:], hw)
-	if !usableMAC(mac) {
-		return mac, fmt.Errorf("vxlan BackendData: VtepMAC %s is not a usable unicast address", hw)
-	}
-	return mac, nil
+	return strconv.Quote(leaseType)
 }
 
-// usableMAC reports whether m can be a VTEP's address: not all zeros, not
-// multicast or broadcast.
-func usableMAC(m [6]byte) bool {
-	return m != [6]byte{} && m[0]&1 == 0
-}
-
-func canonicalVTEPMAC(s []byte) (mac [6]byte, ok bool) {
-	const pre, mid = `{"VNI":`, `,"VtepMAC":"`
-	if len(s) < len(pre) || string(s[:len(pre)]) != pre {
-		return mac, false
+// describeID names a backend identity for messages: a 6-byte identity is
+// a MAC address.
+func describeID(id string) string {
+	if len(id) == 6 {
+		return "VtepMAC " + net.HardwareAddr(id).String()
 	}
-	s = s[len(pre):]
-	n := 0
-	for n < len(s) && n < 9 && s[n] >= '0' && s[n] <= '9' {
-		n++
-	}
-	if n == 0 || len(s) != n+len(mid)+17+2 || string(s[n:n+len(mid)]) != mid || string(s[len(s)-2:]) != `"}` {
-		return mac, false
-	}
-	h := s[n+len(mid) : len(s)-2]
-	for i := range 6 {
-		if i > 0 && h[3*i-1] != ':' {
-			return mac, false
-		}
-		hi, ok1 := unhex(h[3*i])
-		lo, ok2 := unhex(h[3*i+1])
-		if !ok1 || !ok2 {
-			return mac, false
-		}
-		mac[i] = hi<<4 | lo
-	}
-	return mac, true
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10, true
-	case c >= 'A' && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
+	return "identity " + strconv.Quote(id)
 }

@@ -11,6 +11,21 @@ import (
 	"time"
 )
 
+// macRules stands in for the vxlan backend's rules (backend/vxlan cannot be
+// imported here): the identity is the VtepMAC, and unusable MACs are
+// refused.
+var macRules = PeerRules{LeaseType: "vxlan", PeerData: func(a LeaseAttrs) (string, error) {
+	_, mac, err := ParseVXLANData(a.BackendData)
+	return string(mac), err
+}}
+
+func rulesFor(backend string) PeerRules {
+	if backend == "vxlan" {
+		return macRules
+	}
+	return PeerRules{LeaseType: backend}
+}
+
 func testConfig(t testing.TB, backend string) *Config {
 	t.Helper()
 	c, err := ParseConfig([]byte(`{"Network":"198.18.0.0/16","Backend":{"Type":"` + backend + `"}}`))
@@ -135,7 +150,7 @@ func TestFilterPeers(t *testing.T) {
 			if be != "vxlan" {
 				o.Attrs.BackendType, o.Attrs.BackendData = be, nil
 			}
-			peers, refused := FilterPeers(c, o, tc.leases, tc.invalid)
+			peers, refused := FilterPeers(c, rulesFor(be), o, tc.leases, tc.invalid)
 			if got := keysOf(peers); !reflect.DeepEqual(got, append([]string{}, tc.peers...)) {
 				t.Errorf("peers = %q, want %q", got, tc.peers)
 			}
@@ -171,7 +186,7 @@ func TestFilterPeersOrderIndependent(t *testing.T) {
 		keys[l.Key()] = true
 		leases = append(leases, l)
 	}
-	wantPeers, wantRefused := FilterPeers(c, own, leases, nil)
+	wantPeers, wantRefused := FilterPeers(c, macRules, own, leases, nil)
 	if len(wantRefused) == 0 {
 		t.Fatal("the test set has no conflicts")
 	}
@@ -189,7 +204,7 @@ func TestFilterPeersOrderIndependent(t *testing.T) {
 	for range 50 {
 		shuffled := append([]Lease(nil), leases...)
 		rng.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
-		peers, refused := FilterPeers(c, own, shuffled, nil)
+		peers, refused := FilterPeers(c, macRules, own, shuffled, nil)
 		if !reflect.DeepEqual(keysOf(peers), keysOf(wantPeers)) || !reflect.DeepEqual(refusalsOf(refused), refusalsOf(wantRefused)) {
 			t.Fatalf("order changed the outcome:\n got %q %q\nwant %q %q", keysOf(peers), refusalsOf(refused), keysOf(wantPeers), refusalsOf(wantRefused))
 		}
@@ -212,16 +227,22 @@ func TestFilterPeersLinear(t *testing.T) {
 		best := time.Duration(1 << 62)
 		for range 5 {
 			t0 := time.Now()
-			FilterPeers(c, own, nil, inv)
+			FilterPeers(c, macRules, own, nil, inv)
 			best = min(best, time.Since(t0))
 		}
 		return best
 	}
 	small, big := run(1000), run(16000)
-	if big > 64*small+5*time.Millisecond {
+	// Linear is 16x; the quadratic pruning this replaces was 256x (862 ms
+	// at 16000). The bound leaves room for a loaded machine.
+	if big > 100*small+20*time.Millisecond {
 		t.Errorf("16000 garbage keys took %v, 1000 took %v: not linear", big, small)
 	}
 }
+
+// bytesRules takes the raw BackendData as the identity: the filter's own
+// cost, without a backend's parser (backend/vxlan benchmarks its own).
+var bytesRules = PeerRules{LeaseType: "vxlan", PeerData: func(a LeaseAttrs) (string, error) { return string(a.BackendData), nil }}
 
 func BenchmarkFilterPeers5000(b *testing.B) {
 	// A /15 split into /28s holds 8192 subnets.
@@ -240,34 +261,9 @@ func BenchmarkFilterPeers5000(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		peers, refused := FilterPeers(c, own, leases, nil)
+		peers, refused := FilterPeers(c, bytesRules, own, leases, nil)
 		if len(peers) != 5000 || len(refused) != 0 {
 			b.Fatalf("%d peers, %d refused: %s", len(peers), len(refused), strings.Join(refusalsOf(refused), ","))
 		}
 	}
-}
-
-// FuzzVTEPMAC holds the fast VtepMAC reader to ParseVXLANData: whatever it
-// accepts, the full parser accepts with the same MAC.
-func FuzzVTEPMAC(f *testing.F) {
-	f.Add([]byte(`{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}`))
-	f.Add([]byte(`{"VNI":1,"VtepMAC":"00:00:00:00:00:00"}`))
-	f.Add([]byte(`{"VNI":16777215,"VtepMAC":"C6:D2:32:6F:8F:44"}`))
-	f.Add([]byte(`{"VNI":1,"VtepMAC":"c6-d2-32-6f-8f-44"}`))
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		mac, err := vtepMAC(raw)
-		if err != nil {
-			return
-		}
-		_, hw, err2 := ParseVXLANData(raw)
-		if err2 != nil {
-			t.Fatalf("vtepMAC accepted %q (%x), ParseVXLANData refused it: %v", raw, mac, err2)
-		}
-		if string(hw) != string(mac[:]) {
-			t.Fatalf("%q: vtepMAC %x, ParseVXLANData %s", raw, mac, hw)
-		}
-		if !usableMAC(mac) {
-			t.Fatalf("%q: unusable MAC %x accepted", raw, mac)
-		}
-	})
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weftnet/weft/internal/backends"
 	"github.com/weftnet/weft/subnet"
 )
 
@@ -34,8 +35,8 @@ func TestReservationNeverInvalid(t *testing.T) {
 			}
 			// A running host of the network, as weftd sees the leases.
 			own := subnet.Lease{Subnet: netip.MustParsePrefix("198.18.7.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("192.0.2.11"),
-				BackendType: subnet.LeaseBackendType(backend)}}
-			peers, refused := subnet.FilterPeers(cfg, own, snap.Leases, nil)
+				BackendType: mustBackend(t, backend).LeaseType}}
+			peers, refused := subnet.FilterPeers(cfg, mustBackend(t, backend).PeerRules(), own, snap.Leases, nil)
 			if len(refused) != 0 {
 				t.Fatalf("weftd refuses the reservation: %+v", refused)
 			}
@@ -69,4 +70,13 @@ func TestReserveRefusals(t *testing.T) {
 		t.Fatalf("a refused reservation was written: %s", out)
 	}
 	h.runOK("reserve", "198.18.1.0/24", "--public-ip", "192.0.2.42")
+}
+
+func mustBackend(t *testing.T, typ string) backends.Descriptor {
+	t.Helper()
+	d, ok := backends.Lookup(typ)
+	if !ok {
+		t.Fatalf("no backend %q", typ)
+	}
+	return d
 }

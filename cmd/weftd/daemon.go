@@ -197,6 +197,7 @@ func (d *daemon) Run(ctx context.Context) error {
 
 	core := node.New(node.Config{
 		Network:  netcfg,
+		Peers:    entry.PeerRules(),
 		Previous: prevSubnet,
 		Check:    func(raw []byte) (*subnet.Config, error) { return d.checkConfig(raw, ext) },
 		Attrs:    attrs,
@@ -334,7 +335,7 @@ func (d *daemon) previous(ctx context.Context, store leaseStore, netcfg *subnet.
 			continue
 		}
 		// Ours by PublicIP: prefer the lease in our previous subnet.
-		if l.Attrs.BackendType == subnet.LeaseBackendType(netcfg.BackendType) && (!found || l.Subnet == prevSubnet) {
+		if l.Attrs.BackendType == d.backends[netcfg.BackendType].LeaseType && (!found || l.Subnet == prevSubnet) {
 			prev, found = l.Attrs, true
 		}
 	}

@@ -1,5 +1,5 @@
-// Package backends is the one registry of weft's data paths: each backend
-// type's name, its Factory and its Cleanup. weftd builds its backend from it,
+// Package backends is the one registry of weft's data paths: the
+// backend.Descriptor of each type, one line each. weftd builds its backend from it,
 // and weftctl config set uses it to refuse, before anything is written to
 // etcd, a config that weftd would refuse at start on every host.
 //
@@ -22,22 +22,14 @@ import (
 	"github.com/weftnet/weft/subnet"
 )
 
-// Descriptor is one registered data path.
-type Descriptor struct {
-	// Type is the config's Backend.Type, lower case.
-	Type string
-	// New builds the backend. It validates the options and touches no
-	// kernel state (see backend.Factory).
-	New backend.Factory
-	// Cleanup removes whatever this backend type may have left behind.
-	Cleanup backend.Cleanup
-}
+// Descriptor is one registered data path (see backend.Descriptor).
+type Descriptor = backend.Descriptor
 
-// all lists every backend, sorted by Type.
+// all lists every backend, sorted by Type: one line each.
 var all = []Descriptor{
-	{Type: hostgw.Type, New: hostgw.New, Cleanup: hostgw.Cleanup},
-	{Type: udp.Type, New: udp.New, Cleanup: udp.Cleanup},
-	{Type: vxlan.Type, New: vxlan.New, Cleanup: vxlan.Cleanup},
+	hostgw.Descriptor,
+	udp.Descriptor,
+	vxlan.Descriptor,
 }
 
 // All returns every registered backend, sorted by Type. The slice is a
@@ -90,13 +82,13 @@ func Check(cfg *subnet.Config, logger *slog.Logger) error {
 			Rule:  fmt.Sprintf("unknown backend %q (want %s)", cfg.BackendType, strings.Join(Types(), ", ")),
 		}
 	}
-	return d.CheckOptions(cfg, logger)
+	return CheckOptions(d, cfg, logger)
 }
 
 // CheckOptions runs d's own option parser on cfg.Backend: it calls d.New
 // with a placeholder underlay interface and discards the backend, which a
 // Factory allows (it touches no kernel state). logger may be nil.
-func (d Descriptor) CheckOptions(cfg *subnet.Config, logger *slog.Logger) error {
+func CheckOptions(d Descriptor, cfg *subnet.Config, logger *slog.Logger) error {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}

@@ -8,7 +8,6 @@
 package doctor
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/internal/backends"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/nl"
 	"github.com/weftnet/weft/subnet"
@@ -77,7 +77,11 @@ type RefusedLease struct {
 func (r Report) OK() bool { return len(r.Problems) == 0 }
 
 type checker struct {
-	in     Input
+	in Input
+	// be describes the config's backend (internal/backends): the doctor
+	// judges peers with its rules and compares the kernel with what it
+	// says it keeps there.
+	be     backend.Descriptor
 	k      kernel
 	rep    Report
 	own    subnet.Lease
@@ -115,7 +119,8 @@ func Check(in Input) (Report, error) {
 
 // check is Check on the kernel k.
 func check(in Input, k kernel) (Report, error) {
-	c := &checker{in: in, k: k, rep: Report{Backend: in.Config.BackendType, Problems: []Problem{}}}
+	be, _ := backends.Lookup(in.Config.BackendType) // unknown: said below
+	c := &checker{in: in, be: be, k: k, rep: Report{Backend: in.Config.BackendType, Problems: []Problem{}}}
 	if err := c.findOwn(); err != nil {
 		return c.rep, err
 	}
@@ -125,19 +130,22 @@ func check(in Input, k kernel) (Report, error) {
 	c.checkSubnetFile()
 	peers := c.validPeers()
 	c.rep.Peers = len(peers)
-	var err2 error
-	switch in.Config.BackendType {
-	case "vxlan":
-		err2 = c.checkVXLAN(peers)
-	case "host-gw":
-		err2 = c.checkHostGW(peers)
-	case "udp":
-		err2 = c.checkUDP()
-	default:
-		c.problem("config", "set Backend.Type to vxlan, host-gw or udp with `weftctl config set`", "unknown backend %q", in.Config.BackendType)
+	if c.be.Expect == nil {
+		c.problem("config", "set Backend.Type to a backend this weftctl knows with `weftctl config set`", "unknown backend %q", in.Config.BackendType)
+		return c.rep, nil
 	}
-	if err2 != nil {
-		return c.rep, err2
+	ext := backend.ExternalInterface{}
+	if c.ext != nil {
+		ext = backend.ExternalInterface{Name: c.ext.Name, Index: c.ext.Index, MTU: c.ext.MTU}
+	}
+	exp, err := c.be.Expect(backend.ExpectInput{Network: in.Config, Options: in.Config.Backend,
+		Own: c.own, Peers: peers, Ext: ext, OnLink: c.extNet})
+	if err != nil {
+		c.problem("config", "fix the Backend options with `weftctl config set`", "backend options: %v", err)
+		return c.rep, nil
+	}
+	if err := c.compare(exp); err != nil {
+		return c.rep, err
 	}
 	if in.IPTables != nil {
 		c.checkIPTables()
@@ -228,7 +236,7 @@ func (c *checker) checkSubnetFile() {
 // and reports every refused lease: weftd programs nothing for it, and an
 // operator should know why.
 func (c *checker) validPeers() []subnet.Lease {
-	peers, refused := subnet.FilterPeers(c.in.Config, c.own, c.in.Leases, c.in.Invalid)
+	peers, refused := subnet.FilterPeers(c.in.Config, c.be.PeerRules(), c.own, c.in.Leases, c.in.Invalid)
 	for _, r := range refused {
 		c.rep.Refused = append(c.rep.Refused, RefusedLease{Key: r.Key, Reason: r.Reason, Error: r.Err.Error()})
 		if subnet.Conflict(r.Reason) {
@@ -237,31 +245,6 @@ func (c *checker) validPeers() []subnet.Lease {
 		}
 	}
 	return peers
-}
-
-// backendOptions are the options the doctor needs to predict the kernel.
-type backendOptions struct {
-	VNI           int
-	MTU           int
-	DirectRouting bool
-}
-
-func (c *checker) options() backendOptions {
-	o := backendOptions{VNI: 1}
-	_ = json.Unmarshal(c.in.Config.Backend, &o)
-	if o.VNI == 0 {
-		o.VNI = 1
-	}
-	return o
-}
-
-func (c *checker) onLink(ip netip.Addr) bool {
-	for _, p := range c.extNet {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
 }
 
 // checkDevice verifies a device exists, is up, has the MTU and address.
@@ -293,155 +276,138 @@ func (c *checker) checkDevice(name string, mtu int, addr netip.Prefix) *nl.Link 
 	return &link
 }
 
-func (c *checker) extMTU() int {
-	if c.ext == nil {
-		return 0
+// compare reports every difference between exp and the kernel: each
+// device, neighbour entry, FDB entry and route the backend keeps, and our
+// routes (protocol RouteProtocol) that no peer accounts for.
+func (c *checker) compare(exp backend.Expectation) error {
+	links := map[string]*nl.Link{}
+	missing := false
+	for _, d := range exp.Devices {
+		links[d.Name] = c.checkDevice(d.Name, d.MTU, d.Addr)
+		missing = missing || links[d.Name] == nil
 	}
-	return c.ext.MTU
-}
-
-func (c *checker) checkVXLAN(peers []subnet.Lease) error {
-	o := c.options()
-	name := fmt.Sprintf("weft.%d", o.VNI)
-	mtu := o.MTU
-	if mtu == 0 && c.extMTU() > 0 {
-		mtu = c.extMTU() - 50
-	}
-	link := c.checkDevice(name, mtu, netip.PrefixFrom(c.own.Subnet.Addr(), 32))
-	if link == nil {
+	if missing {
 		return nil // one problem, not one per peer: everything hangs off the device
 	}
-	neighs, err := c.k.NeighList(link.Index, nl.FamilyV4, nil)
-	if err != nil {
-		return fmt.Errorf("list neighbours of %s: %w", name, err)
+	devOf := func(name string) (*nl.Link, bool) {
+		if name == "" {
+			return c.ext, c.ext != nil
+		}
+		l, ok := links[name]
+		return l, ok && l != nil
 	}
-	haveNeigh := map[netip.Addr]string{}
-	for _, n := range neighs {
-		if n.IP.Is4() && n.State&unix.NUD_PERMANENT != 0 {
-			haveNeigh[n.IP] = n.HardwareAddr().String()
+
+	// Neighbour and FDB entries, per device, read once each.
+	neighs := map[string]map[netip.Addr]string{}
+	fdbs := map[string]map[string]netip.Addr{}
+	for _, n := range exp.Neighbours {
+		l, ok := devOf(n.Dev)
+		if !ok {
+			continue // the device's own problem says it all
+		}
+		if neighs[n.Dev] == nil {
+			list, err := c.k.NeighList(l.Index, nl.FamilyV4, nil)
+			if err != nil {
+				return fmt.Errorf("list neighbours of %s: %w", n.Dev, err)
+			}
+			have := map[netip.Addr]string{}
+			for _, e := range list {
+				if e.IP.Is4() && e.State&unix.NUD_PERMANENT != 0 {
+					have[e.IP] = e.HardwareAddr().String()
+				}
+			}
+			neighs[n.Dev] = have
+		}
+		c.rep.Checked++
+		fix := fixWeftd + fmt.Sprintf("; by hand: ip neigh replace %s lladdr %s dev %s nud permanent", n.IP, n.MAC, n.Dev)
+		if got, ok := neighs[n.Dev][n.IP]; !ok {
+			c.problem("neigh", fix, "neighbour entry %s -> %s on %s is missing (peer %s)", n.IP, n.MAC, n.Dev, n.Peer)
+		} else if got != n.MAC.String() {
+			c.problem("neigh", fix, "neighbour entry %s on %s points to %s, the lease says %s (stale VTEP MAC)", n.IP, n.Dev, got, n.MAC)
 		}
 	}
-	fdbs, err := c.k.NeighList(link.Index, nl.FamilyBridge, nil)
-	if err != nil {
-		return fmt.Errorf("list fdb of %s: %w", name, err)
-	}
-	haveFDB := map[string]netip.Addr{}
-	for _, f := range fdbs {
-		if f.IP.Is4() {
-			haveFDB[f.HardwareAddr().String()] = f.IP
+	for _, f := range exp.FDB {
+		l, ok := devOf(f.Dev)
+		if !ok {
+			continue
+		}
+		if fdbs[f.Dev] == nil {
+			list, err := c.k.NeighList(l.Index, nl.FamilyBridge, nil)
+			if err != nil {
+				return fmt.Errorf("list fdb of %s: %w", f.Dev, err)
+			}
+			have := map[string]netip.Addr{}
+			for _, e := range list {
+				if e.IP.Is4() {
+					have[e.HardwareAddr().String()] = e.IP
+				}
+			}
+			fdbs[f.Dev] = have
+		}
+		c.rep.Checked++
+		fix := fixWeftd + fmt.Sprintf("; by hand: bridge fdb replace %s dev %s dst %s self permanent", f.MAC, f.Dev, f.Dst)
+		if got, ok := fdbs[f.Dev][f.MAC.String()]; !ok {
+			c.problem("fdb", fix, "FDB entry %s -> %s on %s is missing", f.MAC, f.Dst, f.Dev)
+		} else if got != f.Dst {
+			c.problem("fdb", fix, "FDB entry %s on %s sends to %s, the lease says %s", f.MAC, f.Dev, got, f.Dst)
 		}
 	}
-	c.checkRoutes(peers, func(p subnet.Lease) (string, routeWant) {
-		if o.DirectRouting && c.onLink(p.Attrs.PublicIP) && c.ext != nil {
-			return "", routeWant{gw: p.Attrs.PublicIP, link: c.ext}
-		}
-		_, mac, _ := subnet.ParseVXLANData(p.Attrs.BackendData)
-		na := p.Subnet.Addr()
-		c.rep.Checked += 2
-		if got, ok := haveNeigh[na]; !ok {
-			c.problem("neigh", fixWeftd+fmt.Sprintf("; by hand: ip neigh replace %s lladdr %s dev %s nud permanent", na, mac, name),
-				"neighbour entry %s -> %s on %s is missing (peer %s)", na, mac, name, p.Attrs.PublicIP)
-		} else if got != mac.String() {
-			c.problem("neigh", fixWeftd+fmt.Sprintf("; by hand: ip neigh replace %s lladdr %s dev %s nud permanent", na, mac, name),
-				"neighbour entry %s on %s points to %s, the lease says %s (stale VTEP MAC)", na, name, got, mac)
-		}
-		if got, ok := haveFDB[mac.String()]; !ok {
-			c.problem("fdb", fixWeftd+fmt.Sprintf("; by hand: bridge fdb replace %s dev %s dst %s self permanent", mac, name, p.Attrs.PublicIP),
-				"FDB entry %s -> %s on %s is missing", mac, p.Attrs.PublicIP, name)
-		} else if got != p.Attrs.PublicIP {
-			c.problem("fdb", fixWeftd+fmt.Sprintf("; by hand: bridge fdb replace %s dev %s dst %s self permanent", mac, name, p.Attrs.PublicIP),
-				"FDB entry %s on %s sends to %s, the lease says %s", mac, name, got, p.Attrs.PublicIP)
-		}
-		return "onlink", routeWant{gw: na, link: link, onlink: true}
-	})
-	return nil
+	return c.checkRoutes(exp.Routes, devOf)
 }
 
-func (c *checker) checkHostGW(peers []subnet.Lease) error {
-	c.checkRoutes(peers, func(p subnet.Lease) (string, routeWant) {
-		if !c.onLink(p.Attrs.PublicIP) {
-			return "refused", routeWant{}
-		}
-		return "", routeWant{gw: p.Attrs.PublicIP, link: c.ext}
-	})
-	return nil
-}
-
-func (c *checker) checkUDP() error {
-	o := c.options()
-	mtu := o.MTU
-	if mtu == 0 && c.extMTU() > 0 {
-		mtu = c.extMTU() - 28
+// checkRoutes compares weft's routes (protocol RouteProtocol, and any
+// route exp names) with exp; routes of ours that exp does not name are
+// stale.
+func (c *checker) checkRoutes(want []backend.ExpectedRoute, devOf func(string) (*nl.Link, bool)) error {
+	wanted := map[netip.Prefix]bool{}
+	for _, w := range want {
+		wanted[w.Dst] = true
 	}
-	link := c.checkDevice("weft0", mtu, netip.Prefix{})
-	if link == nil {
-		return nil
-	}
-	c.rep.Checked++
-	routes, err := c.k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, func(r *nl.Route) bool {
-		return r.LinkIndex == link.Index && r.Dst == c.in.Config.Network
-	}, nil)
-	if err != nil {
-		return fmt.Errorf("list routes: %w", err)
-	}
-	if len(routes) > 0 {
-		return nil
-	}
-	c.problem("route", fixWeftd+fmt.Sprintf("; by hand: ip route replace %s dev weft0 proto %d", c.in.Config.Network, backend.RouteProtocol),
-		"route %s dev weft0 is missing", c.in.Config.Network)
-	return nil
-}
-
-type routeWant struct {
-	gw     netip.Addr
-	link   *nl.Link
-	onlink bool
-}
-
-// checkRoutes compares weft's routes (protocol 87) with one route per peer
-// as want describes it; a peer for which want returns "refused" must have
-// no route. Routes to subnets that no peer holds any more are reported too.
-func (c *checker) checkRoutes(peers []subnet.Lease, want func(subnet.Lease) (string, routeWant)) {
 	all, err := c.k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, func(r *nl.Route) bool {
-		return r.Protocol == backend.RouteProtocol
+		return r.Protocol == backend.RouteProtocol || wanted[r.Dst]
 	}, nil)
 	if err != nil {
 		c.problem("route", "run weftctl doctor as root", "cannot list routes: %v", err)
-		return
+		return nil
 	}
 	have := map[netip.Prefix]nl.Route{}
 	for _, r := range all {
-		have[r.Dst] = r
+		if _, dup := have[r.Dst]; !dup || r.Protocol == backend.RouteProtocol {
+			have[r.Dst] = r
+		}
 	}
-	wanted := map[netip.Prefix]bool{}
-	for _, p := range peers {
-		kind, w := want(p)
-		if kind == "refused" {
-			continue
-		}
-		wanted[p.Subnet] = true
+	for _, w := range want {
 		c.rep.Checked++
-		if w.link == nil {
-			c.problem("route", fixWeftd, "route to %s (peer %s) cannot be checked: its device is missing", p.Subnet, p.Attrs.PublicIP)
+		l, ok := devOf(w.Dev)
+		if !ok {
+			c.problem("route", fixWeftd, "route to %s (peer %s) cannot be checked: its device is missing", w.Dst, w.Peer)
 			continue
 		}
-		desc := fmt.Sprintf("%s via %s dev %s", p.Subnet, w.gw, w.link.Name)
-		if w.onlink {
+		desc := w.Dst.String()
+		if w.Gw.IsValid() {
+			desc += " via " + w.Gw.String()
+		}
+		desc += " dev " + l.Name
+		if w.OnLink {
 			desc += " onlink"
 		}
 		fix := fixWeftd + fmt.Sprintf("; by hand: ip route replace %s proto %d", desc, backend.RouteProtocol)
-		r, ok := have[p.Subnet]
+		r, ok := have[w.Dst]
 		if !ok {
-			c.problem("route", fix, "route %s is missing (peer %s)", desc, p.Attrs.PublicIP)
+			if w.Peer.IsValid() {
+				c.problem("route", fix, "route %s is missing (peer %s)", desc, w.Peer)
+			} else {
+				c.problem("route", fix, "route %s is missing", desc)
+			}
 			continue
 		}
-		if r.Gw != w.gw || r.LinkIndex != w.link.Index {
-			c.problem("route", fix, "route to %s goes via %s ifindex %d, want %s", p.Subnet, r.Gw, r.LinkIndex, desc)
+		if r.Gw != w.Gw || r.LinkIndex != l.Index {
+			c.problem("route", fix, "route to %s goes via %s ifindex %d, want %s", w.Dst, r.Gw, r.LinkIndex, desc)
 		}
 	}
 	var stale []string
-	for p := range have {
-		if !wanted[p] && p != c.in.Config.Network {
+	for p, r := range have {
+		if !wanted[p] && r.Protocol == backend.RouteProtocol {
 			stale = append(stale, p.String())
 		}
 	}
@@ -450,6 +416,7 @@ func (c *checker) checkRoutes(peers []subnet.Lease, want func(subnet.Lease) (str
 		c.problem("route", fixWeftd+fmt.Sprintf("; by hand: ip route del %s proto %d", s, backend.RouteProtocol),
 			"route to %s has no valid lease behind it (stale)", s)
 	}
+	return nil
 }
 
 func (c *checker) checkIPTables() {

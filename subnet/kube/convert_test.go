@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/weftnet/weft/backend/vxlan"
 	"github.com/weftnet/weft/subnet"
 )
 
@@ -165,7 +166,7 @@ func TestHostileNodes(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			set := NodeLeases(pfx, "self", tc.nodes)
-			peers, refused := subnet.FilterPeers(cfg, ownLease(), set.Leases, set.Invalid)
+			peers, refused := subnet.FilterPeers(cfg, vxlan.Descriptor.PeerRules(), ownLease(), set.Leases, set.Invalid)
 			var got []string
 			for _, p := range peers {
 				s := p.Subnet.String()
@@ -323,7 +324,7 @@ func FuzzNodeLeases(f *testing.F) {
 				t.Fatalf("backend data %q is not JSON", l.Attrs.BackendData)
 			}
 		}
-		peers, _ := subnet.FilterPeers(cfg, ownLease(), set.Leases, set.Invalid)
+		peers, _ := subnet.FilterPeers(cfg, vxlan.Descriptor.PeerRules(), ownLease(), set.Leases, set.Invalid)
 		if len(peers) > 1 {
 			t.Fatalf("two nodes with one subnet and MAC gave %d peers", len(peers))
 		}

@@ -78,6 +78,9 @@ type SubnetFile interface {
 type Config struct {
 	// Network is the validated config weftd started with; Raw its bytes.
 	Network *subnet.Config
+	// Peers are the backend's rules for judging peers (its lease type and
+	// peer data), from its backend.Descriptor.
+	Peers subnet.PeerRules
 	// Check validates a config read while running, as at start (backend
 	// options, underlay); nil means subnet.ParseConfig.
 	Check func(raw []byte) (*subnet.Config, error)
@@ -255,7 +258,7 @@ func (c *Core) push(s *state) {
 	if !s.HaveLease {
 		return
 	}
-	peers, refused := subnet.FilterPeers(c.cfg.Network, s.Lease, s.peerSet.Leases, s.peerSet.Invalid)
+	peers, refused := subnet.FilterPeers(c.cfg.Network, c.cfg.Peers, s.Lease, s.peerSet.Leases, s.peerSet.Invalid)
 	logged := make(map[string]string, len(refused))
 	for _, r := range refused {
 		why := r.Reason + ": " + r.Err.Error()

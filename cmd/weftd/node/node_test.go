@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/backend/vxlan"
 	"github.com/weftnet/weft/subnet"
 )
 
@@ -163,7 +164,7 @@ func start(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{t: t, cfg: cfg, store: newFakeStore(netConfig), be: &fakeBackend{}, rules: &fakeRules{}, file: &fakeFile{}}
-	h.core = New(Config{Network: cfg, ConfigPoll: time.Hour, Logger: slog.New(slog.DiscardHandler)}, h.store, h.be, h.rules, h.file)
+	h.core = New(Config{Network: cfg, Peers: vxlan.Descriptor.PeerRules(), ConfigPoll: time.Hour, Logger: slog.New(slog.DiscardHandler)}, h.store, h.be, h.rules, h.file)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.core.Run(ctx) }()
@@ -309,7 +310,7 @@ func TestCoreConfigPoll(t *testing.T) {
 	cfg, _ := subnet.ParseConfig([]byte(netConfig))
 	store := newFakeStore(netConfig)
 	be := &fakeBackend{}
-	c := New(Config{Network: cfg, ConfigPoll: 5 * time.Millisecond}, store, be, nil, &fakeFile{})
+	c := New(Config{Network: cfg, Peers: vxlan.Descriptor.PeerRules(), ConfigPoll: 5 * time.Millisecond}, store, be, nil, &fakeFile{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go c.Run(ctx)
@@ -382,7 +383,7 @@ func TestCoreRandomSequences(t *testing.T) {
 				if !own.Subnet.IsValid() {
 					continue
 				}
-				wantPeers, wantRefused := subnet.FilterPeers(h.cfg, own, set, nil)
+				wantPeers, wantRefused := subnet.FilterPeers(h.cfg, vxlan.Descriptor.PeerRules(), own, set, nil)
 				gotOwn, gotPeers := h.be.desired()
 				var want []string
 				for _, p := range wantPeers {
