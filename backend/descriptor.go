@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/netip"
+	"reflect"
 
 	"github.com/weftnet/weft/subnet"
 )
@@ -31,6 +32,22 @@ type Descriptor struct {
 	// Expect says what the backend holds in a host's kernel for a set of
 	// peers, for weftctl doctor to compare with what is there.
 	Expect func(ExpectInput) (Expectation, error)
+	// Options parses a Backend object into the backend's options with
+	// their defaults applied, comparable with reflect.DeepEqual, so that
+	// two configs are compared by meaning ({"VNI":1} is no change from
+	// {}). Nil: the backend has no options beyond Type.
+	Options func(json.RawMessage) (any, error)
+}
+
+// SameOptions reports whether two Backend objects mean the same options
+// for d.
+func (d Descriptor) SameOptions(a, b json.RawMessage) bool {
+	if d.Options == nil {
+		return true
+	}
+	oa, erra := d.Options(a)
+	ob, errb := d.Options(b)
+	return erra == nil && errb == nil && reflect.DeepEqual(oa, ob)
 }
 
 // PeerRules is what subnet.FilterPeers needs to know of the backend.

@@ -12,8 +12,11 @@ import (
 // ConfigDiff names the fields in which two valid configs differ in meaning:
 // field names are compared case-insensitively (as they are parsed), derived
 // values after their defaults are applied, and JSON formatting not at all.
-// It returns nil when the configs mean the same network.
-func ConfigDiff(a, b *Config) []string {
+// sameOptions, if not nil, is the backend's own comparison of two Backend
+// objects with their defaults applied (backend.Descriptor.SameOptions);
+// then a difference there is reported as "Backend". It returns nil when
+// the configs mean the same network.
+func ConfigDiff(a, b *Config, sameOptions func(a, b json.RawMessage) bool) []string {
 	var out []string
 	add := func(field string, differ bool) {
 		if differ {
@@ -26,7 +29,9 @@ func ConfigDiff(a, b *Config) []string {
 	add("SubnetMax", a.SubnetMax != b.SubnetMax)
 	add("EnableNFTables", a.EnableNFTables != b.EnableNFTables)
 	add("Backend.Type", a.BackendType != b.BackendType)
-	if a.BackendType == b.BackendType {
+	if a.BackendType == b.BackendType && sameOptions != nil {
+		add("Backend", !sameOptions(a.Backend, b.Backend))
+	} else if a.BackendType == b.BackendType {
 		ao, bo := foldKeys(a.Backend), foldKeys(b.Backend)
 		for _, k := range slices.Sorted(maps.Keys(union(ao, bo))) {
 			if k == "type" {

@@ -16,6 +16,30 @@ var Descriptor = backend.Descriptor{
 	New:       New,
 	Cleanup:   Cleanup,
 	Expect:    Expect,
+	Options:   normalOptions,
+}
+
+// normalOptions are udp's options with their defaults applied.
+func normalOptions(raw json.RawMessage) (any, error) {
+	n := struct {
+		Port, MTU       int
+		DisableOffloads bool
+	}{Port: DefaultPort}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return n, nil
+	}
+	var o options
+	if err := json.Unmarshal(raw, &o); err != nil {
+		return nil, fmt.Errorf("udp backend options: %w", err)
+	}
+	if o.Port != nil {
+		n.Port = *o.Port
+	}
+	if o.MTU != nil {
+		n.MTU = *o.MTU
+	}
+	n.DisableOffloads = o.DisableOffloads
+	return n, nil
 }
 
 // Expect is what the udp backend keeps in the kernel: the TUN device weft0

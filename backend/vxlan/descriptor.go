@@ -1,6 +1,7 @@
 package vxlan
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -17,6 +18,11 @@ var Descriptor = backend.Descriptor{
 	Cleanup:   Cleanup,
 	PeerData:  PeerData,
 	Expect:    Expect,
+	Options: func(raw json.RawMessage) (any, error) {
+		o, err := parseOptions(raw)
+		o.Unknown = nil // warned about, not part of the meaning
+		return o, err
+	},
 }
 
 // PeerData judges a peer's vxlan BackendData: its identity is the VTEP

@@ -196,12 +196,13 @@ func (d *daemon) Run(ctx context.Context) error {
 	}
 
 	core := node.New(node.Config{
-		Network:  netcfg,
-		Peers:    entry.PeerRules(),
-		Previous: prevSubnet,
-		Check:    func(raw []byte) (*subnet.Config, error) { return d.checkConfig(raw, ext) },
-		Attrs:    attrs,
-		IPMasq:   d.cfg.IPMasq,
+		Network:     netcfg,
+		Peers:       entry.PeerRules(),
+		SameOptions: entry.SameOptions,
+		Previous:    prevSubnet,
+		Check:       func(raw []byte) (*subnet.Config, error) { return d.checkConfig(raw, ext) },
+		Attrs:       attrs,
+		IPMasq:      d.cfg.IPMasq,
 		OnRefusal: func(r subnet.Refusal) {
 			d.metrics.leasesSkipped.WithLabelValues(r.Reason).Inc()
 		},

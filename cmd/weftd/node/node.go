@@ -20,6 +20,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,6 +82,9 @@ type Config struct {
 	// Peers are the backend's rules for judging peers (its lease type and
 	// peer data), from its backend.Descriptor.
 	Peers subnet.PeerRules
+	// SameOptions compares two Backend objects by meaning, defaults
+	// applied (backend.Descriptor.SameOptions); nil compares their keys.
+	SameOptions func(a, b json.RawMessage) bool
 	// Check validates a config read while running, as at start (backend
 	// options, underlay); nil means subnet.ParseConfig.
 	Check func(raw []byte) (*subnet.Config, error)
@@ -318,7 +322,7 @@ func (c *Core) onConfig(s *state, raw []byte) {
 		return
 	}
 	s.ConfigError = ""
-	changed := subnet.ConfigDiff(c.cfg.Network, cfg)
+	changed := subnet.ConfigDiff(c.cfg.Network, cfg, c.cfg.SameOptions)
 	if len(changed) > 0 && fmt.Sprint(changed) != fmt.Sprint(s.RestartNeeded) {
 		c.log.Warn("the network config changed; restart weftd to apply it", "changed", changed)
 	}

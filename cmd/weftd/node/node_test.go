@@ -164,7 +164,7 @@ func start(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{t: t, cfg: cfg, store: newFakeStore(netConfig), be: &fakeBackend{}, rules: &fakeRules{}, file: &fakeFile{}}
-	h.core = New(Config{Network: cfg, Peers: vxlan.Descriptor.PeerRules(), ConfigPoll: time.Hour, Logger: slog.New(slog.DiscardHandler)}, h.store, h.be, h.rules, h.file)
+	h.core = New(Config{Network: cfg, Peers: vxlan.Descriptor.PeerRules(), SameOptions: vxlan.Descriptor.SameOptions, ConfigPoll: time.Hour, Logger: slog.New(slog.DiscardHandler)}, h.store, h.be, h.rules, h.file)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.core.Run(ctx) }()
@@ -277,9 +277,18 @@ func TestCoreSequence(t *testing.T) {
 	}
 
 	// Config: the same network spelled differently is no change.
-	h.config(`{"network":"198.18.0.0/16","backend":{"type":"vxlan"}}`)
-	if ok, why := h.ready(); !ok {
-		t.Fatalf("a no-op config rewrite made the node unready: %s", why)
+	for _, same := range []string{
+		`{"network":"198.18.0.0/16","backend":{"type":"vxlan"}}`,
+		`{"Network":"198.18.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}`,
+	} {
+		h.config(same)
+		if ok, why := h.ready(); !ok {
+			t.Fatalf("a no-op config rewrite %s made the node unready: %s", same, why)
+		}
+	}
+	h.config(`{"Network":"198.18.0.0/16","Backend":{"Type":"vxlan","VNI":2}}`)
+	if ok, why := h.ready(); ok || !strings.Contains(why, "(Backend)") {
+		t.Fatalf("a VNI change: ready=%v %q", ok, why)
 	}
 	h.config(`{"Network":"198.18.0.0/16","Backend":{"Type":"host-gw"}}`)
 	if ok, why := h.ready(); ok || !strings.Contains(why, "Backend.Type") || !strings.Contains(why, "restart") {
