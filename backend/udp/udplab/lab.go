@@ -304,6 +304,11 @@ func (l *Lab) Iperf(from, to string, dst netip.Addr, secs int) (float64, error) 
 	if err != nil {
 		return 0, err
 	}
+	return parseIperf(out)
+}
+
+// parseIperf returns the Gbit/s received from iperf3 -J output.
+func parseIperf(out string) (float64, error) {
 	var res struct {
 		End struct {
 			SumReceived struct {
