@@ -27,6 +27,23 @@ import (
 // datagrams of one sender in one buffer; their TCP segments are merged
 // back into super-packets before being written to the TUN. Each offload is
 // optional: without it the same code runs one packet at a time.
+//
+// A lone packet. Batching must not make a packet wait for company: no
+// timer or linger holds a batch, a direction sends what one wake-up
+// found as soon as the queue is empty, and a TUN read that had to wait
+// returns its first packet alone, so that it leaves before a read that
+// would only find the queue empty (tunFile.ReadBatch). Each direction
+// keeps to its own goroutine, and the Go poller runs the other one on
+// the same thread when a write produced the answer (a ping's echo, a TCP
+// ACK), so a packet crosses no goroutine handoff. What an idle packet
+// still costs is a thread wake-up per hop (three per round trip: our
+// TUN, the peer's socket, our socket) and the system calls themselves;
+// those skip the runtime's syscall bookkeeping while a direction is idle
+// (sys6 in conn_linux.go), which spared a futex wake-up and a burst of
+// runtime-monitor wake-ups per hop. Under a bulk transfer a ping still
+// waits behind the queues: the TUN's transmit ring in front of the
+// sender and the socket's receive queue in front of the receiver
+// (Documentation/benchmarks.md).
 
 // tunDevice is the TUN side of the data path. With a virtio-net header
 // enabled every packet read or written starts with that header.
@@ -152,7 +169,8 @@ type dataPath struct {
 type batchReader interface {
 	// ReadBatch blocks until at least one packet is queued, then reads
 	// up to len(bufs) packets without blocking, storing their lengths in
-	// sizes. It returns the number read.
+	// sizes. It returns the number read. It may return fewer than are
+	// queued (one after a wait); the next call reads the rest.
 	ReadBatch(bufs [][]byte, sizes []int) (int, error)
 }
 

@@ -21,11 +21,14 @@ type tunFile struct {
 	rbufs  [][]byte
 	rsizes []int
 	rn     int
+	rcalls int  // readQueued calls in this ReadBatch; more than one means it waited
+	ridle  bool // the last ReadBatch had to wait
 	rerr   error
 	rfn    func(fd uintptr) bool
 
 	wiov []unix.Iovec
 	wn   int
+	wraw bool // this write is short (see sys6)
 	werr unix.Errno
 	wfn  func(fd uintptr) bool
 }
@@ -33,17 +36,19 @@ type tunFile struct {
 // Writev implements vectorWriter: one packet from several buffers.
 func (t *tunFile) Writev(iov [][]byte) (int, error) {
 	t.wiov = t.wiov[:0]
+	bytes := 0
 	for _, v := range iov {
 		if len(v) == 0 {
 			continue
 		}
 		t.wiov = append(t.wiov, unix.Iovec{Base: &v[0]})
 		t.wiov[len(t.wiov)-1].SetLen(len(v))
+		bytes += len(v)
 	}
 	if len(t.wiov) == 0 {
 		return 0, nil
 	}
-	t.wn, t.werr = 0, 0
+	t.wn, t.werr, t.wraw = 0, 0, bytes <= rawMaxBytes
 	if err := t.rc.Write(t.wfn); err != nil {
 		return 0, err
 	}
@@ -55,7 +60,7 @@ func (t *tunFile) Writev(iov [][]byte) (int, error) {
 
 func (t *tunFile) writev(fd uintptr) bool {
 	for {
-		n, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.wiov[0])), uintptr(len(t.wiov)))
+		n, e := sys6(t.wraw, unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.wiov[0])), uintptr(len(t.wiov)), 0, 0, 0)
 		switch e {
 		case 0:
 			t.wn = int(n)
@@ -71,13 +76,18 @@ func (t *tunFile) writev(fd uintptr) bool {
 	}
 }
 
-// ReadBatch implements batchReader: it waits in the Go poller until the
-// device is readable, then reads until the queue is empty or bufs are full.
+// ReadBatch implements batchReader: it reads until the queue is empty or
+// bufs are full. If the queue is empty at first, it waits in the Go poller
+// until the device is readable and then returns the first packet alone:
+// after a wait it is most likely a lone packet, which should leave before
+// another read finds the queue empty. Packets queued behind it are read
+// by the next call, without a wait.
 func (t *tunFile) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
-	t.rbufs, t.rsizes, t.rn, t.rerr = bufs, sizes, 0, nil
+	t.rbufs, t.rsizes, t.rn, t.rerr, t.rcalls = bufs, sizes, 0, nil, 0
 	if err := t.rc.Read(t.rfn); err != nil {
 		return 0, err
 	}
+	t.ridle = t.rcalls > 1
 	if t.rn == 0 && t.rerr != nil {
 		return 0, t.rerr
 	}
@@ -85,17 +95,24 @@ func (t *tunFile) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
 }
 
 func (t *tunFile) readQueued(fd uintptr) bool {
-	for t.rn < len(t.rbufs) {
-		n, err := unix.Read(int(fd), t.rbufs[t.rn])
-		switch err {
-		case nil:
-			t.rsizes[t.rn] = n
+	t.rcalls++
+	limit := len(t.rbufs)
+	if t.rcalls > 1 {
+		limit = 1 // called again after a wait
+	}
+	raw := t.ridle || t.rcalls > 1
+	for t.rn < limit {
+		b := t.rbufs[t.rn]
+		n, e := sys6(raw, unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, 0, 0)
+		switch e {
+		case 0:
+			t.rsizes[t.rn] = int(n)
 			t.rn++
 		case unix.EINTR:
 		case unix.EAGAIN:
 			return t.rn > 0
 		default:
-			t.rerr = fmt.Errorf("read TUN: %w", err)
+			t.rerr = fmt.Errorf("read TUN: %w", e)
 			return true
 		}
 	}
