@@ -20,6 +20,7 @@ func Notes(r Results) []string {
 				"RTT is the median of 20 pings 50 ms apart. weftd CPU is utime+stime of both hosts' weftd during the two "+
 				"transfers (/proc/<pid>/stat), as a share of one core. All hosts share this machine's cores, so the "+
 				"physical limit is CPU-bound, not a wire speed.")
+		n = append(n, latencyNote(r.Dataplane)...)
 	}
 	if r.Dataplane != nil {
 		var xs []float64

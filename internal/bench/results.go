@@ -36,6 +36,10 @@ type BackendPath struct {
 	Limit   Path // host → host over the raw veth underlay
 	Path    Path
 	Err     error
+	// Latency is the pod→pod ping RTT at idle and under load (latency.go);
+	// nil when not measured or when LatencyErr is set.
+	Latency    *Latency
+	LatencyErr error
 }
 
 // Dataplane holds every backend's path.
@@ -167,6 +171,7 @@ func (r Results) Table() Table {
 				fmt.Sprintf("+%s", fmtDur(max(0, p.RTT-lim.RTT)))})
 			add(Row{area, c, "weftd CPU during transfers", fmt.Sprintf("%.1f%% of a core", p.WeftdCPU), "", "both hosts"})
 		}
+		t.Rows = append(t.Rows, dp.latencyRows()...)
 	}
 	for _, c := range r.Control {
 		const area = "control plane"
@@ -233,10 +238,13 @@ func (r Results) Table() Table {
 	return t
 }
 
-// Missed lists the control-plane targets that were not met, for the
-// summary and exit status.
+// Missed lists the targets that were not met (control plane, udp RTT),
+// for the summary and exit status.
 func (r Results) Missed() []string {
 	var out []string
+	if r.Dataplane != nil {
+		out = append(out, r.Dataplane.latencyMissed()...)
+	}
 	for _, c := range r.Control {
 		if c.N != TargetPeers || c.Err != nil {
 			continue
@@ -279,6 +287,9 @@ func (r Results) Failed() []string {
 		for _, b := range r.Dataplane.Backends {
 			if b.Err != nil {
 				out = append(out, fmt.Sprintf("data path %s: %v", b.Backend, b.Err))
+			}
+			if b.LatencyErr != nil {
+				out = append(out, fmt.Sprintf("data path %s latency: %v", b.Backend, b.LatencyErr))
 			}
 		}
 	}
