@@ -177,16 +177,30 @@ func (s RouteSpec) netlink(protocol uint8) *netlink.Route {
 	return r
 }
 
-// delRoute deletes the route r as a dump showed it, matching destination,
-// table, metric and protocol only: a route that uses a nexthop object does
-// not match a request that names a gateway.
-func (c *Conn) delRoute(r *Route) error {
+// ReplaceRoute installs r in the main table, tagged with protocol,
+// replacing any route with the same destination and metric 0: one request,
+// answered before it returns, and no nexthop object (RouteTable batches
+// routes and gives gatewayed ones nexthop objects; this is for a backend
+// with one route, or a caller that wants one request at a time).
+func (c *Conn) ReplaceRoute(r RouteSpec, protocol uint8) error {
+	if c.h == nil {
+		return errClosed
+	}
+	return c.h.RouteReplace(r.netlink(protocol))
+}
+
+// DelRoute deletes the route r as a dump showed it, matching destination,
+// table, metric, protocol and scope only: a route that uses a nexthop
+// object does not match a request that names a gateway. The kernel matches
+// the scope too (a device route has scope link), so r must carry the one
+// the dump showed.
+func (c *Conn) DelRoute(r *Route) error {
 	if c.h == nil {
 		return errClosed
 	}
 	return c.h.RouteDel(&netlink.Route{
 		Family: int(FamilyOf(r.Dst.Addr())), Dst: ipNetOf(r.Dst), Table: int(r.Table), Priority: r.Priority,
-		Protocol: netlink.RouteProtocol(r.Protocol),
+		Protocol: netlink.RouteProtocol(r.Protocol), Scope: netlink.Scope(r.Scope),
 	})
 }
 
@@ -250,7 +264,7 @@ func (c *Conn) DelOwnedRoutes(protocol uint8, sel func(Owned) bool) (int, error)
 	n := 0
 	var errs []error
 	for i := range rs {
-		err := c.delRoute(&rs[i])
+		err := c.DelRoute(&rs[i])
 		if err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("delete route %s: %w", rs[i].Dst, err))
 			continue

@@ -226,7 +226,7 @@ func (t *RouteTable) nhRequests(arena []byte, w RouteSpec) (out, nh, route []byt
 // Delete removes the route r as List showed it; deleting the table's
 // nexthop object for r's destination removes the route that uses it too.
 func (t *RouteTable) Delete(r *Route) error {
-	err := t.c.delRoute(r)
+	err := t.c.DelRoute(r)
 	if dst := r.Dst; dst.IsValid() && r.Protocol == t.protocol {
 		if id := t.nhID(dst); id != 0 {
 			if nerr := t.c.delNexthop(id); nerr != nil && !errors.Is(nerr, unix.ENOENT) {

@@ -14,8 +14,9 @@
 //     the main table, unless it is a host address;
 //   - a route is identified by table, destination and metric; a replace
 //     overwrites whatever holds that key; a delete that names a protocol
-//     only removes a route of that protocol, and a missing route fails
-//     with ESRCH;
+//     only removes a route of that protocol, one that names another scope
+//     (universe for a device route, say) removes nothing, and a missing
+//     route fails with ESRCH;
 //   - an IP neighbour is identified by device and address; a VXLAN FDB entry
 //     by device and MAC, with its remote VTEPs: a replace rewrites the
 //     first remote (as the kernel's vxlan_fdb_replace does), a delete
@@ -23,8 +24,9 @@
 //     all-zeros and multicast MACs take more than one remote (AppendFDB);
 //   - requests on a device that does not exist fail with ENODEV.
 //
-// It does not check that a route's gateway is reachable or its device
-// exists, and it sends no events. Kernel behaviour beyond this is what the
+// It does not check that a route's gateway is reachable, nor that the
+// device of a route installed through a Table exists (ReplaceRoute does),
+// and it sends no events. Kernel behaviour beyond this is what the
 // kernel tests (internal/nl/nltest) are for.
 package nlfake
 
@@ -364,6 +366,55 @@ func (f *NS) RouteList(family nl.Family, table uint32, keep func(*nl.Route) bool
 	return out, nil
 }
 
+// routeOf is the route the kernel installs for w, tagged with protocol.
+func routeOf(w nl.RouteSpec, protocol uint8) nl.Route {
+	r := nl.Route{
+		Dst: w.Dst.Masked(), Gw: w.Gw, LinkIndex: w.LinkIndex, Table: unix.RT_TABLE_MAIN,
+		Protocol: protocol, Scope: unix.RT_SCOPE_UNIVERSE, Type: unix.RTN_UNICAST,
+	}
+	if !w.Gw.IsValid() {
+		r.Scope = unix.RT_SCOPE_LINK
+	}
+	if w.OnLink {
+		r.Flags = unix.RTNH_F_ONLINK
+	}
+	return r
+}
+
+// ReplaceRoute implements the nl.Conn method. A route out of a device that
+// does not exist fails with ENODEV.
+func (f *NS) ReplaceRoute(w nl.RouteSpec, protocol uint8) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.writes++
+	if w.LinkIndex != 0 && f.links[w.LinkIndex] == nil {
+		return unix.ENODEV
+	}
+	r := routeOf(w, protocol)
+	f.routes[keyOf(&r)] = r
+	return nil
+}
+
+// DelRoute implements the nl.Conn method: it removes the route with r's
+// table, destination and metric, if it has r's protocol (any, if r names
+// none) and r's scope, as the kernel does.
+func (f *NS) DelRoute(r *nl.Route) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.writes++
+	return f.delRoute(r)
+}
+
+func (f *NS) delRoute(r *nl.Route) error {
+	k := keyOf(r)
+	have, ok := f.routes[k]
+	if !ok || (r.Protocol != 0 && have.Protocol != r.Protocol) || (r.Scope != unix.RT_SCOPE_NOWHERE && have.Scope != r.Scope) {
+		return unix.ESRCH
+	}
+	delete(f.routes, k)
+	return nil
+}
+
 // PutRoute stores r as is (in the main table if r names none), replacing
 // the route with its table, destination and metric, as somebody other than
 // weft would.
@@ -410,16 +461,7 @@ func (t *Table) ReplaceAll(ws []nl.RouteSpec) []error {
 	defer t.f.mu.Unlock()
 	for _, w := range ws {
 		t.f.writes++
-		r := nl.Route{
-			Dst: w.Dst.Masked(), Gw: w.Gw, LinkIndex: w.LinkIndex, Table: unix.RT_TABLE_MAIN,
-			Protocol: t.protocol, Scope: unix.RT_SCOPE_UNIVERSE, Type: unix.RTN_UNICAST,
-		}
-		if !w.Gw.IsValid() {
-			r.Scope = unix.RT_SCOPE_LINK
-		}
-		if w.OnLink {
-			r.Flags = unix.RTNH_F_ONLINK
-		}
+		r := routeOf(w, t.protocol)
 		t.f.routes[keyOf(&r)] = r
 	}
 	return make([]error, len(ws))
@@ -430,13 +472,7 @@ func (t *Table) Delete(r *nl.Route) error {
 	t.f.mu.Lock()
 	defer t.f.mu.Unlock()
 	t.f.writes++
-	k := keyOf(r)
-	have, ok := t.f.routes[k]
-	if !ok || (r.Protocol != 0 && have.Protocol != r.Protocol) {
-		return unix.ESRCH
-	}
-	delete(t.f.routes, k)
-	return nil
+	return t.f.delRoute(r)
 }
 
 // NeighList implements the nl.Conn method; entries come sorted by device

@@ -29,6 +29,8 @@ type ns interface {
 	AddAddr(linkIndex int, p netip.Prefix) error
 	DelAddr(a nl.Addr) error
 	RouteList(family nl.Family, table uint32, keep func(*nl.Route) bool, out []nl.Route) ([]nl.Route, error)
+	ReplaceRoute(r nl.RouteSpec, protocol uint8) error
+	DelRoute(r *nl.Route) error
 	NeighList(linkIndex int, family nl.Family, out []nl.Neigh) ([]nl.Neigh, error)
 	SetNeighs(specs []nl.NeighSpec) []error
 	DelNeigh(n *nl.Neigh) error
@@ -257,6 +259,23 @@ func TestMatchesKernel(t *testing.T) {
 				}
 			}
 			return errStr(append(errs, err)...) + fmt.Sprintf(" (%d listed)", n)
+		}},
+		{"single routes", func(s side) string {
+			dev := idx(s, "weft.1")
+			nw := nl.RouteSpec{Dst: pfx("10.7.0.0/16"), LinkIndex: dev}
+			e1 := s.ns.ReplaceRoute(nw, proto)
+			e2 := s.ns.ReplaceRoute(nw, proto)
+			e3 := s.ns.ReplaceRoute(nl.RouteSpec{Dst: pfx("10.8.0.0/16"), LinkIndex: dev}, proto)
+			e4 := s.ns.ReplaceRoute(nl.RouteSpec{Dst: pfx("10.9.0.0/16"), LinkIndex: 9999}, proto)
+			// Another protocol, and the universe scope of a route with a
+			// gateway, do not match the device route; the scope it was
+			// dumped with does.
+			dst := pfx("10.8.0.0/16")
+			e5 := s.ns.DelRoute(&nl.Route{Dst: dst, Table: unix.RT_TABLE_MAIN, Protocol: unix.RTPROT_BOOT, Scope: unix.RT_SCOPE_LINK})
+			e6 := s.ns.DelRoute(&nl.Route{Dst: dst, Table: unix.RT_TABLE_MAIN, Protocol: proto})
+			e7 := s.ns.DelRoute(&nl.Route{Dst: dst, Table: unix.RT_TABLE_MAIN, Protocol: proto, Scope: unix.RT_SCOPE_LINK})
+			e8 := s.ns.DelRoute(&nl.Route{Dst: dst, Table: unix.RT_TABLE_MAIN, Protocol: proto, Scope: unix.RT_SCOPE_LINK})
+			return errStr(e1, e2, e3, e4, e5, e6, e7, e8)
 		}},
 		{"delete the device", func(s side) string {
 			dev := idx(s, "weft.1")
