@@ -320,22 +320,13 @@ func startWith(t *testing.T, c backend.Config) *udpBackend {
 	return b
 }
 
-// closeDataPath closes the TUN and the socket (what Run returning does).
+// closeDataPath closes the TUN, the socket and the netlink connection
+// (what Run returning does).
 func (b *udpBackend) closeDataPath() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.tun != nil {
-		b.tun.Close()
-		b.tun = nil
-	}
-	if b.sock != nil {
-		b.sock.Close()
-		b.sock = nil
-	}
-	if b.nlh != nil {
-		b.nlh.Close()
-		b.nlh = nil
-	}
+	b.kmu.Lock()
+	defer b.kmu.Unlock()
+	b.stopDataPath(true)
+	b.closeKernel()
 }
 
 // TestKernelPortCannotBeStolen binds the backend's port as weftd does and
@@ -455,9 +446,12 @@ func TestKernelRepairKeepsPort(t *testing.T) {
 	sock := sockOf()
 	n.ip(t, "link", "del", DeviceName)
 	waitUntil(t, "device repair", func() bool {
+		if b.Status().Repairs["device"] < 1 {
+			return false
+		}
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		return b.status.Repairs["device"] >= 1 && b.tun != nil
+		return b.tun != nil
 	})
 	if s := sockOf(); s != sock {
 		t.Fatalf("the socket was re-opened (%p -> %p): the port was free in between", sock, s)

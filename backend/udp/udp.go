@@ -16,6 +16,15 @@
 // with address and route intact; Run returning leaves both in place and
 // Cleanup removes them.
 //
+// The control path runs on backend.Loop, as vxlan's and host-gw's do: the
+// Loop holds the desired state and Status and decides when to run a pass;
+// the backend supplies the pass (pass.go) and the netlink events that call
+// for one. A pass hands the data path its new forwarding table (an atomic
+// swap; the data path never waits for the control path), keeps the data
+// path running on weft0 (re-attaching, which re-creates the device, when
+// weft0 is gone or a loop stopped), and then makes device, address and
+// route match through internal/nl, with the underlay guard of underlay.go.
+//
 // Other local users. The device is owned by weftd's euid, so no other
 // user can attach to it while weftd is stopped (tun_linux.go), and the
 // socket takes the port on every address with neither SO_REUSEADDR nor
@@ -27,19 +36,16 @@ package udp
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -65,6 +71,7 @@ var (
 	_ backend.Factory = New
 	_ backend.Cleanup = Cleanup
 	_ backend.Backend = (*udpBackend)(nil)
+	_ kernel          = (*nl.Conn)(nil)
 	_ tunDevice       = (*tunFile)(nil)
 	_ batchConn       = (*udpSock)(nil)
 	_ batchReader     = (*tunFile)(nil)
@@ -81,38 +88,95 @@ type options struct {
 	DisableOffloads bool
 }
 
+// kernel is what the backend asks of netlink in its namespace: *nl.Conn,
+// or *nlfake.NS in the plan tests.
+type kernel interface {
+	device
+	addrs
+	routeTable
+	// Close ends the connection; the next pass opens a new one.
+	Close()
+}
+
+// device reads and fixes weft0. The TUN device itself is created by
+// attaching to it (openTUN), not over netlink.
+type device interface {
+	// LinkByName looks a device up; a missing one is nl.ErrLinkNotFound.
+	LinkByName(name string) (nl.Link, error)
+	// SetLinkUp and SetLinkMTU change one attribute.
+	SetLinkUp(index int) error
+	SetLinkMTU(index, mtu int) error
+}
+
+// addrs reads the namespace's addresses and sets weft0's.
+type addrs interface {
+	// AddrList lists the addresses of family on a device (0: every one).
+	AddrList(linkIndex int, family nl.Family) ([]nl.Addr, error)
+	// AddAddr adds an address; DelAddr removes one as listed.
+	AddAddr(linkIndex int, p netip.Prefix) error
+	DelAddr(a nl.Addr) error
+}
+
+// routeTable reads the main table and sets the network's one route.
+type routeTable interface {
+	// RouteList lists the routes of family in table into out.
+	RouteList(family nl.Family, table uint32, keep func(*nl.Route) bool, out []nl.Route) ([]nl.Route, error)
+	// ReplaceRoute installs one route tagged with protocol; DelRoute
+	// removes one as listed.
+	ReplaceRoute(r nl.RouteSpec, protocol uint8) error
+	DelRoute(r *nl.Route) error
+}
+
 type udpBackend struct {
 	cfg    backend.Config
 	port   uint16
 	mtuOpt int
 	noOffl bool
 	logger *slog.Logger
-	kick   chan struct{}
+	// loop holds the desired state and Status and runs pass.
+	loop *backend.Loop
 
+	// fwd is the forwarding table the data path reads; only a pass
+	// stores a new one.
 	fwd   atomic.Pointer[fwdState]
 	stats counters
 
-	mu       sync.Mutex // guards everything below
+	mu       sync.Mutex // guards the data path's files and what MTU and Offloads report
 	mtu      int
-	nlh      *netlink.Handle
 	tun      *tunFile
 	sock     *udpSock
-	own      subnet.Lease
-	peers    int
-	refused  map[netip.Prefix]string
-	applied  bool // address and route were programmed once
-	status   backend.Status
 	offloads string
 
+	// Control path state, guarded by kmu: only Setup, pass and Run touch
+	// it.
+	kmu sync.Mutex
+	// open connects to the namespace (nl.Open; the fake in plan tests);
+	// k is the open connection, nil until a pass or Setup needs it.
+	open func() (kernel, error)
+	k    kernel
+	// attach opens the TUN device, creating weft0 if it does not exist,
+	// and the socket, whichever of the two is not open (attachFiles; in
+	// plan tests a fake that only creates the link).
+	attach func() error
+	setUp  bool // Setup succeeded
+	// live is set while Run runs: passes then keep the data path's loops
+	// running on the open files.
+	live  bool
+	loops *loops
+	table tableState
+	// addrInstalled and routeInstalled are what an earlier pass put in
+	// place, so that putting it back is told apart as a repair.
+	addrInstalled  netip.Prefix
+	routeInstalled bool
 	// routeRefused is why the last pass did not route the network into
-	// the device ("" if it did); routeRefusedLogged the reason last logged.
-	routeRefused       string
-	routeRefusedLogged string
+	// the device ("" if it did).
+	routeRefused string
+	routeBuf     []nl.Route // the last route dump, reused by the next
 }
 
 // New validates the options and builds the backend; it touches no kernel state.
 func New(cfg backend.Config) (backend.Backend, error) {
-	b := &udpBackend{cfg: cfg, port: DefaultPort, logger: cfg.Logger, kick: make(chan struct{}, 1)}
+	b := &udpBackend{cfg: cfg, port: DefaultPort, logger: cfg.Logger}
 	if b.logger == nil {
 		b.logger = slog.New(slog.DiscardHandler)
 	}
@@ -139,8 +203,17 @@ func New(cfg backend.Config) (backend.Backend, error) {
 			b.mtuOpt = *o.MTU
 		}
 	}
-	b.status = backend.Status{Device: DeviceName, Repairs: map[string]uint64{}, Refused: map[netip.Prefix]string{}}
-	b.refused = map[netip.Prefix]string{}
+	b.open = func() (kernel, error) {
+		c, err := nl.Open(cfg.Netns)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+	b.attach = b.attachFiles
+	lcfg := cfg
+	lcfg.Logger = b.logger
+	b.loop = backend.NewLoop(lcfg, DeviceName, b.pass)
 	return b, nil
 }
 
@@ -148,39 +221,64 @@ func New(cfg backend.Config) (backend.Backend, error) {
 // device, opens the UDP socket and brings the device up. The lease of a
 // udp host carries no BackendType and no BackendData, as with flannel.
 func (b *udpBackend) Setup(ctx context.Context) (subnet.LeaseAttrs, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.mtu = b.mtuOpt
-	if b.mtu == 0 {
+	b.kmu.Lock()
+	defer b.kmu.Unlock()
+	mtu := b.mtuOpt
+	if mtu == 0 {
 		ext := b.cfg.Ext.MTU
 		if ext == 0 {
 			ext = 1500
 		}
-		b.mtu = ext - overhead
+		mtu = ext - overhead
 	}
-	if b.nlh == nil {
-		h, err := nl.NewHandle(b.cfg.Netns)
-		if err != nil {
-			return subnet.LeaseAttrs{}, err
-		}
-		b.nlh = h
-	}
-	if err := b.openLocked(); err != nil {
+	b.mu.Lock()
+	b.mtu = mtu
+	b.mu.Unlock()
+	if err := b.connect(); err != nil {
 		return subnet.LeaseAttrs{}, err
 	}
-	if _, err := b.ensureLinkLocked(); err != nil {
+	if err := b.attach(); err != nil {
 		return subnet.LeaseAttrs{}, err
 	}
+	if _, _, err := b.ensureLink(); err != nil {
+		return subnet.LeaseAttrs{}, err
+	}
+	b.setUp = true
 	return subnet.LeaseAttrs{}, nil
 }
 
-// openLocked attaches the TUN and opens the socket inside cfg.Netns,
-// whichever of the two is not open.
-func (b *udpBackend) openLocked() error {
-	if b.tun != nil && b.sock != nil {
+// connect opens the netlink connection if it is not open. Caller holds
+// kmu.
+func (b *udpBackend) connect() error {
+	if b.k != nil {
 		return nil
 	}
+	k, err := b.open()
+	if err != nil {
+		return fmt.Errorf("udp backend: %w", err)
+	}
+	b.k = k
+	return nil
+}
+
+// closeKernel closes the netlink connection; the next pass reopens it.
+// Caller holds kmu.
+func (b *udpBackend) closeKernel() {
+	if b.k != nil {
+		b.k.Close()
+		b.k = nil
+	}
+}
+
+// attachFiles attaches the TUN and opens the socket inside cfg.Netns,
+// whichever is not open. Caller holds kmu.
+func (b *udpBackend) attachFiles() error {
+	b.mu.Lock()
 	tun, sock := b.tun, b.sock
+	b.mu.Unlock()
+	if tun != nil && sock != nil {
+		return nil
+	}
 	err := nl.Do(b.cfg.Netns, func() error {
 		var err error
 		if tun == nil {
@@ -195,6 +293,8 @@ func (b *udpBackend) openLocked() error {
 		}
 		return nil
 	})
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if err != nil {
 		if tun != nil && tun != b.tun {
 			tun.Close()
@@ -222,29 +322,6 @@ func (b *udpBackend) Offloads() string {
 	return b.offloads
 }
 
-// ensureLinkLocked brings the device up with the right MTU. It reports
-// whether it had to change anything.
-func (b *udpBackend) ensureLinkLocked() (bool, error) {
-	link, err := b.nlh.LinkByName(DeviceName)
-	if err != nil {
-		return false, fmt.Errorf("find %s: %w", DeviceName, err)
-	}
-	changed := false
-	if link.Attrs().MTU != b.mtu {
-		if err := b.nlh.LinkSetMTU(link, b.mtu); err != nil {
-			return false, fmt.Errorf("set %s MTU %d: %w", DeviceName, b.mtu, err)
-		}
-		changed = true
-	}
-	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := b.nlh.LinkSetUp(link); err != nil {
-			return false, fmt.Errorf("set %s up: %w", DeviceName, err)
-		}
-		changed = true
-	}
-	return changed, nil
-}
-
 // MTU implements backend.Backend.
 func (b *udpBackend) MTU() int {
 	b.mu.Lock()
@@ -252,388 +329,147 @@ func (b *udpBackend) MTU() int {
 	return b.mtu
 }
 
-func prefixU32(p netip.Prefix) (addr, mask uint32) {
-	a := p.Masked().Addr().As4()
-	mask = ^uint32(0) << (32 - p.Bits())
-	if p.Bits() == 0 {
-		mask = 0
-	}
-	return binary.BigEndian.Uint32(a[:]), mask
-}
-
-// SetDesired implements backend.Backend. The peer table takes effect at
-// once; the address and route are programmed by Run.
+// SetDesired implements backend.Backend. The next pass, within
+// milliseconds, swaps the forwarding table and programs address and route.
 func (b *udpBackend) SetDesired(own subnet.Lease, peers []subnet.Lease) {
-	nw := b.cfg.Network
-	st := &fwdState{peers: make(map[uint32]uint32, len(peers)), publics: make(map[uint32]struct{}, len(peers))}
-	st.netAddr, st.netMask = prefixU32(nw.Network)
-	st.ownAddr, st.ownMask = prefixU32(own.Subnet)
-	_, st.subMask = prefixU32(netip.PrefixFrom(netip.IPv4Unspecified(), nw.SubnetLen))
-	refused := map[netip.Prefix]string{}
-	for _, p := range peers {
-		ip := p.Attrs.PublicIP
-		switch {
-		case !p.Subnet.Addr().Is4() || p.Subnet.Bits() != nw.SubnetLen || !nw.Network.Contains(p.Subnet.Addr()):
-			refused[p.Subnet] = fmt.Sprintf("not a /%d inside %s", nw.SubnetLen, nw.Network)
-			continue
-		case !ip.Is4():
-			refused[p.Subnet] = "PublicIP is not IPv4"
-			continue
-		case own.Subnet.IsValid() && p.Subnet.Overlaps(own.Subnet):
-			refused[p.Subnet] = "overlaps our own subnet"
-			continue
-		}
-		sn, _ := prefixU32(p.Subnet)
-		a := ip.As4()
-		pub := binary.BigEndian.Uint32(a[:])
-		st.peers[sn] = pub
-		st.publics[pub] = struct{}{}
-	}
-	if !own.Subnet.IsValid() {
-		st.ownAddr, st.ownMask = 0xffffffff, 0xffffffff // nothing is ours yet
-	}
-	b.fwd.Store(st)
-	b.mu.Lock()
-	b.own = own
-	b.peers = len(peers)
-	b.refused = refused
-	b.mu.Unlock()
-	select {
-	case b.kick <- struct{}{}:
-	default:
-	}
+	b.loop.SetDesired(own, peers)
 }
 
-// Status implements backend.Backend.
+// Status implements backend.Backend: the Loop's view of the passes, with
+// the data path's counters.
 func (b *udpBackend) Status() backend.Status {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := b.status
-	s.Repairs = make(map[string]uint64, len(b.status.Repairs))
-	for k, v := range b.status.Repairs {
-		s.Repairs[k] = v
-	}
-	s.Refused = make(map[netip.Prefix]string, len(b.refused))
-	for k, v := range b.refused {
-		s.Refused[k] = v
-	}
-	s.PeersWanted = b.peers
+	s := b.loop.Status()
 	s.DataPath = b.stats.snapshot()
 	return s
 }
 
-// Run implements backend.Backend.
+// Run implements backend.Backend. The passes start the data path's loops
+// and restart them on a re-created device; when Run returns, the loops
+// have ended and the TUN and the socket are closed, while device, address
+// and route stay.
 func (b *udpBackend) Run(ctx context.Context) error {
-	b.mu.Lock()
-	if b.nlh == nil {
-		b.mu.Unlock()
+	b.kmu.Lock()
+	if !b.setUp {
+		b.kmu.Unlock()
 		return errors.New("udp backend: Run before Setup")
 	}
-	if err := b.openLocked(); err != nil {
-		b.mu.Unlock()
-		return err
+	b.live = true
+	b.kmu.Unlock()
+	b.loop.Run(ctx, func(ctx context.Context, kick func()) {
+		nl.Watch(ctx, b.cfg.Netns, b.logger, b.events().Filter(), kick)
+	})
+	b.kmu.Lock()
+	defer b.kmu.Unlock()
+	b.live = false
+	b.stopDataPath(true)
+	b.closeKernel()
+	return nil
+}
+
+// events selects the netlink events after which a pass is due: anything
+// on weft0; an address deleted anywhere, or added inside the network; one
+// of our routes deleted; and a route of somebody else's in the main table
+// that overlaps the network added or deleted. Addresses and routes in the
+// network may be underlay the network route must no longer cover, or
+// cease to be (underlay.go).
+func (b *udpBackend) events() nl.Events {
+	nw := b.cfg.Network.Network
+	return nl.Events{
+		Link: func(e nl.LinkEvent) bool { return e.Name == DeviceName },
+		Addr: func(e nl.AddrEvent) bool { return e.Deleted || nw.Contains(e.Prefix.Addr()) },
+		Route: func(e nl.RouteEvent) bool {
+			if e.Protocol == backend.RouteProtocol {
+				return e.Deleted
+			}
+			return e.Table == unix.RT_TABLE_MAIN && e.Dst.IsValid() && e.Dst.Overlaps(nw)
+		},
+	}
+}
+
+// loops are the data path's two goroutines, one per direction.
+type loops struct {
+	wg sync.WaitGroup
+	// errc holds each loop's error once it has ended.
+	errc chan error
+	// stopping is set before the loops are made to end on purpose.
+	stopping atomic.Bool
+}
+
+// startLoops starts both directions on the open TUN and socket. A loop
+// that ends by itself (the device was deleted, a read failed) asks for a
+// pass, which restarts the data path. Caller holds kmu.
+func (b *udpBackend) startLoops() {
+	b.mu.Lock()
+	dp := &dataPath{tun: b.tun, conn: b.sock, vnetHdr: b.tun.vnetHdr, state: &b.fwd, stats: &b.stats, logger: b.logger}
+	dp.gso.Store(b.sock.gso)
+	b.mu.Unlock()
+	r := &loops{errc: make(chan error, 2)}
+	for _, run := range []func() error{dp.newTx().run, dp.newRx().run} {
+		r.wg.Go(func() {
+			r.errc <- run()
+			if !r.stopping.Load() {
+				b.loop.Kick()
+			}
+		})
+	}
+	b.loops = r
+}
+
+// stopDataPath ends both loops and closes the TUN. The socket stays open,
+// bound to the port, unless final: closing it to restart the data path
+// would let another local user bind the port in between (see openUDP).
+// The receive loop is ended with a deadline instead. Caller holds kmu.
+func (b *udpBackend) stopDataPath(final bool) {
+	b.mu.Lock()
+	tun, sock := b.tun, b.sock
+	b.tun = nil
+	if final {
+		b.sock = nil
 	}
 	b.mu.Unlock()
-
-	interval := b.cfg.ResyncInterval
-	if interval <= 0 {
-		interval = 10 * time.Second
+	r := b.loops
+	b.loops = nil
+	if r != nil {
+		r.stopping.Store(true)
 	}
-	ticker := time.NewTicker(interval)
-	defer ticker.Stop()
-
-	wctx, wcancel := context.WithCancel(ctx)
-	var wwg sync.WaitGroup
-	wwg.Go(func() {
-		nw := b.cfg.Network.Network
-		nl.Watch(wctx, b.cfg.Netns, b.logger, nl.Filter{
-			Link: func(u netlink.LinkUpdate) bool { return u.Attrs() != nil && u.Attrs().Name == DeviceName },
-			// A new address or route in the network may be underlay
-			// the network route must no longer cover (underlay.go).
-			Addr: func(u netlink.AddrUpdate) bool {
-				a, ok := netip.AddrFromSlice(u.LinkAddress.IP)
-				return !u.NewAddr || (ok && nw.Contains(a.Unmap()))
-			},
-			Route: func(u netlink.RouteUpdate) bool {
-				if u.Protocol == backend.RouteProtocol {
-					return u.Type == unix.RTM_DELROUTE
-				}
-				if u.Type != unix.RTM_NEWROUTE || u.Table != unix.RT_TABLE_MAIN || u.Dst == nil {
-					return false
-				}
-				a, ok := netip.AddrFromSlice(u.Dst.IP)
-				ones, _ := u.Dst.Mask.Size()
-				return ok && netip.PrefixFrom(a.Unmap(), ones).Overlaps(nw)
-			},
-		}, b.kickNow)
-	})
-	defer func() { wcancel(); wwg.Wait() }()
-
-	errc := make(chan error, 2)
-	var wg sync.WaitGroup
-	running := false
-	start := func() {
-		b.mu.Lock()
-		dp := &dataPath{tun: b.tun, conn: b.sock, vnetHdr: b.tun.vnetHdr, state: &b.fwd, stats: &b.stats, logger: b.logger}
-		dp.gso.Store(b.sock.gso)
-		b.mu.Unlock()
-		tx, rx := dp.newTx(), dp.newRx()
-		wg.Go(func() { errc <- tx.run() })
-		wg.Go(func() { errc <- rx.run() })
-		running = true
+	if tun != nil {
+		tun.Close()
 	}
-	// stop ends both loops and closes the TUN. The socket stays open,
-	// bound to the port, unless final: closing it to restart the data
-	// path would let another local user bind the port in between (see
-	// openUDP). The receive loop is ended with a deadline instead.
-	stop := func(final bool) {
-		b.mu.Lock()
-		tun, sock := b.tun, b.sock
-		b.tun = nil
+	if sock != nil {
 		if final {
-			b.sock = nil
-		}
-		b.mu.Unlock()
-		if tun != nil {
-			tun.Close()
-		}
-		if sock != nil {
-			if final {
-				sock.Close()
-			} else {
-				sock.f.SetDeadline(time.Unix(1, 0))
-			}
-		}
-		if running {
-			wg.Wait()
-			for len(errc) > 0 {
-				<-errc
-			}
-			running = false
-		}
-		if sock != nil && !final {
-			sock.f.SetDeadline(time.Time{})
+			sock.Close()
+		} else if r != nil {
+			sock.f.SetDeadline(time.Unix(1, 0))
 		}
 	}
-	defer stop(true)
-	start()
-
-	reopen := func() {
-		stop(false)
-		b.mu.Lock()
-		err := b.openLocked()
-		if err == nil {
-			b.status.Repairs["device"]++
-		}
-		b.mu.Unlock()
-		if err != nil {
-			b.logger.Error("re-open data path", "err", err)
-			return
-		}
-		start()
+	if r == nil {
+		return
 	}
-	pass := func() {
-		if !running {
-			reopen()
-		}
-		if b.reconcile() {
-			reopen()
-			b.reconcile()
-		}
+	r.wg.Wait()
+	if sock != nil && !final {
+		sock.f.SetDeadline(time.Time{})
 	}
-	pass()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-errc:
-			b.logger.Warn("data path stopped; re-opening the device", "err", err)
-			reopen()
-			b.reconcile()
-		case <-b.kick:
-			pass()
-		case <-ticker.C:
-			pass()
-		}
-	}
-}
-
-func (b *udpBackend) kickNow() {
-	select {
-	case b.kick <- struct{}{}:
-	default:
-	}
-}
-
-// reconcile makes device, address and route match the desired state. It
-// reports true when the device is gone and must be re-created.
-func (b *udpBackend) reconcile() (gone bool) {
-	t0 := time.Now()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	err := b.reconcileLocked()
-	var nf netlink.LinkNotFoundError
-	if errors.As(err, &nf) {
-		gone = true
-	}
-	b.status.LastReconcile = time.Now()
-	b.status.LastError = ""
-	refused := errors.Is(err, ErrUnderlayRoute)
-	switch {
-	case gone:
-		b.status.LastError = err.Error()
-		b.logger.Info("device disappeared; re-creating it", "device", DeviceName)
-	case refused:
-		// Repeated every pass until the config or the host changes:
-		// logged once per reason.
-		b.status.LastError = err.Error()
-		if b.routeRefusedLogged != b.routeRefused {
-			b.logger.Error("not routing the cluster network into the TUN device; no peer is reachable", "device", DeviceName, "err", err)
-			b.routeRefusedLogged = b.routeRefused
-		}
-	case err != nil:
-		b.status.LastError = err.Error()
-		b.logger.Warn("reconcile", "err", err)
-	}
-	if !refused && b.routeRefusedLogged != "" && b.routeRefused == "" {
-		b.logger.Info("the cluster network route no longer covers the underlay; routing it again", "device", DeviceName)
-		b.routeRefusedLogged = ""
-	}
-	b.status.PeersProgrammed = b.peers - len(b.refused)
-	if b.routeRefused != "" {
-		b.status.PeersProgrammed = 0
-	}
-	if b.cfg.OnReconcile != nil {
-		b.cfg.OnReconcile(time.Since(t0), err)
-	}
-	return gone
-}
-
-func (b *udpBackend) reconcileLocked() error {
-	changed, err := b.ensureLinkLocked()
-	if err != nil {
-		return err
-	}
-	if changed {
-		b.status.Repairs["device"]++
-	}
-	if !b.own.Subnet.IsValid() {
-		return nil
-	}
-	link, err := b.nlh.LinkByName(DeviceName)
-	if err != nil {
-		return fmt.Errorf("find %s: %w", DeviceName, err)
-	}
-	idx := link.Attrs().Index
-	// Address: the lease's network address /32, and nothing else. Every
-	// address of the namespace is listed: the others are the underlay
-	// the route below must leave alone.
-	want := netip.PrefixFrom(b.own.Subnet.Masked().Addr(), 32)
-	addrs, err := nl.Dump(func() ([]netlink.Addr, error) { return b.nlh.AddrList(nil, netlink.FAMILY_V4) })
-	if err != nil {
-		return fmt.Errorf("list addresses: %w", err)
-	}
-	have := false
-	for _, a := range addrs {
-		if a.LinkIndex != idx {
-			continue
-		}
-		p, _ := netip.AddrFromSlice(a.IP.To4())
-		ones, _ := a.Mask.Size()
-		if netip.PrefixFrom(p, ones) == want {
-			have = true
-			continue
-		}
-		if err := b.nlh.AddrDel(link, &a); err != nil {
-			return fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, DeviceName, err)
-		}
-	}
-	if !have {
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: want.Addr().AsSlice(), Mask: net.CIDRMask(32, 32)}}
-		if err := b.nlh.AddrAdd(link, a); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("add address %s to %s: %w", want, DeviceName, err)
-		}
-		if b.applied {
-			b.status.Repairs["addr"]++
-		}
-	}
-	// Route: the whole cluster network into the device, unless it would
-	// take the host's own traffic off its underlay (underlay.go).
-	nw := b.cfg.Network.Network
-	routes, err := nl.Dump(func() ([]netlink.Route, error) {
-		return b.nlh.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return fmt.Errorf("list routes: %w", err)
-	}
-	b.routeRefused = underlayConflict(nw, b.own.Subnet, idx, routes, addrs)
-	haveRoute := false
-	for _, r := range routes {
-		if r.LinkIndex != idx || r.Protocol != backend.RouteProtocol || r.Dst == nil {
-			continue
-		}
-		p, _ := netip.AddrFromSlice(r.Dst.IP.To4())
-		ones, _ := r.Dst.Mask.Size()
-		if netip.PrefixFrom(p, ones) == nw && b.routeRefused == "" {
-			haveRoute = true
-			continue
-		}
-		if err := b.nlh.RouteDel(&r); err != nil {
-			return fmt.Errorf("remove stale route %s: %w", r.Dst, err)
-		}
-	}
-	if b.routeRefused != "" {
-		return fmt.Errorf("%w: %s", ErrUnderlayRoute, b.routeRefused)
-	}
-	if !haveRoute {
-		r := &netlink.Route{
-			LinkIndex: link.Attrs().Index,
-			Dst:       &net.IPNet{IP: nw.Addr().AsSlice(), Mask: net.CIDRMask(nw.Bits(), 32)},
-			Scope:     netlink.SCOPE_LINK,
-			Protocol:  backend.RouteProtocol,
-		}
-		if err := b.nlh.RouteReplace(r); err != nil {
-			return fmt.Errorf("add route %s dev %s: %w", nw, DeviceName, err)
-		}
-		if b.applied {
-			b.status.Repairs["route"]++
-		}
-	}
-	b.applied = true
-	return nil
 }
 
 // Cleanup removes weft0 and every route tagged with backend.RouteProtocol
 // that points into it. It succeeds when there is nothing to remove.
 func Cleanup(ctx context.Context, ns netns.NsHandle, logger *slog.Logger) error {
-	h, err := nl.NewHandle(ns)
+	c, err := nl.Open(ns)
 	if err != nil {
-		return err
+		return fmt.Errorf("udp cleanup: %w", err)
 	}
-	defer h.Close()
-	link, err := h.LinkByName(DeviceName)
-	var nf netlink.LinkNotFoundError
-	if errors.As(err, &nf) {
+	defer c.Close()
+	link, err := c.LinkByName(DeviceName)
+	if errors.Is(err, nl.ErrLinkNotFound) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("find %s: %w", DeviceName, err)
 	}
-	routes, err := nl.Dump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: link.Attrs().Index, Table: unix.RT_TABLE_UNSPEC},
-			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return fmt.Errorf("list routes via %s: %w", DeviceName, err)
+	if _, err := c.DelOwnedRoutes(backend.RouteProtocol, func(o nl.Owned) bool { return o.LinkIndex == link.Index }); err != nil {
+		return fmt.Errorf("remove routes via %s: %w", DeviceName, err)
 	}
-	for _, r := range routes {
-		if r.Protocol == backend.RouteProtocol {
-			if err := h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-				return fmt.Errorf("remove route %s: %w", r.Dst, err)
-			}
-		}
-	}
-	if err := h.LinkDel(link); err != nil {
+	if err := c.DelLink(link.Index); err != nil {
 		return fmt.Errorf("delete %s: %w", DeviceName, err)
 	}
 	if logger != nil {

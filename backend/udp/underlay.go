@@ -4,9 +4,8 @@ import (
 	"errors"
 	"net/netip"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/weftnet/weft/backend/routes"
+	"github.com/weftnet/weft/internal/nl"
 )
 
 // The connected-network guard. The udp backend routes the whole cluster
@@ -30,25 +29,20 @@ var ErrUnderlayRoute = errors.New("the cluster network route would cover the hos
 // underlayConflict applies routes.UnderlayConflict to the route for nw out
 // of the device devIndex, given the main table rs and the addresses addrs
 // of the namespace. It returns "" if the route may be installed.
-func underlayConflict(nw, own netip.Prefix, devIndex int, rs []netlink.Route, addrs []netlink.Addr) string {
+func underlayConflict(nw, own netip.Prefix, devIndex int, rs []nl.Route, addrs []nl.Addr) string {
 	ours := func(p netip.Prefix) bool {
 		return own.IsValid() && p.IsValid() && p.Bits() >= own.Bits() && own.Contains(p.Addr())
 	}
-	under := make([]routes.Route, 0, len(rs))
+	under := make([]nl.Route, 0, len(rs))
 	for i := range rs {
-		r := routes.RouteOf(&rs[i])
-		if r.LinkIndex == devIndex || ours(r.Dst) {
-			continue
+		if r := &rs[i]; r.LinkIndex != devIndex && !ours(r.Dst) {
+			under = append(under, *r)
 		}
-		under = append(under, r)
 	}
 	var as []netip.Addr
 	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok || a.LinkIndex == devIndex {
-			continue
-		}
-		if ip = ip.Unmap(); ours(netip.PrefixFrom(ip, 32)) {
+		ip := a.Prefix.Addr().Unmap()
+		if !ip.IsValid() || a.LinkIndex == devIndex || ours(netip.PrefixFrom(ip, ip.BitLen())) {
 			continue
 		}
 		as = append(as, ip)

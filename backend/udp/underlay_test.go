@@ -2,23 +2,17 @@ package udp
 
 import (
 	"errors"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/internal/nl"
 	"github.com/weftnet/weft/subnet"
 )
-
-func ipNet(s string) *net.IPNet {
-	p := netip.MustParsePrefix(s)
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}
-}
 
 // Interface indexes of the host in TestUnderlayConflict.
 const (
@@ -28,16 +22,16 @@ const (
 	ixWeft = 9
 )
 
-func connected(dst string, link int) netlink.Route {
-	return netlink.Route{Dst: ipNet(dst), LinkIndex: link, Protocol: unix.RTPROT_KERNEL, Scope: netlink.SCOPE_LINK, Table: unix.RT_TABLE_MAIN}
+func connected(dst string, link int) nl.Route {
+	return nl.Route{Dst: netip.MustParsePrefix(dst), LinkIndex: link, Protocol: unix.RTPROT_KERNEL, Scope: unix.RT_SCOPE_LINK, Table: unix.RT_TABLE_MAIN}
 }
 
-func via(dst, gw string, link int, proto netlink.RouteProtocol) netlink.Route {
-	return netlink.Route{Dst: ipNet(dst), Gw: net.IP(netip.MustParseAddr(gw).AsSlice()), LinkIndex: link, Protocol: proto, Table: unix.RT_TABLE_MAIN}
+func via(dst, gw string, link int, proto uint8) nl.Route {
+	return nl.Route{Dst: netip.MustParsePrefix(dst), Gw: netip.MustParseAddr(gw), LinkIndex: link, Protocol: proto, Table: unix.RT_TABLE_MAIN}
 }
 
-func addr(a string, link int) netlink.Addr {
-	return netlink.Addr{IPNet: ipNet(a), LinkIndex: link}
+func addr(a string, link int) nl.Addr {
+	return nl.Addr{Prefix: netip.MustParsePrefix(a), LinkIndex: link}
 }
 
 // TestUnderlayConflict checks which cluster networks the udp backend
@@ -46,41 +40,41 @@ func addr(a string, link int) netlink.Addr {
 // and weft0 with its address and route.
 func TestUnderlayConflict(t *testing.T) {
 	own := netip.MustParsePrefix("198.18.1.0/24")
-	host := []netlink.Route{
+	host := []nl.Route{
 		connected("192.0.2.0/24", ixEth0),
 		via("0.0.0.0/0", "192.0.2.254", ixEth0, unix.RTPROT_DHCP),
 		connected("198.18.1.0/24", ixCNI),
-		{Dst: ipNet("198.18.0.0/16"), LinkIndex: ixWeft, Protocol: backend.RouteProtocol, Scope: netlink.SCOPE_LINK, Table: unix.RT_TABLE_MAIN},
+		{Dst: netip.MustParsePrefix("198.18.0.0/16"), LinkIndex: ixWeft, Protocol: backend.RouteProtocol, Scope: unix.RT_SCOPE_LINK, Table: unix.RT_TABLE_MAIN},
 	}
-	hostAddrs := []netlink.Addr{addr("192.0.2.1/24", ixEth0), addr("198.18.1.1/24", ixCNI), addr("198.18.1.0/32", ixWeft)}
+	hostAddrs := []nl.Addr{addr("192.0.2.1/24", ixEth0), addr("198.18.1.1/24", ixCNI), addr("198.18.1.0/32", ixWeft)}
 	for _, c := range []struct {
 		name    string
 		network string
-		routes  []netlink.Route // on top of host's
-		addrs   []netlink.Addr  // on top of hostAddrs
-		want    string          // "" = allowed, else a word of the reason
+		routes  []nl.Route // on top of host's
+		addrs   []nl.Addr  // on top of hostAddrs
+		want    string     // "" = allowed, else a word of the reason
 	}{
 		{"pod-network", "198.18.0.0/16", nil, nil, ""},
 		{"everything", "0.0.0.0/0", nil, nil, "default route via 192.0.2.254"},
 		{"covers-underlay", "192.0.0.0/16", nil, nil, "cover the connected network 192.0.2.0/24"},
 		{"inside-underlay", "192.0.2.128/25", nil, nil, "inside the connected network 192.0.2.0/24"},
-		{"same-as-static-route", "198.51.100.0/24", []netlink.Route{via("198.51.100.0/24", "192.0.2.254", ixEth0, unix.RTPROT_STATIC)}, nil,
+		{"same-as-static-route", "198.51.100.0/24", []nl.Route{via("198.51.100.0/24", "192.0.2.254", ixEth0, unix.RTPROT_STATIC)}, nil,
 			"shadow the route to 198.51.100.0/24 via 192.0.2.254"},
-		{"covers-onlink-gateway", "203.0.113.0/24", []netlink.Route{via("198.51.100.0/24", "203.0.113.1", ixEth1, unix.RTPROT_STATIC)}, nil,
+		{"covers-onlink-gateway", "203.0.113.0/24", []nl.Route{via("198.51.100.0/24", "203.0.113.1", ixEth1, unix.RTPROT_STATIC)}, nil,
 			"203.0.113.1, the gateway of the route to 198.51.100.0/24"},
-		{"covers-a-32-address", "203.0.113.0/24", nil, []netlink.Addr{addr("203.0.113.5/32", ixEth1)}, "host's address 203.0.113.5"},
-		{"stale-bridge-outside-our-subnet", "198.18.0.0/16", []netlink.Route{connected("198.18.7.0/24", ixCNI)}, nil,
+		{"covers-a-32-address", "203.0.113.0/24", nil, []nl.Addr{addr("203.0.113.5/32", ixEth1)}, "host's address 203.0.113.5"},
+		{"stale-bridge-outside-our-subnet", "198.18.0.0/16", []nl.Route{connected("198.18.7.0/24", ixCNI)}, nil,
 			"connected network 198.18.7.0/24"},
 		// Overlay leftovers inside the network are not underlay.
-		{"flannel-vxlan-leftover", "198.18.0.0/16", []netlink.Route{via("198.18.2.0/24", "198.18.2.0", 7, unix.RTPROT_BOOT)},
-			[]netlink.Addr{addr("198.18.1.0/32", 7)}, ""},
-		{"weft-route-elsewhere", "198.18.0.0/16", []netlink.Route{via("198.18.3.0/24", "192.0.2.3", ixEth0, backend.RouteProtocol)}, nil, ""},
+		{"flannel-vxlan-leftover", "198.18.0.0/16", []nl.Route{via("198.18.2.0/24", "198.18.2.0", 7, unix.RTPROT_BOOT)},
+			[]nl.Addr{addr("198.18.1.0/32", 7)}, ""},
+		{"weft-route-elsewhere", "198.18.0.0/16", []nl.Route{via("198.18.3.0/24", "192.0.2.3", ixEth0, backend.RouteProtocol)}, nil, ""},
 		// Routes more specific than the network, to outside it, are fine.
-		{"corporate-supernet", "198.18.0.0/16", []netlink.Route{via("198.0.0.0/8", "192.0.2.254", ixEth0, unix.RTPROT_STATIC)}, nil, ""},
+		{"corporate-supernet", "198.18.0.0/16", []nl.Route{via("198.0.0.0/8", "192.0.2.254", ixEth0, unix.RTPROT_STATIC)}, nil, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			rs := append(append([]netlink.Route(nil), host...), c.routes...)
-			as := append(append([]netlink.Addr(nil), hostAddrs...), c.addrs...)
+			rs := append(append([]nl.Route(nil), host...), c.routes...)
+			as := append(append([]nl.Addr(nil), hostAddrs...), c.addrs...)
 			got := underlayConflict(netip.MustParsePrefix(c.network), own, ixWeft, rs, as)
 			if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
 				t.Fatalf("route %s: %q, want %q", c.network, got, c.want)
@@ -118,30 +112,29 @@ func TestKernelUnderlayRouteRefused(t *testing.T) {
 			b.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24")}, []subnet.Lease{
 				{Subnet: netip.MustParsePrefix("198.18.2.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("192.0.2.2")}},
 			})
-			h, err := netlink.NewHandleAt(n.h)
+			k, err := nl.Open(n.h)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer h.Close()
+			defer k.Close()
 			// state reports whether the default route via eth0 is intact
 			// and whether our network route is installed.
 			state := func() (defaultOK, routed bool) {
-				rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+				rs, err := k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, nil, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
 				for _, r := range rs {
-					ones, _ := r.Dst.Mask.Size()
-					if ones == 0 && r.Gw.Equal(net.IPv4(192, 0, 2, 254)) && r.Protocol != backend.RouteProtocol {
+					if r.Dst.Bits() == 0 && r.Gw == netip.MustParseAddr("192.0.2.254") && r.Protocol != backend.RouteProtocol {
 						defaultOK = true
 					}
-					if r.Protocol == backend.RouteProtocol && r.Dst.String() == nw.String() {
+					if r.Protocol == backend.RouteProtocol && r.Dst == nw {
 						routed = true
 					}
 				}
 				return defaultOK, routed
 			}
-			b.reconcile()
+			b.loop.Reconcile()
 			defaultOK, routed := state()
 			st := b.Status()
 			if !defaultOK {
@@ -162,12 +155,12 @@ func TestKernelUnderlayRouteRefused(t *testing.T) {
 			// An address inside the network appears on eth1 (say a
 			// bridge left with an old subnet): refused, route removed.
 			n.ip(t, "addr", "add", "198.18.200.1/24", "dev", "eth1")
-			b.reconcile()
+			b.loop.Reconcile()
 			if _, routed := state(); routed || !errors.Is(lastErr, ErrUnderlayRoute) || b.Status().PeersProgrammed != 0 {
 				t.Fatalf("after 198.18.200.1/24 appeared: routed %v, err %v", routed, lastErr)
 			}
 			n.ip(t, "addr", "del", "198.18.200.1/24", "dev", "eth1")
-			b.reconcile()
+			b.loop.Reconcile()
 			if _, routed := state(); !routed || lastErr != nil || b.Status().LastError != "" || b.Status().PeersProgrammed != 1 {
 				t.Fatalf("after 198.18.200.1/24 went: routed %v, err %v", routed, lastErr)
 			}
