@@ -10,7 +10,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
@@ -112,58 +111,51 @@ func deleteLeases(ctx context.Context, cli *clientv3.Client, ls []SynthLease) er
 // neighbour entries for their subnet addresses and FDB entries for their
 // MACs on the vxlan device. A peer is reachable only once all three exist.
 type peerCounter struct {
-	h      *netlink.Handle
+	c      *nl.Conn
 	dev    string
 	routes map[netip.Prefix]bool
 	neighs map[netip.Addr]bool
 	macs   map[string]bool
+	// rbuf and nbuf are the last dumps, reused by the next.
+	rbuf []nl.Route
+	nbuf []nl.Neigh
 }
 
-func newPeerCounter(h *netlink.Handle, dev string) *peerCounter {
-	return &peerCounter{h: h, dev: dev, routes: map[netip.Prefix]bool{}, neighs: map[netip.Addr]bool{}, macs: map[string]bool{}}
+func newPeerCounter(c *nl.Conn, dev string) *peerCounter {
+	return &peerCounter{c: c, dev: dev, routes: map[netip.Prefix]bool{}, neighs: map[netip.Addr]bool{}, macs: map[string]bool{}}
 }
 
 func (c *peerCounter) add(ls []SynthLease) {
 	for _, l := range ls {
 		c.routes[l.Subnet] = true
 		c.neighs[l.Subnet.Addr()] = true
-		c.macs[l.MAC.String()] = true
+		c.macs[string(l.MAC)] = true
 	}
 }
 
 func (c *peerCounter) countRoutes() (int, error) {
-	rs, err := nl.Dump(func() ([]netlink.Route, error) {
-		return c.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: backend.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
-	})
+	rs, err := c.c.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, func(r *nl.Route) bool {
+		return r.Protocol == backend.RouteProtocol && c.routes[r.Dst]
+	}, c.rbuf)
+	c.rbuf = rs
 	if err != nil {
 		return 0, fmt.Errorf("list routes: %w", err)
 	}
-	n := 0
-	for _, r := range rs {
-		if r.Dst == nil {
-			continue
-		}
-		a, _ := netip.AddrFromSlice(r.Dst.IP.To4())
-		ones, _ := r.Dst.Mask.Size()
-		if c.routes[netip.PrefixFrom(a, ones)] {
-			n++
-		}
-	}
-	return n, nil
+	return len(rs), nil
 }
 
 // neighbours lists the vxlan device's entries of one family; no device
 // yet means none.
-func (c *peerCounter) neighbours(family int) ([]netlink.Neigh, error) {
-	link, err := c.h.LinkByName(c.dev)
+func (c *peerCounter) neighbours(family nl.Family) ([]nl.Neigh, error) {
+	link, err := c.c.LinkByName(c.dev)
+	if errors.Is(err, nl.ErrLinkNotFound) {
+		return nil, nil
+	}
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil, nil
-		}
 		return nil, fmt.Errorf("find %s: %w", c.dev, err)
 	}
-	ns, err := nl.Dump(func() ([]netlink.Neigh, error) { return c.h.NeighList(link.Attrs().Index, family) })
+	ns, err := c.c.NeighList(link.Index, family, c.nbuf)
+	c.nbuf = ns
 	if err != nil {
 		return nil, fmt.Errorf("list neighbours: %w", err)
 	}
@@ -171,10 +163,10 @@ func (c *peerCounter) neighbours(family int) ([]netlink.Neigh, error) {
 }
 
 func (c *peerCounter) countNeighs() (int, error) {
-	ns, err := c.neighbours(netlink.FAMILY_V4)
+	ns, err := c.neighbours(nl.FamilyV4)
 	n := 0
-	for _, e := range ns {
-		if a, ok := netip.AddrFromSlice(e.IP.To4()); ok && c.neighs[a] && e.State&netlink.NUD_PERMANENT != 0 {
+	for i := range ns {
+		if e := &ns[i]; c.neighs[e.IP] && e.State&unix.NUD_PERMANENT != 0 {
 			n++
 		}
 	}
@@ -182,10 +174,10 @@ func (c *peerCounter) countNeighs() (int, error) {
 }
 
 func (c *peerCounter) countFDB() (int, error) {
-	ns, err := c.neighbours(unix.AF_BRIDGE)
+	ns, err := c.neighbours(nl.FamilyBridge)
 	n := 0
-	for _, e := range ns {
-		if c.macs[e.HardwareAddr.String()] && e.IP != nil && !e.IP.IsUnspecified() {
+	for i := range ns {
+		if e := &ns[i]; c.macs[string(e.HardwareAddr())] && e.IP.IsValid() && !e.IP.IsUnspecified() {
 			n++
 		}
 	}
@@ -299,12 +291,12 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 		return err
 	}
 	defer hns.Close()
-	nh, err := nl.NewHandle(hns)
+	nc, err := nl.Open(hns)
 	if err != nil {
 		return err
 	}
-	defer nh.Close()
-	rc := newPeerCounter(nh, "weft.1")
+	defer nc.Close()
+	rc := newPeerCounter(nc, "weft.1")
 	rc.add(initial)
 	alive := func() bool { return h.WeftdPID() != 0 }
 
@@ -425,9 +417,12 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 }
 
 // KernelFloor programs the peers the way the vxlan backend does (neighbour
-// entry, FDB entry and route per peer) with one netlink handle into a
-// scratch namespace named nsPrefix plus random digits, then removes them,
-// and returns both durations: what the kernel alone costs.
+// entry, FDB entry and route per peer) into a scratch namespace named
+// nsPrefix plus random digits, then removes them, and returns both
+// durations: what the kernel alone costs. It sends one request at a time
+// and waits for its answer before the next, with plain routes (no nexthop
+// objects): the cost of the kernel's objects, without the batching and
+// nexthop objects with which weftd goes faster.
 func KernelFloor(nsPrefix string, peers []SynthLease) (add, del time.Duration, err error) {
 	name := cnitest.RandName(nsPrefix, 6)
 	path, err := cnitest.NewNS(name)
@@ -444,57 +439,67 @@ func KernelFloor(nsPrefix string, peers []SynthLease) (add, del time.Duration, e
 		return 0, 0, err
 	}
 	defer ns.Close()
-	h, err := nl.NewHandle(ns)
+	c, err := nl.Open(ns)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer h.Close()
-	vx := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "weft.1", MTU: 1450}, VxlanId: 1, Port: 8472}
-	if err := h.LinkAdd(vx); err != nil {
+	defer c.Close()
+	if err := c.AddLink(nl.Link{Name: "weft.1", MTU: 1450, VXLAN: &nl.VXLAN{VNI: 1, Port: 8472}}); err != nil {
 		return 0, 0, fmt.Errorf("add vxlan: %w", err)
 	}
-	link, err := h.LinkByName("weft.1")
+	link, err := c.LinkByName("weft.1")
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := h.LinkSetUp(link); err != nil {
+	if err := c.SetLinkUp(link.Index); err != nil {
 		return 0, 0, err
 	}
-	idx := link.Attrs().Index
-	objs := func(p SynthLease) (*netlink.Neigh, *netlink.Neigh, *netlink.Route) {
-		gw := net.IP(p.Subnet.Addr().AsSlice())
-		neigh := &netlink.Neigh{LinkIndex: idx, State: netlink.NUD_PERMANENT, Type: unix.RTN_UNICAST,
-			IP: gw, HardwareAddr: p.MAC}
-		fdb := &netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
-			Flags: netlink.NTF_SELF, IP: net.IP(p.Attrs.PublicIP.AsSlice()), HardwareAddr: p.MAC}
-		route := &netlink.Route{LinkIndex: idx, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(p.Subnet.Bits(), 32)},
-			Gw: gw, Flags: int(netlink.FLAG_ONLINK), Protocol: backend.RouteProtocol}
-		return neigh, fdb, route
+	idx := link.Index
+	neighOf := func(p SynthLease) nl.NeighSpec {
+		return nl.NeighSpec{LinkIndex: idx, Family: nl.FamilyV4, State: unix.NUD_PERMANENT, Type: unix.RTN_UNICAST,
+			IP: p.Subnet.Addr(), MAC: p.MAC}
+	}
+	fdbOf := func(p SynthLease) nl.NeighSpec {
+		return nl.NeighSpec{LinkIndex: idx, Family: nl.FamilyBridge, State: unix.NUD_PERMANENT, Flags: unix.NTF_SELF,
+			IP: p.Attrs.PublicIP, MAC: p.MAC}
+	}
+	routeOf := func(p SynthLease) nl.RouteSpec {
+		return nl.RouteSpec{Dst: p.Subnet, Gw: p.Subnet.Addr(), LinkIndex: idx, OnLink: true}
+	}
+	// setNeigh sends one neighbour or FDB request: SetNeighs with one
+	// entry is one request and its answer.
+	one := make([]nl.NeighSpec, 1)
+	setNeigh := func(s nl.NeighSpec) error {
+		one[0] = s
+		return c.SetNeighs(one)[0]
 	}
 	t0 := time.Now()
 	for _, p := range peers {
-		neigh, fdb, route := objs(p)
-		if err := h.NeighSet(neigh); err != nil {
+		if err := setNeigh(neighOf(p)); err != nil {
 			return 0, 0, fmt.Errorf("neigh: %w", err)
 		}
-		if err := h.NeighAppend(fdb); err != nil {
+		if err := setNeigh(fdbOf(p)); err != nil {
 			return 0, 0, fmt.Errorf("fdb: %w", err)
 		}
-		if err := h.RouteReplace(route); err != nil {
+		if err := c.ReplaceRoute(routeOf(p), backend.RouteProtocol); err != nil {
 			return 0, 0, fmt.Errorf("route: %w", err)
 		}
 	}
 	add = time.Since(t0)
 	t0 = time.Now()
 	for _, p := range peers {
-		neigh, fdb, route := objs(p)
-		if err := h.RouteDel(route); err != nil {
+		route := nl.Route{Dst: p.Subnet, Table: unix.RT_TABLE_MAIN, Protocol: backend.RouteProtocol, Scope: unix.RT_SCOPE_UNIVERSE}
+		if err := c.DelRoute(&route); err != nil {
 			return 0, 0, fmt.Errorf("del route: %w", err)
 		}
-		if err := h.NeighDel(fdb); err != nil {
+		fdb := nl.Neigh{LinkIndex: idx, Family: nl.FamilyBridge, State: unix.NUD_PERMANENT, Flags: unix.NTF_SELF, IP: p.Attrs.PublicIP}
+		fdb.SetHardwareAddr(p.MAC)
+		if err := c.DelNeigh(&fdb); err != nil {
 			return 0, 0, fmt.Errorf("del fdb: %w", err)
 		}
-		if err := h.NeighDel(neigh); err != nil {
+		neigh := nl.Neigh{LinkIndex: idx, Family: nl.FamilyV4, State: unix.NUD_PERMANENT, Type: unix.RTN_UNICAST, IP: p.Subnet.Addr()}
+		neigh.SetHardwareAddr(p.MAC)
+		if err := c.DelNeigh(&neigh); err != nil {
 			return 0, 0, fmt.Errorf("del neigh: %w", err)
 		}
 	}
