@@ -122,7 +122,7 @@ func (b *Backend) Status() backend.Status { return b.loop.Status() }
 // Run implements backend.Backend.
 func (b *Backend) Run(ctx context.Context) error {
 	b.loop.Run(ctx, func(ctx context.Context, kick func()) {
-		nl.Watch(ctx, b.cfg.Netns, b.log, b.events().Filter(), kick)
+		nl.Watch(ctx, b.cfg.Netns, b.log, b.events(), kick)
 	})
 	b.kmu.Lock()
 	b.closeHandles()

@@ -46,13 +46,6 @@ type Table interface {
 	Delete(r *nl.Route) error
 }
 
-// Route is nl.Route, under the name backend/udp still uses (with RouteOf);
-// both go when udp lists its routes through nl.Conn.
-type Route = nl.Route
-
-// RouteOf is nl.RouteOf; see Route.
-var RouteOf = nl.RouteOf
-
 // matches reports whether the kernel route r is exactly w.
 func matches(w nl.RouteSpec, r *nl.Route) bool {
 	if r.Priority != 0 || r.MultiPath || r.LinkIndex != w.LinkIndex {

@@ -356,7 +356,7 @@ func (b *udpBackend) Run(ctx context.Context) error {
 	b.live = true
 	b.kmu.Unlock()
 	b.loop.Run(ctx, func(ctx context.Context, kick func()) {
-		nl.Watch(ctx, b.cfg.Netns, b.logger, b.events().Filter(), kick)
+		nl.Watch(ctx, b.cfg.Netns, b.logger, b.events(), kick)
 	})
 	b.kmu.Lock()
 	defer b.kmu.Unlock()

@@ -162,11 +162,11 @@ func eventCounter(t *testing.T, h *nltest.Host) *atomic.Int64 {
 	all := func() bool { n.Add(1); return false }
 	go func() {
 		defer close(done)
-		nl.Watch(ctx, h.Handle, testLogger(t), nl.Filter{
-			Route: func(netlink.RouteUpdate) bool { return all() },
-			Neigh: func(netlink.NeighUpdate) bool { return all() },
-			Link:  func(netlink.LinkUpdate) bool { return all() },
-			Addr:  func(netlink.AddrUpdate) bool { return all() },
+		nl.Watch(ctx, h.Handle, testLogger(t), nl.Events{
+			Route: func(nl.RouteEvent) bool { return all() },
+			Neigh: func(nl.NeighEvent) bool { return all() },
+			Link:  func(nl.LinkEvent) bool { return all() },
+			Addr:  func(nl.AddrEvent) bool { return all() },
 		}, func() {})
 	}()
 	t.Cleanup(func() { cancel(); <-done })

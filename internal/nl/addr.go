@@ -73,7 +73,7 @@ func (c *Conn) AddrList(linkIndex int, family Family) ([]Addr, error) {
 	if linkIndex != 0 {
 		link = ref(linkIndex)
 	}
-	as, err := Dump(func() ([]netlink.Addr, error) { return c.h.AddrList(link, int(family)) })
+	as, err := retryDump(func() ([]netlink.Addr, error) { return c.h.AddrList(link, int(family)) })
 	if err != nil {
 		return nil, err
 	}

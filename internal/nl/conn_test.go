@@ -208,7 +208,7 @@ func TestEventsFilter(t *testing.T) {
 		Addr:  func(e AddrEvent) bool { a = e; return true },
 		Route: func(e RouteEvent) bool { r = e; return true },
 		Neigh: func(e NeighEvent) bool { n = e; return true },
-	}.Filter()
+	}.filter()
 	if f.Nexthop != nil {
 		t.Error("an unset kind of event is subscribed to")
 	}

@@ -208,7 +208,7 @@ func (d *Dumper) Close() {
 // error from fn ends the dump and is returned. Unlike Conn's methods, Dump
 // does not retry: a dump the kernel flagged as interrupted returns
 // ErrDumpInterrupted after the whole reply was read, and the caller decides
-// (wrap the call and its state in the function Dump to retry).
+// whether to run it again.
 func (d *Dumper) Dump(reqType uint16, body []byte, msgType uint16, fn func(payload []byte) error) error {
 	if d.s == nil {
 		return errClosed

@@ -114,7 +114,7 @@ func (c *Conn) LinkList() ([]Link, error) {
 	if c.h == nil {
 		return nil, errClosed
 	}
-	ls, err := Dump(c.h.LinkList)
+	ls, err := retryDump(c.h.LinkList)
 	if err != nil {
 		return nil, err
 	}

@@ -122,7 +122,7 @@ func (c *Conn) NeighList(linkIndex int, family Family, out []Neigh) ([]Neigh, er
 	var body [12]byte // struct ndmsg
 	body[0] = uint8(family)
 	binary.NativeEndian.PutUint32(body[4:8], uint32(linkIndex))
-	return Dump(func() ([]Neigh, error) {
+	return retryDump(func() ([]Neigh, error) {
 		out = out[:0]
 		err := c.s.dump(unix.RTM_GETNEIGH, body[:], unix.RTM_NEWNEIGH, func(p []byte) error {
 			n, ok := parseNeigh(p)

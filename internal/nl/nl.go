@@ -50,21 +50,19 @@ func FamilyOf(a netip.Addr) Family {
 }
 
 // ErrDumpInterrupted is what a dump returns when the kernel's object set
-// changed underneath it. Conn's methods retry such dumps (see Dump); only
-// Dumper.Dump returns it.
+// changed underneath it. Conn's methods retry such dumps; only Dumper.Dump
+// returns it.
 var ErrDumpInterrupted = netlink.ErrDumpInterrupted
 
 // dumpAttempts bounds how often a dump is retried after the kernel reported
 // that the object set changed underneath it.
 const dumpAttempts = 10
 
-// Dump runs a netlink dump and retries it while it returns
+// retryDump runs a netlink dump and retries it while it returns
 // ErrDumpInterrupted, so callers only ever see consistent results. After
 // the last attempt the error is returned, wrapped. This is the one place
-// weft retries dumps: Conn's methods go through it. Callers that still hold
-// a vishvananda handle of their own (backend/udp, internal/bench) wrap
-// their dumps in it until they move onto Conn.
-func Dump[T any](dump func() ([]T, error)) ([]T, error) {
+// weft retries dumps: every dump of Conn goes through it.
+func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
 	var err error
 	for i := 0; i < dumpAttempts; i++ {
 		var res []T
@@ -77,17 +75,6 @@ func Dump[T any](dump func() ([]T, error)) ([]T, error) {
 		}
 	}
 	return nil, fmt.Errorf("dump still interrupted after %d attempts: %w", dumpAttempts, err)
-}
-
-// NewHandle opens a vishvananda netlink handle for ns; netns.None() means
-// the current namespace. It is for the callers that have not moved onto
-// Conn yet (backend/udp, internal/bench); new code uses Open.
-func NewHandle(ns netns.NsHandle) (*netlink.Handle, error) {
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("open netlink handle: %w", err)
-	}
-	return h, nil
 }
 
 // Do runs fn with the calling goroutine's OS thread switched into ns and

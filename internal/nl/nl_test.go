@@ -20,7 +20,7 @@ import (
 
 func TestDumpRetriesInterrupted(t *testing.T) {
 	calls := 0
-	got, err := Dump(func() ([]int, error) {
+	got, err := retryDump(func() ([]int, error) {
 		calls++
 		if calls < 3 {
 			return []int{-1}, ErrDumpInterrupted
@@ -32,14 +32,14 @@ func TestDumpRetriesInterrupted(t *testing.T) {
 	}
 
 	calls = 0
-	_, err = Dump(func() ([]int, error) { calls++; return nil, netlink.ErrDumpInterrupted })
+	_, err = retryDump(func() ([]int, error) { calls++; return nil, netlink.ErrDumpInterrupted })
 	if !errors.Is(err, ErrDumpInterrupted) || calls != dumpAttempts {
 		t.Fatalf("persistent interruption: %v after %d calls", err, calls)
 	}
 
 	boom := errors.New("boom")
 	calls = 0
-	if _, err = Dump(func() ([]int, error) { calls++; return nil, boom }); !errors.Is(err, boom) || calls != 1 {
+	if _, err = retryDump(func() ([]int, error) { calls++; return nil, boom }); !errors.Is(err, boom) || calls != 1 {
 		t.Fatalf("other error: %v after %d calls", err, calls)
 	}
 }
@@ -92,7 +92,7 @@ func TestWatchKicksAndStops(t *testing.T) {
 		defer close(done)
 		Watch(ctx, n.Handle, slog.New(slog.DiscardHandler), Events{
 			Link: func(e LinkEvent) bool { return e.Name == "wvxtest0" },
-		}.Filter(), func() { kicks.Add(1) })
+		}, func() { kicks.Add(1) })
 	}()
 	time.Sleep(100 * time.Millisecond)
 	n.IP(t, "link", "add", "wvxtest0", "type", "veth", "peer", "name", "wvxtest1")

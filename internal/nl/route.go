@@ -39,9 +39,8 @@ type Route struct {
 	MultiPath bool
 }
 
-// RouteOf reduces a vishvananda route to a Route. It is for callers that
-// still list routes with their own vishvananda handle (backend/udp).
-func RouteOf(r *netlink.Route) Route {
+// routeOf reduces a vishvananda route (of a route event) to a Route.
+func routeOf(r *netlink.Route) Route {
 	out := Route{
 		LinkIndex: r.LinkIndex, Priority: r.Priority, Table: uint32(r.Table), Flags: uint32(r.Flags),
 		Protocol: uint8(r.Protocol), Scope: uint8(r.Scope), Type: uint8(r.Type), MultiPath: len(r.MultiPath) > 0,
@@ -122,7 +121,7 @@ func (c *Conn) RouteList(family Family, table uint32, keep func(*Route) bool, ou
 	if table < 256 {
 		body[4] = uint8(table) // a hint; the kernel may still send others
 	}
-	return Dump(func() ([]Route, error) {
+	return retryDump(func() ([]Route, error) {
 		out = out[:0]
 		err := c.s.dump(unix.RTM_GETROUTE, body[:], unix.RTM_NEWROUTE, func(p []byte) error {
 			if len(p) >= 12 && binary.NativeEndian.Uint32(p[8:12])&unix.RTM_F_CLONED != 0 {
@@ -289,7 +288,7 @@ func (c *Conn) nexthops(fn func(nexthop)) error {
 	}
 	var body [8]byte // struct nhmsg, family AF_UNSPEC
 	ne := binary.NativeEndian
-	_, err := Dump(func() ([]struct{}, error) {
+	_, err := retryDump(func() ([]struct{}, error) {
 		return nil, c.s.dump(unix.RTM_GETNEXTHOP, body[:], unix.RTM_NEWNEXTHOP, func(p []byte) error {
 			if len(p) < 8 {
 				return nil

@@ -96,7 +96,7 @@ func TestParseRouteMatchesNetlink(t *testing.T) {
 	}
 	sawNH := false
 	for i := range want {
-		w := RouteOf(&want[i])
+		w := routeOf(&want[i])
 		g, ok := got[routeKey{w.Dst, w.Table, w.Priority}]
 		if !ok {
 			t.Errorf("route %+v not parsed", w)

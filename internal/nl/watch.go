@@ -15,8 +15,7 @@ import (
 )
 
 // Events selects the rtnetlink events that should trigger a reconcile. A
-// nil function means "do not subscribe to this kind of event". Watch takes
-// it as a Filter (Events.Filter).
+// nil function means "do not subscribe to this kind of event".
 type Events struct {
 	Link  func(LinkEvent) bool
 	Addr  func(AddrEvent) bool
@@ -67,10 +66,9 @@ type NexthopEvent struct {
 	Protocol uint8
 }
 
-// Filter is the form Watch takes. Its functions see vishvananda's update
-// types; only backend/udp still writes one by hand until it moves onto
-// Events, which is what new code builds.
-type Filter struct {
+// filter is Events over vishvananda's update types, which the
+// subscriptions deliver.
+type filter struct {
 	Route   func(netlink.RouteUpdate) bool
 	Neigh   func(netlink.NeighUpdate) bool
 	Link    func(netlink.LinkUpdate) bool
@@ -78,9 +76,9 @@ type Filter struct {
 	Nexthop func(NexthopEvent) bool
 }
 
-// Filter returns the Filter that passes the events e selects.
-func (e Events) Filter() Filter {
-	f := Filter{Nexthop: e.Nexthop}
+// filter returns the filter that passes the events e selects.
+func (e Events) filter() filter {
+	f := filter{Nexthop: e.Nexthop}
 	if e.Link != nil {
 		f.Link = func(u netlink.LinkUpdate) bool {
 			ev := LinkEvent{Deleted: u.Header.Type == unix.RTM_DELLINK}
@@ -100,7 +98,7 @@ func (e Events) Filter() Filter {
 	}
 	if e.Route != nil {
 		f.Route = func(u netlink.RouteUpdate) bool {
-			return e.Route(RouteEvent{Deleted: u.Type == unix.RTM_DELROUTE, Route: RouteOf(&u.Route)})
+			return e.Route(RouteEvent{Deleted: u.Type == unix.RTM_DELROUTE, Route: routeOf(&u.Route)})
 		}
 	}
 	if e.Neigh != nil {
@@ -122,14 +120,14 @@ const eventBuffer = 8 << 20
 // subscription broke or could not be made.
 const resubscribeDelay = 200 * time.Millisecond
 
-// Watch subscribes, in ns, to every kind of event with a non-nil filter
-// (build it with Events.Filter) and calls kick whenever an event passes its
-// filter. kick must not block. A
+// Watch subscribes, in ns, to every kind of event e has a function for and
+// calls kick whenever an event passes it. kick must not block. A
 // subscription that breaks (for example because the socket overflowed and
 // events were lost) is re-made after a short delay, and kick is called
 // because something may have been missed. Watch returns when ctx is done and
 // every goroutine it started has ended.
-func Watch(ctx context.Context, ns netns.NsHandle, logger *slog.Logger, f Filter, kick func()) {
+func Watch(ctx context.Context, ns netns.NsHandle, logger *slog.Logger, e Events, kick func()) {
+	f := e.filter()
 	var wg sync.WaitGroup
 	start := func(fn func()) {
 		wg.Add(1)
