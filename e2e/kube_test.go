@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	rbacv1client "k8s.io/client-go/kubernetes/typed/rbac/v1"
 	"k8s.io/client-go/rest"
 
+	"github.com/weftnet/weft/internal/doctor"
 	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/subnet"
 )
@@ -116,6 +118,7 @@ func vxlanAnnotation(mac string) string { return `{"VNI":1,"VtepMAC":"` + mac + 
 //   - the API server restarts under pings: no packet lost;
 //   - a deleted Node's routes are withdrawn everywhere, and come back with
 //     the Node;
+//   - weftctl leases and doctor read the Nodes instead of etcd;
 //   - a mixed pair: a node whose annotations are written by hand in
 //     flannel's exact format, and whose data path is programmed by hand
 //     from weft's annotations, as kube-flannel would.
@@ -363,6 +366,56 @@ func TestKube(t *testing.T) {
 		createNode(t, ctx, core, nodeName(h3), podCIDR(3).String(), nil)
 		if m, err := l.WaitConnectivity(ctx, 60*time.Second); err != nil {
 			t.Fatalf("after the Node came back: %v\n%s", err, m)
+		}
+	})
+
+	t.Run("weftctl leases and doctor read Nodes", func(t *testing.T) {
+		weftctl := []string{filepath.Join(binDir, "weftctl"), "--kube-subnet-mgr", "--kubeconfig-file=" + filepath.Join(h1.Dir, "kubeconfig")}
+		out, err := h1.Exec(ctx, append(weftctl, "leases", "-o", "json")...)
+		if err != nil {
+			t.Fatalf("weftctl leases: %v", err)
+		}
+		var got []struct {
+			Subnet, PublicIP, Backend, VtepMAC, Key string
+			Invalid                                 bool
+		}
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatalf("weftctl leases -o json: %v: %s", err, out)
+		}
+		for _, h := range []*lab.Host{h1, h2, h3, h4} {
+			found := false
+			for _, g := range got {
+				found = found || g.Subnet == podCIDR(h.Index).String() && g.PublicIP == h.IP.String() && g.Backend == "vxlan" && g.VtepMAC == linkMAC(ctx, h, vxlanDev)
+			}
+			if !found {
+				t.Errorf("weftctl leases does not list %s's lease: %s", h.Name, out)
+			}
+		}
+		if !strings.Contains(string(out), `"key": "node/garbled"`) {
+			t.Errorf("weftctl leases does not list the garbled Node as invalid: %s", out)
+		}
+		table, err := h1.Exec(ctx, append(weftctl, "leases")...)
+		if err != nil || !strings.Contains(string(table), "SUBNET") || !strings.Contains(string(table), "198.18.1.0/24") {
+			t.Errorf("weftctl leases: %v\n%s", err, table)
+		}
+		t.Logf("weftctl leases --kube-subnet-mgr:\n%s", table)
+
+		out, err = h1.Exec(ctx, append(weftctl, "doctor", "--net-config-path="+h1.NetConfPath(), "--subnet-file="+h1.SubnetFile(), "-o", "json")...)
+		var rep doctor.Report
+		if jerr := json.Unmarshal(out, &rep); jerr != nil {
+			t.Fatalf("weftctl doctor: %v %v: %s", err, jerr, out)
+		}
+		// The kernel matches the Nodes; the one problem is the thief's
+		// claim on h2's subnet, a conflict the doctor reports (exit 1).
+		if err == nil || rep.Peers != 3 || rep.Lease != podCIDR(1).String() || len(rep.Problems) != 1 ||
+			rep.Problems[0].Area != "lease" || !strings.Contains(rep.Problems[0].What, "198.18.2.0-24") {
+			t.Errorf("weftctl doctor on h1: %v, report %+v", err, rep)
+		}
+		refused := fmt.Sprint(rep.Refused)
+		for _, want := range []string{"node/garbled", "198.18.9.0-24", "203.0.113.0-24"} {
+			if !strings.Contains(refused, want) {
+				t.Errorf("weftctl doctor does not report the refusal of %s: %s", want, refused)
+			}
 		}
 	})
 

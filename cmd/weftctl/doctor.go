@@ -34,27 +34,19 @@ func cmdDoctor(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	} else if v := firstEnv(e, "PUBLIC_IP"); v != "" {
 		publicIP, _ = netip.ParseAddr(v)
 	}
-	reg, err := e.registry()
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	read := etcdDoctorInput
+	if c.kube.enabled {
+		read = kubeDoctorInput // kube.go
+	}
+	cfg, leases, invalid, err := read(cctx, e, c)
 	if err != nil {
 		return err
 	}
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	cfg, err := reg.Config(cctx)
-	if err != nil {
-		return fmt.Errorf("read the network config: %w", err)
-	}
-	snap, err := reg.Leases(cctx)
-	if err != nil {
-		return fmt.Errorf("list leases: %w", err)
-	}
-	invalid := make([]subnet.InvalidLease, len(snap.Invalid))
-	for i, inv := range snap.Invalid {
-		invalid[i] = subnet.InvalidLease{Key: strings.TrimPrefix(inv.Key, reg.Prefix()+"/subnets/"), Value: inv.Value, Err: inv.Err}
-	}
 	in := doctor.Input{
 		Config:     cfg,
-		Leases:     snap.Leases,
+		Leases:     leases,
 		Invalid:    invalid,
 		Netns:      netns.None(),
 		SubnetFile: subnetFilePath(e, c),
@@ -81,6 +73,28 @@ func cmdDoctor(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 		return errProblemsFound
 	}
 	return nil
+}
+
+// etcdDoctorInput is what doctor compares the kernel with: the network
+// config and the leases in etcd.
+func etcdDoctorInput(ctx context.Context, e *env, c *cmdFlags) (*subnet.Config, []subnet.Lease, []subnet.InvalidLease, error) {
+	reg, err := e.registry()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cfg, err := reg.Config(ctx)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("read the network config: %w", err)
+	}
+	snap, err := reg.Leases(ctx)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("list leases: %w", err)
+	}
+	invalid := make([]subnet.InvalidLease, len(snap.Invalid))
+	for i, inv := range snap.Invalid {
+		invalid[i] = subnet.InvalidLease{Key: strings.TrimPrefix(inv.Key, reg.Prefix()+"/subnets/"), Value: inv.Value, Err: inv.Err}
+	}
+	return cfg, snap.Leases, invalid, nil
 }
 
 // subnetFilePath is --subnet-file, else $WEFTD_SUBNET_FILE, else

@@ -42,6 +42,16 @@ func cmdLeases(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	if len(args) > 0 {
 		return usagef("unexpected argument %q", args[0])
 	}
+	if c.kube.enabled {
+		snap, err := kubeLeases(ctx, c)
+		if err != nil {
+			return err
+		}
+		if c.output == "json" {
+			return writeLeasesJSON(e.stdout, snap, e.timeNow())
+		}
+		return writeLeasesTable(e.stdout, snap, e.timeNow())
+	}
 	reg, err := e.registry()
 	if err != nil {
 		return err
@@ -99,6 +109,9 @@ func vtepMAC(a subnet.LeaseAttrs) string {
 func expiresIn(l subnet.Lease, now time.Time) string {
 	if l.Reservation {
 		return "never"
+	}
+	if l.EtcdLease == 0 {
+		return "-" // a Node's lease (--kube-subnet-mgr) has no expiry
 	}
 	if l.Expiration.IsZero() || !l.Expiration.After(now) {
 		return "expired"
@@ -175,7 +188,7 @@ func writeLeasesJSON(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 			ModRevision: l.ModRevision,
 			Value:       value,
 		}
-		if !l.Reservation {
+		if !l.Reservation && l.EtcdLease != 0 {
 			j.EtcdLease = fmt.Sprintf("%x", l.EtcdLease)
 			if !l.Expiration.IsZero() {
 				exp := l.Expiration.UTC().Truncate(time.Second)

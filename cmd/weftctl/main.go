@@ -189,6 +189,7 @@ type cmdFlags struct {
 	since                              int64
 	publicIP, addr, subnetFile, format string
 	forward                            bool
+	kube                               kubeSettings // kube.go
 }
 
 func (c *cmdFlags) clientOptions() etcd.ClientOptions {
@@ -215,6 +216,7 @@ func commonFlags(fs *flag.FlagSet, c *cmdFlags) {
 	fs.StringVar(&c.password, "etcd-password", "", "etcd password")
 	fs.StringVar(&c.output, "o", "table", "output format: table or json (a command without JSON output refuses json: exit 2)")
 	fs.StringVar(&c.envFile, "env-file", "", "weftd's environment file to read WEFTD_* settings from (default "+defaultEnvFile+" if it exists; --env-file= reads none)")
+	kubeCommonFlags(fs, c)
 }
 
 // usageError is a bad command line: exit code 2.
@@ -323,6 +325,7 @@ func run(ctx context.Context, args []string, e *env) int {
 		e.file = f
 	}
 	applyEnv(c, given, e.setting)
+	applyKubeEnv(c, given, e.setting)
 
 	err = cmd.run(ctx, e, c, positional)
 	var ue usageError
@@ -427,7 +430,10 @@ func usage(w io.Writer) {
 
 // settingsHelp says where the flags not given come from; help and the man
 // page print it.
-var settingsHelp = `Each --etcd-* flag not given falls back to the environment variable WEFTD_<FLAG>,
+var settingsHelp = `Each --etcd-* flag not given, and each of the Kubernetes-mode flags
+(--kube-subnet-mgr, --kubeconfig-file, --kube-api-url, --kube-annotation-prefix,
+--net-config-path: leases and doctor then read the Nodes instead of etcd), falls
+back to the environment variable WEFTD_<FLAG>,
 then FLANNELD_<FLAG> (upper case, '-' as '_'), e.g. WEFTD_ETCD_ENDPOINTS, and
 then to the same names in weftd's environment file (--env-file, by default
 ` + defaultEnvFile + ` when it exists): a flag wins over the environment, which wins
