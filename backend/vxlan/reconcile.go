@@ -64,10 +64,9 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 
 	plans := make([]peerPlan, 0, len(peers))
 	want := make([]nl.RouteSpec, 0, len(peers))
-	b.macGen++
 	for i := range peers {
 		l := &peers[i]
-		mac, err := b.peerMAC(l)
+		mac, err := PeerData(l.Attrs) // FilterPeers judged it already; cheap
 		if err != nil {
 			p.Refused[l.Subnet] = err.Error()
 			continue
@@ -141,35 +140,8 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 		}
 		p.Programmed++
 	}
-	for sn, e := range b.macs {
-		if e.gen != b.macGen {
-			delete(b.macs, sn)
-		}
-	}
 	p.Err = errors.Join(errs...)
 	return p
-}
-
-// macEntry caches one peer's parsed VtepMAC, keyed by its BackendData, so
-// a pass over thousands of unchanged peers parses no JSON.
-type macEntry struct {
-	data string
-	mac  string // raw bytes
-	err  error
-	gen  uint64
-}
-
-// peerMAC returns l's VtepMAC as raw bytes, parsing BackendData only when
-// it changed. Caller holds kmu.
-func (b *Backend) peerMAC(l *subnet.Lease) (string, error) {
-	e, ok := b.macs[l.Subnet]
-	if !ok || e.data != string(l.Attrs.BackendData) {
-		_, mac, err := subnet.ParseVXLANData(l.Attrs.BackendData)
-		e = macEntry{data: string(l.Attrs.BackendData), mac: string(mac), err: err}
-	}
-	e.gen = b.macGen
-	b.macs[l.Subnet] = e
-	return e.mac, e.err
 }
 
 // ensureAddr makes want the only IPv4 address of the device.

@@ -92,8 +92,6 @@ type Backend struct {
 	neighs        *peerEntries[netip.Addr, string] // peer VTEP address -> MAC
 	fdb           *peerEntries[string, netip.Addr] // MAC -> PublicIP
 	installedAddr netip.Prefix
-	macs          map[netip.Prefix]macEntry
-	macGen        uint64
 }
 
 // kernel is what the backend asks of netlink in its namespace: *nl.Conn,
@@ -169,7 +167,6 @@ func New(cfg backend.Config) (backend.Backend, error) {
 		kern:   routes.NewKernel[kernel](cfg.Netns, cfg.Network.Network),
 		neighs: neighEntries(),
 		fdb:    fdbEntries(),
-		macs:   map[netip.Prefix]macEntry{},
 	}
 	b.log = cfg.Logger.With("backend", Type, "device", b.name)
 	if len(o.Unknown) > 0 {
