@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"text/tabwriter"
 	"time"
 
+	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/internal/backends"
 	"github.com/weftnet/weft/subnet"
 	"github.com/weftnet/weft/subnet/etcd"
 )
@@ -83,25 +86,38 @@ func cmdLeases(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	return nil
 }
 
-// backendName is the BackendType, "udp" when empty (flannel's udp leases
-// carry no BackendType).
+// backendOf finds the backend whose leases carry a's BackendType (udp's
+// carry none, as flannel's), from the one registry.
+func backendOf(a subnet.LeaseAttrs) (backend.Descriptor, bool) {
+	for _, d := range backends.All() {
+		if d.LeaseType == a.BackendType {
+			return d, true
+		}
+	}
+	return backend.Descriptor{}, false
+}
+
+// backendName names the backend of a lease: its registered type, or the
+// BackendType as written when no backend claims it.
 func backendName(a subnet.LeaseAttrs) string {
-	if a.BackendType == "" {
-		return "udp"
+	if d, ok := backendOf(a); ok {
+		return d.Type
 	}
 	return a.BackendType
 }
 
-// vtepMAC returns the VTEP MAC of a vxlan lease, "" otherwise.
+// vtepMAC returns the identity a lease's backend derives from its data
+// when it is a MAC address (vxlan's VTEP MAC), "" otherwise.
 func vtepMAC(a subnet.LeaseAttrs) string {
-	if a.BackendType != "vxlan" {
+	d, ok := backendOf(a)
+	if !ok || d.PeerData == nil {
 		return ""
 	}
-	_, mac, err := subnet.ParseVXLANData(a.BackendData)
-	if err != nil {
-		return "invalid"
+	id, err := d.PeerData(a)
+	if err != nil || len(id) != 6 {
+		return ""
 	}
-	return mac.String()
+	return net.HardwareAddr(id).String()
 }
 
 // expiresIn renders the time left: "23h59m", "42s", "never" for a
