@@ -180,10 +180,10 @@ func (e *env) close() {
 // cmdFlags holds every flag; the etcd and output flags are accepted both
 // before and after the command name.
 type cmdFlags struct {
-	endpoints, prefix         string
-	keyfile, certfile, cafile string
-	username, password        string
-	output, envFile           string
+	etcd            *etcd.Flags        // the etcd flags, shared with weftd
+	etcdOpts        etcd.ClientOptions // resolved from etcd and the fallbacks
+	prefix          string             // resolved --etcd-prefix
+	output, envFile string
 	// given holds the names of the flags given on the command line.
 	given                              map[string]bool
 	since                              int64
@@ -192,28 +192,10 @@ type cmdFlags struct {
 	kube                               kubeSettings // kube.go
 }
 
-func (c *cmdFlags) clientOptions() etcd.ClientOptions {
-	o := etcd.ClientOptions{KeyFile: c.keyfile, CertFile: c.certfile, CAFile: c.cafile, Username: c.username, Password: c.password}
-	for _, ep := range strings.Split(c.endpoints, ",") {
-		if ep = strings.TrimSpace(ep); ep != "" {
-			o.Endpoints = append(o.Endpoints, ep)
-		}
-	}
-	return o
-}
-
-// envFlags are the flags that fall back to WEFTD_<FLAG>, then
-// FLANNELD_<FLAG>, from the environment, then from weftd's environment file.
-var envFlags = []string{"etcd-endpoints", "etcd-prefix", "etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username", "etcd-password"}
+func (c *cmdFlags) clientOptions() etcd.ClientOptions { return c.etcdOpts }
 
 func commonFlags(fs *flag.FlagSet, c *cmdFlags) {
-	fs.StringVar(&c.endpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "comma-separated list of etcd endpoints")
-	fs.StringVar(&c.prefix, "etcd-prefix", etcd.DefaultPrefix, "etcd key prefix of the network config and leases")
-	fs.StringVar(&c.keyfile, "etcd-keyfile", "", "TLS client key file (TLS is used when both key and certificate are set)")
-	fs.StringVar(&c.certfile, "etcd-certfile", "", "TLS client certificate file")
-	fs.StringVar(&c.cafile, "etcd-cafile", "", "TLS CA bundle that signed etcd's server certificate")
-	fs.StringVar(&c.username, "etcd-username", "", "etcd user name")
-	fs.StringVar(&c.password, "etcd-password", "", "etcd password")
+	c.etcd = etcd.BindFlags(fs)
 	fs.StringVar(&c.output, "o", "table", "output format: table or json (a command without JSON output refuses json: exit 2)")
 	fs.StringVar(&c.envFile, "env-file", "", "weftd's environment file to read WEFTD_* settings from (default "+defaultEnvFile+" if it exists; --env-file= reads none)")
 	kubeCommonFlags(fs, c)
@@ -324,7 +306,13 @@ func run(ctx context.Context, args []string, e *env) int {
 		}
 		e.file = f
 	}
-	applyEnv(c, given, e.setting)
+	// The etcd flags not given fall back to WEFTD_<FLAG>, then
+	// FLANNELD_<FLAG>, from the environment, then weftd's environment file.
+	c.etcdOpts, c.prefix, err = c.etcd.Resolve(func(name string) string { return e.setting(envName("", name)) })
+	if err != nil && !cmd.local {
+		fmt.Fprintf(e.stderr, "weftctl %s: %s\n", cmd.name, text(err.Error()))
+		return exitUsage
+	}
 	applyKubeEnv(c, given, e.setting)
 
 	err = cmd.run(ctx, e, c, positional)
@@ -343,7 +331,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	default:
 		msg := err.Error()
 		if errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, etcd.ErrTLS) && ctx.Err() == nil {
-			msg += fmt.Sprintf(" (is etcd reachable at %s?)", c.endpoints)
+			msg += fmt.Sprintf(" (is etcd reachable at %s?)", strings.Join(c.etcdOpts.Endpoints, ","))
 		}
 		if errors.Is(err, subnet.ErrNoConfig) {
 			msg += fmt.Sprintf("; check --etcd-prefix (weftd's default is %s), or write one with 'weftctl config set'", etcd.DefaultPrefix)
@@ -363,24 +351,6 @@ func checkOutput(cmd *command, c *cmdFlags) error {
 		return fmt.Errorf("-o json: %s has no JSON output", cmd.name)
 	}
 	return nil
-}
-
-// applyEnv fills the etcd flags not given on the command line from
-// setting (env.setting): the environment, then weftd's environment file.
-func applyEnv(c *cmdFlags, given map[string]bool, setting func(name string) string) {
-	targets := map[string]*string{
-		"etcd-endpoints": &c.endpoints, "etcd-prefix": &c.prefix,
-		"etcd-keyfile": &c.keyfile, "etcd-certfile": &c.certfile, "etcd-cafile": &c.cafile,
-		"etcd-username": &c.username, "etcd-password": &c.password,
-	}
-	for _, name := range envFlags {
-		if given[name] {
-			continue
-		}
-		if v := setting(envName("", name)); v != "" {
-			*targets[name] = v
-		}
-	}
 }
 
 func envName(prefix, flagName string) string {

@@ -419,7 +419,7 @@ func TestUsageAndExitCodes(t *testing.T) {
 			t.Errorf("help lists %s: %v; hidden: %v", c.name, !c.hidden, c.hidden)
 		}
 	}
-	for _, f := range envFlags {
+	for _, f := range etcd.FlagNames {
 		if !strings.Contains(out, "-"+f) {
 			t.Errorf("help does not list -%s", f)
 		}
@@ -450,14 +450,28 @@ func TestEnvPrecedence(t *testing.T) {
 		{"command line wins over the file", nil, map[string]string{"WEFTD_ETCD_ENDPOINTS": "file"}, map[string]bool{"etcd-endpoints": true}, "flag-default"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := &cmdFlags{endpoints: "flag-default"}
+			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			f := etcd.BindFlags(fs)
+			args := []string{}
+			if tc.given["etcd-endpoints"] {
+				args = append(args, "--etcd-endpoints=flag-default")
+			} else {
+				fs.Lookup("etcd-endpoints").DefValue = "flag-default"
+				fs.Lookup("etcd-endpoints").Value.Set("flag-default")
+			}
+			if err := fs.Parse(args); err != nil {
+				t.Fatal(err)
+			}
 			e := &env{getenv: func(k string) string { return tc.env[k] }}
 			if tc.file != nil {
 				e.file = &envFile{vars: tc.file}
 			}
-			applyEnv(c, tc.given, e.setting)
-			if c.endpoints != tc.want {
-				t.Fatalf("endpoints = %q, want %q", c.endpoints, tc.want)
+			o, _, err := f.Resolve(func(name string) string { return e.setting(envName("", name)) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(o.Endpoints, ","); got != tc.want {
+				t.Fatalf("endpoints = %q, want %q", got, tc.want)
 			}
 		})
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -79,13 +80,7 @@ func newFlagSet(out io.Writer) (*flag.FlagSet, *rawFlags) {
 	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
 	fs.SetOutput(out)
 	r := &rawFlags{}
-	fs.StringVar(&r.endpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "comma-separated list of etcd endpoints")
-	fs.StringVar(&r.prefix, "etcd-prefix", "/coreos.com/network", "etcd key prefix of the network config and leases")
-	fs.StringVar(&r.keyfile, "etcd-keyfile", "", "TLS client key file for etcd (TLS is used when both --etcd-keyfile and --etcd-certfile are set)")
-	fs.StringVar(&r.certfile, "etcd-certfile", "", "TLS client certificate file for etcd")
-	fs.StringVar(&r.cafile, "etcd-cafile", "", "TLS CA bundle that signed etcd's server certificate")
-	fs.StringVar(&r.username, "etcd-username", "", "etcd user name for authentication")
-	fs.StringVar(&r.password, "etcd-password", "", "etcd password for authentication")
+	r.etcd = etcd.BindFlags(fs)
 	fs.Var(&r.ifaces, "iface", "interface name or IPv4 address to use for inter-host traffic (repeatable; the first that exists wins)")
 	fs.Var(&r.ifaceRegex, "iface-regex", "regular expression matched against interface names, then addresses (repeatable)")
 	fs.StringVar(&r.ifaceReach, "iface-can-reach", "", "use the interface that the kernel would route to this IPv4 address through")
@@ -114,21 +109,21 @@ func newFlagSet(out io.Writer) (*flag.FlagSet, *rawFlags) {
 }
 
 type rawFlags struct {
-	endpoints, prefix, keyfile, certfile, cafile, username, password string
-	ifaces, ifaceRegex                                               multiFlag
-	ifaceReach, publicIP, subnetFile                                 string
-	renewMargin                                                      int
-	leaseTTL                                                         time.Duration
-	ipMasq                                                           bool
-	iptResync                                                        int
-	iptForward                                                       bool
-	nftables                                                         string
-	healthzIP                                                        string
-	healthzPort                                                      int
-	reconcile                                                        time.Duration
-	logFormat, logLevel                                              string
-	pprof, version                                                   bool
-	kube                                                             KubeConfig
+	etcd                             *etcd.Flags
+	ifaces, ifaceRegex               multiFlag
+	ifaceReach, publicIP, subnetFile string
+	renewMargin                      int
+	leaseTTL                         time.Duration
+	ipMasq                           bool
+	iptResync                        int
+	iptForward                       bool
+	nftables                         string
+	healthzIP                        string
+	healthzPort                      int
+	reconcile                        time.Duration
+	logFormat, logLevel              string
+	pprof, version                   bool
+	kube                             KubeConfig
 }
 
 // parseConfig parses the command line, applies WEFTD_* then FLANNELD_*
@@ -146,8 +141,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] || envErr != nil {
-			return
+		if given[f.Name] || envErr != nil || slices.Contains(etcd.FlagNames, f.Name) {
+			return // the etcd flags resolve their own fallbacks, below
 		}
 		for _, p := range envPrefixes {
 			name := envName(p, f.Name)
@@ -172,8 +167,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 		return nil, envErr
 	}
 
+	etcdOpts, etcdPrefix, etcdErr := r.etcd.Resolve(etcd.EnvSetting(getenv))
 	c := &Config{
-		EtcdPrefix:      strings.TrimRight(r.prefix, "/"),
+		Etcd:            etcdOpts,
+		EtcdPrefix:      etcdPrefix,
 		Ifaces:          r.ifaces,
 		SubnetFile:      r.subnetFile,
 		RenewMargin:     time.Duration(r.renewMargin) * time.Minute,
@@ -191,16 +188,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 		Version:         r.version,
 		Kube:            r.kube,
 	}
-	c.Etcd = etcd.ClientOptions{
-		KeyFile: r.keyfile, CertFile: r.certfile, CAFile: r.cafile,
-		Username: r.username, Password: r.password,
-	}
-	for _, e := range strings.Split(r.endpoints, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			c.Etcd.Endpoints = append(c.Etcd.Endpoints, e)
-		}
-	}
-	return c, c.validate(r)
+	return c, errors.Join(etcdErr, c.validate(r))
 }
 
 // UseNFTables says where the masquerade and forward rules live: in
@@ -223,15 +211,6 @@ func (c *Config) validate(r *rawFlags) error {
 	var errs []error
 	bad := func(flagName, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("--%s: %s", flagName, fmt.Sprintf(format, args...)))
-	}
-	if len(c.Etcd.Endpoints) == 0 {
-		bad("etcd-endpoints", "at least one endpoint is required")
-	}
-	if c.EtcdPrefix == "" || !strings.HasPrefix(c.EtcdPrefix, "/") {
-		bad("etcd-prefix", "%q must be an absolute key such as /coreos.com/network", r.prefix)
-	}
-	if (c.Etcd.KeyFile == "") != (c.Etcd.CertFile == "") {
-		bad("etcd-certfile", "--etcd-keyfile and --etcd-certfile must be given together")
 	}
 	for _, s := range r.ifaceRegex {
 		re, err := regexp.Compile(s)
