@@ -286,9 +286,63 @@ func TestKube(t *testing.T) {
 		}
 	})
 
+	t.Run("public-ip-overwrite", func(t *testing.T) {
+		// An operator publishes another address of h2 for its peers.
+		const alt = "192.0.2.112"
+		if _, err := h2.Exec(ctx, "ip", "addr", "add", alt+"/24", "dev", "eth0"); err != nil {
+			t.Fatal(err)
+		}
+		mac2 := linkMAC(ctx, h2, vxlanDev)
+		setOverwrite := func(v any) {
+			t.Helper()
+			patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{ann + "public-ip-overwrite": v}}})
+			if _, err := core.Nodes().Patch(ctx, nodeName(h2), types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		published := func(ip string) {
+			t.Helper()
+			if _, err := waitFor(ctx, 20*time.Second, 100*time.Millisecond, func() (bool, string) {
+				n, err := core.Nodes().Get(ctx, nodeName(h2), metav1.GetOptions{})
+				if err != nil || n.Annotations[ann+"public-ip"] != ip {
+					return false, fmt.Sprintf("public-ip %q (%v)", n.Annotations[ann+"public-ip"], err)
+				}
+				for _, h := range []*lab.Host{h1, h3} {
+					if _, _, fdb, err := peerEntries(ctx, h, podCIDR(2), mac2, ip); err != nil || !fdb {
+						return false, fmt.Sprintf("%s: no FDB entry %s → %s (%v)", h.Name, mac2, ip, err)
+					}
+				}
+				return true, ""
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if m, err := l.WaitConnectivity(ctx, 30*time.Second); err != nil {
+				t.Fatalf("public-ip %s: %v\n%s", ip, err, m)
+			}
+		}
+		setOverwrite(alt)
+		published(alt)
+		setOverwrite(nil) // removed: back to the interface's address
+		published(h2.IP.String())
+	})
+
 	t.Run("node without podCIDR waits, then comes up", func(t *testing.T) {
+		// This one finds its Node through its pod, as a DaemonSet pod
+		// does, and leaves NetworkUnavailable alone.
 		createNode(t, ctx, core, nodeName(h4), "", nil)
-		if err := h4.StartWeftdKube(k, nodeName(h4)); err != nil {
+		if _, err := core.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kube-flannel"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// No controller manager makes the default service account.
+		if _, err := core.ServiceAccounts("kube-flannel").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "weft-h4", Namespace: "kube-flannel"},
+			Spec: corev1.PodSpec{NodeName: nodeName(h4), Containers: []corev1.Container{{Name: "weftd", Image: "weft:test"}}}}
+		if _, err := core.Pods("kube-flannel").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := h4.StartWeftdKubeEnv(k, []string{"POD_NAME=weft-h4", "POD_NAMESPACE=kube-flannel"}, "--set-node-network-unavailable=false"); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := waitFor(ctx, 60*time.Second, 250*time.Millisecond, func() (bool, string) {
@@ -314,6 +368,13 @@ func TestKube(t *testing.T) {
 		start := time.Now()
 		waitAllReady(t, ctx, []*lab.Host{h4}, 60*time.Second)
 		t.Logf("h4 ready %s after its podCIDR was assigned", time.Since(start).Round(time.Millisecond))
+		if len(logLines(h4, "Kubernetes subnet manager", "node=n4")) == 0 {
+			t.Error("weftd on h4 did not find its Node n4 through its pod")
+		}
+		time.Sleep(3 * time.Second) // the condition would be set within a second
+		if n, err := core.Nodes().Get(ctx, nodeName(h4), metav1.GetOptions{}); err != nil || condition(n, corev1.NodeNetworkUnavailable) != nil {
+			t.Errorf("n4: NetworkUnavailable %+v (%v) with --set-node-network-unavailable=false", condition(n, corev1.NodeNetworkUnavailable), err)
+		}
 		p, err := h4.AddPod(ctx, "")
 		if err != nil {
 			t.Fatal(err)

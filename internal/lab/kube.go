@@ -237,6 +237,12 @@ current-context: lab
 // the host's directory; then args. The lab's etcd flags stay on the
 // command line, unused.
 func (h *Host) StartWeftdKube(k *KubeAPIServer, node string, args ...string) error {
+	return h.StartWeftdKubeEnv(k, []string{"NODE_NAME=" + node}, args...)
+}
+
+// StartWeftdKubeEnv is StartWeftdKube with weftd's environment given
+// instead of NODE_NAME, e.g. POD_NAME and POD_NAMESPACE.
+func (h *Host) StartWeftdKubeEnv(k *KubeAPIServer, env []string, args ...string) error {
 	kubeconfig, netconf := filepath.Join(h.Dir, "kubeconfig"), h.NetConfPath()
 	if err := k.WriteKubeconfig(kubeconfig, k.NodeToken); err != nil {
 		return err
@@ -253,7 +259,7 @@ func (h *Host) StartWeftdKube(k *KubeAPIServer, node string, args ...string) err
 	}
 	argv := h.WeftdArgs(append([]string{"--kube-subnet-mgr", "--kubeconfig-file=" + kubeconfig, "--net-config-path=" + netconf}, args...)...)
 	// env execs weftd, so the process is weftd's own.
-	p, err := startProc("weftd", h.Name, h.WeftdLog(), append([]string{"env", "NODE_NAME=" + node}, argv...)...)
+	p, err := startProc("weftd", h.Name, h.WeftdLog(), append(append([]string{"env"}, env...), argv...)...)
 	if err != nil {
 		return fmt.Errorf("%s: %w", h.Name, err)
 	}
