@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,6 +17,11 @@ import (
 
 // DefaultResync is how often a Loop reconciles without being asked.
 const DefaultResync = 10 * time.Second
+
+// repairLogEvery is the least time between two log lines about repairs of
+// one kind: a peer or a script that keeps undoing weft's state must not
+// flood the log, so the repairs in between are counted into the next line.
+const repairLogEvery = time.Minute
 
 // settle lets a burst of kicks (a deleted device takes its routes,
 // neighbours and FDB entries with it; a watch response brings many leases)
@@ -68,6 +74,13 @@ type Loop struct {
 	passMu  sync.Mutex              // serialises passes
 	logged  map[netip.Prefix]string // refusals already logged, under passMu
 	lastErr string                  // the last pass error logged, under passMu
+
+	// Repair log lines, under passMu: for each kind, when the last line was
+	// written and how many repairs happened since then without a line.
+	repairLogged  map[string]time.Time
+	repairPending map[string]uint64
+	now           func() time.Time // time.Now; tests replace it
+	repairEvery   time.Duration
 }
 
 // Rejected reports whether err is the kernel refusing one peer's object
@@ -97,6 +110,11 @@ func NewLoop(cfg Config, device string, pass PassFunc) *Loop {
 		kick:        make(chan struct{}, 1),
 		status:      Status{Device: device, Refused: map[netip.Prefix]string{}, Repairs: map[string]uint64{}},
 		logged:      map[netip.Prefix]string{},
+
+		repairLogged:  map[string]time.Time{},
+		repairPending: map[string]uint64{},
+		now:           time.Now,
+		repairEvery:   repairLogEvery,
 	}
 	if l.log == nil {
 		l.log = slog.Default()
@@ -163,6 +181,7 @@ func (l *Loop) Reconcile() {
 		}
 	}
 	l.logged = maps.Clone(p.Refused)
+	l.logRepairs(p.Repairs)
 	errText := ""
 	if p.Err != nil {
 		errText = p.Err.Error()
@@ -196,6 +215,29 @@ func (l *Loop) Reconcile() {
 	}
 	if l.onReconcile != nil {
 		l.onReconcile(d, p.Err)
+	}
+}
+
+// logRepairs writes one line for each kind of kernel object the pass
+// restored, at most one per kind every repairEvery, with the number of
+// repairs since the kind's last line; repairs that arrive sooner wait for
+// the next pass after the interval. Caller holds passMu.
+func (l *Loop) logRepairs(repairs map[string]uint64) {
+	for k, n := range repairs {
+		l.repairPending[k] += n
+	}
+	now := l.now()
+	for _, k := range slices.Sorted(maps.Keys(l.repairPending)) {
+		n := l.repairPending[k]
+		if n == 0 {
+			continue
+		}
+		if last, ok := l.repairLogged[k]; ok && now.Sub(last) < l.repairEvery {
+			continue
+		}
+		l.log.Warn("kernel objects were missing or changed; restored them", "kind", k, "count", n)
+		l.repairLogged[k] = now
+		l.repairPending[k] = 0
 	}
 }
 

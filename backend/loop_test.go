@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"strings"
 	"sync"
@@ -141,5 +142,58 @@ func TestLoopKernelRejection(t *testing.T) {
 	}
 	if st.Ready() {
 		t.Errorf("ready while a peer is pending after a transient failure: %+v", st)
+	}
+}
+
+// TestLoopLogsRepairs: each kind of repair is logged, with its count, at
+// most once per interval; repairs in between are counted into the next line.
+func TestLoopLogsRepairs(t *testing.T) {
+	var logs bytes.Buffer
+	repairs := map[string]uint64{}
+	l := NewLoop(Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))}, "dev0", func(subnet.Lease, []subnet.Lease) Pass {
+		return Pass{Repairs: maps.Clone(repairs)}
+	})
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	l.now = func() time.Time { return now }
+	l.SetDesired(subnet.Lease{}, nil)
+	lines := func() []string {
+		var out []string
+		for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+			if strings.Contains(line, "restored them") {
+				out = append(out, line)
+			}
+		}
+		logs.Reset()
+		return out
+	}
+
+	l.Reconcile() // no repairs: no line
+	if got := lines(); len(got) != 0 {
+		t.Fatalf("a pass without repairs logged %q", got)
+	}
+	repairs["route"], repairs["fdb"] = 2, 1
+	l.Reconcile()
+	got := lines()
+	if len(got) != 2 || !strings.Contains(got[0], "kind=fdb count=1") || !strings.Contains(got[1], "kind=route count=2") {
+		t.Fatalf("first repairs logged %q, want one line per kind with its count", got)
+	}
+	delete(repairs, "fdb")
+	for range 5 { // 5 more route repairs within the minute: no line
+		now = now.Add(5 * time.Second)
+		l.Reconcile()
+	}
+	if got := lines(); len(got) != 0 {
+		t.Fatalf("repairs within the interval logged %q", got)
+	}
+	repairs = map[string]uint64{}
+	now = now.Add(time.Minute)
+	l.Reconcile() // no new repair, but the pending ones are due
+	if got := lines(); len(got) != 1 || !strings.Contains(got[0], "kind=route count=10") {
+		t.Fatalf("after the interval logged %q, want one route line with count=10", got)
+	}
+	now = now.Add(2 * time.Minute)
+	l.Reconcile()
+	if got := lines(); len(got) != 0 {
+		t.Fatalf("nothing pending, logged %q", got)
 	}
 }
