@@ -41,6 +41,9 @@ test: build
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	WEFT_E2E_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -p 2 -timeout 30m ./...
+	# The node core, the peer filter and the backend loop again under the
+	# race detector (it needs cgo).
+	CGO_ENABLED=1 $(GO) test -race -count=1 ./cmd/weftd/node/ ./subnet/ ./backend/
 
 # Unit tests only: no root, no kernel.
 unit:
