@@ -292,38 +292,33 @@ func TestKube(t *testing.T) {
 		if _, err := h2.Exec(ctx, "ip", "addr", "add", alt+"/24", "dev", "eth0"); err != nil {
 			t.Fatal(err)
 		}
-		mac2 := linkMAC(ctx, h2, vxlanDev)
-		setOverwrite := func(v any) {
+		setAnnotation(t, ctx, core, nodeName(h2), ann+"public-ip-overwrite", alt)
+		waitPublished(t, ctx, l, core, h2, alt)
+		setAnnotation(t, ctx, core, nodeName(h2), ann+"public-ip-overwrite", nil) // removed: back to the interface's address
+		waitPublished(t, ctx, l, core, h2, h2.IP.String())
+	})
+
+	t.Run("node-public-ip is read at start", func(t *testing.T) {
+		const alt = "192.0.2.113"
+		if _, err := h3.Exec(ctx, "ip", "addr", "add", alt+"/24", "dev", "eth0"); err != nil {
+			t.Fatal(err)
+		}
+		restart := func() {
 			t.Helper()
-			patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{ann + "public-ip-overwrite": v}}})
-			if _, err := core.Nodes().Patch(ctx, nodeName(h2), types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			if err := h3.StopWeftd(os.Interrupt); err != nil {
 				t.Fatal(err)
 			}
-		}
-		published := func(ip string) {
-			t.Helper()
-			if _, err := waitFor(ctx, 20*time.Second, 100*time.Millisecond, func() (bool, string) {
-				n, err := core.Nodes().Get(ctx, nodeName(h2), metav1.GetOptions{})
-				if err != nil || n.Annotations[ann+"public-ip"] != ip {
-					return false, fmt.Sprintf("public-ip %q (%v)", n.Annotations[ann+"public-ip"], err)
-				}
-				for _, h := range []*lab.Host{h1, h3} {
-					if _, _, fdb, err := peerEntries(ctx, h, podCIDR(2), mac2, ip); err != nil || !fdb {
-						return false, fmt.Sprintf("%s: no FDB entry %s → %s (%v)", h.Name, mac2, ip, err)
-					}
-				}
-				return true, ""
-			}); err != nil {
+			if err := h3.StartWeftdKube(k, nodeName(h3)); err != nil {
 				t.Fatal(err)
 			}
-			if m, err := l.WaitConnectivity(ctx, 30*time.Second); err != nil {
-				t.Fatalf("public-ip %s: %v\n%s", ip, err, m)
-			}
+			waitAllReady(t, ctx, []*lab.Host{h3}, 60*time.Second)
 		}
-		setOverwrite(alt)
-		published(alt)
-		setOverwrite(nil) // removed: back to the interface's address
-		published(h2.IP.String())
+		setAnnotation(t, ctx, core, nodeName(h3), ann+"node-public-ip", alt)
+		restart()
+		waitPublished(t, ctx, l, core, h3, alt)
+		setAnnotation(t, ctx, core, nodeName(h3), ann+"node-public-ip", nil)
+		restart()
+		waitPublished(t, ctx, l, core, h3, h3.IP.String())
 	})
 
 	t.Run("node without podCIDR waits, then comes up", func(t *testing.T) {
@@ -538,6 +533,43 @@ func TestKube(t *testing.T) {
 			}
 		}
 	})
+}
+
+// setAnnotation sets (or, with nil, removes) one annotation of a Node.
+func setAnnotation(t *testing.T, ctx context.Context, core corev1client.CoreV1Interface, node, key string, v any) {
+	t.Helper()
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{key: v}}})
+	if _, err := core.Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitPublished waits until h's Node publishes ip as its public-ip and
+// every other weft host's FDB sends h's VTEP MAC there, then checks the
+// pod mesh.
+func waitPublished(t *testing.T, ctx context.Context, l *lab.Lab, core corev1client.CoreV1Interface, h *lab.Host, ip string) {
+	t.Helper()
+	if _, err := waitFor(ctx, 20*time.Second, 100*time.Millisecond, func() (bool, string) {
+		n, err := core.Nodes().Get(ctx, nodeName(h), metav1.GetOptions{})
+		if err != nil || n.Annotations[ann+"public-ip"] != ip {
+			return false, fmt.Sprintf("%s: public-ip %q (%v)", nodeName(h), n.Annotations[ann+"public-ip"], err)
+		}
+		mac := linkMAC(ctx, h, vxlanDev)
+		for _, o := range l.Hosts[:3] {
+			if o == h {
+				continue
+			}
+			if _, _, fdb, err := peerEntries(ctx, o, podCIDR(h.Index), mac, ip); err != nil || !fdb {
+				return false, fmt.Sprintf("%s: no FDB entry %s → %s (%v)", o.Name, mac, ip, err)
+			}
+		}
+		return true, ""
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := l.WaitConnectivity(ctx, 30*time.Second); err != nil {
+		t.Fatalf("public-ip %s: %v\n%s", ip, err, m)
+	}
 }
 
 func condition(n *corev1.Node, typ corev1.NodeConditionType) *corev1.NodeCondition {

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	sdaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	"github.com/weftnet/weft/backend"
@@ -108,6 +110,17 @@ func (d *daemon) Run(ctx context.Context) error {
 		})
 	}
 
+	var kc *kubeConn // Kubernetes mode; before the interface, whose public IP it may set
+	if d.cfg.Kube.Enabled {
+		conn, err := d.kubeConnect(ctx) // kube.go
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			return err
+		}
+		kc = conn
+	}
 	ext, err := chooseInterface(d.cfg)
 	if err != nil {
 		return fmt.Errorf("choose external interface: %w", err)
@@ -116,7 +129,7 @@ func (d *daemon) Run(ctx context.Context) error {
 
 	var store leaseStore
 	if d.cfg.Kube.Enabled {
-		ks, err := d.kubeStore(ctx) // kube.go
+		ks, err := d.kubeStore(kc) // kube.go
 		if err != nil {
 			return err
 		}
@@ -190,9 +203,16 @@ func (d *daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var rules node.Rules
+	var rules hostRules
 	if ipt != nil {
-		rules = ipt
+		rules = append(rules, ipt)
+	}
+	bh, err := d.blackholeRoute()
+	if err != nil {
+		return err
+	}
+	if bh != nil {
+		rules = append(rules, bh)
 	}
 
 	core := node.New(node.Config{
@@ -207,7 +227,7 @@ func (d *daemon) Run(ctx context.Context) error {
 			d.metrics.leasesSkipped.WithLabelValues(r.Reason).Inc()
 		},
 		Logger: d.logger,
-	}, store, be, rules, envFile(d.cfg.SubnetFile))
+	}, store, be, rules.edge(), envFile(d.cfg.SubnetFile))
 	d.wired.Store(&wiring{netcfg: netcfg, ext: ext, be: be, store: store, ipt: ipt, core: core})
 
 	wg.Go(func() {
@@ -224,6 +244,9 @@ func (d *daemon) Run(ctx context.Context) error {
 	})
 	if ipt != nil {
 		wg.Go(func() { ipt.Run(ctx, d.cfg.IPTablesResync) })
+	}
+	if bh != nil {
+		wg.Go(func() { bh.Run(ctx, d.cfg.IPTablesResync) })
 	}
 	wg.Go(func() { d.notifyWhenReady(ctx) })
 
@@ -376,6 +399,25 @@ func (d *daemon) readiness() (bool, string) {
 	return node.Readiness(w.core.State(), w.be.Status())
 }
 
+// blackholeRoute returns the keeper of the blackhole route for our subnet
+// with --ip-blackhole-route (it is re-checked every --iptables-resync, as
+// flanneld does), and otherwise removes weft's blackhole routes and
+// returns nil.
+func (d *daemon) blackholeRoute() (*blackhole, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink handle for the blackhole route: %w", err)
+	}
+	if !d.cfg.IPBlackholeRoute {
+		defer h.Close()
+		if err := removeBlackholes(h); err != nil {
+			d.logger.Warn("remove old blackhole routes", "err", err)
+		}
+		return nil, nil
+	}
+	return newBlackhole(h, d.logger.With("component", "blackhole")), nil
+}
+
 // ruleKeeper keeps the masquerade and forward rules in place:
 // *iptables.Manager or *nftables.Manager.
 type ruleKeeper interface {
@@ -425,7 +467,11 @@ func (d *daemon) newRuleKeeper(netcfg *subnet.Config) (ruleKeeper, error) {
 			return nil, fmt.Errorf("%w (%s; --nftables=on needs no binary)", iptErr, why)
 		}
 		d.logger.Info("masquerade and forward rules in iptables", "why", why)
-		return iptables.NewManager(sys, d.cfg.IPMasq, d.cfg.IPTablesForward, d.logger.With("component", "iptables")), nil
+		m := iptables.NewManager(sys, d.cfg.IPMasq, d.cfg.IPTablesForward, d.logger.With("component", "iptables"))
+		if d.cfg.IPMasqPlain {
+			m.DisableFullyRandom()
+		}
+		return m, nil
 	}
 	var fallback nftables.ForwardFallback
 	if iptErr == nil {
@@ -433,7 +479,7 @@ func (d *daemon) newRuleKeeper(netcfg *subnet.Config) (ruleKeeper, error) {
 	}
 	d.logger.Info("masquerade and forward rules in nftables, table ip weft", "why", why)
 	return nftables.NewManager(kern, nftables.Config{
-		Masq: d.cfg.IPMasq, Forward: d.cfg.IPTablesForward, Fallback: fallback,
+		Masq: d.cfg.IPMasq, Forward: d.cfg.IPTablesForward, PlainMasq: d.cfg.IPMasqPlain, Fallback: fallback,
 		Logger: d.logger.With("component", "nftables"),
 	}), nil
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
+	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 
 	"github.com/weftnet/weft/subnet/kube"
@@ -12,11 +14,20 @@ import (
 
 var _ leaseStore = (*kube.Store)(nil)
 
-// kubeStore builds the Kubernetes lease store of --kube-subnet-mgr: the
-// client from --kubeconfig-file, --kube-api-url or the pod's service
-// account, and our Node's name from NODE_NAME or the pod. The caller runs
-// it. NetworkUnavailable=False follows weftd's readiness.
-func (d *daemon) kubeStore(ctx context.Context) (*kube.Store, error) {
+// kubeConn is how weftd reaches the API server in Kubernetes mode, and
+// as which Node.
+type kubeConn struct {
+	rc   *rest.Config
+	node string
+}
+
+// kubeConnect prepares Kubernetes mode before the interface is chosen:
+// the client from --kubeconfig-file, --kube-api-url or the pod's service
+// account, our Node's name from NODE_NAME or the pod, and, when no
+// --public-ip was given, the address in our Node's node-public-ip
+// annotation as if it had been (read once; the Node is retried until the
+// API server answers).
+func (d *daemon) kubeConnect(ctx context.Context) (*kubeConn, error) {
 	// client-go logs through klog; send it to weftd's log.
 	klog.SetSlogLogger(d.logger.With("component", "client-go"))
 	d.setReason("connecting to the Kubernetes API")
@@ -30,8 +41,39 @@ func (d *daemon) kubeStore(ctx context.Context) (*kube.Store, error) {
 		return nil, err
 	}
 	d.logger.Info("Kubernetes subnet manager", "node", name, "api", rc.Host, "net-config", d.cfg.Kube.NetConfPath)
-	return kube.New(rc, kube.Config{
-		NodeName:                  name,
+	if d.cfg.PublicIP.IsValid() {
+		return &kubeConn{rc, name}, nil
+	}
+	prefix := kube.Annotations(d.cfg.Kube.AnnotationPrefix)
+	for delay, last := time.Second, ""; ; delay = min(2*delay, 10*time.Second) {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		ip, err := kube.NodePublicIP(cctx, rc, prefix, name)
+		cancel()
+		if err == nil {
+			if ip.IsValid() {
+				d.logger.Info("publishing the address of our Node's annotation, as --public-ip", "annotation", prefix.Name(kube.AnnNodePublicIP), "public-ip", ip)
+				d.cfg.PublicIP = ip
+			}
+			return &kubeConn{rc, name}, nil
+		}
+		d.setReason("reading Node %s from the Kubernetes API: %v", name, err)
+		if err.Error() != last {
+			d.logger.Warn("read our Node's node-public-ip annotation; retrying", "node", name, "err", err)
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+	}
+}
+
+// kubeStore builds the Kubernetes lease store of --kube-subnet-mgr. The
+// caller runs it. NetworkUnavailable=False follows weftd's readiness.
+func (d *daemon) kubeStore(kc *kubeConn) (*kube.Store, error) {
+	return kube.New(kc.rc, kube.Config{
+		NodeName:                  kc.node,
 		AnnotationPrefix:          d.cfg.Kube.AnnotationPrefix,
 		NetConfPath:               d.cfg.Kube.NetConfPath,
 		SetNodeNetworkUnavailable: d.cfg.Kube.SetNodeNetworkUnavailable,

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
@@ -71,4 +73,31 @@ func NodeName(ctx context.Context, rc *rest.Config, getenv func(string) string) 
 		case <-time.After(delay):
 		}
 	}
+}
+
+// NodePublicIP reads the annotation <prefix>/node-public-ip of Node name.
+// It returns the zero Addr, and no error, when the Node or the annotation
+// is absent; an error when the API server does not answer or the value is
+// not an IPv4 address.
+func NodePublicIP(ctx context.Context, rc *rest.Config, prefix Annotations, name string) (netip.Addr, error) {
+	cli, err := corev1client.NewForConfig(rc)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("kubernetes client: %w", err)
+	}
+	n, err := cli.Nodes().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return netip.Addr{}, nil
+	}
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("get node %s: %w", name, err)
+	}
+	v, ok := n.Annotations[prefix.Name(AnnNodePublicIP)]
+	if !ok {
+		return netip.Addr{}, nil
+	}
+	ip, err := netip.ParseAddr(v)
+	if err != nil || !ip.Is4() {
+		return netip.Addr{}, fmt.Errorf("node %s: annotation %s=%q is not an IPv4 address", name, prefix.Name(AnnNodePublicIP), v)
+	}
+	return ip, nil
 }

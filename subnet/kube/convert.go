@@ -19,7 +19,7 @@ const DefaultAnnotationPrefix = "flannel.alpha.coreos.com"
 
 // Annotation names, after "<prefix>/". weftd writes the first six on its
 // own Node (the two v6 ones only when it has v6 data); an operator sets the
-// overwrites.
+// other two.
 const (
 	AnnKubeSubnetManager = "kube-subnet-manager"
 	AnnBackendType       = "backend-type"
@@ -28,6 +28,9 @@ const (
 	AnnPublicIP          = "public-ip"
 	AnnPublicIPv6        = "public-ipv6"
 	AnnPublicIPOverwrite = "public-ip-overwrite"
+	// AnnNodePublicIP is read once at start: the address to publish when
+	// weftd was given no --public-ip.
+	AnnNodePublicIP = "node-public-ip"
 )
 
 // Annotations names the annotations under one prefix.
