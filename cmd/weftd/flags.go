@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -26,17 +27,27 @@ type Config struct {
 	RenewMargin time.Duration
 	LeaseTTL    time.Duration
 
-	IPMasq          bool
-	IPTablesResync  time.Duration
-	IPTablesForward bool
-	NFTables        string // --nftables: "auto" (follow EnableNFTables), "on" or "off"
-	HealthzIP       string
-	HealthzPort     int
-	ReconcileEvery  time.Duration
-	LogFormat       string
-	LogLevel        string
-	Pprof           bool
-	Version         bool
+	IPMasq bool
+	// IPMasqPlain masquerades without fully random source ports
+	// (--ip-masq-fully-random-disable).
+	IPMasqPlain bool
+	// IPBlackholeRoute keeps a blackhole route for our own subnet
+	// (--ip-blackhole-route).
+	IPBlackholeRoute bool
+	IPTablesResync   time.Duration
+	IPTablesForward  bool
+	NFTables         string // --nftables: "auto" (follow EnableNFTables), "on" or "off"
+	HealthzIP        string
+	HealthzPort      int
+	ReconcileEvery   time.Duration
+	LogFormat        string
+	LogLevel         string
+	Pprof            bool
+	Version          bool
+
+	// Ignored are notes about flanneld flags weftd accepts but has no use
+	// for (-vmodule, -log_backtrace_at); weftd logs them at start.
+	Ignored []string
 
 	// Kube is the Kubernetes subnet manager (--kube-subnet-mgr and its
 	// companions); etcd is not used when Kube.Enabled.
@@ -89,6 +100,9 @@ func newFlagSet(out io.Writer) (*flag.FlagSet, *rawFlags) {
 	fs.IntVar(&r.renewMargin, "subnet-lease-renew-margin", 60, "renew the subnet lease this many minutes before it expires")
 	fs.DurationVar(&r.leaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the etcd lease bound to the subnet lease (weft extension)")
 	fs.BoolVar(&r.ipMasq, "ip-masq", false, "masquerade traffic from pods that leaves the cluster network")
+	fs.BoolVar(&r.ipMasqPlain, "ip-masq-fully-random-disable", false, "masquerade without fully random source ports")
+	fs.BoolVar(&r.blackhole, "ip-blackhole-route", false, "keep a blackhole route for this host's subnet, so that traffic to its unused addresses is dropped here instead of leaving by the default route")
+	fs.StringVar(&r.publicIPv6, "public-ipv6", "", "IPv6 address of this host for dual stack: accepted for flanneld command lines; weft runs IPv4 only, so a non-empty value is refused")
 	fs.IntVar(&r.iptResync, "iptables-resync", 5, "seconds between checks that weft's iptables rules are in place")
 	fs.BoolVar(&r.iptForward, "iptables-forward-rules", true, "accept forwarded traffic to and from the cluster network")
 	fs.StringVar(&r.nftables, "nftables", "auto", "keep the masquerade and forward rules in nftables (table ip weft) instead of iptables: auto (follow the config's EnableNFTables), on or off")
@@ -97,6 +111,9 @@ func newFlagSet(out io.Writer) (*flag.FlagSet, *rawFlags) {
 	fs.DurationVar(&r.reconcile, "reconcile-interval", 10*time.Second, "how often the backend re-checks the kernel state without being asked (weft extension)")
 	fs.StringVar(&r.logFormat, "log-format", "text", "log format: text or json (weft extension)")
 	fs.StringVar(&r.logLevel, "log-level", "info", "log level: debug, info, warn or error (weft extension)")
+	fs.IntVar(&r.klogV, "v", 0, "flanneld's (klog's) log verbosity: 4 or more means --log-level=debug unless --log-level is set")
+	fs.StringVar(&r.vmodule, "vmodule", "", "flanneld's (klog's) per-file verbosity: accepted and ignored, with a warning (weft extension: use --log-level)")
+	fs.StringVar(&r.logBacktraceAt, "log_backtrace_at", "", "flanneld's (klog's) file:line to log a stack trace at: accepted and ignored, with a warning")
 	fs.BoolVar(&r.pprof, "pprof", false, "also serve Go's /debug/pprof/ profiles on the HTTP endpoints (weft extension)")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
 	fs.BoolVar(&r.kube.Enabled, "kube-subnet-mgr", false, "take the subnet from this Node's spec.podCIDR and publish the lease as Node annotations, instead of etcd")
@@ -114,7 +131,11 @@ type rawFlags struct {
 	ifaceReach, publicIP, subnetFile string
 	renewMargin                      int
 	leaseTTL                         time.Duration
-	ipMasq                           bool
+	ipMasq, ipMasqPlain, blackhole   bool
+	publicIPv6                       string
+	klogV                            int
+	vmodule, logBacktraceAt          string
+	set                              map[string]bool // flags given on the command line or in the environment
 	iptResync                        int
 	iptForward                       bool
 	nftables                         string
@@ -139,6 +160,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	r.set = maps.Clone(given)
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
 		if given[f.Name] || envErr != nil || slices.Contains(etcd.FlagNames, f.Name) {
@@ -150,6 +172,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 			if v == "" {
 				continue
 			}
+			r.set[f.Name] = true
 			// A repeatable flag takes a comma-separated list from the environment.
 			if _, ok := f.Value.(*multiFlag); ok {
 				for _, part := range strings.Split(v, ",") {
@@ -169,24 +192,26 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 
 	etcdOpts, etcdPrefix, etcdErr := r.etcd.Resolve(etcd.EnvSetting(getenv))
 	c := &Config{
-		Etcd:            etcdOpts,
-		EtcdPrefix:      etcdPrefix,
-		Ifaces:          r.ifaces,
-		SubnetFile:      r.subnetFile,
-		RenewMargin:     time.Duration(r.renewMargin) * time.Minute,
-		LeaseTTL:        r.leaseTTL,
-		IPMasq:          r.ipMasq,
-		IPTablesResync:  time.Duration(r.iptResync) * time.Second,
-		IPTablesForward: r.iptForward,
-		NFTables:        r.nftables,
-		HealthzIP:       r.healthzIP,
-		HealthzPort:     r.healthzPort,
-		ReconcileEvery:  r.reconcile,
-		LogFormat:       r.logFormat,
-		LogLevel:        r.logLevel,
-		Pprof:           r.pprof,
-		Version:         r.version,
-		Kube:            r.kube,
+		Etcd:             etcdOpts,
+		EtcdPrefix:       etcdPrefix,
+		Ifaces:           r.ifaces,
+		SubnetFile:       r.subnetFile,
+		RenewMargin:      time.Duration(r.renewMargin) * time.Minute,
+		LeaseTTL:         r.leaseTTL,
+		IPMasq:           r.ipMasq,
+		IPMasqPlain:      r.ipMasqPlain,
+		IPBlackholeRoute: r.blackhole,
+		IPTablesResync:   time.Duration(r.iptResync) * time.Second,
+		IPTablesForward:  r.iptForward,
+		NFTables:         r.nftables,
+		HealthzIP:        r.healthzIP,
+		HealthzPort:      r.healthzPort,
+		ReconcileEvery:   r.reconcile,
+		LogFormat:        r.logFormat,
+		LogLevel:         r.logLevel,
+		Pprof:            r.pprof,
+		Version:          r.version,
+		Kube:             r.kube,
 	}
 	return c, errors.Join(etcdErr, c.validate(r))
 }
@@ -282,6 +307,25 @@ func (c *Config) validate(r *rawFlags) error {
 	case "debug", "info", "warn", "error":
 	default:
 		bad("log-level", "%q is not debug, info, warn or error", c.LogLevel)
+	}
+	// flanneld's klog flags: -v maps to our levels (klog's V(4) and up is
+	// flanneld's debug output); the other two have no slog counterpart.
+	if r.klogV < 0 {
+		bad("v", "%d is negative", r.klogV)
+	} else if r.klogV >= 4 && !r.set["log-level"] {
+		c.LogLevel = "debug"
+	}
+	if r.vmodule != "" {
+		c.Ignored = append(c.Ignored, fmt.Sprintf("-vmodule=%s has no effect: weftd has no per-file verbosity; use --log-level", r.vmodule))
+	}
+	if r.logBacktraceAt != "" {
+		c.Ignored = append(c.Ignored, fmt.Sprintf("-log_backtrace_at=%s has no effect: weftd logs no stack traces", r.logBacktraceAt))
+	}
+	if r.publicIPv6 != "" {
+		bad("public-ipv6", "%q: IPv6 is not supported yet; weft runs IPv4 only (leave it empty)", r.publicIPv6)
+	}
+	if c.IPMasqPlain && !c.IPMasq {
+		c.Ignored = append(c.Ignored, "--ip-masq-fully-random-disable has no effect without --ip-masq")
 	}
 	return errors.Join(errs...)
 }

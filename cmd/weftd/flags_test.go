@@ -145,3 +145,116 @@ func TestNFTablesFlag(t *testing.T) {
 		}
 	}
 }
+
+// flanneldFlags is every flag flanneld v0.28 accepts, with a value it
+// takes, written out here so that weftd's flag set is held against it: a
+// flanneld command line or unit file must start weftd unchanged. The klog
+// flags flanneld copies in (-v, -vmodule, -log_backtrace_at) are included.
+var flanneldFlags = map[string]string{
+	"etcd-endpoints":               "http://192.0.2.1:2379",
+	"etcd-prefix":                  "/coreos.com/network",
+	"etcd-keyfile":                 "",
+	"etcd-certfile":                "",
+	"etcd-cafile":                  "",
+	"etcd-username":                "",
+	"etcd-password":                "",
+	"iface":                        "eth0",
+	"iface-regex":                  "^eth",
+	"iface-can-reach":              "192.0.2.1",
+	"subnet-file":                  "/run/flannel/subnet.env",
+	"public-ip":                    "192.0.2.11",
+	"public-ipv6":                  "", // dual stack is issue 14: accepted empty, refused otherwise
+	"subnet-lease-renew-margin":    "60",
+	"ip-masq":                      "true",
+	"ip-masq-fully-random-disable": "true",
+	"kube-subnet-mgr":              "false",
+	"kube-api-url":                 "https://192.0.2.1:6443",
+	"kube-annotation-prefix":       "flannel.alpha.coreos.com",
+	"kubeconfig-file":              "/etc/kubernetes/kubeconfig",
+	"version":                      "false",
+	"healthz-ip":                   "0.0.0.0",
+	"healthz-port":                 "8471",
+	"iptables-resync":              "5",
+	"iptables-forward-rules":       "true",
+	"ip-blackhole-route":           "true",
+	"net-config-path":              "/etc/kube-flannel/net-conf.json",
+	"set-node-network-unavailable": "true",
+	"v":                            "2",
+	"vmodule":                      "main=4",
+	"log_backtrace_at":             "main.go:100",
+}
+
+// TestFlanneldFlags: every flanneld flag is a weftd flag, and takes its
+// value from the command line (with one or two dashes) and from
+// FLANNELD_<NAME>.
+func TestFlanneldFlags(t *testing.T) {
+	fs, _ := newFlagSet(&bytes.Buffer{})
+	for name, value := range flanneldFlags {
+		if fs.Lookup(name) == nil {
+			t.Errorf("flanneld's flag -%s is not a weftd flag", name)
+			continue
+		}
+		for _, arg := range []string{"-" + name + "=" + value, "--" + name + "=" + value} {
+			if _, err := parseConfig([]string{arg}, env(nil), &bytes.Buffer{}); err != nil {
+				t.Errorf("weftd %s: %v", arg, err)
+			}
+		}
+		if value == "" {
+			continue
+		}
+		e := envName("FLANNELD_", name)
+		if _, err := parseConfig(nil, env(map[string]string{e: value}), &bytes.Buffer{}); err != nil {
+			t.Errorf("%s=%s: %v", e, value, err)
+		}
+	}
+	// A flanneld command line as a unit file carries it.
+	c, err := parseConfig(strings.Fields("-v=2 -vmodule=main=4 -log_backtrace_at=main.go:100 --ip-masq --ip-masq-fully-random-disable --ip-blackhole-route --public-ipv6="), env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("flanneld command line: %v", err)
+	}
+	if !c.IPMasqPlain || !c.IPBlackholeRoute || c.LogLevel != "info" {
+		t.Errorf("flanneld command line: plain masquerade %v, blackhole %v, level %s", c.IPMasqPlain, c.IPBlackholeRoute, c.LogLevel)
+	}
+	if len(c.Ignored) != 2 || !strings.Contains(c.Ignored[0], "-vmodule") || !strings.Contains(c.Ignored[1], "-log_backtrace_at") {
+		t.Errorf("notes about ignored flags: %q", c.Ignored)
+	}
+	c, err = parseConfig(nil, env(map[string]string{"FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE": "true", "FLANNELD_IP_BLACKHOLE_ROUTE": "true"}), &bytes.Buffer{})
+	if err != nil || !c.IPMasqPlain || !c.IPBlackholeRoute {
+		t.Errorf("FLANNELD_ forms: %+v, %v", c, err)
+	}
+	_, err = parseConfig([]string{"--public-ipv6=2001:db8::1"}, env(nil), &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "--public-ipv6") || !strings.Contains(err.Error(), "IPv6 is not supported") {
+		t.Errorf("--public-ipv6 with an address: %v, want a clear refusal", err)
+	}
+}
+
+// TestKlogVerbosity: flanneld's -v maps to --log-level: 4 and up is debug,
+// unless a log level is set on the command line or in the environment.
+func TestKlogVerbosity(t *testing.T) {
+	tests := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{nil, nil, "info"},
+		{[]string{"-v=3"}, nil, "info"},
+		{[]string{"-v", "4"}, nil, "debug"},
+		{[]string{"--v=10"}, nil, "debug"},
+		{nil, map[string]string{"FLANNELD_V": "5"}, "debug"},
+		{[]string{"-v=5", "--log-level=warn"}, nil, "warn"},
+		{[]string{"-v=5"}, map[string]string{"WEFTD_LOG_LEVEL": "error"}, "error"},
+	}
+	for _, tt := range tests {
+		c, err := parseConfig(tt.args, env(tt.env), &bytes.Buffer{})
+		if err != nil {
+			t.Errorf("%v %v: %v", tt.args, tt.env, err)
+			continue
+		}
+		if c.LogLevel != tt.want {
+			t.Errorf("%v %v: log level %s, want %s", tt.args, tt.env, c.LogLevel, tt.want)
+		}
+	}
+	if _, err := parseConfig([]string{"-v=-1"}, env(nil), &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "--v") {
+		t.Errorf("-v=-1: %v", err)
+	}
+}

@@ -58,6 +58,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 0
 	}
 	logger := newLogger(cfg, stderr)
+	for _, note := range cfg.Ignored {
+		logger.Warn("ignoring a flanneld flag", "why", note)
+	}
 	if getenv("GOGC") == "" {
 		// A resident daemon whose heap is mostly long-lived lease state:
 		// collecting at 50 % growth instead of Go's default 100 % keeps

@@ -39,6 +39,9 @@ type Input struct {
 	PublicIP netip.Addr
 	// Forward says whether weftd runs with --iptables-forward-rules.
 	Forward bool
+	// PlainMasq says weftd runs with --ip-masq-fully-random-disable: its
+	// masquerade rules have no fully random source ports.
+	PlainMasq bool
 	// IPTables, if set, is checked for weft's chains; nil skips the check.
 	IPTables iptables.IPTables
 }
@@ -423,7 +426,7 @@ func (c *checker) checkIPTables() {
 	env, err := subnet.ReadEnvFile(c.in.SubnetFile)
 	masq := err == nil && env.IPMasq
 	c.rep.Checked++
-	problems, err := iptables.Check(c.in.IPTables, c.in.Config.Network, c.own.Subnet, masq, c.in.Forward)
+	problems, err := iptables.Check(c.in.IPTables, c.in.Config.Network, c.own.Subnet, masq, c.in.Forward, !c.in.PlainMasq)
 	if err != nil {
 		c.problem("iptables", "run weftctl doctor as root with iptables installed", "cannot read iptables: %v", err)
 		return

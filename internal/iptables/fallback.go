@@ -30,7 +30,7 @@ func (f *ForwardFallback) ForwardDrops() (bool, error) {
 // EnsureForward installs WEFT-FWD and its jump for network, fixing only
 // what differs, and reports whether it changed anything.
 func (f *ForwardFallback) EnsureForward(network netip.Prefix) (bool, error) {
-	return ensureChain(f.ipt, desired(network, network, false, true)[0])
+	return ensureChain(f.ipt, desired(network, network, false, true, true)[0])
 }
 
 // RemoveForward removes WEFT-FWD and its jump, if present.

@@ -46,17 +46,22 @@ type chainSpec struct {
 }
 
 // Desired returns the chains and rules for a network and our lease.
-// masq and forward select the two rule sets.
-func desired(network, lease netip.Prefix, masq, forward bool) []chainSpec {
+// masq and forward select the two rule sets; fullyRandom asks for fully
+// random source ports on the masquerade rules.
+func desired(network, lease netip.Prefix, masq, forward, fullyRandom bool) []chainSpec {
 	nw, ls := network.String(), lease.String()
 	var out []chainSpec
 	if masq {
+		masquerade := []string{"-j", "MASQUERADE", "--random-fully"}
+		if !fullyRandom {
+			masquerade = masquerade[:2]
+		}
 		out = append(out, chainSpec{table: "nat", chain: MasqChain, parent: "POSTROUTING", rules: [][]string{
 			{"-m", "comment", "--comment", "weft: kube-proxy marked traffic", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "RETURN"},
 			{"-s", nw, "-d", nw, "-m", "comment", "--comment", "weft: pod to pod", "-j", "RETURN"},
 			{"!", "-s", nw, "-d", ls, "-m", "comment", "--comment", "weft: into our pods", "-j", "RETURN"},
-			{"-s", nw, "!", "-d", "224.0.0.0/4", "-m", "comment", "--comment", "weft: pods to outside", "-j", "MASQUERADE", "--random-fully"},
-			{"!", "-s", nw, "-d", nw, "-m", "comment", "--comment", "weft: outside to pods", "-j", "MASQUERADE", "--random-fully"},
+			append(slices.Clip([]string{"-s", nw, "!", "-d", "224.0.0.0/4", "-m", "comment", "--comment", "weft: pods to outside"}), masquerade...),
+			append(slices.Clip([]string{"!", "-s", nw, "-d", nw, "-m", "comment", "--comment", "weft: outside to pods"}), masquerade...),
 		}})
 	}
 	if forward {
@@ -95,10 +100,11 @@ func New() (IPTables, error) {
 
 // Manager keeps the rules for the current network and lease in place.
 type Manager struct {
-	ipt     IPTables
-	masq    bool
-	forward bool
-	logger  *slog.Logger
+	ipt       IPTables
+	masq      bool
+	forward   bool
+	plainMasq bool // --ip-masq-fully-random-disable
+	logger    *slog.Logger
 
 	mu      sync.Mutex
 	network netip.Prefix
@@ -110,6 +116,16 @@ type Manager struct {
 // NewManager returns a manager; nothing is installed until Set.
 func NewManager(ipt IPTables, masq, forward bool, logger *slog.Logger) *Manager {
 	return &Manager{ipt: ipt, masq: masq, forward: forward, logger: logger}
+}
+
+// DisableFullyRandom makes the masquerade rules plain MASQUERADE, without
+// --random-fully (flanneld's --ip-masq-fully-random-disable). Call it
+// before Set. It returns m.
+func (m *Manager) DisableFullyRandom() *Manager {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.plainMasq = true
+	return m
 }
 
 // Set records the network and lease and installs the rules now.
@@ -138,7 +154,7 @@ func (m *Manager) Ensure() (int, error) {
 	if !m.network.IsValid() {
 		return 0, nil
 	}
-	want := desired(m.network, m.lease, m.masq, m.forward)
+	want := desired(m.network, m.lease, m.masq, m.forward, !m.plainMasq)
 	fixed := 0
 	var errs []error
 	for _, cs := range want {
@@ -266,7 +282,9 @@ func chainMatches(ipt IPTables, cs chainSpec) (bool, error) {
 }
 
 // sameRule reports whether a rendered rule line carries every word of the
-// wanted spec in the same order (quotes and default masks aside).
+// wanted spec in the same order (quotes and default masks aside), and
+// exactly the wanted target and its options (so that MASQUERADE with or
+// without --random-fully are different rules).
 func sameRule(line string, want []string) bool {
 	got := strings.Fields(strings.ReplaceAll(line, `"`, ""))
 	var wantWords []string
@@ -279,7 +297,8 @@ func sameRule(line string, want []string) bool {
 			i++
 		}
 	}
-	return i == len(wantWords) && slices.Contains(got, "-j")
+	gj, wj := slices.Index(got, "-j"), slices.Index(wantWords, "-j")
+	return i == len(wantWords) && gj >= 0 && wj >= 0 && slices.Equal(got[gj:], wantWords[wj:])
 }
 
 func removeChain(ipt IPTables, table, chain, parent string) error {
@@ -305,10 +324,11 @@ func removeChain(ipt IPTables, table, chain, parent string) error {
 }
 
 // Check reports, without changing anything, what differs from the wanted
-// rules: one line per problem. weftctl doctor uses it.
-func Check(ipt IPTables, network, lease netip.Prefix, masq, forward bool) ([]string, error) {
+// rules: one line per problem. weftctl doctor uses it. fullyRandom is
+// false for a weftd run with --ip-masq-fully-random-disable.
+func Check(ipt IPTables, network, lease netip.Prefix, masq, forward, fullyRandom bool) ([]string, error) {
 	var problems []string
-	for _, cs := range desired(network, lease, masq, forward) {
+	for _, cs := range desired(network, lease, masq, forward, fullyRandom) {
 		exists, err := ipt.ChainExists(cs.table, cs.chain)
 		if err != nil {
 			return nil, err

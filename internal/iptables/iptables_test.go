@@ -59,7 +59,7 @@ func TestManagerInNamespace(t *testing.T) {
 		return err
 	})
 	var problems []string
-	in(func() error { var err error; problems, err = Check(ipt, network, lease, true, true); return err })
+	in(func() error { var err error; problems, err = Check(ipt, network, lease, true, true, true); return err })
 	if len(problems) != 0 {
 		t.Errorf("Check on a healthy namespace: %v", problems)
 	}
@@ -67,7 +67,7 @@ func TestManagerInNamespace(t *testing.T) {
 	// Delete one rule and the forward jump by hand; both come back.
 	nltest.Cmd(t, "ip", "netns", "exec", ns.Name, "iptables", "-t", "nat", "-D", "WEFT-POSTRTG", "2")
 	nltest.Cmd(t, "ip", "netns", "exec", ns.Name, "iptables", "-D", "FORWARD", "-m", "comment", "--comment", "weft", "-j", "WEFT-FWD")
-	in(func() error { var err error; problems, err = Check(ipt, network, lease, true, true); return err })
+	in(func() error { var err error; problems, err = Check(ipt, network, lease, true, true, true); return err })
 	if len(problems) != 2 {
 		t.Errorf("Check after damage: got %v, want 2 problems", problems)
 	}
@@ -125,5 +125,59 @@ func TestRemoveWithoutChains(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("no masquerade chain present: %v", err)
+	}
+}
+
+// TestManagerWithoutFullyRandom: with --ip-masq-fully-random-disable the
+// masquerade rules are plain MASQUERADE, Check holds them against that
+// setting, and a rule with --random-fully is drift.
+func TestManagerWithoutFullyRandom(t *testing.T) {
+	ns := nltest.NewNS(t, "ipt")
+	network := netip.MustParsePrefix("198.18.0.0/16")
+	lease := netip.MustParsePrefix("198.18.4.0/24")
+	var m *Manager
+	var ipt IPTables
+	in := func(fn func() error) {
+		t.Helper()
+		if err := nl.Do(ns.Handle, fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in(func() error {
+		var err error
+		if ipt, err = New(); err != nil {
+			return err
+		}
+		m = NewManager(ipt, true, false, slog.New(slog.NewTextHandler(io.Discard, nil))).DisableFullyRandom()
+		return m.Set(network, lease)
+	})
+	nat, _ := ns.Exec("iptables", "-t", "nat", "-S", MasqChain)
+	if strings.Contains(nat, "random-fully") || strings.Count(nat, "-j MASQUERADE") != 2 {
+		t.Errorf("masquerade rules with fully random disabled:\n%s", nat)
+	}
+	var plain, random []string
+	in(func() error {
+		var err error
+		if plain, err = Check(ipt, network, lease, true, false, false); err != nil {
+			return err
+		}
+		random, err = Check(ipt, network, lease, true, false, true)
+		return err
+	})
+	if len(plain) != 0 || len(random) != 1 {
+		t.Errorf("Check: plain %v (want none), fully random %v (want one problem)", plain, random)
+	}
+	// A fully random rule put in by hand is changed back.
+	nltest.Cmd(t, "ip", "netns", "exec", ns.Name, "iptables", "-t", "nat", "-R", MasqChain, "4",
+		"-s", "198.18.0.0/16", "!", "-d", "224.0.0.0/4", "-m", "comment", "--comment", "weft: pods to outside", "-j", "MASQUERADE", "--random-fully")
+	in(func() error {
+		n, err := m.Ensure()
+		if n != 1 {
+			t.Errorf("Ensure after a fully random rule appeared fixed %d chains, want 1", n)
+		}
+		return err
+	})
+	if after, _ := ns.Exec("iptables", "-t", "nat", "-S", MasqChain); after != nat {
+		t.Errorf("restored chain:\n%s\nwant\n%s", after, nat)
 	}
 }

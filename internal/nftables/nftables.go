@@ -69,6 +69,10 @@ type Config struct {
 	// Masq and Forward select the two rule sets (--ip-masq and
 	// --iptables-forward-rules).
 	Masq, Forward bool
+	// PlainMasq masquerades without fully random source ports
+	// (--ip-masq-fully-random-disable); by default they are fully random
+	// where the kernel supports it.
+	PlainMasq bool
 	// Fallback, if set, is used while iptables' FORWARD policy drops.
 	Fallback ForwardFallback
 	Logger   *slog.Logger
@@ -152,7 +156,7 @@ func (m *Manager) Want() (Table, bool) {
 }
 
 func (m *Manager) want() Table {
-	return Desired(Policy{Network: m.network, Lease: m.lease, Masq: m.cfg.Masq, Forward: m.cfg.Forward, FullyRandom: !m.plainMasq})
+	return Desired(Policy{Network: m.network, Lease: m.lease, Masq: m.cfg.Masq, Forward: m.cfg.Forward, FullyRandom: !m.plainMasq && !m.cfg.PlainMasq})
 }
 
 func (m *Manager) ensure(count bool) (int, error) {
@@ -199,7 +203,7 @@ func (m *Manager) ensureTable() (bool, error) {
 		}
 	}
 	err := m.k.Replace(want)
-	if err != nil && !m.plainMasq && m.cfg.Masq {
+	if err != nil && !m.plainMasq && !m.cfg.PlainMasq && m.cfg.Masq {
 		// Kernels without fully-random masquerade refuse the rule;
 		// flannel's semantics ask for it only where supported.
 		m.plainMasq = true

@@ -325,3 +325,29 @@ func TestManagerForwardFallback(t *testing.T) {
 		t.Fatalf("masq-only manager touched the fallback: %v %v", err, fb.installed)
 	}
 }
+
+// TestManagerFullyRandomDisabled: Config.PlainMasq
+// (--ip-masq-fully-random-disable) masquerades without fully random ports
+// on a kernel that supports them, and the table is then stable.
+func TestManagerFullyRandomDisabled(t *testing.T) {
+	k := newFakeKernel()
+	m := NewManager(k, Config{Masq: true, Forward: true, PlainMasq: true})
+	if err := m.Set(network, lease); err != nil {
+		t.Fatalf("Set: %v", err)
+	}
+	got := k.tables[fkey(nft.TableFamilyIPv4, "weft")].String()
+	if strings.Count(got, "masquerade comment") != 2 || strings.Contains(got, "fully-random") {
+		t.Errorf("table:\n%s", got)
+	}
+	if n, err := m.Ensure(); n != 0 || err != nil {
+		t.Errorf("second Ensure: fixed %d, err %v", n, err)
+	}
+	// The default stays fully random.
+	k2 := newFakeKernel()
+	if err := NewManager(k2, Config{Masq: true}).Set(network, lease); err != nil {
+		t.Fatal(err)
+	}
+	if got := k2.tables[fkey(nft.TableFamilyIPv4, "weft")].String(); strings.Count(got, "masquerade fully-random") != 2 {
+		t.Errorf("default table:\n%s", got)
+	}
+}
