@@ -166,16 +166,19 @@ func (c *checker) findOwn() error {
 	for _, a := range addrs {
 		local[a.Prefix.Addr()] = a.LinkIndex
 	}
+	// Ours: a lease carrying our address; of several (a stale one, or a
+	// key planted with our PublicIP), the one in weftd's subnet file.
+	var fileSubnet netip.Prefix
+	if env, err := subnet.ReadEnvFile(c.in.SubnetFile); err == nil {
+		fileSubnet = env.LeaseSubnet()
+	}
 	for _, l := range c.in.Leases {
-		if c.in.PublicIP.IsValid() && l.Attrs.PublicIP == c.in.PublicIP {
-			c.own = l
-			break
-		}
+		mine := l.Attrs.PublicIP == c.in.PublicIP
 		if !c.in.PublicIP.IsValid() {
-			if _, ok := local[l.Attrs.PublicIP]; ok {
-				c.own = l
-				break
-			}
+			_, mine = local[l.Attrs.PublicIP]
+		}
+		if mine && (!c.own.Subnet.IsValid() || l.Subnet == fileSubnet) {
+			c.own = l
 		}
 	}
 	if !c.own.Subnet.IsValid() {
