@@ -7,7 +7,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 	"github.com/weftnet/weft/internal/doctor"
 	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/subnet"
+	"github.com/weftnet/weft/subnet/kube"
 )
 
 // kubeAPIServerEnv names the kube-apiserver binary the Kubernetes tests
@@ -121,7 +124,9 @@ func vxlanAnnotation(mac string) string { return `{"VNI":1,"VtepMAC":"` + mac + 
 //   - weftctl leases and doctor read the Nodes instead of etcd;
 //   - a mixed pair: a node whose annotations are written by hand in
 //     flannel's exact format, and whose data path is programmed by hand
-//     from weft's annotations, as kube-flannel would.
+//     from weft's annotations, as kube-flannel would;
+//   - subnet/kube.Store in the test process ends every goroutine it
+//     started once its context ends.
 func TestKube(t *testing.T) {
 	needBins(t, "weft-lab", "weftd", "weft")
 	bin := kubeAPIServerBin(t)
@@ -531,6 +536,90 @@ func TestKube(t *testing.T) {
 			if route, _, _, err := peerEntries(ctx, h, sn5, mac5, h5.IP.String()); err != nil || !route {
 				t.Errorf("%s: no route to the flannel node's %s (%v)", h.Name, sn5, err)
 			}
+		}
+	})
+
+	t.Run("lease store in-process leaves nothing running", func(t *testing.T) {
+		// subnet/kube.Store in this process, as weftd's core drives it,
+		// with weftd's token: it publishes, watches and sets the
+		// condition, and once its context ends Run, Hold and Watch return
+		// and no informer goroutine is left.
+		createNode(t, ctx, core, "inproc", "198.18.20.0/24", nil)
+		netcfg, err := subnet.ParseConfig([]byte(l.NetworkConfig()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc := &rest.Config{Host: k.URL, BearerToken: k.NodeToken, TLSClientConfig: rest.TLSClientConfig{CAFile: k.CAFile}, Dial: k.Dial}
+		st, err := kube.New(rc, kube.Config{NodeName: "inproc", SetNodeNetworkUnavailable: true, Ready: func() bool { return true }, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		attrs := subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("192.0.2.200"), BackendType: "vxlan", BackendData: json.RawMessage(vxlanAnnotation("0e:00:00:00:00:20"))}
+		sctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		owns, sets := make(chan subnet.Lease, 8), make(chan subnet.LeaseSet, 64)
+		var wg sync.WaitGroup
+		wg.Go(func() { st.Run(sctx) })
+		wg.Go(func() {
+			st.Hold(sctx, subnet.HoldSpec{Network: netcfg, Attrs: attrs}, func(l subnet.Lease) { owns <- l }, func(string) {})
+		})
+		wg.Go(func() {
+			st.Watch(sctx, func(s subnet.LeaseSet) {
+				select {
+				case sets <- s:
+				default:
+				}
+			})
+		})
+		select {
+		case own := <-owns:
+			if own.Subnet.String() != "198.18.20.0/24" || own.Attrs.PublicIP != attrs.PublicIP {
+				t.Errorf("own lease %+v", own)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Hold delivered no lease")
+		}
+		select {
+		case set := <-sets:
+			if len(set.Leases) < 4 {
+				t.Errorf("first lease set holds %d leases: %+v", len(set.Leases), set)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Watch delivered no set")
+		}
+		if _, err := waitFor(ctx, 20*time.Second, 200*time.Millisecond, func() (bool, string) {
+			n, err := core.Nodes().Get(ctx, "inproc", metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			c := condition(n, corev1.NodeNetworkUnavailable)
+			return n.Annotations[ann+"public-ip"] == "192.0.2.200" && c != nil && c.Status == corev1.ConditionFalse,
+				fmt.Sprintf("annotations %v, condition %+v", n.Annotations, c)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Run, Hold or Watch did not return within 10 s of the end of their context")
+		}
+		if _, err := waitFor(ctx, 5*time.Second, 100*time.Millisecond, func() (bool, string) {
+			buf := make([]byte, 1<<20)
+			stacks := string(buf[:runtime.Stack(buf, true)])
+			for _, s := range []string{"k8s.io/client-go/tools/cache.", "weft/subnet/kube."} {
+				if strings.Contains(stacks, s) {
+					return false, "a goroutine is still in " + s
+				}
+			}
+			return true, ""
+		}); err != nil {
+			t.Error(err)
+		}
+		if err := core.Nodes().Delete(ctx, "inproc", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
 		}
 	})
 }
