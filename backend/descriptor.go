@@ -32,6 +32,11 @@ type Descriptor struct {
 	// Expect says what the backend holds in a host's kernel for a set of
 	// peers, for weftctl doctor to compare with what is there.
 	Expect func(ExpectInput) (Expectation, error)
+	// Keys are the option names the backend reads from the Backend
+	// object besides Type, as the documentation spells them (matched
+	// case-insensitively). weftctl config set refuses any other key and
+	// suggests the nearest of these. Empty: the backend has no options.
+	Keys []string
 	// Options parses a Backend object into the backend's options with
 	// their defaults applied, comparable with reflect.DeepEqual, so that
 	// two configs are compared by meaning ({"VNI":1} is no change from

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"strings"
 )
 
@@ -54,6 +55,18 @@ type rawConfig struct {
 	IPv6SubnetMax  *string
 	EnableNFTables bool
 	Backend        json.RawMessage
+}
+
+// ConfigKeys returns the network config's field names, as flannel spells
+// them; the JSON decoder matches them case-insensitively. weftctl config set
+// refuses any other key.
+func ConfigKeys() []string {
+	t := reflect.TypeFor[rawConfig]()
+	keys := make([]string, t.NumField())
+	for i := range keys {
+		keys[i] = t.Field(i).Name
+	}
+	return keys
 }
 
 // ErrNetworkCoversUnderlay is wrapped by the FieldError CheckUnderlay returns

@@ -15,6 +15,7 @@ var Descriptor = backend.Descriptor{
 	New:       New,
 	Cleanup:   Cleanup,
 	Expect:    Expect,
+	Keys:      nil, // no options
 }
 
 // Expect is what host-gw keeps in the kernel: per peer a route via its

@@ -16,6 +16,7 @@ var Descriptor = backend.Descriptor{
 	New:       New,
 	Cleanup:   Cleanup,
 	Expect:    Expect,
+	Keys:      []string{"Port", "MTU", "DisableOffloads"},
 	Options:   normalOptions,
 }
 

@@ -18,6 +18,7 @@ var Descriptor = backend.Descriptor{
 	Cleanup:   Cleanup,
 	PeerData:  PeerData,
 	Expect:    Expect,
+	Keys:      []string{"VNI", "Port", "MTU", "GBP", "DirectRouting"},
 	Options: func(raw json.RawMessage) (any, error) {
 		o, err := parseOptions(raw)
 		o.Unknown = nil // warned about, not part of the meaning

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/weftnet/weft/internal/backends"
@@ -31,7 +33,7 @@ func cmdConfig(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 		if len(args) != 2 {
 			return usagef("config set takes one argument: a file, or - for standard input")
 		}
-		return configSet(ctx, e, args[1], c.output == "json")
+		return configSet(ctx, e, args[1], c.output == "json", c.force)
 	}
 	return usagef("unknown config subcommand %q (want get or set)", args[0])
 }
@@ -74,7 +76,7 @@ func configGet(ctx context.Context, e *env, asJSON bool) error {
 	return nil
 }
 
-func configSet(ctx context.Context, e *env, file string, asJSON bool) error {
+func configSet(ctx context.Context, e *env, file string, asJSON, force bool) error {
 	var raw []byte
 	var err error
 	if file == "-" {
@@ -94,6 +96,14 @@ func configSet(ctx context.Context, e *env, file string, asJSON bool) error {
 	}
 	if err != nil {
 		return fmt.Errorf("refusing invalid config: %w", err)
+	}
+	if unknown := unknownKeys(raw, cfg.BackendType); len(unknown) > 0 {
+		if !force {
+			return fmt.Errorf("refusing config: %s (--force stores unknown fields, for a newer weftd)", strings.Join(unknown, "; "))
+		}
+		for _, u := range unknown {
+			fmt.Fprintf(e.stderr, "weftctl config set: warning: %s; stored anyway (--force): this weftd ignores it\n", u)
+		}
 	}
 	if cfg.BackendDefaulted {
 		fmt.Fprintf(e.stderr, "weftctl config set: warning: no Backend section: weftd uses %s, flanneld would use udp; set Backend.Type in a mixed cluster\n", subnet.DefaultBackendType)
@@ -116,6 +126,90 @@ func configSet(ctx context.Context, e *env, file string, asJSON bool) error {
 	}
 	_, err = fmt.Fprintf(e.stdout, "config written to %s\n", reg.ConfigKey())
 	return err
+}
+
+// unknownKeys names every key of the config that weftd does not read, with
+// the nearest known key when one is close: the top-level keys of
+// subnet.ConfigKeys and, inside Backend, Type and the keys of the backend's
+// descriptor. Keys match case-insensitively, as encoding/json matches them.
+// raw has been parsed already; what does not decode has no unknown keys.
+func unknownKeys(raw []byte, backendType string) []string {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(raw, &top) != nil {
+		return nil
+	}
+	var out []string
+	check := func(prefix string, m map[string]json.RawMessage, known []string) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if slices.ContainsFunc(known, func(n string) bool { return strings.EqualFold(n, k) }) {
+				continue
+			}
+			msg := fmt.Sprintf("unknown field %s%s", prefix, text(k))
+			if near := nearest(k, known); near != "" {
+				msg += "; did you mean " + near + "?"
+			}
+			out = append(out, msg)
+		}
+	}
+	check("", top, subnet.ConfigKeys())
+	for k, v := range top {
+		if !strings.EqualFold(k, "Backend") {
+			continue
+		}
+		var be map[string]json.RawMessage
+		if json.Unmarshal(v, &be) != nil {
+			continue
+		}
+		known := []string{"Type"}
+		if d, ok := backends.Lookup(backendType); ok {
+			known = append(known, d.Keys...)
+		}
+		check("Backend.", be, known)
+	}
+	return out
+}
+
+// nearest returns the known key closest to k (case-insensitive edit
+// distance, a swap of two neighbours counting once), or "" when none is
+// close enough to be a likely typo.
+func nearest(k string, known []string) string {
+	best, bestD := "", 0
+	for _, n := range known {
+		d := editDistance(strings.ToLower(k), strings.ToLower(n))
+		if best == "" || d < bestD {
+			best, bestD = n, d
+		}
+	}
+	if best == "" || bestD > max(2, len(best)/3) {
+		return ""
+	}
+	return best
+}
+
+// editDistance is the optimal string alignment distance of a and b.
+func editDistance(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	d := make([][]int, len(ra)+1)
+	for i := range d {
+		d[i] = make([]int, len(rb)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		for j := 1; j <= len(rb); j++ {
+			cost := 1
+			if ra[i-1] == rb[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && ra[i-1] == rb[j-2] && ra[i-2] == rb[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(ra)][len(rb)]
 }
 
 // checkUnderlay refuses a Network that contains an underlay address: one of

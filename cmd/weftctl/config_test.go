@@ -56,14 +56,59 @@ func TestConfigSetBackendOptions(t *testing.T) {
 	}
 }
 
-// TestConfigSetWarnsUnknownOption: an option the backend ignores is
-// written, with the backend's own warning on stderr.
-func TestConfigSetWarnsUnknownOption(t *testing.T) {
-	h, _, _ := withEtcd(t)
-	h.stdin = `{"Network":"198.18.0.0/16","Backend":{"Type":"vxlan","VNl":2}}`
-	r := h.run(t.Context(), "config", "set", "-")
-	if r.code != 0 || !strings.Contains(r.stderr, "weftctl config set: warning: ") || !strings.Contains(r.stderr, "VNl") {
-		t.Fatalf("exit %d, stderr %q; want success and a warning naming VNl", r.code, r.stderr)
+// TestConfigSetUnknownKeys: a key weftd does not read, at the top or in
+// Backend (the backend's own keys, from its descriptor), is refused with the
+// field named and the nearest known key; keys match case-insensitively;
+// --force stores it with a warning, for a newer weftd.
+func TestConfigSetUnknownKeys(t *testing.T) {
+	h, cli, _ := withEtcd(t)
+	for _, tc := range []struct {
+		name, config string
+		want         []string // in the error; nil means accepted
+	}{
+		{"top-level typo", `{"Netwrok":"198.18.0.0/16","Network":"198.18.0.0/16","Backend":{"Type":"vxlan"}}`, []string{"unknown field Netwrok; did you mean Network?"}},
+		{"vxlan option typo", `{"Network":"198.18.0.0/16","Backend":{"Type":"vxlan","Prot":8472}}`, []string{"unknown field Backend.Prot; did you mean Port?"}},
+		{"vxlan VNl", `{"Network":"198.18.0.0/16","Backend":{"Type":"vxlan","VNl":2}}`, []string{"unknown field Backend.VNl; did you mean VNI?"}},
+		{"udp option typo", `{"Network":"198.18.0.0/16","Backend":{"Type":"udp","DisableOfloads":true}}`, []string{"Backend.DisableOfloads; did you mean DisableOffloads?"}},
+		{"host-gw has no options", `{"Network":"198.18.0.0/16","Backend":{"Type":"host-gw","Port":1}}`, []string{"unknown field Backend.Port"}},
+		{"nothing close", `{"Network":"198.18.0.0/16","Flavour":"mint","Backend":{"Type":"vxlan"}}`, []string{"unknown field Flavour (--force"}},
+		{"lower case is known", `{"network":"198.18.0.0/16","subnetlen":24,"enablenftables":false,"backend":{"type":"vxlan","vni":1,"directrouting":true}}`, nil},
+		{"vxlan's own keys", `{"Network":"198.18.0.0/16","Backend":{"Type":"vxlan","VNI":1,"Port":8472,"MTU":1400,"GBP":false,"DirectRouting":false}}`, nil},
+		{"udp's own keys", `{"Network":"198.18.0.0/16","Backend":{"Type":"udp","Port":8285,"MTU":1400,"DisableOffloads":true}}`, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &harness{t: t, env: h.env}
+			if _, err := cli.Delete(t.Context(), "/coreos.com/network/config"); err != nil {
+				t.Fatal(err)
+			}
+			h.stdin = tc.config
+			if tc.want == nil {
+				h.runOK("config", "set", "-")
+				return
+			}
+			r := h.runFail(1, "config", "set", "-")
+			for _, w := range tc.want {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("stderr %q lacks %q", r.stderr, w)
+				}
+			}
+			if r := h.run(t.Context(), "config", "get"); r.code == 0 {
+				t.Fatalf("the refused config was written: %s", r.stdout)
+			}
+			// --force stores it, warning about each unknown field.
+			r = h.run(t.Context(), "config", "set", "--force", "-")
+			if r.code != 0 || !strings.Contains(r.stderr, "weftctl config set: warning: unknown field") || !strings.Contains(r.stderr, "--force") {
+				t.Fatalf("--force: exit %d, stderr %q; want success and a warning", r.code, r.stderr)
+			}
+			if out := h.runOK("config", "get"); !strings.Contains(out, "198.18.0.0/16") {
+				t.Fatalf("config get after set --force: %q", out)
+			}
+		})
+	}
+	// --force does not store an invalid config.
+	h.stdin = `{"Network":"198.18.0.0/16","Backend":{"Type":"vxlan","Prot":1,"VNI":16777216}}`
+	if r := h.runFail(1, "config", "set", "--force", "-"); !strings.Contains(r.stderr, "VNI") {
+		t.Errorf("--force with a bad VNI: stderr %q", r.stderr)
 	}
 }
 

@@ -64,8 +64,11 @@ type command struct {
 // commands is the command table, in the order help lists them.
 var commands = []command{
 	{name: "leases", summary: "list every subnet lease and reservation in etcd", json: true, run: cmdLeases},
-	{name: "config", args: "get | set FILE|-", summary: "print or replace the network config (set validates first)", json: true,
-		words: []string{"get", "set"}, fileArgs: true, run: cmdConfig},
+	{name: "config", args: "get | set [--force] FILE|-", summary: "print or replace the network config (set validates first)", json: true,
+		words: []string{"get", "set"}, fileArgs: true,
+		flags: func(fs *flag.FlagSet, c *cmdFlags) {
+			fs.BoolVar(&c.force, "force", false, "set: store fields this weftctl does not know (for a newer weftd), with a warning, instead of refusing them")
+		}, run: cmdConfig},
 	{name: "watch", args: "[--since REV]", summary: "stream lease changes (added, renewed, updated, removed) with their etcd revisions",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {
 			fs.Int64Var(&c.since, "since", 0, "replay the changes from this etcd revision on, then follow (default: now); replayed changes have no time, as etcd keeps none")
@@ -188,7 +191,7 @@ type cmdFlags struct {
 	given                              map[string]bool
 	since                              int64
 	publicIP, addr, subnetFile, format string
-	forward                            bool
+	forward, force                     bool
 	kube                               kubeSettings // kube.go
 }
 
