@@ -335,3 +335,35 @@ func FuzzNodeLeases(f *testing.F) {
 		}
 	})
 }
+
+// TestLeaseChanged checks which Node updates wake Hold and Watch: not a
+// kubelet's status report, nor another program's annotation.
+func TestLeaseChanged(t *testing.T) {
+	base := node("b", "198.18.2.0/24", 1, flannelAnn("192.0.2.12", "0a:00:00:00:00:02"))
+	base.UID = "u1"
+	cases := []struct {
+		name   string
+		change func(n *corev1.Node)
+		want   bool
+	}{
+		{"status only", func(n *corev1.Node) {
+			n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}
+			n.ResourceVersion = "99"
+		}, false},
+		{"another program's annotation", func(n *corev1.Node) { n.Annotations["node.alpha.kubernetes.io/ttl"] = "0" }, false},
+		{"a label", func(n *corev1.Node) { n.Labels = map[string]string{"a": "b"} }, false},
+		{"our annotation", func(n *corev1.Node) { n.Annotations[pfx.Name(AnnPublicIP)] = "192.0.2.99" }, true},
+		{"our annotation removed", func(n *corev1.Node) { delete(n.Annotations, pfx.Name(AnnBackendData)) }, true},
+		{"overwrite added", func(n *corev1.Node) { n.Annotations[pfx.Name(AnnPublicIPOverwrite)] = "192.0.2.99" }, true},
+		{"podCIDR", func(n *corev1.Node) { n.Spec.PodCIDR = "198.18.3.0/24" }, true},
+		{"podCIDRs", func(n *corev1.Node) { n.Spec.PodCIDRs = []string{"198.18.2.0/24", "2001:db8::/64"} }, true},
+		{"re-created", func(n *corev1.Node) { n.UID = "u2" }, true},
+	}
+	for _, tc := range cases {
+		cur := base.DeepCopy()
+		tc.change(cur)
+		if got := leaseChanged(pfx, base, cur); got != tc.want {
+			t.Errorf("%s: leaseChanged %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -31,10 +31,13 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -144,13 +147,43 @@ func New(rc *rest.Config, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	if _, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { s.event() },
-		UpdateFunc: func(any, any) { s.event() },
+		AddFunc: func(any) { s.event() },
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(*corev1.Node)
+			n, ok2 := cur.(*corev1.Node)
+			if ok1 && ok2 && !leaseChanged(s.prefix, o, n) {
+				// A kubelet's status update: nothing a lease is made of.
+				s.contact.Store(time.Now().UnixNano())
+				return
+			}
+			s.event()
+		},
 		DeleteFunc: func(any) { s.event() },
 	}); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// leaseChanged reports whether an update of a Node changed anything its
+// lease, or the holding of ours, is made of: identity, creation time, pod
+// CIDRs, our annotations. Most updates of a real Node are a kubelet's
+// status reports, which change none of them and wake nobody.
+func leaseChanged(prefix Annotations, old, cur *corev1.Node) bool {
+	if old.Name != cur.Name || old.UID != cur.UID || !old.CreationTimestamp.Equal(&cur.CreationTimestamp) ||
+		old.Spec.PodCIDR != cur.Spec.PodCIDR || !slices.Equal(old.Spec.PodCIDRs, cur.Spec.PodCIDRs) {
+		return true
+	}
+	ours := func(m map[string]string) map[string]string {
+		out := map[string]string{}
+		for k, v := range m {
+			if strings.HasPrefix(k, string(prefix)+"/") {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	return !maps.Equal(ours(old.Annotations), ours(cur.Annotations))
 }
 
 // contactRecorder notes the time of every answer from the API server.
