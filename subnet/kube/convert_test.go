@@ -2,6 +2,7 @@ package kube
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -364,6 +365,23 @@ func TestLeaseChanged(t *testing.T) {
 		tc.change(cur)
 		if got := leaseChanged(pfx, base, cur); got != tc.want {
 			t.Errorf("%s: leaseChanged %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// BenchmarkNodeLeases converts 5000 flannel Nodes, what Watch does after
+// each relevant Node event in a large cluster.
+func BenchmarkNodeLeases(b *testing.B) {
+	nodes := make([]*corev1.Node, 5000)
+	for i := range nodes {
+		cidr := fmt.Sprintf("198.%d.%d.%d/28", 18+i/4096, i/16%256, i%16*16) // /28s of 198.18.0.0/15
+		nodes[i] = node(fmt.Sprintf("n%d", i), cidr, i,
+			flannelAnn(fmt.Sprintf("192.0.2.%d", 1+i%250), fmt.Sprintf("0a:00:00:00:%02x:%02x", i/256, i%256)))
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if set := NodeLeases(pfx, "n0", nodes); len(set.Leases) != len(nodes) {
+			b.Fatalf("%d leases", len(set.Leases))
 		}
 	}
 }
