@@ -12,6 +12,7 @@ import (
 
 	"github.com/weftnet/weft/internal/doctor"
 	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/nftables"
 	"github.com/weftnet/weft/subnet"
 )
 
@@ -24,16 +25,73 @@ func cmdDoctor(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	if len(args) > 0 {
 		return usagef("unexpected argument %q", args[0])
 	}
+	switch c.rules {
+	case "", "iptables", "nftables":
+	default:
+		return usagef("--rules %q is not iptables or nftables", c.rules)
+	}
+	// weftd's own settings, from /status, unless weftd does not answer;
+	// the flags given override them.
+	addr := c.addr
+	if addr == "" {
+		addr = weftdAddr(e)
+	}
+	st, stErr := fetchStatus(ctx, addr, 3*time.Second)
+	weftdDown := ""
+	if stErr != nil {
+		var ue usageError
+		if errors.As(stErr, &ue) {
+			return stErr
+		}
+		weftdDown = fmt.Sprintf("%s: %s", addr, stErr)
+		fmt.Fprintf(e.stderr, "weftctl doctor: weftd is not answering at %s (%s); checking against the flags, the environment and etcd alone\n", addr, text(stErr.Error()))
+	}
+	up := stErr == nil
+
 	var publicIP netip.Addr
-	if c.publicIP != "" {
+	switch {
+	case c.publicIP != "":
 		a, err := netip.ParseAddr(c.publicIP)
 		if err != nil || !a.Is4() {
 			return usagef("--public-ip %q is not an IPv4 address", c.publicIP)
 		}
 		publicIP = a
-	} else if v := firstEnv(e, "PUBLIC_IP"); v != "" {
-		publicIP, _ = netip.ParseAddr(v)
+	case up && st.PublicIP != "":
+		publicIP, _ = netip.ParseAddr(st.PublicIP)
+	default:
+		if v := firstEnv(e, "PUBLIC_IP"); v != "" {
+			publicIP, _ = netip.ParseAddr(v)
+		}
 	}
+	subnetFile := subnetFilePath(e, c)
+	if !c.given["subnet-file"] && up && st.SubnetFile != "" {
+		subnetFile = st.SubnetFile
+	}
+	forward := c.forward
+	if !c.given["iptables-forward-rules"] && up {
+		forward = st.ForwardRules
+	}
+	var masq *bool
+	plain := false
+	if c.given["ip-masq"] {
+		masq = &c.ipMasq
+	} else if up {
+		masq = &st.IPMasq
+		plain = !st.IPMasqFullyRandom
+	}
+	rules := c.rules
+	if !c.given["rules"] && up && st.Rules != "" {
+		rules = st.Rules
+	}
+	nftKernel := nftables.NewKernel(0)
+	if rules == "" {
+		// weftd did not say: the table it keeps in nftables mode tells.
+		rules = "iptables"
+		if ok, err := nftables.Present(nftKernel); err == nil && ok {
+			rules = "nftables"
+		}
+	}
+
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	read := etcdDoctorInput
@@ -44,19 +102,31 @@ func cmdDoctor(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	if err != nil {
 		return err
 	}
+	if up && st.Backend != "" && st.Backend != cfg.BackendType {
+		fmt.Fprintf(e.stderr, "weftctl doctor: warning: weftd runs backend %s, the network config says %s (weftd needs a restart)\n", text(st.Backend), cfg.BackendType)
+	}
 	in := doctor.Input{
 		Config:     cfg,
 		Leases:     leases,
 		Invalid:    invalid,
 		Netns:      netns.None(),
-		SubnetFile: subnetFilePath(e, c),
+		SubnetFile: subnetFile,
 		PublicIP:   publicIP,
-		Forward:    c.forward,
+		Forward:    forward,
+		Masq:       masq,
+		PlainMasq:  plain,
+		Rules:      rules,
+		WeftdDown:  weftdDown,
 	}
-	if ipt, err := iptables.New(); err == nil {
-		in.IPTables = ipt
-	} else {
-		fmt.Fprintf(e.stderr, "weftctl doctor: skipping the iptables checks: %v\n", err)
+	switch rules {
+	case "nftables":
+		in.NFTables = nftKernel
+	case "iptables":
+		if ipt, err := iptables.New(); err == nil {
+			in.IPTables = ipt
+		} else {
+			fmt.Fprintf(e.stderr, "weftctl doctor: skipping the iptables checks: %v\n", err)
+		}
 	}
 	rep, err := doctor.Check(in)
 	if err != nil {

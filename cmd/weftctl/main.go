@@ -87,11 +87,15 @@ var commands = []command{
 			fs.StringVar(&c.subnetFile, "subnet-file", "", "subnet file written by weftd (default $WEFTD_SUBNET_FILE, else /run/flannel/subnet.env)")
 			fs.StringVar(&c.format, "format", "env", "env: DOCKER_OPT_* and DOCKER_OPTS lines; args: the options on one line (-o json: the keys of Docker's daemon.json instead)")
 		}, json: true, run: cmdDockerOpts},
-	{name: "doctor", args: "[--subnet-file PATH] [--public-ip IP]", summary: "compare this host's kernel state with the leases in etcd; exit 1 on any problem",
+	{name: "doctor", args: "[--addr HOST:PORT] [--subnet-file PATH] [--public-ip IP] [--iptables-forward-rules=BOOL] [--ip-masq=BOOL] [--rules iptables|nftables]",
+		summary: "compare this host's kernel state with the leases in etcd and weftd's settings; exit 1 on any problem",
 		flags: func(fs *flag.FlagSet, c *cmdFlags) {
-			fs.StringVar(&c.subnetFile, "subnet-file", "", "subnet file written by weftd (default $WEFTD_SUBNET_FILE, else /run/flannel/subnet.env)")
-			fs.StringVar(&c.publicIP, "public-ip", "", "this host's public IP as weftd publishes it (default: the lease carrying an address of this host)")
-			fs.BoolVar(&c.forward, "iptables-forward-rules", true, "weftd runs with --iptables-forward-rules (expect the WEFT-FWD chain)")
+			fs.StringVar(&c.addr, "addr", "", "address of weftd's HTTP endpoints, whose /status gives weftd's settings (default $WEFTD_HEALTHZ_IP:$WEFTD_HEALTHZ_PORT, else "+defaultAddr+")")
+			fs.StringVar(&c.subnetFile, "subnet-file", "", "subnet file written by weftd (default: weftd's, from /status; else $WEFTD_SUBNET_FILE, else /run/flannel/subnet.env)")
+			fs.StringVar(&c.publicIP, "public-ip", "", "this host's public IP as weftd publishes it (default: weftd's, from /status; else the lease carrying an address of this host)")
+			fs.BoolVar(&c.forward, "iptables-forward-rules", true, "expect weftd's forward accept rules (default: weftd's setting, from /status)")
+			fs.BoolVar(&c.ipMasq, "ip-masq", false, "expect weftd's masquerade rules (default: weftd's setting, from /status; else the subnet file's FLANNEL_IPMASQ)")
+			fs.StringVar(&c.rules, "rules", "", "where weftd keeps its rules: iptables or nftables (default: weftd's, from /status; else nftables when table ip weft exists)")
 		}, json: true, run: cmdDoctor},
 	{name: "version", summary: "print weftctl's version", json: true, local: true, run: cmdVersion},
 	{name: "completion", args: "bash|zsh", summary: "print a shell completion script, e.g. source <(weftctl completion bash)", local: true,
@@ -191,7 +195,8 @@ type cmdFlags struct {
 	given                              map[string]bool
 	since                              int64
 	publicIP, addr, subnetFile, format string
-	forward, force                     bool
+	forward, force, ipMasq             bool
+	rules                              string
 	kube                               kubeSettings // kube.go
 }
 
@@ -261,6 +266,22 @@ func run(ctx context.Context, args []string, e *env) int {
 	if cmd.run == nil { // help
 		if err := checkOutput(cmd, c); err != nil {
 			fmt.Fprintf(e.stderr, "weftctl %s: %v\n", cmd.name, err)
+			return exitUsage
+		}
+		if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") { // help COMMAND: that command's help
+			for i := range commands {
+				if sub := &commands[i]; sub.name == rest[0] && sub.run != nil {
+					fs := flag.NewFlagSet("weftctl "+sub.name, flag.ContinueOnError)
+					commonFlags(fs, c)
+					if sub.flags != nil {
+						sub.flags(fs, c)
+					}
+					commandUsage(e.stdout, sub, fs)
+					return exitOK
+				}
+			}
+			fmt.Fprintf(e.stderr, "weftctl help: unknown command %q\n\n", rest[0])
+			usage(e.stderr)
 			return exitUsage
 		}
 		usage(e.stdout)
@@ -386,7 +407,11 @@ func usage(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, c := range commands {
 		if !c.hidden {
-			fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
+			args := c.args
+			if len(args) > 45 { // weftctl help COMMAND shows them all
+				args = "[flags] (weftctl help " + c.name + ")"
+			}
+			fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, args, c.summary)
 		}
 	}
 	tw.Flush()

@@ -24,28 +24,9 @@ func cmdStatus(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 	if addr == "" {
 		addr = weftdAddr(e)
 	}
-	url := "http://" + addr + "/status"
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	st, err := fetchStatus(ctx, addr, 5*time.Second)
 	if err != nil {
-		return usagef("--addr %q: %v", addr, err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("ask weftd: %w (is weftd running with --healthz-port?)", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return fmt.Errorf("ask weftd: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("ask weftd: GET %s: %s: %s", url, resp.Status, text(strings.TrimSpace(string(body))))
-	}
-	var st apitypes.Status
-	if err := json.Unmarshal(body, &st); err != nil {
-		return fmt.Errorf("ask weftd: GET %s: bad JSON: %w", url, err)
+		return err
 	}
 	if c.output == "json" {
 		err = writeJSON(e.stdout, st)
@@ -68,6 +49,34 @@ func cmdStatus(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 // weftdAddr is where weftd serves /status by its own settings:
 // --healthz-ip (127.0.0.1 when unset or a wildcard) and --healthz-port,
 // else defaultAddr.
+// fetchStatus asks the weftd at addr for GET /status.
+func fetchStatus(ctx context.Context, addr string, timeout time.Duration) (apitypes.Status, error) {
+	var st apitypes.Status
+	url := "http://" + addr + "/status"
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return st, usagef("--addr %q: %v", addr, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, fmt.Errorf("ask weftd: %w (is weftd running with --healthz-port?)", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return st, fmt.Errorf("ask weftd: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("ask weftd: GET %s: %s: %s", url, resp.Status, text(strings.TrimSpace(string(body))))
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return st, fmt.Errorf("ask weftd: GET %s: bad JSON: %w", url, err)
+	}
+	return st, nil
+}
+
 func weftdAddr(e *env) string {
 	port := e.setting("HEALTHZ_PORT")
 	if port == "" || port == "0" {

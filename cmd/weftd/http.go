@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/weftnet/weft/internal/apitypes"
+	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/nftables"
 	"github.com/weftnet/weft/subnet"
 )
 
@@ -117,10 +119,20 @@ func (d *daemon) status() apitypes.Status {
 		ConfigError:    *d.configError.Load(),
 		Version:        version,
 		LeasesRefused:  []apitypes.LeaseRefusal{},
+
+		IPMasq:            d.cfg.IPMasq,
+		IPMasqFullyRandom: !d.cfg.IPMasqPlain,
+		ForwardRules:      d.cfg.IPTablesForward,
 	}
 	w := d.wired.Load()
 	if w == nil {
 		return s
+	}
+	switch w.ipt.(type) {
+	case *iptables.Manager:
+		s.Rules = "iptables"
+	case *nftables.Manager:
+		s.Rules = "nftables"
 	}
 	st := w.core.State()
 	s.ExternalInterface = w.ext.Name

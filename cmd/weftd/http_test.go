@@ -114,3 +114,24 @@ func TestHTTPDefaultLimits(t *testing.T) {
 		t.Fatalf("WriteTimeout %s: /debug/pprof/profile's default 30 s would be refused", srv.WriteTimeout)
 	}
 }
+
+// TestStatusRuleSettings: /status reports the host rule settings weftd runs
+// with, which weftctl doctor checks the host against, from the start.
+func TestStatusRuleSettings(t *testing.T) {
+	for _, tc := range []struct {
+		args                  []string
+		masq, random, forward bool
+	}{
+		{nil, false, true, true},
+		{[]string{"--ip-masq", "--ip-masq-fully-random-disable", "--iptables-forward-rules=false"}, true, false, false},
+	} {
+		cfg, err := parseConfig(tc.args, env(nil), io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := newDaemon(cfg, backendMap(), slog.New(slog.DiscardHandler)).status()
+		if st.IPMasq != tc.masq || st.IPMasqFullyRandom != tc.random || st.ForwardRules != tc.forward || st.Rules != "" {
+			t.Errorf("%v: ipMasq %v fully random %v forward %v rules %q", tc.args, st.IPMasq, st.IPMasqFullyRandom, st.ForwardRules, st.Rules)
+		}
+	}
+}

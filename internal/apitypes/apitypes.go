@@ -42,6 +42,15 @@ type Status struct {
 	RestartNeeded bool   `json:"restartNeeded"`
 	ConfigError   string `json:"configError,omitempty"`
 	Version       string `json:"version"`
+	// The host rule settings weftd runs with, for weftctl doctor:
+	// --ip-masq, fully random masquerade (not
+	// --ip-masq-fully-random-disable), --iptables-forward-rules, and Rules,
+	// where they live: "iptables", "nftables" (table ip weft), or "" when
+	// both rule sets are off or weftd has not set them up yet.
+	IPMasq            bool   `json:"ipMasq"`
+	IPMasqFullyRandom bool   `json:"ipMasqFullyRandom"`
+	ForwardRules      bool   `json:"forwardRules"`
+	Rules             string `json:"rules,omitempty"`
 }
 
 // LeaseRefusal is one lease weftd does not program.

@@ -14,12 +14,14 @@ import (
 	"strconv"
 	"strings"
 
+	nft "github.com/google/nftables"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/internal/backends"
 	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/nftables"
 	"github.com/weftnet/weft/internal/nl"
 	"github.com/weftnet/weft/subnet"
 )
@@ -42,19 +44,34 @@ type Input struct {
 	// PlainMasq says weftd runs with --ip-masq-fully-random-disable: its
 	// masquerade rules have no fully random source ports.
 	PlainMasq bool
-	// IPTables, if set, is checked for weft's chains; nil skips the check.
+	// Masq says whether weftd runs with --ip-masq; nil means: as the
+	// subnet file's FLANNEL_IPMASQ says.
+	Masq *bool
+	// Rules is where weftd keeps its masquerade and forward rules:
+	// "iptables" (the default) or "nftables" (table ip weft).
+	Rules string
+	// IPTables, if set, is checked for weft's chains in iptables mode; nil
+	// skips the check.
 	IPTables iptables.IPTables
+	// NFTables, if set, is read for table ip weft in nftables mode; nil
+	// skips the check.
+	NFTables nftables.Kernel
+	// WeftdDown, when not "", says why weftd is not answering: fixes then
+	// do not promise that weftd restores anything.
+	WeftdDown string
 }
 
 // Problem is one difference, with what to do about it.
 type Problem struct {
-	Area string `json:"area"` // lease, subnet-file, device, route, neigh, fdb, iptables
+	Area string `json:"area"` // lease, subnet-file, device, route, neigh, fdb, iptables, nftables
 	What string `json:"what"`
 	Fix  string `json:"fix"`
 }
 
 // Report is the doctor's verdict for one host.
 type Report struct {
+	// Weftd says first when weftd is not answering (Input.WeftdDown).
+	Weftd     string    `json:"weftd,omitempty"`
 	Lease     string    `json:"lease,omitempty"`
 	PublicIP  string    `json:"publicIP,omitempty"`
 	Backend   string    `json:"backend"`
@@ -104,8 +121,22 @@ type kernel interface {
 var _ kernel = (*nl.Conn)(nil)
 
 func (c *checker) problem(area, fix, format string, args ...any) {
+	if c.in.WeftdDown != "" {
+		// Nothing restores it while weftd does not run.
+		for _, promise := range []string{fixWeftd, fixRules} {
+			if rest, ok := strings.CutPrefix(fix, promise); ok {
+				fix = fixWeftdDown + rest
+			}
+		}
+	}
 	c.rep.Problems = append(c.rep.Problems, Problem{Area: area, What: fmt.Sprintf(format, args...), Fix: fix})
 }
+
+// fixWeftdDown replaces the promises above when weftd does not answer.
+const fixWeftdDown = "weftd is not answering, so nothing restores this: start or restart weftd (systemctl restart weftd), which re-creates it, and check its log (journalctl -u weftd)"
+
+// fixRules is the fix for a rule weftd keeps.
+const fixRules = "weftd restores its rules every --iptables-resync seconds; if they stay missing, another tool is flushing them"
 
 const fixWeftd = "weftd restores this within its reconcile interval; if it stays, check `weftctl status` and weftd's log (journalctl -u weftd)"
 
@@ -124,6 +155,9 @@ func Check(in Input) (Report, error) {
 func check(in Input, k kernel) (Report, error) {
 	be, _ := backends.Lookup(in.Config.BackendType) // unknown: said below
 	c := &checker{in: in, be: be, k: k, rep: Report{Backend: in.Config.BackendType, Problems: []Problem{}}}
+	if in.WeftdDown != "" {
+		c.rep.Weftd = "weftd is not answering (" + in.WeftdDown + "): nothing restores what is wrong below until it runs again"
+	}
 	if err := c.findOwn(); err != nil {
 		return c.rep, err
 	}
@@ -150,9 +184,7 @@ func check(in Input, k kernel) (Report, error) {
 	if err := c.compare(exp); err != nil {
 		return c.rep, err
 	}
-	if in.IPTables != nil {
-		c.checkIPTables()
-	}
+	c.checkIPTables()
 	return c.rep, nil
 }
 
@@ -426,8 +458,19 @@ func (c *checker) checkRoutes(want []backend.ExpectedRoute, devOf func(string) (
 }
 
 func (c *checker) checkIPTables() {
-	env, err := subnet.ReadEnvFile(c.in.SubnetFile)
-	masq := err == nil && env.IPMasq
+	masq := false
+	if c.in.Masq != nil {
+		masq = *c.in.Masq
+	} else if env, err := subnet.ReadEnvFile(c.in.SubnetFile); err == nil {
+		masq = env.IPMasq
+	}
+	if c.in.Rules == "nftables" {
+		c.checkNFTables(masq)
+		return
+	}
+	if c.in.IPTables == nil {
+		return
+	}
 	c.rep.Checked++
 	problems, err := iptables.Check(c.in.IPTables, c.in.Config.Network, c.own.Subnet, masq, c.in.Forward, !c.in.PlainMasq)
 	if err != nil {
@@ -435,14 +478,53 @@ func (c *checker) checkIPTables() {
 		return
 	}
 	for _, p := range problems {
-		c.problem("iptables", "weftd restores its rules every --iptables-resync seconds; if they stay missing, another tool is flushing them", "%s", p)
+		c.problem("iptables", fixRules, "%s", p)
 	}
+}
+
+// checkNFTables compares table ip weft with the table weftd keeps in
+// nftables mode (nftables.Desired). Masquerade with or without fully random
+// ports is right unless weftd was told which: a kernel may refuse it.
+func (c *checker) checkNFTables(masq bool) {
+	if c.in.NFTables == nil || (!masq && !c.in.Forward) {
+		return
+	}
+	c.rep.Checked++
+	have, ok, err := c.in.NFTables.Read(nft.TableFamilyIPv4, nftables.TableName)
+	if err != nil {
+		c.problem("nftables", "run weftctl doctor as root", "cannot read table ip %s: %v", nftables.TableName, err)
+		return
+	}
+	if !ok {
+		c.problem("nftables", fixRules, "table ip %s is missing", nftables.TableName)
+		return
+	}
+	p := nftables.Policy{Network: c.in.Config.Network.Masked(), Lease: c.own.Subnet.Masked(), Masq: masq, Forward: c.in.Forward, FullyRandom: !c.in.PlainMasq}
+	want := nftables.Desired(p)
+	if nftables.Equal(have, want) {
+		return
+	}
+	if p.FullyRandom {
+		p.FullyRandom = false
+		if nftables.Equal(have, nftables.Desired(p)) {
+			return
+		}
+	}
+	c.problem("nftables", fixRules+"; compare `nft list table ip "+nftables.TableName+"` with configuration.md",
+		"table ip %s does not hold the expected rules:\nhave:\n%s\nwant:\n%s", nftables.TableName, indent(have.String()), indent(want.String()))
+}
+
+func indent(s string) string {
+	return "          " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n          ")
 }
 
 // Format renders the report for a terminal: one line per problem with its
 // fix indented below, or a single all-clear line.
 func (r Report) Format() string {
 	var b strings.Builder
+	if r.Weftd != "" {
+		fmt.Fprintf(&b, "%s\n", r.Weftd)
+	}
 	fmt.Fprintf(&b, "lease %s  public-ip %s  backend %s  interface %s  peers %d  checks %d\n",
 		orDash(r.Lease), orDash(r.PublicIP), r.Backend, orDash(r.Interface), r.Peers, r.Checked)
 	if len(r.Refused) > 0 {
