@@ -2,14 +2,18 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/vishvananda/netns"
 
+	"github.com/weftnet/weft/internal/apitypes"
 	"github.com/weftnet/weft/internal/doctor"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/nftables"
@@ -99,24 +103,36 @@ func cmdDoctor(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 		read = kubeDoctorInput // kube.go
 	}
 	cfg, leases, invalid, err := read(cctx, e, c)
+	storeSkipped := ""
 	if err != nil {
-		return err
+		// The store is unreachable: check the kernel against the leases
+		// weftd last read, if it answers, and say so.
+		var lerr error
+		if !up {
+			return err
+		}
+		if cfg, leases, invalid, lerr = weftdLeases(ctx, addr); lerr != nil {
+			return fmt.Errorf("%w (and weftd's last known leases: %v)", err, lerr)
+		}
+		storeSkipped = err.Error()
+		fmt.Fprintf(e.stderr, "weftctl doctor: the lease store is unreachable (%s); checking the kernel against weftd's last known leases\n", text(err.Error()))
 	}
 	if up && st.Backend != "" && st.Backend != cfg.BackendType {
 		fmt.Fprintf(e.stderr, "weftctl doctor: warning: weftd runs backend %s, the network config says %s (weftd needs a restart)\n", text(st.Backend), cfg.BackendType)
 	}
 	in := doctor.Input{
-		Config:     cfg,
-		Leases:     leases,
-		Invalid:    invalid,
-		Netns:      netns.None(),
-		SubnetFile: subnetFile,
-		PublicIP:   publicIP,
-		Forward:    forward,
-		Masq:       masq,
-		PlainMasq:  plain,
-		Rules:      rules,
-		WeftdDown:  weftdDown,
+		Config:       cfg,
+		Leases:       leases,
+		Invalid:      invalid,
+		Netns:        netns.None(),
+		SubnetFile:   subnetFile,
+		PublicIP:     publicIP,
+		Forward:      forward,
+		Masq:         masq,
+		PlainMasq:    plain,
+		Rules:        rules,
+		WeftdDown:    weftdDown,
+		StoreSkipped: storeSkipped,
 	}
 	switch rules {
 	case "nftables":
@@ -182,3 +198,45 @@ func subnetFilePath(e *env, c *cmdFlags) string {
 // firstEnv reads WEFTD_<name>, then FLANNELD_<name>, from the environment,
 // then from weftd's environment file (env.setting).
 func firstEnv(e *env, name string) string { return e.setting(name) }
+
+// weftdLeases reads the network config weftd runs and the leases it last
+// read from GET /leases.
+func weftdLeases(ctx context.Context, addr string) (*subnet.Config, []subnet.Lease, []subnet.InvalidLease, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/leases", nil)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, nil, fmt.Errorf("GET /leases: %s", resp.Status)
+	}
+	var body apitypes.Leases
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&body); err != nil {
+		return nil, nil, nil, fmt.Errorf("GET /leases: %w", err)
+	}
+	cfg, err := subnet.ParseConfig(body.Config)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("weftd's config: %w", err)
+	}
+	var leases []subnet.Lease
+	var invalid []subnet.InvalidLease
+	for _, en := range body.Leases {
+		v4, v6, kerr := subnet.ParseSubnetKey(en.Key)
+		attrs, verr := subnet.ParseLeaseAttrs(en.Value)
+		if err := errors.Join(kerr, verr); err != nil {
+			invalid = append(invalid, subnet.InvalidLease{Key: en.Key, Value: en.Value, Err: err})
+			continue
+		}
+		leases = append(leases, subnet.Lease{Subnet: v4, IPv6Subnet: v6, Attrs: attrs, CreateRevision: en.CreateRevision, Reservation: en.Reservation})
+	}
+	for _, k := range body.Invalid {
+		invalid = append(invalid, subnet.InvalidLease{Key: k, Err: errors.New("weftd could not parse it")})
+	}
+	return cfg, leases, invalid, nil
+}

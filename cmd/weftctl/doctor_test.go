@@ -85,3 +85,51 @@ func TestHelpCommand(t *testing.T) {
 		})
 	}
 }
+
+// TestDoctorEtcdOutage: with etcd unreachable and weftd answering, doctor
+// checks the kernel against the leases weftd last read (GET /leases) and
+// says that the store's checks were skipped, instead of failing outright.
+func TestDoctorEtcdOutage(t *testing.T) {
+	h := &harness{t: t, env: map[string]string{}}
+	ctx := context.Background()
+	value := `{"PublicIP":"192.0.2.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:00:00:07"}}`
+	peer := `{"PublicIP":"192.0.2.78","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:00:00:08"}}`
+	file := filepath.Join(t.TempDir(), "subnet.env")
+	mux := http.NewServeMux()
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(apitypes.Status{Lease: "198.18.7.0/24", PublicIP: "192.0.2.77", Backend: "vxlan", SubnetFile: file, Rules: "iptables"})
+	})
+	leases := true
+	mux.HandleFunc("/leases", func(w http.ResponseWriter, r *http.Request) {
+		if !leases {
+			http.Error(w, "no lease set read yet", http.StatusServiceUnavailable)
+			return
+		}
+		json.NewEncoder(w).Encode(apitypes.Leases{Config: []byte(netConfig), Leases: []apitypes.LeaseEntry{
+			{Key: "198.18.7.0-24", Value: []byte(value)}, {Key: "198.18.8.0-24", Value: []byte(peer)}}})
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	// Nothing listens there: etcd is down.
+	dead := "--etcd-endpoints=http://127.0.0.1:1"
+	r := h.run(ctx, dead, "doctor", "--addr", addr, "-o", "json")
+	var rep struct {
+		Store, Lease string
+		Peers        int
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("doctor during an etcd outage: %v\nstdout:\n%s\nstderr:\n%s", err, r.stdout, r.stderr)
+	}
+	if !strings.Contains(rep.Store, "skipped") || rep.Lease != "198.18.7.0/24" || rep.Peers != 1 {
+		t.Errorf("doctor during an etcd outage: %+v\nstderr:\n%s", rep, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "last known leases") {
+		t.Errorf("stderr does not say the store is unreachable:\n%s", r.stderr)
+	}
+	// Without weftd's leases, the outage is the error.
+	leases = false
+	if r := h.run(ctx, dead, "doctor", "--addr", addr); r.code != 1 || !strings.Contains(r.stderr, "last known leases") {
+		t.Errorf("no leases from weftd either: exit %d\n%s", r.code, r.stderr)
+	}
+}

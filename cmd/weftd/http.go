@@ -92,6 +92,15 @@ func (d *daemon) startHTTP() (*http.Server, error) {
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /leases", func(w http.ResponseWriter, r *http.Request) {
+		body, ok := d.leases()
+		if !ok {
+			http.Error(w, "no lease set read yet", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(body)
+	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -172,4 +181,29 @@ func (d *daemon) status() apitypes.Status {
 		}
 	}
 	return s
+}
+
+// leases assembles GET /leases: the config weftd runs and the last lease
+// set it read, false before there is one.
+func (d *daemon) leases() (apitypes.Leases, bool) {
+	w := d.wired.Load()
+	if w == nil {
+		return apitypes.Leases{}, false
+	}
+	st := w.core.State()
+	if !st.HaveLeases {
+		return apitypes.Leases{}, false
+	}
+	out := apitypes.Leases{Config: w.netcfg.Raw, Leases: make([]apitypes.LeaseEntry, 0, len(st.Leases.Leases))}
+	for _, l := range st.Leases.Leases {
+		v, err := l.Attrs.MarshalJSON()
+		if err != nil {
+			continue
+		}
+		out.Leases = append(out.Leases, apitypes.LeaseEntry{Key: l.Key(), Value: v, CreateRevision: l.CreateRevision, Reservation: l.Reservation})
+	}
+	for _, inv := range st.Leases.Invalid {
+		out.Invalid = append(out.Invalid, inv.Key)
+	}
+	return out, true
 }

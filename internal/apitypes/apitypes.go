@@ -59,3 +59,23 @@ type LeaseRefusal struct {
 	Reason string `json:"reason"`
 	Error  string `json:"error"`
 }
+
+// Leases is the body of weftd's GET /leases: the network config weftd runs
+// and the last set of leases it read, so that weftctl doctor can check the
+// kernel while the lease store itself is unreachable.
+type Leases struct {
+	// Config is the network config weftd runs, as stored.
+	Config []byte `json:"config"`
+	// Leases are the keys that parsed; Invalid the keys that did not.
+	Leases  []LeaseEntry `json:"leases"`
+	Invalid []string     `json:"invalid,omitempty"`
+}
+
+// LeaseEntry is one lease as the store holds it.
+type LeaseEntry struct {
+	// Key is the key suffix ("198.18.7.0-24"); Value the lease JSON.
+	Key            string `json:"key"`
+	Value          []byte `json:"value"`
+	CreateRevision int64  `json:"createRevision,omitempty"`
+	Reservation    bool   `json:"reservation,omitempty"`
+}

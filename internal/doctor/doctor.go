@@ -59,6 +59,10 @@ type Input struct {
 	// WeftdDown, when not "", says why weftd is not answering: fixes then
 	// do not promise that weftd restores anything.
 	WeftdDown string
+	// StoreSkipped, when not "", says why the lease store could not be
+	// read: the leases are then weftd's last known set, and the report
+	// says the store's own checks were skipped.
+	StoreSkipped string
 }
 
 // Problem is one difference, with what to do about it.
@@ -71,7 +75,10 @@ type Problem struct {
 // Report is the doctor's verdict for one host.
 type Report struct {
 	// Weftd says first when weftd is not answering (Input.WeftdDown).
-	Weftd     string    `json:"weftd,omitempty"`
+	Weftd string `json:"weftd,omitempty"`
+	// Store says when the lease store could not be read and weftd's last
+	// known leases were checked instead (Input.StoreSkipped).
+	Store     string    `json:"store,omitempty"`
 	Lease     string    `json:"lease,omitempty"`
 	PublicIP  string    `json:"publicIP,omitempty"`
 	Backend   string    `json:"backend"`
@@ -155,6 +162,9 @@ func Check(in Input) (Report, error) {
 func check(in Input, k kernel) (Report, error) {
 	be, _ := backends.Lookup(in.Config.BackendType) // unknown: said below
 	c := &checker{in: in, be: be, k: k, rep: Report{Backend: in.Config.BackendType, Problems: []Problem{}}}
+	if in.StoreSkipped != "" {
+		c.rep.Store = "the lease store is unreachable (" + in.StoreSkipped + "): checked the kernel against weftd's last known leases; the store's own checks were skipped"
+	}
 	if in.WeftdDown != "" {
 		c.rep.Weftd = "weftd is not answering (" + in.WeftdDown + "): nothing restores what is wrong below until it runs again"
 	}
@@ -524,6 +534,9 @@ func (r Report) Format() string {
 	var b strings.Builder
 	if r.Weftd != "" {
 		fmt.Fprintf(&b, "%s\n", r.Weftd)
+	}
+	if r.Store != "" {
+		fmt.Fprintf(&b, "%s\n", r.Store)
 	}
 	fmt.Fprintf(&b, "lease %s  public-ip %s  backend %s  interface %s  peers %d  checks %d\n",
 		orDash(r.Lease), orDash(r.PublicIP), r.Backend, orDash(r.Interface), r.Peers, r.Checked)

@@ -116,6 +116,8 @@ type State struct {
 	FileError string
 	// HaveLeases is true once the store delivered its first lease set.
 	HaveLeases bool
+	// Leases is the last lease set the store delivered (never modified).
+	Leases subnet.LeaseSet
 	// LeasesKnown counts every key in the last set, ours and broken ones.
 	LeasesKnown int
 	// Peers is the number of peers handed to the backend.
@@ -251,7 +253,7 @@ func (c *Core) onLease(s *state, l subnet.Lease) {
 
 // onLeases handles a new complete set of leases.
 func (c *Core) onLeases(s *state, set subnet.LeaseSet) {
-	s.peerSet, s.HaveLeases = set, true
+	s.peerSet, s.HaveLeases, s.Leases = set, true, set
 	s.LeasesKnown = len(set.Leases) + len(set.Invalid)
 	c.push(s)
 }
