@@ -60,6 +60,19 @@ e2e-kube: build
 	apiserver=$$(e2e/kubeapiserver/build.sh) && \
 	WEFT_E2E_BIN_DIR=$(CURDIR)/bin WEFT_KUBE_APISERVER=$$apiserver $(GO) test -count=1 -timeout 20m -run '^TestKube' -v ./e2e/
 
+# weft's container image, without a Docker daemon: weftd, weftctl, the weft
+# CNI plugin and weft-install-cni, static, for linux/$(IMAGE_ARCH), as an OCI
+# image layout tar file (podman load -i bin/weft-image.tar). See
+# dist/mkimage and Documentation/kubernetes.md.
+IMAGE_ARCH ?= amd64
+.PHONY: image
+image:
+	@mkdir -p bin/image
+	GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -ldflags '$(LDFLAGS)' -o bin/image/ ./cmd/weftd ./cmd/weftctl ./dist/mkimage/weft-install-cni
+	GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -ldflags '$(LDFLAGS)' -o bin/image/weft ./cni-plugin
+	$(GO) run ./dist/mkimage -bin bin/image -arch $(IMAGE_ARCH) -version $(VERSION) -revision "$$(git rev-parse HEAD 2>/dev/null)" \
+		-created "$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || echo 0)}" -o bin/weft-image.tar
+
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./subnet/... ./backend/...
 	./bin/weft-lab bench
