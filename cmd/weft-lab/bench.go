@@ -23,6 +23,9 @@ type benchConfig struct {
 	quick   bool
 	only    []string
 	verbose bool
+	// flanneld is measured next to weftd in the control plane: --flanneld,
+	// or $FLANNELD.
+	flanneld string
 }
 
 func parseBench(args []string, stderr io.Writer) (benchConfig, error) {
@@ -34,6 +37,7 @@ func parseBench(args []string, stderr io.Writer) (benchConfig, error) {
 	fs.BoolVar(&c.quick, "quick", false, "shorter transfers and fewer pods (about 3 minutes)")
 	only := fs.String("only", strings.Join(bench.AllSections, ","), "comma-separated sections to run")
 	fs.BoolVar(&c.verbose, "v", false, "log the lab's progress")
+	fs.StringVar(&c.flanneld, "flanneld", os.Getenv("FLANNELD"), "also measure this flanneld binary's control plane, side by side (default $FLANNELD)")
 	if err := fs.Parse(args); err != nil {
 		return c, fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -47,6 +51,15 @@ func parseBench(args []string, stderr io.Writer) (benchConfig, error) {
 	}
 	if err := bench.CheckSections(c.only); err != nil {
 		return c, fmt.Errorf("%w: --only: %v", errUsage, err)
+	}
+	if c.flanneld != "" {
+		fi, err := os.Stat(c.flanneld)
+		if err != nil {
+			return c, fmt.Errorf("%w: flanneld: %v", errUsage, err)
+		}
+		if fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return c, fmt.Errorf("%w: flanneld: %s is not an executable file", errUsage, c.flanneld)
+		}
 	}
 	if c.binDir == "" {
 		exe, err := os.Executable()
@@ -87,6 +100,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Quick:    c.quick,
 		Logger:   slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
 		Progress: stderr,
+		Flanneld: c.flanneld,
 	})
 	if err != nil {
 		return err
@@ -101,6 +115,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		cmd := "make bench"
 		if c.quick || len(c.only) != len(bench.AllSections) {
 			cmd = "make build && ./bin/weft-lab " + strings.Join(append([]string{"bench"}, args...), " ")
+		}
+		if c.flanneld != "" && !strings.Contains(cmd, "--flanneld") {
+			cmd = "FLANNELD=/path/to/flanneld " + cmd
 		}
 		doc := bench.Document{
 			Env:     bench.CollectEnv(),

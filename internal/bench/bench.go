@@ -46,7 +46,18 @@ type Options struct {
 	Logger *slog.Logger
 	// Progress receives one line per step; default discards.
 	Progress io.Writer
+	// Flanneld, when set, is a flanneld binary (or anything taking weftd's
+	// flags) whose control plane is measured next to weftd's in the same
+	// run (`FLANNELD=... make bench`).
+	Flanneld string
+	// ControlPeers are the peer counts of the control-plane section;
+	// default ControlPeerCounts.
+	ControlPeers []int
 }
+
+// ControlPeerCounts are the control-plane section's peer counts: the RSS
+// growth per peer is taken between the first and the last.
+var ControlPeerCounts = []int{1000, TargetPeers, LargePeers}
 
 func (o *Options) fill() {
 	if o.Name == "" {
@@ -61,6 +72,19 @@ func (o *Options) fill() {
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
+	if len(o.ControlPeers) == 0 {
+		o.ControlPeers = ControlPeerCounts
+	}
+}
+
+// daemons lists the control plane's daemons: weftd, then the side-by-side
+// flanneld if any.
+func (o *Options) daemons() []Daemon {
+	ds := []Daemon{Weftd}
+	if o.Flanneld != "" {
+		ds = append(ds, Daemon{Name: "flanneld", Path: o.Flanneld})
+	}
+	return ds
 }
 
 func (o *Options) has(s string) bool { return slices.Contains(o.Only, s) }
@@ -134,13 +158,15 @@ func Run(ctx context.Context, opts Options) (Results, error) {
 		}
 	}
 	if opts.has(SectionControl) {
-		for _, n := range []int{1000, TargetPeers} {
-			opts.progress("control plane with %d peers", n)
-			run := MeasureControl(ctx, &opts, n)
-			if ctx.Err() != nil {
-				return res, ctx.Err()
+		for _, n := range opts.ControlPeers {
+			for _, d := range opts.daemons() {
+				opts.progress("control plane with %d peers: %s", n, d.Name)
+				run := MeasureControlOf(ctx, &opts, d, n)
+				if ctx.Err() != nil {
+					return res, ctx.Err()
+				}
+				res.Control = append(res.Control, run)
 			}
-			res.Control = append(res.Control, run)
 		}
 	}
 	return res, nil

@@ -329,7 +329,8 @@ func TestTable(t *testing.T) {
 		t.Errorf("Failed = %q", f)
 	}
 	missed := sampleResults().Missed()
-	if len(missed) != 1 || !strings.Contains(missed[0], "start-up with 5000 peers") {
+	if len(missed) != 2 || !strings.Contains(missed[0], "start-up with 5000 peers") ||
+		missed[1] != "RSS growth from 1000 to 5000 peers: 1311 B per peer > 1024 B" {
 		t.Errorf("Missed = %q", missed)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -21,11 +22,12 @@ import (
 	"github.com/weftnet/weft/subnet"
 )
 
-// Control-plane lab parameters: a /15 split into /29s holds 16383 subnets,
-// room for 2×5000 synthetic peers plus the host's own.
+// Control-plane lab parameters: a /15 split into /30s holds 32767
+// leasable subnets, room for 2×10000 synthetic peers plus the host's own
+// (a /29 split would hold only 16383).
 const (
 	controlNetwork   = "198.18.0.0/15"
-	controlSubnetLen = 29
+	controlSubnetLen = 30
 	subnetsPrefix    = "/coreos.com/network/subnets/"
 	// txnOps is how many Puts or Deletes go into one etcd transaction; the
 	// lab's etcd allows 1024.
@@ -106,23 +108,27 @@ func deleteLeases(ctx context.Context, cli *clientv3.Client, ls []SynthLease) er
 	return nil
 }
 
-// peerCounter counts what weft programmed for a set of synthetic peers in
-// a namespace: routes tagged backend.RouteProtocol to their subnets,
+// peerCounter counts what the daemon programmed for a set of synthetic
+// peers in a namespace: routes through the vxlan device to their subnets,
 // neighbour entries for their subnet addresses and FDB entries for their
-// MACs on the vxlan device. A peer is reachable only once all three exist.
+// MACs on that device. A peer is reachable only once all three exist. It
+// finds the device by kind, not by name, and counts routes by their
+// output device, not by weft's route protocol, so that it counts what
+// flanneld programs (flannel.1, no protocol of its own) the same way.
 type peerCounter struct {
 	c      *nl.Conn
-	dev    string
 	routes map[netip.Prefix]bool
 	neighs map[netip.Addr]bool
 	macs   map[string]bool
+	// dev is the vxlan device's index once it exists, else 0.
+	dev int
 	// rbuf and nbuf are the last dumps, reused by the next.
 	rbuf []nl.Route
 	nbuf []nl.Neigh
 }
 
-func newPeerCounter(c *nl.Conn, dev string) *peerCounter {
-	return &peerCounter{c: c, dev: dev, routes: map[netip.Prefix]bool{}, neighs: map[netip.Addr]bool{}, macs: map[string]bool{}}
+func newPeerCounter(c *nl.Conn) *peerCounter {
+	return &peerCounter{c: c, routes: map[netip.Prefix]bool{}, neighs: map[netip.Addr]bool{}, macs: map[string]bool{}}
 }
 
 func (c *peerCounter) add(ls []SynthLease) {
@@ -133,9 +139,38 @@ func (c *peerCounter) add(ls []SynthLease) {
 	}
 }
 
+// device returns the index of the namespace's vxlan device, 0 while there
+// is none. The lab's host namespace has exactly one once the daemon set it
+// up.
+func (c *peerCounter) device() (int, error) {
+	if c.dev != 0 {
+		if _, err := c.c.LinkByIndex(c.dev); err == nil {
+			return c.dev, nil
+		} else if !errors.Is(err, nl.ErrLinkNotFound) {
+			return 0, fmt.Errorf("find vxlan device: %w", err)
+		}
+		c.dev = 0
+	}
+	links, err := c.c.LinkList()
+	if err != nil {
+		return 0, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if l.Kind == "vxlan" {
+			c.dev = l.Index
+			return l.Index, nil
+		}
+	}
+	return 0, nil
+}
+
 func (c *peerCounter) countRoutes() (int, error) {
+	dev, err := c.device()
+	if err != nil || dev == 0 {
+		return 0, err
+	}
 	rs, err := c.c.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, func(r *nl.Route) bool {
-		return r.Protocol == backend.RouteProtocol && c.routes[r.Dst]
+		return r.LinkIndex == dev && c.routes[r.Dst]
 	}, c.rbuf)
 	c.rbuf = rs
 	if err != nil {
@@ -147,14 +182,11 @@ func (c *peerCounter) countRoutes() (int, error) {
 // neighbours lists the vxlan device's entries of one family; no device
 // yet means none.
 func (c *peerCounter) neighbours(family nl.Family) ([]nl.Neigh, error) {
-	link, err := c.c.LinkByName(c.dev)
-	if errors.Is(err, nl.ErrLinkNotFound) {
-		return nil, nil
+	dev, err := c.device()
+	if err != nil || dev == 0 {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("find %s: %w", c.dev, err)
-	}
-	ns, err := c.c.NeighList(link.Index, family, c.nbuf)
+	ns, err := c.c.NeighList(dev, family, c.nbuf)
 	c.nbuf = ns
 	if err != nil {
 		return nil, fmt.Errorf("list neighbours: %w", err)
@@ -205,7 +237,7 @@ func (c *peerCounter) wait(ctx context.Context, t0 time.Time, want int, alive fu
 			}
 			last = n
 			if !alive() {
-				return 0, fmt.Errorf("weftd exited with %d of %d %s programmed", last, want, k.what)
+				return 0, fmt.Errorf("daemon exited with %d of %d %s programmed", last, want, k.what)
 			}
 			select {
 			case <-ctx.Done():
@@ -217,21 +249,104 @@ func (c *peerCounter) wait(ctx context.Context, t0 time.Time, want int, alive fu
 	return time.Since(t0), nil
 }
 
+// Daemon is the program a control-plane run measures: weftd from the bin
+// directory, or another binary that takes weftd's flags (flanneld) in its
+// place.
+type Daemon struct {
+	// Name labels the run's rows: "weftd" or "flanneld".
+	Name string
+	// Path is the binary; empty means weftd from Options.BinDir.
+	Path string
+}
+
+// Weftd is the daemon under test.
+var Weftd = Daemon{Name: "weftd"}
+
+func (d Daemon) isWeftd() bool { return d.Path == "" }
+
 // MeasureControl runs the control-plane scenario with n peers on a fresh
 // one-host vxlan lab: n leases exist before weftd starts (start-up), n more
 // arrive at once (join), then those n are deleted (leave).
-func MeasureControl(ctx context.Context, opts *Options, n int) (run ControlRun) {
+func MeasureControl(ctx context.Context, opts *Options, n int) ControlRun {
+	return MeasureControlOf(ctx, opts, Weftd, n)
+}
+
+// MeasureControlOf runs the control-plane scenario against daemon d.
+func MeasureControlOf(ctx context.Context, opts *Options, d Daemon, n int) (run ControlRun) {
 	run.N = n
-	if err := measureControl(ctx, opts, n, &run); err != nil {
+	run.Daemon = d.Name
+	if err := measureControl(ctx, opts, d, n, &run); err != nil {
 		run.Err = err
 	}
 	return run
 }
 
-func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) error {
+// standInBinDir makes a temporary bin directory holding links to every
+// file of binDir except weftd, which links to path instead: the lab then
+// starts that binary with weftd's flags, and the lab's other programs
+// (the CNI plugin) stay weft's. The caller removes the directory.
+func standInBinDir(binDir, path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	if fi, err := os.Stat(abs); err != nil {
+		return "", fmt.Errorf("stand-in daemon: %w", err)
+	} else if fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return "", fmt.Errorf("stand-in daemon %s is not an executable file", abs)
+	}
+	if binDir == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return "", err
+		}
+		binDir = filepath.Dir(exe)
+	}
+	if binDir, err = filepath.Abs(binDir); err != nil {
+		return "", err
+	}
+	entries, err := os.ReadDir(binDir)
+	if err != nil {
+		return "", fmt.Errorf("stand-in bin dir: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "weft-bench-bin-")
+	if err != nil {
+		return "", err
+	}
+	success := false
+	defer func() {
+		if !success {
+			os.RemoveAll(dir)
+		}
+	}()
+	for _, e := range entries {
+		if e.Name() == "weftd" {
+			continue
+		}
+		if err := os.Symlink(filepath.Join(binDir, e.Name()), filepath.Join(dir, e.Name())); err != nil {
+			return "", err
+		}
+	}
+	if err := os.Symlink(abs, filepath.Join(dir, "weftd")); err != nil {
+		return "", err
+	}
+	success = true
+	return dir, nil
+}
+
+func measureControl(ctx context.Context, opts *Options, d Daemon, n int, run *ControlRun) error {
+	binDir := opts.BinDir
+	if !d.isWeftd() {
+		dir, err := standInBinDir(opts.BinDir, d.Path)
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		binDir = dir
+	}
 	lctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	l, err := lab.New(lctx, lab.Options{Hosts: 1, Backend: "vxlan", BinDir: opts.BinDir, Name: opts.Name,
+	l, err := lab.New(lctx, lab.Options{Hosts: 1, Backend: "vxlan", BinDir: binDir, Name: opts.Name,
 		Network: controlNetwork, SubnetLen: controlSubnetLen, Logger: opts.Logger})
 	if err != nil {
 		return err
@@ -296,7 +411,7 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 		return err
 	}
 	defer nc.Close()
-	rc := newPeerCounter(nc, "weft.1")
+	rc := newPeerCounter(nc)
 	rc.add(initial)
 	alive := func() bool { return h.WeftdPID() != 0 }
 
@@ -304,9 +419,14 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 	// GODEBUG=gctrace=1 makes its runtime log one line per GC, from which
 	// the live heap is read at the end. Nothing else starts processes
 	// while the control plane runs, so the change is confined to weftd.
+	// A stand-in gets weftd's lab flags only: --log-level is weftd's own.
+	var extraArgs []string
+	if d.isWeftd() {
+		extraArgs = []string{"--log-level=debug"}
+	}
 	restore := setenv("GODEBUG", godebugWith("gctrace=1"))
 	t0 := time.Now()
-	err = h.StartWeftd("--log-level=debug")
+	err = h.StartWeftd(extraArgs...)
 	restore()
 	if err != nil {
 		return err
@@ -383,7 +503,7 @@ func measureControl(ctx context.Context, opts *Options, n int, run *ControlRun) 
 
 	// A missed time target gets CPU profiles of the slow phases, repeated
 	// under perf after the measurement so sampling cannot skew the figures.
-	if n != TargetPeers || (run.Startup <= StartupTarget && run.Join <= JoinTarget) || !PerfAvailable() {
+	if !d.isWeftd() || n != TargetPeers || (run.Startup <= StartupTarget && run.Join <= JoinTarget) || !PerfAvailable() {
 		return nil
 	}
 	opts.progress("control plane with %d peers: profiling join and leave with perf", n)

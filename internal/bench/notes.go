@@ -39,13 +39,21 @@ func Notes(r Results) []string {
 			fmt.Sprintf("Control plane: a fresh 1-host vxlan lab per N (network %s, SubnetLen %d). N synthetic vxlan leases "+
 				"(unique VtepMACs, PublicIPs cycling through 203.0.113.0/24 and 198.51.100.0/24, one etcd lease with a 1 h TTL) are "+
 				"written in transactions of %d Puts before weftd starts; start-up is weftd start until all N peers are programmed in the host namespace: N routes "+
-				"(protocol %d), N permanent neighbour entries and N FDB entries on weft.1, polled every 20 ms through netlink in "+
+				"through the vxlan device, N permanent neighbour entries and N FDB entries on it, counted by what the kernel holds (not by route protocol), polled every 20 ms through netlink in "+
 				"that order (the vxlan backend's order). Join writes N more leases at once (the clock starts "+
 				"before the first transaction); leave deletes them. The direct-netlink reference programs (then removes) the same N "+
 				"neighbour entries, FDB entries and routes with one netlink handle in a scratch namespace, one request at a time, "+
 				"best of two runs: what the kernel work alone costs when done naively, not a hard floor (batching can beat it). "+
-				"Targets (issue #9) apply at 5000 peers; RSS is VmRSS from /proc/<pid>/status after the leave phase.",
-				controlNetwork, controlSubnetLen, txnOps, 87))
+				"Targets (issues #9 and #17): start-up and join ≤ 1 s at 5000 peers and more; RSS ≤ 30 MiB at 5000 and ≤ 40 MiB at 10000 peers; "+
+				"RSS is VmRSS from /proc/<pid>/status after the leave phase, and the growth per additional peer is "+
+				"(RSS at the largest N − RSS at the smallest N) / (the difference in N), ≤ %d B.",
+				controlNetwork, controlSubnetLen, txnOps, PerPeerTarget))
+		n = append(n, "Side by side with flanneld: `FLANNELD=/path/to/flanneld make bench` (or `weft-lab bench --flanneld PATH`) runs every "+
+			"control-plane case a second time with that binary in weftd's place, started with the lab's weftd flags (etcd endpoint, "+
+			"interface, subnet file, health address), and adds its rows with weftd's figure next to each. Peers are counted by what the "+
+			"kernel holds, so any daemon's vxlan device counts. The bench never downloads or builds flanneld; to get one, clone "+
+			"github.com/flannel-io/flannel and run `go build -o flanneld .` at the top of the checkout. "+
+			"Without FLANNELD, only weftd runs.")
 	}
 	if r.CNI != nil {
 		n = append(n,

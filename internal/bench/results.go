@@ -8,13 +8,31 @@ import (
 	"github.com/weftnet/weft/cni-plugin/cnibench"
 )
 
-// Targets of the control plane (issue #9), checked at the largest N.
+// Targets of the control plane (issues #9 and #17). The time targets
+// apply at TargetPeers and more, the RSS targets at TargetPeers and
+// LargePeers, and the growth target between the smallest and the largest
+// N of a run.
 const (
-	StartupTarget = time.Second
-	JoinTarget    = time.Second
-	RSSTarget     = 30 << 20
+	StartupTarget  = time.Second
+	JoinTarget     = time.Second
+	RSSTarget      = 30 << 20
+	RSSTargetLarge = 40 << 20
+	// PerPeerTarget bounds the RSS each additional peer costs, bytes.
+	PerPeerTarget = 1024
 	TargetPeers   = 5000
+	LargePeers    = 10000
 )
+
+// rssTarget is the RSS target at n peers, if there is one.
+func rssTarget(n int) (int64, bool) {
+	switch n {
+	case TargetPeers:
+		return RSSTarget, true
+	case LargePeers:
+		return RSSTargetLarge, true
+	}
+	return 0, false
+}
 
 // Path is one measured network path: TCP throughput with 1 and 4 streams,
 // median ping RTT and the CPU weftd used on both hosts while the two
@@ -60,7 +78,10 @@ func (d *Dataplane) limits() []Path {
 
 // ControlRun is the control-plane run for one N.
 type ControlRun struct {
-	N       int
+	N int
+	// Daemon is the program measured: "weftd" (or empty, the same) or
+	// "flanneld" in the side-by-side mode.
+	Daemon  string
 	Startup time.Duration // weftd start → N peers programmed (route, neighbour, FDB)
 	Ready   time.Duration // weftd start → /readyz answered 200
 	Join    time.Duration // N more leases written → all programmed
@@ -84,6 +105,72 @@ type ControlRun struct {
 	// when a time target was missed.
 	Profiles []Profile
 	Err      error
+}
+
+// daemon is the run's daemon name, "weftd" when unset.
+func (c ControlRun) daemon() string {
+	if c.Daemon == "" {
+		return "weftd"
+	}
+	return c.Daemon
+}
+
+func (c ControlRun) isWeftd() bool { return c.daemon() == "weftd" }
+
+// RSSGrowth is how a daemon's RSS grew between the smallest and the
+// largest N of a run.
+type RSSGrowth struct {
+	Daemon   string
+	From, To ControlRun
+	PerPeer  float64 // bytes per additional peer
+}
+
+// RSSGrowth returns daemon's RSS growth per additional peer between its
+// smallest and largest successful runs; ok is false with fewer than two
+// distinct N.
+func (r Results) RSSGrowth(daemon string) (g RSSGrowth, ok bool) {
+	g.Daemon = daemon
+	found := false
+	for _, c := range r.Control {
+		if c.Err != nil || c.daemon() != daemon {
+			continue
+		}
+		if !found || c.N < g.From.N {
+			g.From = c
+		}
+		if !found || c.N > g.To.N {
+			g.To = c
+		}
+		found = true
+	}
+	if !found || g.To.N == g.From.N {
+		return g, false
+	}
+	g.PerPeer = float64(g.To.RSS-g.From.RSS) / float64(g.To.N-g.From.N)
+	return g, true
+}
+
+// controlDaemons lists the daemons of the control-plane runs in order of
+// first appearance.
+func (r Results) controlDaemons() []string {
+	var ds []string
+	for _, c := range r.Control {
+		if !slices.Contains(ds, c.daemon()) {
+			ds = append(ds, c.daemon())
+		}
+	}
+	return ds
+}
+
+// weftdRun returns weftd's successful run with n peers, for the
+// side-by-side rows.
+func (r Results) weftdRun(n int) (ControlRun, bool) {
+	for _, c := range r.Control {
+		if c.isWeftd() && c.N == n && c.Err == nil {
+			return c, true
+		}
+	}
+	return ControlRun{}, false
 }
 
 // CNI holds ADD/DEL latencies through libcni.
@@ -173,35 +260,7 @@ func (r Results) Table() Table {
 		}
 		t.Rows = append(t.Rows, dp.latencyRows()...)
 	}
-	for _, c := range r.Control {
-		const area = "control plane"
-		cs := fmt.Sprintf("vxlan, %d peers", c.N)
-		if c.Err != nil {
-			add(Row{area, cs, "all", "error: " + c.Err.Error(), "", ""})
-			continue
-		}
-		floorAdd := fmt.Sprintf("%s direct netlink", fmtDur(c.FloorAdd))
-		target := func(got, want time.Duration) string {
-			if c.N != TargetPeers {
-				return ""
-			}
-			return fmt.Sprintf("target ≤ %s: %s", fmtDur(want), verdict(got <= want))
-		}
-		add(Row{area, cs, "start-up: weftd start → all programmed", fmtDur(c.Startup),
-			fmt.Sprintf("%s; etcd list %s", floorAdd, fmtDur(c.ListTime)), target(c.Startup, StartupTarget)})
-		add(Row{area, cs, "start-up: weftd start → /readyz 200", fmtDur(c.Ready), "", ""})
-		add(Row{area, cs, fmt.Sprintf("join: %d more leases → programmed", c.N), fmtDur(c.Join), floorAdd, target(c.Join, JoinTarget)})
-		add(Row{area, cs, fmt.Sprintf("leave: %d leases deleted → removed", c.N), fmtDur(c.Leave),
-			fmt.Sprintf("%s direct netlink", fmtDur(c.FloorDel)), ""})
-		rss := Row{area, cs, "weftd RSS afterwards", fmtMiB(c.RSS), fmt.Sprintf("anon %s + file %s", fmtMiB(c.RSSAnon), fmtMiB(c.RSSFile)), ""}
-		if c.HeapOK {
-			rss.Baseline += fmt.Sprintf("; Go heap %d MB live, %d MB GC goal", c.Heap.HeapLive, c.Heap.Goal)
-		}
-		if c.N == TargetPeers {
-			rss.Verdict = fmt.Sprintf("target ≤ %s: %s", fmtMiB(RSSTarget), verdict(c.RSS <= RSSTarget))
-		}
-		add(rss)
-	}
+	t.Rows = append(t.Rows, r.controlRows()...)
 	if c := r.CNI; c != nil {
 		const area = "CNI"
 		if c.Err != nil {
@@ -246,18 +305,21 @@ func (r Results) Missed() []string {
 		out = append(out, r.Dataplane.latencyMissed()...)
 	}
 	for _, c := range r.Control {
-		if c.N != TargetPeers || c.Err != nil {
+		if !c.isWeftd() || c.Err != nil {
 			continue
 		}
-		if c.Startup > StartupTarget {
+		if c.N >= TargetPeers && c.Startup > StartupTarget {
 			out = append(out, fmt.Sprintf("start-up with %d peers: %s > %s", c.N, fmtDur(c.Startup), fmtDur(StartupTarget)))
 		}
-		if c.Join > JoinTarget {
+		if c.N >= TargetPeers && c.Join > JoinTarget {
 			out = append(out, fmt.Sprintf("join of %d peers: %s > %s", c.N, fmtDur(c.Join), fmtDur(JoinTarget)))
 		}
-		if c.RSS > RSSTarget {
-			out = append(out, fmt.Sprintf("RSS with %d peers: %s > %s", c.N, fmtMiB(c.RSS), fmtMiB(RSSTarget)))
+		if want, ok := rssTarget(c.N); ok && c.RSS > want {
+			out = append(out, fmt.Sprintf("RSS with %d peers: %s > %s", c.N, fmtMiB(c.RSS), fmtMiB(want)))
 		}
+	}
+	if g, ok := r.RSSGrowth("weftd"); ok && g.PerPeer > PerPeerTarget {
+		out = append(out, fmt.Sprintf("RSS growth from %d to %d peers: %.0f B per peer > %d B", g.From.N, g.To.N, g.PerPeer, PerPeerTarget))
 	}
 	return out
 }
@@ -295,7 +357,11 @@ func (r Results) Failed() []string {
 	}
 	for _, c := range r.Control {
 		if c.Err != nil {
-			out = append(out, fmt.Sprintf("control plane %d peers: %v", c.N, c.Err))
+			if c.isWeftd() {
+				out = append(out, fmt.Sprintf("control plane %d peers: %v", c.N, c.Err))
+			} else {
+				out = append(out, fmt.Sprintf("control plane %d peers, %s: %v", c.N, c.daemon(), c.Err))
+			}
 		}
 	}
 	if r.CNI != nil && r.CNI.Err != nil {
@@ -307,4 +373,84 @@ func (r Results) Failed() []string {
 		}
 	}
 	return out
+}
+
+// controlRows renders the control-plane runs: weftd's rows as without a
+// side-by-side daemon, the other daemon's rows after each weftd run of
+// the same N with weftd's figure next to theirs, then the RSS growth per
+// additional peer.
+func (r Results) controlRows() []Row {
+	var rows []Row
+	add := func(row Row) { rows = append(rows, row) }
+	const area = "control plane"
+	for _, c := range r.Control {
+		d := c.daemon()
+		cs := fmt.Sprintf("vxlan, %d peers", c.N)
+		if !c.isWeftd() {
+			cs += ", " + d
+		}
+		if c.Err != nil {
+			add(Row{area, cs, "all", "error: " + c.Err.Error(), "", ""})
+			continue
+		}
+		floorAdd := fmt.Sprintf("%s direct netlink", fmtDur(c.FloorAdd))
+		w, haveW := r.weftdRun(c.N)
+		// verdict is the target for weftd's rows, weftd's figure for the
+		// other daemon's.
+		timeVerdict := func(got, want time.Duration, weft time.Duration) string {
+			if !c.isWeftd() {
+				if !haveW {
+					return ""
+				}
+				return fmt.Sprintf("weftd %s", fmtDur(weft))
+			}
+			if c.N < TargetPeers {
+				return ""
+			}
+			return fmt.Sprintf("target ≤ %s: %s", fmtDur(want), verdict(got <= want))
+		}
+		add(Row{area, cs, fmt.Sprintf("start-up: %s start → all programmed", d), fmtDur(c.Startup),
+			fmt.Sprintf("%s; etcd list %s", floorAdd, fmtDur(c.ListTime)), timeVerdict(c.Startup, StartupTarget, w.Startup)})
+		ready := Row{area, cs, fmt.Sprintf("start-up: %s start → /readyz 200", d), fmtDur(c.Ready), "", ""}
+		if !c.isWeftd() {
+			ready.Metric = fmt.Sprintf("start-up: %s start → ready (/readyz 200, or subnet file written)", d)
+		}
+		add(ready)
+		add(Row{area, cs, fmt.Sprintf("join: %d more leases → programmed", c.N), fmtDur(c.Join), floorAdd, timeVerdict(c.Join, JoinTarget, w.Join)})
+		leave := ""
+		if !c.isWeftd() && haveW {
+			leave = "weftd " + fmtDur(w.Leave)
+		}
+		add(Row{area, cs, fmt.Sprintf("leave: %d leases deleted → removed", c.N), fmtDur(c.Leave),
+			fmt.Sprintf("%s direct netlink", fmtDur(c.FloorDel)), leave})
+		rss := Row{area, cs, d + " RSS afterwards", fmtMiB(c.RSS), fmt.Sprintf("anon %s + file %s", fmtMiB(c.RSSAnon), fmtMiB(c.RSSFile)), ""}
+		if c.HeapOK {
+			rss.Baseline += fmt.Sprintf("; Go heap %d MB live, %d MB GC goal", c.Heap.HeapLive, c.Heap.Goal)
+		}
+		if want, ok := rssTarget(c.N); ok && c.isWeftd() {
+			rss.Verdict = fmt.Sprintf("target ≤ %s: %s", fmtMiB(want), verdict(c.RSS <= want))
+		} else if !c.isWeftd() && haveW {
+			rss.Verdict = "weftd " + fmtMiB(w.RSS)
+		}
+		add(rss)
+	}
+	for _, d := range r.controlDaemons() {
+		g, ok := r.RSSGrowth(d)
+		if !ok {
+			continue
+		}
+		cs := fmt.Sprintf("vxlan, %d → %d peers", g.From.N, g.To.N)
+		v := ""
+		if d == "weftd" {
+			v = fmt.Sprintf("target ≤ %d B: %s", PerPeerTarget, verdict(g.PerPeer <= PerPeerTarget))
+		} else {
+			cs += ", " + d
+			if wg, ok := r.RSSGrowth("weftd"); ok && wg.From.N == g.From.N && wg.To.N == g.To.N {
+				v = fmt.Sprintf("weftd %.0f B", wg.PerPeer)
+			}
+		}
+		add(Row{area, cs, d + " RSS per additional peer", fmt.Sprintf("%.0f B", g.PerPeer),
+			fmt.Sprintf("RSS %s at %d → %s at %d", fmtMiB(g.From.RSS), g.From.N, fmtMiB(g.To.RSS), g.To.N), v})
+	}
+	return rows
 }
