@@ -8,8 +8,6 @@ import (
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/weftnet/weft/subnet"
 	"github.com/weftnet/weft/subnet/etcd"
@@ -61,17 +59,13 @@ func kubeLeases(ctx context.Context, c *cmdFlags) (etcd.Snapshot, error) {
 	if err != nil {
 		return etcd.Snapshot{}, err
 	}
-	cli, err := corev1client.NewForConfig(rc)
-	if err != nil {
-		return etcd.Snapshot{}, fmt.Errorf("kubernetes client: %w", err)
-	}
-	list, err := cli.Nodes().List(ctx, metav1.ListOptions{})
+	items, err := kube.ListNodes(ctx, rc)
 	if err != nil {
 		return etcd.Snapshot{}, fmt.Errorf("list Nodes at %s: %w", rc.Host, err)
 	}
-	nodes := make([]*corev1.Node, len(list.Items))
-	for i := range list.Items {
-		nodes[i] = &list.Items[i]
+	nodes := make([]*corev1.Node, len(items))
+	for i := range items {
+		nodes[i] = &items[i]
 	}
 	set := kube.NodeLeases(kube.Annotations(c.kube.prefix), "", nodes)
 	snap := etcd.Snapshot{Leases: set.Leases}

@@ -7,9 +7,8 @@ import (
 	"net/netip"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -53,13 +52,13 @@ func NodeName(ctx context.Context, rc *rest.Config, getenv func(string) string) 
 	if pod == "" || ns == "" {
 		return "", errors.New("node name unknown: set NODE_NAME, or POD_NAME and POD_NAMESPACE")
 	}
-	cli, err := corev1client.NewForConfig(rc)
+	cli, err := newCoreClient(rc)
 	if err != nil {
 		return "", fmt.Errorf("kubernetes client: %w", err)
 	}
 	for delay := time.Second; ; delay = min(2*delay, 30*time.Second) {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		p, err := cli.Pods(ns).Get(cctx, pod, metav1.GetOptions{})
+		p, err := cli.getPod(cctx, ns, pod)
 		cancel()
 		switch {
 		case err == nil && p.Spec.NodeName != "":
@@ -80,11 +79,11 @@ func NodeName(ctx context.Context, rc *rest.Config, getenv func(string) string) 
 // is absent; an error when the API server does not answer or the value is
 // not an IPv4 address.
 func NodePublicIP(ctx context.Context, rc *rest.Config, prefix Annotations, name string) (netip.Addr, error) {
-	cli, err := corev1client.NewForConfig(rc)
+	cli, err := newCoreClient(rc)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("kubernetes client: %w", err)
 	}
-	n, err := cli.Nodes().Get(ctx, name, metav1.GetOptions{})
+	n, err := cli.getNode(ctx, name)
 	if apierrors.IsNotFound(err) {
 		return netip.Addr{}, nil
 	}
@@ -100,4 +99,17 @@ func NodePublicIP(ctx context.Context, rc *rest.Config, prefix Annotations, name
 		return netip.Addr{}, fmt.Errorf("node %s: annotation %s=%q is not an IPv4 address", name, prefix.Name(AnnNodePublicIP), v)
 	}
 	return ip, nil
+}
+
+// ListNodes reads every Node from the API server of rc.
+func ListNodes(ctx context.Context, rc *rest.Config) ([]corev1.Node, error) {
+	cli, err := newCoreClient(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	l, err := cli.listNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return l.Items, nil
 }

@@ -46,7 +46,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
@@ -86,7 +85,7 @@ type Config struct {
 // use it as a node.Store; Hold, Watch and Leases wait for the Node cache's
 // first list.
 type Store struct {
-	cli    corev1client.CoreV1Interface
+	cli    *coreClient
 	cfg    Config
 	prefix Annotations
 	log    *slog.Logger
@@ -129,12 +128,12 @@ func New(rc *rest.Config, cfg Config) (*Store, error) {
 	if rc.UserAgent == "" {
 		rc.UserAgent = "weftd"
 	}
-	cli, err := corev1client.NewForConfig(rc)
+	cli, err := newCoreClient(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	s.cli = cli
-	lw := cache.NewListWatchFromClient(cli.RESTClient(), "nodes", metav1.NamespaceAll, fields.Everything())
+	lw := cache.NewListWatchFromClient(cli.rest, "nodes", metav1.NamespaceAll, fields.Everything())
 	s.informer = cache.NewSharedIndexInformer(lw, &corev1.Node{}, cfg.Resync, cache.Indexers{})
 	// The informer retries on its own; this records why for the waiting
 	// reasons and logs each distinct error once.
@@ -398,7 +397,7 @@ func (h *holder) once(ctx context.Context) (l subnet.Lease, why string, retry bo
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		// Through the status subresource, as flannel does, so that the
 		// RBAC needs no patch on nodes themselves: only on nodes/status.
-		_, err := s.cli.Nodes().Patch(pctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "weftd"}, "status")
+		err := s.cli.patchNodeStatus(pctx, name, types.MergePatchType, patch, "weftd")
 		cancel()
 		if err != nil {
 			return l, fmt.Sprintf("publish our lease as annotations on node %s: %v", name, err), true
@@ -547,6 +546,6 @@ func (s *Store) setCondition(ctx context.Context, n *corev1.Node) error {
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err = s.cli.Nodes().PatchStatus(pctx, n.Name, patch)
+	err = s.cli.patchNodeStatus(pctx, n.Name, types.StrategicMergePatchType, patch, "")
 	return err
 }
