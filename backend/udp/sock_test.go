@@ -1,13 +1,7 @@
 package udp
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"os"
-	"os/exec"
 	"testing"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/weftnet/weft/internal/nl"
 )
@@ -16,27 +10,8 @@ import (
 // a throwaway namespace (to itself on its loopback) and checks that the
 // recvmmsg/sendmmsg path allocates nothing per call.
 func TestSocketBatchNoAllocs(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("kernel test: needs root to create a network namespace")
-	}
-	if testing.Short() {
-		t.Skip("kernel test skipped in -short mode")
-	}
-	var rnd [3]byte
-	rand.Read(rnd[:])
-	name := "wud" + hex.EncodeToString(rnd[:]) + "s"
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("lo up: %v: %s", err, out)
-	}
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	n := newTestNS(t) // skips without root or in -short mode
+	h := n.h
 	var s *udpSock
 	if err := nl.Do(h, func() (err error) { s, err = openUDP(DefaultPort, true); return err }); err != nil {
 		t.Fatal(err)

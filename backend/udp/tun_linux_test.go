@@ -1,14 +1,10 @@
 package udp
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"os"
 	"os/exec"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/nl"
@@ -20,24 +16,8 @@ import (
 // the next call the rest, without waiting; a lone packet round trip
 // allocates nothing.
 func TestKernelTUNReadBatch(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("kernel test: needs root to create a network namespace")
-	}
-	if testing.Short() {
-		t.Skip("kernel test skipped in -short mode")
-	}
-	var rnd [3]byte
-	rand.Read(rnd[:])
-	name := "wud" + hex.EncodeToString(rnd[:]) + "t"
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	n := newTestNS(t) // skips without root or in -short mode
+	name, h := n.name, n.h
 	var tun *tunFile
 	var sock int
 	if err := nl.Do(h, func() (err error) {
