@@ -143,6 +143,16 @@ func TestFaultMassStart(t *testing.T) {
 		}
 		distinct(t, ready)
 		h := starved[0]
+		// It may still be retrying a claim it lost when the others are
+		// ready ("acquiring a subnet lease"); once it has seen that no
+		// subnet is free it must say so, and keep saying so.
+		if _, err := waitFor(ctx, 15*time.Second, 100*time.Millisecond, func() (bool, string) {
+			code, body, err := readyz(ctx, h)
+			return err == nil && code == http.StatusServiceUnavailable && strings.Contains(strings.ToLower(body), "out of subnets"),
+				fmt.Sprintf("%s /readyz: %d %q %v", h.Name, code, body, err)
+		}); err != nil {
+			t.Fatal(err)
+		}
 		for i := 0; i < 3; i++ {
 			if !weftdRunning(h) {
 				t.Fatalf("%s: weftd exited without a subnet:\n%s", h.Name, strings.Join(logLines(h, ""), "\n"))
