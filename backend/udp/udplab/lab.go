@@ -360,32 +360,11 @@ func BenchThroughput(secs, rounds int, logger *slog.Logger) (Result, error) {
 	if rounds < 1 {
 		rounds = 1
 	}
-	vx, err := New(1450)
+	vx, ul, nodes, closeAll, err := newPair(logger)
 	if err != nil {
 		return r, err
 	}
-	defer vx.Close()
-	if err := vx.SetupVXLAN(); err != nil {
-		return r, fmt.Errorf("vxlan baseline: %w", err)
-	}
-	ul, err := New(1500 - 28)
-	if err != nil {
-		return r, err
-	}
-	defer ul.Close()
-	var nodes []*Node
-	defer func() {
-		for _, n := range nodes {
-			n.Stop()
-		}
-	}()
-	for i := range 2 {
-		n, err := ul.StartUDP(i, nil, logger)
-		if err != nil {
-			return r, err
-		}
-		nodes = append(nodes, n)
-	}
+	defer closeAll()
 	r.Offloads = nodes[0].Offloads()
 	if r.RawGbps, err = vx.Iperf(vx.Host[0], vx.Host[1], vx.HostIP[1], secs); err != nil {
 		return r, fmt.Errorf("raw underlay: %w", err)
@@ -403,18 +382,50 @@ func BenchThroughput(secs, rounds int, logger *slog.Logger) (Result, error) {
 	}
 	// The udp backend again, re-attached without offloads.
 	for _, n := range nodes {
-		n.Stop()
+		n.Stop() // idempotent: closeAll stops them again harmlessly
 	}
-	nodes = nodes[:0]
 	for i := range 2 {
 		n, err := ul.StartUDP(i, json.RawMessage(`{"DisableOffloads":true}`), logger)
 		if err != nil {
 			return r, err
 		}
-		nodes = append(nodes, n)
+		defer n.Stop()
 	}
 	if r.PlainGbps, err = ul.Iperf(ul.Pod[0], ul.Pod[1], ul.PodIP[1], secs); err != nil {
 		return r, fmt.Errorf("udp without offloads: %w", err)
 	}
 	return r, nil
+}
+
+// newPair builds the two labs the benchmarks compare: a vxlan baseline and
+// a udp lab with the backend running on both hosts. closeAll stops the
+// nodes and removes both labs; it is valid (a no-op for what was not
+// built) even when err is not nil.
+func newPair(logger *slog.Logger) (vx, ul *Lab, nodes []*Node, closeAll func(), err error) {
+	var closers []func()
+	closeAll = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	if vx, err = New(1450); err != nil {
+		return nil, nil, nil, closeAll, err
+	}
+	closers = append(closers, func() { vx.Close() })
+	if err = vx.SetupVXLAN(); err != nil {
+		return nil, nil, nil, closeAll, fmt.Errorf("vxlan baseline: %w", err)
+	}
+	if ul, err = New(1500 - 28); err != nil {
+		return nil, nil, nil, closeAll, err
+	}
+	closers = append(closers, func() { ul.Close() })
+	for i := range 2 {
+		n, err := ul.StartUDP(i, nil, logger)
+		if err != nil {
+			return nil, nil, nil, closeAll, err
+		}
+		nodes = append(nodes, n)
+		closers = append(closers, func() { n.Stop() })
+	}
+	return vx, ul, nodes, closeAll, nil
 }

@@ -153,26 +153,11 @@ func (l Latency) String() string {
 // each figure pools the pings of every round. Needs root, ping and iperf3.
 func BenchLatency(count int, interval time.Duration, rounds int, logger *slog.Logger) (Latency, error) {
 	var lat Latency
-	vx, err := New(1450)
+	vx, ul, _, closeAll, err := newPair(logger)
 	if err != nil {
 		return lat, err
 	}
-	defer vx.Close()
-	if err := vx.SetupVXLAN(); err != nil {
-		return lat, fmt.Errorf("vxlan baseline: %w", err)
-	}
-	ul, err := New(1500 - 28)
-	if err != nil {
-		return lat, err
-	}
-	defer ul.Close()
-	for i := range 2 {
-		n, err := ul.StartUDP(i, nil, logger)
-		if err != nil {
-			return lat, err
-		}
-		defer n.Stop()
-	}
+	defer closeAll()
 	labs := []*Lab{vx, ul}
 	for _, l := range labs { // neighbours resolved, both paths work
 		if _, _, err := PingTimes(l.Pod[0], l.PodIP[1], 3, 20*time.Millisecond); err != nil {
