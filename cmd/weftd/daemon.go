@@ -325,7 +325,10 @@ func (d *daemon) checkConfig(raw []byte, ext backend.ExternalInterface) (*subnet
 		sort.Strings(types)
 		return nil, fmt.Errorf("config field Backend.Type: unknown backend %q (want one of %s)", cfg.BackendType, strings.Join(types, ", "))
 	}
-	if err := cfg.CheckUnderlay(ext.Addr, ext.PublicIP); err != nil {
+	if cfg.EnableIPv6 && !entry.DualStack {
+		return nil, fmt.Errorf("config field EnableIPv6: backend %s carries IPv4 only (dual stack runs on vxlan and host-gw)", cfg.BackendType)
+	}
+	if err := cfg.CheckUnderlay(ext.Addr, ext.PublicIP, ext.Addr6, ext.PublicIPv6); err != nil {
 		return nil, fmt.Errorf("%w (the address of %s on this host)", err, ext.Name)
 	}
 	// A Factory validates its options and touches no kernel state.
