@@ -177,7 +177,7 @@ func (d *daemon) Run(ctx context.Context) error {
 		}
 	}
 
-	prevSubnet, prevAttrs, peerAttrs := d.previous(ctx, store, netcfg, ext)
+	prevSubnet, prevSubnet6, prevAttrs, peerAttrs := d.previous(ctx, store, netcfg, ext)
 	be, err := entry.New(backend.Config{
 		Network:        netcfg,
 		Options:        netcfg.Backend,
@@ -198,6 +198,9 @@ func (d *daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("set up backend %s: %w", netcfg.BackendType, err)
 	}
 	attrs.PublicIP = ext.PublicIP
+	if netcfg.EnableIPv6 {
+		attrs.PublicIPv6 = ext.PublicIPv6
+	}
 
 	ipt, err := d.newRuleKeeper(netcfg)
 	if err != nil {
@@ -220,6 +223,7 @@ func (d *daemon) Run(ctx context.Context) error {
 		Peers:       entry.PeerRules(),
 		SameOptions: entry.SameOptions,
 		Previous:    prevSubnet,
+		Previous6:   prevSubnet6,
 		Check:       func(raw []byte) (*subnet.Config, error) { return d.checkConfig(raw, ext) },
 		Attrs:       attrs,
 		IPMasq:      d.cfg.IPMasq,
@@ -328,6 +332,12 @@ func (d *daemon) checkConfig(raw []byte, ext backend.ExternalInterface) (*subnet
 	if cfg.EnableIPv6 && !entry.DualStack {
 		return nil, fmt.Errorf("config field EnableIPv6: backend %s carries IPv4 only (dual stack runs on vxlan and host-gw)", cfg.BackendType)
 	}
+	if cfg.EnableIPv6 && d.cfg.Kube.Enabled {
+		return nil, errors.New("config field EnableIPv6: dual stack with --kube-subnet-mgr is not supported yet (it is in etcd mode)")
+	}
+	if cfg.EnableIPv6 && !ext.PublicIPv6.IsValid() {
+		return nil, fmt.Errorf("config field EnableIPv6: this host has no global IPv6 address on %s; add one or set --public-ipv6", ext.Name)
+	}
 	if err := cfg.CheckUnderlay(ext.Addr, ext.PublicIP, ext.Addr6, ext.PublicIPv6); err != nil {
 		return nil, fmt.Errorf("%w (the address of %s on this host)", err, ext.Name)
 	}
@@ -339,19 +349,22 @@ func (d *daemon) checkConfig(raw []byte, ext backend.ExternalInterface) (*subnet
 	return cfg, nil
 }
 
-// previous returns the subnet from an earlier subnet file (if it belongs to
-// this network), the attributes of our earlier lease in etcd, if any, and
-// the attributes of every other host's lease.
-func (d *daemon) previous(ctx context.Context, store leaseStore, netcfg *subnet.Config, ext backend.ExternalInterface) (netip.Prefix, subnet.LeaseAttrs, []subnet.LeaseAttrs) {
-	var prevSubnet netip.Prefix
+// previous returns the subnets from an earlier subnet file (if they belong
+// to this network), the attributes of our earlier lease in the store, if
+// any, and the attributes of every other host's lease.
+func (d *daemon) previous(ctx context.Context, store leaseStore, netcfg *subnet.Config, ext backend.ExternalInterface) (netip.Prefix, netip.Prefix, subnet.LeaseAttrs, []subnet.LeaseAttrs) {
+	var prevSubnet, prevSubnet6 netip.Prefix
 	if env, err := subnet.ReadEnvFile(d.cfg.SubnetFile); err == nil && env.Network == netcfg.Network {
 		prevSubnet = env.LeaseSubnet()
+		if netcfg.EnableIPv6 && env.IPv6Network == netcfg.IPv6.Network {
+			prevSubnet6 = env.LeaseSubnet6()
+		}
 	}
 	cctx, c := context.WithTimeout(ctx, 5*time.Second)
 	defer c()
 	snap, err := store.Leases(cctx)
 	if err != nil {
-		return prevSubnet, subnet.LeaseAttrs{}, nil
+		return prevSubnet, prevSubnet6, subnet.LeaseAttrs{}, nil
 	}
 	var prev subnet.LeaseAttrs
 	found := false
@@ -366,7 +379,7 @@ func (d *daemon) previous(ctx context.Context, store leaseStore, netcfg *subnet.
 			prev, found = l.Attrs, true
 		}
 	}
-	return prevSubnet, prev, others
+	return prevSubnet, prevSubnet6, prev, others
 }
 
 // notifyWhenReady tells systemd READY=1 the first time weftd is ready.

@@ -90,8 +90,9 @@ type Config struct {
 	Check func(raw []byte) (*subnet.Config, error)
 	// Attrs is what our lease publishes: PublicIP, BackendType, BackendData.
 	Attrs subnet.LeaseAttrs
-	// Previous is the subnet of an earlier subnet file, if any.
-	Previous netip.Prefix
+	// Previous and Previous6 are the subnets of an earlier subnet file, if
+	// any.
+	Previous, Previous6 netip.Prefix
 	// IPMasq is written to the subnet file (FLANNEL_IPMASQ).
 	IPMasq bool
 	// ConfigPoll is how often the config is re-read; zero means 5 s.
@@ -186,7 +187,8 @@ func (c *Core) Run(ctx context.Context) error {
 		}
 	}
 	wg.Go(func() {
-		err := c.store.Hold(ctx, subnet.HoldSpec{Network: c.cfg.Network, Attrs: c.cfg.Attrs, Previous: c.cfg.Previous},
+		err := c.store.Hold(ctx, subnet.HoldSpec{Network: c.cfg.Network, Attrs: c.cfg.Attrs,
+			Previous: c.cfg.Previous, Previous6: c.cfg.Previous6},
 			func(l subnet.Lease) { send(func(s *state) { c.onLease(s, l) }) },
 			func(why string) { send(func(s *state) { s.Waiting = why }) })
 		if err != nil {
@@ -222,11 +224,11 @@ func (c *Core) publish(s *state) {
 // onLease handles a lease the store now holds for us: the subnet file and
 // the rules follow it, then the peers are judged against it.
 func (c *Core) onLease(s *state, l subnet.Lease) {
-	if s.HaveLease && s.Lease.Subnet != l.Subnet {
-		c.log.Warn("our subnet changed: pods on the old subnet lose connectivity until they are re-created", "old", s.Lease.Subnet, "new", l.Subnet)
+	if s.HaveLease && (s.Lease.Subnet != l.Subnet || s.Lease.IPv6Subnet != l.IPv6Subnet) {
+		c.log.Warn("our subnet changed: pods on the old subnet lose connectivity until they are re-created", "old", s.Lease.Key(), "new", l.Key())
 	}
-	if !s.HaveLease || s.Lease.Subnet != l.Subnet {
-		c.log.Info("holding subnet lease", "subnet", l.Subnet, "reservation", l.Reservation)
+	if !s.HaveLease || s.Lease.Key() != l.Key() {
+		c.log.Info("holding subnet lease", "key", l.Key(), "reservation", l.Reservation)
 	}
 	s.Lease, s.HaveLease, s.Waiting = l, true, ""
 	env := subnet.Env{
@@ -234,6 +236,9 @@ func (c *Core) onLease(s *state, l subnet.Lease) {
 		Subnet:  subnet.GatewayPrefix(l.Subnet),
 		MTU:     c.be.MTU(),
 		IPMasq:  c.cfg.IPMasq,
+	}
+	if c.cfg.Network.EnableIPv6 && l.IPv6Subnet.IsValid() {
+		env.IPv6Network, env.IPv6Subnet = c.cfg.Network.IPv6.Network, subnet.GatewayPrefix(l.IPv6Subnet)
 	}
 	if err := c.file.Write(env); err != nil {
 		if s.FileError != err.Error() {
