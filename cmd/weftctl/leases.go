@@ -21,9 +21,12 @@ import (
 // leaseJSON is one element of `weftctl leases -o json`.
 type leaseJSON struct {
 	Subnet           string          `json:"subnet,omitempty"`
+	IPv6Subnet       string          `json:"ipv6Subnet,omitempty"`
 	PublicIP         string          `json:"publicIP,omitempty"`
+	PublicIPv6       string          `json:"publicIPv6,omitempty"`
 	Backend          string          `json:"backend,omitempty"`
 	VtepMAC          string          `json:"vtepMAC,omitempty"`
+	VtepMACv6        string          `json:"vtepMACv6,omitempty"`
 	Expires          *time.Time      `json:"expires,omitempty"`
 	ExpiresInSeconds *int64          `json:"expiresInSeconds,omitempty"`
 	Reserved         bool            `json:"reserved"`
@@ -120,6 +123,35 @@ func vtepMAC(a subnet.LeaseAttrs) string {
 	return net.HardwareAddr(id).String()
 }
 
+// vtepMAC6 is vtepMAC for the IPv6 data of a dual-stack lease.
+func vtepMAC6(a subnet.LeaseAttrs) string {
+	d, ok := backendOf(a)
+	if !ok || d.PeerData6 == nil || len(a.BackendV6Data) == 0 {
+		return ""
+	}
+	id, err := d.PeerData6(a)
+	if err != nil || len(id) != 6 {
+		return ""
+	}
+	return net.HardwareAddr(id).String()
+}
+
+// addrOrDash renders an address, "-" when absent.
+func addrOrDash(a netip.Addr) string {
+	if !a.IsValid() {
+		return "-"
+	}
+	return a.String()
+}
+
+// prefixOrDash renders a prefix, "-" when absent.
+func prefixOrDash(p netip.Prefix) string {
+	if !p.IsValid() {
+		return "-"
+	}
+	return p.String()
+}
+
 // expiresIn renders the time left: "23h59m", "42s", "never" for a
 // reservation, "expired" when it has run out or is unknown.
 func expiresIn(l subnet.Lease, now time.Time) string {
@@ -167,8 +199,22 @@ func dash(s string) string {
 
 func writeLeasesTable(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED")
+	// The IPv6 columns appear when some lease is dual-stack.
+	dual := false
 	for _, l := range snap.Leases {
+		dual = dual || l.IPv6Subnet.IsValid() || l.Attrs.PublicIPv6.IsValid()
+	}
+	if dual {
+		fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tPUBLIC IPV6\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED")
+	} else {
+		fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED")
+	}
+	for _, l := range snap.Leases {
+		if dual {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.Subnet, prefixOrDash(l.IPv6Subnet), l.Attrs.PublicIP,
+				addrOrDash(l.Attrs.PublicIPv6), field(backendName(l.Attrs)), dash(vtepMAC(l.Attrs)), expiresIn(l, now), yesNo(l.Reservation))
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, field(backendName(l.Attrs)),
 			dash(vtepMAC(l.Attrs)), expiresIn(l, now), yesNo(l.Reservation))
 	}
@@ -200,6 +246,7 @@ func writeLeasesJSON(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 			PublicIP:    l.Attrs.PublicIP.String(),
 			Backend:     backendName(l.Attrs),
 			VtepMAC:     vtepMAC(l.Attrs),
+			VtepMACv6:   vtepMAC6(l.Attrs),
 			Reserved:    l.Reservation,
 			ModRevision: l.ModRevision,
 			Value:       value,
@@ -211,6 +258,12 @@ func writeLeasesJSON(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 				secs := int64(max(0, l.Expiration.Sub(now)) / time.Second)
 				j.Expires, j.ExpiresInSeconds = &exp, &secs
 			}
+		}
+		if l.IPv6Subnet.IsValid() {
+			j.IPv6Subnet = l.IPv6Subnet.String()
+		}
+		if l.Attrs.PublicIPv6.IsValid() {
+			j.PublicIPv6 = l.Attrs.PublicIPv6.String()
 		}
 		out = append(out, j)
 	}
