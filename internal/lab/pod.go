@@ -120,7 +120,7 @@ func (h *Host) AddPod(ctx context.Context, name string) (_ *Pod, err error) {
 	l.mu.Lock()
 	l.pods = append(l.pods, p)
 	l.mu.Unlock()
-	if l.opts.IPv6 && !p.IP6.IsValid() {
+	if env, err := h.SubnetEnv(); err == nil && env.IPv6Subnet.IsValid() && !p.IP6.IsValid() {
 		_ = h.cni().DelNetworkList(ctx, confList, p.rt)
 		return nil, fmt.Errorf("add pod %s: cni result has no IPv6 address on a dual-stack network: %v", name, r)
 	}
