@@ -123,6 +123,9 @@ type State struct {
 	LeasesKnown int
 	// Peers is the number of peers handed to the backend.
 	Peers int
+	// Peers6 is how many of them have an IPv6 subnet to program (on a
+	// dual-stack network).
+	Peers6 int
 	// Refused are the leases the filter refused in the last set.
 	Refused []subnet.Refusal
 	// ConfigError is set while the config in the store is invalid.
@@ -281,7 +284,12 @@ func (c *Core) push(s *state) {
 		}
 		logged[r.Key] = why
 	}
-	s.logged, s.Refused, s.Peers = logged, refused, len(peers)
+	s.logged, s.Refused, s.Peers, s.Peers6 = logged, refused, len(peers), 0
+	for i := range peers {
+		if c.cfg.Network.HasIPv6(peers[i]) {
+			s.Peers6++
+		}
+	}
 	c.be.SetDesired(s.Lease, peers)
 }
 
