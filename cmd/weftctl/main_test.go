@@ -652,7 +652,7 @@ func TestLeasesDualStack(t *testing.T) {
 	}
 	for k, v := range map[string]string{
 		"198.18.7.0-24&2001:db8:100:7::-64": `{"PublicIP":"192.0.2.11","PublicIPv6":"2001:db8::11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:46"}}`,
-		"198.18.8.0-24": `{"PublicIP":"192.0.2.12","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:48"}}`,
+		"198.18.8.0-24":                     `{"PublicIP":"192.0.2.12","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:48"}}`,
 	} {
 		if _, err := cli.Put(ctx, "/coreos.com/network/subnets/"+k, v); err != nil {
 			t.Fatal(err)
