@@ -200,7 +200,7 @@ func check(in Input, k kernel) (Report, error) {
 
 // findOwn identifies our lease and the external interface.
 func (c *checker) findOwn() error {
-	addrs, err := c.k.AddrList(0, nl.FamilyV4)
+	addrs, err := c.k.AddrList(0, nl.FamilyAll)
 	if err != nil {
 		return fmt.Errorf("list addresses: %w", err)
 	}
@@ -278,6 +278,25 @@ func (c *checker) checkSubnetFile() {
 		c.problem("subnet-file", "restart weftd so it rewrites the file; pods created since then have addresses of the wrong subnet",
 			"%s has FLANNEL_SUBNET=%s, but our lease is %s", c.in.SubnetFile, env.Subnet, c.own.Subnet)
 	}
+	if !c.in.Config.EnableIPv6 {
+		return
+	}
+	if env.IPv6Network != c.in.Config.IPv6.Network {
+		c.problem("subnet-file", "restart weftd so it rewrites the file", "%s has FLANNEL_IPV6_NETWORK=%s, the network config says %s",
+			c.in.SubnetFile, prefixOrNone(env.IPv6Network), c.in.Config.IPv6.Network)
+	}
+	if env.LeaseSubnet6() != c.own.IPv6Subnet {
+		c.problem("subnet-file", "restart weftd so it rewrites the file (and re-claims a dual-stack key); pods created since then lack IPv6 or have addresses of the wrong subnet",
+			"%s has FLANNEL_IPV6_SUBNET=%s, but our lease's IPv6 subnet is %s", c.in.SubnetFile, prefixOrNone(env.IPv6Subnet), prefixOrNone(c.own.IPv6Subnet))
+	}
+}
+
+// prefixOrNone renders a prefix, "(none)" when absent.
+func prefixOrNone(p netip.Prefix) string {
+	if !p.IsValid() {
+		return "(none)"
+	}
+	return p.String()
 }
 
 // validPeers judges the leases exactly as weftd does (subnet.FilterPeers)
@@ -310,7 +329,7 @@ func (c *checker) checkDevice(name string, mtu int, addr netip.Prefix) *nl.Link 
 		c.problem("device", fixWeftd+fmt.Sprintf("; by hand: ip link set %s mtu %d", name, mtu), "device %s has MTU %d, want %d", name, link.MTU, mtu)
 	}
 	if addr.IsValid() {
-		addrs, _ := c.k.AddrList(link.Index, nl.FamilyV4)
+		addrs, _ := c.k.AddrList(link.Index, nl.FamilyOf(addr.Addr()))
 		found := false
 		for _, a := range addrs {
 			if a.Prefix == addr {
@@ -354,13 +373,13 @@ func (c *checker) compare(exp backend.Expectation) error {
 			continue // the device's own problem says it all
 		}
 		if neighs[n.Dev] == nil {
-			list, err := c.k.NeighList(l.Index, nl.FamilyV4, nil)
+			list, err := c.k.NeighList(l.Index, nl.FamilyAll, nil)
 			if err != nil {
 				return fmt.Errorf("list neighbours of %s: %w", n.Dev, err)
 			}
 			have := map[netip.Addr]string{}
 			for _, e := range list {
-				if e.IP.Is4() && e.State&unix.NUD_PERMANENT != 0 {
+				if (e.Family == nl.FamilyV4 || e.Family == nl.FamilyV6) && e.IP.IsValid() && e.State&unix.NUD_PERMANENT != 0 {
 					have[e.IP] = e.HardwareAddr().String()
 				}
 			}
@@ -386,7 +405,7 @@ func (c *checker) compare(exp backend.Expectation) error {
 			}
 			have := map[string]netip.Addr{}
 			for _, e := range list {
-				if e.IP.Is4() {
+				if e.IP.IsValid() {
 					have[e.HardwareAddr().String()] = e.IP
 				}
 			}
@@ -411,9 +430,13 @@ func (c *checker) checkRoutes(want []backend.ExpectedRoute, devOf func(string) (
 	for _, w := range want {
 		wanted[w.Dst] = true
 	}
-	all, err := c.k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, func(r *nl.Route) bool {
-		return r.Protocol == backend.RouteProtocol || wanted[r.Dst]
-	}, nil)
+	keep := func(r *nl.Route) bool { return r.Protocol == backend.RouteProtocol || wanted[r.Dst] }
+	all, err := c.k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, keep, nil)
+	if err == nil && c.in.Config.EnableIPv6 {
+		var all6 []nl.Route
+		all6, err = c.k.RouteList(nl.FamilyV6, unix.RT_TABLE_MAIN, keep, nil)
+		all = append(all, all6...)
+	}
 	if err != nil {
 		c.problem("route", "run weftctl doctor as root", "cannot list routes: %v", err)
 		return nil
