@@ -45,8 +45,8 @@ func fakeBackend(t *testing.T) (*Backend, *nlfake.NS) {
 		t.Fatal(err)
 	}
 	b := bb.(*Backend)
-	b.kern = routes.NewKernelWith(b.cfg.Network.Network, func() (kernel, routes.Table, error) {
-		return f, f.RouteTable(b.cfg.Network.Network, backend.RouteProtocol), nil
+	b.kern = routes.NewKernelWith(b.cfg.Network.Network, b.network6(), func() (kernel, routes.TableFor, error) {
+		return f, func(n netip.Prefix) routes.Table { return f.RouteTable(n, backend.RouteProtocol) }, nil
 	})
 	return b, f
 }
