@@ -270,7 +270,7 @@ func TestPlanDualStackDirectRouting(t *testing.T) {
 	}
 	own := subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24"), IPv6Subnet: netip.MustParsePrefix("2001:db8:100:1::/64"), Attrs: attrs}
 	peers := []subnet.Lease{
-		vxLease6("198.18.2.0/24", "192.0.2.12", macA, "2001:db8:100:2::/64", "2001:db8::12", mac6A),     // same segment
+		vxLease6("198.18.2.0/24", "192.0.2.12", macA, "2001:db8:100:2::/64", "2001:db8::12", mac6A),    // same segment
 		vxLease6("198.18.3.0/24", "192.0.2.13", macB, "2001:db8:100:3::/64", "2001:db8:ff::13", mac6B), // IPv6 routed
 	}
 	if p := b.pass(own, peers); p.Err != nil || p.Programmed != 2 {
@@ -685,11 +685,21 @@ func TestDualStackDataPath(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	nltest.WaitDAD(t, lab.Hosts[0].NS, lab.Hosts[1].NS, pods[0], pods[1])
 	for i := range pods {
 		if out, err := pods[i].Ping(podIPs[1-i]); err != nil {
 			t.Fatalf("pod %d cannot reach %s over IPv4: %v\n%s", i, podIPs[1-i], err, out)
 		}
 		if out, err := pods[i].Ping(podIPs6[1-i]); err != nil {
+			for _, h := range lab.Hosts {
+				for _, args := range [][]string{{"-6", "route"}, {"-6", "neigh"}, {"-6", "addr"}, {"-s", "link", "show", "weft-v6.1"}} {
+					t.Logf("%s: ip %s:\n%s", h.Name, strings.Join(args, " "), h.IP(t, args...))
+				}
+				out, _ := h.Exec("bridge", "fdb", "show", "dev", "weft-v6.1")
+				t.Logf("%s: fdb:\n%s", h.Name, out)
+				out, _ = h.Exec("sysctl", "net.ipv6.conf.all.forwarding", "net.ipv6.conf.weft-v6/1.disable_ipv6")
+				t.Logf("%s: %s", h.Name, out)
+			}
 			t.Fatalf("pod %d cannot reach %s over IPv6: %v\n%s", i, podIPs6[1-i], err, out)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -215,4 +216,26 @@ func (h *Host) AddPod6(t testing.TB, pod *NS, sn6 netip.Prefix) netip.Addr {
 	pod.IP(t, "addr", "add", netip.PrefixFrom(podIP, sn6.Bits()).String(), "dev", "eth0", "nodad")
 	pod.IP(t, "-6", "route", "add", "default", "via", gw.String())
 	return podIP
+}
+
+// WaitDAD waits until no IPv6 address in the namespaces is tentative any
+// more. A device's link-local address takes a second or two of duplicate
+// address detection after it comes up, and until then the kernel sends no
+// neighbour solicitations from it: a ping to a freshly created pod would
+// find no neighbour.
+func WaitDAD(t testing.TB, nss ...*NS) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, n := range nss {
+		for {
+			out := n.IP(t, "-6", "addr", "show", "tentative")
+			if strings.TrimSpace(out) == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("IPv6 addresses in %s still tentative:\n%s", n.Name, out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 }
