@@ -555,6 +555,11 @@ func TestDualStackKernel(t *testing.T) {
 	if _, err := h.NL.LinkByName("weft.1"); err != nil {
 		t.Fatal(err)
 	}
+	// A restart adopts both devices and their MACs.
+	if again, err := newBackend6(t, h, "", addr6).Setup(context.Background()); err != nil ||
+		string(again.BackendData) != string(attrs.BackendData) || string(again.BackendV6Data) != string(attrs.BackendV6Data) {
+		t.Fatalf("restart changed the backend data: %s %s -> %s %s (%v)", attrs.BackendData, attrs.BackendV6Data, again.BackendData, again.BackendV6Data, err)
+	}
 
 	b.cfg.ResyncInterval = time.Hour // only events may trigger repairs
 	b.loop = backend.NewLoop(b.cfg, b.v4.name, b.pass)
