@@ -23,14 +23,16 @@
 // previous lease), so peers' entries stay valid. Every reconcile pass dumps
 // each object kind once, indexes the dump in maps and fixes only the
 // difference, so a pass costs O(peers) and an idle pass writes nothing.
-// Writes go to the kernel in batches (many requests per sendmsg), and routes
-// point at per-peer nexthop objects (see internal/nl/table.go for why), which
-// keeps programming 5000 peers well under a second.
+// Writes go to the kernel in batches (many requests per sendmsg), and IPv4
+// routes point at per-peer nexthop objects (see internal/nl/table.go for
+// why), which keeps programming 5000 peers well under a second. (IPv6 routes
+// are plain routes, one request each.)
 //
 // Dual stack. On a network with EnableIPv6 a second device, weft-v6.<VNI>
 // (same VNI and port: the kernel keeps IPv4 and IPv6 VXLAN sockets apart),
-// carries IPv6 pod traffic over the IPv6 underlay, with our PublicIPv6 as
-// its local VTEP. It has its own MAC, published as BackendV6Data
+// carries IPv6 pod traffic over the IPv6 underlay, with the external
+// interface's IPv6 address (--public-ipv6 when it has none; Setup fails
+// without either) as its local VTEP. It has its own MAC, published as BackendV6Data
 // {"VNI":<n>,"VtepMAC":<mac>} and kept across restarts like the IPv4 one,
 // holds our IPv6 subnet's network address /128, and its MTU leaves room for
 // the 40-byte IPv6 outer header: the underlay MTU - 70 (or the MTU option
