@@ -77,7 +77,8 @@ type ExpectInput struct {
 	// Ext is the underlay interface (Name, Index and MTU are set; Index is
 	// 0 when it was not found).
 	Ext ExternalInterface
-	// OnLink are the prefixes on-link on Ext (see routes.OnLink).
+	// OnLink are the prefixes on-link on Ext (see routes.OnLink), and on a
+	// dual-stack network its global IPv6 prefixes too (routes.OnLink6).
 	OnLink []netip.Prefix
 }
 
