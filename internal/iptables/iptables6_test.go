@@ -104,14 +104,22 @@ func TestManagerIPv6InNamespace(t *testing.T) {
 		return err
 	})
 	var problems []string
-	in(func() error { var err error; problems, err = Check(ipt6, network6, lease6, true, true, true); return err })
+	in(func() error {
+		var err error
+		problems, err = Check(ipt6, network6, lease6, true, true, true)
+		return err
+	})
 	if len(problems) != 0 {
 		t.Errorf("Check of the IPv6 rules on a healthy namespace: %v", problems)
 	}
 
 	// An IPv6 rule deleted by hand is named by Check and restored.
 	nltest.Cmd(t, "ip", "netns", "exec", ns.Name, "ip6tables", "-t", "nat", "-D", "WEFT-POSTRTG", "4")
-	in(func() error { var err error; problems, err = Check(ipt6, network6, lease6, true, true, true); return err })
+	in(func() error {
+		var err error
+		problems, err = Check(ipt6, network6, lease6, true, true, true)
+		return err
+	})
 	if len(problems) != 1 || !strings.Contains(problems[0], "ip6tables chain nat/WEFT-POSTRTG") {
 		t.Errorf("Check after damage: got %v, want one ip6tables problem", problems)
 	}
