@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
 	types040 "github.com/containernetworking/cni/pkg/types/040"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
@@ -388,5 +390,65 @@ func TestDualStackNFTablesMasquerade(t *testing.T) {
 	h.del(t, p)
 	if out := run(t, "ip", "netns", "exec", h.hostName, "nft", "list", "tables"); strings.Contains(out, table) {
 		t.Fatalf("masquerade tables left after the last DEL:\n%s", out)
+	}
+}
+
+// TestDualStackRollbackKeepsHeldIPv4: an ADD repeated after dual stack was
+// turned on that fails (here: a foreign IPv6 address on the bridge) keeps
+// the attachment's IPv4 address and releases only the new IPv6 one; once
+// the obstacle is gone the same ADD succeeds with the same IPv4 address.
+func TestDualStackRollbackKeepsHeldIPv4(t *testing.T) {
+	h := newHarness(t, opts{})
+	p := h.newPod(t)
+	v4 := podAddr(t, h.add(t, p))
+	if err := subnet.WriteEnvFile(h.subnetFile, testEnv6); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "ip", "-n", h.hostName, "addr", "add", "2001:db8:ffff::5/64", "dev", "cni0", "nodad")
+	_, err := h.cni.AddNetworkList(context.Background(), h.list, p.rt)
+	if err == nil || !strings.Contains(err.Error(), "2001:db8:ffff::5/64") {
+		t.Fatalf("ADD with a foreign IPv6 address on the bridge: got %v, want a refusal naming it", err)
+	}
+	rs := h.reservations(t)
+	if len(rs) != 1 || rs[0].IP != v4.Addr() || rs[0].ContainerID != p.rt.ContainerID {
+		t.Fatalf("after the failed ADD: %v, want only the IPv4 address %s", rs, v4.Addr())
+	}
+	run(t, "ip", "-n", h.hostName, "addr", "del", "2001:db8:ffff::5/64", "dev", "cni0")
+	got4, _ := podAddrs(t, h.add(t, p))
+	if got4 != v4 {
+		t.Fatalf("IPv4 address %s after the repeated ADD, want %s", got4, v4)
+	}
+	if err := h.cni.CheckNetworkList(context.Background(), h.list, p.rt); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	h.del(t, p)
+	if rs := h.reservations(t); len(rs) != 0 {
+		t.Fatalf("left: %v", rs)
+	}
+}
+
+// TestDualStackGC: GC releases both addresses of a stale attachment, and
+// keeps the IPv6 masquerade jump while a valid pod needs it.
+func TestDualStackGC(t *testing.T) {
+	h := newDualHarness(t, opts{})
+	pods := []*pod{h.newPod(t), h.newPod(t)}
+	for _, p := range pods {
+		h.add(t, p)
+	}
+	fresh := NewCNI(h.hostNS, pluginDir, t.TempDir())
+	valid := []types.GCAttachment{{ContainerID: pods[0].rt.ContainerID, IfName: "eth0"}}
+	if err := fresh.GCNetworkList(context.Background(), h.list, &libcni.GCArgs{ValidAttachments: valid}); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	rs := h.reservations(t)
+	if len(rs) != 2 || rs[0].ContainerID != pods[0].rt.ContainerID || rs[1].ContainerID != pods[0].rt.ContainerID || rs[0].IP.Is6() == rs[1].IP.Is6() {
+		t.Fatalf("after GC: %v, want pod 0's two addresses", rs)
+	}
+	if n := strings.Count(h.ip6tablesNAT(t), "-A POSTROUTING -s 2001:db8:100:59::/64 "); n != 1 {
+		t.Fatalf("%d IPv6 masquerade jumps after GC, want 1", n)
+	}
+	h.del(t, pods[0])
+	if nat6 := h.ip6tablesNAT(t); strings.Contains(nat6, "WEFT-MASQ") {
+		t.Fatalf("IPv6 masquerade rules left after the last DEL:\n%s", nat6)
 	}
 }
