@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/cni-plugin/ipam"
+	"github.com/weftnet/weft/internal/nl"
 )
 
 // cmdCheck verifies that the attachment is still as ADD left it: the
@@ -177,7 +178,7 @@ func checkAddr(h *netlink.Handle, link netlink.Link, ifName string, f family, wa
 	if f.gateway.Is6() {
 		fam = netlink.FAMILY_V6
 	}
-	addrs, err := h.AddrList(link, fam)
+	addrs, err := nl.RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, fam) })
 	if err != nil {
 		return fmt.Errorf("list %s addresses of %s: %w", f.name, ifName, err)
 	}
@@ -204,7 +205,7 @@ func checkRoutes(h *netlink.Handle, link netlink.Link, s *Settings, netnsPath st
 		if fam == netlink.FAMILY_V6 && !s.DualStack() {
 			continue
 		}
-		got, err := h.RouteList(link, fam)
+		got, err := nl.RetryDump(func() ([]netlink.Route, error) { return h.RouteList(link, fam) })
 		if err != nil {
 			return fmt.Errorf("list routes of %s: %w", link.Attrs().Name, err)
 		}

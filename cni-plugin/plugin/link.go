@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/cni-plugin/ipam"
+	"github.com/weftnet/weft/internal/nl"
 )
 
 // ForeignAddressError is why ensureBridge refuses an existing bridge: it
@@ -181,7 +182,9 @@ func bridgeAddrs(br netlink.Link, v6 bool) ([]netip.Prefix, error) {
 	if v6 {
 		fam = netlink.FAMILY_V6
 	}
-	addrs, err := netlink.AddrList(br, fam)
+	// Pods coming and going change addresses in the namespace all the
+	// time (their host ends' link-local ones), which interrupts dumps.
+	addrs, err := nl.RetryDump(func() ([]netlink.Addr, error) { return netlink.AddrList(br, fam) })
 	if err != nil {
 		return nil, err
 	}
