@@ -521,8 +521,8 @@ func (c *NetConf) resolve6(env subnet.Env, s *Settings) error {
 		return bad("%s is not an IPv6 subnet of /126 or larger", env.IPv6Subnet)
 	case gw == sub.Addr():
 		return bad("%s is the subnet's own address (the subnet-router anycast), not a host address for the gateway", env.IPv6Subnet)
-	case !env.IPv6Network.Masked().Contains(gw):
-		return bad("%s is outside FLANNEL_IPV6_NETWORK %s", env.IPv6Subnet, env.IPv6Network)
+	case !env.IPv6Network.Masked().Contains(gw) || sub.Bits() < env.IPv6Network.Bits():
+		return bad("%s is not inside FLANNEL_IPV6_NETWORK %s", env.IPv6Subnet, env.IPv6Network)
 	}
 	for _, r := range subnet.ReservedRanges6 {
 		if env.IPv6Network.Overlaps(r) {

@@ -372,6 +372,7 @@ func TestResolveRejectsBadEnv6(t *testing.T) {
 	}{
 		{"2001:db8:100::/48", "2001:db8:100:59::/64", 1450, "FLANNEL_IPV6_SUBNET"},   // gateway is the subnet's own address
 		{"2001:db8:100::/48", "2001:db8:100:59::1/127", 1450, "FLANNEL_IPV6_SUBNET"}, // too small
+		{"2001:db8:100::/48", "2001:db8:100::1/40", 1450, "FLANNEL_IPV6_SUBNET"},     // wider than the network
 		{"fe80::/10", "fe80::1/64", 1450, "FLANNEL_IPV6_NETWORK"},                    // link-local
 		{"ff00::/8", "ff00::1/64", 1450, "FLANNEL_IPV6_NETWORK"},                     // multicast
 		{"2001:db8:100::/48", "2001:db8:100:59::1/64", 1279, "1280"},                 // no IPv6 below 1280
