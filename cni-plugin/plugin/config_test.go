@@ -388,3 +388,39 @@ func TestResolveRejectsBadEnv6(t *testing.T) {
 		}
 	}
 }
+
+// FuzzResolveEnv: whatever subnet.env holds, Resolve either refuses it
+// with an invalid-config error or yields settings the plugin can use for
+// every family: a gateway that is a host address of its lease subnet,
+// inside the cluster network, and for IPv6 an MTU that carries it.
+func FuzzResolveEnv(f *testing.F) {
+	f.Add([]byte("FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"))
+	f.Add([]byte("FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\nFLANNEL_IPV6_NETWORK=2001:db8:100::/48\nFLANNEL_IPV6_SUBNET=2001:db8:100:59::1/64\n"))
+	f.Add([]byte("FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.5.1/24\nFLANNEL_MTU=1280\nFLANNEL_IPV6_NETWORK=2001:db8::/32\nFLANNEL_IPV6_SUBNET=2001:db8::/126\n"))
+	conf, err := ParseConfig([]byte(`{"cniVersion":"1.1.0","name":"weft","type":"weft"}`))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		env, err := subnet.ParseEnv(data)
+		if err != nil {
+			return
+		}
+		s, err := conf.Resolve(env)
+		if err != nil {
+			var te *types.Error
+			if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig {
+				t.Fatalf("Resolve: %v, want an invalid-config error", err)
+			}
+			return
+		}
+		for _, fam := range s.families() {
+			if !fam.subnet.Contains(fam.gateway) || fam.gateway == fam.subnet.Addr() || !fam.network.Contains(fam.gateway) {
+				t.Fatalf("%s: gateway %s, subnet %s, network %s", fam.name, fam.gateway, fam.subnet, fam.network)
+			}
+		}
+		if s.DualStack() && (s.MTU < MinMTU6 || s.Subnet6.Bits() > 126 || !s.Gateway6.Is6()) {
+			t.Fatalf("IPv6 settings %+v", s)
+		}
+	})
+}
