@@ -439,6 +439,9 @@ func (d *daemon) blackholeRoute() (*blackhole, error) {
 type ruleKeeper interface {
 	// Set installs the rules for the network and our subnet (node.Rules).
 	Set(network, own netip.Prefix) error
+	// Set6 does the same for the IPv6 network and subnet of a dual-stack
+	// network (node.Rules6).
+	Set6(network6, own6 netip.Prefix) error
 	// Run re-checks and repairs the rules every interval until ctx ends.
 	Run(ctx context.Context, interval time.Duration) error
 	// Repairs counts the rules restored after Set installed them.
@@ -456,23 +459,34 @@ var (
 // returns nil when there are no rules to keep.
 func (d *daemon) newRuleKeeper(netcfg *subnet.Config) (ruleKeeper, error) {
 	sys, iptErr := iptables.New()
+	// ip6tables: kept on a dual-stack network, else only cleaned up.
+	sys6, ipt6Err := iptables.New6()
 	kern := nftables.NewKernel(0)
 	nft, why := d.cfg.UseNFTables(netcfg.EnableNFTables, iptErr == nil)
 	want := d.cfg.IPMasq || d.cfg.IPTablesForward
 	if !nft || !want {
 		if err := nftables.Remove(kern); err != nil {
-			d.logger.Warn("remove old nftables rules (table ip weft)", "err", err)
+			d.logger.Warn("remove old nftables rules (tables ip weft and ip6 weft)", "err", err)
 		}
 	}
+	// In nftables mode the fallback keeps WEFT-FWD while iptables' FORWARD
+	// policy drops, and removes it otherwise.
+	remove := iptables.Remove
+	if want && d.cfg.IPTablesForward {
+		remove = iptables.RemoveMasq
+	}
 	if iptErr == nil && (nft || !want) {
-		// In nftables mode the fallback keeps WEFT-FWD while iptables'
-		// FORWARD policy drops, and removes it otherwise.
-		remove := iptables.Remove
-		if want && d.cfg.IPTablesForward {
-			remove = iptables.RemoveMasq
-		}
 		if err := remove(sys); err != nil {
 			d.logger.Warn("remove old iptables rules", "err", err)
+		}
+	}
+	if ipt6Err == nil && (nft || !want || !netcfg.EnableIPv6) {
+		rm6 := remove
+		if !netcfg.EnableIPv6 {
+			rm6 = iptables.Remove // IPv4-only: no IPv6 rules at all
+		}
+		if err := rm6(sys6); err != nil {
+			d.logger.Warn("remove old ip6tables rules", "err", err)
 		}
 	}
 	if !want {
@@ -487,15 +501,24 @@ func (d *daemon) newRuleKeeper(netcfg *subnet.Config) (ruleKeeper, error) {
 		if d.cfg.IPMasqPlain {
 			m.DisableFullyRandom()
 		}
+		if netcfg.EnableIPv6 {
+			if ipt6Err != nil {
+				return nil, fmt.Errorf("dual stack in iptables mode needs ip6tables: %w (or run with --nftables=on)", ipt6Err)
+			}
+			m.EnableIPv6(sys6)
+		}
 		return m, nil
 	}
-	var fallback nftables.ForwardFallback
+	var fallback, fallback6 nftables.ForwardFallback
 	if iptErr == nil {
 		fallback = iptables.NewForwardFallback(sys)
 	}
-	d.logger.Info("masquerade and forward rules in nftables, table ip weft", "why", why)
+	if ipt6Err == nil && netcfg.EnableIPv6 {
+		fallback6 = iptables.NewForwardFallback(sys6)
+	}
+	d.logger.Info("masquerade and forward rules in nftables, table ip weft (and ip6 weft on a dual-stack network)", "why", why)
 	return nftables.NewManager(kern, nftables.Config{
-		Masq: d.cfg.IPMasq, Forward: d.cfg.IPTablesForward, PlainMasq: d.cfg.IPMasqPlain, Fallback: fallback,
+		Masq: d.cfg.IPMasq, Forward: d.cfg.IPTablesForward, PlainMasq: d.cfg.IPMasqPlain, Fallback: fallback, Fallback6: fallback6,
 		Logger: d.logger.With("component", "nftables"),
 	}), nil
 }

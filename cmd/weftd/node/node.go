@@ -69,6 +69,14 @@ type Rules interface {
 	Set(network, own netip.Prefix) error
 }
 
+// Rules6 is a Rules edge that also keeps IPv6 rules; on a dual-stack
+// network the core calls Set6 with the IPv6 network and our IPv6 subnet
+// after each Set.
+type Rules6 interface {
+	// Set6 installs the rules for the IPv6 network and our IPv6 subnet.
+	Set6(network6, own6 netip.Prefix) error
+}
+
 // SubnetFile is subnet.env.
 type SubnetFile interface {
 	// Write replaces the file atomically.
@@ -254,6 +262,11 @@ func (c *Core) onLease(s *state, l subnet.Lease) {
 	if c.rules != nil {
 		if err := c.rules.Set(c.cfg.Network.Network, l.Subnet); err != nil {
 			c.log.Error("install host rules; they are retried on every resync", "err", err)
+		}
+		if r6, ok := c.rules.(Rules6); ok && c.cfg.Network.HasIPv6(l) {
+			if err := r6.Set6(c.cfg.Network.IPv6.Network, l.IPv6Subnet); err != nil {
+				c.log.Error("install IPv6 host rules; they are retried on every resync", "err", err)
+			}
 		}
 	}
 	c.push(s)

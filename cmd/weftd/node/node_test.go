@@ -117,9 +117,17 @@ func (b *fakeBackend) desired() (subnet.Lease, []string) {
 }
 
 type fakeRules struct {
-	mu  sync.Mutex
-	own netip.Prefix
-	err error
+	mu         sync.Mutex
+	own        netip.Prefix
+	net6, own6 netip.Prefix
+	err        error
+}
+
+func (r *fakeRules) Set6(network6, own6 netip.Prefix) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.net6, r.own6 = network6, own6
+	return r.err
 }
 
 func (r *fakeRules) Set(network, own netip.Prefix) error {
@@ -224,6 +232,11 @@ func TestCoreDualStack(t *testing.T) {
 	if env.IPv6Network.String() != "2001:db8:100::/48" || env.IPv6Subnet.String() != "2001:db8:100:5::1/64" || env.Subnet.String() != "198.18.1.1/24" {
 		t.Fatalf("subnet.env: %+v", env)
 	}
+	h.rules.mu.Lock()
+	if h.rules.net6.String() != "2001:db8:100::/48" || h.rules.own6 != own.IPv6Subnet {
+		t.Errorf("IPv6 host rules set for %s %s", h.rules.net6, h.rules.own6)
+	}
+	h.rules.mu.Unlock()
 	h.config(`{"Network":"198.18.0.0/16","Backend":{"Type":"vxlan"}}`)
 	if got := h.core.State().RestartNeeded; !slices.Contains(got, "EnableIPv6") {
 		t.Fatalf("IPv6 turned off: restart needed for %q", got)
@@ -240,6 +253,11 @@ func TestCoreDualStack(t *testing.T) {
 	defer h4.file.mu.Unlock()
 	if h4.file.env.IPv6Subnet.IsValid() || h4.file.env.IPv6Network.IsValid() {
 		t.Fatalf("IPv4-only subnet.env: %+v", h4.file.env)
+	}
+	h4.rules.mu.Lock()
+	defer h4.rules.mu.Unlock()
+	if h4.rules.own6.IsValid() {
+		t.Fatalf("IPv4-only network: IPv6 host rules set for %s", h4.rules.own6)
 	}
 }
 
