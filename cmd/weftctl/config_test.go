@@ -138,7 +138,7 @@ func TestConfigSetUnderlay(t *testing.T) {
 		{"198.51.100.0/24", []string{"198.51.100.7", "address of interface eth9 on this machine"}},
 		{"198.18.0.0/16", nil},
 		{"198.18.0.0/16;2001:db8::/48", []string{"config field IPv6Network", "2001:db8::7", "address of interface eth9 on this machine"}},
-		{"198.18.0.0/16;2001:db8:1::/48", []string{"config field IPv6Network", "2001:db8:1::11", "PublicIPv6 of the lease 198.18.77.0-24&2001:db8:100:77::-64 in etcd"}},
+		{"198.18.0.0/16;2001:db8:1::/48", []string{"config field IPv6Network", "2001:db8:1::11", "PublicIPv6 of the reservation 198.18.77.0-24&2001:db8:100:77::-64 in etcd"}},
 		{"198.18.0.0/16;2001:db8:100::/48", nil},
 		{"198.18.0.0/16;2001:db8:100::/48;udp", []string{"config field EnableIPv6", "backend udp carries IPv4 only"}},
 	} {

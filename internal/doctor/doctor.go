@@ -53,6 +53,9 @@ type Input struct {
 	// IPTables, if set, is checked for weft's chains in iptables mode; nil
 	// skips the check.
 	IPTables iptables.IPTables
+	// IPTables6, if set, is checked for weft's IPv6 chains (ip6tables) in
+	// iptables mode on a dual-stack network.
+	IPTables6 iptables.IPTables
 	// NFTables, if set, is read for table ip weft in nftables mode; nil
 	// skips the check.
 	NFTables nftables.Kernel
@@ -498,16 +501,28 @@ func (c *checker) checkIPTables() {
 		masq = env.IPMasq
 	}
 	if c.in.Rules == "nftables" {
-		c.checkNFTables(masq)
+		c.checkNFTables(masq, c.in.Config.Network, c.own.Subnet)
+		if c.in.Config.HasIPv6(c.own) {
+			c.checkNFTables(masq, c.in.Config.IPv6.Network, c.own.IPv6Subnet)
+		}
 		return
 	}
-	if c.in.IPTables == nil {
+	c.checkIPTablesOf(c.in.IPTables, "iptables", c.in.Config.Network, c.own.Subnet, masq)
+	if c.in.Config.HasIPv6(c.own) {
+		c.checkIPTablesOf(c.in.IPTables6, "ip6tables", c.in.Config.IPv6.Network, c.own.IPv6Subnet, masq)
+	}
+}
+
+// checkIPTablesOf checks weft's chains in one family's tables (ipt may be
+// nil: not checked).
+func (c *checker) checkIPTablesOf(ipt iptables.IPTables, name string, network, own netip.Prefix, masq bool) {
+	if ipt == nil {
 		return
 	}
 	c.rep.Checked++
-	problems, err := iptables.Check(c.in.IPTables, c.in.Config.Network, c.own.Subnet, masq, c.in.Forward, !c.in.PlainMasq)
+	problems, err := iptables.Check(ipt, network, own, masq, c.in.Forward, !c.in.PlainMasq)
 	if err != nil {
-		c.problem("iptables", "run weftctl doctor as root with iptables installed", "cannot read iptables: %v", err)
+		c.problem("iptables", "run weftctl doctor as root with "+name+" installed", "cannot read %s: %v", name, err)
 		return
 	}
 	for _, p := range problems {
@@ -518,21 +533,25 @@ func (c *checker) checkIPTables() {
 // checkNFTables compares table ip weft with the table weftd keeps in
 // nftables mode (nftables.Desired). Masquerade with or without fully random
 // ports is right unless weftd was told which: a kernel may refuse it.
-func (c *checker) checkNFTables(masq bool) {
+func (c *checker) checkNFTables(masq bool, network, own netip.Prefix) {
 	if c.in.NFTables == nil || (!masq && !c.in.Forward) {
 		return
 	}
 	c.rep.Checked++
-	have, ok, err := c.in.NFTables.Read(nft.TableFamilyIPv4, nftables.TableName)
+	fam, famName := nft.TableFamilyIPv4, "ip"
+	if network.Addr().Is6() {
+		fam, famName = nft.TableFamilyIPv6, "ip6"
+	}
+	have, ok, err := c.in.NFTables.Read(fam, nftables.TableName)
 	if err != nil {
-		c.problem("nftables", "run weftctl doctor as root", "cannot read table ip %s: %v", nftables.TableName, err)
+		c.problem("nftables", "run weftctl doctor as root", "cannot read table %s %s: %v", famName, nftables.TableName, err)
 		return
 	}
 	if !ok {
-		c.problem("nftables", fixRules, "table ip %s is missing", nftables.TableName)
+		c.problem("nftables", fixRules, "table %s %s is missing", famName, nftables.TableName)
 		return
 	}
-	p := nftables.Policy{Network: c.in.Config.Network.Masked(), Lease: c.own.Subnet.Masked(), Masq: masq, Forward: c.in.Forward, FullyRandom: !c.in.PlainMasq}
+	p := nftables.Policy{Network: network.Masked(), Lease: own.Masked(), Masq: masq, Forward: c.in.Forward, FullyRandom: !c.in.PlainMasq}
 	want := nftables.Desired(p)
 	if nftables.Equal(have, want) {
 		return
@@ -543,8 +562,8 @@ func (c *checker) checkNFTables(masq bool) {
 			return
 		}
 	}
-	c.problem("nftables", fixRules+"; compare `nft list table ip "+nftables.TableName+"` with configuration.md",
-		"table ip %s does not hold the expected rules:\nhave:\n%s\nwant:\n%s", nftables.TableName, indent(have.String()), indent(want.String()))
+	c.problem("nftables", fixRules+"; compare `nft list table "+famName+" "+nftables.TableName+"` with configuration.md",
+		"table %s %s does not hold the expected rules:\nhave:\n%s\nwant:\n%s", famName, nftables.TableName, indent(have.String()), indent(want.String()))
 }
 
 func indent(s string) string {
