@@ -96,12 +96,20 @@ type Route struct {
 func MeasurePaths(ctx context.Context, routes []Route, secs, reps, pings int) ([]Path, error) {
 	out := make([]Path, len(routes))
 	srvs := make([]*bgProc, len(routes))
+	// One server per namespace: it listens on every address of both
+	// families, so an IPv6 route to a pod shares the IPv4 route's server.
+	byNS := map[string]*bgProc{}
 	for i, r := range routes {
-		srv, err := startInNS(r.Dst.NS, "iperf3", "-s", "-p", strconv.Itoa(iperfPort))
-		if err != nil {
-			return nil, err
+		srv := byNS[r.Dst.NS]
+		if srv == nil {
+			var err error
+			srv, err = startInNS(r.Dst.NS, "iperf3", "-s", "-p", strconv.Itoa(iperfPort))
+			if err != nil {
+				return nil, err
+			}
+			defer srv.kill()
+			byNS[r.Dst.NS] = srv
 		}
-		defer srv.kill()
 		// Warm up: resolve neighbours and make sure the path works at all.
 		if _, err := PingRTTs(ctx, r.Src.NS, r.Dst.IP, 3, 20*time.Millisecond); err != nil {
 			return nil, err
