@@ -86,7 +86,6 @@ type Backend struct {
 	// open connection from prepare on (nil after closeHandles).
 	kern          *routes.Kernel[kernel]
 	k             kernel
-	neighBuf      []nl.Neigh // neighbour/FDB dump results, reused by each pass
 	mac           net.HardwareAddr
 	deviceUp      bool                             // the device was fully set up before
 	neighs        *peerEntries[netip.Addr, string] // peer VTEP address -> MAC
@@ -134,8 +133,9 @@ type addrs interface {
 
 // neighbours programs the device's neighbour and FDB entries.
 type neighbours interface {
-	// NeighList lists the entries of family on a device into out.
-	NeighList(linkIndex int, family nl.Family, out []nl.Neigh) ([]nl.Neigh, error)
+	// NeighWalk calls fn with each entry of family on a device while it
+	// is read, after start, which runs again before a repeated read.
+	NeighWalk(linkIndex int, family nl.Family, start func(), fn func(n *nl.Neigh)) error
 	// SetNeighs creates or replaces entries, one error per entry.
 	SetNeighs(specs []nl.NeighSpec) []error
 	// DelNeigh deletes an entry as listed.

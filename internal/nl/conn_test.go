@@ -233,3 +233,58 @@ func TestEventsFilter(t *testing.T) {
 		t.Errorf("neigh: %+v", n)
 	}
 }
+
+// TestReplaceAllAcksInOrder installs more routes than two batches hold,
+// some of them through a device that does not exist, and checks that each
+// route gets its own result and that exactly the others are installed.
+func TestReplaceAllAcksInOrder(t *testing.T) {
+	lab := nltest.NewLab(t, 1)
+	h := lab.Hosts[0]
+	c := open(t, h.NS)
+	tbl := c.RouteTable(network, proto)
+	if !tbl.UsesNexthops() {
+		t.Skip("no nexthop objects in this kernel: routes are not batched")
+	}
+	const total = 300 // more than two batches of batchChunk/2 routes
+	ws := make([]RouteSpec, total)
+	for i := range ws {
+		dst := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32)
+		ws[i] = RouteSpec{Dst: dst, Gw: dst.Addr(), LinkIndex: h.ExtIndex, OnLink: true}
+		if i%97 == 5 {
+			ws[i].LinkIndex = 99999 // no such device
+		}
+	}
+	errs := tbl.ReplaceAll(ws)
+	if len(errs) != total {
+		t.Fatalf("%d results for %d routes", len(errs), total)
+	}
+	bad := 0
+	for i, err := range errs {
+		if i%97 == 5 {
+			if err == nil || !strings.Contains(err.Error(), ws[i].Dst.String()) {
+				t.Fatalf("route %d through a missing device: %v", i, err)
+			}
+			bad++
+		} else if err != nil {
+			t.Fatalf("route %d: %v", i, err)
+		}
+	}
+	rs, err := tbl.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[netip.Prefix]bool{}
+	for _, r := range rs {
+		if r.Protocol == proto {
+			got[r.Dst] = true
+		}
+	}
+	for i, w := range ws {
+		if got[w.Dst] != (i%97 != 5) {
+			t.Fatalf("route %d (%s) installed: %v", i, w.Dst, got[w.Dst])
+		}
+	}
+	if len(got) != total-bad {
+		t.Fatalf("%d routes of ours, want %d", len(got), total-bad)
+	}
+}
