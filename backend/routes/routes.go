@@ -83,6 +83,8 @@ type Reconciler struct {
 	table     Table
 	network   netip.Prefix
 	installed map[netip.Prefix]nl.RouteSpec
+	// peak is the most entries installed has held (see Shrink).
+	peak int
 }
 
 // New returns a Reconciler that installs only routes inside network. t may
@@ -214,6 +216,7 @@ func (rc *Reconciler) Reconcile(want []nl.RouteSpec) (Result, error) {
 			}
 		}
 	}
+	rc.installed = Shrink(rc.installed, &rc.peak)
 	return res, errors.Join(errs...)
 }
 

@@ -188,8 +188,9 @@ type peerEntries[K, V comparable] struct {
 	// spec is the request that makes k -> v a permanent entry.
 	spec func(linkIndex int, k K, v V) nl.NeighSpec
 	// installed is what this backend installed and the kernel still
-	// held at the last pass.
+	// held at the last pass; peak the most entries it has held.
 	installed map[K]V
+	peak      int
 }
 
 // neighEntries returns the neighbour entries: peer VTEP address -> MAC.
@@ -317,5 +318,6 @@ func (e *peerEntries[K, V]) sync(b *Backend, linkIndex int, want map[K]V) (map[K
 			delete(e.installed, k)
 		}
 	}
+	e.installed = routes.Shrink(e.installed, &e.peak)
 	return failed, repairs, errors.Join(errs...)
 }

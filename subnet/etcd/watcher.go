@@ -204,6 +204,10 @@ type leaseModel struct {
 	prefix string
 	snap   Snapshot
 	keys   map[string]modelEntry
+	// peak is the most keys the map has held: a Go map keeps the memory
+	// of its largest size, so the model starts a new one when it holds
+	// less than half of that.
+	peak int
 }
 
 // modelEntry is where a key's lease is: fresh when the key was written
@@ -262,6 +266,10 @@ func (m *leaseModel) snapshot(rev int64) Snapshot {
 	}
 	sort.Sort(leaseOrder{&b})
 	sort.Sort(invalidOrder{&b})
+	if n := len(m.keys); n < m.peak/2 {
+		m.keys, m.peak = make(map[string]modelEntry, n), n
+	}
+	m.peak = max(m.peak, len(m.keys))
 	for i, k := range b.leaseKeys {
 		m.keys[k] = modelEntry{at: int32(i)}
 	}
