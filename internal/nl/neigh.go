@@ -136,13 +136,16 @@ func (c *Conn) NeighWalk(linkIndex int, family Family, start func(), fn func(n *
 	var body [12]byte // struct ndmsg
 	body[0] = uint8(family)
 	binary.NativeEndian.PutUint32(body[4:8], uint32(linkIndex))
+	// One entry, reused: handing fn the address of a fresh one per entry
+	// would move each to the heap.
+	var n Neigh
 	_, err := retryDump(func() ([]struct{}, error) {
 		if start != nil {
 			start()
 		}
 		return nil, c.s.dump(unix.RTM_GETNEIGH, body[:], unix.RTM_NEWNEIGH, func(p []byte) error {
-			n, ok := parseNeigh(p)
-			if !ok || (linkIndex != 0 && n.LinkIndex != linkIndex) || (family != FamilyAll && n.Family != family) {
+			var ok bool
+			if n, ok = parseNeigh(p); !ok || (linkIndex != 0 && n.LinkIndex != linkIndex) || (family != FamilyAll && n.Family != family) {
 				return nil
 			}
 			fn(&n)
