@@ -42,6 +42,9 @@ type RouteTable struct {
 	// foreignNH holds nexthop ids that exist and are not ours, from the
 	// last List; their destinations get plain routes.
 	foreignNH map[uint32]bool
+	// listed is how many routes the last List returned: the next one
+	// starts with room for them instead of growing a slice step by step.
+	listed int
 }
 
 // RouteTable returns the main table for routes tagged with protocol inside
@@ -100,7 +103,8 @@ func (t *RouteTable) List() ([]Route, error) {
 	rs, err := t.c.RouteList(FamilyV4, unix.RT_TABLE_MAIN, func(r *Route) bool {
 		return r.Protocol == t.protocol || (r.Protocol == unix.RTPROT_KERNEL && r.Scope == unix.RT_SCOPE_LINK) ||
 			(t.network.IsValid() && t.network.Overlaps(r.Dst))
-	}, nil)
+	}, make([]Route, 0, t.listed+t.listed/8))
+	t.listed = len(rs)
 	if err != nil || !t.nhSupported {
 		return rs, err
 	}
