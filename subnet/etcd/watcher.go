@@ -206,7 +206,7 @@ type leaseModel struct {
 	keys   map[string]modelEntry
 	// peak is the most keys the map has held: a Go map keeps the memory
 	// of its largest size, so the model starts a new one when it holds
-	// less than half of that.
+	// half of that or less (and held 64 or more).
 	peak int
 }
 
@@ -266,7 +266,7 @@ func (m *leaseModel) snapshot(rev int64) Snapshot {
 	}
 	sort.Sort(leaseOrder{&b})
 	sort.Sort(invalidOrder{&b})
-	if n := len(m.keys); n < m.peak/2 {
+	if n := len(m.keys); m.peak >= 64 && n <= m.peak/2 {
 		m.keys, m.peak = make(map[string]modelEntry, n), n
 	}
 	m.peak = max(m.peak, len(m.keys))

@@ -102,3 +102,27 @@ func sameSnapshot(a, b Snapshot) bool {
 	}
 	return true
 }
+
+// TestLeaseModelShrinks deletes most of many leases and checks that the
+// model starts a smaller map and still gives what a fresh list gives.
+func TestLeaseModelShrinks(t *testing.T) {
+	kvs := benchKVs(200)
+	m := newLeaseModel(testSubnets, kvs, 1)
+	if m.peak != 200 {
+		t.Fatalf("peak %d after listing 200 leases", m.peak)
+	}
+	for _, kv := range kvs[50:] {
+		m.del(kv.Key)
+	}
+	got := m.snapshot(2)
+	if m.peak != 50 || len(m.keys) != 50 {
+		t.Fatalf("after deleting 150 of 200: peak %d, %d keys", m.peak, len(m.keys))
+	}
+	if want := buildSnapshot(testSubnets, kvs[:50], 2); !sameSnapshot(got, want) {
+		t.Fatalf("model\n%+v\nlist\n%+v", got, want)
+	}
+	m.put(kvs[60])
+	if got, want := m.snapshot(3), buildSnapshot(testSubnets, append(kvs[:50:50], kvs[60]), 3); !sameSnapshot(got, want) {
+		t.Fatalf("after a write: model\n%+v\nlist\n%+v", got, want)
+	}
+}
