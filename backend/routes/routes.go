@@ -101,6 +101,8 @@ type Reconciler struct {
 	network   netip.Prefix
 	v6        bool // network is IPv6: the Reconciler sees IPv6 routes only
 	installed map[netip.Prefix]nl.RouteSpec
+	// peak is the most entries installed has held (see Shrink).
+	peak int
 }
 
 // New returns a Reconciler that installs only routes inside network, an
@@ -231,6 +233,7 @@ func (rc *Reconciler) Reconcile(want []nl.RouteSpec) (Result, error) {
 			}
 		}
 	}
+	rc.installed = Shrink(rc.installed, &rc.peak)
 	return res, errors.Join(errs...)
 }
 

@@ -314,8 +314,9 @@ type peerEntries[K, V comparable] struct {
 	// spec is the request that makes k -> v a permanent entry.
 	spec func(linkIndex int, k K, v V) nl.NeighSpec
 	// installed is what this backend installed and the kernel still
-	// held at the last pass.
+	// held at the last pass; peak the most entries it has held.
 	installed map[K]V
+	peak      int
 }
 
 // neighEntries returns the neighbour entries of family (ARP for IPv4, NDP
@@ -372,35 +373,34 @@ func (e *peerEntries[K, V]) describe(ip netip.Addr, mac net.HardwareAddr) string
 func (e *peerEntries[K, V]) sync(v *vtep, linkIndex int, want map[K]V) (map[K]error, int, error) {
 	b := v.b
 	failed := map[K]error{}
-	list, err := b.k.NeighList(linkIndex, e.family, b.neighBuf)
-	b.neighBuf = list
+	// The entries on the device, as they are read (no list of them is
+	// kept): whether the entry of each wanted key already says what is
+	// wanted (the last one read counts), and the stale rest, deleted
+	// afterwards. (A wanted FDB key is a peer's VtepMAC, which is unicast,
+	// and the kernel keeps one remote per unicast MAC; only the all-zeros
+	// and multicast entries have several.)
+	right := make(map[K]bool, len(e.installed))
+	var stale []nl.Neigh
+	err := b.k.NeighWalk(linkIndex, e.family, func() { clear(right); stale = stale[:0] }, func(n *nl.Neigh) {
+		if n.LinkIndex != linkIndex {
+			return
+		}
+		k, ok := e.key(n)
+		if !ok {
+			return
+		}
+		if v, wanted := want[k]; wanted {
+			right[k] = n.State&unix.NUD_PERMANENT != 0 && e.says(n, v)
+		} else {
+			stale = append(stale, *n)
+		}
+	})
 	if err != nil {
 		err = fmt.Errorf("list %s entries of %s: %w", e.kind, v.name, err)
 		for k := range want {
 			failed[k] = err
 		}
 		return failed, 0, err
-	}
-	// The listed entries: the one of each wanted key, and the stale rest.
-	// (A wanted FDB key is a peer's VtepMAC, which is unicast, and the
-	// kernel keeps one remote per unicast MAC; only the all-zeros and
-	// multicast entries have several.)
-	have := make(map[K]*nl.Neigh, len(want))
-	var stale []*nl.Neigh
-	for i := range list {
-		n := &list[i]
-		if n.LinkIndex != linkIndex {
-			continue
-		}
-		k, ok := e.key(n)
-		if !ok {
-			continue
-		}
-		if _, wanted := want[k]; wanted {
-			have[k] = n
-		} else {
-			stale = append(stale, n)
-		}
 	}
 
 	var errs []error
@@ -415,7 +415,7 @@ func (e *peerEntries[K, V]) sync(v *vtep, linkIndex int, want map[K]V) (map[K]er
 		sets, specs = make([]set, 0, n), make([]nl.NeighSpec, 0, n) // first pass: most are new
 	}
 	for k, v := range want {
-		if n := have[k]; n != nil && n.State&unix.NUD_PERMANENT != 0 && e.says(n, v) {
+		if right[k] {
 			e.installed[k] = v
 			continue
 		}
@@ -436,7 +436,8 @@ func (e *peerEntries[K, V]) sync(v *vtep, linkIndex int, want map[K]V) (map[K]er
 		}
 		e.installed[st.k] = st.v
 	}
-	for _, n := range stale {
+	for i := range stale {
+		n := &stale[i]
 		if err := b.k.DelNeigh(n); err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("delete %s entry %s: %w", e.kind, e.describe(n.IP, n.HardwareAddr()), err))
 		}
@@ -446,5 +447,6 @@ func (e *peerEntries[K, V]) sync(v *vtep, linkIndex int, want map[K]V) (map[K]er
 			delete(e.installed, k)
 		}
 	}
+	e.installed = routes.Shrink(e.installed, &e.peak)
 	return failed, repairs, errors.Join(errs...)
 }

@@ -113,9 +113,8 @@ type Backend struct {
 	kmu sync.Mutex
 	// kern is the netlink connection and the route reconcilers; k is the
 	// open connection from prepare on (nil after closeHandles).
-	kern     *routes.Kernel[kernel]
-	k        kernel
-	neighBuf []nl.Neigh // neighbour/FDB dump results, reused by each pass
+	kern *routes.Kernel[kernel]
+	k    kernel
 }
 
 // vtep is one VXLAN device and what the backend keeps on it for its peers,
@@ -180,8 +179,9 @@ type addrs interface {
 
 // neighbours programs the device's neighbour and FDB entries.
 type neighbours interface {
-	// NeighList lists the entries of family on a device into out.
-	NeighList(linkIndex int, family nl.Family, out []nl.Neigh) ([]nl.Neigh, error)
+	// NeighWalk calls fn with each entry of family on a device while it
+	// is read, after start, which runs again before a repeated read.
+	NeighWalk(linkIndex int, family nl.Family, start func(), fn func(n *nl.Neigh)) error
 	// SetNeighs creates or replaces entries, one error per entry.
 	SetNeighs(specs []nl.NeighSpec) []error
 	// DelNeigh deletes an entry as listed.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,6 +27,10 @@ type benchConfig struct {
 	// flanneld is measured next to weftd in the control plane: --flanneld,
 	// or $FLANNELD.
 	flanneld string
+	// peers are the control plane's peer counts (default bench's).
+	peers []int
+	// heapProfiles is a directory for weftd's heap profiles, or empty.
+	heapProfiles string
 }
 
 func parseBench(args []string, stderr io.Writer) (benchConfig, error) {
@@ -38,6 +43,8 @@ func parseBench(args []string, stderr io.Writer) (benchConfig, error) {
 	only := fs.String("only", strings.Join(bench.AllSections, ","), "comma-separated sections to run")
 	fs.BoolVar(&c.verbose, "v", false, "log the lab's progress")
 	fs.StringVar(&c.flanneld, "flanneld", os.Getenv("FLANNELD"), "also measure this flanneld binary's control plane, side by side (default $FLANNELD)")
+	peers := fs.String("peers", "", "comma-separated peer counts of the control plane (default "+intsString(bench.ControlPeerCounts)+")")
+	fs.StringVar(&c.heapProfiles, "heap-profiles", "", "save weftd's heap profiles after start-up, join and leave of the control plane in this directory")
 	if err := fs.Parse(args); err != nil {
 		return c, fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -48,6 +55,16 @@ func parseBench(args []string, stderr io.Writer) (benchConfig, error) {
 		if s = strings.TrimSpace(s); s != "" {
 			c.only = append(c.only, s)
 		}
+	}
+	for _, s := range strings.Split(*peers, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return c, fmt.Errorf("%w: --peers: %q is not a positive number", errUsage, s)
+		}
+		c.peers = append(c.peers, n)
 	}
 	if err := bench.CheckSections(c.only); err != nil {
 		return c, fmt.Errorf("%w: --only: %v", errUsage, err)
@@ -69,6 +86,14 @@ func parseBench(args []string, stderr io.Writer) (benchConfig, error) {
 		c.binDir = filepath.Dir(exe)
 	}
 	return c, nil
+}
+
+func intsString(ns []int) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
 }
 
 // runBench is `weft-lab bench`: it runs the measurements of package
@@ -101,6 +126,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Logger:   slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
 		Progress: stderr,
 		Flanneld: c.flanneld,
+
+		ControlPeers: c.peers,
+		HeapProfiles: c.heapProfiles,
 	})
 	if err != nil {
 		return err

@@ -3,7 +3,7 @@
 //
 //	weft-lab demo [--hosts N] [--backend vxlan|host-gw|udp] [--dual-stack] [--keep] [--bin-dir DIR]
 //	weft-lab down [NAME...]
-//	weft-lab bench [--quick] [--only SECTIONS] [--out FILE] [--bin-dir DIR]
+//	weft-lab bench [--quick] [--only SECTIONS] [--peers N,...] [--heap-profiles DIR] [--out FILE] [--bin-dir DIR]
 //	weft-lab etcd --listen URL --data-dir DIR
 //
 // demo brings up a lab, runs weftd on every host, attaches two pods per host
@@ -33,7 +33,7 @@ var errUsage = errors.New("usage")
 const usage = `usage:
   weft-lab demo [--hosts N] [--backend vxlan|host-gw|udp] [--dual-stack] [--keep] [--bin-dir DIR]
   weft-lab down [NAME...]        remove labs: the named ones, or every kept or orphaned one
-  weft-lab bench [--quick] [--only SECTIONS] [--out FILE] [--bin-dir DIR]
+  weft-lab bench [--quick] [--only SECTIONS] [--peers N,...] [--heap-profiles DIR] [--out FILE] [--bin-dir DIR]
   weft-lab etcd --listen URL --data-dir DIR   (run by the lab inside its switch namespace)
 `
 

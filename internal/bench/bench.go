@@ -57,6 +57,10 @@ type Options struct {
 	// ControlPeers are the peer counts of the control-plane section;
 	// default ControlPeerCounts.
 	ControlPeers []int
+	// HeapProfiles, when set, is a directory: weftd runs with --pprof and
+	// the control plane saves its heap profile after start-up, join and
+	// leave there (weftd-<N>-<phase>.pb.gz), after the measurements.
+	HeapProfiles string
 }
 
 // ControlPeerCounts are the control-plane section's peer counts: the RSS

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -423,6 +425,17 @@ func measureControl(ctx context.Context, opts *Options, d Daemon, n int, run *Co
 	var extraArgs []string
 	if d.isWeftd() {
 		extraArgs = []string{"--log-level=debug"}
+		if opts.HeapProfiles != "" {
+			extraArgs = append(extraArgs, "--pprof")
+		}
+	}
+	saveHeap := func(phase string) {
+		if opts.HeapProfiles == "" || !d.isWeftd() {
+			return
+		}
+		if err := saveHeapProfile(ctx, h, filepath.Join(opts.HeapProfiles, fmt.Sprintf("weftd-%d-%s.pb.gz", n, phase))); err != nil {
+			opts.Logger.Warn("heap profile", "phase", phase, "err", err)
+		}
 	}
 	restore := setenv("GODEBUG", godebugWith("gctrace=1"))
 	t0 := time.Now()
@@ -446,6 +459,7 @@ func measureControl(ctx context.Context, opts *Options, d Daemon, n int, run *Co
 	if err != nil {
 		return fmt.Errorf("start-up: %w", err)
 	}
+	saveHeap("startup")
 
 	// Join: n more leases at once, skipping weftd's own subnet.
 	env, err := h.SubnetEnv()
@@ -469,6 +483,7 @@ func measureControl(ctx context.Context, opts *Options, d Daemon, n int, run *Co
 		return fmt.Errorf("join: %w", err)
 	}
 	t1end := time.Now()
+	saveHeap("join")
 
 	// Leave: delete the n extra leases.
 	t2 := time.Now()
@@ -500,6 +515,7 @@ func measureControl(ctx context.Context, opts *Options, d Daemon, n int, run *Co
 		run.JoinPasses = ParseReconciles(log, t1, t1end)
 		run.LeavePasses = ParseReconciles(log, t2, t2end)
 	}
+	saveHeap("leave")
 
 	// A missed time target gets CPU profiles of the slow phases, repeated
 	// under perf after the measurement so sampling cannot skew the figures.
@@ -625,6 +641,34 @@ func KernelFloor(nsPrefix string, peers []SynthLease) (add, del time.Duration, e
 	}
 	del = time.Since(t0)
 	return add, del, nil
+}
+
+// saveHeapProfile writes the heap profile of the weftd on h, which runs
+// with --pprof, to path. The profile's GC runs in weftd, so it is taken
+// only between measurements.
+func saveHeapProfile(ctx context.Context, h *lab.Host, path string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+h.HealthzAddr()+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := lab.HTTPClient(h.NS, 10*time.Second).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", req.URL, resp.Status)
+	}
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, data, 0o644)
 }
 
 // setenv sets an environment variable and returns a function restoring

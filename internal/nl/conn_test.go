@@ -1,14 +1,19 @@
 package nl
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/nl/nltest"
@@ -196,40 +201,174 @@ func TestDelOwnedRoutes(t *testing.T) {
 	}
 }
 
-// TestEventsFilter checks the translation of vishvananda's updates into
-// Events.
-func TestEventsFilter(t *testing.T) {
-	var link LinkEvent
-	var a AddrEvent
-	var r RouteEvent
-	var n NeighEvent
-	f := Events{
-		Link:  func(e LinkEvent) bool { link = e; return true },
-		Addr:  func(e AddrEvent) bool { a = e; return true },
-		Route: func(e RouteEvent) bool { r = e; return true },
-		Neigh: func(e NeighEvent) bool { n = e; return true },
-	}.filter()
-	if f.Nexthop != nil {
-		t.Error("an unset kind of event is subscribed to")
+// TestWatchEvents makes one change of each kind in a namespace and checks
+// that Watch reduces the kernel's event to the Event that describes it, as
+// ip(8) made it.
+func TestWatchEvents(t *testing.T) {
+	n := nltest.NewNS(t, "e")
+	var mu sync.Mutex
+	var links []LinkEvent
+	var addrs []AddrEvent
+	var routes []RouteEvent
+	var neighs []NeighEvent
+	var nhs []NexthopEvent
+	record := func(f func()) bool { mu.Lock(); defer mu.Unlock(); f(); return true }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var kicks atomic.Int64
+	go func() {
+		defer close(done)
+		Watch(ctx, n.Handle, slog.New(slog.DiscardHandler), Events{
+			Link:    func(e LinkEvent) bool { return record(func() { links = append(links, e) }) },
+			Addr:    func(e AddrEvent) bool { return record(func() { addrs = append(addrs, e) }) },
+			Route:   func(e RouteEvent) bool { return record(func() { routes = append(routes, e) }) },
+			Neigh:   func(e NeighEvent) bool { return record(func() { neighs = append(neighs, e) }) },
+			Nexthop: func(e NexthopEvent) bool { return record(func() { nhs = append(nhs, e) }) },
+		}, func() { kicks.Add(1) })
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	time.Sleep(100 * time.Millisecond)
+	n.IP(t, "link", "add", "wvxe0", "mtu", "1400", "type", "veth", "peer", "name", "wvxe1")
+	n.IP(t, "link", "set", "wvxe0", "up")
+	n.IP(t, "addr", "add", "198.18.1.1/24", "dev", "wvxe0")
+	n.IP(t, "addr", "add", "198.18.9.1", "peer", "198.18.9.2/32", "dev", "wvxe0")
+	n.IP(t, "route", "add", "198.18.2.0/24", "via", "198.18.1.20", "proto", "87")
+	n.IP(t, "route", "del", "198.18.2.0/24", "via", "198.18.1.20", "proto", "87")
+	n.IP(t, "neigh", "add", "198.18.1.30", "lladdr", "02:00:00:00:00:01", "nud", "permanent", "dev", "wvxe0")
+	_, nhErr := n.Exec("ip", "nexthop", "add", "id", "7", "via", "198.18.1.40", "dev", "wvxe0", "proto", "87")
+	if nhErr == nil {
+		n.IP(t, "nexthop", "del", "id", "7")
 	}
-	lu := netlink.LinkUpdate{Link: &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Index: 4, Name: "weft.1", MTU: 1450, Flags: net.FlagUp}}}
-	lu.Header.Type = unix.RTM_DELLINK
-	f.Link(lu)
-	if link != (LinkEvent{Deleted: true, Index: 4, Name: "weft.1", Up: true, MTU: 1450}) {
-		t.Errorf("link: %+v", link)
+	idx := 0
+	for _, line := range strings.Split(n.IP(t, "-o", "link", "show", "wvxe0"), ":") {
+		fmt.Sscan(line, &idx)
+		break
 	}
-	_, ipn, _ := net.ParseCIDR("198.18.1.0/32")
-	f.Addr(netlink.AddrUpdate{LinkAddress: *ipn, LinkIndex: 4, NewAddr: true})
-	if a != (AddrEvent{LinkIndex: 4, Prefix: pfx("198.18.1.0/32")}) {
-		t.Errorf("addr: %+v", a)
+
+	has := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			mu.Lock()
+			found := ok()
+			mu.Unlock()
+			if found {
+				return
+			}
+			if time.Now().After(deadline) {
+				mu.Lock()
+				defer mu.Unlock()
+				t.Fatalf("no event for %s; links %+v addrs %+v routes %+v neighs %+v nexthops %+v", what, links, addrs, routes, neighs, nhs)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
-	_, dst, _ := net.ParseCIDR("198.18.2.0/24")
-	f.Route(netlink.RouteUpdate{Type: unix.RTM_DELROUTE, Route: netlink.Route{Dst: dst, Gw: net.ParseIP("192.0.2.20"), Protocol: proto, Table: 254}})
-	if !r.Deleted || r.Dst != pfx("198.18.2.0/24") || r.Gw != addr("192.0.2.20") || r.Protocol != proto || r.Table != 254 {
-		t.Errorf("route: %+v", r)
+	has("the link up", func() bool {
+		return slices.Contains(links, LinkEvent{Index: idx, Name: "wvxe0", Up: true, MTU: 1400})
+	})
+	has("the address", func() bool {
+		return slices.Contains(addrs, AddrEvent{LinkIndex: idx, Prefix: pfx("198.18.1.1/24")})
+	})
+	has("the point-to-point address", func() bool {
+		return slices.Contains(addrs, AddrEvent{LinkIndex: idx, Prefix: pfx("198.18.9.1/32")})
+	})
+	has("the route and its deletion", func() bool {
+		var added, deleted bool
+		for _, r := range routes {
+			if r.Dst == pfx("198.18.2.0/24") && r.Gw == addr("198.18.1.20") && r.Protocol == proto &&
+				r.Table == unix.RT_TABLE_MAIN && r.LinkIndex == idx {
+				added = added || !r.Deleted
+				deleted = deleted || r.Deleted
+			}
+		}
+		return added && deleted
+	})
+	has("the neighbour", func() bool {
+		return slices.Contains(neighs, NeighEvent{LinkIndex: idx, Family: FamilyV4, State: unix.NUD_PERMANENT, IP: addr("198.18.1.30")})
+	})
+	if nhErr == nil {
+		has("the nexthop object and its deletion", func() bool {
+			return slices.Contains(nhs, NexthopEvent{ID: 7, Protocol: proto}) &&
+				slices.Contains(nhs, NexthopEvent{Deleted: true, ID: 7, Protocol: proto})
+		})
 	}
-	f.Neigh(netlink.NeighUpdate{Type: unix.RTM_NEWNEIGH, Neigh: netlink.Neigh{LinkIndex: 4, Family: unix.AF_INET, State: netlink.NUD_STALE, IP: net.ParseIP("198.18.2.0")}})
-	if n != (NeighEvent{LinkIndex: 4, Family: FamilyV4, State: netlink.NUD_STALE, IP: addr("198.18.2.0")}) {
-		t.Errorf("neigh: %+v", n)
+	if kicks.Load() == 0 {
+		t.Fatal("events passed the filters but nothing kicked")
+	}
+}
+
+// FuzzParseEvents feeds the event parsers arbitrary payloads: they must
+// not panic, and a payload shorter than its header is no event.
+func FuzzParseEvents(f *testing.F) {
+	f.Add(uint16(unix.RTM_NEWLINK), []byte{0, 0, 1, 0, 4, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 10, 0, 3, 0, 'w', 'x', 0, 0})
+	f.Add(uint16(unix.RTM_NEWADDR), []byte{2, 24, 0, 0, 4, 0, 0, 0, 8, 0, 1, 0, 198, 18, 1, 1, 8, 0, 2, 0, 198, 18, 1, 1})
+	f.Add(uint16(unix.RTM_DELNEXTHOP), []byte{2, 0, 87, 0, 0, 0, 0, 0, 8, 0, 1, 0, 7, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, typ uint16, p []byte) {
+		if _, ok := parseLinkEvent(typ, p); ok && len(p) < 16 {
+			t.Fatal("short link message parsed")
+		}
+		if ev, ok := parseAddrEvent(typ, p); ok && (len(p) < 8 || (ev.Prefix.IsValid() && !ev.Prefix.Addr().Is4() && !ev.Prefix.Addr().Is6())) {
+			t.Fatalf("addr: %+v from %d bytes", ev, len(p))
+		}
+		if _, ok := parseNexthopEvent(typ, p); ok && len(p) < 8 {
+			t.Fatal("short nexthop message parsed")
+		}
+		parseRoute(p)
+		parseNeigh(p)
+	})
+}
+
+// TestReplaceAllAcksInOrder installs more routes than two batches hold,
+// some of them through a device that does not exist, and checks that each
+// route gets its own result and that exactly the others are installed.
+func TestReplaceAllAcksInOrder(t *testing.T) {
+	lab := nltest.NewLab(t, 1)
+	h := lab.Hosts[0]
+	c := open(t, h.NS)
+	tbl := c.RouteTable(network, proto)
+	if !tbl.UsesNexthops() {
+		t.Skip("no nexthop objects in this kernel: routes are not batched")
+	}
+	const total = 300 // more than two batches of batchChunk/2 routes
+	ws := make([]RouteSpec, total)
+	for i := range ws {
+		dst := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32)
+		ws[i] = RouteSpec{Dst: dst, Gw: dst.Addr(), LinkIndex: h.ExtIndex, OnLink: true}
+		if i%97 == 5 {
+			ws[i].LinkIndex = 99999 // no such device
+		}
+	}
+	errs := tbl.ReplaceAll(ws)
+	if len(errs) != total {
+		t.Fatalf("%d results for %d routes", len(errs), total)
+	}
+	bad := 0
+	for i, err := range errs {
+		if i%97 == 5 {
+			if err == nil || !strings.Contains(err.Error(), ws[i].Dst.String()) {
+				t.Fatalf("route %d through a missing device: %v", i, err)
+			}
+			bad++
+		} else if err != nil {
+			t.Fatalf("route %d: %v", i, err)
+		}
+	}
+	rs, err := tbl.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[netip.Prefix]bool{}
+	for _, r := range rs {
+		if r.Protocol == proto {
+			got[r.Dst] = true
+		}
+	}
+	for i, w := range ws {
+		if got[w.Dst] != (i%97 != 5) {
+			t.Fatalf("route %d (%s) installed: %v", i, w.Dst, got[w.Dst])
+		}
+	}
+	if len(got) != total-bad {
+		t.Fatalf("%d routes of ours, want %d", len(got), total-bad)
 	}
 }

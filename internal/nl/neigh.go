@@ -116,24 +116,43 @@ func parseNeigh(p []byte) (Neigh, bool) {
 // out, whose old contents are dropped; pass the previous result to reuse
 // its memory.
 func (c *Conn) NeighList(linkIndex int, family Family, out []Neigh) ([]Neigh, error) {
+	err := c.NeighWalk(linkIndex, family, func() { out = out[:0] }, func(n *Neigh) { out = append(out, *n) })
+	return out, err
+}
+
+// NeighWalk calls fn with every neighbour entry of family (FamilyV4,
+// FamilyV6, or FamilyBridge for the FDB) on the device linkIndex (0: every
+// device) while the dump is parsed, so that no list of the entries is
+// built: n is only valid during the call. start (nil: none) is called
+// before the dump and again before each repetition of a dump the kernel
+// reported interrupted, so that the caller can drop what fn gathered.
+func (c *Conn) NeighWalk(linkIndex int, family Family, start func(), fn func(n *Neigh)) error {
 	if c.s == nil {
-		return out[:0], errClosed
+		if start != nil {
+			start()
+		}
+		return errClosed
 	}
 	var body [12]byte // struct ndmsg
 	body[0] = uint8(family)
 	binary.NativeEndian.PutUint32(body[4:8], uint32(linkIndex))
-	return retryDump(func() ([]Neigh, error) {
-		out = out[:0]
-		err := c.s.dump(unix.RTM_GETNEIGH, body[:], unix.RTM_NEWNEIGH, func(p []byte) error {
-			n, ok := parseNeigh(p)
-			if !ok || (linkIndex != 0 && n.LinkIndex != linkIndex) || (family != FamilyAll && n.Family != family) {
+	// One entry, reused: handing fn the address of a fresh one per entry
+	// would move each to the heap.
+	var n Neigh
+	_, err := retryDump(func() ([]struct{}, error) {
+		if start != nil {
+			start()
+		}
+		return nil, c.s.dump(unix.RTM_GETNEIGH, body[:], unix.RTM_NEWNEIGH, func(p []byte) error {
+			var ok bool
+			if n, ok = parseNeigh(p); !ok || (linkIndex != 0 && n.LinkIndex != linkIndex) || (family != FamilyAll && n.Family != family) {
 				return nil
 			}
-			out = append(out, n)
+			fn(&n)
 			return nil
 		})
-		return out, err
 	})
+	return err
 }
 
 // NeighSpec is a neighbour or FDB entry to create or replace.
@@ -149,21 +168,27 @@ type NeighSpec struct {
 }
 
 // SetNeighs creates or replaces every entry, in order, many requests per
-// sendmsg, and returns one error (or nil) per entry.
+// sendmsg, and returns one error (or nil) per entry. The requests are
+// built one batch at a time, so the memory they take does not grow with
+// the number of entries.
 func (c *Conn) SetNeighs(specs []NeighSpec) []error {
 	errs := make([]error, len(specs))
 	if len(specs) == 0 {
 		return errs
 	}
-	ops := make([]op, len(specs))
-	c.arena, c.ops = c.arena[:0], c.ops[:0]
-	for i := range specs {
-		c.arena, ops[i].msg = appendNeighSet(c.arena, &specs[i])
-		c.ops = append(c.ops, &ops[i])
-	}
-	c.batch(c.ops)
-	for i := range ops {
-		errs[i] = ops[i].err
+	var ops [batchChunk]op
+	for start := 0; start < len(specs); start += batchChunk {
+		part := specs[start:min(start+batchChunk, len(specs))]
+		c.arena, c.ops = c.arena[:0], c.ops[:0]
+		for i := range part {
+			ops[i] = op{}
+			c.arena, ops[i].msg = appendNeighSet(c.arena, &part[i])
+			c.ops = append(c.ops, &ops[i])
+		}
+		c.batch(c.ops)
+		for i := range part {
+			errs[start+i] = ops[i].err
+		}
 	}
 	c.arena, c.ops = c.arena[:0], c.ops[:0]
 	return errs

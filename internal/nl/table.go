@@ -36,11 +36,6 @@ type RouteTable struct {
 	network  netip.Prefix
 	family   Family // of network: FamilyV4, or FamilyV6
 	protocol uint8
-	// list is List's result, reused by the next List; nhs and used are
-	// List's scratch maps, kept so that a pass allocates nothing new.
-	list []Route
-	nhs  map[uint32]uint8
-	used map[uint32]bool
 	// nhSupported: the kernel has nexthop objects. useNH: we install
 	// routes through them (off when route dumps would not show their
 	// gateway, i.e. net.ipv4.nexthop_compat_mode=0).
@@ -49,6 +44,9 @@ type RouteTable struct {
 	// foreignNH holds nexthop ids that exist and are not ours, from the
 	// last List; their destinations get plain routes.
 	foreignNH map[uint32]bool
+	// listed is how many routes the last List returned: the next one
+	// starts with room for them instead of growing a slice step by step.
+	listed int
 }
 
 // RouteTable returns the main table for routes tagged with protocol inside
@@ -106,16 +104,17 @@ func u32(a netip.Addr) uint32 {
 // reconciler must see: every route tagged with the table's protocol, every
 // route the kernel added (connected routes among them) and every route to
 // a destination that overlaps the network; the rest is dropped while
-// parsing. The slice is
-// reused by the next List. With nexthop objects it also deletes the table's
+// parsing. The slice is the caller's: a table holding thousands of routes
+// between passes would keep memory for each, so it keeps none. With
+// nexthop objects it also deletes the table's
 // nexthop objects that no route uses any more (left behind when somebody
 // deleted a route by hand), so that they cannot pile up.
 func (t *RouteTable) List() ([]Route, error) {
 	rs, err := t.c.RouteList(t.family, unix.RT_TABLE_MAIN, func(r *Route) bool {
 		return r.Protocol == t.protocol || r.Protocol == unix.RTPROT_KERNEL ||
 			(t.network.IsValid() && t.network.Overlaps(r.Dst))
-	}, t.list)
-	t.list = rs
+	}, make([]Route, 0, t.listed+t.listed/8))
+	t.listed = len(rs)
 	if err != nil || !t.nhSupported {
 		return rs, err
 	}
@@ -128,31 +127,32 @@ func (t *RouteTable) List() ([]Route, error) {
 			t.useNH = false
 		}
 	}
-	if t.nhs == nil {
-		t.nhs, t.used = map[uint32]uint8{}, map[uint32]bool{}
-	}
-	clear(t.nhs)
-	if err := t.c.nexthops(func(nh nexthop) { t.nhs[nh.id] = nh.protocol }); err != nil {
-		return nil, fmt.Errorf("list nexthop objects: %w", err)
-	}
+	// The ids our routes use; then every nexthop object, as the dump is
+	// parsed: ours that no route uses are deleted after the dump, others'
+	// remembered.
 	clear(t.foreignNH)
-	clear(t.used)
+	used := make(map[uint32]bool, len(rs))
 	for i := range rs {
 		if rs[i].Protocol != t.protocol {
 			continue
 		}
 		if id := t.nhID(rs[i].Dst); id != 0 {
-			t.used[id] = true
+			used[id] = true
 		}
 	}
-	for id, proto := range t.nhs {
-		if proto != t.protocol {
-			t.foreignNH[id] = true
-			continue
+	var unused []uint32
+	if err := t.c.nexthops(func(nh nexthop) {
+		switch {
+		case nh.protocol != t.protocol:
+			t.foreignNH[nh.id] = true
+		case !used[nh.id]:
+			unused = append(unused, nh.id)
 		}
-		if !t.used[id] {
-			_ = t.c.delNexthop(id) // best effort; retried on the next List
-		}
+	}); err != nil {
+		return nil, fmt.Errorf("list nexthop objects: %w", err)
+	}
+	for _, id := range unused {
+		_ = t.c.delNexthop(id) // best effort; retried on the next List
 	}
 	return rs, nil
 }
@@ -165,14 +165,32 @@ func (t *RouteTable) nhRequestsFor(w RouteSpec) bool {
 // ReplaceAll installs every route, replacing any route with the same
 // destination and metric 0 in the main table, and returns one error (or
 // nil) per route. Routes that get a nexthop object are sent in batches
-// (nexthop, then route); others go one by one.
+// (nexthop, then route), built one batch at a time so that the memory the
+// requests take does not grow with the number of routes; others go one by
+// one.
 func (t *RouteTable) ReplaceAll(ws []RouteSpec) []error {
 	errs := make([]error, len(ws))
-	type pair struct{ nh, route op }
-	pairs := make([]pair, len(ws))
 	c := t.c
+	// pairs[k] is the requests of ws[idx[k]], for the batch being built.
+	var pairs [batchChunk / 2]struct{ nh, route op }
+	var idx [batchChunk / 2]int
+	n := 0
+	flush := func() {
+		if n == 0 {
+			return
+		}
+		c.batch(c.ops) // per-op errors below cover a socket failure too
+		for k, p := range pairs[:n] {
+			if p.nh.err != nil {
+				errs[idx[k]] = fmt.Errorf("nexthop object for %s: %w", ws[idx[k]].Dst, p.nh.err)
+			} else {
+				errs[idx[k]] = p.route.err
+			}
+		}
+		n = 0
+		c.arena, c.ops = c.arena[:0], c.ops[:0]
+	}
 	c.arena, c.ops = c.arena[:0], c.ops[:0]
-	defer func() { c.arena, c.ops = c.arena[:0], c.ops[:0] }()
 	for i, w := range ws {
 		if !t.nhRequestsFor(w) {
 			if c.h == nil {
@@ -184,23 +202,13 @@ func (t *RouteTable) ReplaceAll(ws []RouteSpec) []error {
 		}
 		var nh, route []byte
 		c.arena, nh, route = t.nhRequests(c.arena, w)
-		pairs[i] = pair{op{msg: nh}, op{msg: route}}
-		c.ops = append(c.ops, &pairs[i].nh, &pairs[i].route)
-	}
-	if len(c.ops) == 0 {
-		return errs
-	}
-	c.batch(c.ops) // per-op errors below cover a socket failure too
-	for i, p := range pairs {
-		if p.nh.msg == nil {
-			continue
-		}
-		if p.nh.err != nil {
-			errs[i] = fmt.Errorf("nexthop object for %s: %w", ws[i].Dst, p.nh.err)
-		} else {
-			errs[i] = p.route.err
+		pairs[n].nh, pairs[n].route, idx[n] = op{msg: nh}, op{msg: route}, i
+		c.ops = append(c.ops, &pairs[n].nh, &pairs[n].route)
+		if n++; n == len(pairs) {
+			flush()
 		}
 	}
+	flush()
 	return errs
 }
 

@@ -1,14 +1,16 @@
 package nl
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
+	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	vnl "github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -66,199 +68,193 @@ type NexthopEvent struct {
 	Protocol uint8
 }
 
-// filter is Events over vishvananda's update types, which the
-// subscriptions deliver.
-type filter struct {
-	Route   func(netlink.RouteUpdate) bool
-	Neigh   func(netlink.NeighUpdate) bool
-	Link    func(netlink.LinkUpdate) bool
-	Addr    func(netlink.AddrUpdate) bool
-	Nexthop func(NexthopEvent) bool
-}
-
-// filter returns the filter that passes the events e selects.
-func (e Events) filter() filter {
-	f := filter{Nexthop: e.Nexthop}
-	if e.Link != nil {
-		f.Link = func(u netlink.LinkUpdate) bool {
-			ev := LinkEvent{Deleted: u.Header.Type == unix.RTM_DELLINK}
-			if u.Link != nil {
-				a := u.Link.Attrs()
-				ev.Index, ev.Name, ev.Up, ev.MTU = a.Index, a.Name, a.Flags&net.FlagUp != 0, a.MTU
-			}
-			return e.Link(ev)
-		}
-	}
-	if e.Addr != nil {
-		f.Addr = func(u netlink.AddrUpdate) bool {
-			ev := AddrEvent{Deleted: !u.NewAddr, LinkIndex: u.LinkIndex}
-			ev.Prefix = prefixOf(&u.LinkAddress)
-			return e.Addr(ev)
-		}
-	}
-	if e.Route != nil {
-		f.Route = func(u netlink.RouteUpdate) bool {
-			return e.Route(RouteEvent{Deleted: u.Type == unix.RTM_DELROUTE, Route: routeOf(&u.Route)})
-		}
-	}
-	if e.Neigh != nil {
-		f.Neigh = func(u netlink.NeighUpdate) bool {
-			return e.Neigh(NeighEvent{
-				Deleted: u.Type == unix.RTM_DELNEIGH, LinkIndex: u.LinkIndex, Family: Family(u.Family),
-				State: uint16(u.State), IP: addrOf(u.IP),
-			})
-		}
-	}
-	return f
-}
+// Why raw sockets. vishvananda's subscriptions parse every event into
+// its large types and queue them in a channel of 4096 for each kind: about
+// 2.7 MB that a daemon held all its life, plus garbage for every event when
+// thousands of peers were programmed at once. Here each kind of event has
+// one socket whose messages are read into one reused buffer and reduced to
+// the small types above by the goroutine that reads them, which calls the
+// filter and kick right away: the kernel's socket buffer is the only
+// queue.
 
 // eventBuffer is the kernel receive buffer asked for each subscription, so
 // that programming thousands of peers does not overflow it.
 const eventBuffer = 8 << 20
 
+// eventMsgBuf holds the largest event message the reader expects (a link
+// with its statistics and per-family settings takes a few KiB). A larger
+// one is truncated, and treated as an event that may matter.
+const eventMsgBuf = 32 << 10
+
 // resubscribeDelay is how long Watch waits before subscribing again after a
 // subscription broke or could not be made.
 const resubscribeDelay = 200 * time.Millisecond
 
+// subscription is one kind of event: the multicast groups that carry it
+// and pass, which reports whether a message of type typ with payload p
+// passes the caller's filter.
+type subscription struct {
+	kind   string
+	groups []uint
+	pass   func(typ uint16, p []byte) bool
+}
+
+// subscriptions returns the subscriptions for the kinds e has a function
+// for.
+func (e Events) subscriptions() []subscription {
+	var subs []subscription
+	if e.Link != nil {
+		subs = append(subs, subscription{"link", []uint{unix.RTNLGRP_LINK}, func(typ uint16, p []byte) bool {
+			ev, ok := parseLinkEvent(typ, p)
+			return ok && e.Link(ev)
+		}})
+	}
+	if e.Addr != nil {
+		subs = append(subs, subscription{"addr", []uint{unix.RTNLGRP_IPV4_IFADDR, unix.RTNLGRP_IPV6_IFADDR}, func(typ uint16, p []byte) bool {
+			ev, ok := parseAddrEvent(typ, p)
+			return ok && e.Addr(ev)
+		}})
+	}
+	if e.Route != nil {
+		subs = append(subs, subscription{"route", []uint{unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE}, func(typ uint16, p []byte) bool {
+			if typ != unix.RTM_NEWROUTE && typ != unix.RTM_DELROUTE {
+				return false
+			}
+			r, _, ok := parseRoute(p)
+			return ok && e.Route(RouteEvent{Deleted: typ == unix.RTM_DELROUTE, Route: r})
+		}})
+	}
+	if e.Neigh != nil {
+		subs = append(subs, subscription{"neigh", []uint{unix.RTNLGRP_NEIGH}, func(typ uint16, p []byte) bool {
+			if typ != unix.RTM_NEWNEIGH && typ != unix.RTM_DELNEIGH {
+				return false
+			}
+			n, ok := parseNeigh(p)
+			return ok && e.Neigh(NeighEvent{
+				Deleted: typ == unix.RTM_DELNEIGH, LinkIndex: n.LinkIndex, Family: n.Family, State: n.State, IP: n.IP,
+			})
+		}})
+	}
+	if e.Nexthop != nil {
+		subs = append(subs, subscription{"nexthop", []uint{unix.RTNLGRP_NEXTHOP}, func(typ uint16, p []byte) bool {
+			ev, ok := parseNexthopEvent(typ, p)
+			return ok && e.Nexthop(ev)
+		}})
+	}
+	return subs
+}
+
+// parseLinkEvent decodes RTM_NEWLINK and RTM_DELLINK (struct ifinfomsg and
+// attributes).
+func parseLinkEvent(typ uint16, p []byte) (LinkEvent, bool) {
+	const ifinfomsgLen = 16
+	if (typ != unix.RTM_NEWLINK && typ != unix.RTM_DELLINK) || len(p) < ifinfomsgLen {
+		return LinkEvent{}, false
+	}
+	ne := binary.NativeEndian
+	ev := LinkEvent{
+		Deleted: typ == unix.RTM_DELLINK,
+		Index:   int(int32(ne.Uint32(p[4:8]))),
+		Up:      ne.Uint32(p[8:12])&unix.IFF_UP != 0,
+	}
+	Attrs(p[ifinfomsgLen:], func(t uint16, v []byte) {
+		switch t {
+		case unix.IFLA_IFNAME:
+			ev.Name = string(bytes.TrimRight(v, "\x00"))
+		case unix.IFLA_MTU:
+			if len(v) >= 4 {
+				ev.MTU = int(ne.Uint32(v))
+			}
+		}
+	})
+	return ev, true
+}
+
+// parseAddrEvent decodes RTM_NEWADDR and RTM_DELADDR (struct ifaddrmsg and
+// attributes). Prefix is what ip(8) shows as the address: IFA_LOCAL with
+// the prefix length, or for a point-to-point address the local address
+// alone (/32, /128); IFA_ADDRESS when there is no IFA_LOCAL (IPv6).
+func parseAddrEvent(typ uint16, p []byte) (AddrEvent, bool) {
+	const ifaddrmsgLen = 8
+	if (typ != unix.RTM_NEWADDR && typ != unix.RTM_DELADDR) || len(p) < ifaddrmsgLen {
+		return AddrEvent{}, false
+	}
+	ev := AddrEvent{Deleted: typ == unix.RTM_DELADDR, LinkIndex: int(int32(binary.NativeEndian.Uint32(p[4:8])))}
+	bits := int(p[1])
+	var address, local netip.Addr
+	Attrs(p[ifaddrmsgLen:], func(t uint16, v []byte) {
+		switch t {
+		case unix.IFA_ADDRESS:
+			address, _ = netip.AddrFromSlice(v)
+		case unix.IFA_LOCAL:
+			local, _ = netip.AddrFromSlice(v)
+		}
+	})
+	switch {
+	case local.IsValid() && (!address.IsValid() || local != address || !local.Is4()):
+		ev.Prefix = netip.PrefixFrom(local.Unmap(), local.Unmap().BitLen())
+	case address.IsValid():
+		ev.Prefix = netip.PrefixFrom(address.Unmap(), bits)
+	}
+	if ev.Prefix.Bits() < 0 {
+		ev.Prefix = netip.Prefix{} // a prefix length the address cannot have
+	}
+	return ev, true
+}
+
+// parseNexthopEvent decodes RTM_NEWNEXTHOP and RTM_DELNEXTHOP (struct
+// nhmsg and attributes).
+func parseNexthopEvent(typ uint16, p []byte) (NexthopEvent, bool) {
+	if (typ != unix.RTM_NEWNEXTHOP && typ != unix.RTM_DELNEXTHOP) || len(p) < 8 {
+		return NexthopEvent{}, false
+	}
+	ev := NexthopEvent{Deleted: typ == unix.RTM_DELNEXTHOP, Protocol: p[2]}
+	Attrs(p[8:], func(t uint16, v []byte) {
+		if t == unix.NHA_ID && len(v) >= 4 {
+			ev.ID = binary.NativeEndian.Uint32(v)
+		}
+	})
+	return ev, true
+}
+
 // Watch subscribes, in ns, to every kind of event e has a function for and
-// calls kick whenever an event passes it. kick must not block. A
-// subscription that breaks (for example because the socket overflowed and
-// events were lost) is re-made after a short delay, and kick is called
-// because something may have been missed. Watch returns when ctx is done and
-// every goroutine it started has ended.
+// calls kick whenever an event passes it. kick must not block. When events
+// were lost (the socket buffer overflowed) kick is called because something
+// may have been missed; a subscription that breaks, or could not be made,
+// is made again after a short delay, with a kick. The functions of e run on
+// Watch's goroutines. Watch returns when ctx is done and every goroutine it
+// started has ended.
 func Watch(ctx context.Context, ns netns.NsHandle, logger *slog.Logger, e Events, kick func()) {
-	f := e.filter()
 	var wg sync.WaitGroup
-	start := func(fn func()) {
+	for _, sub := range e.subscriptions() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			fn()
+			watchLoop(ctx, ns, logger, sub, kick)
 		}()
-	}
-	errCB := func(kind string) func(error) {
-		return func(err error) {
-			if ctx.Err() == nil {
-				logger.Debug("netlink subscription error", "kind", kind, "err", err)
-			}
-		}
-	}
-	if f.Route != nil {
-		start(func() {
-			watchLoop(ctx, logger, "route", func(ch chan netlink.RouteUpdate, done chan struct{}) error {
-				return netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{
-					Namespace: &ns, ErrorCallback: errCB("route"),
-					ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true,
-				})
-			}, f.Route, kick)
-		})
-	}
-	if f.Neigh != nil {
-		start(func() {
-			watchLoop(ctx, logger, "neigh", func(ch chan netlink.NeighUpdate, done chan struct{}) error {
-				return netlink.NeighSubscribeWithOptions(ch, done, netlink.NeighSubscribeOptions{
-					Namespace: &ns, ErrorCallback: errCB("neigh"),
-					ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true,
-				})
-			}, f.Neigh, kick)
-		})
-	}
-	if f.Link != nil {
-		start(func() {
-			watchLoop(ctx, logger, "link", func(ch chan netlink.LinkUpdate, done chan struct{}) error {
-				return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
-					Namespace: &ns, ErrorCallback: errCB("link"),
-					ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true,
-				})
-			}, f.Link, kick)
-		})
-	}
-	if f.Addr != nil {
-		start(func() {
-			watchLoop(ctx, logger, "addr", func(ch chan netlink.AddrUpdate, done chan struct{}) error {
-				return netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{
-					Namespace: &ns, ErrorCallback: errCB("addr"),
-					ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true,
-				})
-			}, f.Addr, kick)
-		})
-	}
-	if f.Nexthop != nil {
-		start(func() {
-			watchLoop(ctx, logger, "nexthop", func(ch chan NexthopEvent, done chan struct{}) error {
-				return nexthopSubscribe(ns, ch, done)
-			}, f.Nexthop, kick)
-		})
 	}
 	wg.Wait()
 }
 
-// nexthopSubscribe is the nexthop counterpart of the netlink package's
-// Subscribe functions, which have none: it delivers events on ch until done
-// is closed or the socket fails, then closes ch.
-func nexthopSubscribe(ns netns.NsHandle, ch chan<- NexthopEvent, done <-chan struct{}) error {
-	s, err := vnl.SubscribeAt(ns, netns.None(), unix.NETLINK_ROUTE, unix.RTNLGRP_NEXTHOP)
-	if err != nil {
-		return err
-	}
-	if err := s.SetReceiveBufferSize(eventBuffer, true); err != nil {
-		s.Close()
-		return err
-	}
-	go func() {
-		<-done
-		s.Close()
-	}()
-	go func() {
-		defer close(ch)
-		for {
-			msgs, _, err := s.Receive()
-			if err != nil {
-				return
-			}
-			for _, m := range msgs {
-				t := m.Header.Type
-				if (t != unix.RTM_NEWNEXTHOP && t != unix.RTM_DELNEXTHOP) || len(m.Data) < 8 {
-					continue
-				}
-				u := NexthopEvent{Deleted: t == unix.RTM_DELNEXTHOP, Protocol: m.Data[2]}
-				if attrs, err := vnl.ParseRouteAttr(m.Data[8:]); err == nil {
-					for _, a := range attrs {
-						if a.Attr.Type == unix.NHA_ID && len(a.Value) >= 4 {
-							u.ID = vnl.NativeEndian().Uint32(a.Value)
-						}
-					}
-				}
-				select {
-				case ch <- u:
-				case <-done:
-					return
-				}
-			}
-		}
-	}()
-	return nil
-}
-
-// watchLoop keeps one subscription alive until ctx is done. The netlink
-// package closes ch when its receive goroutine ends, so waiting for the
-// close is waiting for that goroutine.
-func watchLoop[T any](ctx context.Context, logger *slog.Logger, kind string,
-	subscribe func(ch chan T, done chan struct{}) error, filter func(T) bool, kick func()) {
+// watchLoop keeps one subscription alive until ctx is done.
+func watchLoop(ctx context.Context, ns netns.NsHandle, logger *slog.Logger, sub subscription, kick func()) {
+	buf := make([]byte, eventMsgBuf)
 	first := true
 	for {
-		ch := make(chan T, 4096)
-		done := make(chan struct{})
-		if err := subscribe(ch, done); err != nil {
-			close(done)
-			logger.Warn("cannot subscribe to netlink events; relying on the resync timer", "kind", kind, "err", err)
+		f, err := subscribe(ns, sub.groups)
+		if err != nil {
+			logger.Warn("cannot subscribe to netlink events; relying on the resync timer", "kind", sub.kind, "err", err)
 		} else {
 			if !first {
 				// Events may have been lost while we were not listening.
 				kick()
 			}
 			first = false
-			consume(ctx, ch, done, filter, kick)
+			err = readEvents(ctx, f, buf, sub.pass, kick)
+			f.Close()
+			if ctx.Err() == nil {
+				logger.Debug("netlink subscription error", "kind", sub.kind, "err", err)
+			}
 		}
 		if ctx.Err() != nil {
 			return
@@ -271,22 +267,81 @@ func watchLoop[T any](ctx context.Context, logger *slog.Logger, kind string,
 	}
 }
 
-func consume[T any](ctx context.Context, ch chan T, done chan struct{}, filter func(T) bool, kick func()) {
+// subscribe opens a route netlink socket in ns that receives the multicast
+// groups, as a non-blocking file that the runtime's poller waits on (so
+// that closing it ends a read in progress).
+func subscribe(ns netns.NsHandle, groups []uint) (*os.File, error) {
+	s, err := vnl.SubscribeAt(ns, netns.None(), unix.NETLINK_ROUTE, groups...)
+	if err != nil {
+		return nil, err
+	}
+	// The socket's own file is vishvananda's; read through a duplicate.
+	fd, err := unix.FcntlInt(uintptr(s.GetFd()), unix.F_DUPFD_CLOEXEC, 0)
+	s.Close()
+	if err != nil {
+		return nil, fmt.Errorf("duplicate netlink socket: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, eventBuffer); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("netlink receive buffer: %w", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "netlink events"), nil
+}
+
+// readEvents reads the event messages on f into buf until ctx is done or
+// the socket fails, and kicks for each that passes, for a truncated one and
+// when the kernel reports events lost. It returns ctx's error or the
+// socket's.
+func readEvents(ctx context.Context, f *os.File, buf []byte, pass func(typ uint16, p []byte) bool, kick func()) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { f.Close() })
+	defer stop()
+	ne := binary.NativeEndian
 	for {
-		select {
-		case <-ctx.Done():
-			close(done)
-			for range ch {
+		var n, rflags int
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			for {
+				n, _, rflags, _, rerr = unix.Recvmsg(int(fd), buf, nil, 0)
+				if rerr != unix.EINTR {
+					return rerr != unix.EAGAIN
+				}
 			}
-			return
-		case u, ok := <-ch:
-			if !ok {
-				close(done)
-				return
+		})
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case rerr == unix.ENOBUFS:
+			kick() // the socket overflowed: events were lost
+			continue
+		case rerr != nil:
+			return rerr
+		case rflags&unix.MSG_TRUNC != 0:
+			kick() // too large to read whole: it may have mattered
+			continue
+		}
+		kicked := false
+		for b := buf[:n]; len(b) >= unix.SizeofNlMsghdr; {
+			l := int(ne.Uint32(b[0:4]))
+			if l < unix.SizeofNlMsghdr || l > len(b) {
+				break
 			}
-			if filter(u) {
+			if !kicked && pass(ne.Uint16(b[4:6]), b[unix.SizeofNlMsghdr:l]) {
 				kick()
+				kicked = true
 			}
+			b = b[min((l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1), len(b)):]
 		}
 	}
 }

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
+	"sort"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weftnet/weft/subnet"
 )
 
 // Watcher feeds the daemon the full current set of leases.
@@ -65,8 +67,10 @@ func (w *Watcher) Run(ctx context.Context, apply func(Snapshot)) error {
 		if w.afterList != nil {
 			w.afterList()
 		}
-		apply(buildSnapshot(w.reg.subnetsPrefix, kvs, rev))
-		err = w.watch(ctx, kvs, rev, apply, func() { retry.reset(); compactions = 0 })
+		m := newLeaseModel(w.reg.subnetsPrefix, kvs, rev)
+		kvs = nil // parsed: the listed values need not stay
+		apply(m.snap)
+		err = w.watch(ctx, m, rev, apply, func() { retry.reset(); compactions = 0 })
 		if ctx.Err() != nil {
 			break
 		}
@@ -102,15 +106,9 @@ const (
 	maxBatch = 200 * time.Millisecond
 )
 
-// watch applies changes on top of the listed kvs until the watch fails or
-// ctx ends.
-func (w *Watcher) watch(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, apply func(Snapshot), healthy func()) error {
-	// The model of the keys, parsed once per write, so that an apply costs
-	// a sort, not a parse of every lease.
-	st := make(map[string]parsedKV, len(kvs))
-	for _, kv := range kvs {
-		st[string(kv.Key)] = parseKV(w.reg.subnetsPrefix, kv)
-	}
+// watch applies changes on top of the listed model m until the watch fails
+// or ctx ends.
+func (w *Watcher) watch(ctx context.Context, m *leaseModel, rev int64, apply func(Snapshot), healthy func()) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	// Watch from the list revision itself, not the one after: etcd answers
@@ -149,7 +147,7 @@ func (w *Watcher) watch(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, 
 		for {
 			if !ok {
 				if changed {
-					apply(snapshotOf(maps.Values(st), len(st), rev))
+					apply(m.snapshot(rev))
 				}
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -167,9 +165,9 @@ func (w *Watcher) watch(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, 
 				}
 				changed = true
 				if ev.Type == clientv3.EventTypeDelete {
-					delete(st, string(ev.Kv.Key))
+					m.del(ev.Kv.Key)
 				} else {
-					st[string(ev.Kv.Key)] = parseKV(w.reg.subnetsPrefix, ev.Kv)
+					m.put(ev.Kv)
 				}
 				rev = max(rev, ev.Kv.ModRevision)
 			}
@@ -188,8 +186,130 @@ func (w *Watcher) watch(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, 
 			break
 		}
 		if changed {
-			apply(snapshotOf(maps.Values(st), len(st), rev))
+			apply(m.snapshot(rev))
 		}
 		lastResp = time.Now()
 	}
+}
+
+// leaseModel is the Watcher's model of the keys under the subnets prefix
+// between applies, parsed once per write so that an apply costs a sort, not
+// a parse of every lease. Each lease (and each key that did not parse) is
+// held once: in the last snapshot handed to apply, whose slices are never
+// modified afterwards (apply's receiver may keep them); keys maps each key
+// to its place there, or to its parsed value when it was written since.
+// Holding a second parsed copy of every lease here cost about 250 bytes per
+// peer.
+type leaseModel struct {
+	prefix string
+	snap   Snapshot
+	keys   map[string]modelEntry
+	// peak is the most keys the map has held: a Go map keeps the memory
+	// of its largest size, so the model starts a new one when it holds
+	// half of that or less (and held 64 or more).
+	peak int
+}
+
+// modelEntry is where a key's lease is: fresh when the key was written
+// since the last snapshot, else at (>= 0: snap.Leases[at]; < 0:
+// snap.Invalid[-1-at]).
+type modelEntry struct {
+	at    int32
+	fresh *parsedKV
+}
+
+// newLeaseModel parses the listed kvs at revision rev; its first snapshot
+// is m.snap.
+func newLeaseModel(prefix string, kvs []*mvccpb.KeyValue, rev int64) *leaseModel {
+	m := &leaseModel{prefix: prefix, keys: make(map[string]modelEntry, len(kvs))}
+	for _, kv := range kvs {
+		m.put(kv)
+	}
+	m.snapshot(rev)
+	return m
+}
+
+// put records a write of kv.
+func (m *leaseModel) put(kv *mvccpb.KeyValue) {
+	p := parseKV(m.prefix, kv)
+	m.keys[string(kv.Key)] = modelEntry{fresh: &p}
+}
+
+// del records the deletion of key.
+func (m *leaseModel) del(key []byte) { delete(m.keys, string(key)) }
+
+// snapshot returns the sorted snapshot of every key at revision rev and
+// makes it the model's.
+func (m *leaseModel) snapshot(rev int64) Snapshot {
+	b := modelSnap{snap: Snapshot{Revision: rev, Leases: make([]subnet.Lease, 0, len(m.keys))}}
+	b.leaseKeys = make([]string, 0, len(m.keys))
+	for k, e := range m.keys {
+		var l *subnet.Lease
+		var inv *InvalidLease
+		switch {
+		case e.fresh != nil && e.fresh.invalid != nil:
+			inv = e.fresh.invalid
+		case e.fresh != nil:
+			l = &e.fresh.lease
+		case e.at >= 0:
+			l = &m.snap.Leases[e.at]
+		default:
+			inv = &m.snap.Invalid[-1-e.at]
+		}
+		if l != nil {
+			b.snap.Leases = append(b.snap.Leases, *l)
+			b.leaseKeys = append(b.leaseKeys, k)
+		} else {
+			b.snap.Invalid = append(b.snap.Invalid, *inv)
+			b.invalidKeys = append(b.invalidKeys, k)
+		}
+	}
+	sort.Sort(leaseOrder{&b})
+	sort.Sort(invalidOrder{&b})
+	if n := len(m.keys); m.peak >= 64 && n <= m.peak/2 {
+		m.keys, m.peak = make(map[string]modelEntry, n), n
+	}
+	m.peak = max(m.peak, len(m.keys))
+	for i, k := range b.leaseKeys {
+		m.keys[k] = modelEntry{at: int32(i)}
+	}
+	for i, k := range b.invalidKeys {
+		m.keys[k] = modelEntry{at: int32(-1 - i)}
+	}
+	m.snap = b.snap
+	return b.snap
+}
+
+// modelSnap is a snapshot being built, with each entry's key alongside, so
+// that the model can find the entries again after the sort.
+type modelSnap struct {
+	snap                   Snapshot
+	leaseKeys, invalidKeys []string
+}
+
+// leaseOrder sorts the leases by subnet, as snapshotOf does, and their
+// keys with them.
+type leaseOrder struct{ b *modelSnap }
+
+func (o leaseOrder) Len() int { return len(o.b.snap.Leases) }
+func (o leaseOrder) Less(i, j int) bool {
+	return o.b.snap.Leases[i].Subnet.Addr().Less(o.b.snap.Leases[j].Subnet.Addr())
+}
+func (o leaseOrder) Swap(i, j int) {
+	ls, ks := o.b.snap.Leases, o.b.leaseKeys
+	ls[i], ls[j] = ls[j], ls[i]
+	ks[i], ks[j] = ks[j], ks[i]
+}
+
+// invalidOrder sorts the invalid keys by key, as snapshotOf does.
+type invalidOrder struct{ b *modelSnap }
+
+func (o invalidOrder) Len() int { return len(o.b.snap.Invalid) }
+func (o invalidOrder) Less(i, j int) bool {
+	return o.b.snap.Invalid[i].Key < o.b.snap.Invalid[j].Key
+}
+func (o invalidOrder) Swap(i, j int) {
+	is, ks := o.b.snap.Invalid, o.b.invalidKeys
+	is[i], is[j] = is[j], is[i]
+	ks[i], ks[j] = ks[j], ks[i]
 }

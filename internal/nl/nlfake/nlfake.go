@@ -540,6 +540,19 @@ func (f *NS) NeighList(linkIndex int, family nl.Family, out []nl.Neigh) ([]nl.Ne
 	return out, nil
 }
 
+// NeighWalk implements the nl.Conn method over NeighList's entries (the
+// fake's dumps are never interrupted).
+func (f *NS) NeighWalk(linkIndex int, family nl.Family, start func(), fn func(n *nl.Neigh)) error {
+	list, err := f.NeighList(linkIndex, family, nil)
+	if start != nil {
+		start()
+	}
+	for i := range list {
+		fn(&list[i])
+	}
+	return err
+}
+
 // SetNeighs implements the nl.Conn method.
 func (f *NS) SetNeighs(specs []nl.NeighSpec) []error {
 	f.mu.Lock()
