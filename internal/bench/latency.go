@@ -63,7 +63,8 @@ type Latency struct {
 // thread, both hosts) per ping: how often a weftd thread was switched
 // onto a CPU (each one a wake-up or a return from preemption) and how
 // long weftd ran, system calls included. On a path weftd does not
-// forward (vxlan, host-gw) both stay near zero.
+// forward (vxlan, host-gw) they show only the daemons' background work
+// (timers, the periodic reconcile) over the same interval.
 type WeftdCost struct {
 	Switches float64
 	CPU      time.Duration
@@ -235,7 +236,7 @@ func latencyNote(d *Dataplane) []string {
 				"that starts 1.5 s before the first ping. The udp backend's target (issue 17) is an idle median no more than %s "+
 				"above vxlan's in the same run. weftd per idle ping: the two weftd processes' thread switches onto a CPU and "+
 				"run time during the idle pings (/proc/<pid>/task/*/schedstat), divided by the pings sent; "+
-				"near zero where the kernel forwards (vxlan, host-gw).", b.Latency.Idle.Sent, fmtDur(latencyInterval), fmtDur(UDPRTTMargin))}
+				"on a path the kernel forwards (vxlan, host-gw) they show only the daemons' background work.", b.Latency.Idle.Sent, fmtDur(latencyInterval), fmtDur(UDPRTTMargin))}
 		}
 	}
 	return nil
