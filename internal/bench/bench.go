@@ -228,7 +228,7 @@ func backendLab(ctx context.Context, opts *Options, b string, res *Results) erro
 				bp.Path6 = &paths[2]
 			}
 			opts.progress("%s: pod→pod ping RTT, idle and under a 1-stream transfer", b)
-			if l, err := MeasureLatency(ctx, src, dst, opts.latencyPings(), latencyInterval); err != nil {
+			if l, err := MeasureLatency(ctx, src, dst, opts.latencyPings(), latencyInterval, []int{h1.WeftdPID(), h2.WeftdPID()}); err != nil {
 				bp.LatencyErr = err
 			} else {
 				bp.Latency = &l

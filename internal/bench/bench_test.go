@@ -146,6 +146,15 @@ func TestProcParsers(t *testing.T) {
 	if _, _, err := ProcRSSAnon([]byte(status)); err == nil {
 		t.Error("no RssAnon: no error")
 	}
+	run, sw, err := ProcSchedstat([]byte("52375011 1930221 417\n"))
+	if err != nil || run != 52375011*time.Nanosecond || sw != 417 {
+		t.Errorf("ProcSchedstat = %v, %d, %v", run, sw, err)
+	}
+	for _, bad := range []string{"", "1 2", "1 2 x", "x 2 3"} {
+		if _, _, err := ProcSchedstat([]byte(bad)); err == nil {
+			t.Errorf("ProcSchedstat(%q): no error", bad)
+		}
+	}
 }
 
 func TestLastGCTrace(t *testing.T) {

@@ -2,8 +2,12 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 )
@@ -50,19 +54,78 @@ func (r RTTs) String() string {
 type Latency struct {
 	Idle, Load RTTs
 	LoadTCP    Iperf // the transfer the Load pings ran under
+	// IdleWeftd is what the idle pings cost the weftd processes; nil
+	// when not measured.
+	IdleWeftd *WeftdCost
+}
+
+// WeftdCost is the scheduler's account of the weftd processes (every
+// thread, both hosts) per ping: how often a weftd thread was switched
+// onto a CPU (each one a wake-up or a return from preemption) and how
+// long weftd ran, system calls included. On a path weftd does not
+// forward (vxlan, host-gw) they show only the daemons' background work
+// (timers, the periodic reconcile) over the same interval.
+type WeftdCost struct {
+	Switches float64
+	CPU      time.Duration
+}
+
+func (c WeftdCost) String() string {
+	return fmt.Sprintf("%.1f switches onto a CPU, %s on CPU", c.Switches, fmtDur(c.CPU))
+}
+
+// schedTotals sums /proc/<pid>/task/*/schedstat over the threads of pids.
+// A thread that ends between the listing and the read is skipped.
+func schedTotals(pids []int) (run time.Duration, switches int64, err error) {
+	for _, pid := range pids {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+		if err != nil {
+			return 0, 0, err
+		}
+		if len(tasks) == 0 {
+			return 0, 0, fmt.Errorf("weftd %d: no threads in /proc (schedstats off?)", pid)
+		}
+		for _, t := range tasks {
+			data, err := os.ReadFile(t)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return 0, 0, err
+			}
+			r, n, err := ProcSchedstat(data)
+			if err != nil {
+				return 0, 0, fmt.Errorf("%s: %w", t, err)
+			}
+			run, switches = run+r, switches+n
+		}
+	}
+	return run, switches, nil
 }
 
 // MeasureLatency pings dst from src: pings times interval apart on the
 // idle path, then again while a single-stream iperf3 transfer from src to
 // dst runs (started 1.5 s before the pings, so that TCP has ramped up,
-// and lasting until after the last one).
-func MeasureLatency(ctx context.Context, src, dst Endpoint, pings int, interval time.Duration) (Latency, error) {
+// and lasting until after the last one). With pids (the weftd processes
+// of both hosts) it also accounts what the idle pings cost them.
+func MeasureLatency(ctx context.Context, src, dst Endpoint, pings int, interval time.Duration, pids []int) (Latency, error) {
 	var l Latency
+	var run0 time.Duration
+	var sw0 int64
+	var serr error
+	if len(pids) > 0 {
+		run0, sw0, serr = schedTotals(pids)
+	}
 	idle, err := PingRTTs(ctx, src.NS, dst.IP, pings, interval)
 	if err != nil {
 		return l, fmt.Errorf("idle pings: %w", err)
 	}
 	l.Idle = summarise(idle, pings)
+	if len(pids) > 0 && serr == nil {
+		if run1, sw1, err := schedTotals(pids); err == nil {
+			l.IdleWeftd = &WeftdCost{Switches: float64(sw1-sw0) / float64(pings), CPU: (run1 - run0) / time.Duration(pings)}
+		}
+	}
 
 	srv, err := startInNS(dst.NS, "iperf3", "-s", "-p", strconv.Itoa(iperfPort))
 	if err != nil {
@@ -128,7 +191,17 @@ func (d *Dataplane) latencyRows() []Row {
 			load.Baseline = "vxlan " + vx.Load.String() + " at " + fmtGbps(vx.LoadTCP.BitsPerSecond) + ", same run"
 			load.Verdict = fmt.Sprintf("%+d µs", (l.Load.Median - vx.Load.Median).Microseconds())
 		}
-		rows = append(rows, idle, load)
+		rows = append(rows, idle)
+		if wc := l.IdleWeftd; wc != nil {
+			row := Row{area, c, "weftd per idle ping, both hosts", wc.String(), "", ""}
+			if b.Backend != "vxlan" && vx != nil && vx.IdleWeftd != nil {
+				// vxlan's weftd forwards nothing: what it shows is
+				// the daemons' background work in that interval.
+				row.Baseline = "vxlan " + vx.IdleWeftd.String() + ", same run (weftd not on its path)"
+			}
+			rows = append(rows, row)
+		}
+		rows = append(rows, load)
 	}
 	return rows
 }
@@ -161,7 +234,9 @@ func latencyNote(d *Dataplane) []string {
 			return []string{fmt.Sprintf("Latency: after the transfers, %d pings %s apart from the pod on host 1 to the pod on host 2 "+
 				"(median and 99th percentile), first on the idle path, then during a single-stream iperf3 transfer on the same path "+
 				"that starts 1.5 s before the first ping. The udp backend's target (issue 17) is an idle median no more than %s "+
-				"above vxlan's in the same run.", b.Latency.Idle.Sent, fmtDur(latencyInterval), fmtDur(UDPRTTMargin))}
+				"above vxlan's in the same run. weftd per idle ping: the two weftd processes' thread switches onto a CPU and "+
+				"run time during the idle pings (/proc/<pid>/task/*/schedstat), divided by the pings sent; "+
+				"on a path the kernel forwards (vxlan, host-gw) they show only the daemons' background work.", b.Latency.Idle.Sent, fmtDur(latencyInterval), fmtDur(UDPRTTMargin))}
 		}
 	}
 	return nil

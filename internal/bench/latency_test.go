@@ -31,6 +31,7 @@ func TestLatencyRows(t *testing.T) {
 			bs[0].Latency = lat(150, 60)                    // vxlan
 			bs[1].LatencyErr = errors.New("ping: no reply") // host-gw
 			bs[2].Latency = lat(tc.udp, 2500)               // udp
+			bs[2].Latency.IdleWeftd = &WeftdCost{Switches: 3.14, CPU: us(212)}
 			rows := map[string]Row{}
 			for _, row := range r.Table().Rows {
 				rows[row.Case+" / "+row.Metric] = row
@@ -53,6 +54,22 @@ func TestLatencyRows(t *testing.T) {
 			if row := get("udp pod→pod / ping RTT under 1-stream TCP, median"); row.Result != "2.50 ms (p99 7.50 ms) at 4.00 Gbit/s" ||
 				row.Baseline != "vxlan 60 µs (p99 180 µs) at 4.00 Gbit/s, same run" || row.Verdict != "+2440 µs" {
 				t.Errorf("udp under load: %+v", row)
+			}
+			if row := get("udp pod→pod / weftd per idle ping, both hosts"); row.Result != "3.1 switches onto a CPU, 212 µs on CPU" || row.Baseline != "" {
+				t.Errorf("udp weftd cost: %+v", row)
+			}
+			if _, ok := rows["vxlan pod→pod / weftd per idle ping, both hosts"]; ok {
+				t.Error("vxlan weftd cost row without a measurement")
+			}
+			bs[0].Latency.IdleWeftd = &WeftdCost{Switches: 0.04, CPU: us(3)}
+			for _, row := range r.Table().Rows {
+				rows[row.Case+" / "+row.Metric] = row
+			}
+			if row := get("udp pod→pod / weftd per idle ping, both hosts"); row.Baseline != "vxlan 0.0 switches onto a CPU, 3 µs on CPU, same run (weftd not on its path)" {
+				t.Errorf("udp weftd cost against vxlan's: %+v", row)
+			}
+			if row := get("vxlan pod→pod / weftd per idle ping, both hosts"); row.Result != "0.0 switches onto a CPU, 3 µs on CPU" || row.Baseline != "" {
+				t.Errorf("vxlan weftd cost: %+v", row)
 			}
 			if row := get("host-gw pod→pod / ping RTT"); row.Result != "error: ping: no reply" {
 				t.Errorf("host-gw: %+v", row)

@@ -99,6 +99,22 @@ func MedianFloat(xs []float64) float64 {
 	return (s[n/2-1] + s[n/2]) / 2
 }
 
+// ProcSchedstat parses /proc/<pid>/task/<tid>/schedstat ("run_ns
+// wait_ns timeslices") and returns the thread's time on a CPU and how
+// many times it was switched in.
+func ProcSchedstat(data []byte) (run time.Duration, switches int64, err error) {
+	f := strings.Fields(string(data))
+	if len(f) != 3 {
+		return 0, 0, fmt.Errorf("schedstat: %d fields, want 3", len(f))
+	}
+	ns, err1 := strconv.ParseInt(f[0], 10, 64)
+	n, err2 := strconv.ParseInt(f[2], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, fmt.Errorf("schedstat: %w", err)
+	}
+	return time.Duration(ns), n, nil
+}
+
 // ProcCPU parses /proc/<pid>/stat and returns utime+stime in clock ticks.
 // The command name may contain spaces and parentheses, so fields are
 // counted from the last ')'.
