@@ -23,7 +23,7 @@ type LeaseData struct {
 // leaseJSON is the wire form; field names match case-insensitively.
 type leaseJSON struct {
 	PublicKey string
-	Port      json.Number
+	Port      json.RawMessage
 }
 
 // maxLeaseData bounds the BackendData we are willing to parse: the
@@ -49,9 +49,7 @@ func ParseLeaseData(raw json.RawMessage) (LeaseData, error) {
 		return LeaseData{}, fmt.Errorf("wireguard BackendData: %d bytes is too long", len(raw))
 	}
 	var j leaseJSON
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	if err := dec.Decode(&j); err != nil {
+	if err := json.Unmarshal(raw, &j); err != nil {
 		return LeaseData{}, fmt.Errorf("wireguard BackendData: %w", err)
 	}
 	var d LeaseData
@@ -68,10 +66,12 @@ func ParseLeaseData(raw json.RawMessage) (LeaseData, error) {
 	if d.PublicKey == (wgtypes.Key{}) {
 		return LeaseData{}, fmt.Errorf("wireguard BackendData: PublicKey is all zeros: %w", ErrBadKey)
 	}
-	if j.Port != "" {
-		p, err := j.Port.Int64()
-		if err != nil || p < 0 || p > 65535 {
-			return LeaseData{}, fmt.Errorf("wireguard BackendData: Port %.20s: %w (0-65535)", j.Port.String(), ErrBadPort)
+	if port := bytes.TrimSpace(j.Port); len(port) > 0 && string(port) != "null" {
+		var n json.Number
+		err := json.Unmarshal(port, &n)
+		p, perr := n.Int64()
+		if err != nil || port[0] == '"' || perr != nil || p < 0 || p > 65535 {
+			return LeaseData{}, fmt.Errorf("wireguard BackendData: Port %.20s: %w (0-65535)", port, ErrBadPort)
 		}
 		d.Port = int(p)
 	}

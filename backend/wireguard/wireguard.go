@@ -39,7 +39,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"sync"
 
 	"github.com/vishvananda/netns"
@@ -119,14 +118,12 @@ func New(cfg backend.Config) (backend.Backend, error) {
 	return b, nil
 }
 
-// KeyFile is the private key file a host uses: the configured one, else
-// $WIREGUARD_KEY_FILE, else DefaultKeyFile.
+// KeyFile is the private key file a host uses: the configured one (weftd
+// resolves --wireguard-key-file and $WIREGUARD_KEY_FILE), else
+// DefaultKeyFile.
 func KeyFile(configured string) string {
 	if configured != "" {
 		return configured
-	}
-	if f := os.Getenv(KeyFileEnv); f != "" {
-		return f
 	}
 	return DefaultKeyFile
 }
