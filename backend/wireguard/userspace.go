@@ -430,10 +430,9 @@ func listenUAPI(dir, name string, dev *device.Device) (*uapiServer, error) {
 		return fail(err)
 	}
 	s := &uapiServer{ln: ln, path: path, conns: map[net.Conn]struct{}{}}
-	if st, err := os.Lstat(path); err == nil {
-		if sys, ok := st.Sys().(*unix.Stat_t); ok {
-			s.ino = sys.Ino
-		}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err == nil {
+		s.ino = st.Ino
 	}
 	s.wg.Go(func() {
 		for {
