@@ -143,6 +143,10 @@ func (b *wgBackend) Setup(ctx context.Context) (subnet.LeaseAttrs, error) {
 	}
 	b.mtu = ext - overhead
 
+	name, why, err := chooseDriver(b.cfg.WireGuard.Driver)
+	if err != nil {
+		return subnet.LeaseAttrs{}, err
+	}
 	path := KeyFile(b.cfg.WireGuard.KeyFile)
 	key, created, err := LoadOrCreateKey(path)
 	if err != nil {
@@ -156,10 +160,6 @@ func (b *wgBackend) Setup(ctx context.Context) (subnet.LeaseAttrs, error) {
 		b.logger.Info("using the private key of the key file", "key-file", path, "public-key", pub.String())
 	}
 
-	name, why, err := chooseDriver(b.cfg.WireGuard.Driver)
-	if err != nil {
-		return subnet.LeaseAttrs{}, err
-	}
 	b.logger.Info("wireguard driver", "driver", name, "why", why, "listen-port", b.opts.ListenPort, "mtu", b.mtu)
 	if b.drv == nil {
 		if name == DriverKernel {
