@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/backend/wireguard"
 	"github.com/weftnet/weft/internal/backends"
 	"github.com/weftnet/weft/subnet"
 	"github.com/weftnet/weft/subnet/etcd"
@@ -24,6 +25,7 @@ type leaseJSON struct {
 	PublicIP         string          `json:"publicIP,omitempty"`
 	Backend          string          `json:"backend,omitempty"`
 	VtepMAC          string          `json:"vtepMAC,omitempty"`
+	PublicKey        string          `json:"publicKey,omitempty"`
 	Expires          *time.Time      `json:"expires,omitempty"`
 	ExpiresInSeconds *int64          `json:"expiresInSeconds,omitempty"`
 	Reserved         bool            `json:"reserved"`
@@ -120,6 +122,19 @@ func vtepMAC(a subnet.LeaseAttrs) string {
 	return net.HardwareAddr(id).String()
 }
 
+// publicKey returns a wireguard lease's public key, base64 as wg(8)
+// prints it, "" for other leases and unusable data.
+func publicKey(a subnet.LeaseAttrs) string {
+	if a.BackendType != wireguard.Type {
+		return ""
+	}
+	d, err := wireguard.ParseLeaseData(a.BackendData)
+	if err != nil {
+		return ""
+	}
+	return d.PublicKey.String()
+}
+
 // expiresIn renders the time left: "23h59m", "42s", "never" for a
 // reservation, "expired" when it has run out or is unknown.
 func expiresIn(l subnet.Lease, now time.Time) string {
@@ -167,10 +182,23 @@ func dash(s string) string {
 
 func writeLeasesTable(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED")
+	// The PUBLIC KEY column (wireguard) is there only when a lease has one.
+	keys := false
 	for _, l := range snap.Leases {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, field(backendName(l.Attrs)),
+		keys = keys || publicKey(l.Attrs) != ""
+	}
+	head := "SUBNET\tPUBLIC IP\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED"
+	if keys {
+		head += "\tPUBLIC KEY"
+	}
+	fmt.Fprintln(tw, head)
+	for _, l := range snap.Leases {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s", l.Subnet, l.Attrs.PublicIP, field(backendName(l.Attrs)),
 			dash(vtepMAC(l.Attrs)), expiresIn(l, now), yesNo(l.Reservation))
+		if keys {
+			fmt.Fprintf(tw, "\t%s", dash(publicKey(l.Attrs)))
+		}
+		fmt.Fprintln(tw)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -200,6 +228,7 @@ func writeLeasesJSON(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 			PublicIP:    l.Attrs.PublicIP.String(),
 			Backend:     backendName(l.Attrs),
 			VtepMAC:     vtepMAC(l.Attrs),
+			PublicKey:   publicKey(l.Attrs),
 			Reserved:    l.Reservation,
 			ModRevision: l.ModRevision,
 			Value:       value,
