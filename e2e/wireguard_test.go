@@ -102,6 +102,55 @@ func TestWireGuard(t *testing.T) {
 
 	t.Run("capture", func(t *testing.T) { wgCapture(t, ctx, l, pods) })
 
+	t.Run("hostile leases", func(t *testing.T) {
+		// Unusable wireguard lease data in etcd: refused, with a reason,
+		// and nobody else is cut off.
+		h1key := pubOf(l.Hosts[0])
+		pg := pingAll(t, pods, 60, 50*time.Millisecond)
+		bad := map[string]string{
+			"198.18.250.0-24": `{"PublicIP":"192.0.2.99","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"!!not base64!!","Port":51820}}`,
+			"198.18.251.0-24": `{"PublicIP":"192.0.2.98","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"c2hvcnQ=","Port":51820}}`,
+			"198.18.252.0-24": `{"PublicIP":"192.0.2.97","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"` + h1key.String() + `","Port":70000}}`,
+			"198.18.253.0-24": `{"PublicIP":"192.0.2.96","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"` + h1key.String() + `","Port":51820}}`,
+		}
+		for k, v := range bad {
+			if _, err := cli.Put(ctx, leasePrefix+k, v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(time.Second)
+		for _, h := range l.Hosts {
+			st, err := status(ctx, h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := len(uapiPeers(t, h)); got != len(l.Hosts)-1 {
+				t.Errorf("%s: device has %d peers with hostile leases in etcd, want %d", h.Name, got, len(l.Hosts)-1)
+			}
+			refused := map[string]bool{}
+			for _, r := range st.LeasesRefused {
+				refused[r.Key] = true
+			}
+			for k := range bad {
+				if !refused[k] {
+					t.Errorf("%s: /status does not list %s as refused: %+v", h.Name, k, st.LeasesRefused)
+				}
+			}
+			if !st.Ready {
+				t.Errorf("%s: not ready with hostile leases in etcd: %s", h.Name, st.NotReadyReason)
+			}
+		}
+		if lines := logLines(l.Hosts[1], "not a usable WireGuard public key"); len(lines) == 0 {
+			t.Errorf("%s did not log why it refused the lease with a bad key", l.Hosts[1].Name)
+		}
+		expectNoLoss(t, ctx, pg)
+		for k := range bad {
+			if _, err := cli.Delete(ctx, leasePrefix+k); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
 	t.Run("restart", func(t *testing.T) {
 		h := l.Hosts[1]
 		pg := startPinger(t, pods[0], pods[1].IP, 400, 10*time.Millisecond)

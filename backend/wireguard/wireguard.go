@@ -38,6 +38,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
 
@@ -79,6 +80,7 @@ type wgBackend struct {
 	// touch it.
 	kmu      sync.Mutex
 	key      wgtypes.Key
+	pub      wgtypes.Key
 	drv      driver
 	k        *nl.Conn
 	setUp    bool
@@ -87,6 +89,13 @@ type wgBackend struct {
 	// a later difference with the same desired state counts as a repair.
 	applied        []subnet.Lease
 	appliedOK      bool
+	// want and refused are the peers built from wantFrom (the slice
+	// SetDesired handed over, which nobody modifies) for wantOwn: a
+	// resync pass builds nothing.
+	wantFrom []subnet.Lease
+	wantOwn  netip.Prefix
+	want     []Peer
+	refused  map[netip.Prefix]string
 	addrInstalled  netip.Prefix
 	routeInstalled bool
 	routeBuf       []nl.Route
@@ -154,6 +163,7 @@ func (b *wgBackend) Setup(ctx context.Context) (subnet.LeaseAttrs, error) {
 	}
 	b.key = key
 	pub := key.PublicKey()
+	b.pub = pub
 	if created {
 		b.logger.Info("generated a new private key", "key-file", path, "public-key", pub.String())
 	} else {
@@ -308,8 +318,12 @@ func (b *wgBackend) pass(own subnet.Lease, leases []subnet.Lease) backend.Pass {
 		return p
 	}
 
-	want, refused := desiredPeers(b.cfg.Network, own.Subnet, b.key, b.opts, leases)
-	p.Refused = refused
+	if b.want == nil || !sameSlice(b.wantFrom, leases) || b.wantOwn != own.Subnet {
+		b.want, b.refused = desiredPeers(b.cfg.Network, own.Subnet, b.pub, b.opts, leases)
+		b.wantFrom, b.wantOwn = leases, own.Subnet
+	}
+	want := b.want
+	p.Refused = maps.Clone(b.refused)
 	have, err := b.drv.Peers()
 	if err != nil {
 		p.Err = err
