@@ -96,6 +96,11 @@ type wgBackend struct {
 	wantOwn  netip.Prefix
 	want     []Peer
 	refused  map[netip.Prefix]string
+	// setEndpoint is the endpoint we last gave each peer. WireGuard
+	// follows a peer that roams (a NAT rebinding its port): a device
+	// endpoint that moved away from the one we set, while the lease still
+	// says the same, is the peer's real address, not drift to repair.
+	setEndpoint map[wgtypes.Key]netip.AddrPort
 	addrInstalled  netip.Prefix
 	routeInstalled bool
 	routeBuf       []nl.Route
@@ -311,6 +316,9 @@ func (b *wgBackend) pass(own subnet.Lease, leases []subnet.Lease) backend.Pass {
 		p.Repairs["device"]++
 		b.appliedOK = false
 	}
+	if fresh {
+		b.setEndpoint = nil
+	}
 	b.attached = true
 	routed, err := b.apply(own.Subnet, &p)
 	if err != nil {
@@ -329,6 +337,12 @@ func (b *wgBackend) pass(own subnet.Lease, leases []subnet.Lease) backend.Pass {
 		p.Err = err
 		return p
 	}
+	for i := range have {
+		h := &have[i]
+		if set, ok := b.setEndpoint[h.PublicKey]; ok && h.Endpoint != set && h.Endpoint.IsValid() {
+			h.Endpoint = set // roamed: leave it where WireGuard found the peer
+		}
+	}
 	changes := diffPeers(have, want)
 	if len(changes) > 0 {
 		if b.appliedOK && sameSlice(b.applied, leases) {
@@ -339,6 +353,16 @@ func (b *wgBackend) pass(own subnet.Lease, leases []subnet.Lease) backend.Pass {
 			p.Err = err
 			b.appliedOK = false
 			return p
+		}
+		if b.setEndpoint == nil {
+			b.setEndpoint = map[wgtypes.Key]netip.AddrPort{}
+		}
+		for _, c := range changes {
+			if c.Remove {
+				delete(b.setEndpoint, c.PublicKey)
+			} else {
+				b.setEndpoint[c.PublicKey] = c.Endpoint.AddrPort()
+			}
 		}
 	}
 	b.applied, b.appliedOK = leases, true
