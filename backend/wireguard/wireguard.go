@@ -87,8 +87,8 @@ type wgBackend struct {
 	attached bool // a device has been running: a fresh one is a repair
 	// applied is the desired peer set the device last matched, so that
 	// a later difference with the same desired state counts as a repair.
-	applied        []subnet.Lease
-	appliedOK      bool
+	applied   []subnet.Lease
+	appliedOK bool
 	// want and refused are the peers built from wantFrom (the slice
 	// SetDesired handed over, which nobody modifies) for wantOwn: a
 	// resync pass builds nothing.
@@ -100,7 +100,7 @@ type wgBackend struct {
 	// follows a peer that roams (a NAT rebinding its port): a device
 	// endpoint that moved away from the one we set, while the lease still
 	// says the same, is the peer's real address, not drift to repair.
-	setEndpoint map[wgtypes.Key]netip.AddrPort
+	setEndpoint    map[wgtypes.Key]netip.AddrPort
 	addrInstalled  netip.Prefix
 	routeInstalled bool
 	routeBuf       []nl.Route

@@ -461,7 +461,9 @@ time=2026-11-26T04:00:09.000Z level=DEBUG msg=reconciled backend=vxlan peers=100
 func TestWireGuardTargets(t *testing.T) {
 	gb := func(x float64) Iperf { return Iperf{BitsPerSecond: x * 1e9, Seconds: 5} }
 	us := func(x int) time.Duration { return time.Duration(x) * time.Microsecond }
-	lat := func(median time.Duration) *Latency { return &Latency{Idle: RTTs{Sent: 10, Replies: 10, Median: median}} }
+	lat := func(median time.Duration) *Latency {
+		return &Latency{Idle: RTTs{Sent: 10, Replies: 10, Median: median}}
+	}
 	for _, tc := range []struct {
 		name       string
 		wgTCP      float64
