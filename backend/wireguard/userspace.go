@@ -2,6 +2,7 @@ package wireguard
 
 import (
 	"bufio"
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -150,9 +151,16 @@ func (d *userspaceDriver) openLocked() error {
 		if err != nil {
 			return fmt.Errorf("find %s: %w", d.name, err)
 		}
+		// wireguard-go's lines go to our logger; they name peers by
+		// public key, never by private key. Debug lines are only
+		// formatted when debug logging is on.
 		logger := &device.Logger{
-			Verbosef: func(format string, args ...any) { d.logger.Debug(fmt.Sprintf(format, args...)) },
-			Errorf:   func(format string, args ...any) { d.logger.Warn(fmt.Sprintf(format, args...)) },
+			Verbosef: func(format string, args ...any) {
+				if d.logger.Enabled(context.Background(), slog.LevelDebug) {
+					d.logger.Debug(fmt.Sprintf(format, args...))
+				}
+			},
+			Errorf: func(format string, args ...any) { d.logger.Warn(fmt.Sprintf(format, args...)) },
 		}
 		dev := device.NewDevice(td, &nsBind{Bind: conn.NewStdNetBind(), ns: d.ns}, logger)
 		srv, err := listenUAPI(d.socketDir, d.name, dev)
