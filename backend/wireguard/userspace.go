@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -59,9 +60,22 @@ type userspaceDriver struct {
 	uapi  *uapiServer
 	key   wgtypes.Key
 	port  int
+
+	// initiations are the handshakes Configure scheduled, by peer; iwg
+	// counts those scheduled and not yet done or stopped.
+	initiations map[wgtypes.Key]*time.Timer
+	iwg         sync.WaitGroup
 }
 
 var _ driver = (*userspaceDriver)(nil)
+
+// initiateJitter bounds the random delay before a handshake Configure
+// starts. Two hosts that add each other at the same moment (a cluster
+// starting) would otherwise send their initiations at once; crossing
+// initiations void each other's responses in WireGuard, and both sides
+// then wait 5 s (REKEY_TIMEOUT) before trying again. Spread over 150 ms,
+// they cross only rarely.
+const initiateJitter = 150 * time.Millisecond
 
 func (d *userspaceDriver) Name() string { return DriverUserspace }
 
@@ -308,13 +322,30 @@ func (d *userspaceDriver) Configure(changes []wgtypes.PeerConfig) error {
 	if err := nl.Do(d.ns, func() error { return dev.IpcSet(uapiSet(changes)) }); err != nil {
 		return fmt.Errorf("configure %s peers: %w", d.name, err)
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.dev != dev {
+		return nil // closed meanwhile
+	}
+	if d.initiations == nil {
+		d.initiations = map[wgtypes.Key]*time.Timer{}
+	}
 	for _, c := range changes {
+		if t := d.initiations[c.PublicKey]; t != nil && t.Stop() {
+			d.iwg.Done()
+		}
+		delete(d.initiations, c.PublicKey)
 		if c.Remove {
 			continue
 		}
-		if p := dev.LookupPeer(device.NoisePublicKey(c.PublicKey)); p != nil {
-			p.SendHandshakeInitiation(false)
-		}
+		key := c.PublicKey
+		d.iwg.Add(1)
+		d.initiations[key] = time.AfterFunc(rand.N(initiateJitter), func() {
+			defer d.iwg.Done()
+			if p := dev.LookupPeer(device.NoisePublicKey(key)); p != nil {
+				p.SendHandshakeInitiation(false)
+			}
+		})
 	}
 	return nil
 }
@@ -329,6 +360,13 @@ func (d *userspaceDriver) Close() error {
 }
 
 func (d *userspaceDriver) closeLocked() {
+	for _, t := range d.initiations {
+		if t.Stop() {
+			d.iwg.Done()
+		}
+	}
+	d.initiations = nil
+	d.iwg.Wait()
 	if d.uapi != nil {
 		d.uapi.Close()
 		d.uapi = nil
