@@ -78,7 +78,7 @@ bench: build
 	./bin/weft-lab bench
 
 demo: build
-	./bin/weft-lab demo --hosts $(or $(HOSTS),3) --backend $(or $(BACKEND),vxlan) $(if $(KEEP),--keep,)
+	./bin/weft-lab demo --hosts $(or $(HOSTS),3) --backend $(or $(BACKEND),vxlan) $(if $(KEEP),--keep,) $(if $(DUALSTACK),--dual-stack,)
 
 install: build docs
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNIBIN) $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/weft $(DESTDIR)/etc/cni/net.d \

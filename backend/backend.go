@@ -35,7 +35,14 @@ type ExternalInterface struct {
 	Addr netip.Addr
 	// PublicIP is the address published in our lease: --public-ip, or Addr.
 	PublicIP netip.Addr
-	MTU      int
+	// Addr6 is the interface's own global IPv6 address, and PublicIPv6 the
+	// one published in our lease (--public-ipv6, or Addr6); both are
+	// invalid when the host has none or the network is IPv4-only. A
+	// dual-stack backend sends IPv6 pod traffic to a peer's PublicIPv6,
+	// from ours.
+	Addr6      netip.Addr
+	PublicIPv6 netip.Addr
+	MTU        int
 }
 
 // Config is what a backend is built from.
@@ -102,8 +109,9 @@ type Cleanup func(ctx context.Context, ns netns.NsHandle, logger *slog.Logger) e
 // Backend is one data path.
 type Backend interface {
 	// Setup creates or adopts the backend's devices and returns the
-	// attributes to publish in our lease: BackendType and BackendData (the
-	// caller fills in PublicIP). It is idempotent.
+	// attributes to publish in our lease: BackendType and BackendData, and
+	// on a dual-stack network BackendV6Data (the caller fills in PublicIP
+	// and PublicIPv6). It is idempotent.
 	Setup(ctx context.Context) (subnet.LeaseAttrs, error)
 	// MTU is the MTU pods must use (FLANNEL_MTU). Valid after Setup.
 	MTU() int

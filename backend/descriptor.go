@@ -29,6 +29,12 @@ type Descriptor struct {
 	// the backend has none, or an error when the data is unusable. Nil
 	// means the backend carries no peer data.
 	PeerData func(subnet.LeaseAttrs) (identity string, err error)
+	// PeerData6 judges BackendV6Data the same way for a dual-stack peer;
+	// nil when the backend publishes no IPv6 data.
+	PeerData6 func(subnet.LeaseAttrs) (identity string, err error)
+	// DualStack is true when the backend programs IPv6 beside IPv4. weftd
+	// and weftctl config set refuse EnableIPv6 for a backend without it.
+	DualStack bool
 	// Expect says what the backend holds in a host's kernel for a set of
 	// peers, for weftctl doctor to compare with what is there.
 	Expect func(ExpectInput) (Expectation, error)
@@ -57,7 +63,7 @@ func (d Descriptor) SameOptions(a, b json.RawMessage) bool {
 
 // PeerRules is what subnet.FilterPeers needs to know of the backend.
 func (d Descriptor) PeerRules() subnet.PeerRules {
-	return subnet.PeerRules{LeaseType: d.LeaseType, PeerData: d.PeerData}
+	return subnet.PeerRules{LeaseType: d.LeaseType, PeerData: d.PeerData, PeerData6: d.PeerData6}
 }
 
 // ExpectInput is what a backend's expectation depends on.
@@ -71,7 +77,8 @@ type ExpectInput struct {
 	// Ext is the underlay interface (Name, Index and MTU are set; Index is
 	// 0 when it was not found).
 	Ext ExternalInterface
-	// OnLink are the prefixes on-link on Ext (see routes.OnLink).
+	// OnLink are the prefixes on-link on Ext (see routes.OnLink), and on a
+	// dual-stack network its global IPv6 prefixes too (routes.OnLink6).
 	OnLink []netip.Prefix
 }
 

@@ -284,7 +284,11 @@ func vtepMAC(ctx context.Context, t *testing.T, h *lab.Host) string {
 // hasRoute reports whether the host has a route for exactly sn.
 func hasRoute(ctx context.Context, t *testing.T, h *lab.Host, sn netip.Prefix) bool {
 	t.Helper()
-	out, err := h.Exec(ctx, "ip", "-4", "route", "show", "exact", sn.String())
+	family := "-4"
+	if sn.Addr().Is6() {
+		family = "-6"
+	}
+	out, err := h.Exec(ctx, "ip", family, "route", "show", "exact", sn.String())
 	if err != nil {
 		t.Fatalf("%s: ip route show: %v", h.Name, err)
 	}

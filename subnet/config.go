@@ -14,9 +14,6 @@ import (
 // flanneld would pick "udp" in that case; weft picks vxlan and warns.
 const DefaultBackendType = "vxlan"
 
-// ErrIPv6Unsupported is returned for configs that enable IPv6.
-var ErrIPv6Unsupported = errors.New("IPv6 is not supported yet")
-
 // Config is the validated network config read from <prefix>/config.
 type Config struct {
 	// Network is the IPv4 cluster network, masked.
@@ -33,6 +30,11 @@ type Config struct {
 	BackendDefaulted bool
 	// Backend is the raw Backend object (options for the backend), never nil.
 	Backend json.RawMessage
+	// EnableIPv6 is true for a dual-stack network: every lease then also
+	// carries an IPv6 subnet from IPv6.
+	EnableIPv6 bool
+	// IPv6 is the IPv6 pool; zero unless EnableIPv6.
+	IPv6 Pool
 	// EnableNFTables is carried through for compatibility; weft always uses
 	// the iptables command, which is nf_tables based on current distros.
 	EnableNFTables bool
@@ -126,11 +128,8 @@ func ParseConfig(data []byte) (*Config, error) {
 	if dec.More() {
 		return nil, errors.New("config is not valid JSON: trailing data after the object")
 	}
-	if rc.EnableIPv6 {
-		return nil, fmt.Errorf("config field EnableIPv6: %w", ErrIPv6Unsupported)
-	}
 	if rc.EnableIPv4 != nil && !*rc.EnableIPv4 {
-		return nil, fieldErr("EnableIPv4", "must be true: weft supports IPv4 networks only")
+		return nil, fieldErr("EnableIPv4", "must be true: every lease has an IPv4 subnet (IPv6-only networks are not supported; add EnableIPv6 for dual stack)")
 	}
 	cfg := &Config{Raw: append([]byte(nil), data...), EnableNFTables: rc.EnableNFTables}
 
@@ -152,16 +151,15 @@ func ParseConfig(data []byte) (*Config, error) {
 				Rule: fmt.Sprintf("%s overlaps the reserved range %s, which cannot be a pod network", nw, r)}
 		}
 	}
-	cfg.Network = nw
 	bits := nw.Bits()
-
+	p := Pool{Family: IPv4, Network: nw}
 	switch {
 	case rc.SubnetLen == nil || *rc.SubnetLen == 0:
 		switch {
 		case bits <= 22:
-			cfg.SubnetLen = 24
+			p.SubnetLen = 24
 		case bits <= 28:
-			cfg.SubnetLen = bits + 2
+			p.SubnetLen = bits + 2
 		default:
 			return nil, fieldErr("Network", "prefix /%d is too long to split into subnets (at most /28)", bits)
 		}
@@ -173,39 +171,19 @@ func ParseConfig(data []byte) (*Config, error) {
 		if l < bits+2 {
 			return nil, fieldErr("SubnetLen", "%d must be at least the network prefix + 2 (%d)", l, bits+2)
 		}
-		cfg.SubnetLen = l
+		p.SubnetLen = l
 	}
+	if err := p.fillBounds("SubnetMin", rc.SubnetMin, "SubnetMax", rc.SubnetMax); err != nil {
+		return nil, err
+	}
+	cfg.Network, cfg.SubnetLen, cfg.SubnetMin, cfg.SubnetMax = p.Network, p.SubnetLen, p.SubnetMin, p.SubnetMax
 
-	size := uint32(1) << (32 - cfg.SubnetLen)
-	first := addrToU32(nw.Addr())
-	last := first + (uint32(1)<<(32-bits) - size)
-	cfg.SubnetMin = u32ToAddr(first + size)
-	cfg.SubnetMax = u32ToAddr(last)
-	parseBound := func(field string, s *string, dst *netip.Addr) error {
-		if s == nil || *s == "" {
-			return nil
+	if rc.EnableIPv6 {
+		p6, err := parsePool6(&rc)
+		if err != nil {
+			return nil, err
 		}
-		a, err := netip.ParseAddr(*s)
-		if err != nil || !a.Is4() {
-			return fieldErr(field, "%q is not an IPv4 address", *s)
-		}
-		if !nw.Contains(a) {
-			return fieldErr(field, "%s is outside Network %s", a, nw)
-		}
-		if (addrToU32(a)-first)%size != 0 {
-			return fieldErr(field, "%s is not on a /%d subnet boundary", a, cfg.SubnetLen)
-		}
-		*dst = a
-		return nil
-	}
-	if err := parseBound("SubnetMin", rc.SubnetMin, &cfg.SubnetMin); err != nil {
-		return nil, err
-	}
-	if err := parseBound("SubnetMax", rc.SubnetMax, &cfg.SubnetMax); err != nil {
-		return nil, err
-	}
-	if cfg.SubnetMax.Less(cfg.SubnetMin) {
-		return nil, fieldErr("SubnetMax", "%s is below SubnetMin %s", cfg.SubnetMax, cfg.SubnetMin)
+		cfg.EnableIPv6, cfg.IPv6 = true, p6
 	}
 
 	if len(bytes.TrimSpace(rc.Backend)) == 0 || string(bytes.TrimSpace(rc.Backend)) == "null" {
@@ -226,58 +204,71 @@ func ParseConfig(data []byte) (*Config, error) {
 	return cfg, nil
 }
 
-// CheckUnderlay refuses a config whose Network contains any of addrs: the
-// hosts' underlay (public) addresses, such as the PublicIPs of all leases and
-// a machine's own interface addresses. Invalid addresses and IPv6 addresses
-// are ignored (the network is IPv4); IPv4-mapped IPv6 addresses are checked
-// as IPv4. The error is a *FieldError for Network that names the first
-// offending address and wraps ErrNetworkCoversUnderlay.
+// CheckUnderlay refuses a config whose Network or IPv6Network contains any
+// of addrs: the hosts' underlay (public) addresses, such as the PublicIPs of
+// all leases and a machine's own interface addresses. Invalid addresses are
+// ignored, IPv4-mapped IPv6 addresses are checked as IPv4, and IPv6
+// addresses only when the config enables IPv6. The error is a *FieldError
+// for the network field that names the first offending address and wraps
+// ErrNetworkCoversUnderlay.
 func (c *Config) CheckUnderlay(addrs ...netip.Addr) error {
-	var first netip.Addr
-	more := 0
-	for _, a := range addrs {
-		a = a.Unmap()
-		if !a.Is4() || !c.Network.Contains(a) {
+	for _, p := range []struct {
+		field string
+		nw    netip.Prefix
+	}{{"Network", c.Network}, {"IPv6Network", c.IPv6.Network}} {
+		if !p.nw.IsValid() {
 			continue
 		}
-		switch {
-		case !first.IsValid():
-			first = a
-		case a != first:
-			more++
+		var first netip.Addr
+		more := 0
+		for _, a := range addrs {
+			a = a.Unmap()
+			if !a.IsValid() || a.BitLen() != p.nw.Addr().BitLen() || !p.nw.Contains(a.WithZone("")) {
+				continue
+			}
+			switch {
+			case !first.IsValid():
+				first = a
+			case a != first:
+				more++
+			}
 		}
+		if !first.IsValid() {
+			continue
+		}
+		rule := fmt.Sprintf("%s contains the underlay address %s", p.nw, first)
+		if more > 0 {
+			rule += fmt.Sprintf(" (and %d more)", more)
+		}
+		rule += ": the overlay would capture traffic between hosts; pick a network that no host address lies in"
+		return &FieldError{Field: p.field, Rule: rule, Err: ErrNetworkCoversUnderlay}
 	}
-	if !first.IsValid() {
-		return nil
-	}
-	rule := fmt.Sprintf("%s contains the underlay address %s", c.Network, first)
-	if more > 0 {
-		rule += fmt.Sprintf(" (and %d more)", more)
-	}
-	rule += ": the overlay would capture traffic between hosts; pick a network that no host address lies in"
-	return &FieldError{Field: "Network", Rule: rule, Err: ErrNetworkCoversUnderlay}
+	return nil
 }
 
-// SubnetCount is the number of subnets in [SubnetMin, SubnetMax].
-func (c *Config) SubnetCount() int {
-	size := uint32(1) << (32 - c.SubnetLen)
-	return int((addrToU32(c.SubnetMax)-addrToU32(c.SubnetMin))/size) + 1
+// Pool4 is the IPv4 pool: Network, SubnetLen, SubnetMin and SubnetMax.
+func (c *Config) Pool4() Pool {
+	return Pool{Family: IPv4, Network: c.Network, SubnetLen: c.SubnetLen, SubnetMin: c.SubnetMin, SubnetMax: c.SubnetMax}
 }
 
-// InRange reports whether sn is a subnet this network may lease: inside the
-// network, of length SubnetLen, on a boundary, within [SubnetMin, SubnetMax].
-func (c *Config) InRange(sn netip.Prefix) bool {
-	if sn.Bits() != c.SubnetLen || sn.Masked() != sn || !c.Network.Contains(sn.Addr()) {
-		return false
+// PoolOf returns the pool of family f; the IPv6 pool is zero (not Enabled)
+// unless EnableIPv6.
+func (c *Config) PoolOf(f Family) Pool {
+	if f == IPv6 {
+		return c.IPv6
 	}
-	a := sn.Addr()
-	return !a.Less(c.SubnetMin) && !c.SubnetMax.Less(a)
+	return c.Pool4()
 }
 
-// Contains reports whether sn lies entirely inside the cluster network.
-func (c *Config) Contains(sn netip.Prefix) bool {
-	return sn.Bits() >= c.Network.Bits() && c.Network.Contains(sn.Addr())
-}
+// SubnetCount is the number of IPv4 subnets in [SubnetMin, SubnetMax].
+func (c *Config) SubnetCount() int { return int(c.Pool4().Count()) }
+
+// InRange reports whether sn is an IPv4 subnet this network may lease
+// (see Pool.InRange).
+func (c *Config) InRange(sn netip.Prefix) bool { return c.Pool4().InRange(sn) }
+
+// Contains reports whether sn lies entirely inside the IPv4 cluster network.
+func (c *Config) Contains(sn netip.Prefix) bool { return c.Pool4().Contains(sn) }
 
 func addrToU32(a netip.Addr) uint32 {
 	b := a.As4()

@@ -97,10 +97,6 @@ func TestParseConfigErrors(t *testing.T) {
 	if _, err := ParseConfig([]byte(`{"Network":"127.0.0.0/8"}`)); !errors.Is(err, ErrNetworkReserved) {
 		t.Errorf("127.0.0.0/8: got %v, want ErrNetworkReserved", err)
 	}
-	_, err := ParseConfig([]byte(`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/64"}`))
-	if !errors.Is(err, ErrIPv6Unsupported) || !strings.Contains(err.Error(), "IPv6 is not supported yet") {
-		t.Errorf("IPv6 config: got %v", err)
-	}
 }
 
 func TestRandomFreeExhaustion(t *testing.T) {
@@ -165,7 +161,10 @@ func TestValidatePeer(t *testing.T) {
 func FuzzParseConfig(f *testing.F) {
 	for _, s := range []string{`{"Network":"10.5.0.0/16"}`, `{"Network":"198.18.0.0/23","SubnetLen":27,"SubnetMin":"198.18.0.32"}`, `{"network":"1.2.3.4/28","backend":{"type":"udp"}}`, `{}`, `[]`,
 		`{"Network":"0.0.0.0/0"}`, `{"Network":"169.254.0.0/16"}`, `{"Network":"223.255.255.0/24"}`, `{"Network":"10.0.0.0/8","SubnetLen":30}`,
-		`{"Network":"198.18.0.0/15","SubnetMin":"198.19.255.0","SubnetMax":"198.19.255.0","Backend":{"Type":"HOST-GW"}}`} {
+		`{"Network":"198.18.0.0/15","SubnetMin":"198.19.255.0","SubnetMax":"198.19.255.0","Backend":{"Type":"HOST-GW"}}`,
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48"}`,
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/120","IPv6SubnetLen":124,"IPv6SubnetMin":"2001:db8::20"}`,
+		`{"Network":"198.18.0.0/16","enableipv6":true,"ipv6network":"::/0"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -201,8 +200,13 @@ func FuzzParseConfig(f *testing.F) {
 		if err := c.CheckUnderlay(c.SubnetMax); !errors.Is(err, ErrNetworkCoversUnderlay) {
 			t.Fatalf("CheckUnderlay(%s) inside %s = %v", c.SubnetMax, c.Network, err)
 		}
-		if err := c.CheckUnderlay(netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("2001:db8::1")); err != nil {
+		if err := c.CheckUnderlay(netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("fe80::1")); err != nil {
 			t.Fatalf("CheckUnderlay outside %s = %v", c.Network, err)
+		}
+		if c.EnableIPv6 {
+			checkPool6(t, c.IPv6)
+		} else if c.IPv6.Enabled() {
+			t.Fatalf("IPv6 pool %v set without EnableIPv6", c.IPv6)
 		}
 		if c.Backend == nil || c.BackendType == "" || c.BackendType != strings.ToLower(c.BackendType) {
 			t.Fatalf("backend %q %s", c.BackendType, c.Backend)

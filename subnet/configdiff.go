@@ -27,6 +27,13 @@ func ConfigDiff(a, b *Config, sameOptions func(a, b json.RawMessage) bool) []str
 	add("SubnetLen", a.SubnetLen != b.SubnetLen)
 	add("SubnetMin", a.SubnetMin != b.SubnetMin)
 	add("SubnetMax", a.SubnetMax != b.SubnetMax)
+	add("EnableIPv6", a.EnableIPv6 != b.EnableIPv6)
+	if a.EnableIPv6 && b.EnableIPv6 {
+		add("IPv6Network", a.IPv6.Network != b.IPv6.Network)
+		add("IPv6SubnetLen", a.IPv6.SubnetLen != b.IPv6.SubnetLen)
+		add("IPv6SubnetMin", a.IPv6.SubnetMin != b.IPv6.SubnetMin)
+		add("IPv6SubnetMax", a.IPv6.SubnetMax != b.IPv6.SubnetMax)
+	}
 	add("EnableNFTables", a.EnableNFTables != b.EnableNFTables)
 	add("Backend.Type", a.BackendType != b.BackendType)
 	if a.BackendType == b.BackendType && sameOptions != nil {

@@ -18,6 +18,20 @@ type Env struct {
 	Subnet  netip.Prefix // FLANNEL_SUBNET: our lease's network address + 1, with its length
 	MTU     int          // FLANNEL_MTU
 	IPMasq  bool         // FLANNEL_IPMASQ
+	// IPv6Network and IPv6Subnet are FLANNEL_IPV6_NETWORK and
+	// FLANNEL_IPV6_SUBNET (the IPv6 lease's first address with its
+	// length); invalid on an IPv4-only network, and then not written.
+	IPv6Network netip.Prefix
+	IPv6Subnet  netip.Prefix
+}
+
+// LeaseSubnet6 is the leased IPv6 subnet itself (FLANNEL_IPV6_SUBNET
+// masked), invalid when there is none.
+func (e Env) LeaseSubnet6() netip.Prefix {
+	if !e.IPv6Subnet.IsValid() {
+		return netip.Prefix{}
+	}
+	return e.IPv6Subnet.Masked()
 }
 
 // LeaseSubnet is the leased subnet itself (FLANNEL_SUBNET masked).
@@ -36,6 +50,12 @@ func (e Env) Marshal() []byte {
 	fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", e.Subnet)
 	fmt.Fprintf(&b, "FLANNEL_MTU=%d\n", e.MTU)
 	fmt.Fprintf(&b, "FLANNEL_IPMASQ=%t\n", e.IPMasq)
+	if e.IPv6Network.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\n", e.IPv6Network)
+	}
+	if e.IPv6Subnet.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_IPV6_SUBNET=%s\n", e.IPv6Subnet)
+	}
 	return b.Bytes()
 }
 
@@ -91,7 +111,8 @@ func ReadEnvFile(path string) (Env, error) {
 }
 
 // ParseEnv parses subnet.env content. FLANNEL_NETWORK and FLANNEL_SUBNET are
-// required; unknown variables (such as the IPv6 ones) are ignored.
+// required; the IPv6 variables are optional but must go together; unknown
+// variables are ignored.
 func ParseEnv(data []byte) (Env, error) {
 	var e Env
 	var haveNet, haveSub bool
@@ -117,6 +138,10 @@ func ParseEnv(data []byte) (Env, error) {
 			e.MTU, err = strconv.Atoi(v)
 		case "FLANNEL_IPMASQ":
 			e.IPMasq, err = strconv.ParseBool(v)
+		case "FLANNEL_IPV6_NETWORK":
+			e.IPv6Network, err = parsePrefix6(v)
+		case "FLANNEL_IPV6_SUBNET":
+			e.IPv6Subnet, err = parsePrefix6(v)
 		}
 		if err != nil {
 			return Env{}, fmt.Errorf("line %d: %s: %w", line, k, err)
@@ -128,5 +153,22 @@ func ParseEnv(data []byte) (Env, error) {
 	if !haveSub {
 		return Env{}, fmt.Errorf("FLANNEL_SUBNET is missing")
 	}
+	if e.IPv6Network.IsValid() != e.IPv6Subnet.IsValid() {
+		return Env{}, fmt.Errorf("FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET must be set together")
+	}
+	if e.IPv6Subnet.IsValid() && !e.IPv6Network.Contains(e.IPv6Subnet.Addr()) {
+		return Env{}, fmt.Errorf("FLANNEL_IPV6_SUBNET %s is outside FLANNEL_IPV6_NETWORK %s", e.IPv6Subnet, e.IPv6Network)
+	}
 	return e, nil
+}
+
+func parsePrefix6(v string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if !p.Addr().Is6() || p.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("%s is not an IPv6 prefix", v)
+	}
+	return p, nil
 }

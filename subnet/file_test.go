@@ -42,3 +42,37 @@ func TestParseEnvErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestEnvFileDualStack(t *testing.T) {
+	e := Env{
+		Network:     netip.MustParsePrefix("198.18.0.0/16"),
+		Subnet:      GatewayPrefix(netip.MustParsePrefix("198.18.34.0/24")),
+		MTU:         1450,
+		IPMasq:      true,
+		IPv6Network: netip.MustParsePrefix("2001:db8:100::/48"),
+		IPv6Subnet:  GatewayPrefix(netip.MustParsePrefix("2001:db8:100:59::/64")),
+	}
+	want := "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.34.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n" +
+		"FLANNEL_IPV6_NETWORK=2001:db8:100::/48\nFLANNEL_IPV6_SUBNET=2001:db8:100:59::1/64\n"
+	if got := string(e.Marshal()); got != want {
+		t.Fatalf("file:\n%s\nwant:\n%s", got, want)
+	}
+	got, err := ParseEnv(e.Marshal())
+	if err != nil || got != e {
+		t.Fatalf("read back %+v, %v", got, err)
+	}
+	if got.LeaseSubnet6().String() != "2001:db8:100:59::/64" {
+		t.Fatalf("LeaseSubnet6 = %s", got.LeaseSubnet6())
+	}
+	base := "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.34.1/24\n"
+	for _, s := range []string{
+		base + "FLANNEL_IPV6_NETWORK=2001:db8:100::/48\n",
+		base + "FLANNEL_IPV6_SUBNET=2001:db8:100:59::1/64\n",
+		base + "FLANNEL_IPV6_NETWORK=198.19.0.0/16\nFLANNEL_IPV6_SUBNET=2001:db8:100:59::1/64\n",
+		base + "FLANNEL_IPV6_NETWORK=2001:db8:100::/48\nFLANNEL_IPV6_SUBNET=2001:db8:200::1/64\n",
+	} {
+		if _, err := ParseEnv([]byte(s)); err == nil {
+			t.Errorf("%q: want an error", s)
+		}
+	}
+}

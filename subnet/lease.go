@@ -271,3 +271,39 @@ func (c *Config) ValidatePeer(l Lease, own netip.Prefix, ownPublicIP netip.Addr)
 	}
 	return nil
 }
+
+// ValidatePeer6 judges the IPv6 part of a peer lease on a dual-stack
+// network: the IPv6 subnet of its key (if any) must be a subnet of
+// IPv6Network that does not overlap ours (own6), and its PublicIPv6 (if
+// any) a usable unicast address outside the network and not our own. It
+// accepts every lease when the network is IPv4-only: the IPv6 part of a
+// dual-stack key is then ignored.
+func (c *Config) ValidatePeer6(l Lease, own6 netip.Prefix, ownPublicIPv6 netip.Addr) error {
+	if !c.EnableIPv6 {
+		return nil
+	}
+	if sn := l.IPv6Subnet; sn.IsValid() {
+		if !c.IPv6.Contains(sn) || sn.Bits() != c.IPv6.SubnetLen {
+			return fmt.Errorf("IPv6 subnet %s is not a /%d inside IPv6Network %s", sn, c.IPv6.SubnetLen, c.IPv6.Network)
+		}
+		if own6.IsValid() && own6.Overlaps(sn) {
+			return fmt.Errorf("IPv6 subnet %s overlaps our own IPv6 subnet %s", sn, own6)
+		}
+	}
+	ip := l.Attrs.PublicIPv6
+	switch {
+	case !ip.IsValid():
+	case !ip.Is6() || ip.Is4In6() || ip.Zone() != "":
+		return fmt.Errorf("PublicIPv6 %s is not an IPv6 address", ip)
+	case !ip.IsGlobalUnicast() && !ip.IsPrivate():
+		return fmt.Errorf("PublicIPv6 %s is not a usable unicast address", ip)
+	case c.IPv6.Network.Contains(ip):
+		return fmt.Errorf("PublicIPv6 %s lies inside the IPv6 cluster network", ip)
+	case ownPublicIPv6.IsValid() && ip == ownPublicIPv6:
+		return fmt.Errorf("PublicIPv6 %s is our own address", ip)
+	}
+	return nil
+}
+
+// HasIPv6 reports whether l carries an IPv6 subnet this network programs.
+func (c *Config) HasIPv6(l Lease) bool { return c.EnableIPv6 && l.IPv6Subnet.IsValid() }

@@ -30,4 +30,7 @@ type HoldSpec struct {
 	// Previous is the subnet this host held before (from its subnet file),
 	// which a store that allocates should prefer; zero if unknown.
 	Previous netip.Prefix
+	// Previous6 is the IPv6 subnet of the subnet file, preferred likewise
+	// on a dual-stack network; zero if unknown.
+	Previous6 netip.Prefix
 }

@@ -64,6 +64,10 @@ type PeerRules struct {
 	// hosts must never share (vxlan: the VTEP MAC), "" if none, or an
 	// error when the data is unusable. Nil: the backend carries no data.
 	PeerData func(LeaseAttrs) (identity string, err error)
+	// PeerData6 judges BackendV6Data the same way, for leases with an
+	// IPv6 subnet on a dual-stack network. Nil: the backend carries no
+	// IPv6 data.
+	PeerData6 func(LeaseAttrs) (identity string, err error)
 }
 
 // FilterPeers is the one place where peer leases are judged. From the
@@ -75,12 +79,14 @@ type PeerRules struct {
 // The rules, in order:
 //   - our own key is neither a peer nor a refusal;
 //   - a lease that does not parse, lies outside the network, overlaps our
-//     subnet, has an unusable or our own PublicIP, or carries another
+//     subnet, has an unusable or our own PublicIP (on a dual-stack network
+//     likewise its IPv6 subnet and PublicIPv6), or carries another
 //     backend's data or data rules.PeerData refuses is refused;
 //   - a reservation nobody has taken up yet (no backend data of ours) is
 //     neither a peer nor a refusal: it is somebody's future lease;
 //   - of two keys for one subnet, the older lease (lower CreateRevision,
-//     then the smaller key) wins and the other is refused;
+//     then the smaller key) wins and the other is refused; likewise for two
+//     keys with one IPv6 subnet on a dual-stack network;
 //   - of two leases with one backend identity (vxlan: the VtepMAC, as the
 //     kernel's FDB holds one remote per MAC) the older wins and the other
 //     is refused, and a peer with our own identity is refused.
@@ -102,7 +108,7 @@ func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid 
 	// Per-lease checks.
 	type cand struct {
 		l  *Lease
-		id string // the backend identity, "" if none
+		id [2]string // the backend identity per family (IPv4, IPv6), "" if none
 	}
 	cands := make([]cand, 0, len(leases))
 	for i := range leases {
@@ -111,6 +117,10 @@ func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid 
 			continue // our own key
 		}
 		if err := c.ValidatePeer(*l, own.Subnet, own.Attrs.PublicIP); err != nil {
+			refused = append(refused, Refusal{Key: l.Key(), Subnet: l.Subnet, Reason: RefusedInvalid, Err: err})
+			continue
+		}
+		if err := c.ValidatePeer6(*l, own.IPv6Subnet, own.Attrs.PublicIPv6); err != nil {
 			refused = append(refused, Refusal{Key: l.Key(), Subnet: l.Subnet, Reason: RefusedInvalid, Err: err})
 			continue
 		}
@@ -129,7 +139,15 @@ func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid 
 				refused = append(refused, Refusal{Key: l.Key(), Subnet: l.Subnet, Reason: RefusedBackendData, Err: err})
 				continue
 			}
-			cd.id = id
+			cd.id[0] = id
+		}
+		if rules.PeerData6 != nil && c.HasIPv6(*l) {
+			id, err := rules.PeerData6(l.Attrs)
+			if err != nil {
+				refused = append(refused, Refusal{Key: l.Key(), Subnet: l.Subnet, Reason: RefusedBackendData, Err: err})
+				continue
+			}
+			cd.id[1] = id
 		}
 		cands = append(cands, cd)
 	}
@@ -161,36 +179,64 @@ func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid 
 			Err: fmt.Errorf("subnet %s is also claimed by the older key %s", cd.l.Subnet, cands[win].l.Key())})
 	}
 
-	// One lease per backend identity.
-	if rules.PeerData != nil {
-		ownID := ""
-		if id, err := rules.PeerData(own.Attrs); err == nil {
-			ownID = id
-		}
-		byID := make(map[string]int, len(cands))
+	// One lease per IPv6 subnet, on a dual-stack network.
+	if c.EnableIPv6 {
+		bySubnet6 := make(map[netip.Prefix]int, len(cands))
 		for i, cd := range cands {
-			if lost[i] || cd.id == "" {
+			sn := cd.l.IPv6Subnet
+			if lost[i] || !sn.IsValid() {
 				continue
 			}
-			if cd.id == ownID {
-				lost[i] = true
-				refused = append(refused, Refusal{Key: cd.l.Key(), Subnet: cd.l.Subnet, Reason: RefusedDuplicateMAC,
-					Err: fmt.Errorf("its %s is our own", describeID(cd.id))})
-				continue
-			}
-			j, seen := byID[cd.id]
+			j, seen := bySubnet6[sn]
 			if !seen {
-				byID[cd.id] = i
+				bySubnet6[sn] = i
 				continue
 			}
 			win, lose := j, i
 			if older(cd.l, cands[j].l) < 0 {
 				win, lose = i, j
 			}
-			byID[cd.id] = win
+			bySubnet6[sn] = win
+			lost[lose] = true
+			refused = append(refused, Refusal{Key: cands[lose].l.Key(), Subnet: cands[lose].l.Subnet, Reason: RefusedDuplicateSubnet,
+				Err: fmt.Errorf("IPv6 subnet %s is also claimed by the older key %s", sn, cands[win].l.Key())})
+		}
+	}
+
+	// One lease per backend identity, in each family.
+	for fam, judge := range [2]func(LeaseAttrs) (string, error){rules.PeerData, rules.PeerData6} {
+		if judge == nil {
+			continue
+		}
+		ownID := ""
+		if id, err := judge(own.Attrs); err == nil {
+			ownID = id
+		}
+		byID := make(map[string]int, len(cands))
+		for i, cd := range cands {
+			id := cd.id[fam]
+			if lost[i] || id == "" {
+				continue
+			}
+			if id == ownID {
+				lost[i] = true
+				refused = append(refused, Refusal{Key: cd.l.Key(), Subnet: cd.l.Subnet, Reason: RefusedDuplicateMAC,
+					Err: fmt.Errorf("its %s is our own", describeID(id, fam))})
+				continue
+			}
+			j, seen := byID[id]
+			if !seen {
+				byID[id] = i
+				continue
+			}
+			win, lose := j, i
+			if older(cd.l, cands[j].l) < 0 {
+				win, lose = i, j
+			}
+			byID[id] = win
 			lost[lose] = true
 			refused = append(refused, Refusal{Key: cands[lose].l.Key(), Subnet: cands[lose].l.Subnet, Reason: RefusedDuplicateMAC,
-				Err: fmt.Errorf("its %s is also used by the older lease %s", describeID(cd.id), cands[win].l.Key())})
+				Err: fmt.Errorf("its %s is also used by the older lease %s", describeID(id, fam), cands[win].l.Key())})
 		}
 	}
 
@@ -221,10 +267,14 @@ func backendName(leaseType string) string {
 }
 
 // describeID names a backend identity for messages: a 6-byte identity is
-// a MAC address.
-func describeID(id string) string {
-	if len(id) == 6 {
-		return "VtepMAC " + net.HardwareAddr(id).String()
+// a MAC address. fam is 0 for the IPv4 data, 1 for BackendV6Data.
+func describeID(id string, fam int) string {
+	v6 := ""
+	if fam == 1 {
+		v6 = "IPv6 "
 	}
-	return "identity " + strconv.Quote(id)
+	if len(id) == 6 {
+		return v6 + "VtepMAC " + net.HardwareAddr(id).String()
+	}
+	return v6 + "identity " + strconv.Quote(id)
 }

@@ -13,6 +13,18 @@
 // Routes go through the shared declarative reconciler (backend/routes): one
 // dump per pass, map diff, only the difference written. Run repeats the pass
 // after SetDesired, on a timer and on route, link and address events.
+//
+// Dual stack. On a network with EnableIPv6, a peer whose lease has an IPv6
+// subnet S6 and a PublicIPv6 P6 also gets "S6 via P6 dev <external
+// interface>", through a second reconciler for the IPv6 network, when we
+// hold an IPv6 subnet ourselves. The same on-link rule applies, to the
+// interface's global IPv6 prefixes; but a peer whose P6 is not on-link
+// (while its PublicIP is) is not refused: its IPv4 route is programmed, its
+// IPv6 part is skipped (logged once, like a peer without PublicIPv6) and it
+// counts as programmed, because one routed IPv6 underlay must not hold back
+// IPv4 readiness. Setup needs a global IPv6 address on the external
+// interface (which peers route to), and New refuses a --public-ipv6 that
+// differs from it, as for IPv4.
 package hostgw
 
 import (
@@ -55,6 +67,9 @@ type Backend struct {
 	// open connection from prepare on (nil after closeHandles).
 	kern *routes.Kernel[kernel]
 	k    kernel
+	// skipped6 are the peers (by IPv4 subnet) whose IPv6 part is not
+	// programmed, with the reason last logged.
+	skipped6 map[netip.Prefix]string
 }
 
 // kernel is what the backend asks of netlink in its namespace besides its
@@ -86,9 +101,18 @@ func New(cfg backend.Config) (backend.Backend, error) {
 		return nil, fmt.Errorf("host-gw cannot work through NAT: --public-ip %s differs from interface address %s",
 			cfg.Ext.PublicIP, cfg.Ext.Addr)
 	}
+	if cfg.Ext.PublicIPv6.IsValid() && cfg.Ext.Addr6.IsValid() && cfg.Ext.PublicIPv6 != cfg.Ext.Addr6 {
+		return nil, fmt.Errorf("host-gw cannot work through NAT: --public-ipv6 %s differs from interface address %s",
+			cfg.Ext.PublicIPv6, cfg.Ext.Addr6)
+	}
+	var network6 netip.Prefix
+	if cfg.Network.EnableIPv6 {
+		network6 = cfg.Network.IPv6.Network
+	}
 	b := &Backend{
 		cfg: cfg, log: cfg.Logger.With("backend", Type),
-		kern: routes.NewKernel[kernel](cfg.Netns, cfg.Network.Network),
+		kern:     routes.NewKernel[kernel](cfg.Netns, cfg.Network.Network, network6),
+		skipped6: map[netip.Prefix]string{},
 	}
 	lcfg := cfg
 	lcfg.Logger = b.log
@@ -96,10 +120,16 @@ func New(cfg backend.Config) (backend.Backend, error) {
 	return b, nil
 }
 
-// Setup implements backend.Backend. host-gw publishes no BackendData.
+// Setup implements backend.Backend. host-gw publishes no BackendData (nor
+// BackendV6Data). On a dual-stack network it needs our PublicIPv6, the
+// gateway peers route our IPv6 subnet to.
 func (b *Backend) Setup(ctx context.Context) (subnet.LeaseAttrs, error) {
 	b.kmu.Lock()
 	defer b.kmu.Unlock()
+	if b.cfg.Network.EnableIPv6 && !b.cfg.Ext.PublicIPv6.IsValid() {
+		return subnet.LeaseAttrs{}, fmt.Errorf("host-gw: dual stack needs a global IPv6 address on %s, the gateway peers route our IPv6 subnet to: add one, or name it with --public-ipv6",
+			b.cfg.Ext.Name)
+	}
 	if err := b.prepare(); err != nil {
 		return subnet.LeaseAttrs{}, err
 	}
@@ -133,13 +163,22 @@ func (b *Backend) Run(ctx context.Context) error {
 // events selects the events that mean something we own changed.
 func (b *Backend) events() nl.Events {
 	ext := b.cfg.Ext.Index
-	ev := routes.Events(b.cfg.Network.Network)
+	ev := routes.Events(b.cfg.Network.Network, b.network6())
 	// The external interface going down takes our routes with it; coming
 	// back up needs them again.
 	ev.Link = func(e nl.LinkEvent) bool { return e.Index == ext }
 	// Addresses on the external interface decide what is on-link.
 	ev.Addr = func(e nl.AddrEvent) bool { return e.LinkIndex == ext }
 	return ev
+}
+
+// network6 is the IPv6 cluster network, invalid when the network is
+// IPv4-only.
+func (b *Backend) network6() netip.Prefix {
+	if !b.cfg.Network.EnableIPv6 {
+		return netip.Prefix{}
+	}
+	return b.cfg.Network.IPv6.Network
 }
 
 // closeHandles closes the netlink connection; prepare reopens it. Caller
@@ -168,56 +207,123 @@ func (b *Backend) prepare() (err error) {
 func (b *Backend) pass(own subnet.Lease, peers []subnet.Lease) backend.Pass {
 	b.kmu.Lock()
 	defer b.kmu.Unlock()
-	programmed, refused, res, err := b.apply(peers)
-	return backend.Pass{Programmed: programmed, Refused: refused, Failed: res.Failed, Repairs: map[string]uint64{"route": uint64(res.Repaired)}, Err: err}
+	return b.apply(own, peers)
 }
 
 // apply makes the routes match peers. Caller holds kmu.
-func (b *Backend) apply(peers []subnet.Lease) (programmed int, refused map[netip.Prefix]string, res routes.Result, err error) {
-	refused = map[netip.Prefix]string{}
+func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass) {
+	p.Refused, p.Failed = map[netip.Prefix]string{}, map[netip.Prefix]error{}
+	p.Repairs = map[string]uint64{"route": 0}
 	if err := b.prepare(); err != nil {
-		return 0, refused, res, err
+		p.Err = err
+		return p
 	}
 	onLink, err := routes.OnLink(b.k, b.cfg.Ext)
 	if err != nil {
-		return 0, refused, res, err
+		p.Err = err
+		return p
+	}
+	// IPv6 is programmed when both ends have it: the network, our lease
+	// and the peer's.
+	dual := b.kern.Routes6 != nil && own.IPv6Subnet.IsValid()
+	var onLink6 []netip.Prefix
+	if dual {
+		if onLink6, err = routes.OnLink6(b.k, b.cfg.Ext); err != nil {
+			p.Err = err
+			return p
+		}
 	}
 	want := make([]nl.RouteSpec, 0, len(peers))
-	for _, l := range peers {
+	var want6 []nl.RouteSpec
+	has6 := map[netip.Prefix]netip.Prefix{} // peer IPv4 subnet -> its IPv6 route's destination
+	skipped := map[netip.Prefix]string{}
+	for i := range peers {
+		l := &peers[i]
 		ip := l.Attrs.PublicIP
-		direct := false
-		for _, p := range onLink {
-			if p.Contains(ip) {
-				direct = true
-				break
-			}
-		}
-		if !direct {
-			refused[l.Subnet] = fmt.Sprintf("PublicIP %s is not on-link on %s (%s): host-gw needs every host on one L2 segment",
-				ip, b.cfg.Ext.Name, prefixList(onLink))
+		if !contains(onLink, ip) {
+			p.Refused[l.Subnet] = fmt.Sprintf("PublicIP %s is not on-link on %s (%s): host-gw needs every host on one L2 segment",
+				ip, b.cfg.Ext.Name, prefixList(onLink, "IPv4"))
 			continue
 		}
 		want = append(want, nl.RouteSpec{Dst: l.Subnet, Gw: ip, LinkIndex: b.cfg.Ext.Index})
+		if !dual || !b.cfg.Network.HasIPv6(*l) || !l.Attrs.PublicIPv6.IsValid() {
+			continue // an IPv4-only peer
+		}
+		if ip6 := l.Attrs.PublicIPv6; !contains(onLink6, ip6) {
+			skipped[l.Subnet] = fmt.Sprintf("PublicIPv6 %s is not on-link on %s (%s)", ip6, b.cfg.Ext.Name, prefixList(onLink6, "global IPv6"))
+			continue
+		}
+		want6 = append(want6, nl.RouteSpec{Dst: l.IPv6Subnet, Gw: l.Attrs.PublicIPv6, LinkIndex: b.cfg.Ext.Index})
+		has6[l.Subnet] = l.IPv6Subnet.Masked()
 	}
-	res, err = b.kern.Routes.Reconcile(want)
+	b.logSkipped6(skipped)
+
+	var errs []error
+	res, err := b.kern.Routes.Reconcile(want)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	p.Repairs["route"] += uint64(res.Repaired)
 	for dst, why := range res.Refused {
-		refused[dst] = why
+		p.Refused[dst] = why
+	}
+	var res6 routes.Result
+	if b.kern.Routes6 != nil {
+		// With no IPv6 subnet of our own, want6 is empty: IPv6 routes
+		// left from before are removed.
+		if res6, err = b.kern.Routes6.Reconcile(want6); err != nil {
+			errs = append(errs, err)
+		}
+		p.Repairs["route"] += uint64(res6.Repaired)
 	}
 	for _, w := range want {
-		if _, bad := res.Refused[w.Dst]; bad {
+		sn := w.Dst
+		if _, bad := p.Refused[sn]; bad {
 			continue
 		}
-		if _, failed := res.Failed[w.Dst]; failed {
+		if err, failed := res.Failed[sn]; failed {
+			p.Failed[sn] = err
 			continue
 		}
-		programmed++
+		if dst6, ok := has6[sn]; ok {
+			if why, bad := res6.Refused[dst6]; bad {
+				p.Refused[sn] = fmt.Sprintf("IPv6 subnet %s: %s (its IPv4 route is programmed)", dst6, why)
+				continue
+			}
+			if err, failed := res6.Failed[dst6]; failed {
+				p.Failed[sn] = err
+				continue
+			}
+		}
+		p.Programmed++
 	}
-	return programmed, refused, res, err
+	p.Err = errors.Join(errs...)
+	return p
 }
 
-func prefixList(ps []netip.Prefix) string {
+// logSkipped6 logs each peer whose IPv6 part is skipped once, and again
+// only when the reason changes. Caller holds kmu.
+func (b *Backend) logSkipped6(skipped map[netip.Prefix]string) {
+	for sn, why := range skipped {
+		if b.skipped6[sn] != why {
+			b.log.Warn("programming only the IPv4 route of a dual-stack peer", "subnet", sn, "reason", why)
+		}
+	}
+	b.skipped6 = skipped
+}
+
+func contains(ps []netip.Prefix, ip netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func prefixList(ps []netip.Prefix, family string) string {
 	if len(ps) == 0 {
-		return "no IPv4 prefixes"
+		return "no " + family + " prefixes"
 	}
 	s := make([]string, len(ps))
 	for i, p := range ps {
@@ -227,8 +333,9 @@ func prefixList(ps []netip.Prefix) string {
 	return strings.Join(s, ", ")
 }
 
-// Cleanup removes the routes (and nexthop objects) host-gw installs: tagged
-// with backend.RouteProtocol, with a gateway and without the onlink flag.
+// Cleanup removes the routes (and nexthop objects) host-gw installs, of
+// both families: tagged with backend.RouteProtocol, with a gateway and
+// without the onlink flag.
 // Routes of the vxlan backend (onlink) and of udp (no gateway) carry the
 // same tag and are left alone, because weftd runs this at every start of
 // another backend.

@@ -45,10 +45,15 @@ func fakeBackend(t *testing.T) (*Backend, *nlfake.NS) {
 		t.Fatal(err)
 	}
 	b := bb.(*Backend)
-	b.kern = routes.NewKernelWith(b.cfg.Network.Network, func() (kernel, routes.Table, error) {
-		return f, f.RouteTable(b.cfg.Network.Network, backend.RouteProtocol), nil
-	})
+	useFake(b, f)
 	return b, f
+}
+
+// useFake points b's kernel connection at the fake namespace f.
+func useFake(b *Backend, f *nlfake.NS) {
+	b.kern = routes.NewKernelWith(b.cfg.Network.Network, b.network6(), func() (kernel, routes.TableFor, error) {
+		return f, func(n netip.Prefix) routes.Table { return f.RouteTable(n, backend.RouteProtocol) }, nil
+	})
 }
 
 // fakeRoutes lists the routes tagged with backend.RouteProtocol in the

@@ -3,6 +3,7 @@ package routes
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -11,13 +12,19 @@ import (
 )
 
 // IsConnected reports whether r is a connected route of the main table: the
-// IPv4 route the kernel adds for an interface address's prefix (protocol
-// kernel, scope link). These are the networks the Reconciler refuses to
-// cover.
+// route the kernel adds for an interface address's prefix. For IPv4 that is
+// protocol kernel, scope link; IPv6 has no link scope for routes, so there
+// it is protocol kernel, without a gateway, out of a device (the kernel
+// adds one for every address, a /128 too, and fe80::/64 on every device).
+// These are the networks the Reconciler refuses to cover.
 func IsConnected(r *nl.Route) bool {
-	return r.Dst.IsValid() && r.Dst.Addr().Is4() &&
-		(r.Table == 0 || r.Table == unix.RT_TABLE_MAIN) &&
-		r.Protocol == unix.RTPROT_KERNEL && r.Scope == unix.RT_SCOPE_LINK
+	if !r.Dst.IsValid() || (r.Table != 0 && r.Table != unix.RT_TABLE_MAIN) || r.Protocol != unix.RTPROT_KERNEL {
+		return false
+	}
+	if r.Dst.Addr().Is4() {
+		return r.Scope == unix.RT_SCOPE_LINK
+	}
+	return !r.Gw.IsValid() && r.LinkIndex != 0 && !r.MultiPath && (r.Type == 0 || r.Type == unix.RTN_UNICAST)
 }
 
 // UnderlayConflict says why a route to dst, a cluster network or a part of
@@ -94,4 +101,19 @@ func OnLink(k AddrLister, ext backend.ExternalInterface) ([]netip.Prefix, error)
 		return nil, fmt.Errorf("list addresses of %s: %w", ext.Name, err)
 	}
 	return nl.OnLink(addrs), nil
+}
+
+// OnLink6 is OnLink for IPv6: the prefixes of ext's global IPv6 addresses,
+// masked. Link-local prefixes (fe80::/64 is on every device) are left out:
+// a peer's PublicIPv6 is never link-local, and a route via a link-local
+// gateway would not say which peer it serves.
+func OnLink6(k AddrLister, ext backend.ExternalInterface) ([]netip.Prefix, error) {
+	addrs, err := k.AddrList(ext.Index, nl.FamilyV6)
+	if err != nil {
+		return nil, fmt.Errorf("list IPv6 addresses of %s: %w", ext.Name, err)
+	}
+	out := nl.OnLink(addrs)
+	return slices.DeleteFunc(out, func(p netip.Prefix) bool {
+		return !p.Addr().Is6() || p.Addr().IsLinkLocalUnicast() || p.Addr().IsMulticast()
+	}), nil
 }

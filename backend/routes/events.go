@@ -10,11 +10,13 @@ import (
 )
 
 // Events selects the netlink events after which the routes this package
-// installs for network need another pass: one of our routes, or one of our
-// nexthop objects (whose deletion silently takes its route), was deleted;
-// or somebody installed a route of their own to a destination inside the
-// network. Backends add their own Link, Addr and Neigh predicates.
-func Events(network netip.Prefix) nl.Events {
+// installs for the networks (the IPv4 cluster network, and on a dual-stack
+// network the IPv6 one; invalid prefixes are skipped) need another pass:
+// one of our routes, or one of our nexthop objects (whose deletion silently
+// takes its route), was deleted; or somebody installed a route of their own
+// to a destination inside a network. Backends add their own Link, Addr and
+// Neigh predicates.
+func Events(networks ...netip.Prefix) nl.Events {
 	return nl.Events{
 		Nexthop: func(e nl.NexthopEvent) bool {
 			return e.Deleted && e.Protocol == backend.RouteProtocol
@@ -26,7 +28,12 @@ func Events(network netip.Prefix) nl.Events {
 			if !e.Dst.IsValid() || e.Deleted || e.Table != unix.RT_TABLE_MAIN {
 				return false
 			}
-			return network.Contains(e.Dst.Addr())
+			for _, n := range networks {
+				if n.IsValid() && n.Contains(e.Dst.Addr()) {
+					return true
+				}
+			}
+			return false
 		},
 	}
 }

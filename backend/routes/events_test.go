@@ -11,7 +11,7 @@ import (
 )
 
 func TestEvents(t *testing.T) {
-	ev := Events(netip.MustParsePrefix("198.18.0.0/16"))
+	ev := Events(netip.MustParsePrefix("198.18.0.0/16"), netip.MustParsePrefix("2001:db8:100::/48"), netip.Prefix{})
 	route := func(deleted bool, proto uint8, d string, table uint32) nl.RouteEvent {
 		return nl.RouteEvent{Deleted: deleted, Route: nl.Route{Protocol: proto, Dst: netip.MustParsePrefix(d), Table: table}}
 	}
@@ -27,6 +27,10 @@ func TestEvents(t *testing.T) {
 		{"foreign route in another table", route(false, unix.RTPROT_BOOT, "198.18.2.0/24", 100), false},
 		{"foreign route deleted", route(true, unix.RTPROT_BOOT, "198.18.2.0/24", unix.RT_TABLE_MAIN), false},
 		{"default route", route(false, unix.RTPROT_BOOT, "0.0.0.0/0", unix.RT_TABLE_MAIN), false},
+		{"foreign route into the IPv6 network", route(false, unix.RTPROT_BOOT, "2001:db8:100:2::/64", unix.RT_TABLE_MAIN), true},
+		{"our IPv6 route deleted", route(true, backend.RouteProtocol, "2001:db8:100:2::/64", unix.RT_TABLE_MAIN), true},
+		{"foreign IPv6 route elsewhere", route(false, unix.RTPROT_BOOT, "2001:db8:200::/64", unix.RT_TABLE_MAIN), false},
+		{"IPv6 default route", route(false, unix.RTPROT_BOOT, "::/0", unix.RT_TABLE_MAIN), false},
 		{"no destination", nl.RouteEvent{Route: nl.Route{Table: unix.RT_TABLE_MAIN}}, false},
 	}
 	for _, tt := range tests {

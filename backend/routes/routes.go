@@ -2,7 +2,8 @@
 //
 // A backend describes the routes it wants (one per peer subnet, keyed by
 // destination prefix, main table) and the Reconciler makes the main table
-// match: it lists the table once, indexes it in maps, adds what is missing,
+// match, for the family of its cluster network (a dual-stack backend has one
+// Reconciler per family): it lists the table once, indexes it in maps, adds what is missing,
 // replaces what drifted and deletes routes tagged with backend.RouteProtocol
 // that are no longer wanted. The cost is linear in the number of routes.
 //
@@ -31,24 +32,39 @@ import (
 // Table is the kernel routing table as the reconciler needs it. In the
 // kernel it is *nl.RouteTable; *nlfake.Table is its fake.
 type Table interface {
-	// List returns the IPv4 routes of the main table that the reconciler
-	// must see, in one consistent dump: at least every route tagged with
+	// List returns the routes of the main table that the reconciler must
+	// see, in one consistent dump, of the cluster network's family (routes
+	// of the other family are ignored): at least every route tagged with
 	// backend.RouteProtocol, every kernel (connected) route and every
 	// route to a destination inside the cluster network. The slice may be
 	// reused by the next List.
 	List() ([]nl.Route, error)
 	// ReplaceAll installs each route, tagged with backend.RouteProtocol,
-	// replacing any route with the same destination and metric 0 in the
-	// main table, and returns one error (or nil) per route.
+	// replacing any route with the same destination and the default metric
+	// (see Metric) in the main table, and returns one error (or nil) per
+	// route.
 	ReplaceAll(ws []nl.RouteSpec) []error
 	// Delete removes the listed route r; removing a route that is already
 	// gone is not an error the reconciler cares about.
 	Delete(r *nl.Route) error
 }
 
+// Metric6 is the metric the kernel gives an IPv6 route installed without
+// one (IP6_RT_PRIO_USER); an IPv4 route keeps 0.
+const Metric6 = 1024
+
+// Metric returns the metric of a route to dst installed without one: what
+// the reconciler's routes carry.
+func Metric(dst netip.Prefix) int {
+	if dst.Addr().Is6() && !dst.Addr().Is4In6() {
+		return Metric6
+	}
+	return 0
+}
+
 // matches reports whether the kernel route r is exactly w.
 func matches(w nl.RouteSpec, r *nl.Route) bool {
-	if r.Priority != 0 || r.MultiPath || r.LinkIndex != w.LinkIndex {
+	if r.Priority != Metric(w.Dst) || r.MultiPath || r.LinkIndex != w.LinkIndex {
 		return false
 	}
 	if r.Type != 0 && r.Type != unix.RTN_UNICAST {
@@ -77,18 +93,21 @@ type Result struct {
 }
 
 // Reconciler makes the routes tagged with backend.RouteProtocol in the main
-// table match a wanted set. It remembers what it installed so that it can
-// tell a repair from a first-time install. It is not safe for concurrent use.
+// table match a wanted set, in the family of its network. It remembers what
+// it installed so that it can tell a repair from a first-time install. It
+// is not safe for concurrent use.
 type Reconciler struct {
 	table     Table
 	network   netip.Prefix
+	v6        bool // network is IPv6: the Reconciler sees IPv6 routes only
 	installed map[netip.Prefix]nl.RouteSpec
 }
 
-// New returns a Reconciler that installs only routes inside network. t may
-// be nil until SetTable.
+// New returns a Reconciler that installs only routes inside network, an
+// IPv4 or an IPv6 prefix. t may be nil until SetTable.
 func New(t Table, network netip.Prefix) *Reconciler {
-	return &Reconciler{table: t, network: network.Masked(), installed: map[netip.Prefix]nl.RouteSpec{}}
+	v6 := network.IsValid() && network.Addr().Is6() && !network.Addr().Is4In6()
+	return &Reconciler{table: t, network: network.Masked(), v6: v6, installed: map[netip.Prefix]nl.RouteSpec{}}
 }
 
 // SetTable swaps the table (for example after reopening a connection),
@@ -110,16 +129,14 @@ func (rc *Reconciler) Reconcile(want []nl.RouteSpec) (Result, error) {
 	for i := range existing {
 		r := &existing[i]
 		dst := r.Dst
-		if !dst.IsValid() || !dst.Addr().Is4() {
-			continue
-		}
-		if r.Table != 0 && r.Table != unix.RT_TABLE_MAIN {
+		if !dst.IsValid() || dst.Addr().Is4() == rc.v6 {
 			continue
 		}
 		switch {
+		case r.Table != 0 && r.Table != unix.RT_TABLE_MAIN:
 		case r.Protocol == backend.RouteProtocol:
 			ours[dst] = append(ours[dst], r)
-		case r.Protocol == unix.RTPROT_KERNEL && r.Scope == unix.RT_SCOPE_LINK:
+		case IsConnected(r):
 			connected[dst] = r.LinkIndex
 		}
 	}
@@ -160,7 +177,7 @@ func (rc *Reconciler) Reconcile(want []nl.RouteSpec) (Result, error) {
 		}
 		// Same destination at another metric or shape: ours, but extra.
 		for i, r := range have {
-			if i == match || (match < 0 && r.Priority == 0) {
+			if i == match || (match < 0 && r.Priority == Metric(dst)) {
 				continue // kept, or about to be overwritten by a replace
 			}
 			if err := rc.del(r); err != nil {
@@ -227,10 +244,11 @@ func (rc *Reconciler) del(r *nl.Route) error {
 
 // refuse moves from wanted to refused every destination outside the
 // network or overlapping a connected route. Overlap is found with map
-// lookups of every shorter prefix, so the cost is O(33·(routes+connected)).
+// lookups of every shorter prefix, so the cost is O(33·(routes+connected))
+// for IPv4, O(129·(routes+connected)) for IPv6.
 func (rc *Reconciler) refuse(wanted map[netip.Prefix]nl.RouteSpec, connected map[netip.Prefix]int, refused map[netip.Prefix]string) {
 	for dst := range wanted {
-		if !rc.network.IsValid() || dst.Bits() < rc.network.Bits() || !rc.network.Contains(dst.Addr()) {
+		if !rc.network.IsValid() || dst.Addr().BitLen() != rc.network.Addr().BitLen() || dst.Bits() < rc.network.Bits() || !rc.network.Contains(dst.Addr()) {
 			refused[dst] = fmt.Sprintf("route %s is outside the cluster network %s", dst, rc.network)
 			continue
 		}

@@ -1,6 +1,7 @@
 package vxlan
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -17,6 +18,8 @@ var Descriptor = backend.Descriptor{
 	New:       New,
 	Cleanup:   Cleanup,
 	PeerData:  PeerData,
+	PeerData6: PeerData6,
+	DualStack: true,
 	Expect:    Expect,
 	Keys:      []string{"VNI", "Port", "MTU", "GBP", "DirectRouting"},
 	Options: func(raw json.RawMessage) (any, error) {
@@ -36,10 +39,30 @@ var Descriptor = backend.Descriptor{
 // judging 5000 peers would otherwise spend most of its time there. Anything
 // else goes through subnet.ParseVXLANData.
 func PeerData(a subnet.LeaseAttrs) (string, error) {
-	if m, ok := canonicalVTEPMAC(a.BackendData); ok && usableMAC(m[:]) {
+	return vtepMAC(a.BackendData)
+}
+
+// PeerData6 judges a dual-stack peer's BackendV6Data, the data of its IPv6
+// device, the same way: its identity is the IPv6 VTEP MAC. A lease without
+// BackendV6Data (a host whose IPv6 device is not up, or another backend's
+// lease) has none and no error: it is served over IPv4 only.
+func PeerData6(a subnet.LeaseAttrs) (string, error) {
+	if d := bytes.TrimSpace(a.BackendV6Data); len(d) == 0 || string(d) == "null" {
+		return "", nil
+	}
+	id, err := vtepMAC(a.BackendV6Data)
+	if err != nil {
+		return "", fmt.Errorf("BackendV6Data: %w", err)
+	}
+	return id, nil
+}
+
+// vtepMAC returns the usable VtepMAC of vxlan backend data, as 6 bytes.
+func vtepMAC(raw []byte) (string, error) {
+	if m, ok := canonicalVTEPMAC(raw); ok && usableMAC(m[:]) {
 		return string(m[:]), nil
 	}
-	_, hw, err := subnet.ParseVXLANData(a.BackendData)
+	_, hw, err := subnet.ParseVXLANData(raw)
 	if err != nil {
 		return "", err
 	}
@@ -93,35 +116,60 @@ func unhex(c byte) (byte, bool) {
 // weft.<VNI> with our subnet's network address /32, and per peer a
 // permanent neighbour entry, an FDB entry and an onlink route through the
 // device (or, with DirectRouting and an on-link peer, a route via its
-// PublicIP on the underlay).
+// PublicIP on the underlay). On a dual-stack network, when our lease has an
+// IPv6 subnet and a PublicIPv6, also weft-v6.<VNI> with our IPv6 subnet's
+// network address /128, and the same three objects on it for every peer
+// with an IPv6 subnet, a PublicIPv6 and BackendV6Data (with DirectRouting,
+// in.OnLink must hold the interface's IPv6 prefixes too, see
+// routes.OnLink6).
 func Expect(in backend.ExpectInput) (backend.Expectation, error) {
 	o, err := parseOptions(in.Options)
 	if err != nil {
 		return backend.Expectation{}, err
 	}
 	name := fmt.Sprintf("%s%d", DevicePrefix, o.VNI)
-	mtu := o.MTU
-	if mtu == 0 && in.Ext.MTU > 0 {
-		mtu = in.Ext.MTU - overhead
+	name6 := fmt.Sprintf("%s%d", DevicePrefix6, o.VNI)
+	mtu, mtu6 := o.MTU, o.MTU-(overhead6-overhead)
+	if o.MTU == 0 {
+		mtu, mtu6 = 0, 0
+		if in.Ext.MTU > 0 {
+			mtu, mtu6 = in.Ext.MTU-overhead, in.Ext.MTU-overhead6
+		}
 	}
 	exp := backend.Expectation{Devices: []backend.ExpectedDevice{{Name: name, MTU: mtu, Addr: netip.PrefixFrom(in.Own.Subnet.Addr(), 32)}}}
+	dual := in.Network != nil && in.Network.EnableIPv6 && in.Own.IPv6Subnet.IsValid() && in.Own.Attrs.PublicIPv6.IsValid()
+	if dual {
+		exp.Devices = append(exp.Devices, backend.ExpectedDevice{Name: name6, MTU: mtu6, Addr: netip.PrefixFrom(in.Own.IPv6Subnet.Addr(), 128)})
+	}
 	for _, p := range in.Peers {
 		pub := p.Attrs.PublicIP
-		if o.DirectRouting && onLink(in.OnLink, pub) {
-			exp.Routes = append(exp.Routes, backend.ExpectedRoute{Dst: p.Subnet, Gw: pub, OnLink: true, Peer: pub})
-			continue
+		if dual && in.Network.HasIPv6(p) && p.Attrs.PublicIPv6.IsValid() {
+			if id, err := PeerData6(p.Attrs); err == nil && id != "" {
+				expectPeer(&exp, p.IPv6Subnet, p.Attrs.PublicIPv6, net.HardwareAddr(id), name6, o.DirectRouting && onLink(in.OnLink, p.Attrs.PublicIPv6), pub)
+			}
 		}
 		id, err := PeerData(p.Attrs)
 		if err != nil {
 			continue // FilterPeers refuses it: it is not among the peers
 		}
-		mac := net.HardwareAddr(id)
-		na := p.Subnet.Addr()
-		exp.Neighbours = append(exp.Neighbours, backend.ExpectedNeigh{Dev: name, IP: na, MAC: mac, Peer: pub})
-		exp.FDB = append(exp.FDB, backend.ExpectedFDB{Dev: name, MAC: mac, Dst: pub})
-		exp.Routes = append(exp.Routes, backend.ExpectedRoute{Dst: p.Subnet, Gw: na, Dev: name, OnLink: true, Peer: pub})
+		expectPeer(&exp, p.Subnet, pub, net.HardwareAddr(id), name, o.DirectRouting && onLink(in.OnLink, pub), pub)
 	}
 	return exp, nil
+}
+
+// expectPeer appends what one family of a peer needs: for subnet sn behind
+// the VTEP at remote with MAC mac, a neighbour entry, an FDB entry and a
+// route through dev, or with direct a route via remote on the underlay.
+// peer is the peer's PublicIP, for messages.
+func expectPeer(exp *backend.Expectation, sn netip.Prefix, remote netip.Addr, mac net.HardwareAddr, dev string, direct bool, peer netip.Addr) {
+	if direct {
+		exp.Routes = append(exp.Routes, backend.ExpectedRoute{Dst: sn, Gw: remote, OnLink: true, Peer: peer})
+		return
+	}
+	na := sn.Addr()
+	exp.Neighbours = append(exp.Neighbours, backend.ExpectedNeigh{Dev: dev, IP: na, MAC: mac, Peer: peer})
+	exp.FDB = append(exp.FDB, backend.ExpectedFDB{Dev: dev, MAC: mac, Dst: remote})
+	exp.Routes = append(exp.Routes, backend.ExpectedRoute{Dst: sn, Gw: na, Dev: dev, OnLink: true, Peer: peer})
 }
 
 func onLink(prefixes []netip.Prefix, ip netip.Addr) bool {

@@ -25,6 +25,9 @@ const (
 	// overhead is what VXLAN encapsulation adds to an IPv4 packet:
 	// outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 	overhead = 50
+	// overhead6 is the same over an IPv6 underlay: the outer IPv6 header
+	// is 40 bytes.
+	overhead6 = 70
 )
 
 func parseOptions(raw json.RawMessage) (options, error) {

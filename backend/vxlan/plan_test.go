@@ -44,10 +44,19 @@ func fakeBackend(t *testing.T, opts string) (*Backend, *nlfake.NS) {
 		t.Fatal(err)
 	}
 	b := bb.(*Backend)
-	b.kern = routes.NewKernelWith(b.cfg.Network.Network, func() (kernel, routes.Table, error) {
-		return f, f.RouteTable(b.cfg.Network.Network, backend.RouteProtocol), nil
-	})
+	useFake(b, f)
 	return b, f
+}
+
+// useFake points b's kernel connection at the fake namespace f.
+func useFake(b *Backend, f *nlfake.NS) {
+	var network6 netip.Prefix
+	if b.cfg.Network.EnableIPv6 {
+		network6 = b.cfg.Network.IPv6.Network
+	}
+	b.kern = routes.NewKernelWith(b.cfg.Network.Network, network6, func() (kernel, routes.TableFor, error) {
+		return f, func(n netip.Prefix) routes.Table { return f.RouteTable(n, backend.RouteProtocol) }, nil
+	})
 }
 
 // fakeState is what the fake namespace holds for the backend, as strings

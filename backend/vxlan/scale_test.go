@@ -70,7 +70,7 @@ func programPeers(t testing.TB, n int) (first, idle time.Duration) {
 		t.Fatalf("programmed %d of %d: %s", st.PeersProgrammed, n, st.LastError)
 	}
 	// Check the kernel really holds everything.
-	idx := int(b.linkIndex.Load())
+	idx := int(b.v4.linkIndex.Load())
 	rs, _ := h.NL.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: backend.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
 	ns, _ := h.NL.NeighList(idx, netlink.FAMILY_V4)
 	fs, _ := h.NL.NeighList(idx, unix.AF_BRIDGE)

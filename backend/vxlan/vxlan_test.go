@@ -391,7 +391,7 @@ func TestRepairs(t *testing.T) {
 	var passes atomic.Int64
 	b.cfg.OnReconcile = func(time.Duration, error) { passes.Add(1) }
 	b.cfg.ResyncInterval = time.Hour // only events may trigger repairs
-	b.loop = backend.NewLoop(b.cfg, b.name, b.pass)
+	b.loop = backend.NewLoop(b.cfg, b.v4.name, b.pass)
 	startRun(t, b)
 	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), []subnet.Lease{
 		vxLease("198.18.2.0/24", "192.0.2.20", macA),
@@ -451,7 +451,7 @@ func TestRepairs(t *testing.T) {
 	h.IP(t, "link", "del", "weft.1")
 	waitFor(t, "device recreated and repopulated", 2*time.Second, func() bool {
 		l, err := h.NL.LinkByName("weft.1")
-		if err != nil || l.Attrs().HardwareAddr.String() != b.mac.String() {
+		if err != nil || l.Attrs().HardwareAddr.String() != b.v4.mac.String() {
 			return false
 		}
 		ks := dumpState(t, h, "weft.1")

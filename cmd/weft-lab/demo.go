@@ -24,6 +24,7 @@ type demoConfig struct {
 	keep        bool
 	binDir      string
 	verbose     bool
+	dualStack   bool
 }
 
 func parseDemo(args []string, stderr io.Writer) (demoConfig, error) {
@@ -36,6 +37,7 @@ func parseDemo(args []string, stderr io.Writer) (demoConfig, error) {
 	fs.BoolVar(&c.keep, "keep", false, "leave the lab running; remove it later with 'weft-lab down'")
 	fs.StringVar(&c.binDir, "bin-dir", "", "directory holding weftd, weftctl and weft (default: this executable's directory)")
 	fs.BoolVar(&c.verbose, "v", false, "log lab progress")
+	fs.BoolVar(&c.dualStack, "dual-stack", false, "IPv6 beside IPv4: IPv6 underlay addresses (2001:db8::/64), EnableIPv6 with IPv6Network 2001:db8:100::/48, and a ping matrix per family (vxlan and host-gw)")
 	if err := fs.Parse(args); err != nil {
 		return c, fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -46,6 +48,9 @@ func parseDemo(args []string, stderr io.Writer) (demoConfig, error) {
 	case "vxlan", "host-gw", "udp", "wireguard":
 	default:
 		return c, fmt.Errorf("%w: --backend must be vxlan, host-gw, udp or wireguard, got %q", errUsage, c.backend)
+	}
+	if c.dualStack && c.backend == "udp" {
+		return c, fmt.Errorf("%w: --dual-stack needs vxlan or host-gw: the udp backend carries IPv4 only", errUsage)
 	}
 	if c.hosts < 1 || c.hosts > 99 {
 		return c, fmt.Errorf("%w: --hosts must be 1..99, got %d", errUsage, c.hosts)
@@ -112,7 +117,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer cancel()
 	l, err := lab.New(upCtx, lab.Options{
 		Hosts: c.hosts, Backend: c.backend, BinDir: c.binDir,
-		Name: "weft", Logger: logger, NoConfig: true,
+		Name: "weft", Logger: logger, NoConfig: true, IPv6: c.dualStack,
 	})
 	if err != nil {
 		return err
@@ -127,9 +132,16 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 		}
 	}()
-	step("lab %s (weft-lab %s): switch %s, %d hosts on 192.0.2.0/24, etcd at %s", l.Name, version, l.Switch, c.hosts, lab.EtcdEndpoint)
+	underlay := "192.0.2.0/24"
+	if c.dualStack {
+		underlay += " and 2001:db8::/64"
+	}
+	step("lab %s (weft-lab %s): switch %s, %d hosts on %s, etcd at %s", l.Name, version, l.Switch, c.hosts, underlay, lab.EtcdEndpoint)
 
 	config := fmt.Sprintf(`{"Network":"198.18.0.0/16","Backend":{"Type":%q}}`, c.backend)
+	if c.dualStack {
+		config = fmt.Sprintf(`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":%q,"Backend":{"Type":%q}}`, l.Options().Network6, c.backend)
+	}
 	if err := l.WriteConfig(config); err != nil {
 		return err
 	}
@@ -148,6 +160,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return fmt.Errorf("%s: %w", h.Name, err)
 		}
+		if c.dualStack {
+			step("%s (%s, %s): weftd ready, subnets %s and %s, mtu %d", h.Name, h.IP, h.IP6, env.LeaseSubnet(), env.LeaseSubnet6(), env.MTU)
+			continue
+		}
 		step("%s (%s): weftd ready, subnet %s, mtu %d", h.Name, h.IP, env.LeaseSubnet(), env.MTU)
 	}
 	for _, h := range l.Hosts {
@@ -155,6 +171,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			p, err := h.AddPod(upCtx, "")
 			if err != nil {
 				return err
+			}
+			if c.dualStack {
+				step("pod %s on %s: %s and %s", p.NSName, h.Name, p.IP, p.IP6)
+				continue
 			}
 			step("pod %s on %s: %s", p.NSName, h.Name, p.IP)
 		}
@@ -182,6 +202,16 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "\npod-to-pod ping (3 packets each, average RTT):\n%s\n", m)
 		if !m.OK() && demoErr == nil {
 			demoErr = fmt.Errorf("connectivity: %s", strings.Join(m.Failures(), "; "))
+		}
+		if c.dualStack {
+			if _, err := l.WaitConnectivity6(upCtx, 30*time.Second); err != nil && demoErr == nil {
+				demoErr = err
+			}
+			m6 := l.PingMatrix6(upCtx)
+			fmt.Fprintf(stdout, "\npod-to-pod ping over IPv6 (3 packets each, average RTT):\n%s\n", m6)
+			if !m6.OK() && demoErr == nil {
+				demoErr = fmt.Errorf("IPv6 connectivity: %s", strings.Join(m6.Failures(), "; "))
+			}
 		}
 		if demoErr != nil {
 			l.DumpLogs(stderr)

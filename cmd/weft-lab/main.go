@@ -1,7 +1,7 @@
 // Command weft-lab runs weft's virtual multi-host lab (see package
 // github.com/weftnet/weft/internal/lab).
 //
-//	weft-lab demo [--hosts N] [--backend vxlan|host-gw|udp] [--keep] [--bin-dir DIR]
+//	weft-lab demo [--hosts N] [--backend vxlan|host-gw|udp] [--dual-stack] [--keep] [--bin-dir DIR]
 //	weft-lab down [NAME...]
 //	weft-lab bench [--quick] [--only SECTIONS] [--out FILE] [--bin-dir DIR]
 //	weft-lab etcd --listen URL --data-dir DIR
@@ -31,7 +31,7 @@ var version = "dev"
 var errUsage = errors.New("usage")
 
 const usage = `usage:
-  weft-lab demo [--hosts N] [--backend vxlan|host-gw|udp] [--keep] [--bin-dir DIR]
+  weft-lab demo [--hosts N] [--backend vxlan|host-gw|udp] [--dual-stack] [--keep] [--bin-dir DIR]
   weft-lab down [NAME...]        remove labs: the named ones, or every kept or orphaned one
   weft-lab bench [--quick] [--only SECTIONS] [--out FILE] [--bin-dir DIR]
   weft-lab etcd --listen URL --data-dir DIR   (run by the lab inside its switch namespace)

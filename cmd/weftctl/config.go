@@ -236,12 +236,17 @@ func checkUnderlay(ctx context.Context, e *env, reg *etcd.Registry, cfg *subnet.
 		return fmt.Errorf("list leases to check Network against their PublicIPs: %w", err)
 	}
 	for _, l := range snap.Leases {
+		kind := "lease"
+		if l.Reservation {
+			kind = "reservation"
+		}
 		if err := cfg.CheckUnderlay(l.Attrs.PublicIP); err != nil {
-			kind := "lease"
-			if l.Reservation {
-				kind = "reservation"
-			}
 			return fmt.Errorf("%w (%s is the PublicIP of the %s %s in etcd)", err, l.Attrs.PublicIP, kind, l.Subnet)
+		}
+		if a := l.Attrs.PublicIPv6; a.IsValid() {
+			if err := cfg.CheckUnderlay(a); err != nil {
+				return fmt.Errorf("%w (%s is the PublicIPv6 of the %s %s in etcd)", err, a, kind, l.Key())
+			}
 		}
 	}
 	return nil

@@ -118,6 +118,10 @@ func TestConfigSetUnknownKeys(t *testing.T) {
 func TestConfigSetUnderlay(t *testing.T) {
 	h, cli, reg := withEtcd(t)
 	seedLeases(t, cli, reg) // PublicIPs 192.0.2.11, 192.0.2.12, 203.0.113.130; reservation for 198.51.100.42
+	if _, err := cli.Put(t.Context(), "/coreos.com/network/subnets/198.18.77.0-24&2001:db8:100:77::-64",
+		`{"PublicIP":"192.0.2.77","PublicIPv6":"2001:db8:1::11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:77"}}`); err != nil {
+		t.Fatal(err)
+	}
 	h.localAddrs = []localAddr{
 		{"lo", netip.MustParseAddr("127.0.0.1")},
 		{"lo", netip.MustParseAddr("::1")},
@@ -133,24 +137,40 @@ func TestConfigSetUnderlay(t *testing.T) {
 		{"198.51.100.32/28", []string{"198.51.100.42", "PublicIP of the reservation 198.18.42.0/24 in etcd"}},
 		{"198.51.100.0/24", []string{"198.51.100.7", "address of interface eth9 on this machine"}},
 		{"198.18.0.0/16", nil},
+		{"198.18.0.0/16;2001:db8::/48", []string{"config field IPv6Network", "2001:db8::7", "address of interface eth9 on this machine"}},
+		{"198.18.0.0/16;2001:db8:1::/48", []string{"config field IPv6Network", "2001:db8:1::11", "PublicIPv6 of the reservation 198.18.77.0-24&2001:db8:100:77::-64 in etcd"}},
+		{"198.18.0.0/16;2001:db8:100::/48", nil},
+		{"198.18.0.0/16;2001:db8:100::/48;udp", []string{"config field EnableIPv6", "backend udp carries IPv4 only"}},
 	} {
 		t.Run(tc.network, func(t *testing.T) {
 			h := &harness{t: t, env: h.env, localAddrs: h.localAddrs}
 			if err := reg.PutConfig(t.Context(), []byte(netConfig)); err != nil {
 				t.Fatal(err)
 			}
-			h.stdin = `{"Network":"` + tc.network + `","Backend":{"Type":"vxlan"}}`
+			parts := strings.Split(tc.network, ";")
+			backend := "vxlan"
+			if len(parts) > 2 {
+				backend = parts[2]
+			}
+			h.stdin = `{"Network":"` + parts[0] + `","Backend":{"Type":"` + backend + `"}}`
+			if len(parts) > 1 {
+				h.stdin = `{"Network":"` + parts[0] + `","EnableIPv6":true,"IPv6Network":"` + parts[1] + `","Backend":{"Type":"` + backend + `"}}`
+			}
 			if tc.want == nil {
 				h.runOK("config", "set", "-")
 				return
 			}
 			r := h.runFail(1, "config", "set", "-")
-			for _, w := range append([]string{"refusing invalid config: config field Network", "contains the underlay address"}, tc.want...) {
+			prefix := []string{"refusing invalid config: config field Network", "contains the underlay address"}
+			if len(parts) > 1 {
+				prefix = []string{"refusing invalid config"}
+			}
+			for _, w := range append(prefix, tc.want...) {
 				if !strings.Contains(r.stderr, w) {
 					t.Errorf("stderr %q lacks %q", r.stderr, w)
 				}
 			}
-			if out := h.runOK("config", "get"); strings.Contains(out, tc.network) {
+			if out := h.runOK("config", "get"); strings.Contains(out, parts[len(parts)-1]) {
 				t.Errorf("the refused config was written:\n%s", out)
 			}
 		})

@@ -143,6 +143,9 @@ func cmdDoctor(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 		} else {
 			fmt.Fprintf(e.stderr, "weftctl doctor: skipping the iptables checks: %v\n", err)
 		}
+		if ipt6, err := iptables.New6(); err == nil {
+			in.IPTables6 = ipt6
+		}
 	}
 	rep, err := doctor.Check(in)
 	if err != nil {

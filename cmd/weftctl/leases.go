@@ -22,9 +22,12 @@ import (
 // leaseJSON is one element of `weftctl leases -o json`.
 type leaseJSON struct {
 	Subnet           string          `json:"subnet,omitempty"`
+	IPv6Subnet       string          `json:"ipv6Subnet,omitempty"`
 	PublicIP         string          `json:"publicIP,omitempty"`
+	PublicIPv6       string          `json:"publicIPv6,omitempty"`
 	Backend          string          `json:"backend,omitempty"`
 	VtepMAC          string          `json:"vtepMAC,omitempty"`
+	VtepMACv6        string          `json:"vtepMACv6,omitempty"`
 	PublicKey        string          `json:"publicKey,omitempty"`
 	Expires          *time.Time      `json:"expires,omitempty"`
 	ExpiresInSeconds *int64          `json:"expiresInSeconds,omitempty"`
@@ -122,6 +125,19 @@ func vtepMAC(a subnet.LeaseAttrs) string {
 	return net.HardwareAddr(id).String()
 }
 
+// vtepMAC6 is vtepMAC for the IPv6 data of a dual-stack lease.
+func vtepMAC6(a subnet.LeaseAttrs) string {
+	d, ok := backendOf(a)
+	if !ok || d.PeerData6 == nil || len(a.BackendV6Data) == 0 {
+		return ""
+	}
+	id, err := d.PeerData6(a)
+	if err != nil || len(id) != 6 {
+		return ""
+	}
+	return net.HardwareAddr(id).String()
+}
+
 // publicKey returns a wireguard lease's public key, base64 as wg(8)
 // prints it, "" for other leases and unusable data.
 func publicKey(a subnet.LeaseAttrs) string {
@@ -133,6 +149,22 @@ func publicKey(a subnet.LeaseAttrs) string {
 		return ""
 	}
 	return d.PublicKey.String()
+}
+
+// addrOrDash renders an address, "-" when absent.
+func addrOrDash(a netip.Addr) string {
+	if !a.IsValid() {
+		return "-"
+	}
+	return a.String()
+}
+
+// prefixOrDash renders a prefix, "-" when absent.
+func prefixOrDash(p netip.Prefix) string {
+	if !p.IsValid() {
+		return "-"
+	}
+	return p.String()
 }
 
 // expiresIn renders the time left: "23h59m", "42s", "never" for a
@@ -182,19 +214,29 @@ func dash(s string) string {
 
 func writeLeasesTable(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	// The PUBLIC KEY column (wireguard) is there only when a lease has one.
-	keys := false
+	// The IPv6 columns appear when some lease is dual-stack, the PUBLIC
+	// KEY column (wireguard) when some lease has one.
+	dual, keys := false, false
 	for _, l := range snap.Leases {
+		dual = dual || l.IPv6Subnet.IsValid() || l.Attrs.PublicIPv6.IsValid()
 		keys = keys || publicKey(l.Attrs) != ""
 	}
 	head := "SUBNET\tPUBLIC IP\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED"
+	if dual {
+		head = "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tPUBLIC IPV6\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED"
+	}
 	if keys {
 		head += "\tPUBLIC KEY"
 	}
 	fmt.Fprintln(tw, head)
 	for _, l := range snap.Leases {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s", l.Subnet, l.Attrs.PublicIP, field(backendName(l.Attrs)),
-			dash(vtepMAC(l.Attrs)), expiresIn(l, now), yesNo(l.Reservation))
+		if dual {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", l.Subnet, prefixOrDash(l.IPv6Subnet), l.Attrs.PublicIP,
+				addrOrDash(l.Attrs.PublicIPv6), field(backendName(l.Attrs)), dash(vtepMAC(l.Attrs)), expiresIn(l, now), yesNo(l.Reservation))
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s", l.Subnet, l.Attrs.PublicIP, field(backendName(l.Attrs)),
+				dash(vtepMAC(l.Attrs)), expiresIn(l, now), yesNo(l.Reservation))
+		}
 		if keys {
 			fmt.Fprintf(tw, "\t%s", dash(publicKey(l.Attrs)))
 		}
@@ -229,6 +271,7 @@ func writeLeasesJSON(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 			Backend:     backendName(l.Attrs),
 			VtepMAC:     vtepMAC(l.Attrs),
 			PublicKey:   publicKey(l.Attrs),
+			VtepMACv6:   vtepMAC6(l.Attrs),
 			Reserved:    l.Reservation,
 			ModRevision: l.ModRevision,
 			Value:       value,
@@ -240,6 +283,12 @@ func writeLeasesJSON(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 				secs := int64(max(0, l.Expiration.Sub(now)) / time.Second)
 				j.Expires, j.ExpiresInSeconds = &exp, &secs
 			}
+		}
+		if l.IPv6Subnet.IsValid() {
+			j.IPv6Subnet = l.IPv6Subnet.String()
+		}
+		if l.Attrs.PublicIPv6.IsValid() {
+			j.PublicIPv6 = l.Attrs.PublicIPv6.String()
 		}
 		out = append(out, j)
 	}

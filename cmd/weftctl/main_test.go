@@ -642,6 +642,41 @@ func TestLeasesWithoutConfig(t *testing.T) {
 	}
 }
 
+// A dual-stack lease shows both subnets and both public addresses; a plain
+// lease beside it shows dashes for the IPv6 columns.
+func TestLeasesDualStack(t *testing.T) {
+	h, cli, reg := withEtcd(t)
+	ctx := context.Background()
+	if err := reg.PutConfig(ctx, []byte(`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48","Backend":{"Type":"vxlan"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{
+		"198.18.7.0-24&2001:db8:100:7::-64": `{"PublicIP":"192.0.2.11","PublicIPv6":"2001:db8::11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:46"}}`,
+		"198.18.8.0-24":                     `{"PublicIP":"192.0.2.12","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:48"}}`,
+	} {
+		if _, err := cli.Put(ctx, "/coreos.com/network/subnets/"+k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := h.runOK("leases")
+	for _, re := range []string{
+		`(?m)^SUBNET +IPV6 SUBNET +PUBLIC IP +PUBLIC IPV6 +BACKEND`,
+		`(?m)^198\.18\.7\.0/24 +2001:db8:100:7::/64 +192\.0\.2\.11 +2001:db8::11 +vxlan +c6:d2:32:6f:8f:44 `,
+		`(?m)^198\.18\.8\.0/24 +- +192\.0\.2\.12 +- +vxlan +c6:d2:32:6f:8f:48 `,
+	} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Fatalf("no line matching %s:\n%s", re, out)
+		}
+	}
+	var parsed []map[string]any
+	if err := json.Unmarshal([]byte(h.runOK("leases", "-o", "json")), &parsed); err != nil || len(parsed) != 2 {
+		t.Fatalf("-o json: %v %v", parsed, err)
+	}
+	if parsed[0]["ipv6Subnet"] != "2001:db8:100:7::/64" || parsed[0]["publicIPv6"] != "2001:db8::11" || parsed[1]["ipv6Subnet"] != nil {
+		t.Fatalf("-o json: %v", parsed)
+	}
+}
+
 // TestLeasesWireGuardPublicKey: wireguard leases show each host's public
 // key, in the table (a column that appears only then) and in JSON.
 func TestLeasesWireGuardPublicKey(t *testing.T) {

@@ -179,6 +179,18 @@ func (rs hostRules) Set(network, own netip.Prefix) error {
 	return errors.Join(errs...)
 }
 
+// Set6 sets the edges that keep IPv6 rules (node.Rules6), and returns
+// their errors joined.
+func (rs hostRules) Set6(network6, own6 netip.Prefix) error {
+	var errs []error
+	for _, r := range rs {
+		if r6, ok := r.(node.Rules6); ok {
+			errs = append(errs, r6.Set6(network6, own6))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // edge returns rs as the core's Rules edge: nil when empty (no host rules).
 func (rs hostRules) edge() node.Rules {
 	if len(rs) == 0 {

@@ -177,7 +177,7 @@ func (d *daemon) Run(ctx context.Context) error {
 		}
 	}
 
-	prevSubnet, prevAttrs, peerAttrs := d.previous(ctx, store, netcfg, ext)
+	prevSubnet, prevSubnet6, prevAttrs, peerAttrs := d.previous(ctx, store, netcfg, ext)
 	be, err := entry.New(backend.Config{
 		Network:        netcfg,
 		Options:        netcfg.Backend,
@@ -199,6 +199,9 @@ func (d *daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("set up backend %s: %w", netcfg.BackendType, err)
 	}
 	attrs.PublicIP = ext.PublicIP
+	if netcfg.EnableIPv6 {
+		attrs.PublicIPv6 = ext.PublicIPv6
+	}
 
 	ipt, err := d.newRuleKeeper(netcfg)
 	if err != nil {
@@ -221,6 +224,7 @@ func (d *daemon) Run(ctx context.Context) error {
 		Peers:       entry.PeerRules(),
 		SameOptions: entry.SameOptions,
 		Previous:    prevSubnet,
+		Previous6:   prevSubnet6,
 		Check:       func(raw []byte) (*subnet.Config, error) { return d.checkConfig(raw, ext) },
 		Attrs:       attrs,
 		IPMasq:      d.cfg.IPMasq,
@@ -326,7 +330,16 @@ func (d *daemon) checkConfig(raw []byte, ext backend.ExternalInterface) (*subnet
 		sort.Strings(types)
 		return nil, fmt.Errorf("config field Backend.Type: unknown backend %q (want one of %s)", cfg.BackendType, strings.Join(types, ", "))
 	}
-	if err := cfg.CheckUnderlay(ext.Addr, ext.PublicIP); err != nil {
+	if cfg.EnableIPv6 && !entry.DualStack {
+		return nil, fmt.Errorf("config field EnableIPv6: backend %s carries IPv4 only (dual stack runs on vxlan and host-gw)", cfg.BackendType)
+	}
+	if cfg.EnableIPv6 && d.cfg.Kube.Enabled {
+		return nil, errors.New("config field EnableIPv6: dual stack with --kube-subnet-mgr is not supported yet (it is in etcd mode)")
+	}
+	if cfg.EnableIPv6 && !ext.PublicIPv6.IsValid() {
+		return nil, fmt.Errorf("config field EnableIPv6: this host has no global IPv6 address on %s; add one or set --public-ipv6", ext.Name)
+	}
+	if err := cfg.CheckUnderlay(ext.Addr, ext.PublicIP, ext.Addr6, ext.PublicIPv6); err != nil {
 		return nil, fmt.Errorf("%w (the address of %s on this host)", err, ext.Name)
 	}
 	// A Factory validates its options and touches no kernel state.
@@ -337,19 +350,22 @@ func (d *daemon) checkConfig(raw []byte, ext backend.ExternalInterface) (*subnet
 	return cfg, nil
 }
 
-// previous returns the subnet from an earlier subnet file (if it belongs to
-// this network), the attributes of our earlier lease in etcd, if any, and
-// the attributes of every other host's lease.
-func (d *daemon) previous(ctx context.Context, store leaseStore, netcfg *subnet.Config, ext backend.ExternalInterface) (netip.Prefix, subnet.LeaseAttrs, []subnet.LeaseAttrs) {
-	var prevSubnet netip.Prefix
+// previous returns the subnets from an earlier subnet file (if they belong
+// to this network), the attributes of our earlier lease in the store, if
+// any, and the attributes of every other host's lease.
+func (d *daemon) previous(ctx context.Context, store leaseStore, netcfg *subnet.Config, ext backend.ExternalInterface) (netip.Prefix, netip.Prefix, subnet.LeaseAttrs, []subnet.LeaseAttrs) {
+	var prevSubnet, prevSubnet6 netip.Prefix
 	if env, err := subnet.ReadEnvFile(d.cfg.SubnetFile); err == nil && env.Network == netcfg.Network {
 		prevSubnet = env.LeaseSubnet()
+		if netcfg.EnableIPv6 && env.IPv6Network == netcfg.IPv6.Network {
+			prevSubnet6 = env.LeaseSubnet6()
+		}
 	}
 	cctx, c := context.WithTimeout(ctx, 5*time.Second)
 	defer c()
 	snap, err := store.Leases(cctx)
 	if err != nil {
-		return prevSubnet, subnet.LeaseAttrs{}, nil
+		return prevSubnet, prevSubnet6, subnet.LeaseAttrs{}, nil
 	}
 	var prev subnet.LeaseAttrs
 	found := false
@@ -364,7 +380,7 @@ func (d *daemon) previous(ctx context.Context, store leaseStore, netcfg *subnet.
 			prev, found = l.Attrs, true
 		}
 	}
-	return prevSubnet, prev, others
+	return prevSubnet, prevSubnet6, prev, others
 }
 
 // notifyWhenReady tells systemd READY=1 the first time weftd is ready.
@@ -424,6 +440,9 @@ func (d *daemon) blackholeRoute() (*blackhole, error) {
 type ruleKeeper interface {
 	// Set installs the rules for the network and our subnet (node.Rules).
 	Set(network, own netip.Prefix) error
+	// Set6 does the same for the IPv6 network and subnet of a dual-stack
+	// network (node.Rules6).
+	Set6(network6, own6 netip.Prefix) error
 	// Run re-checks and repairs the rules every interval until ctx ends.
 	Run(ctx context.Context, interval time.Duration) error
 	// Repairs counts the rules restored after Set installed them.
@@ -441,23 +460,34 @@ var (
 // returns nil when there are no rules to keep.
 func (d *daemon) newRuleKeeper(netcfg *subnet.Config) (ruleKeeper, error) {
 	sys, iptErr := iptables.New()
+	// ip6tables: kept on a dual-stack network, else only cleaned up.
+	sys6, ipt6Err := iptables.New6()
 	kern := nftables.NewKernel(0)
 	nft, why := d.cfg.UseNFTables(netcfg.EnableNFTables, iptErr == nil)
 	want := d.cfg.IPMasq || d.cfg.IPTablesForward
 	if !nft || !want {
 		if err := nftables.Remove(kern); err != nil {
-			d.logger.Warn("remove old nftables rules (table ip weft)", "err", err)
+			d.logger.Warn("remove old nftables rules (tables ip weft and ip6 weft)", "err", err)
 		}
 	}
+	// In nftables mode the fallback keeps WEFT-FWD while iptables' FORWARD
+	// policy drops, and removes it otherwise.
+	remove := iptables.Remove
+	if want && d.cfg.IPTablesForward {
+		remove = iptables.RemoveMasq
+	}
 	if iptErr == nil && (nft || !want) {
-		// In nftables mode the fallback keeps WEFT-FWD while iptables'
-		// FORWARD policy drops, and removes it otherwise.
-		remove := iptables.Remove
-		if want && d.cfg.IPTablesForward {
-			remove = iptables.RemoveMasq
-		}
 		if err := remove(sys); err != nil {
 			d.logger.Warn("remove old iptables rules", "err", err)
+		}
+	}
+	if ipt6Err == nil && (nft || !want || !netcfg.EnableIPv6) {
+		rm6 := remove
+		if !netcfg.EnableIPv6 {
+			rm6 = iptables.Remove // IPv4-only: no IPv6 rules at all
+		}
+		if err := rm6(sys6); err != nil {
+			d.logger.Warn("remove old ip6tables rules", "err", err)
 		}
 	}
 	if !want {
@@ -472,15 +502,24 @@ func (d *daemon) newRuleKeeper(netcfg *subnet.Config) (ruleKeeper, error) {
 		if d.cfg.IPMasqPlain {
 			m.DisableFullyRandom()
 		}
+		if netcfg.EnableIPv6 {
+			if ipt6Err != nil {
+				return nil, fmt.Errorf("dual stack in iptables mode needs ip6tables: %w (or run with --nftables=on)", ipt6Err)
+			}
+			m.EnableIPv6(sys6)
+		}
 		return m, nil
 	}
-	var fallback nftables.ForwardFallback
+	var fallback, fallback6 nftables.ForwardFallback
 	if iptErr == nil {
 		fallback = iptables.NewForwardFallback(sys)
 	}
-	d.logger.Info("masquerade and forward rules in nftables, table ip weft", "why", why)
+	if ipt6Err == nil && netcfg.EnableIPv6 {
+		fallback6 = iptables.NewForwardFallback(sys6)
+	}
+	d.logger.Info("masquerade and forward rules in nftables, table ip weft (and ip6 weft on a dual-stack network)", "why", why)
 	return nftables.NewManager(kern, nftables.Config{
-		Masq: d.cfg.IPMasq, Forward: d.cfg.IPTablesForward, PlainMasq: d.cfg.IPMasqPlain, Fallback: fallback,
+		Masq: d.cfg.IPMasq, Forward: d.cfg.IPTablesForward, PlainMasq: d.cfg.IPMasqPlain, Fallback: fallback, Fallback6: fallback6,
 		Logger: d.logger.With("component", "nftables"),
 	}), nil
 }

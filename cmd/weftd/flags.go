@@ -24,6 +24,7 @@ type Config struct {
 	IfaceRegex  []*regexp.Regexp
 	IfaceReach  netip.Addr
 	PublicIP    netip.Addr
+	PublicIPv6  netip.Addr
 	SubnetFile  string
 	RenewMargin time.Duration
 	LeaseTTL    time.Duration
@@ -109,7 +110,7 @@ func newFlagSet(out io.Writer) (*flag.FlagSet, *rawFlags) {
 	fs.BoolVar(&r.ipMasq, "ip-masq", false, "masquerade traffic from pods that leaves the cluster network")
 	fs.BoolVar(&r.ipMasqPlain, "ip-masq-fully-random-disable", false, "masquerade without fully random source ports")
 	fs.BoolVar(&r.blackhole, "ip-blackhole-route", false, "keep a blackhole route for this host's subnet, so that traffic to its unused addresses is dropped here instead of leaving by the default route")
-	fs.StringVar(&r.publicIPv6, "public-ipv6", "", "IPv6 address of this host for dual stack: accepted for flanneld command lines; weft runs IPv4 only, so a non-empty value is refused")
+	fs.StringVar(&r.publicIPv6, "public-ipv6", "", "IPv6 address other hosts use to reach this host on a dual-stack network (default: the interface's first global IPv6 address)")
 	fs.IntVar(&r.iptResync, "iptables-resync", 5, "seconds between checks that weft's iptables rules are in place")
 	fs.BoolVar(&r.iptForward, "iptables-forward-rules", true, "accept forwarded traffic to and from the cluster network")
 	fs.StringVar(&r.nftables, "nftables", "auto", "keep the masquerade and forward rules in nftables (table ip weft) instead of iptables: auto (follow the config's EnableNFTables), on or off")
@@ -339,7 +340,11 @@ func (c *Config) validate(r *rawFlags) error {
 		c.Ignored = append(c.Ignored, fmt.Sprintf("-log_backtrace_at=%s has no effect: weftd logs no stack traces", r.logBacktraceAt))
 	}
 	if r.publicIPv6 != "" {
-		bad("public-ipv6", "%q: IPv6 is not supported yet; weft runs IPv4 only (leave it empty)", r.publicIPv6)
+		a, err := netip.ParseAddr(r.publicIPv6)
+		if err != nil || !a.Is6() || a.Is4In6() || a.Zone() != "" || !a.IsGlobalUnicast() || a.IsLinkLocalUnicast() {
+			bad("public-ipv6", "%q is not a global unicast IPv6 address", r.publicIPv6)
+		}
+		c.PublicIPv6 = a
 	}
 	switch c.WireGuardDriver {
 	case wireguard.DriverAuto, wireguard.DriverKernel, wireguard.DriverUserspace:

@@ -163,7 +163,7 @@ var flanneldFlags = map[string]string{
 	"iface-can-reach":              "192.0.2.1",
 	"subnet-file":                  "/run/flannel/subnet.env",
 	"public-ip":                    "192.0.2.11",
-	"public-ipv6":                  "", // dual stack is issue 14: accepted empty, refused otherwise
+	"public-ipv6":                  "2001:db8::11",
 	"subnet-lease-renew-margin":    "60",
 	"ip-masq":                      "true",
 	"ip-masq-fully-random-disable": "true",
@@ -222,9 +222,15 @@ func TestFlanneldFlags(t *testing.T) {
 	if err != nil || !c.IPMasqPlain || !c.IPBlackholeRoute {
 		t.Errorf("FLANNELD_ forms: %+v, %v", c, err)
 	}
-	_, err = parseConfig([]string{"--public-ipv6=2001:db8::1"}, env(nil), &bytes.Buffer{})
-	if err == nil || !strings.Contains(err.Error(), "--public-ipv6") || !strings.Contains(err.Error(), "IPv6 is not supported") {
-		t.Errorf("--public-ipv6 with an address: %v, want a clear refusal", err)
+	c, err = parseConfig([]string{"--public-ipv6=2001:db8::1"}, env(nil), &bytes.Buffer{})
+	if err != nil || c.PublicIPv6.String() != "2001:db8::1" {
+		t.Errorf("--public-ipv6: %v, %v", c.PublicIPv6, err)
+	}
+	for _, bad := range []string{"192.0.2.1", "fe80::1", "ff02::1", "::1", "::ffff:192.0.2.1", "x"} {
+		_, err = parseConfig([]string{"--public-ipv6=" + bad}, env(nil), &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), "--public-ipv6") || !strings.Contains(err.Error(), "not a global unicast IPv6 address") {
+			t.Errorf("--public-ipv6=%s: %v, want a clear refusal", bad, err)
+		}
 	}
 }
 

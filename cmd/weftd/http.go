@@ -160,6 +160,12 @@ func (d *daemon) status() apitypes.Status {
 	}
 	if st.HaveLease {
 		s.Lease = st.Lease.Subnet.String()
+		if w.netcfg.HasIPv6(st.Lease) {
+			s.LeaseIPv6 = st.Lease.IPv6Subnet.String()
+		}
+		if a := st.Lease.Attrs.PublicIPv6; a.IsValid() && w.netcfg.EnableIPv6 {
+			s.PublicIPv6 = a.String()
+		}
 		s.Reservation = st.Lease.Reservation
 		s.LeaseExpires = st.Lease.Expiration
 		if l, ok := w.store.Lease(); ok && l.Subnet == st.Lease.Subnet {

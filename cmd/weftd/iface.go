@@ -53,6 +53,13 @@ func chooseInterfaceIn(k ifaceKernel, c *Config) (backend.ExternalInterface, err
 	if c.PublicIP.IsValid() {
 		ext.PublicIP = c.PublicIP
 	}
+	// The IPv6 underlay address, used only on a dual-stack network.
+	if a, err := firstIPv6(k, link); err == nil {
+		ext.Addr6, ext.PublicIPv6 = a, a
+	}
+	if c.PublicIPv6.IsValid() {
+		ext.PublicIPv6 = c.PublicIPv6
+	}
 	if ext.MTU <= 0 {
 		return ext, fmt.Errorf("interface %s reports MTU %d", ext.Name, ext.MTU)
 	}
@@ -153,6 +160,24 @@ func linkByAddr(k ifaceKernel, ip netip.Addr) (nl.Link, error) {
 		}
 	}
 	return nl.Link{}, fmt.Errorf("no interface has address %s", ip)
+}
+
+// firstIPv6 returns the first global IPv6 address of l: not link-local,
+// not tentative (duplicate address detection still running) and not
+// deprecated.
+func firstIPv6(k ifaceKernel, l nl.Link) (netip.Addr, error) {
+	addrs, err := k.AddrList(l.Index, nl.FamilyV6)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("list addresses of %s: %w", l.Name, err)
+	}
+	for _, a := range addrs {
+		ip := a.Prefix.Addr()
+		if a.Scope == unix.RT_SCOPE_UNIVERSE && ip.IsGlobalUnicast() && !ip.IsLinkLocalUnicast() &&
+			a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED|unix.IFA_F_DEPRECATED) == 0 {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("interface %s has no global IPv6 address", l.Name)
 }
 
 func firstIPv4(k ifaceKernel, l nl.Link) (netip.Addr, error) {

@@ -91,6 +91,8 @@ var (
 	descLeasesInvalid   = prometheus.NewDesc("weft_leases_invalid", "Leases in etcd currently skipped because they are broken (conflicts count in weft_peers_refused).", nil, nil)
 	descConfigInvalid   = prometheus.NewDesc("weft_config_invalid", "1 while the network config in etcd is invalid.", nil, nil)
 	descRestartNeeded   = prometheus.NewDesc("weft_restart_needed", "1 when the network config in etcd changed since weftd started.", nil, nil)
+	descLeaseSubnet     = prometheus.NewDesc("weft_lease_subnet_info", "Our leased subnet, 1 per address family.", []string{"family", "subnet"}, nil)
+	descPeerSubnets     = prometheus.NewDesc("weft_peer_subnets", "Peer subnets handed to the backend, by address family.", []string{"family"}, nil)
 	descEtcdContact     = prometheus.NewDesc("weft_etcd_last_contact_seconds", "Seconds since weftd last heard from etcd.", nil, nil)
 )
 
@@ -99,7 +101,7 @@ type statusCollector struct{ d *daemon }
 
 func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPeersProgrammed, descPeersWanted, descPeersRefused, descRepairs,
-		descLeaseExpiry, descReady, descPackets, descBytes, descDrops, descEtcdContact,
+		descLeaseExpiry, descReady, descPackets, descBytes, descDrops, descEtcdContact, descLeaseSubnet, descPeerSubnets,
 		descLeasesKnown, descLeasesInvalid, descConfigInvalid, descRestartNeeded} {
 		ch <- d
 	}
@@ -149,6 +151,14 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 			v = time.Until(lease.Expiration).Seconds()
 		}
 		ch <- prometheus.MustNewConstMetric(descLeaseExpiry, prometheus.GaugeValue, v)
+		ch <- prometheus.MustNewConstMetric(descLeaseSubnet, prometheus.GaugeValue, 1, subnet.IPv4.String(), st.Lease.Subnet.String())
+		if w.netcfg.HasIPv6(st.Lease) {
+			ch <- prometheus.MustNewConstMetric(descLeaseSubnet, prometheus.GaugeValue, 1, subnet.IPv6.String(), st.Lease.IPv6Subnet.String())
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descPeerSubnets, prometheus.GaugeValue, float64(st.Peers), subnet.IPv4.String())
+	if w.netcfg.EnableIPv6 {
+		ch <- prometheus.MustNewConstMetric(descPeerSubnets, prometheus.GaugeValue, float64(st.Peers6), subnet.IPv6.String())
 	}
 	bs := w.be.Status()
 	ch <- prometheus.MustNewConstMetric(descPeersProgrammed, prometheus.GaugeValue, float64(bs.PeersProgrammed))

@@ -27,8 +27,9 @@ func TestSummarize(t *testing.T) {
 	}
 }
 
-// setup builds the plugins and makes a host namespace and a subnet file.
-func setup(t testing.TB, ipMasq bool) Config {
+// setup builds the plugins and makes a host namespace and a subnet file,
+// with an IPv6 lease too when dual is set.
+func setup(t testing.TB, ipMasq, dual bool) Config {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces")
 	}
@@ -48,6 +49,10 @@ func setup(t testing.TB, ipMasq bool) Config {
 		MTU:     1450,
 		IPMasq:  !ipMasq, // the plugin's ipMasq defaults to the opposite
 	}
+	if dual {
+		env.IPv6Network = netip.MustParsePrefix("2001:db8:100::/48")
+		env.IPv6Subnet = netip.MustParsePrefix("2001:db8:100:59::1/64")
+	}
 	sf := filepath.Join(dir, "subnet.env")
 	if err := subnet.WriteEnvFile(sf, env); err != nil {
 		t.Fatal(err)
@@ -64,8 +69,8 @@ func TestLatency(t *testing.T) {
 	if testing.Short() || !testing.Verbose() {
 		t.Skip("benchmark: run with go test -v -run TestLatency")
 	}
-	for _, masq := range []bool{true, false} {
-		cfg := setup(t, masq)
+	for _, c := range []struct{ masq, dual bool }{{true, false}, {false, false}, {true, true}} {
+		cfg := setup(t, c.masq, c.dual)
 		for _, par := range []int{1, 20} {
 			cfg.Pods, cfg.Parallel = 100, par
 			res, err := Run(context.Background(), cfg)
@@ -75,14 +80,14 @@ func TestLatency(t *testing.T) {
 			if len(res.Add) != cfg.Pods || len(res.Del) != cfg.Pods {
 				t.Fatalf("got %d/%d samples", len(res.Add), len(res.Del))
 			}
-			t.Logf("ipMasq=%v parallel=%d pods=%d: %v", masq, par, cfg.Pods, res)
+			t.Logf("ipMasq=%v dualStack=%v parallel=%d pods=%d: %v", c.masq, c.dual, par, cfg.Pods, res)
 		}
 	}
 }
 
 // BenchmarkAddDel reports the p50 of ADD and DEL over b.N pods.
 func BenchmarkAddDel(b *testing.B) {
-	cfg := setup(b, true)
+	cfg := setup(b, true, false)
 	cfg.Pods = max(b.N, 1)
 	b.ResetTimer()
 	res, err := Run(context.Background(), cfg)

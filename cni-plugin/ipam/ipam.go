@@ -5,7 +5,8 @@
 // hand out one address twice. It lives in <dataDir>/_ipam/:
 //
 //	lock                         flocked by every change
-//	last_reserved                the last address handed out (a hint)
+//	last_reserved                the last IPv4 address handed out (a hint)
+//	last_reserved_v6             the last IPv6 address handed out (a hint)
 //	<ip>_<net key>-<owner key>   one file per reservation, holding
 //	                             {"network", "containerID", "ifname"}
 //	masq/<network>.json          the plugin's markers (MarkerPath): the
@@ -15,8 +16,10 @@
 // The keys in a reservation's name are short hashes of the network name and
 // of the attachment (container ID and interface name), so allocation, DEL and
 // counting a network's reservations need only a directory listing. Addresses
-// are handed out round-robin (after last_reserved) rather than reused at
-// once. CNI network names cannot start with '_', so "_ipam" cannot be the
+// are handed out round-robin (after the family's last_reserved hint) rather
+// than reused at once. A dual-stack attachment holds two reservations, one
+// per family, under the same owner key; <ip> is the address's canonical
+// text (an IPv6 one with its colons), so Release and GC treat both alike. CNI network names cannot start with '_', so "_ipam" cannot be the
 // directory of an older layout.
 //
 // A reservation file is written (temp file + rename, so it is either absent
@@ -34,6 +37,7 @@ package ipam
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -56,6 +60,8 @@ const (
 	StoreDir = "_ipam"
 	lockName = "lock"
 	lastName = "last_reserved"
+	// lastName6 is the IPv6 hint: each family goes round its own subnet.
+	lastName6 = "last_reserved_v6"
 	// legacyMasq is the masquerade marker of the per-network layout.
 	legacyMasq = "masq.json"
 )
@@ -290,13 +296,28 @@ func (s *Store) Lookup(o Owner) ([]Reservation, error) {
 func (tx *Tx) List() ([]Reservation, error) { return tx.s.List() }
 
 // Allocate reserves an address of subnet for owner, skipping the network
-// address, the broadcast address, gateway and every address reserved by any
-// network. If owner already holds an address inside subnet, that address is
-// returned with existing=true. Reservations outside subnet (from a subnet
-// weftd held before) are never handed out and stay until released.
+// address, the broadcast address (IPv4), gateway, the reserved subnet
+// anycast addresses (IPv6, see reservedAnycast6) and every address reserved
+// by any network. If owner already holds an address inside subnet, that
+// address is returned with existing=true. Reservations outside subnet (from
+// a subnet weftd held before) are never handed out and stay until released.
+//
+// subnet may be IPv4 (/30 or larger) or IPv6 (/126 or larger). Addresses
+// are handed out in order after the family's last_reserved hint, wrapping
+// around. The search is bounded by the number of reservations, not by the
+// size of the subnet: every address it passes over is reserved, the
+// gateway or one of at most 128 reserved anycast addresses, so an IPv6 /64
+// never means walking 2^64 addresses. When it comes back to where it
+// started, the subnet is exhausted.
 func (tx *Tx) Allocate(subnet netip.Prefix, gateway netip.Addr, o Owner) (r Reservation, existing bool, err error) {
 	subnet = subnet.Masked()
-	if !subnet.Addr().Is4() || subnet.Bits() > 30 {
+	v6 := subnet.Addr().Is6()
+	switch {
+	case !subnet.IsValid():
+		return Reservation{}, false, fmt.Errorf("allocate: invalid subnet")
+	case v6 && (subnet.Addr().Is4In6() || subnet.Bits() > 126):
+		return Reservation{}, false, fmt.Errorf("allocate in %s: need an IPv6 subnet of /126 or larger", subnet)
+	case !v6 && subnet.Bits() > 30:
 		return Reservation{}, false, fmt.Errorf("allocate in %s: need an IPv4 subnet of /30 or larger", subnet)
 	}
 	es, err := tx.s.entries()
@@ -318,21 +339,27 @@ func (tx *Tx) Allocate(subnet netip.Prefix, gateway netip.Addr, o Owner) (r Rese
 		}
 	}
 	first := subnet.Addr().Next()
-	last := lastAddr(subnet).Prev()
+	last := lastAddr(subnet)
+	hint := lastName
+	if v6 {
+		hint = lastName6
+	} else {
+		last = last.Prev() // the broadcast address
+	}
 	start := first
-	if b, err := os.ReadFile(filepath.Join(tx.s.dir, lastName)); err == nil {
+	if b, err := os.ReadFile(filepath.Join(tx.s.dir, hint)); err == nil {
 		if prev, err := netip.ParseAddr(strings.TrimSpace(string(b))); err == nil && subnet.Contains(prev) && prev.Compare(last) < 0 && prev.Compare(first) >= 0 {
 			start = prev.Next()
 		}
 	}
 	ip := start
 	for {
-		if ip != gateway && !used[ip] {
+		if ip != gateway && !used[ip] && !(v6 && reservedAnycast6(subnet, ip)) {
 			r = Reservation{Owner: o, IP: ip}
 			if err := tx.write(r); err != nil {
 				return Reservation{}, false, err
 			}
-			tx.writeHint(ip)
+			tx.writeHint(hint, ip)
 			return r, false, nil
 		}
 		if ip == last {
@@ -344,6 +371,19 @@ func (tx *Tx) Allocate(subnet netip.Prefix, gateway netip.Addr, o Owner) (r Rese
 			return Reservation{}, false, fmt.Errorf("allocate in %s: %w", subnet, ErrExhausted)
 		}
 	}
+}
+
+// reservedAnycast6 reports whether ip is one of the reserved subnet anycast
+// addresses of RFC 2526: in a subnet with 64-bit interface identifiers
+// (/64 or shorter), the 128 highest identifiers with the universal/local
+// bit clear, fdff:ffff:ffff:ff80 to fdff:ffff:ffff:ffff. Longer prefixes
+// have no such range.
+func reservedAnycast6(subnet netip.Prefix, ip netip.Addr) bool {
+	if subnet.Bits() > 64 {
+		return false
+	}
+	b := ip.As16()
+	return binary.BigEndian.Uint64(b[8:])&^0x7f == 0xfdffffffffffff80
 }
 
 // Release removes every reservation owner holds and returns them, with the
@@ -440,16 +480,21 @@ func (s *Store) hostLocalUsed(subnet netip.Prefix) map[netip.Addr]bool {
 	return used
 }
 
-// writeHint records the last address handed out. It overwrites in place,
-// padded to a fixed width, rather than truncating: on ext4 a truncate of a
+// writeHint records the last address handed out in the hint file name. It
+// overwrites in place, padded to a fixed width (the longest address of the
+// family), rather than truncating: on ext4 a truncate of a
 // written file forces a flush at close, which cost more than the rest of
 // the allocation. The hint is advisory; an unreadable one is ignored.
-func (tx *Tx) writeHint(ip netip.Addr) {
-	f, err := os.OpenFile(filepath.Join(tx.s.dir, lastName), os.O_WRONLY|os.O_CREATE, 0o600)
+func (tx *Tx) writeHint(name string, ip netip.Addr) {
+	f, err := os.OpenFile(filepath.Join(tx.s.dir, name), os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return
 	}
-	f.WriteAt([]byte(fmt.Sprintf("%-15s\n", ip)), 0)
+	width := 15 // 255.255.255.255
+	if ip.Is6() {
+		width = 39 // eight groups of four hex digits
+	}
+	f.WriteAt([]byte(fmt.Sprintf("%-*s\n", width, ip)), 0)
 	f.Close()
 }
 
@@ -605,10 +650,13 @@ func (s *Store) migrate(dir string) error {
 	return nil
 }
 
-// lastAddr is the broadcast address of p.
+// lastAddr is the last address of p: every host bit set (for IPv4, the
+// broadcast address).
 func lastAddr(p netip.Prefix) netip.Addr {
-	a := p.Masked().Addr().As4()
-	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-	n |= (1 << (32 - p.Bits())) - 1
-	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }

@@ -63,7 +63,48 @@ type Settings struct {
 	Subnet     netip.Prefix // this node's lease
 	Gateway    netip.Addr   // the bridge address, FLANNEL_SUBNET's address
 	SubnetFile string
+
+	// Network6, Subnet6 and Gateway6 are the IPv6 counterparts, from
+	// FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET; all invalid when
+	// subnet.env has no IPv6 variables (an IPv4-only network).
+	Network6 netip.Prefix
+	Subnet6  netip.Prefix
+	Gateway6 netip.Addr
 }
+
+// DualStack reports whether pods get an IPv6 address too.
+func (s *Settings) DualStack() bool { return s.Subnet6.IsValid() }
+
+// family is one address family of a pod's attachment: what it gets from
+// the node's lease of that family.
+type family struct {
+	name    string // "IPv4" or "IPv6", for messages
+	network netip.Prefix
+	subnet  netip.Prefix
+	gateway netip.Addr
+}
+
+// families returns the families pods get addresses of: IPv4, then IPv6
+// when the node has an IPv6 lease.
+func (s *Settings) families() []family {
+	out := []family{{"IPv4", s.Network, s.Subnet, s.Gateway}}
+	if s.DualStack() {
+		out = append(out, family{"IPv6", s.Network6, s.Subnet6, s.Gateway6})
+	}
+	return out
+}
+
+// defaultRoute is 0.0.0.0/0 or ::/0.
+func (f family) defaultRoute() netip.Prefix {
+	if f.gateway.Is6() {
+		return netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	}
+	return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+}
+
+// MinMTU6 is the smallest link MTU that carries IPv6 (RFC 8200); the
+// kernel turns IPv6 off on a device with a smaller one.
+const MinMTU6 = 1280
 
 // configError is an invalid-network-config error that starts with the field
 // as the user wrote it, e.g. "delegate.mtu: 70000 is outside 68..65535".
@@ -455,5 +496,52 @@ func (c *NetConf) Resolve(env subnet.Env) (*Settings, error) {
 	for _, r := range c.Routes {
 		s.Routes = append(s.Routes, types.Route{Dst: net.IPNet{IP: r.Dst.IP.To4(), Mask: r.Dst.Mask}, GW: r.GW})
 	}
+	if env.IPv6Subnet.IsValid() {
+		if err := c.resolve6(env, s); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// resolve6 fills the IPv6 settings from FLANNEL_IPV6_NETWORK and
+// FLANNEL_IPV6_SUBNET, which subnet.ParseEnv has seen to be IPv6 prefixes,
+// set together, the subnet inside the network. It refuses what would
+// break the pod or the host: a subnet too small for a gateway and a pod, a
+// gateway that is the subnet's own address, ranges that cannot be a pod
+// network, and an MTU too small for IPv6.
+func (c *NetConf) resolve6(env subnet.Env, s *Settings) error {
+	bad := func(format string, a ...any) error {
+		return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("FLANNEL_IPV6_SUBNET in %s: ", c.SubnetFile)+fmt.Sprintf(format, a...), "")
+	}
+	sub := env.LeaseSubnet6()
+	gw := env.IPv6Subnet.Addr()
+	switch {
+	case sub.Bits() > 126:
+		return bad("%s is not an IPv6 subnet of /126 or larger", env.IPv6Subnet)
+	case gw == sub.Addr():
+		return bad("%s is the subnet's own address (the subnet-router anycast), not a host address for the gateway", env.IPv6Subnet)
+	case !env.IPv6Network.Masked().Contains(gw) || sub.Bits() < env.IPv6Network.Bits():
+		return bad("%s is not inside FLANNEL_IPV6_NETWORK %s", env.IPv6Subnet, env.IPv6Network)
+	}
+	for _, r := range subnet.ReservedRanges6 {
+		if env.IPv6Network.Overlaps(r) {
+			return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("FLANNEL_IPV6_NETWORK in %s: %s overlaps the reserved range %s, which cannot be a pod network", c.SubnetFile, env.IPv6Network, r), "")
+		}
+	}
+	if s.MTU < MinMTU6 {
+		return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("%s: %d is below %d, the smallest MTU that carries IPv6, and %s has IPv6 subnets", c.mtuSource(), s.MTU, MinMTU6, c.SubnetFile), "")
+	}
+	s.Network6 = env.IPv6Network.Masked()
+	s.Subnet6 = sub
+	s.Gateway6 = gw
+	return nil
+}
+
+// mtuSource names where the MTU came from, for messages.
+func (c *NetConf) mtuSource() string {
+	if c.MTU != nil {
+		return c.path("mtu")
+	}
+	return "FLANNEL_MTU in " + c.SubnetFile
 }

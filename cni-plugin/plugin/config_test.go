@@ -315,3 +315,112 @@ func FuzzParseConfig(f *testing.F) {
 		podRoutes(s)
 	})
 }
+
+// TestResolveDualStack: the IPv6 variables give the IPv6 settings, and
+// pods get routes for both families, each via its own gateway.
+func TestResolveDualStack(t *testing.T) {
+	conf, err := ParseConfig([]byte(`{"cniVersion":"1.1.0","name":"weft","type":"weft","routes":[{"dst":"198.19.0.0/16"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := testEnv
+	e.IPv6Network = netip.MustParsePrefix("2001:db8:100::/48")
+	e.IPv6Subnet = netip.MustParsePrefix("2001:db8:100:59::1/64")
+	s, err := conf.Resolve(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.DualStack() || s.Network6.String() != "2001:db8:100::/48" || s.Subnet6.String() != "2001:db8:100:59::/64" || s.Gateway6.String() != "2001:db8:100:59::1" {
+		t.Fatalf("IPv6 settings: %+v", s)
+	}
+	var got []string
+	for _, r := range podRoutes(s) {
+		got = append(got, r.Dst.String()+" via "+r.GW.String())
+	}
+	want := []string{"0.0.0.0/0 via 198.18.5.1", "::/0 via 2001:db8:100:59::1", "198.19.0.0/16 via 198.18.5.1"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("routes %v, want %v", got, want)
+	}
+	// Without isDefaultGateway, each family routes its cluster network.
+	conf.IsDefaultGateway = new(bool)
+	s, _ = conf.Resolve(e)
+	got = nil
+	for _, r := range podRoutes(s) {
+		got = append(got, r.Dst.String()+" via "+r.GW.String())
+	}
+	want = []string{"198.18.0.0/16 via 198.18.5.1", "2001:db8:100::/48 via 2001:db8:100:59::1", "198.19.0.0/16 via 198.18.5.1"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("routes without isDefaultGateway %v, want %v", got, want)
+	}
+	// An IPv4-only env has no IPv6 settings.
+	if s, err := conf.Resolve(testEnv); err != nil || s.DualStack() || len(s.families()) != 1 {
+		t.Fatalf("IPv4-only env: %+v %v", s, err)
+	}
+}
+
+// TestResolveRejectsBadEnv6: an IPv6 part that would break pods or the
+// host is refused, naming the variable (or the MTU) at fault.
+func TestResolveRejectsBadEnv6(t *testing.T) {
+	conf, err := ParseConfig([]byte(`{"cniVersion":"1.1.0","name":"weft","type":"weft"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		network, subnet string
+		mtu             int
+		want            string
+	}{
+		{"2001:db8:100::/48", "2001:db8:100:59::/64", 1450, "FLANNEL_IPV6_SUBNET"},   // gateway is the subnet's own address
+		{"2001:db8:100::/48", "2001:db8:100:59::1/127", 1450, "FLANNEL_IPV6_SUBNET"}, // too small
+		{"2001:db8:100::/48", "2001:db8:100::1/40", 1450, "FLANNEL_IPV6_SUBNET"},     // wider than the network
+		{"fe80::/10", "fe80::1/64", 1450, "FLANNEL_IPV6_NETWORK"},                    // link-local
+		{"ff00::/8", "ff00::1/64", 1450, "FLANNEL_IPV6_NETWORK"},                     // multicast
+		{"2001:db8:100::/48", "2001:db8:100:59::1/64", 1279, "1280"},                 // no IPv6 below 1280
+	} {
+		e := testEnv
+		e.MTU = c.mtu
+		e.IPv6Network = netip.MustParsePrefix(c.network)
+		e.IPv6Subnet = netip.MustParsePrefix(c.subnet)
+		_, err := conf.Resolve(e)
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, c.want) {
+			t.Errorf("%s in %s, mtu %d: got %v, want an invalid-config error naming %s", c.subnet, c.network, c.mtu, err, c.want)
+		}
+	}
+}
+
+// FuzzResolveEnv: whatever subnet.env holds, Resolve either refuses it
+// with an invalid-config error or yields settings the plugin can use for
+// every family: a gateway that is a host address of its lease subnet,
+// inside the cluster network, and for IPv6 an MTU that carries it.
+func FuzzResolveEnv(f *testing.F) {
+	f.Add([]byte("FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"))
+	f.Add([]byte("FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\nFLANNEL_IPV6_NETWORK=2001:db8:100::/48\nFLANNEL_IPV6_SUBNET=2001:db8:100:59::1/64\n"))
+	f.Add([]byte("FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.5.1/24\nFLANNEL_MTU=1280\nFLANNEL_IPV6_NETWORK=2001:db8::/32\nFLANNEL_IPV6_SUBNET=2001:db8::/126\n"))
+	conf, err := ParseConfig([]byte(`{"cniVersion":"1.1.0","name":"weft","type":"weft"}`))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		env, err := subnet.ParseEnv(data)
+		if err != nil {
+			return
+		}
+		s, err := conf.Resolve(env)
+		if err != nil {
+			var te *types.Error
+			if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig {
+				t.Fatalf("Resolve: %v, want an invalid-config error", err)
+			}
+			return
+		}
+		for _, fam := range s.families() {
+			if !fam.subnet.Contains(fam.gateway) || fam.gateway == fam.subnet.Addr() || !fam.network.Contains(fam.gateway) {
+				t.Fatalf("%s: gateway %s, subnet %s, network %s", fam.name, fam.gateway, fam.subnet, fam.network)
+			}
+		}
+		if s.DualStack() && (s.MTU < MinMTU6 || s.Subnet6.Bits() > 126 || !s.Gateway6.Is6()) {
+			t.Fatalf("IPv6 settings %+v", s)
+		}
+	})
+}

@@ -51,20 +51,26 @@ func release(store *ipam.Store, network string, owner ipam.Owner) error {
 	})
 }
 
-// lastOut removes the masquerade rules once no address is reserved. The
-// caller holds the store lock.
+// lastOut removes the masquerade rules of both families once no address
+// is reserved. The caller holds the store lock.
 func lastOut(store *ipam.Store, network string, remaining int) error {
 	if remaining > 0 {
 		return nil
 	}
-	if _, ok := readMasqState(store, network); !ok {
-		return nil
+	var errs []error
+	for _, v6 := range []bool{false, true} {
+		if _, ok := readMasqState(store, network, v6); !ok {
+			continue
+		}
+		m, err := newMasq(network, v6)
+		if err == nil {
+			err = m.remove(store)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
-	m, err := newMasq(network)
-	if err != nil {
-		return err
-	}
-	return m.remove(store)
+	return errors.Join(errs...)
 }
 
 // cmdGC releases every attachment of the network that is not listed in

@@ -14,12 +14,15 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/cni-plugin/ipam"
+	"github.com/weftnet/weft/internal/nl"
 )
 
 // ForeignAddressError is why ensureBridge refuses an existing bridge: it
-// holds IPv4 addresses outside the lease subnet that weft did not put there,
+// holds addresses (IPv4, or global IPv6) outside the lease subnet of their
+// family that weft did not put there,
 // such as the host's own address on a bridge the config happens to name.
 type ForeignAddressError struct {
 	Bridge string
@@ -38,8 +41,8 @@ func (e *ForeignAddressError) Error() string {
 		e.Bridge, strings.Join(addrs, ", "), e.Lease)
 }
 
-// planBridgeAddrs decides what to do with the IPv4 addresses a bridge
-// holds, given the gateway address it should hold (want, inside lease) and
+// planBridgeAddrs decides what to do with the addresses of one family a
+// bridge holds, given the gateway address it should hold (want, inside lease) and
 // the gateways weft put on it before (ours). It returns the addresses to
 // remove:
 //
@@ -68,10 +71,11 @@ func planBridgeAddrs(bridge string, have []netip.Prefix, want, lease netip.Prefi
 }
 
 // ensureBridge makes the bridge exist, be up, carry the MTU and hold
-// exactly the gateway address among its IPv4 addresses. It refuses an
-// existing bridge that holds addresses it must not remove (see
-// planBridgeAddrs) before changing anything, and returns the addresses it
-// removed. Concurrent plugin runs may race here; every step tolerates the
+// exactly the gateway address among its IPv4 addresses and, with dual
+// stack, exactly the IPv6 gateway among its global IPv6 addresses. It
+// refuses an existing bridge that holds addresses it must not remove (see
+// planBridgeAddrs) before changing any address, and returns the addresses
+// it removed. Concurrent plugin runs may race here; every step tolerates the
 // other having done it already.
 func ensureBridge(s *Settings, store *ipam.Store) (*netlink.Bridge, []netip.Prefix, error) {
 	br, err := bridgeByName(s.Bridge)
@@ -94,24 +98,30 @@ func ensureBridge(s *Settings, store *ipam.Store) (*netlink.Bridge, []netip.Pref
 			return nil, nil, err
 		}
 	}
-	addrs, err := netlink.AddrList(br, netlink.FAMILY_V4)
-	if err != nil {
-		return nil, nil, fmt.Errorf("list addresses of %s: %w", s.Bridge, err)
-	}
-	want := netip.PrefixFrom(s.Gateway, s.Subnet.Bits())
-	have := make([]netip.Prefix, 0, len(addrs))
-	for _, a := range addrs {
-		if p, ok := prefixOf(a.IPNet); ok {
-			have = append(have, p)
-		}
+	// Plan every family before changing anything, so that a foreign
+	// address of either family leaves the bridge untouched.
+	type plan struct {
+		f      family
+		want   netip.Prefix
+		have   []netip.Prefix
+		remove []netip.Prefix
 	}
 	ours, err := readGateways(store, s.Bridge)
 	if err != nil {
 		return nil, nil, err
 	}
-	remove, err := planBridgeAddrs(s.Bridge, have, want, s.Subnet, ours)
-	if err != nil {
-		return nil, nil, err
+	var plans []plan
+	for _, f := range s.families() {
+		have, err := bridgeAddrs(br, f.gateway.Is6())
+		if err != nil {
+			return nil, nil, fmt.Errorf("list addresses of %s: %w", s.Bridge, err)
+		}
+		want := netip.PrefixFrom(f.gateway, f.subnet.Bits())
+		remove, err := planBridgeAddrs(s.Bridge, have, want, f.subnet, ours)
+		if err != nil {
+			return nil, nil, err
+		}
+		plans = append(plans, plan{f, want, have, remove})
 	}
 	if br.Attrs().Flags&net.FlagUp == 0 {
 		if err := netlink.LinkSetUp(br); err != nil {
@@ -123,26 +133,70 @@ func ensureBridge(s *Settings, store *ipam.Store) (*netlink.Bridge, []netip.Pref
 			return nil, nil, fmt.Errorf("set bridge %s mtu %d: %w", s.Bridge, s.MTU, err)
 		}
 	}
-	// The record comes first: a gateway on the bridge that is not in it
-	// would be refused after the next lease change.
-	if !slices.Contains(ours, want) || len(remove) > 0 {
-		if err := recordGateway(store, s.Bridge, want, remove); err != nil {
-			return nil, nil, err
+	var removed []netip.Prefix
+	for _, p := range plans {
+		v6 := p.f.gateway.Is6()
+		if v6 {
+			// A host whose default turns IPv6 off must not leave the
+			// bridge without it.
+			if err := writeSysctl("/proc/sys/net/ipv6/conf/"+s.Bridge+"/disable_ipv6", "0"); err != nil {
+				return nil, nil, fmt.Errorf("enable IPv6 on bridge %s: %w", s.Bridge, err)
+			}
+		}
+		// The record comes first: a gateway on the bridge that is not in
+		// it would be refused after the next lease change.
+		if !slices.Contains(ours, p.want) || len(p.remove) > 0 {
+			if err := recordGateway(store, s.Bridge, p.want, p.remove); err != nil {
+				return nil, nil, err
+			}
+		}
+		for _, r := range p.remove {
+			// The connected route of the old address goes with it.
+			if err := netlink.AddrDel(br, &netlink.Addr{IPNet: ipNet(r)}); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+				return nil, nil, fmt.Errorf("remove old address %s from %s: %w", r, s.Bridge, err)
+			}
+		}
+		removed = append(removed, p.remove...)
+		if !slices.Contains(p.have, p.want) {
+			addr := &netlink.Addr{IPNet: ipNet(p.want)}
+			if v6 {
+				// The gateway is ours alone (the lease is this node's):
+				// no duplicate address detection, so that it answers
+				// neighbour solicitations from the first pod at once
+				// instead of staying tentative for a second or more.
+				addr.Flags = unix.IFA_F_NODAD
+			}
+			if err := netlink.AddrAdd(br, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
+				return nil, nil, fmt.Errorf("add %s to %s: %w", p.want, s.Bridge, err)
+			}
 		}
 	}
-	for _, p := range remove {
-		// The connected route of the old address goes with it.
-		if err := netlink.AddrDel(br, &netlink.Addr{IPNet: ipNet(p)}); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
-			return nil, nil, fmt.Errorf("remove old address %s from %s: %w", p, s.Bridge, err)
-		}
+	return br, removed, nil
+}
+
+// bridgeAddrs lists the bridge's addresses of one family that weft may
+// manage: for IPv6 the global ones, since the kernel's own link-local
+// address is none of weft's business.
+func bridgeAddrs(br netlink.Link, v6 bool) ([]netip.Prefix, error) {
+	fam := netlink.FAMILY_V4
+	if v6 {
+		fam = netlink.FAMILY_V6
 	}
-	if !slices.Contains(have, want) {
-		addr := &netlink.Addr{IPNet: ipNet(want)}
-		if err := netlink.AddrAdd(br, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
-			return nil, nil, fmt.Errorf("add %s to %s: %w", want, s.Bridge, err)
-		}
+	// Pods coming and going change addresses in the namespace all the
+	// time (their host ends' link-local ones), which interrupts dumps.
+	addrs, err := nl.RetryDump(func() ([]netlink.Addr, error) { return netlink.AddrList(br, fam) })
+	if err != nil {
+		return nil, err
 	}
-	return br, remove, nil
+	have := make([]netip.Prefix, 0, len(addrs))
+	for _, a := range addrs {
+		p, ok := prefixOf(a.IPNet)
+		if !ok || (v6 && (p.Addr().IsLinkLocalUnicast() || !p.Addr().Is6())) {
+			continue
+		}
+		have = append(have, p)
+	}
+	return have, nil
 }
 
 // bridgeRecord lists the gateway addresses weft has put on a bridge, so
@@ -252,15 +306,30 @@ func deleteLinkByName(name string) error {
 }
 
 // ensureForwarding turns on IPv4 forwarding in the plugin's namespace, which
-// pods need to reach anything beyond the bridge.
-func ensureForwarding() error {
-	const p = "/proc/sys/net/ipv4/ip_forward"
-	b, err := os.ReadFile(p)
-	if err == nil && strings.TrimSpace(string(b)) == "1" {
-		return nil
-	}
-	if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+// pods need to reach anything beyond the bridge, and with v6 IPv6
+// forwarding too. The kernel forwards IPv6 only while
+// net.ipv6.conf.all.forwarding is set, and setting it sets every
+// interface's forwarding flag; an interface with accept_ra=1 then stops
+// taking router advertisements (accept_ra=2 keeps them), which
+// Documentation/cni.md points out.
+func ensureForwarding(v6 bool) error {
+	if err := writeSysctl("/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
 		return fmt.Errorf("enable ip forwarding: %w", err)
 	}
+	if v6 {
+		if err := writeSysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1"); err != nil {
+			return fmt.Errorf("enable IPv6 forwarding: %w", err)
+		}
+	}
 	return nil
+}
+
+// writeSysctl sets a sysctl of the calling thread's network namespace
+// unless it already has the value.
+func writeSysctl(path, value string) error {
+	b, err := os.ReadFile(path)
+	if err == nil && strings.TrimSpace(string(b)) == value {
+		return nil
+	}
+	return os.WriteFile(path, []byte(value), 0o644)
 }

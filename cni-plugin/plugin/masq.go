@@ -28,6 +28,12 @@ import (
 //	                  -d 224.0.0.0/4 -j RETURN
 //	                  -j MASQUERADE [--random-fully]
 //
+// With dual stack (subnet.env has FLANNEL_IPV6_SUBNET), the same chain
+// holds the IPv6 rules in ip6tables' nat table, for the IPv6 lease and
+// FLANNEL_IPV6_NETWORK, with ff00::/8 as the multicast range; each family
+// has its own marker (kind "masq6" for IPv6) and is kept and repaired on
+// its own.
+//
 // Pods only ever get addresses of the node's lease, so one jump per lease
 // subnet covers every pod. A marker (ipam Store.MarkerPath("masq", network))
 // records the cluster network the chain is for and the subnets that need a
@@ -49,7 +55,7 @@ import (
 //	    +------------------------- last DEL / GC ----------------------------+
 //
 // The same rules can live in nftables instead, in a table of the network's
-// own (nftMasq, below). Which one is in force follows weftd: nftables when
+// own (nftMasq, below; table ip6 of the same name for IPv6). Which one is in force follows weftd: nftables when
 // weftd keeps its own rules in nftables on this host (its `table ip weft`
 // exists), or when there is no iptables binary; iptables otherwise. The
 // marker records the backend the rules were made in, so that the first ADD
@@ -77,22 +83,27 @@ type natTable interface {
 	DeleteChain(chain string) error
 }
 
-// iptablesNAT is the natTable of the iptables command. Reading runs one
-// `iptables -S`; the go-iptables handle, whose creation runs
-// `iptables --version`, is made only when a rule must change.
+// iptablesNAT is the natTable of the iptables command (ip6tables for
+// IPv6). Reading runs one `iptables -S`; the go-iptables handle, whose
+// creation runs `iptables --version`, is made only when a rule must change.
 type iptablesNAT struct {
-	path string
-	ipt  *iptables.IPTables
+	path  string
+	proto iptables.Protocol
+	ipt   *iptables.IPTables
 }
 
 var _ natTable = (*iptablesNAT)(nil)
 
-func newIptablesNAT() (*iptablesNAT, error) {
-	path, err := exec.LookPath("iptables")
-	if err != nil {
-		return nil, fmt.Errorf("iptables: %w", err)
+func newIptablesNAT(v6 bool) (*iptablesNAT, error) {
+	name, proto := "iptables", iptables.ProtocolIPv4
+	if v6 {
+		name, proto = "ip6tables", iptables.ProtocolIPv6
 	}
-	return &iptablesNAT{path: path}, nil
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &iptablesNAT{path: path, proto: proto}, nil
 }
 
 func (t *iptablesNAT) Rules() ([]string, error) {
@@ -101,16 +112,16 @@ func (t *iptablesNAT) Rules() ([]string, error) {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("iptables -t nat -S: %w: %s", err, strings.TrimSpace(stderr.String()))
+		return nil, fmt.Errorf("%s -t nat -S: %w: %s", filepath.Base(t.path), err, strings.TrimSpace(stderr.String()))
 	}
 	return strings.Split(string(out), "\n"), nil
 }
 
 func (t *iptablesNAT) handle() (*iptables.IPTables, error) {
 	if t.ipt == nil {
-		ipt, err := iptables.New(iptables.Path(t.path))
+		ipt, err := iptables.New(iptables.Path(t.path), iptables.IPFamily(t.proto))
 		if err != nil {
-			return nil, fmt.Errorf("iptables: %w", err)
+			return nil, fmt.Errorf("%s: %w", filepath.Base(t.path), err)
 		}
 		t.ipt = ipt
 	}
@@ -188,18 +199,26 @@ var (
 	_ masquerader = (*modeMasq)(nil)
 )
 
-func readMasqState(store *ipam.Store, network string) (masqState, bool) {
+// masqMarker is the marker kind of a family's masquerade rules.
+func masqMarker(v6 bool) string {
+	if v6 {
+		return "masq6"
+	}
+	return "masq"
+}
+
+func readMasqState(store *ipam.Store, network string, v6 bool) (masqState, bool) {
 	var st masqState
-	b, err := os.ReadFile(store.MarkerPath("masq", network))
+	b, err := os.ReadFile(store.MarkerPath(masqMarker(v6), network))
 	if err != nil || json.Unmarshal(b, &st) != nil {
 		return masqState{}, false
 	}
 	return st, true
 }
 
-func writeMasqState(store *ipam.Store, network string, st masqState) error {
+func writeMasqState(store *ipam.Store, network string, v6 bool, st masqState) error {
 	b, _ := json.Marshal(st)
-	p := store.MarkerPath("masq", network)
+	p := store.MarkerPath(masqMarker(v6), network)
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return err
 	}
@@ -215,29 +234,39 @@ type masq struct {
 	randomFully func() bool
 	network     string // CNI network name
 	chain       string
+	v6          bool // ip6tables, for the IPv6 lease
 }
 
-// newMasq returns the masquerade rules of a network in the backend in force
-// on this host.
-func newMasq(network string) (masquerader, error) {
+// newMasq returns the masquerade rules of a network for one family (v6:
+// IPv6) in the backend in force on this host.
+func newMasq(network string, v6 bool) (masquerader, error) {
 	k := nftables.NewKernel(0)
-	ipt, iptErr := newIptablesMasq(network)
+	ipt, iptErr := newIptablesMasq(network, v6)
 	useNFT := iptErr != nil
 	if !useNFT {
 		// A kernel without nf_tables cannot be in nftables mode.
 		present, err := nftables.Present(k)
 		useNFT = err == nil && present
 	}
-	return &modeMasq{network: network, nft: newNFTMasq(network, k), ipt: ipt, useNFT: useNFT}, nil
+	return &modeMasq{network: network, v6: v6, nft: newNFTMasq(network, k, v6), ipt: ipt, useNFT: useNFT}, nil
 }
 
-// newIptablesMasq returns the masquerade rules of a network in iptables.
-func newIptablesMasq(network string) (*masq, error) {
-	nat, err := newIptablesNAT()
+// newIptablesMasq returns the masquerade rules of a network in iptables
+// (ip6tables for v6).
+func newIptablesMasq(network string, v6 bool) (*masq, error) {
+	nat, err := newIptablesNAT(v6)
 	if err != nil {
 		return nil, err
 	}
-	return &masq{nat: nat, randomFully: nat.randomFully, network: network, chain: MasqChain(network)}, nil
+	return &masq{nat: nat, randomFully: nat.randomFully, network: network, chain: MasqChain(network), v6: v6}, nil
+}
+
+// multicastRange is the range never masqueraded.
+func multicastRange(v6 bool) string {
+	if v6 {
+		return "ff00::/8"
+	}
+	return "224.0.0.0/4"
 }
 
 func (m *masq) jump(sub string) []string {
@@ -252,7 +281,7 @@ func (m *masq) chainRules(cluster netip.Prefix, randomFully bool) [][]string {
 	}
 	return [][]string{
 		{"-d", cluster.String(), "-j", "RETURN"},
-		{"-d", "224.0.0.0/4", "-j", "RETURN"},
+		{"-d", multicastRange(m.v6), "-j", "RETURN"},
 		masqRule,
 	}
 }
@@ -357,7 +386,7 @@ func wanted(marker masqState, st natState, sub netip.Prefix) []string {
 // inPlace reports whether the table and the marker already match what is
 // wanted, so that nothing needs the lock.
 func (m *masq) inPlace(store *ipam.Store, cluster, sub netip.Prefix) (bool, error) {
-	marker, ok := readMasqState(store, m.network)
+	marker, ok := readMasqState(store, m.network, m.v6)
 	if !ok || marker.Network != cluster.String() || marker.Backend != masqIPTables || !slices.Contains(marker.Subnets, sub.String()) {
 		return false, nil
 	}
@@ -387,7 +416,7 @@ type masqFix struct {
 // for sub and for every subnet of the marker, and returns what it had to
 // fix, for the log. The caller holds the store lock.
 func (m *masq) ensure(store *ipam.Store, cluster, sub netip.Prefix) (fixed []masqFix, err error) {
-	marker, ok := readMasqState(store, m.network)
+	marker, ok := readMasqState(store, m.network, m.v6)
 	if !ok || marker.Network != cluster.String() {
 		// Earlier leases of another cluster network are gone with it.
 		marker, ok = masqState{Network: cluster.String()}, false
@@ -436,7 +465,7 @@ func (m *masq) ensure(store *ipam.Store, cluster, sub netip.Prefix) (fixed []mas
 	}
 	if moved || !slices.Equal(marker.Subnets, subs) {
 		marker.Subnets = subs
-		if err := writeMasqState(store, m.network, marker); err != nil {
+		if err := writeMasqState(store, m.network, m.v6, marker); err != nil {
 			return fixed, fmt.Errorf("write masquerade marker: %w", err)
 		}
 	}
@@ -466,7 +495,7 @@ func (m *masq) remove(store *ipam.Store) error {
 	if err := m.removeRules(); err != nil {
 		return err
 	}
-	os.Remove(store.MarkerPath("masq", m.network))
+	os.Remove(store.MarkerPath(masqMarker(m.v6), m.network))
 	return nil
 }
 
@@ -494,26 +523,36 @@ func (m *masq) removeRules() error {
 	return errors.Join(errs...)
 }
 
-// MasqTable is the nftables table (family ip) holding the masquerade rules
-// of a network in nftables mode.
+// MasqTable is the nftables table (family ip, and ip6 for the IPv6 rules)
+// holding the masquerade rules of a network in nftables mode.
 func MasqTable(network string) string {
 	return "weft-cni-" + strings.ToLower(strings.TrimPrefix(MasqChain(network), "WEFT-MASQ-"))
 }
 
-// nftMasq keeps a network's masquerade rules in nftables: the table ip
-// MasqTable(network) (the plugin is IPv4 only), built by nftables.PodMasq, holds the same chain as
-// WEFT-MASQ-<hash> and one jump per subnet of the marker. Any difference
-// is repaired by replacing the whole table in one transaction.
+// nftMasq keeps a network's masquerade rules of one family in nftables:
+// the table ip (or ip6) MasqTable(network), built by nftables.PodMasq,
+// holds the same chain as WEFT-MASQ-<hash> and one jump per subnet of the
+// marker. Any difference is repaired by replacing the whole table in one
+// transaction.
 type nftMasq struct {
 	k       nftables.Kernel
 	network string
 	table   string
+	v6      bool
 	// plain is set once the kernel refused fully-random masquerade.
 	plain bool
 }
 
-func newNFTMasq(network string, k nftables.Kernel) *nftMasq {
-	return &nftMasq{k: k, network: network, table: MasqTable(network)}
+func newNFTMasq(network string, k nftables.Kernel, v6 bool) *nftMasq {
+	return &nftMasq{k: k, network: network, table: MasqTable(network), v6: v6}
+}
+
+// family is the nftables family of the table.
+func (m *nftMasq) family() nft.TableFamily {
+	if m.v6 {
+		return nft.TableFamilyIPv6
+	}
+	return nft.TableFamilyIPv4
 }
 
 func (m *nftMasq) want(cluster netip.Prefix, subs []string, fullyRandom bool) nftables.Table {
@@ -533,11 +572,11 @@ func (m *nftMasq) matches(have nftables.Table, exists bool, cluster netip.Prefix
 }
 
 func (m *nftMasq) inPlace(store *ipam.Store, cluster, sub netip.Prefix) (bool, error) {
-	marker, ok := readMasqState(store, m.network)
+	marker, ok := readMasqState(store, m.network, m.v6)
 	if !ok || marker.Network != cluster.String() || marker.Backend != masqNFTables || !slices.Contains(marker.Subnets, sub.String()) {
 		return false, nil
 	}
-	have, exists, err := m.k.Read(nft.TableFamilyIPv4, m.table)
+	have, exists, err := m.k.Read(m.family(), m.table)
 	if err != nil {
 		return false, err
 	}
@@ -545,7 +584,7 @@ func (m *nftMasq) inPlace(store *ipam.Store, cluster, sub netip.Prefix) (bool, e
 }
 
 func (m *nftMasq) ensure(store *ipam.Store, cluster, sub netip.Prefix) ([]masqFix, error) {
-	marker, ok := readMasqState(store, m.network)
+	marker, ok := readMasqState(store, m.network, m.v6)
 	if !ok || marker.Network != cluster.String() {
 		marker, ok = masqState{Network: cluster.String()}, false
 	}
@@ -553,7 +592,7 @@ func (m *nftMasq) ensure(store *ipam.Store, cluster, sub netip.Prefix) ([]masqFi
 	if moved {
 		marker.Backend, ok = masqNFTables, false
 	}
-	have, exists, err := m.k.Read(nft.TableFamilyIPv4, m.table)
+	have, exists, err := m.k.Read(m.family(), m.table)
 	if err != nil {
 		return nil, err
 	}
@@ -575,11 +614,15 @@ func (m *nftMasq) ensure(store *ipam.Store, cluster, sub netip.Prefix) ([]masqFi
 		}
 		// Restored when what the marker recorded was not there.
 		restored := ok && !m.matches(have, exists, cluster, marker.Subnets)
-		fixed = append(fixed, masqFix{"rebuilt table ip " + m.table + " for " + strings.Join(subs, ", "), restored})
+		fam := "ip "
+		if m.v6 {
+			fam = "ip6 "
+		}
+		fixed = append(fixed, masqFix{"rebuilt table " + fam + m.table + " for " + strings.Join(subs, ", "), restored})
 	}
 	if moved || !slices.Equal(marker.Subnets, subs) {
 		marker.Subnets = subs
-		if err := writeMasqState(store, m.network, marker); err != nil {
+		if err := writeMasqState(store, m.network, m.v6, marker); err != nil {
 			return fixed, fmt.Errorf("write masquerade marker: %w", err)
 		}
 	}
@@ -590,13 +633,13 @@ func (m *nftMasq) remove(store *ipam.Store) error {
 	if err := m.removeRules(); err != nil {
 		return err
 	}
-	os.Remove(store.MarkerPath("masq", m.network))
+	os.Remove(store.MarkerPath(masqMarker(m.v6), m.network))
 	return nil
 }
 
 // removeRules deletes the network's table.
 func (m *nftMasq) removeRules() error {
-	return m.k.Delete(nft.TableFamilyIPv4, m.table)
+	return m.k.Delete(m.family(), m.table)
 }
 
 // mergeSubnets is sub, the marker's subnets and those the rules already
@@ -614,6 +657,7 @@ func mergeSubnets(sub netip.Prefix, marker, found []string) []string {
 // they were made there.
 type modeMasq struct {
 	network string
+	v6      bool
 	nft     *nftMasq
 	ipt     *masq // nil without an iptables binary
 	useNFT  bool
@@ -632,7 +676,7 @@ func (m *modeMasq) inPlace(store *ipam.Store, cluster, sub netip.Prefix) (bool, 
 
 func (m *modeMasq) ensure(store *ipam.Store, cluster, sub netip.Prefix) ([]masqFix, error) {
 	var fixed []masqFix
-	if marker, ok := readMasqState(store, m.network); ok {
+	if marker, ok := readMasqState(store, m.network, m.v6); ok {
 		switch {
 		case m.useNFT && marker.Backend != masqNFTables && m.ipt != nil:
 			if err := m.ipt.removeRules(); err != nil {
@@ -659,6 +703,6 @@ func (m *modeMasq) remove(store *ipam.Store) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	os.Remove(store.MarkerPath("masq", m.network))
+	os.Remove(store.MarkerPath(masqMarker(m.v6), m.network))
 	return nil
 }

@@ -20,7 +20,7 @@ func newTestNFTMasq(t *testing.T) (*nftMasq, *nfttest.Kernel, *ipam.Store) {
 		t.Fatal(err)
 	}
 	k := nfttest.New()
-	return newNFTMasq("weft", k), k, store
+	return newNFTMasq("weft", k, false), k, store
 }
 
 func tableKey(m *nftMasq) string { return nfttest.Key(nft.TableFamilyIPv4, m.table) }
@@ -82,7 +82,7 @@ func TestNFTMasqRestoresRemovedRules(t *testing.T) {
 				t.Errorf("first ADD reported %v", fixed)
 			}
 			assertTable(t, m, k, lease1)
-			if st, ok := readMasqState(store, "weft"); !ok || st.Backend != masqNFTables {
+			if st, ok := readMasqState(store, "weft", false); !ok || st.Backend != masqNFTables {
 				t.Errorf("marker %+v", st)
 			}
 			d.damage(m, k)
@@ -129,7 +129,7 @@ func TestNFTMasqSubnets(t *testing.T) {
 	if _, err := ensureMasq(store, m, cluster, lease2); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := readMasqState(store, "weft"); !slices.Contains(st.Subnets, lease3.String()) {
+	if st, _ := readMasqState(store, "weft", false); !slices.Contains(st.Subnets, lease3.String()) {
 		t.Errorf("subnet found in the table not adopted: %v", st.Subnets)
 	}
 	if err := store.Do(func(*ipam.Tx) error { return m.remove(store) }); err != nil {
@@ -138,7 +138,7 @@ func TestNFTMasqSubnets(t *testing.T) {
 	if len(k.Tables) != 0 {
 		t.Errorf("tables left after remove: %v", k.Tables)
 	}
-	if _, ok := readMasqState(store, "weft"); ok {
+	if _, ok := readMasqState(store, "weft", false); ok {
 		t.Error("marker left after remove")
 	}
 }
@@ -165,7 +165,7 @@ func TestNFTMasqPlain(t *testing.T) {
 func TestMasqModeSwitch(t *testing.T) {
 	ipt, nat, store := newTestMasq(t)
 	k := nfttest.New()
-	mm := &modeMasq{network: "weft", nft: newNFTMasq("weft", k), ipt: ipt}
+	mm := &modeMasq{network: "weft", nft: newNFTMasq("weft", k, false), ipt: ipt}
 
 	if _, err := ensureMasq(store, mm, cluster, lease1); err != nil {
 		t.Fatal(err)

@@ -221,7 +221,7 @@ func TestMasqRestoresEarlierSubnets(t *testing.T) {
 	if len(nat.chains["POSTROUTING"]) != 0 || slices.Contains(nat.custom, m.chain) {
 		t.Fatalf("after remove: POSTROUTING %q, chains %q", nat.chains["POSTROUTING"], nat.custom)
 	}
-	if _, ok := readMasqState(store, "weft"); ok {
+	if _, ok := readMasqState(store, "weft", false); ok {
 		t.Fatal("marker left after remove")
 	}
 }

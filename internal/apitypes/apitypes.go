@@ -12,6 +12,10 @@ type Status struct {
 	LeaseExpires time.Time `json:"leaseExpires,omitzero"`
 	Reservation  bool      `json:"reservation"`
 	PublicIP     string    `json:"publicIP"`
+	// LeaseIPv6 is our IPv6 subnet and PublicIPv6 our IPv6 underlay
+	// address on a dual-stack network; "" otherwise.
+	LeaseIPv6  string `json:"leaseIPv6,omitempty"`
+	PublicIPv6 string `json:"publicIPv6,omitempty"`
 	// Backend is the backend type in use ("vxlan", "host-gw", "udp").
 	Backend           string `json:"backend"`
 	Device            string `json:"device,omitempty"`

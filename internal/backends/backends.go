@@ -84,7 +84,27 @@ func Check(cfg *subnet.Config, logger *slog.Logger) error {
 			Rule:  fmt.Sprintf("unknown backend %q (want %s)", cfg.BackendType, strings.Join(Types(), ", ")),
 		}
 	}
+	if cfg.EnableIPv6 && !d.DualStack {
+		return &subnet.FieldError{
+			Field: "EnableIPv6",
+			Rule:  fmt.Sprintf("backend %s carries IPv4 only; dual stack needs %s", d.Type, strings.Join(dualStackTypes(), ", ")),
+		}
+	}
 	return CheckOptions(d, cfg, logger)
+}
+
+// dualStackTypes returns the types of the backends that carry IPv6.
+func dualStackTypes() []string {
+	var t []string
+	for _, d := range all {
+		if d.DualStack {
+			t = append(t, d.Type)
+		}
+	}
+	if len(t) == 0 {
+		return []string{"(none yet)"}
+	}
+	return t
 }
 
 // CheckOptions runs d's own option parser on cfg.Backend: it calls d.New

@@ -37,6 +37,10 @@ var AllSections = []string{SectionDataplane, SectionControl, SectionCNI, Section
 // can be compared with it.
 var Backends = []string{"vxlan", "host-gw", "udp", "wireguard"}
 
+// DualStackBackends carry IPv6: their labs run dual-stack and their IPv6
+// pod→pod path is measured too.
+var DualStackBackends = map[string]bool{"vxlan": true, "host-gw": true}
+
 // Options configures a run.
 type Options struct {
 	BinDir string   // weftd, weft, weft-lab; default: the lab's default
@@ -179,7 +183,10 @@ func backendLab(ctx context.Context, opts *Options, b string, res *Results) erro
 	opts.progress("%s: building a 2-host lab", b)
 	lctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	l, err := lab.New(lctx, lab.Options{Hosts: 2, Backend: b, BinDir: opts.BinDir, Name: opts.Name, Logger: opts.Logger})
+	// The backends that carry IPv6 run dual-stack, so that their IPv6
+	// path is measured beside IPv4 in the same lab.
+	dual := DualStackBackends[b]
+	l, err := lab.New(lctx, lab.Options{Hosts: 2, Backend: b, BinDir: opts.BinDir, Name: opts.Name, Logger: opts.Logger, IPv6: dual})
 	if err != nil {
 		return err
 	}
@@ -200,14 +207,22 @@ func backendLab(ctx context.Context, opts *Options, b string, res *Results) erro
 		bp := BackendPath{Backend: b}
 		reps := opts.reps()
 		opts.progress("%s: pod→pod and underlay host→host, %d round(s) of %d s transfers", b, reps, secs)
-		paths, err := MeasurePaths(ctx, []Route{
+		routes := []Route{
 			{Src: Endpoint{NS: h1.Name, IP: h1.IP}, Dst: Endpoint{NS: h2.Name, IP: h2.IP}},
 			{Src: src, Dst: dst, PIDs: []int{h1.WeftdPID(), h2.WeftdPID()}},
-		}, secs, reps, 20)
+		}
+		if dual {
+			routes = append(routes, Route{Src: Endpoint{NS: pods[0].NSName, IP: pods[0].IP6}, Dst: Endpoint{NS: pods[1].NSName, IP: pods[1].IP6},
+				PIDs: []int{h1.WeftdPID(), h2.WeftdPID()}})
+		}
+		paths, err := MeasurePaths(ctx, routes, secs, reps, 20)
 		if err != nil {
 			bp.Err = err
 		} else {
 			bp.Limit, bp.Path = paths[0], paths[1]
+			if dual {
+				bp.Path6 = &paths[2]
+			}
 			opts.progress("%s: pod→pod ping RTT, idle and under a 1-stream transfer", b)
 			if l, err := MeasureLatency(ctx, src, dst, opts.latencyPings(), latencyInterval); err != nil {
 				bp.LatencyErr = err
@@ -257,6 +272,11 @@ func startCluster(ctx context.Context, l *lab.Lab) ([]*lab.Pod, error) {
 	}
 	if _, err := l.WaitConnectivity(ctx, 30*time.Second); err != nil {
 		return nil, err
+	}
+	if l.Options().IPv6 {
+		if _, err := l.WaitConnectivity6(ctx, 30*time.Second); err != nil {
+			return nil, err
+		}
 	}
 	return pods, nil
 }

@@ -34,6 +34,11 @@ func rssTarget(n int) (int64, bool) {
 	return 0, false
 }
 
+// IPv6ThroughputTarget is the least share of a backend's IPv4 pod→pod
+// throughput its IPv6 path must reach in the same run (issue 14: within
+// 15 %).
+const IPv6ThroughputTarget = 0.85
+
 // Path is one measured network path: TCP throughput with 1 and 4 streams,
 // median ping RTT and the CPU weftd used on both hosts while the two
 // transfers ran.
@@ -53,7 +58,10 @@ type BackendPath struct {
 	Backend string
 	Limit   Path // host → host over the raw veth underlay
 	Path    Path
-	Err     error
+	// Path6 is the same pod→pod path over IPv6, measured in the same lab
+	// (a dual-stack one) for the backends that carry IPv6; nil otherwise.
+	Path6 *Path
+	Err   error
 	// Latency is the pod→pod ping RTT at idle and under load (latency.go);
 	// nil when not measured or when LatencyErr is set.
 	Latency    *Latency
@@ -260,6 +268,17 @@ func (r Results) Table() Table {
 			add(Row{area, c, "ping RTT, median", fmtDur(p.RTT), fmtDur(lim.RTT) + " underlay, same lab",
 				fmt.Sprintf("+%s", fmtDur(max(0, p.RTT-lim.RTT)))})
 			add(Row{area, c, "weftd CPU during transfers", fmt.Sprintf("%.1f%% of a core", p.WeftdCPU), "", "both hosts"})
+			if p6 := b.Path6; p6 != nil {
+				c6 := b.Backend + " pod→pod over IPv6"
+				v6 := func(metric string, got, v4 Iperf) {
+					ratio := got.BitsPerSecond / v4.BitsPerSecond
+					add(Row{area, c6, metric, fmtGbps(got.BitsPerSecond), fmtGbps(v4.BitsPerSecond) + " over IPv4, same lab",
+						pct(got.BitsPerSecond, v4.BitsPerSecond) + " of IPv4: " + verdict(ratio >= IPv6ThroughputTarget)})
+				}
+				v6("TCP, 1 stream", p6.TCP1, p.TCP1)
+				v6("TCP, 4 streams", p6.TCP4, p.TCP4)
+				add(Row{area, c6, "ping RTT, median", fmtDur(p6.RTT), fmtDur(p.RTT) + " over IPv4, same lab", ""})
+			}
 		}
 		t.Rows = append(t.Rows, dp.latencyRows()...)
 	}
@@ -307,6 +326,15 @@ func (r Results) Missed() []string {
 	if r.Dataplane != nil {
 		out = append(out, r.Dataplane.latencyMissed()...)
 		out = append(out, r.Dataplane.wireguardMissed()...)
+		for _, b := range r.Dataplane.Backends {
+			if b.Err != nil || b.Path6 == nil || b.Path.TCP1.BitsPerSecond == 0 {
+				continue
+			}
+			if ratio := b.Path6.TCP1.BitsPerSecond / b.Path.TCP1.BitsPerSecond; ratio < IPv6ThroughputTarget {
+				out = append(out, fmt.Sprintf("%s IPv6 TCP 1 stream: %s is %.0f%% of IPv4's %s (target ≥ %.0f%%)", b.Backend,
+					fmtGbps(b.Path6.TCP1.BitsPerSecond), 100*ratio, fmtGbps(b.Path.TCP1.BitsPerSecond), 100*IPv6ThroughputTarget))
+			}
+		}
 	}
 	for _, c := range r.Control {
 		if !c.isWeftd() || c.Err != nil {

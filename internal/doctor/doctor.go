@@ -55,6 +55,9 @@ type Input struct {
 	// IPTables, if set, is checked for weft's chains in iptables mode; nil
 	// skips the check.
 	IPTables iptables.IPTables
+	// IPTables6, if set, is checked for weft's IPv6 chains (ip6tables) in
+	// iptables mode on a dual-stack network.
+	IPTables6 iptables.IPTables
 	// NFTables, if set, is read for table ip weft in nftables mode; nil
 	// skips the check.
 	NFTables nftables.Kernel
@@ -214,7 +217,7 @@ func check(in Input, k kernel) (Report, error) {
 
 // findOwn identifies our lease and the external interface.
 func (c *checker) findOwn() error {
-	addrs, err := c.k.AddrList(0, nl.FamilyV4)
+	addrs, err := c.k.AddrList(0, nl.FamilyAll)
 	if err != nil {
 		return fmt.Errorf("list addresses: %w", err)
 	}
@@ -292,6 +295,25 @@ func (c *checker) checkSubnetFile() {
 		c.problem("subnet-file", "restart weftd so it rewrites the file; pods created since then have addresses of the wrong subnet",
 			"%s has FLANNEL_SUBNET=%s, but our lease is %s", c.in.SubnetFile, env.Subnet, c.own.Subnet)
 	}
+	if !c.in.Config.EnableIPv6 {
+		return
+	}
+	if env.IPv6Network != c.in.Config.IPv6.Network {
+		c.problem("subnet-file", "restart weftd so it rewrites the file", "%s has FLANNEL_IPV6_NETWORK=%s, the network config says %s",
+			c.in.SubnetFile, prefixOrNone(env.IPv6Network), c.in.Config.IPv6.Network)
+	}
+	if env.LeaseSubnet6() != c.own.IPv6Subnet {
+		c.problem("subnet-file", "restart weftd so it rewrites the file (and re-claims a dual-stack key); pods created since then lack IPv6 or have addresses of the wrong subnet",
+			"%s has FLANNEL_IPV6_SUBNET=%s, but our lease's IPv6 subnet is %s", c.in.SubnetFile, prefixOrNone(env.IPv6Subnet), prefixOrNone(c.own.IPv6Subnet))
+	}
+}
+
+// prefixOrNone renders a prefix, "(none)" when absent.
+func prefixOrNone(p netip.Prefix) string {
+	if !p.IsValid() {
+		return "(none)"
+	}
+	return p.String()
 }
 
 // validPeers judges the leases exactly as weftd does (subnet.FilterPeers)
@@ -324,7 +346,7 @@ func (c *checker) checkDevice(name string, mtu int, addr netip.Prefix) *nl.Link 
 		c.problem("device", fixWeftd+fmt.Sprintf("; by hand: ip link set %s mtu %d", name, mtu), "device %s has MTU %d, want %d", name, link.MTU, mtu)
 	}
 	if addr.IsValid() {
-		addrs, _ := c.k.AddrList(link.Index, nl.FamilyV4)
+		addrs, _ := c.k.AddrList(link.Index, nl.FamilyOf(addr.Addr()))
 		found := false
 		for _, a := range addrs {
 			if a.Prefix == addr {
@@ -368,13 +390,13 @@ func (c *checker) compare(exp backend.Expectation) error {
 			continue // the device's own problem says it all
 		}
 		if neighs[n.Dev] == nil {
-			list, err := c.k.NeighList(l.Index, nl.FamilyV4, nil)
+			list, err := c.k.NeighList(l.Index, nl.FamilyAll, nil)
 			if err != nil {
 				return fmt.Errorf("list neighbours of %s: %w", n.Dev, err)
 			}
 			have := map[netip.Addr]string{}
 			for _, e := range list {
-				if e.IP.Is4() && e.State&unix.NUD_PERMANENT != 0 {
+				if (e.Family == nl.FamilyV4 || e.Family == nl.FamilyV6) && e.IP.IsValid() && e.State&unix.NUD_PERMANENT != 0 {
 					have[e.IP] = e.HardwareAddr().String()
 				}
 			}
@@ -400,7 +422,7 @@ func (c *checker) compare(exp backend.Expectation) error {
 			}
 			have := map[string]netip.Addr{}
 			for _, e := range list {
-				if e.IP.Is4() {
+				if e.IP.IsValid() {
 					have[e.HardwareAddr().String()] = e.IP
 				}
 			}
@@ -529,9 +551,13 @@ func (c *checker) checkRoutes(want []backend.ExpectedRoute, devOf func(string) (
 	for _, w := range want {
 		wanted[w.Dst] = true
 	}
-	all, err := c.k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, func(r *nl.Route) bool {
-		return r.Protocol == backend.RouteProtocol || wanted[r.Dst]
-	}, nil)
+	keep := func(r *nl.Route) bool { return r.Protocol == backend.RouteProtocol || wanted[r.Dst] }
+	all, err := c.k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, keep, nil)
+	if err == nil && c.in.Config.EnableIPv6 {
+		var all6 []nl.Route
+		all6, err = c.k.RouteList(nl.FamilyV6, unix.RT_TABLE_MAIN, keep, nil)
+		all = append(all, all6...)
+	}
 	if err != nil {
 		c.problem("route", "run weftctl doctor as root", "cannot list routes: %v", err)
 		return nil
@@ -593,16 +619,28 @@ func (c *checker) checkIPTables() {
 		masq = env.IPMasq
 	}
 	if c.in.Rules == "nftables" {
-		c.checkNFTables(masq)
+		c.checkNFTables(masq, c.in.Config.Network, c.own.Subnet)
+		if c.in.Config.HasIPv6(c.own) {
+			c.checkNFTables(masq, c.in.Config.IPv6.Network, c.own.IPv6Subnet)
+		}
 		return
 	}
-	if c.in.IPTables == nil {
+	c.checkIPTablesOf(c.in.IPTables, "iptables", c.in.Config.Network, c.own.Subnet, masq)
+	if c.in.Config.HasIPv6(c.own) {
+		c.checkIPTablesOf(c.in.IPTables6, "ip6tables", c.in.Config.IPv6.Network, c.own.IPv6Subnet, masq)
+	}
+}
+
+// checkIPTablesOf checks weft's chains in one family's tables (ipt may be
+// nil: not checked).
+func (c *checker) checkIPTablesOf(ipt iptables.IPTables, name string, network, own netip.Prefix, masq bool) {
+	if ipt == nil {
 		return
 	}
 	c.rep.Checked++
-	problems, err := iptables.Check(c.in.IPTables, c.in.Config.Network, c.own.Subnet, masq, c.in.Forward, !c.in.PlainMasq)
+	problems, err := iptables.Check(ipt, network, own, masq, c.in.Forward, !c.in.PlainMasq)
 	if err != nil {
-		c.problem("iptables", "run weftctl doctor as root with iptables installed", "cannot read iptables: %v", err)
+		c.problem("iptables", "run weftctl doctor as root with "+name+" installed", "cannot read %s: %v", name, err)
 		return
 	}
 	for _, p := range problems {
@@ -613,21 +651,25 @@ func (c *checker) checkIPTables() {
 // checkNFTables compares table ip weft with the table weftd keeps in
 // nftables mode (nftables.Desired). Masquerade with or without fully random
 // ports is right unless weftd was told which: a kernel may refuse it.
-func (c *checker) checkNFTables(masq bool) {
+func (c *checker) checkNFTables(masq bool, network, own netip.Prefix) {
 	if c.in.NFTables == nil || (!masq && !c.in.Forward) {
 		return
 	}
 	c.rep.Checked++
-	have, ok, err := c.in.NFTables.Read(nft.TableFamilyIPv4, nftables.TableName)
+	fam, famName := nft.TableFamilyIPv4, "ip"
+	if network.Addr().Is6() {
+		fam, famName = nft.TableFamilyIPv6, "ip6"
+	}
+	have, ok, err := c.in.NFTables.Read(fam, nftables.TableName)
 	if err != nil {
-		c.problem("nftables", "run weftctl doctor as root", "cannot read table ip %s: %v", nftables.TableName, err)
+		c.problem("nftables", "run weftctl doctor as root", "cannot read table %s %s: %v", famName, nftables.TableName, err)
 		return
 	}
 	if !ok {
-		c.problem("nftables", fixRules, "table ip %s is missing", nftables.TableName)
+		c.problem("nftables", fixRules, "table %s %s is missing", famName, nftables.TableName)
 		return
 	}
-	p := nftables.Policy{Network: c.in.Config.Network.Masked(), Lease: c.own.Subnet.Masked(), Masq: masq, Forward: c.in.Forward, FullyRandom: !c.in.PlainMasq}
+	p := nftables.Policy{Network: network.Masked(), Lease: own.Masked(), Masq: masq, Forward: c.in.Forward, FullyRandom: !c.in.PlainMasq}
 	want := nftables.Desired(p)
 	if nftables.Equal(have, want) {
 		return
@@ -638,8 +680,8 @@ func (c *checker) checkNFTables(masq bool) {
 			return
 		}
 	}
-	c.problem("nftables", fixRules+"; compare `nft list table ip "+nftables.TableName+"` with configuration.md",
-		"table ip %s does not hold the expected rules:\nhave:\n%s\nwant:\n%s", nftables.TableName, indent(have.String()), indent(want.String()))
+	c.problem("nftables", fixRules+"; compare `nft list table "+famName+" "+nftables.TableName+"` with configuration.md",
+		"table %s %s does not hold the expected rules:\nhave:\n%s\nwant:\n%s", famName, nftables.TableName, indent(have.String()), indent(want.String()))
 }
 
 func indent(s string) string {

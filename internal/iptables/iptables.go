@@ -10,6 +10,11 @@
 // from the network to anywhere outside it but multicast is masqueraded, and
 // so is traffic from outside into the network except into our own subnet;
 // forwarding is accepted for the network as source and as destination.
+//
+// With dual stack the same two chains, with the same rules for the IPv6
+// network and our IPv6 lease (and ff00::/8 as the multicast range), live in
+// ip6tables' nat and filter tables. A Manager keeps both families: Set for
+// IPv4, Set6 for IPv6 once EnableIPv6 has given it an ip6tables handle.
 package iptables
 
 import (
@@ -45,11 +50,16 @@ type chainSpec struct {
 	rules                [][]string
 }
 
-// Desired returns the chains and rules for a network and our lease.
-// masq and forward select the two rule sets; fullyRandom asks for fully
-// random source ports on the masquerade rules.
+// Desired returns the chains and rules for a network and our lease, of
+// either family (the table, iptables' or ip6tables', must match it). masq
+// and forward select the two rule sets; fullyRandom asks for fully random
+// source ports on the masquerade rules.
 func desired(network, lease netip.Prefix, masq, forward, fullyRandom bool) []chainSpec {
 	nw, ls := network.String(), lease.String()
+	multicast := "224.0.0.0/4"
+	if network.Addr().Is6() {
+		multicast = "ff00::/8"
+	}
 	var out []chainSpec
 	if masq {
 		masquerade := []string{"-j", "MASQUERADE", "--random-fully"}
@@ -60,7 +70,7 @@ func desired(network, lease netip.Prefix, masq, forward, fullyRandom bool) []cha
 			{"-m", "comment", "--comment", "weft: kube-proxy marked traffic", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "RETURN"},
 			{"-s", nw, "-d", nw, "-m", "comment", "--comment", "weft: pod to pod", "-j", "RETURN"},
 			{"!", "-s", nw, "-d", ls, "-m", "comment", "--comment", "weft: into our pods", "-j", "RETURN"},
-			append(slices.Clip([]string{"-s", nw, "!", "-d", "224.0.0.0/4", "-m", "comment", "--comment", "weft: pods to outside"}), masquerade...),
+			append(slices.Clip([]string{"-s", nw, "!", "-d", multicast, "-m", "comment", "--comment", "weft: pods to outside"}), masquerade...),
 			append(slices.Clip([]string{"!", "-s", nw, "-d", nw, "-m", "comment", "--comment", "weft: outside to pods"}), masquerade...),
 		}})
 	}
@@ -98,19 +108,33 @@ func New() (IPTables, error) {
 	return ipt, nil
 }
 
-// Manager keeps the rules for the current network and lease in place.
+// New6 returns the system's ip6tables.
+func New6() (IPTables, error) {
+	ipt, err := goipt.NewWithProtocol(goipt.ProtocolIPv6)
+	if err != nil {
+		return nil, fmt.Errorf("ip6tables: %w", err)
+	}
+	return ipt, nil
+}
+
+// Manager keeps the rules for the current network and lease in place: the
+// IPv4 ones in ipt and, with dual stack, the IPv6 ones in ipt6.
 type Manager struct {
 	ipt       IPTables
+	ipt6      IPTables // nil: IPv4 only
 	masq      bool
 	forward   bool
 	plainMasq bool // --ip-masq-fully-random-disable
 	logger    *slog.Logger
 
-	mu      sync.Mutex
-	network netip.Prefix
-	lease   netip.Prefix
-	repairs uint64
-	primed  bool
+	mu       sync.Mutex
+	network  netip.Prefix
+	lease    netip.Prefix
+	network6 netip.Prefix // invalid until Set6 (or without dual stack)
+	lease6   netip.Prefix
+	repairs  uint64
+	primed   bool
+	primed6  bool
 }
 
 // NewManager returns a manager; nothing is installed until Set.
@@ -128,10 +152,48 @@ func (m *Manager) DisableFullyRandom() *Manager {
 	return m
 }
 
+// EnableIPv6 gives the manager ip6tables (New6), where Set6 keeps the IPv6
+// rules. Call it before Set6. It returns m.
+func (m *Manager) EnableIPv6(ipt6 IPTables) *Manager {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ipt6 = ipt6
+	return m
+}
+
 // Set records the network and lease and installs the rules now.
 func (m *Manager) Set(network, lease netip.Prefix) error {
 	m.mu.Lock()
 	m.network, m.lease = network, lease
+	m.mu.Unlock()
+	_, err := m.Ensure()
+	return err
+}
+
+// Set6 records the IPv6 network and our IPv6 lease and installs their
+// rules in ip6tables now. Invalid prefixes (dual stack turned off) remove
+// the IPv6 chains. The IPv4 rules are kept by Set; Ensure and Run keep
+// both.
+func (m *Manager) Set6(network, lease netip.Prefix) error {
+	m.mu.Lock()
+	if m.ipt6 == nil {
+		m.mu.Unlock()
+		if !network.IsValid() {
+			return nil
+		}
+		return fmt.Errorf("ip6tables rules for %s: the manager has no ip6tables (EnableIPv6)", network)
+	}
+	if network.IsValid() && (!network.Addr().Is6() || !lease.Addr().Is6()) {
+		m.mu.Unlock()
+		return fmt.Errorf("ip6tables rules: %s and %s are not both IPv6", network, lease)
+	}
+	m.network6, m.lease6 = network, lease
+	if !network.IsValid() {
+		m.primed6 = false
+		ipt6 := m.ipt6
+		m.mu.Unlock()
+		return Remove(ipt6)
+	}
 	m.mu.Unlock()
 	_, err := m.Ensure()
 	return err
@@ -145,20 +207,49 @@ func (m *Manager) Repairs() uint64 {
 	return m.repairs
 }
 
-// Ensure makes the chains match the desired rules, touching only what
-// differs. It also removes a chain whose rule set is switched off. It
-// returns how many chains it had to fix.
+// Ensure makes the chains of both families match the desired rules,
+// touching only what differs. It also removes a chain whose rule set is
+// switched off. It returns how many chains it had to fix; the first
+// installation of a family is not counted as a repair.
 func (m *Manager) Ensure() (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if !m.network.IsValid() {
+	if !m.network.IsValid() && !m.network6.IsValid() {
 		return 0, nil
 	}
-	want := desired(m.network, m.lease, m.masq, m.forward, !m.plainMasq)
+	fixed := 0
+	var errs []error
+	if m.network.IsValid() {
+		n, err := m.ensureFamily(m.ipt, m.network, m.lease)
+		errs = append(errs, err)
+		if m.primed && n > 0 {
+			m.repairs += uint64(n)
+			m.logger.Warn("iptables rules were missing or changed; restored them", "chains", n)
+		}
+		m.primed = true
+		fixed += n
+	}
+	if m.ipt6 != nil && m.network6.IsValid() {
+		n, err := m.ensureFamily(m.ipt6, m.network6, m.lease6)
+		errs = append(errs, err)
+		if m.primed6 && n > 0 {
+			m.repairs += uint64(n)
+			m.logger.Warn("ip6tables rules were missing or changed; restored them", "chains", n)
+		}
+		m.primed6 = true
+		fixed += n
+	}
+	return fixed, errors.Join(errs...)
+}
+
+// ensureFamily makes one family's chains match, and returns how many it
+// fixed.
+func (m *Manager) ensureFamily(ipt IPTables, network, lease netip.Prefix) (int, error) {
+	want := desired(network, lease, m.masq, m.forward, !m.plainMasq)
 	fixed := 0
 	var errs []error
 	for _, cs := range want {
-		changed, err := ensureChain(m.ipt, cs)
+		changed, err := ensureChain(ipt, cs)
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -168,20 +259,15 @@ func (m *Manager) Ensure() (int, error) {
 	}
 	// Chains for a rule set that is now off are removed.
 	if !m.masq {
-		if err := removeChain(m.ipt, "nat", MasqChain, "POSTROUTING"); err != nil {
+		if err := removeChain(ipt, "nat", MasqChain, "POSTROUTING"); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if !m.forward {
-		if err := removeChain(m.ipt, "filter", ForwardChain, "FORWARD"); err != nil {
+		if err := removeChain(ipt, "filter", ForwardChain, "FORWARD"); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if m.primed && fixed > 0 {
-		m.repairs += uint64(fixed)
-		m.logger.Warn("iptables rules were missing or changed; restored them", "chains", fixed)
-	}
-	m.primed = true
 	return fixed, errors.Join(errs...)
 }
 
@@ -201,7 +287,8 @@ func (m *Manager) Run(ctx context.Context, interval time.Duration) error {
 	}
 }
 
-// Remove deletes weft's chains and jump rules.
+// Remove deletes weft's chains and jump rules from ipt (iptables or
+// ip6tables).
 func Remove(ipt IPTables) error {
 	return errors.Join(
 		removeChain(ipt, "nat", MasqChain, "POSTROUTING"),
@@ -293,7 +380,7 @@ func sameRule(line string, want []string) bool {
 	}
 	i := 0
 	for _, g := range got {
-		if i < len(wantWords) && (g == wantWords[i] || g == wantWords[i]+"/32") {
+		if i < len(wantWords) && (g == wantWords[i] || g == wantWords[i]+"/32" || g == wantWords[i]+"/128") {
 			i++
 		}
 	}
@@ -325,16 +412,22 @@ func removeChain(ipt IPTables, table, chain, parent string) error {
 
 // Check reports, without changing anything, what differs from the wanted
 // rules: one line per problem. weftctl doctor uses it. fullyRandom is
-// false for a weftd run with --ip-masq-fully-random-disable.
+// false for a weftd run with --ip-masq-fully-random-disable. For the IPv6
+// rules pass ip6tables (New6) and the IPv6 network and lease; the lines
+// then say ip6tables.
 func Check(ipt IPTables, network, lease netip.Prefix, masq, forward, fullyRandom bool) ([]string, error) {
 	var problems []string
+	cmd := "iptables"
+	if network.Addr().Is6() {
+		cmd = "ip6tables"
+	}
 	for _, cs := range desired(network, lease, masq, forward, fullyRandom) {
 		exists, err := ipt.ChainExists(cs.table, cs.chain)
 		if err != nil {
 			return nil, err
 		}
 		if !exists {
-			problems = append(problems, fmt.Sprintf("iptables chain %s/%s is missing", cs.table, cs.chain))
+			problems = append(problems, fmt.Sprintf("%s chain %s/%s is missing", cmd, cs.table, cs.chain))
 			continue
 		}
 		ok, err := chainMatches(ipt, cs)
@@ -342,14 +435,14 @@ func Check(ipt IPTables, network, lease netip.Prefix, masq, forward, fullyRandom
 			return nil, err
 		}
 		if !ok {
-			problems = append(problems, fmt.Sprintf("iptables chain %s/%s does not hold the expected rules", cs.table, cs.chain))
+			problems = append(problems, fmt.Sprintf("%s chain %s/%s does not hold the expected rules", cmd, cs.table, cs.chain))
 		}
 		has, err := ipt.Exists(cs.table, cs.parent, jumpSpec(cs.chain)...)
 		if err != nil {
 			return nil, err
 		}
 		if !has {
-			problems = append(problems, fmt.Sprintf("iptables jump from %s/%s to %s is missing", cs.table, cs.parent, cs.chain))
+			problems = append(problems, fmt.Sprintf("%s jump from %s/%s to %s is missing", cmd, cs.table, cs.parent, cs.chain))
 		}
 	}
 	return problems, nil

@@ -24,6 +24,7 @@ type Host struct {
 	Index int        // 1-based
 	NS    string     // /var/run/netns/<Name>
 	IP    netip.Addr // eth0 address, 192.0.2.(10+Index)
+	IP6   netip.Addr // eth0 IPv6 address with Options.IPv6, 2001:db8::(10+Index in hex)
 	Dir   string     // per-host temp dir: subnet.env, weftd.log, CNI data
 
 	lab *Lab

@@ -68,7 +68,24 @@ type Options struct {
 	// NoConfig leaves etcd empty instead of writing the network config
 	// built from the options.
 	NoConfig bool
+	// IPv6 gives every host an IPv6 underlay address as well (Host.IP6,
+	// 2001:db8::<10+i>/64) and makes the network dual-stack: the config
+	// gets EnableIPv6 and IPv6Network (Network6, default
+	// 2001:db8:100::/48), unless ExtraConfig sets them.
+	IPv6 bool
+	// Network6 is the IPv6 overlay network with IPv6; default
+	// 2001:db8:100::/48.
+	Network6 string
 }
+
+// Fixed IPv6 addresses of the lab underlay (Options.IPv6).
+const (
+	// SwitchIP6 is the switch namespace's IPv6 address on br0.
+	SwitchIP6 = "2001:db8::1"
+	// UnderlayPrefixLen6 is the prefix length of every IPv6 underlay
+	// address.
+	UnderlayPrefixLen6 = 64
+)
 
 // Lab is a running virtual cluster. Its methods are safe for concurrent use
 // unless stated otherwise.
@@ -111,6 +128,9 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 	}
 	if opts.Name == "" {
 		opts.Name = "wl"
+	}
+	if opts.IPv6 && opts.Network6 == "" {
+		opts.Network6 = "2001:db8:100::/48"
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -191,6 +211,10 @@ func (l *Lab) NetworkConfig() string {
 	if l.opts.SubnetLen != 0 {
 		cfg["SubnetLen"] = l.opts.SubnetLen
 	}
+	if l.opts.IPv6 {
+		cfg["EnableIPv6"] = true
+		cfg["IPv6Network"] = l.opts.Network6
+	}
 	for k, v := range l.opts.ExtraConfig {
 		if b, ok := v.(map[string]any); ok && strings.EqualFold(k, "Backend") {
 			for bk, bv := range b {
@@ -221,6 +245,11 @@ func (l *Lab) buildTopology(ctx context.Context) error {
 	); err != nil {
 		return err
 	}
+	if l.opts.IPv6 {
+		if err := run(ctx, "ip", "-n", sw, "addr", "add", fmt.Sprintf("%s/%d", SwitchIP6, UnderlayPrefixLen6), "dev", "br0", "nodad"); err != nil {
+			return err
+		}
+	}
 	for i := 1; i <= l.opts.Hosts; i++ {
 		h := &Host{
 			Name:  fmt.Sprintf("%s-h%d", l.Name, i),
@@ -249,6 +278,15 @@ func (l *Lab) buildTopology(ctx context.Context) error {
 			[]string{"ip", "-n", h.Name, "link", "set", "eth0", "up"},
 		); err != nil {
 			return err
+		}
+		if l.opts.IPv6 {
+			h.IP6 = netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", 0x10+i))
+			if err := runAll(ctx,
+				[]string{"ip", "netns", "exec", h.Name, "sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"},
+				[]string{"ip", "-n", h.Name, "addr", "add", fmt.Sprintf("%s/%d", h.IP6, UnderlayPrefixLen6), "dev", "eth0", "nodad"},
+			); err != nil {
+				return err
+			}
 		}
 		if err := h.writeCNIWrapper(); err != nil {
 			return err

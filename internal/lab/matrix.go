@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +16,16 @@ type Matrix struct {
 	Pods    []*Pod
 	Results [][]PingResult
 	Errors  [][]error
+	// IPv6 is true for a matrix over the pods' IPv6 addresses.
+	IPv6 bool
+}
+
+// addr is the address of p the matrix pings.
+func (m Matrix) addr(p *Pod) netip.Addr {
+	if m.IPv6 {
+		return p.IP6
+	}
+	return p.IP
 }
 
 // OK reports whether every pair answered every ping.
@@ -33,7 +44,7 @@ func (m Matrix) Failures() []string {
 			case err != nil:
 				out = append(out, fmt.Sprintf("%s → %s: %v", m.Pods[i].Name, m.Pods[j].Name, err))
 			case !r.OK():
-				out = append(out, fmt.Sprintf("%s → %s (%s): %d/%d received", m.Pods[i].Name, m.Pods[j].Name, m.Pods[j].IP, r.Received, r.Sent))
+				out = append(out, fmt.Sprintf("%s → %s (%s): %d/%d received", m.Pods[i].Name, m.Pods[j].Name, m.addr(m.Pods[j]), r.Received, r.Sent))
 			}
 		}
 	}
@@ -45,11 +56,11 @@ func (m Matrix) Failures() []string {
 func (m Matrix) String() string {
 	head := []string{"from \\ to"}
 	for _, p := range m.Pods {
-		head = append(head, fmt.Sprintf("%s %s", short(p), p.IP))
+		head = append(head, fmt.Sprintf("%s %s", short(p), m.addr(p)))
 	}
 	rows := [][]string{head}
 	for i, src := range m.Pods {
-		row := []string{fmt.Sprintf("%s %s", short(src), src.IP)}
+		row := []string{fmt.Sprintf("%s %s", short(src), m.addr(src))}
 		for j := range m.Pods {
 			var cell string
 			switch r, err := m.Results[i][j], m.Errors[i][j]; {
@@ -99,12 +110,17 @@ func short(p *Pod) string {
 // PingMatrix pings from every pod to every other pod (3 packets, 50 ms
 // apart), a few pairs at a time.
 func (l *Lab) PingMatrix(ctx context.Context) Matrix {
-	return l.pingMatrix(ctx, 3, 50*time.Millisecond)
+	return l.pingMatrix(ctx, false, 3, 50*time.Millisecond)
 }
 
-func (l *Lab) pingMatrix(ctx context.Context, count int, interval time.Duration) Matrix {
+// PingMatrix6 is PingMatrix over the pods' IPv6 addresses.
+func (l *Lab) PingMatrix6(ctx context.Context) Matrix {
+	return l.pingMatrix(ctx, true, 3, 50*time.Millisecond)
+}
+
+func (l *Lab) pingMatrix(ctx context.Context, six bool, count int, interval time.Duration) Matrix {
 	pods := l.Pods()
-	m := Matrix{Pods: pods, Results: make([][]PingResult, len(pods)), Errors: make([][]error, len(pods))}
+	m := Matrix{Pods: pods, Results: make([][]PingResult, len(pods)), Errors: make([][]error, len(pods)), IPv6: six}
 	for i := range pods {
 		m.Results[i] = make([]PingResult, len(pods))
 		m.Errors[i] = make([]error, len(pods))
@@ -121,7 +137,11 @@ func (l *Lab) pingMatrix(ctx context.Context, count int, interval time.Duration)
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
-				m.Results[i][j], m.Errors[i][j] = src.Ping(ctx, dst.IP, count, interval)
+				if !m.addr(dst).IsValid() {
+					m.Errors[i][j] = fmt.Errorf("%s has no %s address", dst.Name, map[bool]string{false: "IPv4", true: "IPv6"}[six])
+					return
+				}
+				m.Results[i][j], m.Errors[i][j] = src.Ping(ctx, m.addr(dst), count, interval)
 			}()
 		}
 	}
@@ -133,10 +153,19 @@ func (l *Lab) pingMatrix(ctx context.Context, count int, interval time.Duration)
 // pair answers or timeout passes; it returns the last matrix and an error
 // listing the failing pairs.
 func (l *Lab) WaitConnectivity(ctx context.Context, timeout time.Duration) (Matrix, error) {
+	return l.waitConnectivity(ctx, false, timeout)
+}
+
+// WaitConnectivity6 is WaitConnectivity over the pods' IPv6 addresses.
+func (l *Lab) WaitConnectivity6(ctx context.Context, timeout time.Duration) (Matrix, error) {
+	return l.waitConnectivity(ctx, true, timeout)
+}
+
+func (l *Lab) waitConnectivity(ctx context.Context, six bool, timeout time.Duration) (Matrix, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
-		m := l.pingMatrix(ctx, 1, 200*time.Millisecond)
+		m := l.pingMatrix(ctx, six, 1, 200*time.Millisecond)
 		if m.OK() {
 			return m, nil
 		}

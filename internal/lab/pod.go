@@ -23,6 +23,7 @@ type Pod struct {
 	NSName string     // namespace name, <host>p<k>
 	NS     string     // /var/run/netns/<NSName>
 	IP     netip.Addr // address the plugin assigned to eth0
+	IP6    netip.Addr // IPv6 address the plugin assigned, on a dual-stack network
 	Host   *Host
 
 	confList *libcni.NetworkConfigList
@@ -103,9 +104,13 @@ func (h *Host) AddPod(ctx context.Context, name string) (_ *Pod, err error) {
 		return nil, fmt.Errorf("add pod %s: cni result: %w", name, err)
 	}
 	for _, ipc := range r.IPs {
-		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && a.Unmap().Is4() {
+		a, ok := netip.AddrFromSlice(ipc.Address.IP)
+		switch {
+		case !ok:
+		case a.Unmap().Is4() && !p.IP.IsValid():
 			p.IP = a.Unmap()
-			break
+		case a.Is6() && !a.Is4In6() && !p.IP6.IsValid():
+			p.IP6 = a
 		}
 	}
 	if !p.IP.IsValid() {
@@ -115,7 +120,11 @@ func (h *Host) AddPod(ctx context.Context, name string) (_ *Pod, err error) {
 	l.mu.Lock()
 	l.pods = append(l.pods, p)
 	l.mu.Unlock()
-	l.log.Debug("pod added", "pod", name, "host", h.Name, "ip", p.IP)
+	if env, err := h.SubnetEnv(); err == nil && env.IPv6Subnet.IsValid() && !p.IP6.IsValid() {
+		_ = h.cni().DelNetworkList(ctx, confList, p.rt)
+		return nil, fmt.Errorf("add pod %s: cni result has no IPv6 address on a dual-stack network: %v", name, r)
+	}
+	l.log.Debug("pod added", "pod", name, "host", h.Name, "ip", p.IP, "ip6", p.IP6)
 	return p, nil
 }
 

@@ -2,9 +2,11 @@
 // nftables table of its own, talking netlink directly (no nft or iptables
 // binary is needed).
 //
-// Design note. weft owns `table ip weft` (and, once dual stack lands,
-// `table ip6 weft`, built by the same Desired from IPv6 prefixes). The
-// table holds two base chains:
+// Design note. weft owns `table ip weft` and, with dual stack, `table ip6
+// weft`, built by the same Desired from the IPv6 network and our IPv6 lease
+// (with ff00::/8 as the multicast range). A Manager keeps both: Set gives
+// it the IPv4 network and lease, Set6 the IPv6 ones. Each table holds two
+// base chains:
 //
 //   - postrouting: type nat, hook postrouting, priority srcnat (100), the
 //     same priority as iptables' nat POSTROUTING. It expresses the policy of
@@ -28,7 +30,8 @@
 // Only a rule in that chain can. Manager therefore asks a ForwardFallback,
 // when it has one, whether iptables' FORWARD chain drops by policy, and if
 // so keeps iptables' WEFT-FWD accept rules there too; without one it logs
-// which chain will drop pod traffic.
+// which chain will drop pod traffic. The same holds for IPv6 with
+// ip6tables' FORWARD chain (Config.Fallback6).
 //
 // Repair state machine, per resync:
 //
@@ -75,20 +78,30 @@ type Config struct {
 	PlainMasq bool
 	// Fallback, if set, is used while iptables' FORWARD policy drops.
 	Fallback ForwardFallback
-	Logger   *slog.Logger
+	// Fallback6 is the same for the IPv6 rules and ip6tables' FORWARD
+	// chain (internal/iptables.NewForwardFallback over ip6tables).
+	Fallback6 ForwardFallback
+	Logger    *slog.Logger
 }
 
-// Manager keeps weft's table in place for the current network and lease.
+// Manager keeps weft's tables in place for the current networks and
+// leases: table ip weft, and table ip6 weft with dual stack.
 type Manager struct {
 	k   Kernel
 	cfg Config
 	log *slog.Logger
 
-	mu          sync.Mutex
-	network     netip.Prefix
+	mu        sync.Mutex
+	v4, v6    family
+	repairs   uint64
+	plainMasq bool // the kernel refused fully-random masquerade
+}
+
+// family is what the manager keeps for one address family.
+type family struct {
+	network     netip.Prefix // invalid: no rules for the family
 	lease       netip.Prefix
-	repairs     uint64
-	plainMasq   bool   // the kernel refused fully-random masquerade
+	fallback    ForwardFallback
 	warnedDrops string // the foreign drop chains last warned about
 	fallbackOn  bool
 }
@@ -98,7 +111,9 @@ func NewManager(k Kernel, cfg Config) *Manager {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{k: k, cfg: cfg, log: cfg.Logger}
+	m := &Manager{k: k, cfg: cfg, log: cfg.Logger}
+	m.v4.fallback, m.v6.fallback = cfg.Fallback, cfg.Fallback6
+	return m
 }
 
 // Set records the network and our lease and installs the rules now. A
@@ -106,7 +121,30 @@ func NewManager(k Kernel, cfg Config) *Manager {
 func (m *Manager) Set(network, lease netip.Prefix) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.network, m.lease = network.Masked(), lease.Masked()
+	m.v4.network, m.v4.lease = network.Masked(), lease.Masked()
+	_, err := m.ensure(false)
+	return err
+}
+
+// Set6 records the IPv6 network and our IPv6 lease and installs table ip6
+// weft now. Invalid prefixes (dual stack turned off) delete that table and
+// ip6tables' fallback forward rules. A change is not counted as a repair.
+func (m *Manager) Set6(network, lease netip.Prefix) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !network.IsValid() {
+		m.v6.network, m.v6.lease = netip.Prefix{}, netip.Prefix{}
+		errs := []error{m.k.Delete(nft.TableFamilyIPv6, TableName)}
+		if m.v6.fallback != nil && m.v6.fallbackOn {
+			errs = append(errs, m.v6.fallback.RemoveForward())
+		}
+		m.v6.fallbackOn = false
+		return errors.Join(errs...)
+	}
+	if !network.Addr().Is6() || !lease.Addr().Is6() || network.Addr().Is4In6() {
+		return fmt.Errorf("table ip6 %s: %s and %s are not both IPv6", TableName, network, lease)
+	}
+	m.v6.network, m.v6.lease = network.Masked(), lease.Masked()
 	_, err := m.ensure(false)
 	return err
 }
@@ -119,9 +157,9 @@ func (m *Manager) Repairs() uint64 {
 	return m.repairs
 }
 
-// Ensure makes the table match the wanted rules, replacing it in one
+// Ensure makes the tables match the wanted rules, replacing one in one
 // transaction if anything differs, and returns how many repairs it made
-// (the table, and iptables' fallback forward rules).
+// (each table, and iptables' or ip6tables' fallback forward rules).
 func (m *Manager) Ensure() (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -144,55 +182,73 @@ func (m *Manager) Run(ctx context.Context, interval time.Duration) error {
 	}
 }
 
-// Want returns the table the manager keeps for its current network, and
-// false before Set.
+// Want returns the table the manager keeps for its current IPv4 network,
+// and false before Set.
 func (m *Manager) Want() (Table, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if !m.network.IsValid() {
+	if !m.v4.network.IsValid() {
 		return Table{}, false
 	}
-	return m.want(), true
+	return m.want(&m.v4), true
 }
 
-func (m *Manager) want() Table {
-	return Desired(Policy{Network: m.network, Lease: m.lease, Masq: m.cfg.Masq, Forward: m.cfg.Forward, FullyRandom: !m.plainMasq && !m.cfg.PlainMasq})
+// Want6 returns table ip6 weft as the manager keeps it for its current
+// IPv6 network, and false without one.
+func (m *Manager) Want6() (Table, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.v6.network.IsValid() {
+		return Table{}, false
+	}
+	return m.want(&m.v6), true
+}
+
+func (m *Manager) want(f *family) Table {
+	return Desired(Policy{Network: f.network, Lease: f.lease, Masq: m.cfg.Masq, Forward: m.cfg.Forward, FullyRandom: !m.plainMasq && !m.cfg.PlainMasq})
 }
 
 func (m *Manager) ensure(count bool) (int, error) {
-	if !m.network.IsValid() {
+	if !m.v4.network.IsValid() && !m.v6.network.IsValid() {
 		return 0, nil
 	}
 	fixed := 0
 	var errs []error
-	changed, err := m.ensureTable()
-	if err != nil {
-		errs = append(errs, err)
-	}
-	if changed {
-		fixed++
-	}
-	if m.cfg.Forward {
-		changed, err := m.ensureFallback()
+	for _, f := range []*family{&m.v4, &m.v6} {
+		if !f.network.IsValid() {
+			continue
+		}
+		n := 0
+		changed, err := m.ensureTable(f)
 		if err != nil {
 			errs = append(errs, err)
 		}
 		if changed {
-			fixed++
+			n++
 		}
-	}
-	if count && fixed > 0 {
-		m.repairs += uint64(fixed)
-		m.log.Warn("nftables rules were missing or changed; restored them", "table", "ip "+TableName, "fixed", fixed)
+		if m.cfg.Forward {
+			changed, err := m.ensureFallback(f)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if changed {
+				n++
+			}
+		}
+		if count && n > 0 {
+			m.repairs += uint64(n)
+			m.log.Warn("nftables rules were missing or changed; restored them", "table", familyName(familyOf(f.network))+" "+TableName, "fixed", n)
+		}
+		fixed += n
 	}
 	return fixed, errors.Join(errs...)
 }
 
-// ensureTable replaces the table when it differs from the wanted one. A
-// difference is confirmed by a second read, so that a dump that raced
-// with another change is not taken for drift.
-func (m *Manager) ensureTable() (bool, error) {
-	want := m.want()
+// ensureTable replaces the family's table when it differs from the wanted
+// one. A difference is confirmed by a second read, so that a dump that
+// raced with another change is not taken for drift.
+func (m *Manager) ensureTable(f *family) (bool, error) {
+	want := m.want(f)
 	for range 2 {
 		have, ok, err := m.k.Read(want.Family, want.Name)
 		if err != nil {
@@ -207,7 +263,7 @@ func (m *Manager) ensureTable() (bool, error) {
 		// Kernels without fully-random masquerade refuse the rule;
 		// flannel's semantics ask for it only where supported.
 		m.plainMasq = true
-		if err2 := m.k.Replace(m.want()); err2 == nil {
+		if err2 := m.k.Replace(m.want(f)); err2 == nil {
 			m.log.Warn("the kernel refused fully-random masquerade; masquerading without it", "err", err)
 			return true, nil
 		}
@@ -219,45 +275,51 @@ func (m *Manager) ensureTable() (bool, error) {
 	return true, nil
 }
 
-// ensureFallback keeps iptables' forward accept rules exactly while
-// iptables' FORWARD chain drops by policy. Without a fallback it warns,
-// once per change, about forward chains of other tables that drop.
-func (m *Manager) ensureFallback() (bool, error) {
-	if m.cfg.Fallback == nil {
-		drops, err := m.k.ForwardDrops(familyOf(m.network))
+// ensureFallback keeps iptables' (for IPv6 ip6tables') forward accept
+// rules exactly while that FORWARD chain drops by policy. Without a
+// fallback it warns, once per change, about forward chains of other tables
+// that drop.
+func (m *Manager) ensureFallback(f *family) (bool, error) {
+	fam := familyOf(f.network)
+	cmd := "iptables"
+	if fam == nft.TableFamilyIPv6 {
+		cmd = "ip6tables"
+	}
+	if f.fallback == nil {
+		drops, err := m.k.ForwardDrops(fam)
 		if err != nil {
 			return false, err
 		}
-		if s := strings.Join(drops, ", "); s != m.warnedDrops {
-			m.warnedDrops = s
+		if s := strings.Join(drops, ", "); s != f.warnedDrops {
+			f.warnedDrops = s
 			if s != "" {
-				m.log.Warn("forwarded pod traffic will be dropped: another table's forward chain drops by policy, and no accept in table ip weft can override it; add accept rules for the cluster network there (see Documentation/troubleshooting.md)",
-					"chains", s, "network", m.network)
+				m.log.Warn("forwarded pod traffic will be dropped: another table's forward chain drops by policy, and no accept in table "+familyName(fam)+" weft can override it; add accept rules for the cluster network there (see Documentation/troubleshooting.md)",
+					"chains", s, "network", f.network)
 			}
 		}
 		return false, nil
 	}
-	drops, err := m.cfg.Fallback.ForwardDrops()
+	drops, err := f.fallback.ForwardDrops()
 	if err != nil {
-		return false, fmt.Errorf("read iptables FORWARD policy: %w", err)
+		return false, fmt.Errorf("read %s FORWARD policy: %w", cmd, err)
 	}
 	if !drops {
-		if m.fallbackOn {
-			m.log.Info("iptables FORWARD no longer drops by policy; removed weft's iptables forward rules")
-			m.fallbackOn = false
+		if f.fallbackOn {
+			m.log.Info(cmd + " FORWARD no longer drops by policy; removed weft's " + cmd + " forward rules")
+			f.fallbackOn = false
 		}
-		return false, m.cfg.Fallback.RemoveForward()
+		return false, f.fallback.RemoveForward()
 	}
-	if !m.fallbackOn {
-		m.log.Info("iptables FORWARD drops by policy; keeping weft's forward accept rules in iptables too (chain WEFT-FWD)")
+	if !f.fallbackOn {
+		m.log.Info(cmd + " FORWARD drops by policy; keeping weft's forward accept rules in " + cmd + " too (chain WEFT-FWD)")
 	}
-	changed, err := m.cfg.Fallback.EnsureForward(m.network)
+	changed, err := f.fallback.EnsureForward(f.network)
 	if err != nil {
-		return false, fmt.Errorf("iptables forward rules: %w", err)
+		return false, fmt.Errorf("%s forward rules: %w", cmd, err)
 	}
 	// The first installation is no repair.
-	wasOn := m.fallbackOn
-	m.fallbackOn = true
+	wasOn := f.fallbackOn
+	f.fallbackOn = true
 	return changed && wasOn, nil
 }
 

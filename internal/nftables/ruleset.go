@@ -13,7 +13,7 @@ import (
 )
 
 // TableName is the name of weft's table in each family it uses: `table ip
-// weft` now, `table ip6 weft` once dual stack lands.
+// weft`, and `table ip6 weft` with dual stack.
 const TableName = "weft"
 
 // Chain names inside weft's table.

@@ -18,6 +18,9 @@ type Addr struct {
 	Peer netip.Prefix
 	// Scope is the address scope (RT_SCOPE_UNIVERSE for a global one).
 	Scope uint8
+	// Flags are the IFA_F_* flags (IFA_F_TENTATIVE while IPv6 duplicate
+	// address detection runs, for example).
+	Flags int
 }
 
 // OnLink returns the prefix the address puts on-link, masked: its own
@@ -83,7 +86,7 @@ func (c *Conn) AddrList(linkIndex int, family Family) ([]Addr, error) {
 		if !p.IsValid() || (linkIndex != 0 && a.LinkIndex != linkIndex) {
 			continue
 		}
-		out = append(out, Addr{LinkIndex: a.LinkIndex, Prefix: p, Peer: prefixOf(a.Peer), Scope: uint8(a.Scope)})
+		out = append(out, Addr{LinkIndex: a.LinkIndex, Prefix: p, Peer: prefixOf(a.Peer), Scope: uint8(a.Scope), Flags: a.Flags})
 	}
 	return out, nil
 }

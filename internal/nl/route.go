@@ -230,9 +230,9 @@ type Owned struct {
 	OnLink bool
 }
 
-// DelOwnedRoutes removes, from every table, the IPv4 routes and the nexthop
-// objects tagged with protocol that sel selects (nil selects all), and
-// returns how many routes it removed. Deleting a nexthop object takes the
+// DelOwnedRoutes removes, from every table, the IPv4 and IPv6 routes and
+// the nexthop objects tagged with protocol that sel selects (nil selects
+// all), and returns how many routes it removed. Deleting a nexthop object takes the
 // routes that use it along.
 func (c *Conn) DelOwnedRoutes(protocol uint8, sel func(Owned) bool) (int, error) {
 	if sel == nil {
@@ -254,8 +254,8 @@ func (c *Conn) DelOwnedRoutes(protocol uint8, sel func(Owned) bool) (int, error)
 			return 0, err
 		}
 	}
-	rs, err := c.RouteList(FamilyV4, 0, func(r *Route) bool {
-		return r.Protocol == protocol && sel(Owned{LinkIndex: r.LinkIndex, Gw: r.Gw, OnLink: r.Flags&unix.RTNH_F_ONLINK != 0})
+	rs, err := c.RouteList(FamilyAll, 0, func(r *Route) bool {
+		return r.Protocol == protocol && r.Dst.IsValid() && sel(Owned{LinkIndex: r.LinkIndex, Gw: r.Gw, OnLink: r.Flags&unix.RTNH_F_ONLINK != 0})
 	}, nil)
 	if err != nil {
 		return 0, fmt.Errorf("list routes: %w", err)

@@ -26,13 +26,15 @@ import (
 // nhIDBase marks nexthop ids chosen by weft: 0x40000000 | bits<<24 | index.
 const nhIDBase = 0x40000000
 
-// RouteTable is the main IPv4 table of a Conn's namespace as a route
-// reconciler sees it: the routes tagged with one protocol, installed in
-// batches through per-route nexthop objects. It shares the Conn's sockets
-// and is not safe for concurrent use.
+// RouteTable is the main table of a Conn's namespace, for the family of
+// its cluster network, as a route reconciler sees it: the routes tagged
+// with one protocol, installed in batches through per-route nexthop
+// objects (IPv4 only: IPv6 routes are plain routes, one request each). It
+// shares the Conn's sockets and is not safe for concurrent use.
 type RouteTable struct {
 	c        *Conn
 	network  netip.Prefix
+	family   Family // of network: FamilyV4, or FamilyV6
 	protocol uint8
 	// list is List's result, reused by the next List; nhs and used are
 	// List's scratch maps, kept so that a pass allocates nothing new.
@@ -51,9 +53,16 @@ type RouteTable struct {
 
 // RouteTable returns the main table for routes tagged with protocol inside
 // network, the cluster network: nexthop ids are derived from a
-// destination's place in it.
+// destination's place in it. An IPv6 network gives the IPv6 table, which
+// lists IPv6 routes and neither uses nor cleans up nexthop objects (those
+// belong to the IPv4 table of the same protocol); any other network, an
+// invalid one included, the IPv4 table.
 func (c *Conn) RouteTable(network netip.Prefix, protocol uint8) *RouteTable {
-	t := &RouteTable{c: c, network: network.Masked(), protocol: protocol, foreignNH: map[uint32]bool{}}
+	t := &RouteTable{c: c, network: network.Masked(), family: FamilyV4, protocol: protocol, foreignNH: map[uint32]bool{}}
+	if network.IsValid() && network.Addr().Is6() && !network.Addr().Is4In6() {
+		t.family = FamilyV6
+		return t
+	}
 	// Probe for nexthop object support with a harmless dump.
 	if err := c.nexthops(func(nexthop) {}); err == nil {
 		t.nhSupported, t.useNH = true, true
@@ -93,16 +102,17 @@ func u32(a netip.Addr) uint32 {
 	return binary.BigEndian.Uint32(b[:])
 }
 
-// List returns the IPv4 routes of the main table that a reconciler must
-// see: every route tagged with the table's protocol, every connected route
-// (protocol kernel, scope link) and every route to a destination that
-// overlaps the network; the rest is dropped while parsing. The slice is
+// List returns the routes of the table's family in the main table that a
+// reconciler must see: every route tagged with the table's protocol, every
+// route the kernel added (connected routes among them) and every route to
+// a destination that overlaps the network; the rest is dropped while
+// parsing. The slice is
 // reused by the next List. With nexthop objects it also deletes the table's
 // nexthop objects that no route uses any more (left behind when somebody
 // deleted a route by hand), so that they cannot pile up.
 func (t *RouteTable) List() ([]Route, error) {
-	rs, err := t.c.RouteList(FamilyV4, unix.RT_TABLE_MAIN, func(r *Route) bool {
-		return r.Protocol == t.protocol || (r.Protocol == unix.RTPROT_KERNEL && r.Scope == unix.RT_SCOPE_LINK) ||
+	rs, err := t.c.RouteList(t.family, unix.RT_TABLE_MAIN, func(r *Route) bool {
+		return r.Protocol == t.protocol || r.Protocol == unix.RTPROT_KERNEL ||
 			(t.network.IsValid() && t.network.Overlaps(r.Dst))
 	}, t.list)
 	t.list = rs

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,9 +31,12 @@ type HolderConfig struct {
 	Attrs subnet.LeaseAttrs
 	// PreviousSubnet comes from an old subnet file; it may be zero.
 	PreviousSubnet netip.Prefix
-	TTL            time.Duration // default 24h
-	RenewMargin    time.Duration // default 60m: renew when less than this is left
-	Logger         *slog.Logger
+	// PreviousSubnet6 is the IPv6 subnet of an old subnet file, preferred
+	// on a dual-stack network; it may be zero.
+	PreviousSubnet6 netip.Prefix
+	TTL             time.Duration // default 24h
+	RenewMargin     time.Duration // default 60m: renew when less than this is left
+	Logger          *slog.Logger
 	// OnChange is called from Run's goroutine whenever our lease is
 	// re-acquired or its subnet changes.
 	OnChange func(subnet.Lease)
@@ -52,8 +56,10 @@ type HolderConfig struct {
 //	lost ──Acquire with PreviousSubnet = our subnet, OnChange───────▶ held
 //
 // A reservation (a key with no etcd lease) carrying our PublicIP is used as
-// is and never renewed; it stays a reservation. A dual-stack key carrying our
-// PublicIP is never used (see findMine).
+// is and never renewed; it stays a reservation. A key of ours in the wrong
+// shape for the config (plain on a dual-stack network, dual-stack on an
+// IPv4-only one) is rewritten in place, keeping its IPv4 subnet (see
+// convert).
 //
 // Every retry waits a bounded, jittered exponential backoff (retryBackoff):
 // re-listing after lost races, acquire failures, renewal failures, watch
@@ -207,6 +213,11 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 		return subnet.Lease{}, fmt.Errorf("acquire lease: %w", err)
 	}
 	nw := h.cfg.Network
+	prev6 := h.previous6()
+	// tried holds the keys of ours that could not be rewritten into the
+	// shape the config wants (see convert) during this call: they are not
+	// offered again, so that a key that keeps failing costs one attempt.
+	tried := map[string]bool{}
 	retry := newBackoff(acquireRetryMin, acquireRetryMax)
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
@@ -222,9 +233,26 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 			return subnet.Lease{}, fmt.Errorf("acquire lease: %w", err)
 		}
 
-		// Rule 1: the key that already carries our PublicIP.
-		if mine, ok := h.findMine(snap, prev); ok {
-			l, err := h.reuse(ctx, mine, attrs, value)
+		taken6 := h.taken6(snap)
+
+		// Rule 1: the key that already carries our PublicIP, in the shape
+		// the config wants, or rewritten into it.
+		if mine, fits, ok := h.findMine(snap, prev, tried); ok {
+			var l subnet.Lease
+			if fits {
+				l, err = h.reuse(ctx, mine, attrs, value)
+			} else {
+				sn6 := netip.Prefix{}
+				if nw.EnableIPv6 {
+					if sn6, err = h.pick6(mine, prev6, taken6); err != nil {
+						return subnet.Lease{}, fmt.Errorf("acquire lease in %s: %w", nw.IPv6.Network, err)
+					}
+				}
+				l, err = h.convert(ctx, mine, sn6, attrs, value)
+				if errors.Is(err, errLostRace) {
+					tried[mine.Key()] = true
+				}
+			}
 			if errors.Is(err, errLostRace) {
 				prev = mine.Subnet
 				continue
@@ -268,17 +296,33 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 
 		// Rule 2: the subnet we had before, if still ours to take. Our own
 		// key holding garbage (overwritten while we were down) is nobody's
-		// claim: take it back, replacing exactly that garbage.
+		// claim: take it back, replacing exactly that garbage. A
+		// dual-stack key is a new key, so garbage is only ever replaced on
+		// an IPv4-only network.
 		candidates := 0
-		if garbageAt != 0 && prevClaims == 1 && nw.InRange(prev) {
+		if garbageAt != 0 && prevClaims == 1 && nw.InRange(prev) && !nw.EnableIPv6 {
 			taken[prev] = false
 			h.logger.Warn("our previous subnet's key holds an unparsable value; taking it back",
 				"key", h.reg.LeaseKey(prev))
 		} else {
 			garbageAt = 0
 		}
+		claim := func(sn netip.Prefix, garbageAt int64) (subnet.Lease, error) {
+			sn6 := netip.Prefix{}
+			if nw.EnableIPv6 {
+				var err error
+				if sn6, err = h.pick6(subnet.Lease{}, prev6, taken6); err != nil {
+					return subnet.Lease{}, fmt.Errorf("acquire lease in %s: %w", nw.IPv6.Network, err)
+				}
+			}
+			l, err := h.claim(ctx, sn, sn6, garbageAt, attrs, value)
+			if errors.Is(err, errLostRace) && sn6.IsValid() {
+				taken6[sn6] = true
+			}
+			return l, err
+		}
 		if prev.IsValid() && nw.InRange(prev) && !taken[prev] {
-			l, err := h.claim(ctx, prev, garbageAt, attrs, value)
+			l, err := claim(prev, garbageAt)
 			if err == nil {
 				return l, nil
 			}
@@ -299,7 +343,7 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 				}
 				return subnet.Lease{}, fmt.Errorf("acquire lease in %s: %w", nw.Network, err)
 			}
-			l, err := h.claim(ctx, sn, 0, attrs, value)
+			l, err := claim(sn, 0)
 			if err == nil {
 				return l, nil
 			}
@@ -313,27 +357,79 @@ func (h *Holder) acquire(ctx context.Context, prev netip.Prefix) (subnet.Lease, 
 	}
 }
 
+// previous6 is the IPv6 subnet to prefer: the one held now, else the one
+// of the old subnet file.
+func (h *Holder) previous6() netip.Prefix {
+	if l, ok := h.Lease(); ok && l.IPv6Subnet.IsValid() {
+		return l.IPv6Subnet
+	}
+	return h.cfg.PreviousSubnet6
+}
+
+// taken6 is every IPv6 subnet a key claims, parsed or not.
+func (h *Holder) taken6(snap Snapshot) map[netip.Prefix]bool {
+	taken := map[netip.Prefix]bool{}
+	if !h.cfg.Network.EnableIPv6 {
+		return taken
+	}
+	for _, l := range snap.Leases {
+		if l.IPv6Subnet.IsValid() {
+			taken[l.IPv6Subnet] = true
+		}
+	}
+	for _, inv := range snap.Invalid {
+		name := strings.TrimPrefix(inv.Key, h.reg.subnetsPrefix)
+		if _, part6, ok := strings.Cut(name, "&"); ok {
+			if _, v6, err := subnet.ParseSubnetKey("0.0.0.0-0&" + part6); err == nil {
+				taken[v6] = true
+			}
+		}
+	}
+	return taken
+}
+
+// pick6 chooses the IPv6 subnet for a new key on a dual-stack network: the
+// one mine already names if it fits the IPv6 pool, else prev6 if it is
+// free and in range, else a random free one. mine's own subnet counts as
+// free: mine is the key being rewritten.
+func (h *Holder) pick6(mine subnet.Lease, prev6 netip.Prefix, taken map[netip.Prefix]bool) (netip.Prefix, error) {
+	pool := h.cfg.Network.IPv6
+	if sn := mine.IPv6Subnet; sn.IsValid() && h.fits6(mine) {
+		return sn, nil
+	}
+	if prev6.IsValid() && pool.InRange(prev6) && !taken[prev6] {
+		return prev6, nil
+	}
+	return pool.RandomFree(taken, nil)
+}
+
+// fits6 reports whether l's IPv6 part is what the config wants: none on an
+// IPv4-only network, a subnet of the IPv6 pool on a dual-stack one (any
+// subnet of the right length inside the network for a reservation).
+func (h *Holder) fits6(l subnet.Lease) bool {
+	nw := h.cfg.Network
+	if !nw.EnableIPv6 {
+		return !l.IPv6Subnet.IsValid()
+	}
+	if l.Reservation {
+		return nw.IPv6.Contains(l.IPv6Subnet) && l.IPv6Subnet.Bits() == nw.IPv6.SubnetLen
+	}
+	return nw.IPv6.InRange(l.IPv6Subnet)
+}
+
 // findMine picks the key carrying our PublicIP: the one in prev, our
 // previous subnet (the pods on this host use it), else a reservation, else
-// the most recently written lease.
-//
-// A dual-stack key ("<v4>-<len>&<v6>-<len>") is never ours: weft runs IPv4
-// only, writes plain keys, and would otherwise publish an IPv6 subnet it
-// does not route. Such a key with our PublicIP (flannel's, left from before
-// the switch to weft, or planted) is left alone, with a warning; its IPv4
-// subnet counts as taken until it expires or an operator deletes it.
-func (h *Holder) findMine(snap Snapshot, prev netip.Prefix) (subnet.Lease, bool) {
+// the most recently written lease. A key in the shape the config wants
+// (plain on an IPv4-only network, "<v4>-<len>&<v6>-<len>" with a subnet of
+// the IPv6 pool on a dual-stack one) is preferred; fits is false when the
+// key found must be rewritten into that shape first (see convert), which
+// happens when the network config gained or lost IPv6. Keys in skip are
+// left out.
+func (h *Holder) findMine(snap Snapshot, prev netip.Prefix, skip map[string]bool) (best subnet.Lease, fits, found bool) {
 	ip := h.currentAttrs().PublicIP
 	nw := h.cfg.Network
-	var best subnet.Lease
-	found := false
 	for _, l := range snap.Leases {
-		if l.Attrs.PublicIP != ip {
-			continue
-		}
-		if l.IPv6Subnet.IsValid() {
-			h.warnOnce("dual:"+l.Key(), "ignoring a dual-stack key with our public IP: weft is IPv4-only and "+
-				"claims a plain key; delete the key if it is a leftover", "key", l.Key(), "public_ip", ip)
+		if l.Attrs.PublicIP != ip || skip[l.Key()] {
 			continue
 		}
 		usable := nw.InRange(l.Subnet)
@@ -345,29 +441,31 @@ func (h *Holder) findMine(snap Snapshot, prev netip.Prefix) (subnet.Lease, bool)
 				"key", l.Key(), "network", nw.Network, "subnet_len", nw.SubnetLen)
 			continue
 		}
+		f := h.fits6(l)
 		switch {
 		case !found,
-			best.Subnet != prev && l.Subnet == prev,
-			best.Subnet != prev && l.Reservation && !best.Reservation,
-			best.Subnet != prev && l.Reservation == best.Reservation && l.ModRevision > best.ModRevision:
-			best, found = l, true
+			f && !fits,
+			f == fits && best.Subnet != prev && l.Subnet == prev,
+			f == fits && best.Subnet != prev && l.Reservation && !best.Reservation,
+			f == fits && best.Subnet != prev && l.Reservation == best.Reservation && l.ModRevision > best.ModRevision:
+			best, fits, found = l, f, true
 		}
 	}
-	return best, found
+	return best, fits, found
 }
 
 // retireStale deletes the other leases that carry our PublicIP once we hold
 // kept: our own earlier leases (from before a reboot that lost the subnet
 // file, say), which would otherwise live on until their TTL with our VTEP
 // MAC, so that peers keep the older of the two and refuse the one we use.
-// Reservations (an operator's) and dual-stack keys are left alone. A key
-// that changed since the listing is left alone too: it is not stale.
+// Reservations (an operator's) are left alone. A key that changed since
+// the listing is left alone too: it is not stale.
 func (h *Holder) retireStale(ctx context.Context, snap Snapshot, kept subnet.Lease) {
 	for _, l := range snap.Leases {
-		if l.Attrs.PublicIP != kept.Attrs.PublicIP || l.Reservation || l.IPv6Subnet.IsValid() || l.Subnet == kept.Subnet {
+		if l.Attrs.PublicIP != kept.Attrs.PublicIP || l.Reservation || l.Key() == kept.Key() {
 			continue
 		}
-		key := h.reg.LeaseKey(l.Subnet)
+		key := h.reg.keyOf(l)
 		var resp *clientv3.TxnResponse
 		err := h.reg.call(ctx, func(ctx context.Context) (err error) {
 			resp, err = h.reg.cli.Txn(ctx).
@@ -379,7 +477,7 @@ func (h *Holder) retireStale(ctx context.Context, snap Snapshot, kept subnet.Lea
 		case err != nil:
 			h.logger.Warn("cannot remove our stale lease; it expires by itself", "key", key, "err", err)
 		case resp.Succeeded:
-			h.logger.Warn("removed our own stale lease: we hold another subnet now", "stale", l.Subnet, "held", kept.Subnet)
+			h.logger.Warn("removed our own stale lease: we hold another key now", "stale", l.Key(), "held", kept.Key())
 		}
 	}
 }
@@ -425,17 +523,69 @@ func (h *Holder) reuse(ctx context.Context, l subnet.Lease, attrs subnet.LeaseAt
 	if l.Reservation {
 		kind = "reservation"
 	}
-	h.logger.Info("reusing our existing "+kind, "subnet", l.Subnet, "etcd_lease", fmt.Sprintf("%x", l.EtcdLease),
+	h.logger.Info("reusing our existing "+kind, "key", l.Key(), "etcd_lease", fmt.Sprintf("%x", l.EtcdLease),
 		"value_rewritten", !bytes.Equal(old, value))
 	return l, nil
 }
 
-// claim grants an etcd lease and creates the key bound to it, only if the
-// key is absent, or, when garbageAt is not 0, only if the key still holds
-// the unparsable value written at that revision. A grant that did not end up
-// holding the key is revoked.
-func (h *Holder) claim(ctx context.Context, sn netip.Prefix, garbageAt int64, attrs subnet.LeaseAttrs, value []byte) (subnet.Lease, error) {
-	key := h.reg.LeaseKey(sn)
+// convert rewrites our key l into the shape the config wants, keeping its
+// IPv4 subnet, its etcd lease (or its being a reservation): to
+// "<v4>-<len>&<v6>-<len>" with sn6 when the network is dual-stack, to the
+// plain "<v4>-<len>" when sn6 is invalid. The old key is deleted and the
+// new one written in one transaction, only if the old key is unchanged and
+// the new one absent, so that peers never see two keys for our subnet and
+// the subnet is never free in between. errLostRace means either condition
+// failed.
+func (h *Holder) convert(ctx context.Context, l subnet.Lease, sn6 netip.Prefix, attrs subnet.LeaseAttrs, value []byte) (subnet.Lease, error) {
+	oldKey := h.reg.keyOf(l)
+	nl := l
+	nl.IPv6Subnet = sn6
+	newKey := h.reg.keyOf(nl)
+	var opts []clientv3.OpOption
+	if !l.Reservation {
+		ttl, err := h.keepAliveOnce(ctx, l.EtcdLease)
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return subnet.Lease{}, errLostRace
+		}
+		if err != nil {
+			return subnet.Lease{}, fmt.Errorf("acquire lease %s: renew etcd lease %x: %w", l.Subnet, l.EtcdLease, err)
+		}
+		nl.Expiration = time.Now().Add(ttl)
+		h.setTTL(ttl)
+		opts = append(opts, clientv3.WithLease(clientv3.LeaseID(l.EtcdLease)))
+	}
+	var resp *clientv3.TxnResponse
+	err := h.reg.call(ctx, func(ctx context.Context) (err error) {
+		resp, err = h.reg.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(oldKey), "=", l.ModRevision),
+				clientv3.Compare(clientv3.CreateRevision(newKey), "=", 0)).
+			Then(clientv3.OpDelete(oldKey), clientv3.OpPut(newKey, string(value), opts...)).Commit()
+		return err
+	})
+	if err != nil {
+		return subnet.Lease{}, fmt.Errorf("acquire lease %s: rewrite key %s as %s: %w", l.Subnet, l.Key(), nl.Key(), err)
+	}
+	if !resp.Succeeded {
+		h.logger.Warn("cannot rewrite our key for the network config: it changed, or the new key exists; not trying it again now",
+			"key", l.Key(), "want", nl.Key())
+		return subnet.Lease{}, errLostRace
+	}
+	nl.Attrs = attrs
+	nl.ModRevision = resp.Header.Revision
+	nl.CreateRevision = resp.Header.Revision
+	h.logger.Info("rewrote our key for the network config, keeping our subnet", "old", l.Key(), "new", nl.Key(),
+		"reservation", l.Reservation)
+	return nl, nil
+}
+
+// claim grants an etcd lease and creates the key for sn (and sn6 on a
+// dual-stack network) bound to it, only if the key is absent, or, when
+// garbageAt is not 0, only if the key still holds the unparsable value
+// written at that revision. A grant that did not end up holding the key is
+// revoked.
+func (h *Holder) claim(ctx context.Context, sn, sn6 netip.Prefix, garbageAt int64, attrs subnet.LeaseAttrs, value []byte) (subnet.Lease, error) {
+	l := subnet.Lease{Subnet: sn, IPv6Subnet: sn6, Attrs: attrs}
+	key := h.reg.keyOf(l)
 	cond := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 	if garbageAt != 0 {
 		cond = clientv3.Compare(clientv3.ModRevision(key), "=", garbageAt)
@@ -446,12 +596,18 @@ func (h *Holder) claim(ctx context.Context, sn netip.Prefix, garbageAt int64, at
 		return err
 	})
 	if err != nil {
-		return subnet.Lease{}, fmt.Errorf("acquire lease %s: grant: %w", sn, err)
+		return subnet.Lease{}, fmt.Errorf("acquire lease %s: grant: %w", l.Key(), err)
+	}
+	// A dual-stack key must also find sn's plain key absent, so that a
+	// host still claiming plain keys cannot take sn in the same moment.
+	conds := []clientv3.Cmp{cond}
+	if sn6.IsValid() {
+		conds = append(conds, clientv3.Compare(clientv3.CreateRevision(h.reg.LeaseKey(sn)), "=", 0))
 	}
 	var resp *clientv3.TxnResponse
 	err = h.reg.call(ctx, func(ctx context.Context) (err error) {
 		resp, err = h.reg.cli.Txn(ctx).
-			If(cond).
+			If(conds...).
 			Then(clientv3.OpPut(key, string(value), clientv3.WithLease(grant.ID))).Commit()
 		return err
 	})
@@ -460,23 +616,19 @@ func (h *Holder) claim(ctx context.Context, sn netip.Prefix, garbageAt int64, at
 		// revoking also removes the key if it was written; we retry anyway.
 		h.revoke(ctx, int64(grant.ID))
 		if err != nil {
-			return subnet.Lease{}, fmt.Errorf("acquire lease %s: %w", sn, err)
+			return subnet.Lease{}, fmt.Errorf("acquire lease %s: %w", l.Key(), err)
 		}
 		return subnet.Lease{}, errLostRace
 	}
-	l := subnet.Lease{
-		Subnet:         sn,
-		Attrs:          attrs,
-		Expiration:     time.Now().Add(time.Duration(grant.TTL) * time.Second),
-		EtcdLease:      int64(grant.ID),
-		ModRevision:    resp.Header.Revision,
-		CreateRevision: resp.Header.Revision,
-	}
+	l.Expiration = time.Now().Add(time.Duration(grant.TTL) * time.Second)
+	l.EtcdLease = int64(grant.ID)
+	l.ModRevision = resp.Header.Revision
+	l.CreateRevision = resp.Header.Revision
 	if garbageAt != 0 {
 		l.CreateRevision = 0 // the key is older than our claim; unknown here
 	}
 	h.setTTL(time.Duration(grant.TTL) * time.Second)
-	h.logger.Info("claimed lease", "subnet", sn, "etcd_lease", fmt.Sprintf("%x", grant.ID), "ttl", time.Duration(grant.TTL)*time.Second)
+	h.logger.Info("claimed lease", "key", l.Key(), "etcd_lease", fmt.Sprintf("%x", grant.ID), "ttl", time.Duration(grant.TTL)*time.Second)
 	return l, nil
 }
 
@@ -595,7 +747,7 @@ const (
 // someone else overwrote it.
 func (h *Holder) hold(ctx context.Context) {
 	cur, _ := h.Lease()
-	key := h.reg.LeaseKey(cur.Subnet)
+	key := h.reg.keyOf(cur)
 	nextRev := cur.ModRevision + 1
 	cancelWatch := func() {}
 	defer func() { cancelWatch() }()
@@ -815,7 +967,7 @@ func (h *Holder) onOwnEvent(ctx context.Context, cur *subnet.Lease, ev *clientv3
 		// cur.Attrs is cleared so that the stored value differs from ours;
 		// what others see through Lease() is left as it was.
 		h.logger.Warn("OUR LEASE KEY WAS OVERWRITTEN with an unparsable value; putting our value back on the same key",
-			"key", h.reg.LeaseKey(cur.Subnet), "value", excerpt(ev.Kv.Value), "err", err)
+			"key", h.reg.keyOf(*cur), "value", excerpt(ev.Kv.Value), "err", err)
 		cur.ModRevision = ev.Kv.ModRevision
 		cur.Attrs = subnet.LeaseAttrs{}
 		return ownVerdict{restore: true}
@@ -861,7 +1013,7 @@ func (h *Holder) differs(cur subnet.Lease) bool {
 
 // check reads our key after the watch lost events.
 func (h *Holder) check(ctx context.Context, cur *subnet.Lease) ownVerdict {
-	kv, err := h.reg.getLeaseKV(ctx, cur.Subnet)
+	kv, err := h.reg.getKV(ctx, h.reg.keyOf(*cur))
 	if err != nil {
 		return ownVerdict{}
 	}
@@ -882,7 +1034,7 @@ func (h *Holder) rewrite(ctx context.Context, cur *subnet.Lease) error {
 	if bytes.Equal(want, have) {
 		return nil
 	}
-	key := h.reg.LeaseKey(cur.Subnet)
+	key := h.reg.keyOf(*cur)
 	var opts []clientv3.OpOption
 	if !cur.Reservation {
 		opts = append(opts, clientv3.WithLease(clientv3.LeaseID(cur.EtcdLease)))

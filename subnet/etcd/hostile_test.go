@@ -123,12 +123,13 @@ func countingRegistry(t *testing.T, srv *etcdserver.Server) (*Registry, *request
 	return NewRegistry(cli, ""), rc
 }
 
-// A dual-stack key that carries our PublicIP (a flannel leftover, or planted)
-// is not ours while weft is IPv4-only: the holder leaves it alone, counts its
-// IPv4 subnet as taken, claims a plain key elsewhere, and sends etcd only a
-// handful of requests. It used to adopt the key, address it by its IPv4 part
-// alone, lose the compare on a key that does not exist and retry at once,
-// about a thousand requests a second.
+// A dual-stack key that carries our PublicIP on an IPv4-only network (left
+// from before the config dropped IPv6, or planted) is rewritten into the
+// plain key of its IPv4 subnet in one transaction, keeping its etcd lease or
+// its being a reservation, and etcd sees only a handful of requests. An
+// earlier holder adopted the key, addressed it by its IPv4 part alone, lost
+// the compare on a key that does not exist and retried at once, about a
+// thousand requests a second.
 func TestHolderDualStackKeyWithOurIP(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
@@ -159,11 +160,13 @@ func TestHolderDualStackKeyWithOurIP(t *testing.T) {
 			pv, _ := planted.MarshalJSON()
 			const dual = "198.18.1.0-24&2001:db8:1:2::-64"
 			var opts []clientv3.OpOption
+			var grantID clientv3.LeaseID
 			if !tc.reservation {
 				g, err := cli.Grant(ctx, 3600)
 				if err != nil {
 					t.Fatal(err)
 				}
+				grantID = g.ID
 				opts = append(opts, clientv3.WithLease(g.ID))
 			}
 			dualKey := reg.subnetsPrefix + dual
@@ -192,16 +195,22 @@ func TestHolderDualStackKeyWithOurIP(t *testing.T) {
 			if !got.Subnet.IsValid() {
 				t.Fatalf("no lease acquired in %s\n%s", window, logs.String())
 			}
-			if got.Subnet == netip.MustParsePrefix("198.18.1.0/24") || got.IPv6Subnet.IsValid() || got.Reservation {
-				t.Fatalf("acquired %+v; want a new plain lease on a subnet other than the dual-stack key's", got)
+			if got.Subnet != netip.MustParsePrefix("198.18.1.0/24") || got.IPv6Subnet.IsValid() || got.Reservation != tc.reservation {
+				t.Fatalf("acquired %+v; want the plain key of the dual-stack key's subnet, reservation %v", got, tc.reservation)
 			}
 			v, id, _, ok := getKV(t, cli, reg, got.Subnet)
 			if want, _ := ours.MarshalJSON(); !ok || !bytes.Equal(v, want) || id != got.EtcdLease {
 				t.Fatalf("our key %s: ok %v value %s lease %x", got.Subnet, ok, v, id)
 			}
+			if got.EtcdLease != int64(grantID) {
+				t.Fatalf("etcd lease %x, want the dual-stack key's %x kept", got.EtcdLease, grantID)
+			}
 			resp, err := cli.Get(ctx, dualKey)
-			if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].ModRevision != put.Header.Revision {
-				t.Fatalf("the dual-stack key was touched: %+v %v", resp, err)
+			if err != nil || len(resp.Kvs) != 0 {
+				t.Fatalf("the dual-stack key is still there: %+v %v", resp, err)
+			}
+			if got.CreateRevision <= put.Header.Revision {
+				t.Fatalf("create revision %d: not the rewritten key's", got.CreateRevision)
 			}
 			if !strings.Contains(logs.String(), dual) {
 				t.Errorf("no log naming the dual-stack key:\n%s", logs.String())

@@ -200,20 +200,52 @@ func TestFindMine(t *testing.T) {
 		{"out of range lease ignored", []subnet.Lease{lease("198.18.5.0/24", "192.0.2.11", 2, 9)}, ""},
 		{"reservation below SubnetMin kept", []subnet.Lease{lease("198.18.5.0/24", "192.0.2.11", 0, 9)}, "198.18.5.0/24"},
 		{"wrong length ignored", []subnet.Lease{lease("198.18.20.0/25", "192.0.2.11", 0, 9)}, ""},
-		{"dual-stack key ignored", []subnet.Lease{dualLease("198.18.21.0/24", "fd00:21::/64", "192.0.2.11", 2, 9)}, ""},
-		{"dual-stack key ignored, plain key kept", []subnet.Lease{dualLease("198.18.21.0/24", "fd00:21::/64", "192.0.2.11", 0, 9),
+		{"dual-stack key to rewrite", []subnet.Lease{dualLease("198.18.21.0/24", "2001:db8:21::/64", "192.0.2.11", 2, 9)}, "198.18.21.0/24!"},
+		{"plain key preferred to a dual-stack one", []subnet.Lease{dualLease("198.18.21.0/24", "2001:db8:21::/64", "192.0.2.11", 0, 9),
 			lease("198.18.22.0/24", "192.0.2.11", 3, 5)}, "198.18.22.0/24"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := NewHolder(NewRegistry(nil, ""), HolderConfig{Network: nc, Attrs: subnet.LeaseAttrs{PublicIP: ours}})
-			got, ok := h.findMine(Snapshot{Leases: tc.leases}, netip.Prefix{})
-			switch {
-			case tc.want == "" && ok:
-				t.Fatalf("found %s, want none", got.Subnet)
-			case tc.want != "" && (!ok || got.Subnet.String() != tc.want):
-				t.Fatalf("found %v %v, want %s", got.Subnet, ok, tc.want)
-			}
+			checkFindMine(t, h, tc.leases, tc.want)
 		})
+	}
+
+	dc, err := subnet.ParseConfig([]byte(`{"Network":"198.18.0.0/16","SubnetMin":"198.18.20.0","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		leases []subnet.Lease
+		want   string // "" for none; a trailing "!" means "to rewrite"
+	}{
+		{"plain key to rewrite", []subnet.Lease{lease("198.18.21.0/24", "192.0.2.11", 2, 9)}, "198.18.21.0/24!"},
+		{"dual-stack key", []subnet.Lease{dualLease("198.18.21.0/24", "2001:db8:100:5::/64", "192.0.2.11", 2, 9)}, "198.18.21.0/24"},
+		{"dual-stack key outside the IPv6 pool", []subnet.Lease{dualLease("198.18.21.0/24", "2001:db8:200:5::/64", "192.0.2.11", 2, 9)}, "198.18.21.0/24!"},
+		{"dual-stack key below IPv6SubnetMin", []subnet.Lease{dualLease("198.18.21.0/24", "2001:db8:100::/64", "192.0.2.11", 2, 9)}, "198.18.21.0/24!"},
+		{"fitting key preferred to the previous subnet's", []subnet.Lease{lease("198.18.21.0/24", "192.0.2.11", 2, 9),
+			dualLease("198.18.22.0/24", "2001:db8:100:5::/64", "192.0.2.11", 3, 5)}, "198.18.22.0/24"},
+		{"reservation of any IPv6 subnet in the network", []subnet.Lease{dualLease("198.18.21.0/24", "2001:db8:100::/64", "192.0.2.11", 0, 9)}, "198.18.21.0/24"},
+	} {
+		t.Run("dual/"+tc.name, func(t *testing.T) {
+			h := NewHolder(NewRegistry(nil, ""), HolderConfig{Network: dc, Attrs: subnet.LeaseAttrs{PublicIP: ours}})
+			checkFindMine(t, h, tc.leases, tc.want)
+		})
+	}
+}
+
+// checkFindMine runs findMine with no previous subnet;
+// want is the subnet expected, "" for none, with a trailing "!" when the
+// key must be rewritten.
+func checkFindMine(t *testing.T, h *Holder, leases []subnet.Lease, want string) {
+	t.Helper()
+	got, fits, ok := h.findMine(Snapshot{Leases: leases}, netip.Prefix{}, nil)
+	wantSubnet, rewrite := strings.CutSuffix(want, "!")
+	switch {
+	case want == "" && ok:
+		t.Fatalf("found %s, want none", got.Subnet)
+	case want != "" && (!ok || got.Subnet.String() != wantSubnet || fits == rewrite):
+		t.Fatalf("found %v (ok %v, fits %v), want %s", got.Key(), ok, fits, want)
 	}
 }
 

@@ -323,8 +323,12 @@ func (r *Registry) expiration(ctx context.Context, id int64) (time.Time, error) 
 }
 
 func (r *Registry) getLeaseKV(ctx context.Context, sn netip.Prefix) (*mvccpb.KeyValue, error) {
+	return r.getKV(ctx, r.LeaseKey(sn))
+}
+
+// getKV reads one key; nil when it is absent.
+func (r *Registry) getKV(ctx context.Context, key string) (*mvccpb.KeyValue, error) {
 	var resp *clientv3.GetResponse
-	key := r.LeaseKey(sn)
 	err := r.call(ctx, func(ctx context.Context) (err error) {
 		resp, err = r.cli.Get(ctx, key)
 		return err

@@ -37,14 +37,15 @@ func NewStore(reg *Registry, cfg StoreConfig) *Store {
 // held, waiting with the reason of each failed attempt.
 func (s *Store) Hold(ctx context.Context, spec subnet.HoldSpec, own func(subnet.Lease), waiting func(string)) error {
 	h := NewHolder(s.reg, HolderConfig{
-		Network:        spec.Network,
-		Attrs:          spec.Attrs,
-		PreviousSubnet: spec.Previous,
-		TTL:            s.cfg.TTL,
-		RenewMargin:    s.cfg.RenewMargin,
-		Logger:         s.cfg.Logger.With("component", "lease"),
-		OnChange:       own,
-		OnWaiting:      waiting,
+		Network:         spec.Network,
+		Attrs:           spec.Attrs,
+		PreviousSubnet:  spec.Previous,
+		PreviousSubnet6: spec.Previous6,
+		TTL:             s.cfg.TTL,
+		RenewMargin:     s.cfg.RenewMargin,
+		Logger:          s.cfg.Logger.With("component", "lease"),
+		OnChange:        own,
+		OnWaiting:       waiting,
 	})
 	s.holder.Store(h)
 	return h.Run(ctx)

@@ -69,6 +69,14 @@ type Rules interface {
 	Set(network, own netip.Prefix) error
 }
 
+// Rules6 is a Rules edge that also keeps IPv6 rules; on a dual-stack
+// network the core calls Set6 with the IPv6 network and our IPv6 subnet
+// after each Set.
+type Rules6 interface {
+	// Set6 installs the rules for the IPv6 network and our IPv6 subnet.
+	Set6(network6, own6 netip.Prefix) error
+}
+
 // SubnetFile is subnet.env.
 type SubnetFile interface {
 	// Write replaces the file atomically.
@@ -90,8 +98,9 @@ type Config struct {
 	Check func(raw []byte) (*subnet.Config, error)
 	// Attrs is what our lease publishes: PublicIP, BackendType, BackendData.
 	Attrs subnet.LeaseAttrs
-	// Previous is the subnet of an earlier subnet file, if any.
-	Previous netip.Prefix
+	// Previous and Previous6 are the subnets of an earlier subnet file, if
+	// any.
+	Previous, Previous6 netip.Prefix
 	// IPMasq is written to the subnet file (FLANNEL_IPMASQ).
 	IPMasq bool
 	// ConfigPoll is how often the config is re-read; zero means 5 s.
@@ -122,6 +131,9 @@ type State struct {
 	LeasesKnown int
 	// Peers is the number of peers handed to the backend.
 	Peers int
+	// Peers6 is how many of them have an IPv6 subnet to program (on a
+	// dual-stack network).
+	Peers6 int
 	// Refused are the leases the filter refused in the last set.
 	Refused []subnet.Refusal
 	// ConfigError is set while the config in the store is invalid.
@@ -186,7 +198,8 @@ func (c *Core) Run(ctx context.Context) error {
 		}
 	}
 	wg.Go(func() {
-		err := c.store.Hold(ctx, subnet.HoldSpec{Network: c.cfg.Network, Attrs: c.cfg.Attrs, Previous: c.cfg.Previous},
+		err := c.store.Hold(ctx, subnet.HoldSpec{Network: c.cfg.Network, Attrs: c.cfg.Attrs,
+			Previous: c.cfg.Previous, Previous6: c.cfg.Previous6},
 			func(l subnet.Lease) { send(func(s *state) { c.onLease(s, l) }) },
 			func(why string) { send(func(s *state) { s.Waiting = why }) })
 		if err != nil {
@@ -222,11 +235,11 @@ func (c *Core) publish(s *state) {
 // onLease handles a lease the store now holds for us: the subnet file and
 // the rules follow it, then the peers are judged against it.
 func (c *Core) onLease(s *state, l subnet.Lease) {
-	if s.HaveLease && s.Lease.Subnet != l.Subnet {
-		c.log.Warn("our subnet changed: pods on the old subnet lose connectivity until they are re-created", "old", s.Lease.Subnet, "new", l.Subnet)
+	if s.HaveLease && (s.Lease.Subnet != l.Subnet || s.Lease.IPv6Subnet != l.IPv6Subnet) {
+		c.log.Warn("our subnet changed: pods on the old subnet lose connectivity until they are re-created", "old", s.Lease.Key(), "new", l.Key())
 	}
-	if !s.HaveLease || s.Lease.Subnet != l.Subnet {
-		c.log.Info("holding subnet lease", "subnet", l.Subnet, "reservation", l.Reservation)
+	if !s.HaveLease || s.Lease.Key() != l.Key() {
+		c.log.Info("holding subnet lease", "key", l.Key(), "reservation", l.Reservation)
 	}
 	s.Lease, s.HaveLease, s.Waiting = l, true, ""
 	env := subnet.Env{
@@ -234,6 +247,9 @@ func (c *Core) onLease(s *state, l subnet.Lease) {
 		Subnet:  subnet.GatewayPrefix(l.Subnet),
 		MTU:     c.be.MTU(),
 		IPMasq:  c.cfg.IPMasq,
+	}
+	if c.cfg.Network.EnableIPv6 && l.IPv6Subnet.IsValid() {
+		env.IPv6Network, env.IPv6Subnet = c.cfg.Network.IPv6.Network, subnet.GatewayPrefix(l.IPv6Subnet)
 	}
 	if err := c.file.Write(env); err != nil {
 		if s.FileError != err.Error() {
@@ -246,6 +262,11 @@ func (c *Core) onLease(s *state, l subnet.Lease) {
 	if c.rules != nil {
 		if err := c.rules.Set(c.cfg.Network.Network, l.Subnet); err != nil {
 			c.log.Error("install host rules; they are retried on every resync", "err", err)
+		}
+		if r6, ok := c.rules.(Rules6); ok && c.cfg.Network.HasIPv6(l) {
+			if err := r6.Set6(c.cfg.Network.IPv6.Network, l.IPv6Subnet); err != nil {
+				c.log.Error("install IPv6 host rules; they are retried on every resync", "err", err)
+			}
 		}
 	}
 	c.push(s)
@@ -276,7 +297,12 @@ func (c *Core) push(s *state) {
 		}
 		logged[r.Key] = why
 	}
-	s.logged, s.Refused, s.Peers = logged, refused, len(peers)
+	s.logged, s.Refused, s.Peers, s.Peers6 = logged, refused, len(peers), 0
+	for i := range peers {
+		if c.cfg.Network.HasIPv6(peers[i]) {
+			s.Peers6++
+		}
+	}
 	c.be.SetDesired(s.Lease, peers)
 }
 

@@ -117,9 +117,17 @@ func (b *fakeBackend) desired() (subnet.Lease, []string) {
 }
 
 type fakeRules struct {
-	mu  sync.Mutex
-	own netip.Prefix
-	err error
+	mu         sync.Mutex
+	own        netip.Prefix
+	net6, own6 netip.Prefix
+	err        error
+}
+
+func (r *fakeRules) Set6(network6, own6 netip.Prefix) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.net6, r.own6 = network6, own6
+	return r.err
 }
 
 func (r *fakeRules) Set(network, own netip.Prefix) error {
@@ -158,6 +166,11 @@ type harness struct {
 }
 
 func start(t *testing.T) *harness {
+	t.Helper()
+	return startWith(t, netConfig)
+}
+
+func startWith(t *testing.T, netConfig string) *harness {
 	t.Helper()
 	cfg, err := subnet.ParseConfig([]byte(netConfig))
 	if err != nil {
@@ -202,6 +215,49 @@ func vx(third int, publicIP, mac string, rev int64) subnet.Lease {
 		Subnet:         netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(third), 0}), 24),
 		Attrs:          subnet.LeaseAttrs{PublicIP: netip.MustParseAddr(publicIP), BackendType: "vxlan", BackendData: []byte(`{"VNI":1,"VtepMAC":"` + mac + `"}`)},
 		CreateRevision: rev,
+	}
+}
+
+// On a dual-stack network subnet.env carries both families, and turning
+// IPv6 on or off in the config asks for a restart.
+func TestCoreDualStack(t *testing.T) {
+	const dual = `{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48","Backend":{"Type":"vxlan"}}`
+	h := startWith(t, dual)
+	own := vx(1, "192.0.2.1", "02:00:00:00:00:01", 1)
+	own.IPv6Subnet = netip.MustParsePrefix("2001:db8:100:5::/64")
+	h.giveLease(own)
+	h.file.mu.Lock()
+	env := h.file.env
+	h.file.mu.Unlock()
+	if env.IPv6Network.String() != "2001:db8:100::/48" || env.IPv6Subnet.String() != "2001:db8:100:5::1/64" || env.Subnet.String() != "198.18.1.1/24" {
+		t.Fatalf("subnet.env: %+v", env)
+	}
+	h.rules.mu.Lock()
+	if h.rules.net6.String() != "2001:db8:100::/48" || h.rules.own6 != own.IPv6Subnet {
+		t.Errorf("IPv6 host rules set for %s %s", h.rules.net6, h.rules.own6)
+	}
+	h.rules.mu.Unlock()
+	h.config(`{"Network":"198.18.0.0/16","Backend":{"Type":"vxlan"}}`)
+	if got := h.core.State().RestartNeeded; !slices.Contains(got, "EnableIPv6") {
+		t.Fatalf("IPv6 turned off: restart needed for %q", got)
+	}
+	h.config(`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:200::/48","Backend":{"Type":"vxlan"}}`)
+	if got := h.core.State().RestartNeeded; !slices.Contains(got, "IPv6Network") || slices.Contains(got, "EnableIPv6") {
+		t.Fatalf("IPv6Network changed: restart needed for %q", got)
+	}
+
+	// On an IPv4-only network a lease's IPv6 part is not written.
+	h4 := start(t)
+	h4.giveLease(own)
+	h4.file.mu.Lock()
+	defer h4.file.mu.Unlock()
+	if h4.file.env.IPv6Subnet.IsValid() || h4.file.env.IPv6Network.IsValid() {
+		t.Fatalf("IPv4-only subnet.env: %+v", h4.file.env)
+	}
+	h4.rules.mu.Lock()
+	defer h4.rules.mu.Unlock()
+	if h4.rules.own6.IsValid() {
+		t.Fatalf("IPv4-only network: IPv6 host rules set for %s", h4.rules.own6)
 	}
 }
 

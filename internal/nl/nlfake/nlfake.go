@@ -7,13 +7,16 @@
 // backends depend on it:
 //
 //   - links have unique names and indexes; a VXLAN device's underlay device
-//     must exist, and two VXLAN devices may not share a VNI and port
-//     (EEXIST); deleting a device takes its addresses, neighbour and FDB
-//     entries and routes with it;
-//   - an address adds its connected route (protocol kernel, scope link) to
-//     the main table, unless it is a host address;
+//     must exist, and two VXLAN devices of one family (IPv4 or IPv6 local
+//     address) may not share a VNI and port (EEXIST); deleting a device
+//     takes its addresses, neighbour and FDB entries and routes with it;
+//   - an address adds its connected route to the main table: protocol
+//     kernel, scope link for an IPv4 address other than a host address;
+//     scope universe and metric 256 for every IPv6 address, a /128 too
+//     (link-local addresses are not modelled);
 //   - a route is identified by table, destination and metric; a replace
-//     overwrites whatever holds that key; a delete that names a protocol
+//     overwrites whatever holds that key; an IPv6 route without a metric
+//     gets 1024, as the kernel gives it; a delete that names a protocol
 //     only removes a route of that protocol, one that names another scope
 //     (universe for a device route, say) removes nothing, and a missing
 //     route fails with ESRCH;
@@ -168,7 +171,8 @@ func (f *NS) AddLink(l nl.Link) error {
 		if o.Name == l.Name {
 			return unix.EEXIST
 		}
-		if l.VXLAN != nil && o.VXLAN != nil && o.VXLAN.VNI == l.VXLAN.VNI && o.VXLAN.Port == l.VXLAN.Port {
+		if l.VXLAN != nil && o.VXLAN != nil && o.VXLAN.VNI == l.VXLAN.VNI && o.VXLAN.Port == l.VXLAN.Port &&
+			vxlan6(o.VXLAN) == vxlan6(l.VXLAN) {
 			return unix.EEXIST
 		}
 	}
@@ -194,6 +198,13 @@ func (f *NS) AddLink(l nl.Link) error {
 	f.nextIndex++
 	f.links[l.Index] = &l
 	return nil
+}
+
+// vxlan6 reports whether a VXLAN device is an IPv6 one (the kernel's
+// VXLAN_F_IPV6): its local address or group is IPv6.
+func vxlan6(vx *nl.VXLAN) bool {
+	is6 := func(a netip.Addr) bool { return a.IsValid() && a.Is6() && !a.Is4In6() }
+	return is6(vx.SrcAddr) || is6(vx.Group)
 }
 
 // DelLink implements the nl.Conn method.
@@ -272,13 +283,17 @@ func (f *NS) AddrList(linkIndex int, family nl.Family) ([]nl.Addr, error) {
 // connectedRoute is the route the kernel adds for a, if any.
 func connectedRoute(a nl.Addr) (nl.Route, bool) {
 	p := a.OnLink()
-	if !p.IsValid() || (!a.Peer.IsValid() && p.Bits() == p.Addr().BitLen()) {
+	if !p.IsValid() || (!a.Peer.IsValid() && p.Addr().Is4() && p.Bits() == 32) {
 		return nl.Route{}, false
 	}
-	return nl.Route{
+	r := nl.Route{
 		Dst: p, LinkIndex: a.LinkIndex, Table: unix.RT_TABLE_MAIN, Protocol: unix.RTPROT_KERNEL,
 		Scope: unix.RT_SCOPE_LINK, Type: unix.RTN_UNICAST,
-	}, true
+	}
+	if p.Addr().Is6() {
+		r.Scope, r.Priority = unix.RT_SCOPE_UNIVERSE, 256
+	}
+	return r, true
 }
 
 // AddAddr implements the nl.Conn method.
@@ -378,8 +393,15 @@ func routeOf(w nl.RouteSpec, protocol uint8) nl.Route {
 	if w.OnLink {
 		r.Flags = unix.RTNH_F_ONLINK
 	}
+	if r.Dst.Addr().Is6() {
+		r.Priority = metric6
+	}
 	return r
 }
+
+// metric6 is the metric the kernel gives an IPv6 route installed without
+// one (IP6_RT_PRIO_USER).
+const metric6 = 1024
 
 // ReplaceRoute implements the nl.Conn method. A route out of a device that
 // does not exist fails with ENODEV.
@@ -428,31 +450,42 @@ func (f *NS) PutRoute(r nl.Route) {
 	f.routes[keyOf(&r)] = r
 }
 
-// RemoveRoute deletes the main table's route to dst with metric 0, as
-// somebody other than weft would.
+// RemoveRoute deletes the main table's route to dst with the metric a route
+// installed without one has (0 for IPv4, 1024 for IPv6), as somebody other
+// than weft would.
 func (f *NS) RemoveRoute(dst netip.Prefix) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	delete(f.routes, routeKey{table: unix.RT_TABLE_MAIN, dst: dst.Masked()})
+	k := routeKey{table: unix.RT_TABLE_MAIN, dst: dst.Masked()}
+	if dst.Addr().Is6() {
+		k.priority = metric6
+	}
+	delete(f.routes, k)
 }
 
-// RouteTable implements the nl.Conn method: the main table, writing routes
-// tagged with protocol. network only matters to the kernel's nexthop
+// RouteTable implements the nl.Conn method: the main table of network's
+// family (IPv4 when network is invalid), writing routes tagged with
+// protocol. Otherwise network only matters to the kernel's nexthop
 // objects, which the fake does not model.
 func (f *NS) RouteTable(network netip.Prefix, protocol uint8) *Table {
-	return &Table{f: f, protocol: protocol}
+	fam := nl.FamilyV4
+	if network.IsValid() && network.Addr().Is6() && !network.Addr().Is4In6() {
+		fam = nl.FamilyV6
+	}
+	return &Table{f: f, protocol: protocol, family: fam}
 }
 
 // Table is the fake's nl.RouteTable.
 type Table struct {
 	f        *NS
 	protocol uint8
+	family   nl.Family
 }
 
-// List implements nl.RouteTable's method: the IPv4 routes of the main
-// table.
+// List implements nl.RouteTable's method: the routes of the table's family
+// in the main table.
 func (t *Table) List() ([]nl.Route, error) {
-	return t.f.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, nil, nil)
+	return t.f.RouteList(t.family, unix.RT_TABLE_MAIN, nil, nil)
 }
 
 // ReplaceAll implements nl.RouteTable's method.

@@ -67,6 +67,7 @@ type side struct {
 	name string
 	ns   ns
 	tbl  table
+	tbl6 table // the IPv6 table
 	// appendFDB adds a second remote for a MAC, as "bridge fdb append".
 	appendFDB func(dev string, mac net.HardwareAddr, remote netip.Addr)
 }
@@ -93,17 +94,26 @@ func (s side) state(t *testing.T) string {
 			fmt.Fprintf(&b, " vxlan %d port %d dev %s local %s", vx.VNI, vx.Port, name[vx.VtepDevIndex], vx.SrcAddr)
 		}
 		b.WriteString("\n")
-		addrs, _ := s.ns.AddrList(l.Index, nl.FamilyV4)
+		addrs, _ := s.ns.AddrList(l.Index, nl.FamilyAll)
+		slices.SortFunc(addrs, func(x, y nl.Addr) int { return x.Prefix.Addr().Compare(y.Prefix.Addr()) })
 		for _, a := range addrs {
-			fmt.Fprintf(&b, "  addr %s peer %s\n", a.Prefix, a.Peer)
+			if !kernelOwn(a.Prefix.Addr()) {
+				fmt.Fprintf(&b, "  addr %s peer %s\n", a.Prefix, a.Peer)
+			}
 		}
 		if l.VXLAN == nil {
 			continue
 		}
-		neighs, _ := s.ns.NeighList(l.Index, nl.FamilyV4, nil)
+		var neighs []nl.Neigh
+		for _, fam := range []nl.Family{nl.FamilyV4, nl.FamilyV6} {
+			list, _ := s.ns.NeighList(l.Index, fam, nil)
+			neighs = append(neighs, list...)
+		}
 		slices.SortFunc(neighs, func(x, y nl.Neigh) int { return x.IP.Compare(y.IP) })
 		for _, n := range neighs {
-			fmt.Fprintf(&b, "  neigh %s %s permanent %v\n", n.IP, n.HardwareAddr(), n.State&unix.NUD_PERMANENT != 0)
+			if !kernelOwn(n.IP) {
+				fmt.Fprintf(&b, "  neigh %s %s permanent %v\n", n.IP, n.HardwareAddr(), n.State&unix.NUD_PERMANENT != 0)
+			}
 		}
 		fdb, _ := s.ns.NeighList(l.Index, nl.FamilyBridge, nil)
 		var lines []string
@@ -114,7 +124,7 @@ func (s side) state(t *testing.T) string {
 		slices.Sort(lines) // the kernel lists remotes newest first
 		b.WriteString(strings.Join(lines, ""))
 	}
-	routes, err := s.ns.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, nil, nil)
+	routes, err := s.ns.RouteList(nl.FamilyAll, unix.RT_TABLE_MAIN, func(r *nl.Route) bool { return !kernelOwn(r.Dst.Addr()) }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,6 +136,13 @@ func (s side) state(t *testing.T) string {
 	return b.String()
 }
 
+// kernelOwn reports whether a is an IPv6 link-local or multicast address:
+// the kernel adds addresses, routes and neighbour entries for these to
+// every IPv6 device by itself, and the fake does not model them.
+func kernelOwn(a netip.Addr) bool {
+	return a.Is6() && (a.IsLinkLocalUnicast() || a.IsMulticast())
+}
+
 // TestMatchesKernel applies the same steps to a real namespace and to the
 // fake and compares what each holds, and each step's errors, after every
 // step.
@@ -135,19 +152,20 @@ func TestMatchesKernel(t *testing.T) {
 	kns.IP(t, "link", "set", "eth0", "up")
 	kns.IP(t, "link", "set", "eth0p", "up") // carrier: the kernel refuses gateways on a link without
 	kns.IP(t, "addr", "add", "192.0.2.11/24", "dev", "eth0")
+	kns.IP(t, "addr", "add", "2001:db8::11/64", "dev", "eth0", "nodad")
 	c, err := nl.Open(kns.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
 	f := New()
-	f.AddDevice("eth0", 1500, pfx("192.0.2.11/24"))
-	network := pfx("198.18.0.0/16")
+	f.AddDevice("eth0", 1500, pfx("192.0.2.11/24"), pfx("2001:db8::11/64"))
+	network, network6 := pfx("198.18.0.0/16"), pfx("2001:db8:100::/48")
 	sides := []side{
-		{name: "kernel", ns: c, tbl: c.RouteTable(network, proto), appendFDB: func(dev string, mac net.HardwareAddr, remote netip.Addr) {
+		{name: "kernel", ns: c, tbl: c.RouteTable(network, proto), tbl6: c.RouteTable(network6, proto), appendFDB: func(dev string, mac net.HardwareAddr, remote netip.Addr) {
 			nltest.Cmd(t, "bridge", "-n", kns.Name, "fdb", "append", mac.String(), "dev", dev, "dst", remote.String(), "self", "permanent")
 		}},
-		{name: "fake", ns: f, tbl: f.RouteTable(network, proto), appendFDB: func(dev string, mac net.HardwareAddr, remote netip.Addr) {
+		{name: "fake", ns: f, tbl: f.RouteTable(network, proto), tbl6: f.RouteTable(network6, proto), appendFDB: func(dev string, mac net.HardwareAddr, remote netip.Addr) {
 			l, _ := f.LinkByName(dev)
 			f.AppendFDB(l.Index, mac, remote)
 		}},
@@ -276,6 +294,60 @@ func TestMatchesKernel(t *testing.T) {
 			e7 := s.ns.DelRoute(&nl.Route{Dst: dst, Table: unix.RT_TABLE_MAIN, Protocol: proto, Scope: unix.RT_SCOPE_LINK})
 			e8 := s.ns.DelRoute(&nl.Route{Dst: dst, Table: unix.RT_TABLE_MAIN, Protocol: proto, Scope: unix.RT_SCOPE_LINK})
 			return errStr(e1, e2, e3, e4, e5, e6, e7, e8)
+		}},
+		{"create IPv6 vxlan beside the IPv4 one", func(s side) string {
+			eth0 := idx(s, "eth0")
+			vx := nl.VXLAN{VNI: 1, Port: 8472, VtepDevIndex: eth0, SrcAddr: ip("2001:db8::11")}
+			e1 := s.ns.AddLink(nl.Link{Name: "weft-v6.1", MTU: 1430, HardwareAddr: mac2, VXLAN: &vx})
+			e2 := s.ns.AddLink(nl.Link{Name: "weft-v6.x", MTU: 1430, VXLAN: &vx})
+			l, _ := s.ns.LinkByName("weft-v6.1")
+			e3 := s.ns.SetLinkUp(l.Index)
+			return errStr(e1, e2, e3)
+		}},
+		{"IPv6 addresses", func(s side) string {
+			dev := idx(s, "weft-v6.1")
+			e1 := s.ns.AddAddr(dev, pfx("2001:db8:100:1::/128"))
+			e2 := s.ns.AddAddr(dev, pfx("2001:db8:100:1::/128"))
+			e3 := s.ns.AddAddr(dev, pfx("2001:db8:7::1/64"))
+			return errStr(e1, e2, e3)
+		}},
+		{"IPv6 neighbours and FDB", func(s side) string {
+			dev := idx(s, "weft-v6.1")
+			n := neigh(dev, ip("2001:db8:100:2::"), mac1)
+			n.Family = nl.FamilyV6
+			errs := s.ns.SetNeighs([]nl.NeighSpec{n, fdb(dev, mac1, ip("2001:db8::12"))})
+			n.MAC = mac0
+			errs = append(errs, s.ns.SetNeighs([]nl.NeighSpec{n, fdb(dev, mac1, ip("2001:db8::13"))})...)
+			return errStr(errs...)
+		}},
+		{"IPv6 routes", func(s side) string {
+			dev, eth0 := idx(s, "weft-v6.1"), idx(s, "eth0")
+			errs := s.tbl6.ReplaceAll([]nl.RouteSpec{
+				{Dst: pfx("2001:db8:100:2::/64"), Gw: ip("2001:db8:100:2::"), LinkIndex: dev, OnLink: true},
+				{Dst: pfx("2001:db8:100:3::/64"), Gw: ip("2001:db8::13"), LinkIndex: eth0},
+				{Dst: pfx("2001:db8:100:4::/64"), Gw: ip("2001:db8::14"), LinkIndex: eth0},
+			})
+			errs = append(errs, s.tbl6.ReplaceAll([]nl.RouteSpec{{Dst: pfx("2001:db8:100:3::/64"), Gw: ip("2001:db8::23"), LinkIndex: eth0}})...)
+			del := &nl.Route{Dst: pfx("2001:db8:100:4::/64"), Table: unix.RT_TABLE_MAIN, Protocol: proto, Priority: 1024}
+			errs = append(errs, s.tbl6.Delete(del), s.tbl6.Delete(del))
+			rs, err := s.tbl6.List()
+			n, n4 := 0, 0
+			for _, r := range rs {
+				if r.Protocol == proto {
+					n++
+				}
+			}
+			rs4, err4 := s.tbl.List() // the IPv4 table sees none of them, and keeps its own
+			for _, r := range rs4 {
+				if r.Protocol == proto {
+					n4++
+				}
+			}
+			return errStr(append(errs, err, err4)...) + fmt.Sprintf(" (%d listed, %d IPv4)", n, n4)
+		}},
+		{"delete the IPv6 device", func(s side) string {
+			dev := idx(s, "weft-v6.1")
+			return errStr(s.ns.DelLink(dev), s.ns.DelLink(dev))
 		}},
 		{"delete the device", func(s side) string {
 			dev := idx(s, "weft.1")

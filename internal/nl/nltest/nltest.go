@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -192,4 +193,49 @@ func (h *Host) AddPod(t testing.TB, sn netip.Prefix) (*NS, netip.Addr) {
 // Ping sends a few pings from ns to dst and reports whether one came back.
 func (n *NS) Ping(dst netip.Addr) (string, error) {
 	return n.Exec("ping", "-c", "3", "-i", "0.2", "-W", "1", dst.String())
+}
+
+// AddIPv6 gives the host's eth0 the IPv6 address addr/64 (inside
+// 2001:db8::/32), usable at once (no duplicate address detection), and
+// turns IPv6 forwarding on: the IPv6 underlay of a dual-stack test.
+func (h *Host) AddIPv6(t testing.TB, addr netip.Addr) {
+	t.Helper()
+	h.Sysctl(t, "net.ipv6.conf.all.forwarding", "1")
+	h.IP(t, "addr", "add", netip.PrefixFrom(addr, 64).String(), "dev", "eth0", "nodad")
+}
+
+// AddPod6 gives a pod that AddPod created behind the host an IPv6 address
+// too: the host side "pod0" gets sn6's first address, the pod's eth0 the
+// second, with a default route via the first. It returns the pod's
+// address.
+func (h *Host) AddPod6(t testing.TB, pod *NS, sn6 netip.Prefix) netip.Addr {
+	t.Helper()
+	gw := sn6.Addr().Next()
+	podIP := gw.Next()
+	h.IP(t, "addr", "add", netip.PrefixFrom(gw, sn6.Bits()).String(), "dev", "pod0", "nodad")
+	pod.IP(t, "addr", "add", netip.PrefixFrom(podIP, sn6.Bits()).String(), "dev", "eth0", "nodad")
+	pod.IP(t, "-6", "route", "add", "default", "via", gw.String())
+	return podIP
+}
+
+// WaitDAD waits until no IPv6 address in the namespaces is tentative any
+// more. A device's link-local address takes a second or two of duplicate
+// address detection after it comes up, and until then the kernel sends no
+// neighbour solicitations from it: a ping to a freshly created pod would
+// find no neighbour.
+func WaitDAD(t testing.TB, nss ...*NS) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, n := range nss {
+		for {
+			out := n.IP(t, "-6", "addr", "show", "tentative")
+			if strings.TrimSpace(out) == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("IPv6 addresses in %s still tentative:\n%s", n.Name, out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 }
