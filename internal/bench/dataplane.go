@@ -97,7 +97,9 @@ func MeasurePaths(ctx context.Context, routes []Route, secs, reps, pings int) ([
 	out := make([]Path, len(routes))
 	srvs := make([]*bgProc, len(routes))
 	for i, r := range routes {
-		srv, err := startInNS(r.Dst.NS, "iperf3", "-s", "-p", strconv.Itoa(iperfPort))
+		// One port per route: two routes may end in one namespace (a
+		// dual-stack lab measures IPv4 and IPv6 to the same pod).
+		srv, err := startInNS(r.Dst.NS, "iperf3", "-s", "-p", strconv.Itoa(iperfPort+i))
 		if err != nil {
 			return nil, err
 		}
@@ -122,7 +124,7 @@ func MeasurePaths(ctx context.Context, routes []Route, secs, reps, pings int) ([
 					return nil, err
 				}
 				t0 := time.Now()
-				res, err := runIperf(ctx, r.Src.NS, r.Dst.IP, secs, streams, srvs[i])
+				res, err := runIperf(ctx, r.Src.NS, r.Dst.IP, iperfPort+i, secs, streams, srvs[i])
 				if err != nil {
 					return nil, err
 				}
@@ -177,8 +179,8 @@ func cpuTicks(pids []int) (int64, error) {
 
 // runIperf runs one iperf3 client, retrying while the server is not yet
 // listening.
-func runIperf(ctx context.Context, ns string, dst netip.Addr, secs, streams int, srv *bgProc) (Iperf, error) {
-	argv := []string{"iperf3", "-c", dst.String(), "-p", strconv.Itoa(iperfPort),
+func runIperf(ctx context.Context, ns string, dst netip.Addr, port, secs, streams int, srv *bgProc) (Iperf, error) {
+	argv := []string{"iperf3", "-c", dst.String(), "-p", strconv.Itoa(port),
 		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams), "-J"}
 	var last error
 	for attempt := 0; attempt < 30; attempt++ {

@@ -77,7 +77,7 @@ func MeasureLatency(ctx context.Context, src, dst Endpoint, pings int, interval 
 	}
 	done := make(chan result, 1)
 	go func() {
-		res, err := runIperf(ctx, src.NS, dst.IP, secs, 1, srv)
+		res, err := runIperf(ctx, src.NS, dst.IP, iperfPort, secs, 1, srv)
 		done <- result{res, err}
 	}()
 	select {
