@@ -111,7 +111,7 @@ func (h *Host) privateRun(argv []string) ([]string, error) {
 	if err := os.MkdirAll(h.WireGuardRunDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("%s: %w", h.Name, err)
 	}
-	return append([]string{"sh", "-c", `mkdir -p /var/run/wireguard && mount --bind "$0" /var/run/wireguard && exec "$@"`, h.WireGuardRunDir()}, argv...), nil
+	return append([]string{"sh", "-c", `mkdir -p -m 0700 /var/run/wireguard && mount --bind "$0" /var/run/wireguard && exec "$@"`, h.WireGuardRunDir()}, argv...), nil
 }
 
 // WeftdArgs returns the full weftd command line StartWeftd uses.
