@@ -76,6 +76,23 @@ type Config struct {
 	// OnReconcile, if set, is called after every reconcile pass with its
 	// duration and result. It must not block.
 	OnReconcile func(d time.Duration, err error)
+	// WireGuard is the host's side of the wireguard backend's settings
+	// (weftd's flags); other backends ignore it.
+	WireGuard WireGuardHost
+}
+
+// WireGuardHost are the wireguard backend's per-host settings, which do
+// not belong in the cluster-wide network config.
+type WireGuardHost struct {
+	// KeyFile is the private key file ("": the default,
+	// /run/flannel/wgkey).
+	KeyFile string
+	// Driver is auto, kernel or userspace ("": auto).
+	Driver string
+	// SocketDir is where the userspace driver serves its UAPI socket
+	// ("": /var/run/wireguard). Not a flag: tests that run several hosts
+	// in one process set it.
+	SocketDir string
 }
 
 // Factory builds a backend. It validates Options and returns an error that

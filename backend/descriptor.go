@@ -91,8 +91,20 @@ type Expectation struct {
 	// Neighbours are permanent neighbour entries; FDB bridge FDB entries.
 	Neighbours []ExpectedNeigh
 	FDB        []ExpectedFDB
+	// WireGuardPeers are the peers a WireGuard device holds.
+	WireGuardPeers []ExpectedWireGuardPeer
 	// Refused are peers the backend will not program, with the reason.
 	Refused map[netip.Prefix]string
+}
+
+// ExpectedWireGuardPeer is one peer of the WireGuard device Dev: its
+// public key, endpoint and allowed IPs. Peer is the PublicIP it serves.
+type ExpectedWireGuardPeer struct {
+	Dev        string
+	PublicKey  [32]byte
+	Endpoint   netip.AddrPort
+	AllowedIPs []netip.Prefix
+	Peer       netip.Addr
 }
 
 // ExpectedDevice is a device the backend owns.

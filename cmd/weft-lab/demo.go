@@ -33,7 +33,7 @@ func parseDemo(args []string, stderr io.Writer) (demoConfig, error) {
 	fs.SetOutput(stderr)
 	fs.IntVar(&c.hosts, "hosts", 3, "number of hosts")
 	fs.IntVar(&c.podsPerHost, "pods", 2, "pods per host")
-	fs.StringVar(&c.backend, "backend", "vxlan", "backend type: vxlan, host-gw or udp")
+	fs.StringVar(&c.backend, "backend", "vxlan", "backend type: vxlan, host-gw, udp or wireguard")
 	fs.BoolVar(&c.keep, "keep", false, "leave the lab running; remove it later with 'weft-lab down'")
 	fs.StringVar(&c.binDir, "bin-dir", "", "directory holding weftd, weftctl and weft (default: this executable's directory)")
 	fs.BoolVar(&c.verbose, "v", false, "log lab progress")
@@ -45,9 +45,9 @@ func parseDemo(args []string, stderr io.Writer) (demoConfig, error) {
 		return c, fmt.Errorf("%w: demo takes no arguments, got %q", errUsage, fs.Args())
 	}
 	switch c.backend {
-	case "vxlan", "host-gw", "udp":
+	case "vxlan", "host-gw", "udp", "wireguard":
 	default:
-		return c, fmt.Errorf("%w: --backend must be vxlan, host-gw or udp, got %q", errUsage, c.backend)
+		return c, fmt.Errorf("%w: --backend must be vxlan, host-gw, udp or wireguard, got %q", errUsage, c.backend)
 	}
 	if c.dualStack && c.backend == "udp" {
 		return c, fmt.Errorf("%w: --dual-stack needs vxlan or host-gw: the udp backend carries IPv4 only", errUsage)

@@ -21,7 +21,7 @@ func TestConfigSetBackendOptions(t *testing.T) {
 		{"vxlan port negative", `{"Type":"vxlan","Port":-1}`, []string{"Backend", "Port"}},
 		{"udp port out of range", `{"Type":"udp","Port":70000}`, []string{"Backend", "Port", "70000"}},
 		{"udp port zero", `{"Type":"udp","Port":0}`, []string{"Backend", "Port"}},
-		{"unknown backend type", `{"Type":"vxlam"}`, []string{"Backend.Type", `"vxlam"`, "host-gw, udp, vxlan"}},
+		{"unknown backend type", `{"Type":"vxlam"}`, []string{"Backend.Type", `"vxlam"`, "host-gw, udp, vxlan, wireguard"}},
 		{"vxlan VNI and port at their limits", `{"Type":"vxlan","VNI":16777215,"Port":65535}`, nil},
 		{"host-gw", `{"Type":"host-gw"}`, nil},
 		{"udp port", `{"Type":"UDP","Port":8285}`, nil},

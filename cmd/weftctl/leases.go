@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/backend/wireguard"
 	"github.com/weftnet/weft/internal/backends"
 	"github.com/weftnet/weft/subnet"
 	"github.com/weftnet/weft/subnet/etcd"
@@ -27,6 +28,7 @@ type leaseJSON struct {
 	Backend          string          `json:"backend,omitempty"`
 	VtepMAC          string          `json:"vtepMAC,omitempty"`
 	VtepMACv6        string          `json:"vtepMACv6,omitempty"`
+	PublicKey        string          `json:"publicKey,omitempty"`
 	Expires          *time.Time      `json:"expires,omitempty"`
 	ExpiresInSeconds *int64          `json:"expiresInSeconds,omitempty"`
 	Reserved         bool            `json:"reserved"`
@@ -136,6 +138,19 @@ func vtepMAC6(a subnet.LeaseAttrs) string {
 	return net.HardwareAddr(id).String()
 }
 
+// publicKey returns a wireguard lease's public key, base64 as wg(8)
+// prints it, "" for other leases and unusable data.
+func publicKey(a subnet.LeaseAttrs) string {
+	if a.BackendType != wireguard.Type {
+		return ""
+	}
+	d, err := wireguard.ParseLeaseData(a.BackendData)
+	if err != nil {
+		return ""
+	}
+	return d.PublicKey.String()
+}
+
 // addrOrDash renders an address, "-" when absent.
 func addrOrDash(a netip.Addr) string {
 	if !a.IsValid() {
@@ -199,24 +214,33 @@ func dash(s string) string {
 
 func writeLeasesTable(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	// The IPv6 columns appear when some lease is dual-stack.
-	dual := false
+	// The IPv6 columns appear when some lease is dual-stack, the PUBLIC
+	// KEY column (wireguard) when some lease has one.
+	dual, keys := false, false
 	for _, l := range snap.Leases {
 		dual = dual || l.IPv6Subnet.IsValid() || l.Attrs.PublicIPv6.IsValid()
+		keys = keys || publicKey(l.Attrs) != ""
 	}
+	head := "SUBNET\tPUBLIC IP\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED"
 	if dual {
-		fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tPUBLIC IPV6\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED")
-	} else {
-		fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED")
+		head = "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tPUBLIC IPV6\tBACKEND\tVTEP MAC\tEXPIRES IN\tRESERVED"
 	}
+	if keys {
+		head += "\tPUBLIC KEY"
+	}
+	fmt.Fprintln(tw, head)
 	for _, l := range snap.Leases {
 		if dual {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.Subnet, prefixOrDash(l.IPv6Subnet), l.Attrs.PublicIP,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", l.Subnet, prefixOrDash(l.IPv6Subnet), l.Attrs.PublicIP,
 				addrOrDash(l.Attrs.PublicIPv6), field(backendName(l.Attrs)), dash(vtepMAC(l.Attrs)), expiresIn(l, now), yesNo(l.Reservation))
-			continue
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s", l.Subnet, l.Attrs.PublicIP, field(backendName(l.Attrs)),
+				dash(vtepMAC(l.Attrs)), expiresIn(l, now), yesNo(l.Reservation))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, field(backendName(l.Attrs)),
-			dash(vtepMAC(l.Attrs)), expiresIn(l, now), yesNo(l.Reservation))
+		if keys {
+			fmt.Fprintf(tw, "\t%s", dash(publicKey(l.Attrs)))
+		}
+		fmt.Fprintln(tw)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -246,6 +270,7 @@ func writeLeasesJSON(w io.Writer, snap etcd.Snapshot, now time.Time) error {
 			PublicIP:    l.Attrs.PublicIP.String(),
 			Backend:     backendName(l.Attrs),
 			VtepMAC:     vtepMAC(l.Attrs),
+			PublicKey:   publicKey(l.Attrs),
 			VtepMACv6:   vtepMAC6(l.Attrs),
 			Reserved:    l.Reservation,
 			ModRevision: l.ModRevision,

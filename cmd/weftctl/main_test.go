@@ -676,3 +676,31 @@ func TestLeasesDualStack(t *testing.T) {
 		t.Fatalf("-o json: %v", parsed)
 	}
 }
+
+// TestLeasesWireGuardPublicKey: wireguard leases show each host's public
+// key, in the table (a column that appears only then) and in JSON.
+func TestLeasesWireGuardPublicKey(t *testing.T) {
+	h, cli, reg := withEtcd(t)
+	ctx := context.Background()
+	if err := reg.PutConfig(ctx, []byte(`{"Network":"198.18.0.0/16","Backend":{"Type":"wireguard"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	const key = "Vg4JSEHOW8K4inFcHh7lo+NQE3H5adIhDJtc+BfNalk="
+	for k, v := range map[string]string{
+		"198.18.7.0-24": `{"PublicIP":"192.0.2.11","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"` + key + `","Port":51820}}`,
+		"198.18.8.0-24": `{"PublicIP":"192.0.2.12","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"bad","Port":51820}}`,
+	} {
+		if _, err := cli.Put(ctx, "/coreos.com/network/subnets/"+k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := h.runOK("leases")
+	if !strings.Contains(out, "PUBLIC KEY") || !regexp.MustCompile(`198\.18\.7\.0/24\s+192\.0\.2\.11\s+wireguard\s+-\s+\S+\s+\S+\s+`+regexp.QuoteMeta(key)).MatchString(out) ||
+		!regexp.MustCompile(`198\.18\.8\.0/24\s+192\.0\.2\.12\s+wireguard\s+-\s+\S+\s+\S+\s+-`).MatchString(out) {
+		t.Fatalf("public keys not listed:\n%s", out)
+	}
+	out = h.runOK("leases", "-o", "json")
+	if !strings.Contains(out, `"publicKey": "`+key+`"`) {
+		t.Fatalf("-o json lacks publicKey:\n%s", out)
+	}
+}

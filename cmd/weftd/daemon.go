@@ -188,6 +188,7 @@ func (d *daemon) Run(ctx context.Context) error {
 		ResyncInterval: d.cfg.ReconcileEvery,
 		Logger:         d.logger, // the backend adds its own "backend" attribute
 		OnReconcile:    d.metrics.observeReconcile,
+		WireGuard:      backend.WireGuardHost{KeyFile: d.cfg.WireGuardKeyFile, Driver: d.cfg.WireGuardDriver},
 	})
 	if err != nil {
 		return fmt.Errorf("backend %s: %w", netcfg.BackendType, err)

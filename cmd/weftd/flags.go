@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftnet/weft/backend/wireguard"
 	"github.com/weftnet/weft/subnet/etcd"
 )
 
@@ -49,6 +50,12 @@ type Config struct {
 	// Ignored are notes about flanneld flags weftd accepts but has no use
 	// for (-vmodule, -log_backtrace_at); weftd logs them at start.
 	Ignored []string
+
+	// WireGuardKeyFile is the wireguard backend's private key file
+	// (--wireguard-key-file, else $WIREGUARD_KEY_FILE as in flannel).
+	WireGuardKeyFile string
+	// WireGuardDriver is --wireguard-driver: auto, kernel or userspace.
+	WireGuardDriver string
 
 	// Kube is the Kubernetes subnet manager (--kube-subnet-mgr and its
 	// companions); etcd is not used when Kube.Enabled.
@@ -117,6 +124,8 @@ func newFlagSet(out io.Writer) (*flag.FlagSet, *rawFlags) {
 	fs.StringVar(&r.logBacktraceAt, "log_backtrace_at", "", "flanneld's (klog's) file:line to log a stack trace at: accepted and ignored, with a warning")
 	fs.BoolVar(&r.pprof, "pprof", false, "also serve Go's /debug/pprof/ profiles on the HTTP endpoints (weft extension)")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
+	fs.StringVar(&r.wgKeyFile, "wireguard-key-file", wireguard.DefaultKeyFile, "wireguard backend: file holding this host's base64 private key, mode 0400, generated when missing (default also overridden by $WIREGUARD_KEY_FILE)")
+	fs.StringVar(&r.wgDriver, "wireguard-driver", "auto", "wireguard backend: auto (the kernel module when it exists, else in-process wireguard-go), kernel or userspace")
 	fs.BoolVar(&r.kube.Enabled, "kube-subnet-mgr", false, "take the subnet from this Node's spec.podCIDR and publish the lease as Node annotations, instead of etcd")
 	fs.StringVar(&r.kube.Kubeconfig, "kubeconfig-file", "", "kubeconfig file for --kube-subnet-mgr (default: the pod's service account)")
 	fs.StringVar(&r.kube.APIURL, "kube-api-url", "", "Kubernetes API server URL for --kube-subnet-mgr (overrides the kubeconfig's or the in-cluster one)")
@@ -146,6 +155,7 @@ type rawFlags struct {
 	logFormat, logLevel              string
 	pprof, version                   bool
 	kube                             KubeConfig
+	wgKeyFile, wgDriver              string
 }
 
 // parseConfig parses the command line, applies WEFTD_* then FLANNELD_*
@@ -213,6 +223,13 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 		Pprof:            r.pprof,
 		Version:          r.version,
 		Kube:             r.kube,
+		WireGuardKeyFile: r.wgKeyFile,
+		WireGuardDriver:  r.wgDriver,
+	}
+	if !r.set["wireguard-key-file"] {
+		if f := getenv(wireguard.KeyFileEnv); f != "" {
+			c.WireGuardKeyFile = f
+		}
 	}
 	return c, errors.Join(etcdErr, c.validate(r))
 }
@@ -328,6 +345,14 @@ func (c *Config) validate(r *rawFlags) error {
 			bad("public-ipv6", "%q is not a global unicast IPv6 address", r.publicIPv6)
 		}
 		c.PublicIPv6 = a
+	}
+	switch c.WireGuardDriver {
+	case wireguard.DriverAuto, wireguard.DriverKernel, wireguard.DriverUserspace:
+	default:
+		bad("wireguard-driver", "%q is not auto, kernel or userspace", c.WireGuardDriver)
+	}
+	if c.WireGuardKeyFile == "" {
+		bad("wireguard-key-file", "must not be empty")
 	}
 	if c.IPMasqPlain && !c.IPMasq {
 		c.Ignored = append(c.Ignored, "--ip-masq-fully-random-disable has no effect without --ip-masq")

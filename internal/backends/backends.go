@@ -19,6 +19,7 @@ import (
 	"github.com/weftnet/weft/backend/hostgw"
 	"github.com/weftnet/weft/backend/udp"
 	"github.com/weftnet/weft/backend/vxlan"
+	"github.com/weftnet/weft/backend/wireguard"
 	"github.com/weftnet/weft/subnet"
 )
 
@@ -30,6 +31,7 @@ var all = []Descriptor{
 	hostgw.Descriptor,
 	udp.Descriptor,
 	vxlan.Descriptor,
+	wireguard.Descriptor,
 }
 
 // All returns every registered backend, sorted by Type. The slice is a

@@ -32,7 +32,7 @@ func TestRegistry(t *testing.T) {
 	if !slices.IsSorted(types) {
 		t.Errorf("Types() = %v, not sorted", types)
 	}
-	if want := []string{"host-gw", "udp", "vxlan"}; !slices.Equal(types, want) {
+	if want := []string{"host-gw", "udp", "vxlan", "wireguard"}; !slices.Equal(types, want) {
 		t.Errorf("Types() = %v, want %v", types, want)
 	}
 	for _, d := range All() {
@@ -75,6 +75,13 @@ func TestCheck(t *testing.T) {
 		{"udp port too large", `{"Type":"udp","Port":65536}`, "Port"},
 		{"udp port a string", `{"Type":"udp","Port":"8285"}`, "Port"},
 		{"udp MTU too small", `{"Type":"udp","MTU":100}`, "MTU"},
+		{"wireguard defaults", `{"Type":"wireguard"}`, ""},
+		{"wireguard all options", `{"Type":"wireguard","ListenPort":51000,"ListenPortV6":51001,"MTU":1500,"PSK":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","PersistentKeepaliveInterval":25,"Mode":"ipv4"}`, ""},
+		{"wireguard port too large", `{"Type":"wireguard","ListenPort":65536}`, "ListenPort"},
+		{"wireguard PSK short", `{"Type":"wireguard","PSK":"c2hvcnQ="}`, "PSK"},
+		{"wireguard keepalive negative", `{"Type":"wireguard","PersistentKeepaliveInterval":-1}`, "PersistentKeepaliveInterval"},
+		{"wireguard mode ipv6 pending", `{"Type":"wireguard","Mode":"ipv6"}`, "Mode"},
+		{"wireguard mode unknown", `{"Type":"wireguard","Mode":"both"}`, "Mode"},
 		{"unknown type", `{"Type":"vxlam"}`, "Backend.Type"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -97,7 +104,7 @@ func TestCheck(t *testing.T) {
 	t.Run("unknown type is a FieldError listing the known ones", func(t *testing.T) {
 		err := Check(parse(t, `{"Network":"198.18.0.0/16","Backend":{"Type":"vxlam"}}`), nil)
 		var fe *subnet.FieldError
-		if !errors.As(err, &fe) || fe.Field != "Backend.Type" || !strings.Contains(fe.Rule, "host-gw, udp, vxlan") {
+		if !errors.As(err, &fe) || fe.Field != "Backend.Type" || !strings.Contains(fe.Rule, "host-gw, udp, vxlan, wireguard") {
 			t.Fatalf("Check: %#v", err)
 		}
 	})

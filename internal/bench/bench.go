@@ -33,9 +33,9 @@ const (
 // AllSections lists every section in run order.
 var AllSections = []string{SectionDataplane, SectionControl, SectionCNI, SectionRestart}
 
-// Backends are measured in this order; vxlan first so udp can be compared
-// with it.
-var Backends = []string{"vxlan", "host-gw", "udp"}
+// Backends are measured in this order; vxlan first so udp and wireguard
+// can be compared with it.
+var Backends = []string{"vxlan", "host-gw", "udp", "wireguard"}
 
 // DualStackBackends carry IPv6: their labs run dual-stack and their IPv6
 // pod→pod path is measured too.

@@ -463,3 +463,40 @@ time=2026-11-26T04:00:09.000Z level=DEBUG msg=reconciled backend=vxlan peers=100
 		t.Errorf("empty window: %+v", got)
 	}
 }
+
+// TestWireGuardTargets: the wireguard row is compared with vxlan's in the
+// same run, and a single stream under 30 % of vxlan's, or an idle RTT
+// more than 150 µs above vxlan's, is a missed target.
+func TestWireGuardTargets(t *testing.T) {
+	gb := func(x float64) Iperf { return Iperf{BitsPerSecond: x * 1e9, Seconds: 5} }
+	us := func(x int) time.Duration { return time.Duration(x) * time.Microsecond }
+	lat := func(median time.Duration) *Latency {
+		return &Latency{Idle: RTTs{Sent: 10, Replies: 10, Median: median}}
+	}
+	for _, tc := range []struct {
+		name       string
+		wgTCP      float64
+		wgRTT      time.Duration
+		missed     int
+		tcpVerdict string
+	}{
+		{"both met", 4, us(200), 0, "met"},
+		{"throughput missed", 2.9, us(200), 1, "MISSED"},
+		{"rtt missed", 4, us(251), 1, "met"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := Results{Dataplane: &Dataplane{Backends: []BackendPath{
+				{Backend: "vxlan", Limit: Path{TCP1: gb(20)}, Path: Path{TCP1: gb(10), RTT: us(100)}, Latency: lat(us(100))},
+				{Backend: "wireguard", Limit: Path{TCP1: gb(20)}, Path: Path{TCP1: gb(tc.wgTCP), RTT: tc.wgRTT}, Latency: lat(tc.wgRTT)},
+			}}}
+			if m := r.Missed(); len(m) != tc.missed {
+				t.Errorf("Missed() = %q, want %d", m, tc.missed)
+			}
+			for _, row := range r.Table().Rows {
+				if row.Case == "wireguard pod→pod" && row.Metric == "TCP, 1 stream" && !strings.HasSuffix(row.Verdict, "target ≥ 30% of vxlan: "+tc.tcpVerdict) {
+					t.Errorf("verdict %q, want one ending in %s", row.Verdict, tc.tcpVerdict)
+				}
+			}
+		})
+	}
+}

@@ -96,20 +96,14 @@ type Route struct {
 func MeasurePaths(ctx context.Context, routes []Route, secs, reps, pings int) ([]Path, error) {
 	out := make([]Path, len(routes))
 	srvs := make([]*bgProc, len(routes))
-	// One server per namespace: it listens on every address of both
-	// families, so an IPv6 route to a pod shares the IPv4 route's server.
-	byNS := map[string]*bgProc{}
 	for i, r := range routes {
-		srv := byNS[r.Dst.NS]
-		if srv == nil {
-			var err error
-			srv, err = startInNS(r.Dst.NS, "iperf3", "-s", "-p", strconv.Itoa(iperfPort))
-			if err != nil {
-				return nil, err
-			}
-			defer srv.kill()
-			byNS[r.Dst.NS] = srv
+		// One port per route: two routes may end in one namespace (a
+		// dual-stack lab measures IPv4 and IPv6 to the same pod).
+		srv, err := startInNS(r.Dst.NS, "iperf3", "-s", "-p", strconv.Itoa(iperfPort+i))
+		if err != nil {
+			return nil, err
 		}
+		defer srv.kill()
 		// Warm up: resolve neighbours and make sure the path works at all.
 		if _, err := PingRTTs(ctx, r.Src.NS, r.Dst.IP, 3, 20*time.Millisecond); err != nil {
 			return nil, err
@@ -130,7 +124,7 @@ func MeasurePaths(ctx context.Context, routes []Route, secs, reps, pings int) ([
 					return nil, err
 				}
 				t0 := time.Now()
-				res, err := runIperf(ctx, r.Src.NS, r.Dst.IP, secs, streams, srvs[i])
+				res, err := runIperf(ctx, r.Src.NS, r.Dst.IP, iperfPort+i, secs, streams, srvs[i])
 				if err != nil {
 					return nil, err
 				}
@@ -185,8 +179,8 @@ func cpuTicks(pids []int) (int64, error) {
 
 // runIperf runs one iperf3 client, retrying while the server is not yet
 // listening.
-func runIperf(ctx context.Context, ns string, dst netip.Addr, secs, streams int, srv *bgProc) (Iperf, error) {
-	argv := []string{"iperf3", "-c", dst.String(), "-p", strconv.Itoa(iperfPort),
+func runIperf(ctx context.Context, ns string, dst netip.Addr, port, secs, streams int, srv *bgProc) (Iperf, error) {
+	argv := []string{"iperf3", "-c", dst.String(), "-p", strconv.Itoa(port),
 		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams), "-J"}
 	var last error
 	for attempt := 0; attempt < 30; attempt++ {

@@ -251,8 +251,11 @@ func (r Results) Table() Table {
 			p, lim := b.Path, b.Limit
 			tput := func(metric string, got, limit Iperf, vxv *Iperf) {
 				v := pct(got.BitsPerSecond, limit.BitsPerSecond) + " of limit"
-				if b.Backend == "udp" && vxv != nil {
+				if (b.Backend == "udp" || b.Backend == "wireguard") && vxv != nil {
 					v += ", " + pct(got.BitsPerSecond, vxv.BitsPerSecond) + " of vxlan"
+				}
+				if b.Backend == "wireguard" && vxv != nil && metric == "TCP, 1 stream" {
+					v += fmt.Sprintf("; target ≥ %.0f%% of vxlan: %s", WireGuardTCPShare*100, verdict(wgTCPMet(got, *vxv)))
 				}
 				add(Row{area, c, metric, fmtGbps(got.BitsPerSecond), fmtGbps(limit.BitsPerSecond) + " underlay, same lab", v})
 			}
@@ -322,6 +325,7 @@ func (r Results) Missed() []string {
 	var out []string
 	if r.Dataplane != nil {
 		out = append(out, r.Dataplane.latencyMissed()...)
+		out = append(out, r.Dataplane.wireguardMissed()...)
 		for _, b := range r.Dataplane.Backends {
 			if b.Err != nil || b.Path6 == nil || b.Path.TCP1.BitsPerSecond == 0 {
 				continue

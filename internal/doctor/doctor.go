@@ -8,6 +8,7 @@
 package doctor
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -17,6 +18,7 @@ import (
 	nft "github.com/google/nftables"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/internal/backends"
@@ -66,11 +68,22 @@ type Input struct {
 	// read: the leases are then weftd's last known set, and the report
 	// says the store's own checks were skipped.
 	StoreSkipped string
+	// WireGuardPeers reads the peers of a WireGuard device; nil means
+	// wgctrl in Netns (the kernel's device over netlink, the userspace
+	// one over its UAPI socket in /var/run/wireguard). Tests set a fake.
+	WireGuardPeers func(dev string) ([]WireGuardPeer, error)
+}
+
+// WireGuardPeer is one peer a WireGuard device holds.
+type WireGuardPeer struct {
+	PublicKey  [32]byte
+	Endpoint   netip.AddrPort
+	AllowedIPs []netip.Prefix
 }
 
 // Problem is one difference, with what to do about it.
 type Problem struct {
-	Area string `json:"area"` // lease, subnet-file, device, route, neigh, fdb, iptables, nftables
+	Area string `json:"area"` // lease, subnet-file, device, route, neigh, fdb, wireguard, iptables, nftables
 	What string `json:"what"`
 	Fix  string `json:"fix"`
 }
@@ -197,6 +210,7 @@ func check(in Input, k kernel) (Report, error) {
 	if err := c.compare(exp); err != nil {
 		return c.rep, err
 	}
+	c.checkWireGuard(exp.WireGuardPeers, exp.Devices)
 	c.checkIPTables()
 	return c.rep, nil
 }
@@ -423,6 +437,110 @@ func (c *checker) compare(exp backend.Expectation) error {
 		}
 	}
 	return c.checkRoutes(exp.Routes, devOf)
+}
+
+// checkWireGuard compares the peers of each WireGuard device with want:
+// a peer missing, one with another endpoint or other allowed IPs, and a
+// peer no lease accounts for (a stale or rotated key) are problems.
+func (c *checker) checkWireGuard(want []backend.ExpectedWireGuardPeer, devs []backend.ExpectedDevice) {
+	if c.be.Type != "wireguard" {
+		return
+	}
+	read := c.in.WireGuardPeers
+	if read == nil {
+		read = func(dev string) ([]WireGuardPeer, error) { return wgctrlPeers(c.in.Netns, dev) }
+	}
+	byDev := map[string][]backend.ExpectedWireGuardPeer{}
+	for _, w := range want {
+		byDev[w.Dev] = append(byDev[w.Dev], w)
+	}
+	for _, d := range devs {
+		if l, err := c.k.LinkByName(d.Name); err != nil || l.Index == 0 {
+			continue // the device's own problem says it all
+		}
+		have, err := read(d.Name)
+		if err != nil {
+			c.problem("wireguard", "run weftctl doctor as root in weftd's namespaces; check `wg show "+d.Name+"`",
+				"cannot read the peers of %s: %v", d.Name, err)
+			continue
+		}
+		got := map[[32]byte]WireGuardPeer{}
+		for _, p := range have {
+			got[p.PublicKey] = p
+		}
+		wanted := map[[32]byte]bool{}
+		for _, w := range byDev[d.Name] {
+			c.rep.Checked++
+			wanted[w.PublicKey] = true
+			key := base64.StdEncoding.EncodeToString(w.PublicKey[:])
+			p, ok := got[w.PublicKey]
+			if !ok {
+				c.problem("wireguard", fixWeftd, "peer %s (host %s) is missing from %s", key, w.Peer, d.Name)
+				continue
+			}
+			if p.Endpoint != w.Endpoint {
+				c.problem("wireguard", fixWeftd, "peer %s on %s has endpoint %s, the lease says %s", key, d.Name, p.Endpoint, w.Endpoint)
+			}
+			if !samePrefixes(p.AllowedIPs, w.AllowedIPs) {
+				c.problem("wireguard", fixWeftd, "peer %s on %s allows %v, the lease says %v", key, d.Name, p.AllowedIPs, w.AllowedIPs)
+			}
+		}
+		for _, p := range have {
+			if !wanted[p.PublicKey] {
+				key := base64.StdEncoding.EncodeToString(p.PublicKey[:])
+				c.problem("wireguard", fixWeftd+fmt.Sprintf("; by hand: wg set %s peer %s remove", d.Name, key),
+					"peer %s on %s belongs to no valid lease (stale or rotated key)", key, d.Name)
+			}
+		}
+	}
+}
+
+func samePrefixes(a, b []netip.Prefix) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	set := map[netip.Prefix]bool{}
+	for _, p := range a {
+		set[p.Masked()] = true
+	}
+	for _, p := range b {
+		if !set[p.Masked()] {
+			return false
+		}
+	}
+	return true
+}
+
+// wgctrlPeers reads a WireGuard device's peers with wgctrl inside ns.
+func wgctrlPeers(ns netns.NsHandle, dev string) ([]WireGuardPeer, error) {
+	var out []WireGuardPeer
+	err := nl.Do(ns, func() error {
+		cl, err := wgctrl.New()
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		d, err := cl.Device(dev)
+		if err != nil {
+			return err
+		}
+		for _, p := range d.Peers {
+			wp := WireGuardPeer{PublicKey: p.PublicKey}
+			if p.Endpoint != nil {
+				ap := p.Endpoint.AddrPort()
+				wp.Endpoint = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+			}
+			for _, a := range p.AllowedIPs {
+				ones, _ := a.Mask.Size()
+				if ip, ok := netip.AddrFromSlice(a.IP); ok {
+					wp.AllowedIPs = append(wp.AllowedIPs, netip.PrefixFrom(ip.Unmap(), ones))
+				}
+			}
+			out = append(out, wp)
+		}
+		return nil
+	})
+	return out, err
 }
 
 // checkRoutes compares weft's routes (protocol RouteProtocol, and any

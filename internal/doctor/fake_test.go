@@ -1,6 +1,7 @@
 package doctor
 
 import (
+	"encoding/base64"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -65,5 +66,76 @@ func TestDoctorHostGWFake(t *testing.T) {
 	rep, _ = check(in, f)
 	if rep.Interface != "eth0" {
 		t.Fatalf("behind NAT:\n%s", rep.Format())
+	}
+}
+
+// TestDoctorWireGuardFake: the wireguard device's peers are compared with
+// the leases: a missing peer, a stale (rotated) key, a wrong endpoint and
+// wrong allowed IPs are each one problem; a healthy device none.
+func TestDoctorWireGuardFake(t *testing.T) {
+	f := nlfake.New()
+	f.AddDevice("eth0", 1500, netip.MustParsePrefix("192.0.2.11/24"))
+	wg := f.AddDevice("weft-wg", 1420, netip.MustParsePrefix("198.18.1.0/32"))
+	if err := f.ReplaceRoute(nl.RouteSpec{Dst: netip.MustParsePrefix("198.18.0.0/16"), LinkIndex: wg}, 87); err != nil {
+		t.Fatal(err)
+	}
+	key := func(b byte) [32]byte { var k [32]byte; k[0] = b; k[31] = 1; return k }
+	lease := func(sn, ip string, k [32]byte) subnet.Lease {
+		return subnet.Lease{Subnet: netip.MustParsePrefix(sn), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr(ip), BackendType: "wireguard",
+			BackendData: []byte(`{"PublicKey":"` + base64.StdEncoding.EncodeToString(k[:]) + `","Port":51820}`)}}
+	}
+	peers := []subnet.Lease{lease("198.18.2.0/24", "192.0.2.12", key(2)), lease("198.18.3.0/24", "192.0.2.13", key(3))}
+	file := filepath.Join(t.TempDir(), "subnet.env")
+	cfg, _ := subnet.ParseConfig([]byte(`{"Network":"198.18.0.0/16","Backend":{"Type":"wireguard"}}`))
+	if err := subnet.WriteEnvFile(file, subnet.Env{Network: cfg.Network, Subnet: netip.MustParsePrefix("198.18.1.1/24"), MTU: 1420}); err != nil {
+		t.Fatal(err)
+	}
+	device := []WireGuardPeer{
+		{PublicKey: key(2), Endpoint: netip.MustParseAddrPort("192.0.2.12:51820"), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24")}},
+		{PublicKey: key(3), Endpoint: netip.MustParseAddrPort("192.0.2.13:51820"), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("198.18.3.0/24")}},
+	}
+	in := Input{Config: cfg, Leases: append([]subnet.Lease{lease("198.18.1.0/24", "192.0.2.11", key(1))}, peers...), SubnetFile: file,
+		WireGuardPeers: func(dev string) ([]WireGuardPeer, error) {
+			if dev != "weft-wg" {
+				t.Errorf("read peers of %q", dev)
+			}
+			return device, nil
+		}}
+	rep, err := check(in, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() || rep.Peers != 2 {
+		t.Fatalf("healthy host:\n%s", rep.Format())
+	}
+	good := append([]WireGuardPeer(nil), device...)
+	for _, tc := range []struct {
+		name   string
+		damage func()
+		want   string
+	}{
+		{"peer missing", func() { device = device[:1] }, "is missing from weft-wg"},
+		{"key rotated, old key left", func() { device[1].PublicKey = key(9) }, "belongs to no valid lease"},
+		{"wrong endpoint", func() { device[0].Endpoint = netip.MustParseAddrPort("192.0.2.99:51820") }, "has endpoint 192.0.2.99:51820"},
+		{"wrong allowed IPs", func() { device[0].AllowedIPs = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")} }, "allows [198.18.0.0/16]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			device = append([]WireGuardPeer(nil), good...)
+			for i := range device {
+				device[i].AllowedIPs = append([]netip.Prefix(nil), good[i].AllowedIPs...)
+			}
+			tc.damage()
+			rep, err := check(in, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var found bool
+			for _, p := range rep.Problems {
+				found = found || (p.Area == "wireguard" && strings.Contains(p.What, tc.want))
+			}
+			if !found {
+				t.Fatalf("no wireguard problem saying %q:\n%s", tc.want, rep.Format())
+			}
+		})
 	}
 }

@@ -86,6 +86,34 @@ func nsExec(ctx context.Context, ns string, argv ...string) ([]byte, error) {
 	return output(ctx, append([]string{"ip", "netns", "exec", ns}, argv...)...)
 }
 
+// WireGuardKeyFile is the host's WireGuard private key file, which
+// StartWeftd passes as --wireguard-key-file: all hosts share one file
+// system, so each needs its own.
+func (h *Host) WireGuardKeyFile() string { return filepath.Join(h.Dir, "wgkey") }
+
+// WireGuardRunDir is the host's own /var/run/wireguard, where the
+// in-process WireGuard driver of its weftd serves weft-wg.sock (so
+// WireGuardSocket is the socket seen from outside). The UAPI socket path
+// depends only on the device name, and all hosts share one file system:
+// weftd therefore runs with this directory bind-mounted over
+// /var/run/wireguard in the mount namespace ip netns exec gives it (a
+// slave of the root's, so the mount stays there). weftd itself knows
+// nothing of this: its socket directory is the product default.
+func (h *Host) WireGuardRunDir() string { return filepath.Join(h.Dir, "wireguard") }
+
+// WireGuardSocket is the UAPI socket of the host's weft-wg device.
+func (h *Host) WireGuardSocket() string { return filepath.Join(h.WireGuardRunDir(), "weft-wg.sock") }
+
+// privateRun prefixes argv with the bind mount of WireGuardRunDir over
+// /var/run/wireguard. The shell execs argv, so the process stays the one
+// started (and its pid weftd's).
+func (h *Host) privateRun(argv []string) ([]string, error) {
+	if err := os.MkdirAll(h.WireGuardRunDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("%s: %w", h.Name, err)
+	}
+	return append([]string{"sh", "-c", `mkdir -p -m 0700 /var/run/wireguard && mount --bind "$0" /var/run/wireguard && exec "$@"`, h.WireGuardRunDir()}, argv...), nil
+}
+
 // WeftdArgs returns the full weftd command line StartWeftd uses.
 func (h *Host) WeftdArgs(extra ...string) []string {
 	args := []string{
@@ -93,6 +121,7 @@ func (h *Host) WeftdArgs(extra ...string) []string {
 		"--etcd-endpoints=" + EtcdEndpoint,
 		"--iface=eth0",
 		"--subnet-file=" + h.SubnetFile(),
+		"--wireguard-key-file=" + h.WireGuardKeyFile(),
 		"--healthz-ip=127.0.0.1",
 		fmt.Sprintf("--healthz-port=%d", HealthzPort),
 	}
@@ -112,7 +141,11 @@ func (h *Host) StartWeftd(args ...string) error {
 		return fmt.Errorf("%s: start weftd: %w", h.Name, err)
 	}
 	argv := h.WeftdArgs(args...)
-	p, err := startProc("weftd", h.Name, h.WeftdLog(), argv...)
+	run, err := h.privateRun(argv)
+	if err != nil {
+		return err
+	}
+	p, err := startProc("weftd", h.Name, h.WeftdLog(), run...)
 	if err != nil {
 		return fmt.Errorf("%s: %w", h.Name, err)
 	}

@@ -259,7 +259,11 @@ func (h *Host) StartWeftdKubeEnv(k *KubeAPIServer, env []string, args ...string)
 	}
 	argv := h.WeftdArgs(append([]string{"--kube-subnet-mgr", "--kubeconfig-file=" + kubeconfig, "--net-config-path=" + netconf}, args...)...)
 	// env execs weftd, so the process is weftd's own.
-	p, err := startProc("weftd", h.Name, h.WeftdLog(), append(append([]string{"env"}, env...), argv...)...)
+	run, err := h.privateRun(append(append([]string{"env"}, env...), argv...))
+	if err != nil {
+		return err
+	}
+	p, err := startProc("weftd", h.Name, h.WeftdLog(), run...)
 	if err != nil {
 		return fmt.Errorf("%s: %w", h.Name, err)
 	}

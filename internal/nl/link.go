@@ -125,19 +125,22 @@ func (c *Conn) LinkList() ([]Link, error) {
 	return out, nil
 }
 
-// AddLink creates the device l describes, down. Only VXLAN devices (l.VXLAN
-// set) are supported; Index, Kind and Up are ignored.
+// AddLink creates the device l describes, down: a VXLAN device (l.VXLAN
+// set) or a WireGuard one (l.Kind "wireguard"); Index and Up are ignored.
 func (c *Conn) AddLink(l Link) error {
 	if c.h == nil {
 		return errClosed
-	}
-	if l.VXLAN == nil {
-		return fmt.Errorf("create %s: only vxlan devices are supported", l.Name)
 	}
 	la := netlink.NewLinkAttrs()
 	la.Name = l.Name
 	la.MTU = l.MTU
 	la.HardwareAddr = l.HardwareAddr
+	if l.VXLAN == nil && l.Kind == "wireguard" {
+		return c.h.LinkAdd(&netlink.Wireguard{LinkAttrs: la})
+	}
+	if l.VXLAN == nil {
+		return fmt.Errorf("create %s: only vxlan and wireguard devices are supported", l.Name)
+	}
 	v := l.VXLAN
 	return c.h.LinkAdd(&netlink.Vxlan{
 		LinkAttrs:    la,
