@@ -88,7 +88,9 @@ func TestFaultEtcdOutage(t *testing.T) {
 	// watchResume bounds how long after etcd is back a change must reach
 	// every host.
 	const watchResume = 5 * time.Second
-	l := faultLab(t, lab.Options{Hosts: 3})
+	// The hosts lease below 198.18.250.0: the leases the cases add after
+	// each outage must not land on a host's own subnet.
+	l := faultLab(t, lab.Options{Hosts: 3, ExtraConfig: map[string]any{"SubnetMax": "198.18.249.0"}})
 	ctx := testCtx(t, 4*time.Minute)
 	startWeftds(t, ctx, l.Hosts, "--subnet-lease-ttl=30s", "--reconcile-interval=1s")
 	pods := onePodPerHost(t, ctx, l)

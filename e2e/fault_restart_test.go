@@ -130,7 +130,9 @@ func (w *keyWatch) stop() []*clientv3.Event {
 // host's routes, neighbours and FDB within 1 s.
 func TestFaultPeers(t *testing.T) {
 	t.Parallel()
-	l := faultLab(t, lab.Options{Hosts: 3})
+	// The hosts lease below 198.18.250.0: the peer lease added below
+	// must not land on a host's own subnet.
+	l := faultLab(t, lab.Options{Hosts: 3, ExtraConfig: map[string]any{"SubnetMax": "198.18.249.0"}})
 	ctx := testCtx(t, 3*time.Minute)
 	startWeftds(t, ctx, l.Hosts, "--reconcile-interval=1s")
 	onePodPerHost(t, ctx, l)
