@@ -7,8 +7,6 @@ import (
 	"maps"
 	"net/netip"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/internal/nl"
 	"github.com/weftnet/weft/subnet"
@@ -203,84 +201,15 @@ func (b *udpBackend) apply(own netip.Prefix, p *backend.Pass) (routed bool, err 
 		return false, nil
 	}
 
-	// Address: the lease's network address /32, and nothing else. Every
-	// address of the namespace is listed: the others are the underlay
-	// the route below must leave alone.
-	want := netip.PrefixFrom(own.Masked().Addr(), 32)
-	as, err := b.k.AddrList(0, nl.FamilyV4)
+	// Address and route: the lease's network address /32, and the whole
+	// cluster network into weft0, unless that would take the host's own
+	// traffic off its underlay (underlay.go).
+	wasRefused, err := b.dev.Ensure(b.k, idx, b.cfg.Network.Network, own, p.Repairs)
 	if err != nil {
-		return false, fmt.Errorf("list addresses: %w", err)
-	}
-	have := false
-	for _, a := range as {
-		if a.LinkIndex != idx {
-			continue
-		}
-		if a.Prefix == want && !a.Peer.IsValid() {
-			have = true
-			continue
-		}
-		if err := b.k.DelAddr(a); err != nil {
-			return false, fmt.Errorf("remove stale address %s from %s: %w", a.Prefix, DeviceName, err)
-		}
-	}
-	if !have {
-		if err := b.k.AddAddr(idx, want); err != nil && !errors.Is(err, unix.EEXIST) {
-			return false, fmt.Errorf("add address %s to %s: %w", want, DeviceName, err)
-		}
-		if b.addrInstalled == want {
-			p.Repairs["addr"]++
-		}
-	}
-	b.addrInstalled = want
-
-	// Route: the whole cluster network into the device, unless it would
-	// take the host's own traffic off its underlay (underlay.go).
-	nw := b.cfg.Network.Network.Masked()
-	rs, err := b.k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, nil, b.routeBuf)
-	b.routeBuf = rs
-	if err != nil {
-		return false, fmt.Errorf("list routes: %w", err)
-	}
-	wasRefused := b.routeRefused
-	b.routeRefused = underlayConflict(nw, own, idx, rs, as)
-	haveRoute := false
-	for i := range rs {
-		r := &rs[i]
-		if r.LinkIndex != idx || r.Protocol != backend.RouteProtocol {
-			continue
-		}
-		if r.Dst == nw && b.routeRefused == "" && routeMatches(r) {
-			haveRoute = true
-			continue
-		}
-		if err := b.k.DelRoute(r); err != nil && !errors.Is(err, unix.ESRCH) {
-			return false, fmt.Errorf("remove stale route %s: %w", r.Dst, err)
-		}
-	}
-	if b.routeRefused != "" {
-		b.routeInstalled = false
-		return false, fmt.Errorf("%w: %s; no peer is reachable until that changes", ErrUnderlayRoute, b.routeRefused)
+		return false, err
 	}
 	if wasRefused != "" {
 		b.logger.Info("the cluster network route no longer covers the underlay; routing it again", "device", DeviceName)
 	}
-	if !haveRoute {
-		if err := b.k.ReplaceRoute(nl.RouteSpec{Dst: nw, LinkIndex: idx}, backend.RouteProtocol); err != nil {
-			return false, fmt.Errorf("add route %s dev %s: %w", nw, DeviceName, err)
-		}
-		if b.routeInstalled {
-			p.Repairs["route"]++
-		}
-	}
-	b.routeInstalled = true
 	return true, nil
-}
-
-// routeMatches reports whether r, a route of ours into weft0 to the
-// network, is the route a pass installs: a device route of scope link,
-// metric 0, without a gateway.
-func routeMatches(r *nl.Route) bool {
-	return !r.Gw.IsValid() && r.Priority == 0 && !r.MultiPath && r.Scope == unix.RT_SCOPE_LINK &&
-		(r.Type == 0 || r.Type == unix.RTN_UNICAST)
 }

@@ -50,6 +50,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backend"
+	"github.com/weftnet/weft/backend/routes"
 	"github.com/weftnet/weft/internal/nl"
 	"github.com/weftnet/weft/subnet"
 )
@@ -164,19 +165,13 @@ type udpBackend struct {
 	live  bool
 	loops *loops
 	table tableState
-	// addrInstalled and routeInstalled are what an earlier pass put in
-	// place, so that putting it back is told apart as a repair.
-	addrInstalled  netip.Prefix
-	routeInstalled bool
-	// routeRefused is why the last pass did not route the network into
-	// the device ("" if it did).
-	routeRefused string
-	routeBuf     []nl.Route // the last route dump, reused by the next
+	// dev keeps weft0's address and the cluster network route.
+	dev routes.DeviceNet
 }
 
 // New validates the options and builds the backend; it touches no kernel state.
 func New(cfg backend.Config) (backend.Backend, error) {
-	b := &udpBackend{cfg: cfg, port: DefaultPort, logger: cfg.Logger}
+	b := &udpBackend{cfg: cfg, port: DefaultPort, logger: cfg.Logger, dev: routes.DeviceNet{Name: DeviceName}}
 	if b.logger == nil {
 		b.logger = slog.New(slog.DiscardHandler)
 	}
@@ -454,26 +449,5 @@ func (b *udpBackend) stopDataPath(final bool) {
 // Cleanup removes weft0 and every route tagged with backend.RouteProtocol
 // that points into it. It succeeds when there is nothing to remove.
 func Cleanup(ctx context.Context, ns netns.NsHandle, logger *slog.Logger) error {
-	c, err := nl.Open(ns)
-	if err != nil {
-		return fmt.Errorf("udp cleanup: %w", err)
-	}
-	defer c.Close()
-	link, err := c.LinkByName(DeviceName)
-	if errors.Is(err, nl.ErrLinkNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("find %s: %w", DeviceName, err)
-	}
-	if _, err := c.DelOwnedRoutes(backend.RouteProtocol, func(o nl.Owned) bool { return o.LinkIndex == link.Index }); err != nil {
-		return fmt.Errorf("remove routes via %s: %w", DeviceName, err)
-	}
-	if err := c.DelLink(link.Index); err != nil {
-		return fmt.Errorf("delete %s: %w", DeviceName, err)
-	}
-	if logger != nil {
-		logger.Info("removed udp backend device", "device", DeviceName)
-	}
-	return nil
+	return routes.RemoveDevice(ctx, ns, DeviceName, "udp", logger)
 }

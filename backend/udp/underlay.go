@@ -1,12 +1,6 @@
 package udp
 
-import (
-	"errors"
-	"net/netip"
-
-	"github.com/weftnet/weft/backend/routes"
-	"github.com/weftnet/weft/internal/nl"
-)
+import "github.com/weftnet/weft/backend/routes"
 
 // The connected-network guard. The udp backend routes the whole cluster
 // network into weft0. Were that network to cover the host's underlay (a
@@ -23,29 +17,5 @@ import (
 
 // ErrUnderlayRoute is wrapped by the error of a reconcile pass that did not
 // route the cluster network into the TUN device because the route would
-// take the host's own traffic off its underlay.
-var ErrUnderlayRoute = errors.New("the cluster network route would cover the host's underlay")
-
-// underlayConflict applies routes.UnderlayConflict to the route for nw out
-// of the device devIndex, given the main table rs and the addresses addrs
-// of the namespace. It returns "" if the route may be installed.
-func underlayConflict(nw, own netip.Prefix, devIndex int, rs []nl.Route, addrs []nl.Addr) string {
-	ours := func(p netip.Prefix) bool {
-		return own.IsValid() && p.IsValid() && p.Bits() >= own.Bits() && own.Contains(p.Addr())
-	}
-	under := make([]nl.Route, 0, len(rs))
-	for i := range rs {
-		if r := &rs[i]; r.LinkIndex != devIndex && !ours(r.Dst) {
-			under = append(under, *r)
-		}
-	}
-	var as []netip.Addr
-	for _, a := range addrs {
-		ip := a.Prefix.Addr().Unmap()
-		if !ip.IsValid() || a.LinkIndex == devIndex || ours(netip.PrefixFrom(ip, ip.BitLen())) {
-			continue
-		}
-		as = append(as, ip)
-	}
-	return routes.UnderlayConflict(nw, under, as)
-}
+// take the host's own traffic off its underlay (routes.DeviceNet).
+var ErrUnderlayRoute = routes.ErrUnderlayRoute

@@ -100,10 +100,9 @@ type wgBackend struct {
 	// follows a peer that roams (a NAT rebinding its port): a device
 	// endpoint that moved away from the one we set, while the lease still
 	// says the same, is the peer's real address, not drift to repair.
-	setEndpoint    map[wgtypes.Key]netip.AddrPort
-	addrInstalled  netip.Prefix
-	routeInstalled bool
-	routeBuf       []nl.Route
+	setEndpoint map[wgtypes.Key]netip.AddrPort
+	// dev keeps weft-wg's address and the cluster network route.
+	dev routes.DeviceNet
 }
 
 // New validates the options and builds the backend; it touches no kernel
@@ -121,7 +120,7 @@ func New(cfg backend.Config) (backend.Backend, error) {
 	default:
 		return nil, fmt.Errorf("wireguard driver %q: want auto, kernel or userspace", cfg.WireGuard.Driver)
 	}
-	b := &wgBackend{cfg: cfg, opts: o, logger: cfg.Logger}
+	b := &wgBackend{cfg: cfg, opts: o, logger: cfg.Logger, dev: routes.DeviceNet{Name: DeviceName}}
 	if b.logger == nil {
 		b.logger = slog.New(slog.DiscardHandler)
 	}
@@ -426,118 +425,19 @@ func (b *wgBackend) apply(own netip.Prefix, p *backend.Pass) (bool, error) {
 	if !own.IsValid() {
 		return false, nil
 	}
-	want := netip.PrefixFrom(own.Masked().Addr(), 32)
-	as, err := b.k.AddrList(0, nl.FamilyV4)
+	wasRefused, err := b.dev.Ensure(b.k, idx, b.cfg.Network.Network, own, p.Repairs)
 	if err != nil {
-		return false, fmt.Errorf("list addresses: %w", err)
+		return false, err
 	}
-	have := false
-	for _, a := range as {
-		if a.LinkIndex != idx {
-			continue
-		}
-		if a.Prefix == want && !a.Peer.IsValid() {
-			have = true
-			continue
-		}
-		if err := b.k.DelAddr(a); err != nil {
-			return false, fmt.Errorf("remove stale address %s from %s: %w", a.Prefix, DeviceName, err)
-		}
+	if wasRefused != "" {
+		b.logger.Info("the cluster network route no longer covers the underlay; routing it again", "device", DeviceName)
 	}
-	if !have {
-		if err := b.k.AddAddr(idx, want); err != nil && !errors.Is(err, unix.EEXIST) {
-			return false, fmt.Errorf("add address %s to %s: %w", want, DeviceName, err)
-		}
-		if b.addrInstalled == want {
-			p.Repairs["addr"]++
-		}
-	}
-	b.addrInstalled = want
-
-	nw := b.cfg.Network.Network.Masked()
-	rs, err := b.k.RouteList(nl.FamilyV4, unix.RT_TABLE_MAIN, nil, b.routeBuf)
-	b.routeBuf = rs
-	if err != nil {
-		return false, fmt.Errorf("list routes: %w", err)
-	}
-	refusal := underlayConflict(nw, own, idx, rs, as)
-	haveRoute := false
-	for i := range rs {
-		r := &rs[i]
-		if r.LinkIndex != idx || r.Protocol != backend.RouteProtocol {
-			continue
-		}
-		if r.Dst == nw && refusal == "" && !r.Gw.IsValid() && r.Priority == 0 && r.Scope == unix.RT_SCOPE_LINK {
-			haveRoute = true
-			continue
-		}
-		if err := b.k.DelRoute(r); err != nil && !errors.Is(err, unix.ESRCH) {
-			return false, fmt.Errorf("remove stale route %s: %w", r.Dst, err)
-		}
-	}
-	if refusal != "" {
-		b.routeInstalled = false
-		return false, fmt.Errorf("the cluster network route would cover the host's underlay: %s; no peer is reachable until that changes", refusal)
-	}
-	if !haveRoute {
-		if err := b.k.ReplaceRoute(nl.RouteSpec{Dst: nw, LinkIndex: idx}, backend.RouteProtocol); err != nil {
-			return false, fmt.Errorf("add route %s dev %s: %w", nw, DeviceName, err)
-		}
-		if b.routeInstalled {
-			p.Repairs["route"]++
-		}
-	}
-	b.routeInstalled = true
 	return true, nil
-}
-
-// underlayConflict applies routes.UnderlayConflict to the network route,
-// leaving out our device and our own subnet (the pod bridge's).
-func underlayConflict(nw, own netip.Prefix, devIndex int, rs []nl.Route, addrs []nl.Addr) string {
-	ours := func(p netip.Prefix) bool {
-		return own.IsValid() && p.IsValid() && p.Bits() >= own.Bits() && own.Contains(p.Addr())
-	}
-	under := make([]nl.Route, 0, len(rs))
-	for i := range rs {
-		if r := &rs[i]; r.LinkIndex != devIndex && !ours(r.Dst) {
-			under = append(under, *r)
-		}
-	}
-	var as []netip.Addr
-	for _, a := range addrs {
-		ip := a.Prefix.Addr().Unmap()
-		if !ip.IsValid() || a.LinkIndex == devIndex || ours(netip.PrefixFrom(ip, ip.BitLen())) {
-			continue
-		}
-		as = append(as, ip)
-	}
-	return routes.UnderlayConflict(nw, under, as)
 }
 
 // Cleanup removes weft-wg (either driver's) and the routes weft put on
 // it. The key file stays: it is the host's identity. It succeeds when
 // there is nothing to remove.
 func Cleanup(ctx context.Context, ns netns.NsHandle, logger *slog.Logger) error {
-	c, err := nl.Open(ns)
-	if err != nil {
-		return fmt.Errorf("wireguard cleanup: %w", err)
-	}
-	defer c.Close()
-	link, err := c.LinkByName(DeviceName)
-	if errors.Is(err, nl.ErrLinkNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("find %s: %w", DeviceName, err)
-	}
-	if _, err := c.DelOwnedRoutes(backend.RouteProtocol, func(o nl.Owned) bool { return o.LinkIndex == link.Index }); err != nil {
-		return fmt.Errorf("remove routes via %s: %w", DeviceName, err)
-	}
-	if err := c.DelLink(link.Index); err != nil {
-		return fmt.Errorf("delete %s: %w", DeviceName, err)
-	}
-	if logger != nil {
-		logger.Info("removed wireguard backend device", "device", DeviceName)
-	}
-	return nil
+	return routes.RemoveDevice(ctx, ns, DeviceName, "wireguard", logger)
 }
