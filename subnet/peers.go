@@ -106,11 +106,7 @@ func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid 
 	}
 
 	// Per-lease checks.
-	type cand struct {
-		l  *Lease
-		id [2]string // the backend identity per family (IPv4, IPv6), "" if none
-	}
-	cands := make([]cand, 0, len(leases))
+	cands := make([]peerCand, 0, len(leases))
 	for i := range leases {
 		l := &leases[i]
 		if l.Subnet == own.Subnet && l.IPv6Subnet == own.IPv6Subnet {
@@ -132,7 +128,7 @@ func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid 
 				Err: fmt.Errorf("peer runs backend %s, this network runs %s", backendName(got), c.BackendType)})
 			continue
 		}
-		cd := cand{l: l}
+		cd := peerCand{l: l}
 		if rules.PeerData != nil {
 			id, err := rules.PeerData(l.Attrs)
 			if err != nil {
@@ -152,92 +148,43 @@ func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid 
 		cands = append(cands, cd)
 	}
 
-	// older orders the winner of a conflict first.
-	older := func(a, b *Lease) int {
-		if c := cmp.Compare(a.CreateRevision, b.CreateRevision); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Key(), b.Key())
-	}
-
-	// One lease per subnet.
-	bySubnet := make(map[netip.Prefix]int, len(cands)) // subnet -> index of the winner in cands
 	lost := make([]bool, len(cands))
-	for i, cd := range cands {
-		j, seen := bySubnet[cd.l.Subnet]
-		if !seen {
-			bySubnet[cd.l.Subnet] = i
-			continue
-		}
-		win, lose := j, i
-		if older(cd.l, cands[j].l) < 0 {
-			win, lose = i, j
-		}
-		bySubnet[cd.l.Subnet] = win
-		lost[lose] = true
-		refused = append(refused, Refusal{Key: cands[lose].l.Key(), Subnet: cd.l.Subnet, Reason: RefusedDuplicateSubnet,
-			Err: fmt.Errorf("subnet %s is also claimed by the older key %s", cd.l.Subnet, cands[win].l.Key())})
-	}
-
-	// One lease per IPv6 subnet, on a dual-stack network.
+	// One lease per subnet, and on a dual-stack network per IPv6 subnet.
+	keepOlder(cands, lost, func(i int) (netip.Prefix, bool) { return cands[i].l.Subnet, true },
+		func(lose, win *Lease, _ netip.Prefix) {
+			refused = append(refused, Refusal{Key: lose.Key(), Subnet: lose.Subnet, Reason: RefusedDuplicateSubnet,
+				Err: fmt.Errorf("subnet %s is also claimed by the older key %s", lose.Subnet, win.Key())})
+		})
 	if c.EnableIPv6 {
-		bySubnet6 := make(map[netip.Prefix]int, len(cands))
-		for i, cd := range cands {
-			sn := cd.l.IPv6Subnet
-			if lost[i] || !sn.IsValid() {
-				continue
-			}
-			j, seen := bySubnet6[sn]
-			if !seen {
-				bySubnet6[sn] = i
-				continue
-			}
-			win, lose := j, i
-			if older(cd.l, cands[j].l) < 0 {
-				win, lose = i, j
-			}
-			bySubnet6[sn] = win
-			lost[lose] = true
-			refused = append(refused, Refusal{Key: cands[lose].l.Key(), Subnet: cands[lose].l.Subnet, Reason: RefusedDuplicateSubnet,
-				Err: fmt.Errorf("IPv6 subnet %s is also claimed by the older key %s", sn, cands[win].l.Key())})
-		}
+		keepOlder(cands, lost, func(i int) (netip.Prefix, bool) {
+			sn := cands[i].l.IPv6Subnet
+			return sn, sn.IsValid()
+		}, func(lose, win *Lease, _ netip.Prefix) {
+			refused = append(refused, Refusal{Key: lose.Key(), Subnet: lose.Subnet, Reason: RefusedDuplicateSubnet,
+				Err: fmt.Errorf("IPv6 subnet %s is also claimed by the older key %s", lose.IPv6Subnet, win.Key())})
+		})
 	}
 
-	// One lease per backend identity, in each family.
+	// One lease per backend identity, in each family; a peer with our own
+	// identity is refused first.
 	for fam, judge := range [2]func(LeaseAttrs) (string, error){rules.PeerData, rules.PeerData6} {
 		if judge == nil {
 			continue
 		}
-		ownID := ""
-		if id, err := judge(own.Attrs); err == nil {
-			ownID = id
+		if ownID, err := judge(own.Attrs); err == nil && ownID != "" {
+			for i, cd := range cands {
+				if !lost[i] && cd.id[fam] == ownID {
+					lost[i] = true
+					refused = append(refused, Refusal{Key: cd.l.Key(), Subnet: cd.l.Subnet, Reason: RefusedDuplicateMAC,
+						Err: fmt.Errorf("its %s is our own", describeID(ownID, fam))})
+				}
+			}
 		}
-		byID := make(map[string]int, len(cands))
-		for i, cd := range cands {
-			id := cd.id[fam]
-			if lost[i] || id == "" {
-				continue
-			}
-			if id == ownID {
-				lost[i] = true
-				refused = append(refused, Refusal{Key: cd.l.Key(), Subnet: cd.l.Subnet, Reason: RefusedDuplicateMAC,
-					Err: fmt.Errorf("its %s is our own", describeID(id, fam))})
-				continue
-			}
-			j, seen := byID[id]
-			if !seen {
-				byID[id] = i
-				continue
-			}
-			win, lose := j, i
-			if older(cd.l, cands[j].l) < 0 {
-				win, lose = i, j
-			}
-			byID[id] = win
-			lost[lose] = true
-			refused = append(refused, Refusal{Key: cands[lose].l.Key(), Subnet: cands[lose].l.Subnet, Reason: RefusedDuplicateMAC,
-				Err: fmt.Errorf("its %s is also used by the older lease %s", describeID(id, fam), cands[win].l.Key())})
-		}
+		keepOlder(cands, lost, func(i int) (string, bool) { id := cands[i].id[fam]; return id, id != "" },
+			func(lose, win *Lease, id string) {
+				refused = append(refused, Refusal{Key: lose.Key(), Subnet: lose.Subnet, Reason: RefusedDuplicateMAC,
+					Err: fmt.Errorf("its %s is also used by the older lease %s", describeID(id, fam), win.Key())})
+			})
 	}
 
 	peers = make([]Lease, 0, len(cands))
@@ -251,6 +198,48 @@ func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid 
 		return cmp.Or(cmp.Compare(a.Key, b.Key), cmp.Compare(a.Reason, b.Reason))
 	})
 	return peers, refused
+}
+
+// olderLease orders the winner of a conflict first: the lower
+// CreateRevision, then the smaller key.
+func olderLease(a, b *Lease) int {
+	if c := cmp.Compare(a.CreateRevision, b.CreateRevision); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Key(), b.Key())
+}
+
+// peerCand is a lease that passed the per-lease checks, with its backend
+// identity per family (IPv4, IPv6), "" if none.
+type peerCand struct {
+	l  *Lease
+	id [2]string
+}
+
+// keepOlder keeps, of the candidates not yet lost that share a key, the
+// older lease (olderLease) and marks the others lost, reporting each with
+// refuse(loser, winner, k). key returns ok=false for a candidate without
+// one. The result does not depend on the candidates' order.
+func keepOlder[K comparable](cands []peerCand, lost []bool, key func(i int) (k K, ok bool), refuse func(lose, win *Lease, k K)) {
+	winner := make(map[K]int, len(cands))
+	for i, cd := range cands {
+		k, ok := key(i)
+		if lost[i] || !ok {
+			continue
+		}
+		j, seen := winner[k]
+		if !seen {
+			winner[k] = i
+			continue
+		}
+		win, lose := j, i
+		if olderLease(cd.l, cands[j].l) < 0 {
+			win, lose = i, j
+		}
+		winner[k] = win
+		lost[lose] = true
+		refuse(cands[lose].l, cands[win].l, k)
+	}
 }
 
 func macString(m [6]byte) string {
