@@ -164,14 +164,10 @@ func ParseConfig(data []byte) (*Config, error) {
 			return nil, fieldErr("Network", "prefix /%d is too long to split into subnets (at most /28)", bits)
 		}
 	default:
-		l := *rc.SubnetLen
-		if l > 30 {
-			return nil, fieldErr("SubnetLen", "%d is larger than 30", l)
+		if err := checkSubnetLen("SubnetLen", *rc.SubnetLen, bits, 30); err != nil {
+			return nil, err
 		}
-		if l < bits+2 {
-			return nil, fieldErr("SubnetLen", "%d must be at least the network prefix + 2 (%d)", l, bits+2)
-		}
-		p.SubnetLen = l
+		p.SubnetLen = *rc.SubnetLen
 	}
 	if err := p.fillBounds("SubnetMin", rc.SubnetMin, "SubnetMax", rc.SubnetMax); err != nil {
 		return nil, err

@@ -175,19 +175,28 @@ func parsePool6(rc *rawConfig) (Pool, error) {
 			p.SubnetLen = b + 2
 		}
 	default:
-		l := *rc.IPv6SubnetLen
-		if l > 126 {
-			return p, fieldErr("IPv6SubnetLen", "%d is larger than 126", l)
+		if err := checkSubnetLen("IPv6SubnetLen", *rc.IPv6SubnetLen, b, 126); err != nil {
+			return p, err
 		}
-		if l < b+2 {
-			return p, fieldErr("IPv6SubnetLen", "%d must be at least the IPv6Network prefix + 2 (%d)", l, b+2)
-		}
-		p.SubnetLen = l
+		p.SubnetLen = *rc.IPv6SubnetLen
 	}
 	if err := p.fillBounds("IPv6SubnetMin", rc.IPv6SubnetMin, "IPv6SubnetMax", rc.IPv6SubnetMax); err != nil {
 		return p, err
 	}
 	return p, nil
+}
+
+// checkSubnetLen checks a subnet length given in field: at most maxLen,
+// and at least the network's prefix length (bits) + 2, so that the network
+// holds the first subnet, which is never leased, and more.
+func checkSubnetLen(field string, l, bits, maxLen int) error {
+	if l > maxLen {
+		return fieldErr(field, "%d is larger than %d", l, maxLen)
+	}
+	if l < bits+2 {
+		return fieldErr(field, "%d must be at least the network prefix + 2 (%d)", l, bits+2)
+	}
+	return nil
 }
 
 // fillBounds sets SubnetMin and SubnetMax: the given values, checked, or
