@@ -267,3 +267,88 @@ func BenchmarkFilterPeers5000(b *testing.B) {
 		}
 	}
 }
+
+// dualRules adds the IPv6 VTEP MAC (BackendV6Data) as the IPv6 identity.
+var dualRules = PeerRules{LeaseType: "vxlan", PeerData: macRules.PeerData, PeerData6: func(a LeaseAttrs) (string, error) {
+	if len(a.BackendV6Data) == 0 {
+		return "", nil
+	}
+	_, mac, err := ParseVXLANData(a.BackendV6Data)
+	return string(mac), err
+}}
+
+// vx6 is vx with an IPv6 subnet 2001:db8:100:<third>::/64, a PublicIPv6
+// and an IPv6 VTEP MAC.
+func vx6(third int, publicIP, publicIPv6, mac, mac6 string, createRev int64) Lease {
+	l := vx(third, publicIP, mac, createRev)
+	l.IPv6Subnet = netip.MustParsePrefix(fmt.Sprintf("2001:db8:100:%x::/64", third))
+	if publicIPv6 != "" {
+		l.Attrs.PublicIPv6 = netip.MustParseAddr(publicIPv6)
+	}
+	if mac6 != "" {
+		l.Attrs.BackendV6Data = []byte(`{"VNI":1,"VtepMAC":"` + mac6 + `"}`)
+	}
+	return l
+}
+
+// The IPv6 half of a dual-stack lease is judged like the IPv4 one, on a
+// dual-stack network only; a plain lease beside dual-stack ones is a valid
+// (IPv4-only) peer.
+func TestFilterPeersDualStack(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48","Backend":{"Type":"vxlan"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := vx6(1, "192.0.2.1", "2001:db8::1", "02:00:00:00:00:01", "02:00:00:00:06:01", 1)
+	outside := vx6(5, "192.0.2.5", "2001:db8::5", "02:00:00:00:00:05", "02:00:00:00:06:05", 5)
+	outside.IPv6Subnet = netip.MustParsePrefix("2001:db8:200:5::/64")
+	overlap := vx6(6, "192.0.2.6", "2001:db8::6", "02:00:00:00:00:06", "02:00:00:00:06:06", 6)
+	overlap.IPv6Subnet = own.IPv6Subnet
+	wrongLen := vx6(7, "192.0.2.7", "2001:db8::7", "02:00:00:00:00:07", "02:00:00:00:06:07", 7)
+	wrongLen.IPv6Subnet = netip.MustParsePrefix("2001:db8:100:7::/80")
+	dupOlder := vx6(8, "192.0.2.8", "2001:db8::8", "02:00:00:00:00:08", "02:00:00:00:06:08", 8)
+	dupNewer := vx6(9, "192.0.2.9", "2001:db8::9", "02:00:00:00:00:09", "02:00:00:00:06:09", 9)
+	dupNewer.IPv6Subnet = dupOlder.IPv6Subnet
+	leases := []Lease{
+		own,
+		vx6(2, "192.0.2.2", "2001:db8::2", "02:00:00:00:00:02", "02:00:00:00:06:02", 2), // valid
+		vx(3, "192.0.2.3", "02:00:00:00:00:03", 3),                                      // IPv4-only peer: valid
+		vx6(4, "192.0.2.4", "fe80::4", "02:00:00:00:00:04", "02:00:00:00:06:04", 4),     // link-local PublicIPv6
+		outside, overlap, wrongLen, dupOlder, dupNewer,
+		vx6(10, "192.0.2.10", "2001:db8::1", "02:00:00:00:00:0a", "02:00:00:00:06:0a", 10),  // our PublicIPv6
+		vx6(11, "192.0.2.11", "2001:db8::11", "02:00:00:00:00:0b", "02:00:00:00:06:02", 11), // IPv6 MAC of 2
+		vx6(12, "192.0.2.12", "2001:db8::12", "02:00:00:00:00:0c", "02:00:00:00:06:01", 12), // our IPv6 MAC
+		vx6(13, "192.0.2.13", "2001:db8:100:99::1", "02:00:00:00:00:0d", "", 13),            // PublicIPv6 inside the network
+		vx6(14, "192.0.2.14", "2001:db8::14", "02:00:00:00:00:0e", "00:00:00:00:00:00", 14), // unusable IPv6 MAC
+	}
+	peers, refused := FilterPeers(c, dualRules, own, leases, nil)
+	wantPeers := []string{"198.18.2.0-24&2001:db8:100:2::-64", "198.18.3.0-24", "198.18.8.0-24&2001:db8:100:8::-64"}
+	if got := keysOf(peers); !reflect.DeepEqual(got, wantPeers) {
+		t.Errorf("peers %q, want %q", got, wantPeers)
+	}
+	wantRefused := []string{
+		"198.18.10.0-24&2001:db8:100:a::-64 invalid",
+		"198.18.11.0-24&2001:db8:100:b::-64 duplicate-mac",
+		"198.18.12.0-24&2001:db8:100:c::-64 duplicate-mac",
+		"198.18.13.0-24&2001:db8:100:d::-64 invalid",
+		"198.18.14.0-24&2001:db8:100:e::-64 backend-data",
+		"198.18.4.0-24&2001:db8:100:4::-64 invalid",
+		"198.18.5.0-24&2001:db8:200:5::-64 invalid",
+		"198.18.6.0-24&2001:db8:100:1::-64 invalid",
+		"198.18.7.0-24&2001:db8:100:7::-80 invalid",
+		"198.18.9.0-24&2001:db8:100:8::-64 duplicate-subnet",
+	}
+	if got := refusalsOf(refused); !reflect.DeepEqual(got, wantRefused) {
+		t.Errorf("refused:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(wantRefused, "\n"))
+	}
+
+	// On an IPv4-only network the IPv6 half is not looked at: the leases
+	// refused for it alone are peers.
+	c4 := testConfig(t, "vxlan")
+	peers, refused = FilterPeers(c4, dualRules, own, leases, nil)
+	for _, want := range []string{"198.18.5.0-24&2001:db8:200:5::-64", "198.18.7.0-24&2001:db8:100:7::-80", "198.18.14.0-24&2001:db8:100:e::-64"} {
+		if !strings.Contains(strings.Join(keysOf(peers), " "), want) {
+			t.Errorf("IPv4-only network: %s is not a peer; refused %q", want, refusalsOf(refused))
+		}
+	}
+}
