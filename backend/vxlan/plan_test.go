@@ -267,3 +267,37 @@ func TestPlanTakesOverFlannelDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Setup lets go of the other hosts' lease attributes once the device has
+// its MAC (they cost memory per peer for the backend's life), and a device
+// deleted by hand afterwards comes back with the same MAC.
+func TestPlanSetupDropsPeerAttrs(t *testing.T) {
+	b, f := fakeBackend(t, "")
+	b.cfg.PeerAttrs = []subnet.LeaseAttrs{vxLease("198.18.9.0/24", "192.0.2.99", macA).Attrs}
+	attrs, err := b.Setup(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.cfg.PeerAttrs != nil {
+		t.Fatalf("PeerAttrs kept after Setup: %d", len(b.cfg.PeerAttrs))
+	}
+	_, mac, err := subnet.ParseVXLANData(attrs.BackendData)
+	if err != nil || mac.String() == macA {
+		t.Fatalf("published MAC %s (%v): it must not be another host's %s", mac, err, macA)
+	}
+	dev, err := f.LinkByName("weft.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.DelLink(dev.Index); err != nil {
+		t.Fatal(err)
+	}
+	own := subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24"), Attrs: attrs}
+	if p := b.pass(own, nil); p.Err != nil {
+		t.Fatal(p.Err)
+	}
+	dev, err = f.LinkByName("weft.1")
+	if err != nil || dev.HardwareAddr.String() != mac.String() {
+		t.Fatalf("recreated device: %+v %v, want MAC %s", dev, err, mac)
+	}
+}

@@ -262,6 +262,7 @@ func (b *Backend) Setup(ctx context.Context) (subnet.LeaseAttrs, error) {
 		if err := b.removeDevice(DevicePrefix6 + strconv.Itoa(b.opts.VNI)); err != nil {
 			return subnet.LeaseAttrs{}, err
 		}
+		b.dropPeerAttrs()
 		return attrs, nil
 	}
 	if _, err = b.v6.ensureDevice(); err != nil {
@@ -270,7 +271,19 @@ func (b *Backend) Setup(ctx context.Context) (subnet.LeaseAttrs, error) {
 	if attrs.BackendV6Data, err = json.Marshal(subnet.VXLANData{VNI: b.opts.VNI, VtepMAC: b.v6.mac.String()}); err != nil {
 		return subnet.LeaseAttrs{}, err
 	}
+	b.dropPeerAttrs()
 	return attrs, nil
+}
+
+// dropPeerAttrs lets go of cfg.PeerAttrs once every device has its MAC:
+// only choosing a MAC (adoptable) reads them, and each device keeps the
+// MAC it has from then on, so holding every other host's lease attributes
+// for the backend's life would cost memory per peer for nothing. Caller
+// holds kmu.
+func (b *Backend) dropPeerAttrs() {
+	if b.v4.mac != nil && (b.v6 == nil || b.v6.mac != nil) {
+		b.cfg.PeerAttrs = nil
+	}
 }
 
 // MTU implements backend.Backend: the IPv4 device's, which pods use for
