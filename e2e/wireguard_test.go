@@ -37,7 +37,9 @@ import (
 // one host's key (delete the key file, restart) re-keys its peers within
 // 2 s; and a weftd forced to the kernel driver fails, naming the module.
 func TestWireGuard(t *testing.T) {
-	l := faultLab(t, lab.Options{Hosts: 3, Backend: "wireguard"})
+	// The hosts lease below 198.18.250.0: the hostile leases below are
+	// written at 198.18.250.0-253.0 and must not land on a host's subnet.
+	l := faultLab(t, lab.Options{Hosts: 3, Backend: "wireguard", ExtraConfig: map[string]any{"SubnetMax": "198.18.249.0"}})
 	ctx := testCtx(t, 4*time.Minute)
 	startWeftds(t, ctx, l.Hosts)
 	for _, h := range l.Hosts {
@@ -99,6 +101,35 @@ func TestWireGuard(t *testing.T) {
 			t.Errorf("wg show prints the private key:\n%s", out)
 		}
 	}
+
+	t.Run("private key stays private", func(t *testing.T) {
+		// The key file's base64 text appears neither in weftd's log nor
+		// in /status (nor in /leases, which carries the config and the
+		// leases).
+		for _, h := range l.Hosts {
+			key, err := os.ReadFile(h.WireGuardKeyFile())
+			if err != nil || len(strings.TrimSpace(string(key))) < 40 {
+				t.Fatalf("%s key file: %q %v", h.Name, key, err)
+			}
+			secret := strings.TrimSpace(string(key))
+			logText, err := os.ReadFile(h.WeftdLog())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(logText), secret) {
+				t.Errorf("%s: weftd's log holds the private key", h.Name)
+			}
+			for _, path := range []string{"/status", "/leases"} {
+				_, body, err := httpGet(ctx, h, path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if strings.Contains(body, secret) {
+					t.Errorf("%s: %s holds the private key", h.Name, path)
+				}
+			}
+		}
+	})
 
 	t.Run("capture", func(t *testing.T) { wgCapture(t, ctx, l, pods) })
 
