@@ -41,7 +41,7 @@ func TestObservability(t *testing.T) {
 		if err != nil {
 			t.Fatalf("/readyz before any config: %v", err)
 		}
-		if err := l.WriteConfig(`{"Network":"198.18.0.0/16","Backend":{"Type":"vxlan"}}`); err != nil {
+		if err := l.WriteConfig(`{"Network":"198.18.0.0/16","SubnetMax":"198.18.199.0","Backend":{"Type":"vxlan"}}`); err != nil {
 			t.Fatal(err)
 		}
 		waitAllReady(t, ctx, l.Hosts, 20*time.Second)
