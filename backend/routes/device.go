@@ -45,6 +45,8 @@ type DeviceKernel interface {
 type DeviceNet struct {
 	// Name is the device's name, for messages.
 	Name string
+	// Logger, if set, hears when a refused route is installed again.
+	Logger *slog.Logger
 
 	addrInstalled  netip.Prefix
 	routeInstalled bool
@@ -60,9 +62,16 @@ func (d *DeviceNet) Refused() string { return d.refused }
 // else, and the route for network into it. A repaired address or route
 // (one an earlier call installed that had gone) is counted in repairs
 // under "addr" or "route". The error wraps ErrUnderlayRoute when the route
-// is refused; wasRefused is the refusal of the call before, so that the
-// caller can log the change.
-func (d *DeviceNet) Ensure(k DeviceKernel, idx int, network, own netip.Prefix, repairs map[string]uint64) (wasRefused string, err error) {
+// is refused; when a refused route is installed again, Logger hears of it.
+func (d *DeviceNet) Ensure(k DeviceKernel, idx int, network, own netip.Prefix, repairs map[string]uint64) error {
+	wasRefused, err := d.ensure(k, idx, network, own, repairs)
+	if err == nil && wasRefused != "" && d.Logger != nil {
+		d.Logger.Info("the cluster network route no longer covers the underlay; routing it again", "device", d.Name)
+	}
+	return err
+}
+
+func (d *DeviceNet) ensure(k DeviceKernel, idx int, network, own netip.Prefix, repairs map[string]uint64) (wasRefused string, err error) {
 	want := netip.PrefixFrom(own.Masked().Addr(), 32)
 	// Every address of the namespace is listed: the others are the
 	// underlay the route must leave alone.

@@ -204,12 +204,8 @@ func (b *udpBackend) apply(own netip.Prefix, p *backend.Pass) (routed bool, err 
 	// Address and route: the lease's network address /32, and the whole
 	// cluster network into weft0, unless that would take the host's own
 	// traffic off its underlay (underlay.go).
-	wasRefused, err := b.dev.Ensure(b.k, idx, b.cfg.Network.Network, own, p.Repairs)
-	if err != nil {
+	if err := b.dev.Ensure(b.k, idx, b.cfg.Network.Network, own, p.Repairs); err != nil {
 		return false, err
-	}
-	if wasRefused != "" {
-		b.logger.Info("the cluster network route no longer covers the underlay; routing it again", "device", DeviceName)
 	}
 	return true, nil
 }

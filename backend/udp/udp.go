@@ -176,6 +176,7 @@ func New(cfg backend.Config) (backend.Backend, error) {
 		b.logger = slog.New(slog.DiscardHandler)
 	}
 	b.logger = b.logger.With("backend", Type)
+	b.dev.Logger = b.logger
 	if cfg.Network == nil {
 		return nil, errors.New("udp backend: no network config")
 	}

@@ -125,6 +125,7 @@ func New(cfg backend.Config) (backend.Backend, error) {
 		b.logger = slog.New(slog.DiscardHandler)
 	}
 	b.logger = b.logger.With("backend", Type)
+	b.dev.Logger = b.logger
 	lcfg := cfg
 	lcfg.Logger = b.logger
 	b.loop = backend.NewLoop(lcfg, DeviceName, b.pass)
@@ -425,12 +426,8 @@ func (b *wgBackend) apply(own netip.Prefix, p *backend.Pass) (bool, error) {
 	if !own.IsValid() {
 		return false, nil
 	}
-	wasRefused, err := b.dev.Ensure(b.k, idx, b.cfg.Network.Network, own, p.Repairs)
-	if err != nil {
+	if err := b.dev.Ensure(b.k, idx, b.cfg.Network.Network, own, p.Repairs); err != nil {
 		return false, err
-	}
-	if wasRefused != "" {
-		b.logger.Info("the cluster network route no longer covers the underlay; routing it again", "device", DeviceName)
 	}
 	return true, nil
 }
