@@ -12,6 +12,7 @@
 package etcd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -237,13 +238,25 @@ func snapshotOf(entries iter.Seq[parsedKV], n int, rev int64) Snapshot {
 		}
 	}
 	sortLeases(snap.Leases)
-	slices.SortFunc(snap.Invalid, func(a, b InvalidLease) int { return strings.Compare(a.Key, b.Key) })
+	sortInvalid(snap.Invalid)
 	return snap
 }
 
-func sortLeases(ls []subnet.Lease) {
-	slices.SortFunc(ls, func(a, b subnet.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+// compareLeases is the order of a snapshot's leases: by IPv4 subnet, then
+// by IPv6 subnet (one IPv4 subnet may be claimed under two keys, plain and
+// dual-stack). It is total over valid keys: a valid lease's key is its
+// subnets written canonically.
+func compareLeases(a, b subnet.Lease) int {
+	return cmp.Or(a.Subnet.Addr().Compare(b.Subnet.Addr()), cmp.Compare(a.Subnet.Bits(), b.Subnet.Bits()),
+		a.IPv6Subnet.Addr().Compare(b.IPv6Subnet.Addr()), cmp.Compare(a.IPv6Subnet.Bits(), b.IPv6Subnet.Bits()))
 }
+
+// compareInvalid orders invalid keys by name.
+func compareInvalid(a, b InvalidLease) int { return strings.Compare(a.Key, b.Key) }
+
+func sortLeases(ls []subnet.Lease) { slices.SortFunc(ls, compareLeases) }
+
+func sortInvalid(is []InvalidLease) { slices.SortFunc(is, compareInvalid) }
 
 func (r *Registry) fillExpirations(ctx context.Context, ls []subnet.Lease) error {
 	ids := map[int64]time.Time{}

@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
+	"slices"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -193,35 +194,29 @@ func (w *Watcher) watch(ctx context.Context, m *leaseModel, rev int64, apply fun
 }
 
 // leaseModel is the Watcher's model of the keys under the subnets prefix
-// between applies, parsed once per write so that an apply costs a sort, not
-// a parse of every lease. Each lease (and each key that did not parse) is
-// held once: in the last snapshot handed to apply, whose slices are never
-// modified afterwards (apply's receiver may keep them); keys maps each key
-// to its place there, or to its parsed value when it was written since.
-// Holding a second parsed copy of every lease here cost about 250 bytes per
-// peer.
+// between applies, parsed once per write so that an apply costs a merge,
+// not a parse of every lease.
+//
+// Each lease (and each key that did not parse) is held once: in the last
+// snapshot handed to apply, whose slices are never modified afterwards
+// (apply's receiver may keep them). No index of keys is kept beside it: a
+// valid lease's key is its subnets written canonically (subnet.Lease.Key),
+// so a key finds its lease by a binary search on the snapshot's order, and
+// an invalid key by one on the invalid keys' names. What was written or
+// deleted since the last snapshot waits in pending, which holds only that
+// batch. A map of every key cost about 200 bytes per peer.
 type leaseModel struct {
 	prefix string
 	snap   Snapshot
-	keys   map[string]modelEntry
-	// peak is the most keys the map has held: a Go map keeps the memory
-	// of its largest size, so the model starts a new one when it holds
-	// half of that or less (and held 64 or more).
-	peak int
-}
-
-// modelEntry is where a key's lease is: fresh when the key was written
-// since the last snapshot, else at (>= 0: snap.Leases[at]; < 0:
-// snap.Invalid[-1-at]).
-type modelEntry struct {
-	at    int32
-	fresh *parsedKV
+	// pending holds the keys written (their parsed value) or deleted
+	// (nil) since the last snapshot; the last write of a key counts.
+	pending map[string]*parsedKV
 }
 
 // newLeaseModel parses the listed kvs at revision rev; its first snapshot
 // is m.snap.
 func newLeaseModel(prefix string, kvs []*mvccpb.KeyValue, rev int64) *leaseModel {
-	m := &leaseModel{prefix: prefix, keys: make(map[string]modelEntry, len(kvs))}
+	m := &leaseModel{prefix: prefix, pending: make(map[string]*parsedKV, len(kvs))}
 	for _, kv := range kvs {
 		m.put(kv)
 	}
@@ -232,84 +227,80 @@ func newLeaseModel(prefix string, kvs []*mvccpb.KeyValue, rev int64) *leaseModel
 // put records a write of kv.
 func (m *leaseModel) put(kv *mvccpb.KeyValue) {
 	p := parseKV(m.prefix, kv)
-	m.keys[string(kv.Key)] = modelEntry{fresh: &p}
+	m.pending[string(kv.Key)] = &p
 }
 
 // del records the deletion of key.
-func (m *leaseModel) del(key []byte) { delete(m.keys, string(key)) }
+func (m *leaseModel) del(key []byte) { m.pending[string(key)] = nil }
 
 // snapshot returns the sorted snapshot of every key at revision rev and
-// makes it the model's.
+// makes it the model's: the last snapshot's entries that no pending key
+// replaced or deleted, merged in order with the pending writes.
 func (m *leaseModel) snapshot(rev int64) Snapshot {
-	b := modelSnap{snap: Snapshot{Revision: rev, Leases: make([]subnet.Lease, 0, len(m.keys))}}
-	b.leaseKeys = make([]string, 0, len(m.keys))
-	for k, e := range m.keys {
-		var l *subnet.Lease
-		var inv *InvalidLease
+	old := m.snap
+	if len(m.pending) == 0 {
+		m.snap.Revision = rev
+		return m.snap
+	}
+	goneL := make([]bool, len(old.Leases))
+	goneI := make([]bool, len(old.Invalid))
+	var freshL []subnet.Lease
+	var freshI []InvalidLease
+	for k, p := range m.pending {
+		if name, ok := strings.CutPrefix(k, m.prefix); ok {
+			if v4, v6, err := subnet.ParseSubnetKey(name); err == nil {
+				if i, found := slices.BinarySearchFunc(old.Leases, subnet.Lease{Subnet: v4, IPv6Subnet: v6}, compareLeases); found {
+					goneL[i] = true
+				}
+			}
+		}
+		if i, found := slices.BinarySearchFunc(old.Invalid, k, func(inv InvalidLease, k string) int { return strings.Compare(inv.Key, k) }); found {
+			goneI[i] = true
+		}
 		switch {
-		case e.fresh != nil && e.fresh.invalid != nil:
-			inv = e.fresh.invalid
-		case e.fresh != nil:
-			l = &e.fresh.lease
-		case e.at >= 0:
-			l = &m.snap.Leases[e.at]
+		case p == nil:
+		case p.invalid != nil:
+			freshI = append(freshI, *p.invalid)
 		default:
-			inv = &m.snap.Invalid[-1-e.at]
-		}
-		if l != nil {
-			b.snap.Leases = append(b.snap.Leases, *l)
-			b.leaseKeys = append(b.leaseKeys, k)
-		} else {
-			b.snap.Invalid = append(b.snap.Invalid, *inv)
-			b.invalidKeys = append(b.invalidKeys, k)
+			freshL = append(freshL, p.lease)
 		}
 	}
-	sort.Sort(leaseOrder{&b})
-	sort.Sort(invalidOrder{&b})
-	if n := len(m.keys); m.peak >= 64 && n <= m.peak/2 {
-		m.keys, m.peak = make(map[string]modelEntry, n), n
+	sortLeases(freshL)
+	sortInvalid(freshI)
+	snap := Snapshot{Revision: rev,
+		Leases:  mergeSorted(old.Leases, goneL, freshL, compareLeases),
+		Invalid: mergeSorted(old.Invalid, goneI, freshI, compareInvalid)}
+	m.snap = snap
+	// A new map: a Go map keeps the room of its largest size, and a big
+	// batch (a join of thousands of hosts) should not leave that behind.
+	m.pending = map[string]*parsedKV{}
+	return snap
+}
+
+// mergeSorted returns a new slice holding the entries of old not marked
+// gone and every entry of fresh, in order; old and fresh are sorted by
+// cmp. Neither input is modified.
+func mergeSorted[T any](old []T, gone []bool, fresh []T, cmp func(a, b T) int) []T {
+	n := len(fresh)
+	for i := range old {
+		if !gone[i] {
+			n++
+		}
 	}
-	m.peak = max(m.peak, len(m.keys))
-	for i, k := range b.leaseKeys {
-		m.keys[k] = modelEntry{at: int32(i)}
+	if n == 0 {
+		return nil
 	}
-	for i, k := range b.invalidKeys {
-		m.keys[k] = modelEntry{at: int32(-1 - i)}
+	out := make([]T, 0, n)
+	j := 0
+	for i := range old {
+		if gone[i] {
+			continue
+		}
+		for j < len(fresh) && cmp(fresh[j], old[i]) < 0 {
+			out = append(out, fresh[j])
+			j++
+		}
+		out = append(out, old[i])
 	}
-	m.snap = b.snap
-	return b.snap
-}
-
-// modelSnap is a snapshot being built, with each entry's key alongside, so
-// that the model can find the entries again after the sort.
-type modelSnap struct {
-	snap                   Snapshot
-	leaseKeys, invalidKeys []string
-}
-
-// leaseOrder sorts the leases by subnet, as snapshotOf does, and their
-// keys with them.
-type leaseOrder struct{ b *modelSnap }
-
-func (o leaseOrder) Len() int { return len(o.b.snap.Leases) }
-func (o leaseOrder) Less(i, j int) bool {
-	return o.b.snap.Leases[i].Subnet.Addr().Less(o.b.snap.Leases[j].Subnet.Addr())
-}
-func (o leaseOrder) Swap(i, j int) {
-	ls, ks := o.b.snap.Leases, o.b.leaseKeys
-	ls[i], ls[j] = ls[j], ls[i]
-	ks[i], ks[j] = ks[j], ks[i]
-}
-
-// invalidOrder sorts the invalid keys by key, as snapshotOf does.
-type invalidOrder struct{ b *modelSnap }
-
-func (o invalidOrder) Len() int { return len(o.b.snap.Invalid) }
-func (o invalidOrder) Less(i, j int) bool {
-	return o.b.snap.Invalid[i].Key < o.b.snap.Invalid[j].Key
-}
-func (o invalidOrder) Swap(i, j int) {
-	is, ks := o.b.snap.Invalid, o.b.invalidKeys
-	is[i], is[j] = is[j], is[i]
-	ks[i], ks[j] = ks[j], ks[i]
+	return append(out, fresh[j:]...)
 }
