@@ -120,7 +120,7 @@ type Backend interface {
 	// ownership of the peers slice: the caller must not modify it
 	// afterwards. It never blocks on the kernel; Run applies the state
 	// promptly. Safe for concurrent use.
-	SetDesired(own subnet.Lease, peers []subnet.Lease)
+	SetDesired(own subnet.Lease, peers []*subnet.Lease)
 	// Run reconciles until ctx is done: after each SetDesired, every
 	// ResyncInterval, and on netlink events. It returns only after every
 	// goroutine it started has ended. It leaves all kernel state in place on

@@ -73,7 +73,7 @@ type ExpectInput struct {
 	Options json.RawMessage
 	// Own is our lease; Peers the peers subnet.FilterPeers let through.
 	Own   subnet.Lease
-	Peers []subnet.Lease
+	Peers []*subnet.Lease
 	// Ext is the underlay interface (Name, Index and MTU are set; Index is
 	// 0 when it was not found).
 	Ext ExternalInterface

@@ -50,7 +50,7 @@ type Pass struct {
 
 // PassFunc makes the kernel match own and peers once. Passes never run
 // concurrently.
-type PassFunc func(own subnet.Lease, peers []subnet.Lease) Pass
+type PassFunc func(own subnet.Lease, peers []*subnet.Lease) Pass
 
 // Loop is the declarative engine the kernel backends share. It holds the
 // desired state given to SetDesired and the backend's Status, and runs the
@@ -67,7 +67,7 @@ type Loop struct {
 
 	mu      sync.Mutex // guards the fields below
 	own     subnet.Lease
-	peers   []subnet.Lease
+	peers   []*subnet.Lease
 	desired bool
 	status  Status
 
@@ -126,7 +126,7 @@ func NewLoop(cfg Config, device string, pass PassFunc) *Loop {
 }
 
 // SetDesired implements Backend.SetDesired for the backend that owns l.
-func (l *Loop) SetDesired(own subnet.Lease, peers []subnet.Lease) {
+func (l *Loop) SetDesired(own subnet.Lease, peers []*subnet.Lease) {
 	l.mu.Lock()
 	l.own, l.peers, l.desired = own, peers, true
 	l.status.PeersWanted = len(peers)

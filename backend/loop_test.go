@@ -22,7 +22,7 @@ import (
 func TestLoop(t *testing.T) {
 	var logs bytes.Buffer
 	var mu sync.Mutex
-	var seen [][]subnet.Lease
+	var seen [][]*subnet.Lease
 	far := netip.MustParsePrefix("198.18.9.0/24")
 	fail := atomic.Bool{}
 	var reconciles atomic.Int64
@@ -31,7 +31,7 @@ func TestLoop(t *testing.T) {
 		ResyncInterval: 20 * time.Millisecond,
 		OnReconcile:    func(time.Duration, error) { reconciles.Add(1) },
 	}
-	l := NewLoop(cfg, "dev0", func(own subnet.Lease, peers []subnet.Lease) Pass {
+	l := NewLoop(cfg, "dev0", func(own subnet.Lease, peers []*subnet.Lease) Pass {
 		mu.Lock()
 		seen = append(seen, peers)
 		mu.Unlock()
@@ -60,7 +60,7 @@ func TestLoop(t *testing.T) {
 		close(done)
 	}()
 	peers := []subnet.Lease{{Subnet: netip.MustParsePrefix("198.18.2.0/24")}, {Subnet: far}}
-	l.SetDesired(subnet.Lease{}, peers)
+	l.SetDesired(subnet.Lease{}, subnet.Pointers(peers))
 	deadline := time.Now().Add(2 * time.Second)
 	for reconciles.Load() < 3 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
@@ -113,11 +113,11 @@ func TestLoopKernelRejection(t *testing.T) {
 	bad := netip.MustParsePrefix("198.18.3.0/24")
 	var failWith atomic.Value
 	failWith.Store(unix.EINVAL)
-	l := NewLoop(Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))}, "dev0", func(own subnet.Lease, peers []subnet.Lease) Pass {
+	l := NewLoop(Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))}, "dev0", func(own subnet.Lease, peers []*subnet.Lease) Pass {
 		err := fmt.Errorf("set FDB entry 00:00:00:00:00:00 -> 192.0.2.3: %w", failWith.Load().(unix.Errno))
 		return Pass{Programmed: 1, Failed: map[netip.Prefix]error{bad: err}, Err: err}
 	})
-	l.SetDesired(subnet.Lease{}, []subnet.Lease{{Subnet: good}, {Subnet: bad}})
+	l.SetDesired(subnet.Lease{}, subnet.Pointers([]subnet.Lease{{Subnet: good}, {Subnet: bad}}))
 	l.Reconcile()
 	l.Reconcile()
 	st := l.Status()
@@ -150,7 +150,7 @@ func TestLoopKernelRejection(t *testing.T) {
 func TestLoopLogsRepairs(t *testing.T) {
 	var logs bytes.Buffer
 	repairs := map[string]uint64{}
-	l := NewLoop(Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))}, "dev0", func(subnet.Lease, []subnet.Lease) Pass {
+	l := NewLoop(Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))}, "dev0", func(subnet.Lease, []*subnet.Lease) Pass {
 		return Pass{Repairs: maps.Clone(repairs)}
 	})
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -307,3 +307,14 @@ func (c *Config) ValidatePeer6(l Lease, own6 netip.Prefix, ownPublicIPv6 netip.A
 
 // HasIPv6 reports whether l carries an IPv6 subnet this network programs.
 func (c *Config) HasIPv6(l Lease) bool { return c.EnableIPv6 && l.IPv6Subnet.IsValid() }
+
+// Pointers returns a pointer to each lease of ls, in order: the form in
+// which FilterPeers hands peers to a backend. The leases are shared, not
+// copied.
+func Pointers(ls []Lease) []*Lease {
+	ps := make([]*Lease, len(ls))
+	for i := range ls {
+		ps[i] = &ls[i]
+	}
+	return ps
+}

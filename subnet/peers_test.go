@@ -45,7 +45,7 @@ func vx(third int, publicIP, mac string, createRev int64) Lease {
 	}
 }
 
-func keysOf(ls []Lease) []string {
+func keysOf(ls []*Lease) []string {
 	out := []string{}
 	for _, l := range ls {
 		out = append(out, l.Key())

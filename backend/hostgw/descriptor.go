@@ -36,7 +36,7 @@ func Expect(in backend.ExpectInput) (backend.Expectation, error) {
 			continue
 		}
 		exp.Routes = append(exp.Routes, backend.ExpectedRoute{Dst: p.Subnet, Gw: ip, Peer: ip})
-		if ip6 := p.Attrs.PublicIPv6; dual && in.Network.HasIPv6(p) && ip6.IsValid() && contains(in.OnLink, ip6) {
+		if ip6 := p.Attrs.PublicIPv6; dual && in.Network.HasIPv6(*p) && ip6.IsValid() && contains(in.OnLink, ip6) {
 			exp.Routes = append(exp.Routes, backend.ExpectedRoute{Dst: p.IPv6Subnet, Gw: ip6, Peer: ip})
 		}
 	}

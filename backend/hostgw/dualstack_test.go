@@ -106,7 +106,7 @@ func TestPlanDualStack(t *testing.T) {
 
 	peers := []subnet.Lease{dual, noPub6, v4only, routed6, far}
 	for i := range 2 {
-		p := b.pass(own, peers)
+		p := b.pass(own, subnet.Pointers(peers))
 		if p.Err != nil || p.Programmed != 4 || len(p.Refused) != 1 || p.Refused[far.Subnet] == "" {
 			t.Fatalf("pass %d: %+v", i, p)
 		}
@@ -119,29 +119,29 @@ func TestPlanDualStack(t *testing.T) {
 		t.Fatalf("the peer whose PublicIPv6 is not on-link was logged %d times, want once", n)
 	}
 	before := f.Writes()
-	b.pass(own, peers)
+	b.pass(own, subnet.Pointers(peers))
 	if w := f.Writes() - before; w != 0 {
 		t.Fatalf("identical pass made %d writes", w)
 	}
 
 	// A hand-deleted IPv6 route is repaired.
 	f.RemoveRoute(dual.IPv6Subnet)
-	if p := b.pass(own, peers); p.Repairs["route"] != 1 || p.Programmed != 4 {
+	if p := b.pass(own, subnet.Pointers(peers)); p.Repairs["route"] != 1 || p.Programmed != 4 {
 		t.Fatalf("repair pass: %+v", p)
 	}
 	wantList(t, "IPv6 routes after repair", fakeRoutes6(f), r6("2001:db8:100:2::/64", "2001:db8::12"))
 
 	// The peer moves to another IPv6 address, then leaves.
 	moved := lease6("198.18.2.0/24", "192.0.2.12", "2001:db8:100:2::/64", "2001:db8::22")
-	b.pass(own, []subnet.Lease{moved, v4only})
+	b.pass(own, subnet.Pointers([]subnet.Lease{moved, v4only}))
 	wantList(t, "IPv6 routes after a move", fakeRoutes6(f), r6("2001:db8:100:2::/64", "2001:db8::22"))
-	b.pass(own, []subnet.Lease{v4only})
+	b.pass(own, subnet.Pointers([]subnet.Lease{v4only}))
 	wantList(t, "IPv6 routes after the peer left", fakeRoutes6(f))
 
 	// Without an IPv6 subnet of our own, no IPv6 routes.
-	b.pass(own, []subnet.Lease{dual})
+	b.pass(own, subnet.Pointers([]subnet.Lease{dual}))
 	own.IPv6Subnet = netip.Prefix{}
-	if p := b.pass(own, []subnet.Lease{dual}); p.Programmed != 1 {
+	if p := b.pass(own, subnet.Pointers([]subnet.Lease{dual})); p.Programmed != 1 {
 		t.Fatalf("pass: %+v", p)
 	}
 	wantList(t, "IPv6 routes without our IPv6 subnet", fakeRoutes6(f))
@@ -155,7 +155,7 @@ func TestPlanDualStackRefusedIPv6Part(t *testing.T) {
 	f.AddDevice("cni0", 1500, netip.MustParsePrefix("2001:db8:100:9::1/64"))
 	own := lease6("198.18.1.0/24", "192.0.2.11", "2001:db8:100:1::/64", "2001:db8::11")
 	clash := lease6("198.18.9.0/24", "192.0.2.19", "2001:db8:100:9::/64", "2001:db8::19")
-	p := b.pass(own, []subnet.Lease{clash})
+	p := b.pass(own, subnet.Pointers([]subnet.Lease{clash}))
 	if p.Programmed != 0 || !strings.Contains(p.Refused[clash.Subnet], "IPv6 subnet 2001:db8:100:9::/64") {
 		t.Fatalf("pass: %+v", p)
 	}
@@ -181,11 +181,11 @@ func TestDualStackSetupAndExpect(t *testing.T) {
 
 	own := lease6("198.18.1.0/24", "192.0.2.11", "2001:db8:100:1::/64", "2001:db8::11")
 	exp, err := Expect(backend.ExpectInput{Network: netConfig6(t), Own: own,
-		Peers: []subnet.Lease{
+		Peers: subnet.Pointers([]subnet.Lease{
 			lease6("198.18.2.0/24", "192.0.2.12", "2001:db8:100:2::/64", "2001:db8::12"),
 			lease6("198.18.5.0/24", "192.0.2.15", "2001:db8:100:5::/64", "2001:db8:ff::15"),
 			lease6("198.18.6.0/24", "203.0.113.16", "2001:db8:100:6::/64", "2001:db8::16"),
-		},
+		}),
 		Ext:    backend.ExternalInterface{Name: "eth0"},
 		OnLink: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/64")}})
 	if err != nil {
@@ -273,7 +273,7 @@ func TestDualStackPing(t *testing.T) {
 				peers = append(peers, leases[j])
 			}
 		}
-		b.SetDesired(leases[i], peers)
+		b.SetDesired(leases[i], subnet.Pointers(peers))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -144,7 +144,7 @@ func (b *Backend) MTU() int {
 }
 
 // SetDesired implements backend.Backend.
-func (b *Backend) SetDesired(own subnet.Lease, peers []subnet.Lease) { b.loop.SetDesired(own, peers) }
+func (b *Backend) SetDesired(own subnet.Lease, peers []*subnet.Lease) { b.loop.SetDesired(own, peers) }
 
 // Status implements backend.Backend.
 func (b *Backend) Status() backend.Status { return b.loop.Status() }
@@ -204,14 +204,14 @@ func (b *Backend) prepare() (err error) {
 }
 
 // pass is the backend.PassFunc: one reconcile pass under kmu.
-func (b *Backend) pass(own subnet.Lease, peers []subnet.Lease) backend.Pass {
+func (b *Backend) pass(own subnet.Lease, peers []*subnet.Lease) backend.Pass {
 	b.kmu.Lock()
 	defer b.kmu.Unlock()
 	return b.apply(own, peers)
 }
 
 // apply makes the routes match peers. Caller holds kmu.
-func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass) {
+func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass) {
 	p.Refused, p.Failed = map[netip.Prefix]string{}, map[netip.Prefix]error{}
 	p.Repairs = map[string]uint64{"route": 0}
 	if err := b.prepare(); err != nil {
@@ -238,7 +238,7 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 	has6 := map[netip.Prefix]netip.Prefix{} // peer IPv4 subnet -> its IPv6 route's destination
 	skipped := map[netip.Prefix]string{}
 	for i := range peers {
-		l := &peers[i]
+		l := peers[i]
 		ip := l.Attrs.PublicIP
 		if !contains(onLink, ip) {
 			p.Refused[l.Subnet] = fmt.Sprintf("PublicIP %s is not on-link on %s (%s): host-gw needs every host on one L2 segment",

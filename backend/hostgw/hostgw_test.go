@@ -141,7 +141,7 @@ func TestRoutesAndRefusal(t *testing.T) {
 	}
 	own := subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: h.Addr, BackendType: Type}}
 	far := lease("198.18.4.0/24", "203.0.113.40")
-	b.SetDesired(own, []subnet.Lease{lease("198.18.2.0/24", "192.0.2.20"), lease("198.18.3.0/24", "192.0.2.30"), far})
+	b.SetDesired(own, subnet.Pointers([]subnet.Lease{lease("198.18.2.0/24", "192.0.2.20"), lease("198.18.3.0/24", "192.0.2.30"), far}))
 	for i := 0; i < 3; i++ {
 		b.loop.Reconcile()
 	}
@@ -160,7 +160,7 @@ func TestRoutesAndRefusal(t *testing.T) {
 		t.Fatalf("refusal logged %d times over 3 passes, want once", n)
 	}
 	// Removing a peer removes its route.
-	b.SetDesired(own, []subnet.Lease{lease("198.18.3.0/24", "192.0.2.30")})
+	b.SetDesired(own, subnet.Pointers([]subnet.Lease{lease("198.18.3.0/24", "192.0.2.30")}))
 	b.loop.Reconcile()
 	if got := ourRoutes(t, h); got != "198.18.3.0/24 via 192.0.2.30 dev eth0" {
 		t.Fatalf("routes after removal: %s", got)
@@ -243,7 +243,7 @@ func TestRepairAndPing(t *testing.T) {
 				peers = append(peers, leases[j])
 			}
 		}
-		b.SetDesired(leases[i], peers)
+		b.SetDesired(leases[i], subnet.Pointers(peers))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -284,7 +284,7 @@ func TestRunLeavesNoGoroutines(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- b.Run(ctx) }()
 	own := subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: h.Addr, BackendType: Type}}
-	b.SetDesired(own, []subnet.Lease{lease("198.18.2.0/24", "192.0.2.20")})
+	b.SetDesired(own, subnet.Pointers([]subnet.Lease{lease("198.18.2.0/24", "192.0.2.20")}))
 	waitFor(t, "ready", 2*time.Second, func() bool { st := b.Status(); return st.Ready() && st.PeersProgrammed == 1 })
 	cancel()
 	if err := <-done; err != nil {

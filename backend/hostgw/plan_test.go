@@ -120,7 +120,7 @@ func TestPlanRoutes(t *testing.T) {
 			if st.drift != nil {
 				st.drift()
 			}
-			p := b.pass(subnet.Lease{}, st.peers)
+			p := b.pass(subnet.Lease{}, subnet.Pointers(st.peers))
 			if p.Err != nil || p.Programmed != len(st.routes) || len(p.Refused) != len(st.refused) {
 				t.Fatalf("pass: programmed %d, refused %v, err %v; want %d programmed, %v refused", p.Programmed, p.Refused, p.Err, len(st.routes), st.refused)
 			}
@@ -136,7 +136,7 @@ func TestPlanRoutes(t *testing.T) {
 				t.Errorf("route repairs %d, want %d", p.Repairs["route"], st.repairs)
 			}
 			before := f.Writes()
-			if p := b.pass(subnet.Lease{}, st.peers); p.Err != nil || p.Programmed != len(st.routes) {
+			if p := b.pass(subnet.Lease{}, subnet.Pointers(st.peers)); p.Err != nil || p.Programmed != len(st.routes) {
 				t.Fatalf("second pass: %+v", p)
 			}
 			if w := f.Writes() - before; w != 0 {

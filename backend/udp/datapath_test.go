@@ -183,9 +183,9 @@ func testPath(t testing.TB, vnet, gso bool) (*txPath, *rxPath, *fakeTUN, *fakeCo
 		t.Fatal(err)
 	}
 	b := bi.(*udpBackend)
-	b.swapTable(netip.MustParsePrefix("198.18.1.0/24"), []subnet.Lease{
+	b.swapTable(netip.MustParsePrefix("198.18.1.0/24"), subnet.Pointers([]subnet.Lease{
 		{Subnet: netip.MustParsePrefix("198.18.2.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("192.0.2.2")}},
-	})
+	}))
 	tun, conn := newFakeTUN(), newFakeConn()
 	dp := &dataPath{tun: tun, conn: conn, vnetHdr: vnet, state: &b.fwd, stats: &b.stats, logger: slog.New(slog.DiscardHandler)}
 	dp.gso.Store(gso)
@@ -344,7 +344,7 @@ func TestDecapsulateFilters(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			for _, vnet := range []bool{false, true} {
 				_, rx, tun, _, b := testPath(t, vnet, false)
-				b.swapTable(netip.MustParsePrefix("198.18.1.0/24"), spoofPeers())
+				b.swapTable(netip.MustParsePrefix("198.18.1.0/24"), subnet.Pointers(spoofPeers()))
 				rx.msgs[0] = message{buf: rx.bufs[0][headroom:], n: len(c.pkt), addr: c.from}
 				copy(rx.msgs[0].buf, c.pkt)
 				rx.handle(0, b.fwd.Load())
@@ -392,7 +392,7 @@ func spoofPeers() []subnet.Lease {
 func TestDecapsulateSpoofedInGRO(t *testing.T) {
 	for _, vnet := range []bool{false, true} {
 		_, rx, tun, _, b := testPath(t, vnet, false)
-		b.swapTable(netip.MustParsePrefix("198.18.1.0/24"), spoofPeers())
+		b.swapTable(netip.MustParsePrefix("198.18.1.0/24"), subnet.Pointers(spoofPeers()))
 		var buf []byte
 		for i, src := range []string{"198.18.2.7", "198.18.3.7", "198.18.4.7"} {
 			buf = append(buf, ipPacket(src, "198.18.1.5", packet.ProtoUDP, []byte{byte(i), 0, 0, 0}, 64)...)
@@ -648,10 +648,10 @@ func (t *txPath) handleNow(b []byte) {
 // to two peers, and checks they leave in one WriteBatch, in order.
 func TestTxBatching(t *testing.T) {
 	tx, _, _, conn, b := testPath(t, true, true)
-	b.swapTable(netip.MustParsePrefix("198.18.1.0/24"), []subnet.Lease{
+	b.swapTable(netip.MustParsePrefix("198.18.1.0/24"), subnet.Pointers([]subnet.Lease{
 		{Subnet: netip.MustParsePrefix("198.18.2.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("192.0.2.2")}},
 		{Subnet: netip.MustParsePrefix("198.18.3.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("192.0.2.3")}},
-	})
+	}))
 	var reads [][]byte
 	for i := 0; i < 3; i++ {
 		dst := []string{"198.18.2.7", "198.18.3.7"}[i%2]
@@ -737,7 +737,7 @@ func TestDecapsulateMixedGRO(t *testing.T) {
 // whichever way the receive filters decide.
 func TestReceiveFiltersNoAllocs(t *testing.T) {
 	_, rx, _, _, b := testPath(t, false, false)
-	b.swapTable(netip.MustParsePrefix("198.18.1.0/24"), spoofPeers())
+	b.swapTable(netip.MustParsePrefix("198.18.1.0/24"), subnet.Pointers(spoofPeers()))
 	rx.tun, rx.conn, rx.vw = nopTUN{}, &nopConn{}, nopTUN{}
 	st := b.fwd.Load()
 	for _, c := range []struct {

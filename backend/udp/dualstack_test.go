@@ -26,8 +26,8 @@ func TestIPv6PartsIgnored(t *testing.T) {
 	dual.Attrs.PublicIPv6 = netip.MustParseAddr("2001:db8::12")
 	dual.Attrs.BackendV6Data = []byte(`{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}`)
 	own := netip.MustParsePrefix("198.18.1.0/24")
-	st4, ref4 := buildTable(nw, own, []subnet.Lease{v4})
-	st6, ref6 := buildTable(nw, own, []subnet.Lease{dual})
+	st4, ref4 := buildTable(nw, own, subnet.Pointers([]subnet.Lease{v4}))
+	st6, ref6 := buildTable(nw, own, subnet.Pointers([]subnet.Lease{dual}))
 	if len(ref4) != 0 || !reflect.DeepEqual(ref4, ref6) || !reflect.DeepEqual(st4, st6) || len(st6.peers) != 1 {
 		t.Fatalf("IPv4-only lease: %+v %v; dual-stack lease: %+v %v", st4, ref4, st6, ref6)
 	}

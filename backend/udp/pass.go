@@ -26,7 +26,7 @@ import (
 //
 // A peer counts as programmed once it is in the table and the network
 // route is in place.
-func (b *udpBackend) pass(own subnet.Lease, peers []subnet.Lease) backend.Pass {
+func (b *udpBackend) pass(own subnet.Lease, peers []*subnet.Lease) backend.Pass {
 	b.kmu.Lock()
 	defer b.kmu.Unlock()
 	p := backend.Pass{Repairs: map[string]uint64{}}
@@ -44,8 +44,8 @@ func (b *udpBackend) pass(own subnet.Lease, peers []subnet.Lease) backend.Pass {
 type tableState struct {
 	built   bool
 	own     netip.Prefix
-	peers   []subnet.Lease // the slice SetDesired handed over
-	size    int            // peers in the table
+	peers   []*subnet.Lease // the slice SetDesired handed over
+	size    int             // peers in the table
 	refused map[netip.Prefix]string
 }
 
@@ -54,7 +54,7 @@ type tableState struct {
 // table built from this very desired state is kept: SetDesired hands over
 // a new slice with every change and nobody modifies it afterwards, so a
 // resync pass builds nothing. Caller holds kmu.
-func (b *udpBackend) swapTable(own netip.Prefix, peers []subnet.Lease) (int, map[netip.Prefix]string) {
+func (b *udpBackend) swapTable(own netip.Prefix, peers []*subnet.Lease) (int, map[netip.Prefix]string) {
 	t := &b.table
 	if !t.built || t.own != own || !sameSlice(t.peers, peers) {
 		st, refused := buildTable(b.cfg.Network, own, peers)
@@ -65,7 +65,7 @@ func (b *udpBackend) swapTable(own netip.Prefix, peers []subnet.Lease) (int, map
 }
 
 // sameSlice reports whether a and b are the same slice (not merely equal).
-func sameSlice(a, b []subnet.Lease) bool {
+func sameSlice(a, b []*subnet.Lease) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
@@ -80,7 +80,7 @@ func prefixU32(p netip.Prefix) (addr, mask uint32) {
 
 // buildTable validates the peers and builds the forwarding table for our
 // subnet own (invalid: none yet) in the network nw.
-func buildTable(nw *subnet.Config, own netip.Prefix, peers []subnet.Lease) (*fwdState, map[netip.Prefix]string) {
+func buildTable(nw *subnet.Config, own netip.Prefix, peers []*subnet.Lease) (*fwdState, map[netip.Prefix]string) {
 	st := &fwdState{peers: make(map[uint32]uint32, len(peers)), publics: make(map[uint32]struct{}, len(peers))}
 	st.netAddr, st.netMask = prefixU32(nw.Network)
 	st.ownAddr, st.ownMask = prefixU32(own)

@@ -230,7 +230,8 @@ func TestPlan(t *testing.T) {
 				st.drift()
 			}
 			before := f.Writes()
-			p := b.pass(st.own, st.peers)
+			peers := subnet.Pointers(st.peers)
+			p := b.pass(st.own, peers)
 			if st.noWrites && f.Writes() != before {
 				t.Errorf("the pass made %d writes, want none", f.Writes()-before)
 			}
@@ -272,7 +273,7 @@ func TestPlan(t *testing.T) {
 			}
 			table := b.fwd.Load()
 			before = f.Writes()
-			p = b.pass(st.own, st.peers)
+			p = b.pass(st.own, peers)
 			if w := f.Writes() - before; w != 0 {
 				t.Fatalf("second identical pass made %d writes", w)
 			}
@@ -303,7 +304,7 @@ func TestPlanStatus(t *testing.T) {
 	if st.Device != DeviceName || st.DataPath == nil || st.Ready() {
 		t.Fatalf("status before any pass: %+v", st)
 	}
-	b.SetDesired(lease("198.18.1.0/24", "192.0.2.1"), []subnet.Lease{lease("198.18.2.0/24", "192.0.2.2"), lease("198.18.4.0/25", "192.0.2.4")})
+	b.SetDesired(lease("198.18.1.0/24", "192.0.2.1"), subnet.Pointers([]subnet.Lease{lease("198.18.2.0/24", "192.0.2.2"), lease("198.18.4.0/25", "192.0.2.4")}))
 	b.loop.Reconcile()
 	st = b.Status()
 	if st.PeersWanted != 2 || st.PeersProgrammed != 1 || len(st.Refused) != 1 || !st.Ready() || st.LastError != "" || lastErr != nil {

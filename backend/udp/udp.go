@@ -327,7 +327,7 @@ func (b *udpBackend) MTU() int {
 
 // SetDesired implements backend.Backend. The next pass, within
 // milliseconds, swaps the forwarding table and programs address and route.
-func (b *udpBackend) SetDesired(own subnet.Lease, peers []subnet.Lease) {
+func (b *udpBackend) SetDesired(own subnet.Lease, peers []*subnet.Lease) {
 	b.loop.SetDesired(own, peers)
 }
 

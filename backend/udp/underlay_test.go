@@ -40,9 +40,9 @@ func TestKernelUnderlayRouteRefused(t *testing.T) {
 			var lastErr error
 			cfg.OnReconcile = func(_ time.Duration, err error) { lastErr = err }
 			b := startWith(t, cfg)
-			b.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24")}, []subnet.Lease{
+			b.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24")}, subnet.Pointers([]subnet.Lease{
 				{Subnet: netip.MustParsePrefix("198.18.2.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("192.0.2.2")}},
-			})
+			}))
 			k, err := nl.Open(n.h)
 			if err != nil {
 				t.Fatal(err)

@@ -143,7 +143,7 @@ func Expect(in backend.ExpectInput) (backend.Expectation, error) {
 	}
 	for _, p := range in.Peers {
 		pub := p.Attrs.PublicIP
-		if dual && in.Network.HasIPv6(p) && p.Attrs.PublicIPv6.IsValid() {
+		if dual && in.Network.HasIPv6(*p) && p.Attrs.PublicIPv6.IsValid() {
 			if id, err := PeerData6(p.Attrs); err == nil && id != "" {
 				expectPeer(&exp, p.IPv6Subnet, p.Attrs.PublicIPv6, net.HardwareAddr(id), name6, o.DirectRouting && onLink(in.OnLink, p.Attrs.PublicIPv6), pub)
 			}

@@ -204,7 +204,7 @@ func TestPlanDualStack(t *testing.T) {
 			if st.drift != nil {
 				st.drift(t)
 			}
-			p := b.pass(own, st.peers)
+			p := b.pass(own, subnet.Pointers(st.peers))
 			if p.Err != nil || p.Programmed != len(st.peers) || len(p.Refused) != 0 || len(p.Failed) != 0 {
 				t.Fatalf("pass: programmed %d of %d, refused %v, failed %v, err %v", p.Programmed, len(st.peers), p.Refused, p.Failed, p.Err)
 			}
@@ -222,7 +222,7 @@ func TestPlanDualStack(t *testing.T) {
 				}
 			}
 			before := f.Writes()
-			if p := b.pass(own, st.peers); p.Err != nil || p.Programmed != len(st.peers) {
+			if p := b.pass(own, subnet.Pointers(st.peers)); p.Err != nil || p.Programmed != len(st.peers) {
 				t.Fatalf("second pass: %+v", p)
 			}
 			if w := f.Writes() - before; w != 0 {
@@ -243,11 +243,11 @@ func TestPlanDualStackOwnIPv4Only(t *testing.T) {
 	}
 	own := subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24"), IPv6Subnet: netip.MustParsePrefix("2001:db8:100:1::/64"), Attrs: attrs}
 	peers := []subnet.Lease{vxLease6("198.18.2.0/24", "192.0.2.12", macA, "2001:db8:100:2::/64", "2001:db8::12", mac6A)}
-	if p := b.pass(own, peers); p.Err != nil || p.Programmed != 1 {
+	if p := b.pass(own, subnet.Pointers(peers)); p.Err != nil || p.Programmed != 1 {
 		t.Fatalf("pass: %+v", p)
 	}
 	own.IPv6Subnet = netip.Prefix{}
-	if p := b.pass(own, peers); p.Err != nil || p.Programmed != 1 {
+	if p := b.pass(own, subnet.Pointers(peers)); p.Err != nil || p.Programmed != 1 {
 		t.Fatalf("pass without our IPv6 subnet: %+v", p)
 	}
 	ks := fakeState6(t, f, "weft-v6.1")
@@ -273,7 +273,7 @@ func TestPlanDualStackDirectRouting(t *testing.T) {
 		vxLease6("198.18.2.0/24", "192.0.2.12", macA, "2001:db8:100:2::/64", "2001:db8::12", mac6A),    // same segment
 		vxLease6("198.18.3.0/24", "192.0.2.13", macB, "2001:db8:100:3::/64", "2001:db8:ff::13", mac6B), // IPv6 routed
 	}
-	if p := b.pass(own, peers); p.Err != nil || p.Programmed != 2 {
+	if p := b.pass(own, subnet.Pointers(peers)); p.Err != nil || p.Programmed != 2 {
 		t.Fatalf("pass: %+v", p)
 	}
 	dev6, _ := f.LinkByName("weft-v6.1")
@@ -284,7 +284,7 @@ func TestPlanDualStackDirectRouting(t *testing.T) {
 	wantList(t, "IPv6 neighbours", ks.neigh, "2001:db8:100:3:: "+mac6B)
 	wantList(t, "IPv6 FDB", ks.fdb, mac6B+" 2001:db8:ff::13")
 	exp, err := Expect(backend.ExpectInput{Network: b.cfg.Network, Options: b.cfg.Options,
-		Own: withPublic6(own, "2001:db8::11"), Peers: peers, Ext: b.cfg.Ext,
+		Own: withPublic6(own, "2001:db8::11"), Peers: subnet.Pointers(peers), Ext: b.cfg.Ext,
 		OnLink: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/64")}})
 	if err != nil {
 		t.Fatal(err)
@@ -319,7 +319,7 @@ func TestPlanDualStackRefusedIPv6Part(t *testing.T) {
 	own := subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24"), IPv6Subnet: netip.MustParsePrefix("2001:db8:100:1::/64"), Attrs: attrs}
 	clash := vxLease6("198.18.9.0/24", "192.0.2.19", macA, "2001:db8:100:9::/64", "2001:db8::19", mac6A)
 	good := vxLease6("198.18.2.0/24", "192.0.2.12", macB, "2001:db8:100:2::/64", "2001:db8::12", mac6B)
-	p := b.pass(own, []subnet.Lease{clash, good})
+	p := b.pass(own, subnet.Pointers([]subnet.Lease{clash, good}))
 	if p.Programmed != 1 || !strings.Contains(p.Refused[clash.Subnet], "IPv6 subnet 2001:db8:100:9::/64") {
 		t.Fatalf("pass: %+v", p)
 	}
@@ -578,7 +578,7 @@ func TestDualStackKernel(t *testing.T) {
 	a := vxLease6("198.18.2.0/24", "192.0.2.20", macA, "2001:db8:100:2::/64", "2001:db8::20", mac6A)
 	c := vxLease6("198.18.3.0/24", "192.0.2.30", macB, "2001:db8:100:3::/64", "2001:db8:ff::30", mac6B)
 	v4only := vxLease("198.18.4.0/24", "192.0.2.40", macC)
-	b.SetDesired(own, []subnet.Lease{a, c, v4only})
+	b.SetDesired(own, subnet.Pointers([]subnet.Lease{a, c, v4only}))
 	waitFor(t, "ready", 2*time.Second, func() bool { st := b.Status(); return st.Ready() && st.PeersProgrammed == 3 })
 	idx := l.Attrs().Index
 	route2 := fmt.Sprintf("2001:db8:100:2::/64 via 2001:db8:100:2:: dev %d onlink", idx)
@@ -626,7 +626,7 @@ func TestDualStackKernel(t *testing.T) {
 	})
 
 	// The peer goes: its IPv6 objects go, the other's stay.
-	b.SetDesired(own, []subnet.Lease{c, v4only})
+	b.SetDesired(own, subnet.Pointers([]subnet.Lease{c, v4only}))
 	waitFor(t, "IPv6 objects of the departed peer removed", 2*time.Second, func() bool {
 		ks := dumpState6(t, h, "weft-v6.1")
 		return len(ks.routes) == 1 && len(ks.neigh) == 1 && len(ks.fdb) == 1
@@ -682,7 +682,7 @@ func TestDualStackDataPath(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	for i, b := range bs {
-		b.SetDesired(leases[i], []subnet.Lease{leases[1-i]})
+		b.SetDesired(leases[i], subnet.Pointers([]subnet.Lease{leases[1-i]}))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -185,7 +185,7 @@ func TestPlanPeers(t *testing.T) {
 			if st.drift != nil {
 				st.drift(t)
 			}
-			p := b.pass(own, st.peers)
+			p := b.pass(own, subnet.Pointers(st.peers))
 			if p.Err != nil || p.Programmed != len(st.peers) || len(p.Refused) != 0 {
 				t.Fatalf("pass: programmed %d of %d, refused %v, err %v", p.Programmed, len(st.peers), p.Refused, p.Err)
 			}
@@ -201,7 +201,7 @@ func TestPlanPeers(t *testing.T) {
 			}
 			// The same desired state again writes nothing.
 			before := f.Writes()
-			if p := b.pass(own, st.peers); p.Err != nil || p.Programmed != len(st.peers) {
+			if p := b.pass(own, subnet.Pointers(st.peers)); p.Err != nil || p.Programmed != len(st.peers) {
 				t.Fatalf("second pass: %+v", p)
 			}
 			if w := f.Writes() - before; w != 0 {
@@ -230,7 +230,7 @@ func TestPlanDirectRouting(t *testing.T) {
 		vxLease("198.18.4.0/24", "10.9.0.2", macC),    // point-to-point peer
 		vxLease("198.18.5.0/24", "10.9.0.1", macC),    // our own end of it: not on-link
 	}
-	p := b.pass(own, peers)
+	p := b.pass(own, subnet.Pointers(peers))
 	if p.Err != nil {
 		t.Fatal(p.Err)
 	}

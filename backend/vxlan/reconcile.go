@@ -17,7 +17,7 @@ import (
 )
 
 // pass is the backend.PassFunc: one reconcile pass under kmu.
-func (b *Backend) pass(own subnet.Lease, peers []subnet.Lease) backend.Pass {
+func (b *Backend) pass(own subnet.Lease, peers []*subnet.Lease) backend.Pass {
 	b.kmu.Lock()
 	defer b.kmu.Unlock()
 	return b.apply(own, peers)
@@ -36,7 +36,7 @@ type peerPlan struct {
 }
 
 // apply makes the kernel match own and peers. Caller holds kmu.
-func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass) {
+func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass) {
 	p.Refused, p.Repairs = map[netip.Prefix]string{}, map[string]uint64{}
 	if err := b.prepare(); err != nil {
 		p.Err = err
@@ -94,7 +94,7 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 	plans := make([]peerPlan, 0, len(peers))
 	want := make([]nl.RouteSpec, 0, len(peers))
 	for i := range peers {
-		l := &peers[i]
+		l := peers[i]
 		mac, err := PeerData(l.Attrs) // FilterPeers judged it already; cheap
 		if err != nil {
 			p.Refused[l.Subnet] = err.Error()

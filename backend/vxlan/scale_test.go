@@ -59,7 +59,7 @@ func programPeers(t testing.TB, n int) (first, idle time.Duration) {
 		t.Fatal(err)
 	}
 	peers := syntheticPeers(n)
-	b.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.0.0/28"), Attrs: attrs}, peers)
+	b.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.0.0/28"), Attrs: attrs}, subnet.Pointers(peers))
 	start := time.Now()
 	b.loop.Reconcile()
 	first = time.Since(start)
@@ -122,7 +122,7 @@ func passBackend(b *testing.B, n int) *Backend {
 	if err != nil {
 		b.Fatal(err)
 	}
-	be.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.0.0/28"), Attrs: attrs}, syntheticPeers(n))
+	be.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.0.0/28"), Attrs: attrs}, subnet.Pointers(syntheticPeers(n)))
 	return be
 }
 

@@ -291,7 +291,7 @@ func (b *Backend) dropPeerAttrs() {
 func (b *Backend) MTU() int { return int(b.v4.mtu.Load()) }
 
 // SetDesired implements backend.Backend.
-func (b *Backend) SetDesired(own subnet.Lease, peers []subnet.Lease) { b.loop.SetDesired(own, peers) }
+func (b *Backend) SetDesired(own subnet.Lease, peers []*subnet.Lease) { b.loop.SetDesired(own, peers) }
 
 // Status implements backend.Backend.
 func (b *Backend) Status() backend.Status { return b.loop.Status() }

@@ -212,7 +212,7 @@ func TestSetupAndPeers(t *testing.T) {
 		vxLease("198.18.2.0/24", "192.0.2.20", macA),
 		vxLease("198.18.3.0/24", "203.0.113.30", macB),
 	}
-	b.SetDesired(own, peers)
+	b.SetDesired(own, subnet.Pointers(peers))
 	b.loop.Reconcile()
 	st := b.Status()
 	if st.LastError != "" || st.PeersWanted != 2 || st.PeersProgrammed != 2 || !st.Ready() {
@@ -244,7 +244,7 @@ func TestSetupAndPeers(t *testing.T) {
 	}
 
 	// Peer removal and a stale MAC (peer rebooted with a new MAC).
-	b.SetDesired(own, []subnet.Lease{vxLease("198.18.3.0/24", "203.0.113.30", macC)})
+	b.SetDesired(own, subnet.Pointers([]subnet.Lease{vxLease("198.18.3.0/24", "203.0.113.30", macC)}))
 	b.loop.Reconcile()
 	waitFor(t, "events from a real change (the counter works)", time.Second, func() bool { return events.Load() > 0 })
 	ks = dumpState(t, h, "weft.1")
@@ -253,7 +253,7 @@ func TestSetupAndPeers(t *testing.T) {
 	wantList(t, "routes after removal", ks.routes, fmt.Sprintf("198.18.3.0/24 via 198.18.3.0 dev %d onlink", idx))
 
 	// A peer that moved to another public IP.
-	b.SetDesired(own, []subnet.Lease{vxLease("198.18.3.0/24", "203.0.113.31", macC)})
+	b.SetDesired(own, subnet.Pointers([]subnet.Lease{vxLease("198.18.3.0/24", "203.0.113.31", macC)}))
 	b.loop.Reconcile()
 	ks = dumpState(t, h, "weft.1")
 	wantList(t, "fdb after move", ks.fdb, macC+" 203.0.113.31")
@@ -289,7 +289,7 @@ func TestRefusedPeers(t *testing.T) {
 	h.IP(t, "link", "set", "cni0", "up")
 	clash := vxLease("198.18.5.0/24", "192.0.2.50", macB)
 	good := vxLease("198.18.6.0/24", "192.0.2.60", macC)
-	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), []subnet.Lease{bad, clash, good})
+	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), subnet.Pointers([]subnet.Lease{bad, clash, good}))
 	b.loop.Reconcile()
 	st := b.Status()
 	if len(st.Refused) != 2 || st.Refused[bad.Subnet] == "" || st.Refused[clash.Subnet] == "" {
@@ -314,10 +314,10 @@ func TestDirectRouting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), []subnet.Lease{
+	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), subnet.Pointers([]subnet.Lease{
 		vxLease("198.18.2.0/24", "192.0.2.20", macA),   // same L2 segment
 		vxLease("198.18.3.0/24", "203.0.113.30", macB), // behind a router
-	})
+	}))
 	b.loop.Reconcile()
 	l, _ := h.NL.LinkByName("weft.1")
 	ks := dumpState(t, h, "weft.1")
@@ -393,10 +393,10 @@ func TestRepairs(t *testing.T) {
 	b.cfg.ResyncInterval = time.Hour // only events may trigger repairs
 	b.loop = backend.NewLoop(b.cfg, b.v4.name, b.pass)
 	startRun(t, b)
-	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), []subnet.Lease{
+	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), subnet.Pointers([]subnet.Lease{
 		vxLease("198.18.2.0/24", "192.0.2.20", macA),
 		vxLease("198.18.3.0/24", "192.0.2.30", macB),
-	})
+	}))
 	waitFor(t, "first pass", 2*time.Second, func() bool { return b.Status().Ready() })
 	time.Sleep(100 * time.Millisecond) // let the first pass's own events settle
 
@@ -577,7 +577,7 @@ func TestFlannelTakeoverAndCleanup(t *testing.T) {
 	if _, err := h.NL.LinkByName("flannel.1"); err == nil {
 		t.Fatal("flannel.1 still exists")
 	}
-	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), []subnet.Lease{vxLease("198.18.2.0/24", "192.0.2.20", macA)})
+	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), subnet.Pointers([]subnet.Lease{vxLease("198.18.2.0/24", "192.0.2.20", macA)}))
 	b.loop.Reconcile()
 	if st := b.Status(); st.LastError != "" || st.PeersProgrammed != 1 {
 		t.Fatalf("status: %+v", st)
@@ -619,7 +619,7 @@ func TestRunLeavesNoGoroutines(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- b.Run(ctx) }()
-	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), []subnet.Lease{vxLease("198.18.2.0/24", "192.0.2.20", macA)})
+	b.SetDesired(ownLease(h, "198.18.1.0/24", attrs), subnet.Pointers([]subnet.Lease{vxLease("198.18.2.0/24", "192.0.2.20", macA)}))
 	waitFor(t, "ready", 2*time.Second, func() bool { return b.Status().Ready() })
 	cancel()
 	if err := <-done; err != nil {
@@ -655,7 +655,7 @@ func TestDataPath(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	for i, b := range bs {
-		b.SetDesired(leases[i], []subnet.Lease{leases[1-i]})
+		b.SetDesired(leases[i], subnet.Pointers([]subnet.Lease{leases[1-i]}))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

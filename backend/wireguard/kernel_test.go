@@ -182,8 +182,8 @@ func TestNamespaceHandshakePingAndPeerRemoval(t *testing.T) {
 	f := files(t, l)
 	n0 := start(t, l, 0, f[0])
 	n1 := start(t, l, 1, f[1])
-	n0.b.SetDesired(own(l, 0, n0.attrs), []subnet.Lease{own(l, 1, n1.attrs)})
-	n1.b.SetDesired(own(l, 1, n1.attrs), []subnet.Lease{own(l, 0, n0.attrs)})
+	n0.b.SetDesired(own(l, 0, n0.attrs), subnet.Pointers([]subnet.Lease{own(l, 1, n1.attrs)}))
+	n1.b.SetDesired(own(l, 1, n1.attrs), subnet.Pointers([]subnet.Lease{own(l, 0, n0.attrs)}))
 	waitFor(t, "both backends ready", 5*time.Second, func() bool {
 		return n0.b.Status().Ready() && n1.b.Status().Ready()
 	})
@@ -263,7 +263,7 @@ func TestNamespaceHandshakePingAndPeerRemoval(t *testing.T) {
 		t.Fatalf("pods still reach each other after the peer's lease went")
 	}
 	// It comes back with its lease.
-	n0.b.SetDesired(own(l, 0, n0.attrs), []subnet.Lease{own(l, 1, n1.attrs)})
+	n0.b.SetDesired(own(l, 0, n0.attrs), subnet.Pointers([]subnet.Lease{own(l, 1, n1.attrs)}))
 	waitFor(t, "pods reach each other again", 5*time.Second, func() bool {
 		_, recv, _ := udplab.Ping(l.Pod[0], l.PodIP[1], 1, 100*time.Millisecond)
 		return recv == 1
@@ -315,8 +315,8 @@ func TestNamespaceRestartKeepsKeyAndDevice(t *testing.T) {
 	f := files(t, l)
 	n0 := start(t, l, 0, f[0])
 	n1 := start(t, l, 1, f[1])
-	n0.b.SetDesired(own(l, 0, n0.attrs), []subnet.Lease{own(l, 1, n1.attrs)})
-	n1.b.SetDesired(own(l, 1, n1.attrs), []subnet.Lease{own(l, 0, n0.attrs)})
+	n0.b.SetDesired(own(l, 0, n0.attrs), subnet.Pointers([]subnet.Lease{own(l, 1, n1.attrs)}))
+	n1.b.SetDesired(own(l, 1, n1.attrs), subnet.Pointers([]subnet.Lease{own(l, 0, n0.attrs)}))
 	waitFor(t, "ping", 5*time.Second, func() bool {
 		_, recv, _ := udplab.Ping(l.Pod[0], l.PodIP[1], 1, 100*time.Millisecond)
 		return recv == 1
@@ -353,7 +353,7 @@ func TestNamespaceRestartKeepsKeyAndDevice(t *testing.T) {
 	if string(n0b.attrs.BackendData) != string(n0.attrs.BackendData) {
 		t.Fatalf("lease data changed across a restart: %s -> %s", n0.attrs.BackendData, n0b.attrs.BackendData)
 	}
-	n0b.b.SetDesired(own(l, 0, n0b.attrs), []subnet.Lease{own(l, 1, n1.attrs)})
+	n0b.b.SetDesired(own(l, 0, n0b.attrs), subnet.Pointers([]subnet.Lease{own(l, 1, n1.attrs)}))
 	res := <-pr
 	if res.err != nil || res.sent < 250 {
 		t.Fatalf("ping: %+v", res)

@@ -38,7 +38,7 @@ type DevicePeer struct {
 // hold: endpoint PublicIP:Port (Port 0: our own listen port), the subnet
 // as allowed IPs, the cluster PSK and keepalive. Leases it cannot use are
 // returned as refused, with the reason; they never stop the others.
-func desiredPeers(nw *subnet.Config, own netip.Prefix, ownPub wgtypes.Key, o Options, leases []subnet.Lease) ([]Peer, map[netip.Prefix]string) {
+func desiredPeers(nw *subnet.Config, own netip.Prefix, ownPub wgtypes.Key, o Options, leases []*subnet.Lease) ([]Peer, map[netip.Prefix]string) {
 	refused := map[netip.Prefix]string{}
 	peers := make([]Peer, 0, len(leases))
 	seen := make(map[wgtypes.Key]netip.Prefix, len(leases))

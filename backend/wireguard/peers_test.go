@@ -37,7 +37,7 @@ func TestDesiredPeers(t *testing.T) {
 		lease(t, "198.18.1.0/24", "192.0.2.6", c, 51820), // our subnet
 		lease(t, "198.19.0.0/24", "192.0.2.7", c, 51820), // outside the network
 	}
-	peers, refused := desiredPeers(nw, netip.MustParsePrefix("198.18.1.0/24"), own.PublicKey(), o, leases)
+	peers, refused := desiredPeers(nw, netip.MustParsePrefix("198.18.1.0/24"), own.PublicKey(), o, subnet.Pointers(leases))
 	if len(peers) != 2 {
 		t.Fatalf("peers = %+v, want a and b", peers)
 	}

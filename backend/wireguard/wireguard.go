@@ -87,12 +87,12 @@ type wgBackend struct {
 	attached bool // a device has been running: a fresh one is a repair
 	// applied is the desired peer set the device last matched, so that
 	// a later difference with the same desired state counts as a repair.
-	applied   []subnet.Lease
+	applied   []*subnet.Lease
 	appliedOK bool
 	// want and refused are the peers built from wantFrom (the slice
 	// SetDesired handed over, which nobody modifies) for wantOwn: a
 	// resync pass builds nothing.
-	wantFrom []subnet.Lease
+	wantFrom []*subnet.Lease
 	wantOwn  netip.Prefix
 	want     []Peer
 	refused  map[netip.Prefix]string
@@ -250,7 +250,7 @@ func (b *wgBackend) MTU() int {
 }
 
 // SetDesired implements backend.Backend.
-func (b *wgBackend) SetDesired(own subnet.Lease, peers []subnet.Lease) {
+func (b *wgBackend) SetDesired(own subnet.Lease, peers []*subnet.Lease) {
 	b.loop.SetDesired(own, peers)
 }
 
@@ -295,7 +295,7 @@ func (b *wgBackend) Run(ctx context.Context) error {
 
 // pass is the backend.PassFunc: the device with our key and port, the
 // link with our MTU, address and route, then the peers.
-func (b *wgBackend) pass(own subnet.Lease, leases []subnet.Lease) backend.Pass {
+func (b *wgBackend) pass(own subnet.Lease, leases []*subnet.Lease) backend.Pass {
 	b.kmu.Lock()
 	defer b.kmu.Unlock()
 	p := backend.Pass{Repairs: map[string]uint64{}}
@@ -372,7 +372,7 @@ func (b *wgBackend) pass(own subnet.Lease, leases []subnet.Lease) backend.Pass {
 	return p
 }
 
-func sameSlice(a, b []subnet.Lease) bool {
+func sameSlice(a, b []*subnet.Lease) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 

@@ -319,7 +319,7 @@ func prefixOrNone(p netip.Prefix) string {
 // validPeers judges the leases exactly as weftd does (subnet.FilterPeers)
 // and reports every refused lease: weftd programs nothing for it, and an
 // operator should know why.
-func (c *checker) validPeers() []subnet.Lease {
+func (c *checker) validPeers() []*subnet.Lease {
 	peers, refused := subnet.FilterPeers(c.in.Config, c.be.PeerRules(), c.own, c.in.Leases, c.in.Invalid)
 	for _, r := range refused {
 		c.rep.Refused = append(c.rep.Refused, RefusedLease{Key: r.Key, Reason: r.Reason, Error: r.Err.Error()})

@@ -158,11 +158,11 @@ func (l *Lab) Close() error {
 }
 
 // Leases returns the own lease and peer leases of host i.
-func (l *Lab) Leases(i int) (subnet.Lease, []subnet.Lease) {
-	lease := func(j int) subnet.Lease {
-		return subnet.Lease{Subnet: l.Subnet[j], Attrs: subnet.LeaseAttrs{PublicIP: l.HostIP[j]}}
+func (l *Lab) Leases(i int) (subnet.Lease, []*subnet.Lease) {
+	lease := func(j int) *subnet.Lease {
+		return &subnet.Lease{Subnet: l.Subnet[j], Attrs: subnet.LeaseAttrs{PublicIP: l.HostIP[j]}}
 	}
-	return lease(i), []subnet.Lease{lease(1 - i)}
+	return *lease(i), []*subnet.Lease{lease(1 - i)}
 }
 
 // Node is a udp backend running in-process for one lab host.

@@ -56,7 +56,7 @@ type Store interface {
 type Backend interface {
 	// SetDesired hands over our lease and the peers to program; it never
 	// blocks on the kernel.
-	SetDesired(own subnet.Lease, peers []subnet.Lease)
+	SetDesired(own subnet.Lease, peers []*subnet.Lease)
 	// Status reports what is programmed.
 	Status() backend.Status
 	// MTU is the MTU for pods.
@@ -299,7 +299,7 @@ func (c *Core) push(s *state) {
 	}
 	s.logged, s.Refused, s.Peers, s.Peers6 = logged, refused, len(peers), 0
 	for i := range peers {
-		if c.cfg.Network.HasIPv6(peers[i]) {
+		if c.cfg.Network.HasIPv6(*peers[i]) {
 			s.Peers6++
 		}
 	}

@@ -78,12 +78,12 @@ func (f *fakeStore) setConfig(raw string, err error) {
 type fakeBackend struct {
 	mu     sync.Mutex
 	own    subnet.Lease
-	peers  []subnet.Lease
+	peers  []*subnet.Lease
 	calls  int
 	refuse map[netip.Prefix]string
 }
 
-func (b *fakeBackend) SetDesired(own subnet.Lease, peers []subnet.Lease) {
+func (b *fakeBackend) SetDesired(own subnet.Lease, peers []*subnet.Lease) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.own, b.peers = own, peers
