@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // Why a lease is not programmed as a peer. Each refusal carries one of these
@@ -153,7 +154,7 @@ func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid 
 
 	lost := make([]bool, len(cands))
 	// One lease per subnet, and on a dual-stack network per IPv6 subnet.
-	keepOlder(cands, lost, func(i int) (netip.Prefix, bool) { return cands[i].l.Subnet, true },
+	keepOlder(cands, lost, func(i int) (netip.Prefix, bool) { return cands[i].l.Subnet, true }, comparePrefix,
 		func(lose, win *Lease, _ netip.Prefix) {
 			refused = append(refused, Refusal{Key: lose.Key(), Subnet: lose.Subnet, Reason: RefusedDuplicateSubnet,
 				Err: fmt.Errorf("subnet %s is also claimed by the older key %s", lose.Subnet, win.Key())})
@@ -162,7 +163,7 @@ func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid 
 		keepOlder(cands, lost, func(i int) (netip.Prefix, bool) {
 			sn := cands[i].l.IPv6Subnet
 			return sn, sn.IsValid()
-		}, func(lose, win *Lease, _ netip.Prefix) {
+		}, comparePrefix, func(lose, win *Lease, _ netip.Prefix) {
 			refused = append(refused, Refusal{Key: lose.Key(), Subnet: lose.Subnet, Reason: RefusedDuplicateSubnet,
 				Err: fmt.Errorf("IPv6 subnet %s is also claimed by the older key %s", lose.IPv6Subnet, win.Key())})
 		})
@@ -183,7 +184,7 @@ func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid 
 				}
 			}
 		}
-		keepOlder(cands, lost, func(i int) (string, bool) { id := cands[i].id[fam]; return id, id != "" },
+		keepOlder(cands, lost, func(i int) (string, bool) { id := cands[i].id[fam]; return id, id != "" }, strings.Compare,
 			func(lose, win *Lease, id string) {
 				refused = append(refused, Refusal{Key: lose.Key(), Subnet: lose.Subnet, Reason: RefusedDuplicateMAC,
 					Err: fmt.Errorf("its %s is also used by the older lease %s", describeID(id, fam), win.Key())})
@@ -222,27 +223,37 @@ type peerCand struct {
 // keepOlder keeps, of the candidates not yet lost that share a key, the
 // older lease (olderLease) and marks the others lost, reporting each with
 // refuse(loser, winner, k). key returns ok=false for a candidate without
-// one. The result does not depend on the candidates' order.
-func keepOlder[K comparable](cands []peerCand, lost []bool, key func(i int) (k K, ok bool), refuse func(lose, win *Lease, k K)) {
-	winner := make(map[K]int, len(cands))
-	for i, cd := range cands {
-		k, ok := key(i)
-		if lost[i] || !ok {
-			continue
+// one; compare orders keys. The result does not depend on the candidates'
+// order. It sorts indices rather than building a map of every key: a map
+// of thousands of peers cost more memory, for as long as the pass ran,
+// than the lease set itself.
+func keepOlder[K any](cands []peerCand, lost []bool, key func(i int) (k K, ok bool), compare func(a, b K) int, refuse func(lose, win *Lease, k K)) {
+	idx := make([]int32, 0, len(cands))
+	for i := range cands {
+		if _, ok := key(i); ok && !lost[i] {
+			idx = append(idx, int32(i))
 		}
-		j, seen := winner[k]
-		if !seen {
-			winner[k] = i
-			continue
-		}
-		win, lose := j, i
-		if olderLease(cd.l, cands[j].l) < 0 {
-			win, lose = i, j
-		}
-		winner[k] = win
-		lost[lose] = true
-		refuse(cands[lose].l, cands[win].l, k)
 	}
+	keyOf := func(i int32) K { k, _ := key(int(i)); return k }
+	slices.SortFunc(idx, func(a, b int32) int {
+		return cmp.Or(compare(keyOf(a), keyOf(b)), olderLease(cands[a].l, cands[b].l))
+	})
+	// Each run of one key starts with its winner.
+	for start := 0; start < len(idx); {
+		win := idx[start]
+		k := keyOf(win)
+		end := start + 1
+		for ; end < len(idx) && compare(keyOf(idx[end]), k) == 0; end++ {
+			lost[idx[end]] = true
+			refuse(cands[idx[end]].l, cands[win].l, k)
+		}
+		start = end
+	}
+}
+
+// comparePrefix orders prefixes by address, then length.
+func comparePrefix(a, b netip.Prefix) int {
+	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
 }
 
 func macString(m [6]byte) string {
