@@ -136,8 +136,16 @@ func (rc *Reconciler) SetTable(t Table) { rc.table = t }
 // destination win. It keeps going after individual failures, which are
 // returned joined and listed in Result.Failed.
 func (rc *Reconciler) Reconcile(want []nl.RouteSpec) (Result, error) {
+	return rc.ReconcileFunc(len(want), func(i int) nl.RouteSpec { return want[i] })
+}
+
+// ReconcileFunc is Reconcile of the n routes want(0), ..., want(n-1), for a
+// caller that can compute each wanted route from what it holds anyway
+// instead of building a list of them all. want must return the same route
+// for the same i throughout the call; it is called O(n log n) times.
+func (rc *Reconciler) ReconcileFunc(n int, want func(i int) nl.RouteSpec) (Result, error) {
 	p := &pass{
-		rc: rc, want: want, order: make([]int32, len(want)), state: make([]wantState, len(want)),
+		rc: rc, want: want, order: make([]int32, n), state: make([]wantState, n),
 		res: Result{Refused: map[netip.Prefix]string{}, Failed: map[netip.Prefix]error{}},
 	}
 	p.sortWant()
@@ -159,7 +167,7 @@ type pass struct {
 	// index is a fraction of a route's size), and state is per entry in
 	// that order. Of a run of entries for the same destination only the
 	// last counts.
-	want  []nl.RouteSpec
+	want  func(i int) nl.RouteSpec
 	order []int32
 	state []wantState
 	// ours holds the routes of ours the dump showed that are not the
@@ -197,7 +205,7 @@ type ourRoute struct {
 }
 
 // at returns the wanted route at position i of the pass's order.
-func (p *pass) at(i int) *nl.RouteSpec { return &p.want[p.order[i]] }
+func (p *pass) at(i int) nl.RouteSpec { return p.want(int(p.order[i])) }
 
 // dstOf returns the masked destination of the wanted route at position i.
 func (p *pass) dstOf(i int) netip.Prefix { return p.at(i).Dst.Masked() }
@@ -209,7 +217,7 @@ func (p *pass) sortWant() {
 		p.order[i] = int32(i)
 	}
 	slices.SortFunc(p.order, func(a, b int32) int {
-		return cmp.Or(p.want[a].Dst.Masked().Compare(p.want[b].Dst.Masked()), cmp.Compare(a, b))
+		return cmp.Or(p.want(int(a)).Dst.Masked().Compare(p.want(int(b)).Dst.Masked()), cmp.Compare(a, b))
 	})
 	for i := 0; i+1 < len(p.order); i++ {
 		if p.dstOf(i) == p.dstOf(i+1) {
@@ -221,7 +229,7 @@ func (p *pass) sortWant() {
 // lookup returns the index of the wanted route to dst (masked), or -1.
 func (p *pass) lookup(dst netip.Prefix) int {
 	// The first entry after dst; the one before it is the last for dst.
-	lo, hi := 0, len(p.want)
+	lo, hi := 0, len(p.order)
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
 		if p.dstOf(m).Compare(dst) <= 0 {
@@ -257,7 +265,7 @@ func (p *pass) walk() error {
 			if i >= 0 {
 				st := &p.state[i]
 				st.flags |= flagHadOurs
-				if st.flags&flagMatched == 0 && matches(*p.at(i), r) {
+				if st.flags&flagMatched == 0 && matches(p.at(i), r) {
 					st.flags |= flagMatched
 					st.scope = r.Scope
 					return
@@ -276,7 +284,7 @@ func (p *pass) walk() error {
 // O(129·(routes+connected)) for IPv6, and lookups of the wanted routes.
 func (p *pass) refuse() {
 	rc := p.rc
-	for i := range p.want {
+	for i := range p.order {
 		if p.state[i].flags&flagSuperseded != 0 {
 			continue
 		}
@@ -345,11 +353,11 @@ func (p *pass) replace() {
 		}
 		chunk = chunk[:0]
 	}
-	for i := range p.want {
+	for i := range p.order {
 		if p.state[i].flags&(flagSuperseded|flagRefused|flagMatched) != 0 {
 			continue
 		}
-		w := *p.at(i)
+		w := p.at(i)
 		w.Dst = w.Dst.Masked()
 		idx[len(chunk)] = i
 		if chunk = append(chunk, w); len(chunk) == replaceChunk {
@@ -388,7 +396,7 @@ func (p *pass) deleteExtra() {
 			p.del(&o.r)
 		}
 	}
-	for i := range p.want {
+	for i := range p.order {
 		if st := p.state[i]; st.flags&flagRefused != 0 && st.flags&flagMatched != 0 {
 			r := p.matchedRoute(i)
 			p.del(&r)
@@ -401,7 +409,7 @@ func (p *pass) deleteExtra() {
 // matching pinned every field a delete names but the scope, which the pass
 // kept (the pass keeps no copy of routes that are right).
 func (p *pass) matchedRoute(i int) nl.Route {
-	w := *p.at(i)
+	w := p.at(i)
 	r := nl.Route{
 		Dst: w.Dst.Masked(), Gw: w.Gw, LinkIndex: w.LinkIndex, Priority: Metric(w.Dst.Masked()),
 		Table: unix.RT_TABLE_MAIN, Protocol: backend.RouteProtocol, Scope: p.state[i].scope, Type: unix.RTN_UNICAST,
@@ -461,7 +469,7 @@ func (p *pass) mergeInstalled(emit func(nl.RouteSpec)) {
 	}
 	old := p.rc.installed
 	j := 0
-	for i := range p.want {
+	for i := range p.order {
 		st := p.state[i]
 		if st.flags&flagSuperseded != 0 {
 			continue
@@ -474,7 +482,7 @@ func (p *pass) mergeInstalled(emit func(nl.RouteSpec)) {
 			j++ // wanted: what the pass did decides
 		}
 		if st.flags&flagRefused == 0 && st.flags&(flagMatched|flagReplaced) != 0 {
-			w := *p.at(i)
+			w := p.at(i)
 			w.Dst = dst
 			emit(w)
 		}

@@ -37,6 +37,18 @@ type peerPlan struct {
 	mac6    mac
 }
 
+// peerRoute returns the route to a peer's subnet sn (of either family) behind
+// its VTEP at remote: through the device dev, or with direct on the
+// underlay, the external interface ext.
+func peerRoute(sn netip.Prefix, remote netip.Addr, direct bool, ext, dev int) nl.RouteSpec {
+	if direct {
+		// onlink is redundant here (the gateway is on-link anyway) but
+		// marks the route as ours rather than host-gw's for Cleanup.
+		return nl.RouteSpec{Dst: sn, Gw: remote, LinkIndex: ext, OnLink: true}
+	}
+	return nl.RouteSpec{Dst: sn, Gw: sn.Addr(), LinkIndex: dev, OnLink: true}
+}
+
 // apply makes the kernel match own and peers. Caller holds kmu.
 func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass) {
 	p.Refused, p.Repairs = map[netip.Prefix]string{}, map[string]uint64{}
@@ -94,7 +106,6 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 	}
 
 	plans := make([]peerPlan, 0, len(peers))
-	want := make([]nl.RouteSpec, 0, len(peers))
 	for i := range peers {
 		l := &peers[i]
 		mac, err := peerMAC(l.Attrs) // FilterPeers judged it already; cheap
@@ -112,16 +123,14 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 			}
 		}
 		plans = append(plans, pp)
-		if pp.direct {
-			// onlink is redundant here (the gateway is on-link anyway) but
-			// marks the route as ours rather than host-gw's for Cleanup.
-			want = append(want, nl.RouteSpec{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: b.cfg.Ext.Index, OnLink: true})
-		} else {
-			want = append(want, nl.RouteSpec{Dst: l.Subnet, Gw: l.Subnet.Addr(), LinkIndex: int(b.v4.linkIndex.Load()), OnLink: true})
-		}
 	}
+	// The routes are computed from the plans as the reconciler asks
+	// rather than listed: a list would cost a route's size per peer.
+	dev := int(b.v4.linkIndex.Load())
 	t0 := time.Now()
-	rres, err := b.kern.Routes.Reconcile(want)
+	rres, err := b.kern.Routes.ReconcileFunc(len(plans), func(i int) nl.RouteSpec {
+		return peerRoute(plans[i].lease.Subnet, plans[i].lease.Attrs.PublicIP, plans[i].direct, b.cfg.Ext.Index, dev)
+	})
 	p.Details = append(p.Details, "routes", time.Since(t0))
 	if err != nil {
 		errs = append(errs, err)
@@ -135,22 +144,21 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 	// the IPv6 device broken they are left as they are until it is back.
 	rres6 := routes.Result{Refused: map[netip.Prefix]string{}, Failed: map[netip.Prefix]error{}}
 	if b.kern.Routes6 != nil && err6 == nil {
-		var want6 []nl.RouteSpec
+		var with6 []int32 // the plans whose IPv6 route is wanted
 		for i := range plans {
 			pp := &plans[i]
 			if _, bad := p.Refused[pp.lease.Subnet]; bad || !pp.v6 {
 				pp.v6 = false
 				continue
 			}
-			l := pp.lease
-			if pp.direct6 {
-				want6 = append(want6, nl.RouteSpec{Dst: l.IPv6Subnet, Gw: l.Attrs.PublicIPv6, LinkIndex: b.cfg.Ext.Index, OnLink: true})
-			} else {
-				want6 = append(want6, nl.RouteSpec{Dst: l.IPv6Subnet, Gw: l.IPv6Subnet.Addr(), LinkIndex: int(b.v6.linkIndex.Load()), OnLink: true})
-			}
+			with6 = append(with6, int32(i))
 		}
+		dev6 := int(b.v6.linkIndex.Load())
 		t0 = time.Now()
-		rres6, err = b.kern.Routes6.Reconcile(want6)
+		rres6, err = b.kern.Routes6.ReconcileFunc(len(with6), func(i int) nl.RouteSpec {
+			pp := &plans[with6[i]]
+			return peerRoute(pp.lease.IPv6Subnet, pp.lease.Attrs.PublicIPv6, pp.direct6, b.cfg.Ext.Index, dev6)
+		})
 		p.Details = append(p.Details, "routes6", time.Since(t0))
 		if err != nil {
 			errs = append(errs, err)
@@ -158,7 +166,10 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 		p.Repairs["route"] += uint64(rres6.Repaired)
 	}
 
-	var neighWant, fdbWant, neighWant6, fdbWant6 []entry
+	// The wanted entries, sized for every peer: syncEntries keeps them
+	// as what is installed.
+	neighWant, fdbWant := make([]entry, 0, len(plans)), make([]entry, 0, len(plans))
+	var neighWant6, fdbWant6 []entry
 	for _, pp := range plans {
 		if _, bad := p.Refused[pp.lease.Subnet]; bad {
 			continue
@@ -231,7 +242,7 @@ func (b *Backend) state6(pp peerPlan, err6 error, rres6 routes.Result, neighFail
 
 // syncEntries makes the device's neighbour and FDB entries match the
 // wanted ones (in any order; of entries with the same key the last
-// counts), adding the steps' durations, repairs and errors to p and errs;
+// counts; the slices are syncEntries's to keep), adding the steps' durations, repairs and errors to p and errs;
 // suffix tells the two devices' durations apart. It returns the keys (see
 // peerEntries.keyOf) of the entries that failed. Caller holds kmu.
 func (v *vtep) syncEntries(p *backend.Pass, errs *[]error, neighWant, fdbWant []entry, suffix string) (neighFailed, fdbFailed map[entry]error) {
@@ -430,9 +441,10 @@ const (
 const setChunk = 256
 
 // sync makes the entries of this kind on the device exactly want (in any
-// order; sync sorts it, and of entries with the same key the last counts).
-// It returns the keys that failed and how many entries were repairs.
-// Caller holds kmu.
+// order; of entries with the same key the last counts). want is sync's:
+// it is sorted in place and may be kept as what is installed. It returns
+// the keys that failed and how many entries were repairs. Caller holds
+// kmu.
 func (e *peerEntries) sync(v *vtep, linkIndex int, want []entry) (map[entry]error, int, error) {
 	b := v.b
 	want = e.sorted(want)
@@ -517,8 +529,16 @@ func (e *peerEntries) sync(v *vtep, linkIndex int, want []entry) (map[entry]erro
 // installedAfter returns what is installed after a pass that wanted want
 // (sorted, one entry per key) and learnt state about it: the wanted
 // entries that are right or were set, and for those that failed what was
-// installed before, if anything. Keys that are not wanted are gone.
+// installed before, if anything. Keys that are not wanted are gone. When
+// nothing failed that is want itself, kept rather than copied (the pass
+// built it for sync alone).
 func (e *peerEntries) installedAfter(want []entry, state []uint8) []entry {
+	if !slices.Contains(state, entryFailed) {
+		if cap(want) > len(want)+len(want)/8 {
+			return slices.Clone(want) // do not keep much unused room
+		}
+		return want
+	}
 	n := 0
 	for i := range want {
 		if state[i] != entryFailed {
