@@ -50,8 +50,10 @@ type Table interface {
 	// (see Metric) in the main table, and returns one error (or nil) per
 	// route.
 	ReplaceAll(ws []nl.RouteSpec) []error
-	// Delete removes the listed route r; removing a route that is already
-	// gone is not an error the reconciler cares about.
+	// Delete removes the listed route r, of which the reconciler sets
+	// the fields a delete request names: destination, table, metric,
+	// protocol and scope. Removing a route that is already gone is not an
+	// error the reconciler cares about.
 	Delete(r *nl.Route) error
 }
 
@@ -114,11 +116,11 @@ type Reconciler struct {
 	table   Table
 	network netip.Prefix
 	v6      bool // network is IPv6: the Reconciler sees IPv6 routes only
-	// installed is what this Reconciler installed (destinations masked),
-	// sorted by destination: everything it installed or found in place in
+	// installed is what this Reconciler installed, sorted by
+	// destination: everything it installed or found in place in
 	// the last pass, and what it installed earlier that is neither wanted
 	// nor in the table any more (so that installing it again is a repair).
-	installed []nl.RouteSpec
+	installed []installedRoute
 }
 
 // New returns a Reconciler that installs only routes inside network, an
@@ -197,11 +199,27 @@ const (
 	flagReplaced               // installed by this pass's replace
 )
 
-// ourRoute is a route of ours and the position of the wanted route to its
-// destination in the pass's order, or -1.
+// ourRoute is a route of ours the dump showed, reduced to what deleting it
+// names (see route), and the position of the wanted route to its
+// destination in the pass's order, or -1. A leave of thousands of peers
+// keeps one per peer.
 type ourRoute struct {
-	r nl.Route
-	i int
+	dst      netip.Prefix
+	priority int32
+	table    uint32
+	scope    uint8
+	i        int32
+}
+
+// ourRouteOf reduces r, a route of ours.
+func ourRouteOf(r *nl.Route, i int) ourRoute {
+	return ourRoute{dst: r.Dst, priority: int32(r.Priority), table: r.Table, scope: r.Scope, i: int32(i)}
+}
+
+// route returns the route to delete: destination, table, metric, protocol
+// and scope, the fields a delete request names.
+func (o *ourRoute) route() nl.Route {
+	return nl.Route{Dst: o.dst, Priority: int(o.priority), Table: o.table, Protocol: backend.RouteProtocol, Scope: o.scope}
 }
 
 // at returns the wanted route at position i of the pass's order.
@@ -271,7 +289,7 @@ func (p *pass) walk() error {
 					return
 				}
 			}
-			p.ours = append(p.ours, ourRoute{r: *r, i: i})
+			p.ours = append(p.ours, ourRouteOf(r, i))
 		case IsConnected(r):
 			p.connected[dst] = r.LinkIndex
 		}
@@ -327,10 +345,11 @@ func (p *pass) deleteShadows() {
 		if o.i < 0 || p.state[o.i].flags&flagRefused != 0 {
 			continue // deleted by deleteExtra
 		}
-		if p.state[o.i].flags&flagMatched == 0 && o.r.Priority == Metric(o.r.Dst) {
+		if p.state[o.i].flags&flagMatched == 0 && int(o.priority) == Metric(o.dst) {
 			continue // about to be overwritten by the replace
 		}
-		p.del(&o.r)
+		r := o.route()
+		p.del(&r)
 	}
 }
 
@@ -379,7 +398,7 @@ func (p *pass) replaced(i int, w nl.RouteSpec, err error) {
 	p.state[i].flags |= flagReplaced
 	prev, had := p.rc.lookupInstalled(w.Dst)
 	switch {
-	case had && prev == w:
+	case had && prev == packRoute(w):
 		p.res.Repaired++
 	case had || p.state[i].flags&flagHadOurs != 0:
 		p.res.Updated++
@@ -393,7 +412,8 @@ func (p *pass) replaced(i int, w nl.RouteSpec, err error) {
 func (p *pass) deleteExtra() {
 	for k := range p.ours {
 		if o := &p.ours[k]; o.i < 0 || p.state[o.i].flags&flagRefused != 0 {
-			p.del(&o.r)
+			r := o.route()
+			p.del(&r)
 		}
 	}
 	for i := range p.order {
@@ -429,21 +449,21 @@ func (p *pass) del(r *nl.Route) {
 }
 
 // lookupInstalled returns what the Reconciler had installed to dst.
-func (rc *Reconciler) lookupInstalled(dst netip.Prefix) (nl.RouteSpec, bool) {
-	i, ok := slices.BinarySearchFunc(rc.installed, dst, func(w nl.RouteSpec, dst netip.Prefix) int { return w.Dst.Compare(dst) })
+func (rc *Reconciler) lookupInstalled(dst netip.Prefix) (installedRoute, bool) {
+	i, ok := slices.BinarySearchFunc(rc.installed, dst, func(ir installedRoute, dst netip.Prefix) int { return ir.Dst().Compare(dst) })
 	if !ok {
-		return nl.RouteSpec{}, false
+		return installedRoute{}, false
 	}
 	return rc.installed[i], true
 }
 
 // installedAfter returns what the Reconciler has installed after the
 // pass, sized to its entries.
-func (p *pass) installedAfter() []nl.RouteSpec {
+func (p *pass) installedAfter() []installedRoute {
 	n := 0
-	p.mergeInstalled(func(nl.RouteSpec) { n++ })
-	out := make([]nl.RouteSpec, 0, n)
-	p.mergeInstalled(func(w nl.RouteSpec) { out = append(out, w) })
+	p.mergeInstalled(func(installedRoute) { n++ })
+	out := make([]installedRoute, 0, n)
+	p.mergeInstalled(func(ir installedRoute) { out = append(out, ir) })
 	return out
 }
 
@@ -452,19 +472,19 @@ func (p *pass) installedAfter() []nl.RouteSpec {
 // held or the pass installed, and what it had installed before to
 // destinations that are not wanted and the table showed no route of ours
 // to.
-func (p *pass) mergeInstalled(emit func(nl.RouteSpec)) {
+func (p *pass) mergeInstalled(emit func(installedRoute)) {
 	// The destinations of ours that are not wanted: their routes were
 	// deleted.
 	var gone []netip.Prefix
 	for k := range p.ours {
 		if p.ours[k].i < 0 {
-			gone = append(gone, p.ours[k].r.Dst)
+			gone = append(gone, p.ours[k].dst)
 		}
 	}
 	slices.SortFunc(gone, netip.Prefix.Compare)
-	keep := func(w nl.RouteSpec) {
-		if _, deleted := slices.BinarySearchFunc(gone, w.Dst, netip.Prefix.Compare); !deleted {
-			emit(w)
+	keep := func(ir installedRoute) {
+		if _, deleted := slices.BinarySearchFunc(gone, ir.Dst(), netip.Prefix.Compare); !deleted {
+			emit(ir)
 		}
 	}
 	old := p.rc.installed
@@ -475,16 +495,16 @@ func (p *pass) mergeInstalled(emit func(nl.RouteSpec)) {
 			continue
 		}
 		dst := p.dstOf(i)
-		for ; j < len(old) && old[j].Dst.Compare(dst) < 0; j++ {
+		for ; j < len(old) && old[j].Dst().Compare(dst) < 0; j++ {
 			keep(old[j])
 		}
-		if j < len(old) && old[j].Dst == dst {
+		if j < len(old) && old[j].Dst() == dst {
 			j++ // wanted: what the pass did decides
 		}
 		if st.flags&flagRefused == 0 && st.flags&(flagMatched|flagReplaced) != 0 {
 			w := p.at(i)
 			w.Dst = dst
-			emit(w)
+			emit(packRoute(w))
 		}
 	}
 	for ; j < len(old); j++ {
