@@ -200,8 +200,9 @@ func (t *RouteTable) nhRequestsFor(w RouteSpec) bool {
 func (t *RouteTable) ReplaceAll(ws []RouteSpec) []error {
 	errs := make([]error, len(ws))
 	c := t.c
-	// pairs[k] is the requests of ws[idx[k]], for the batch being built.
-	var pairs [batchChunk / 2]struct{ nh, route op }
+	// ops[2k] and ops[2k+1] are the requests of ws[idx[k]] (nexthop,
+	// route), for the batch being built.
+	ops := &c.opBuf
 	var idx [batchChunk / 2]int
 	n := 0
 	flush := func() {
@@ -209,11 +210,11 @@ func (t *RouteTable) ReplaceAll(ws []RouteSpec) []error {
 			return
 		}
 		c.batch(c.ops) // per-op errors below cover a socket failure too
-		for k, p := range pairs[:n] {
-			if p.nh.err != nil {
-				errs[idx[k]] = fmt.Errorf("nexthop object for %s: %w", ws[idx[k]].Dst, p.nh.err)
+		for k := range n {
+			if nh := &ops[2*k]; nh.err != nil {
+				errs[idx[k]] = fmt.Errorf("nexthop object for %s: %w", ws[idx[k]].Dst, nh.err)
 			} else {
-				errs[idx[k]] = p.route.err
+				errs[idx[k]] = ops[2*k+1].err
 			}
 		}
 		n = 0
@@ -231,9 +232,9 @@ func (t *RouteTable) ReplaceAll(ws []RouteSpec) []error {
 		}
 		var nh, route []byte
 		c.arena, nh, route = t.nhRequests(c.arena, w)
-		pairs[n].nh, pairs[n].route, idx[n] = op{msg: nh}, op{msg: route}, i
-		c.ops = append(c.ops, &pairs[n].nh, &pairs[n].route)
-		if n++; n == len(pairs) {
+		ops[2*n], ops[2*n+1], idx[n] = op{msg: nh}, op{msg: route}, i
+		c.ops = append(c.ops, &ops[2*n], &ops[2*n+1])
+		if n++; n == len(idx) {
 			flush()
 		}
 	}
