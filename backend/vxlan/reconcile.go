@@ -175,13 +175,13 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 			continue
 		}
 		if !pp.direct {
-			neighWant = append(neighWant, entry{ip: pp.lease.Subnet.Addr(), mac: pp.mac})
-			fdbWant = append(fdbWant, entry{ip: pp.lease.Attrs.PublicIP, mac: pp.mac})
+			neighWant = append(neighWant, entryOf(pp.lease.Subnet.Addr(), pp.mac))
+			fdbWant = append(fdbWant, entryOf(pp.lease.Attrs.PublicIP, pp.mac))
 		}
 		if pp.v6 && !pp.direct6 {
 			if _, bad := rres6.Refused[pp.lease.IPv6Subnet.Masked()]; !bad {
-				neighWant6 = append(neighWant6, entry{ip: pp.lease.IPv6Subnet.Addr(), mac: pp.mac6})
-				fdbWant6 = append(fdbWant6, entry{ip: pp.lease.Attrs.PublicIPv6, mac: pp.mac6})
+				neighWant6 = append(neighWant6, entryOf(pp.lease.IPv6Subnet.Addr(), pp.mac6))
+				fdbWant6 = append(fdbWant6, entryOf(pp.lease.Attrs.PublicIPv6, pp.mac6))
 			}
 		}
 	}
@@ -202,7 +202,7 @@ func (b *Backend) apply(own subnet.Lease, peers []subnet.Lease) (p backend.Pass)
 			continue
 		}
 		if !pp.direct {
-			if err := cmp.Or(neighFailed[entry{ip: sn.Addr()}], fdbFailed[entry{mac: pp.mac}]); err != nil {
+			if err := cmp.Or(neighFailed[entryOf(sn.Addr(), mac{})], fdbFailed[entry{mac: pp.mac}]); err != nil {
 				p.Failed[sn] = err
 				continue
 			}
@@ -237,7 +237,7 @@ func (b *Backend) state6(pp peerPlan, err6 error, rres6 routes.Result, neighFail
 	if pp.direct6 {
 		return nil
 	}
-	return cmp.Or(neighFailed[entry{ip: sn6.Addr()}], fdbFailed[entry{mac: pp.mac6}])
+	return cmp.Or(neighFailed[entryOf(sn6.Addr(), mac{})], fdbFailed[entry{mac: pp.mac6}])
 }
 
 // syncEntries makes the device's neighbour and FDB entries match the
@@ -310,10 +310,37 @@ func (v *vtep) ensureAddr(want netip.Prefix) (repaired bool, err error) {
 // entry is one neighbour or FDB entry the backend keeps on its device for
 // a peer. To the kernel both are neighbour objects: a neighbour entry maps
 // the peer's VTEP address (ip) to its VtepMAC, an FDB entry maps the
-// VtepMAC to the peer's remote, its PublicIP or PublicIPv6 (ip).
+// VtepMAC to the peer's remote, its PublicIP or PublicIPv6 (ip). The
+// address is packed (see entryOf) so that an entry takes 23 bytes and no
+// pointer: the backend keeps two per peer and device.
 type entry struct {
-	ip  netip.Addr
-	mac mac
+	ip     [16]byte
+	family uint8 // of ip: 4, 6, or 0 for none
+	mac    mac
+}
+
+// entryOf returns the entry for ip and m. An IPv6 zone is not kept:
+// neighbour entries have none.
+func entryOf(ip netip.Addr, m mac) entry {
+	en := entry{ip: ip.As16(), mac: m}
+	switch {
+	case ip.Is4():
+		en.family = 4
+	case ip.IsValid():
+		en.family = 6
+	}
+	return en
+}
+
+// addr returns the entry's address.
+func (en *entry) addr() netip.Addr {
+	switch en.family {
+	case 4:
+		return netip.AddrFrom16(en.ip).Unmap()
+	case 6:
+		return netip.AddrFrom16(en.ip)
+	}
+	return netip.Addr{}
 }
 
 // peerEntries is one of the two kinds of entry. Neighbour entries are
@@ -350,7 +377,7 @@ func (e *peerEntries) keyOf(en entry) entry {
 	if e.byMAC {
 		return entry{mac: en.mac}
 	}
-	return entry{ip: en.ip}
+	return entry{ip: en.ip, family: en.family}
 }
 
 // compare orders entries by key.
@@ -358,7 +385,7 @@ func (e *peerEntries) compare(a, b entry) int {
 	if e.byMAC {
 		return bytes.Compare(a.mac[:], b.mac[:])
 	}
-	return a.ip.Compare(b.ip)
+	return cmp.Or(cmp.Compare(a.family, b.family), bytes.Compare(a.ip[:], b.ip[:]))
 }
 
 // find returns the index of the entry with en's key in the sorted es.
@@ -374,7 +401,7 @@ func (e *peerEntries) listed(n *nl.Neigh) (key entry, ok, wantable bool) {
 	if !e.byMAC {
 		// The kernel's own (not permanent) entries age out by
 		// themselves.
-		return entry{ip: n.IP}, n.IP.IsValid() && n.State&unix.NUD_PERMANENT != 0, true
+		return entryOf(n.IP, mac{}), n.IP.IsValid() && n.State&unix.NUD_PERMANENT != 0, true
 	}
 	if n.Flags&unix.NTF_SELF == 0 {
 		return entry{}, false, false
@@ -389,7 +416,7 @@ func (e *peerEntries) listed(n *nl.Neigh) (key entry, ok, wantable bool) {
 // says reports whether the listed entry n maps its key to what w does.
 func (e *peerEntries) says(n *nl.Neigh, w entry) bool {
 	if e.byMAC {
-		return n.IP == w.ip
+		return n.IP == w.addr()
 	}
 	return n.HardwareAddrIs(w.mac[:])
 }
@@ -397,7 +424,7 @@ func (e *peerEntries) says(n *nl.Neigh, w entry) bool {
 // spec is the request that makes *en a permanent entry; its MAC is en's
 // memory.
 func (e *peerEntries) spec(linkIndex int, en *entry) nl.NeighSpec {
-	s := nl.NeighSpec{LinkIndex: linkIndex, Family: e.family, State: unix.NUD_PERMANENT, IP: en.ip, MAC: net.HardwareAddr(en.mac[:])}
+	s := nl.NeighSpec{LinkIndex: linkIndex, Family: e.family, State: unix.NUD_PERMANENT, IP: en.addr(), MAC: net.HardwareAddr(en.mac[:])}
 	if e.byMAC {
 		s.Flags = unix.NTF_SELF
 	} else {

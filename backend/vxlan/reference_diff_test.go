@@ -105,7 +105,7 @@ func TestEntriesMatchReference(t *testing.T) {
 			frac := 1 + rng.Intn(5)
 			for i := range peers {
 				if rng.Intn(frac) == 0 {
-					want = append(want, entry{ip: ipOf(i), mac: macOf(i)})
+					want = append(want, entryOf(ipOf(i), macOf(i)))
 					remotes[i] = rng.Intn(5)
 				}
 			}
@@ -169,21 +169,21 @@ func TestEntriesMatchReference(t *testing.T) {
 				m := map[netip.Addr]string{}
 				for _, w := range want {
 					cur = append(cur, w)
-					m[w.ip] = string(w.mac[:])
+					m[w.addr()] = string(w.mac[:])
 				}
 				failed, rep, err := k.cur.sync(va, idx, cur)
 				got = describeSync(failed, rep, err)
 				rf, rrep, rerr := k.refNeigh.sync(vb, idx, m)
 				rfailed := map[entry]error{}
 				for ip, err := range rf {
-					rfailed[entry{ip: ip}] = err
+					rfailed[entryOf(ip, mac{})] = err
 				}
 				ref = describeSync(rfailed, rrep, rerr)
 			} else {
 				m := map[string]netip.Addr{}
 				for _, w := range want {
 					r := remoteOf(remotes[int(w.mac[4])<<8|int(w.mac[5])])
-					cur = append(cur, entry{ip: r, mac: w.mac})
+					cur = append(cur, entryOf(r, w.mac))
 					m[string(w.mac[:])] = r
 				}
 				failed, rep, err := k.cur.sync(va, idx, cur)
@@ -212,7 +212,7 @@ func TestEntriesMatchReference(t *testing.T) {
 func describeSync(failed map[entry]error, repairs int, err error) string {
 	lines := []string{fmt.Sprintf("repairs %d", repairs)}
 	for k, err := range failed {
-		lines = append(lines, fmt.Sprintf("failed %v %x: %v", k.ip, k.mac, err))
+		lines = append(lines, fmt.Sprintf("failed %v %x: %v", k.addr(), k.mac, err))
 	}
 	if err != nil {
 		for _, l := range strings.Split(err.Error(), "\n") {
