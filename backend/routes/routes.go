@@ -108,18 +108,19 @@ type Result struct {
 // Why sorted slices and a streamed dump. A pass used to list the whole
 // table into a slice and index it and the wanted routes in maps; at 20000
 // peers those were most of weftd's peak heap, which sets its GC goal and
-// so its RSS. A pass now sorts the wanted routes in place, finds each
-// listed route among them by binary search while the dump is read, keeps
-// only the routes it must delete or overwrite, and holds what it installed
-// as a sorted slice.
+// so its RSS. A pass now sorts an index of the wanted routes (which the
+// caller may compute on demand, see ReconcileFunc), finds each listed
+// route among them by binary search while the dump is read, keeps only the
+// routes it must delete or overwrite, and holds what it installed as a
+// sorted slice of packed routes.
 type Reconciler struct {
 	table   Table
 	network netip.Prefix
 	v6      bool // network is IPv6: the Reconciler sees IPv6 routes only
 	// installed is what this Reconciler installed, sorted by
-	// destination: everything it installed or found in place in
-	// the last pass, and what it installed earlier that is neither wanted
-	// nor in the table any more (so that installing it again is a repair).
+	// destination: everything it installed or found in place in the last
+	// pass, and what it installed earlier that is neither wanted nor in
+	// the table any more (so that installing it again is a repair).
 	installed []installedRoute
 }
 
