@@ -37,8 +37,8 @@ type peerPlan struct {
 	mac6    mac
 }
 
-// peerRoute returns the route to a peer's subnet sn (of either family) behind
-// its VTEP at remote: through the device dev, or with direct on the
+// peerRoute returns the route to a peer's subnet sn (of either family)
+// behind its VTEP at remote: through the device dev, or with direct on the
 // underlay, the external interface ext.
 func peerRoute(sn netip.Prefix, remote netip.Addr, direct bool, ext, dev int) nl.RouteSpec {
 	if direct {
@@ -241,10 +241,11 @@ func (b *Backend) state6(pp peerPlan, err6 error, rres6 routes.Result, neighFail
 }
 
 // syncEntries makes the device's neighbour and FDB entries match the
-// wanted ones (in any order; of entries with the same key the last
-// counts; the slices are syncEntries's to keep), adding the steps' durations, repairs and errors to p and errs;
-// suffix tells the two devices' durations apart. It returns the keys (see
-// peerEntries.keyOf) of the entries that failed. Caller holds kmu.
+// wanted ones (in any order; of entries with the same key the last counts;
+// the slices are syncEntries's to keep), adding the steps' durations,
+// repairs and errors to p and errs; suffix tells the two devices'
+// durations apart. It returns the keys (see peerEntries.keyOf) of the
+// entries that failed. Caller holds kmu.
 func (v *vtep) syncEntries(p *backend.Pass, errs *[]error, neighWant, fdbWant []entry, suffix string) (neighFailed, fdbFailed map[entry]error) {
 	linkIndex := int(v.linkIndex.Load())
 	t0 := time.Now()
