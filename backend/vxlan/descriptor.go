@@ -39,7 +39,11 @@ var Descriptor = backend.Descriptor{
 // judging 5000 peers would otherwise spend most of its time there. Anything
 // else goes through subnet.ParseVXLANData.
 func PeerData(a subnet.LeaseAttrs) (string, error) {
-	return vtepMAC(a.BackendData)
+	m, err := peerMAC(a)
+	if err != nil {
+		return "", err
+	}
+	return string(m[:]), nil
 }
 
 // PeerData6 judges a dual-stack peer's BackendV6Data, the data of its IPv6
@@ -47,29 +51,47 @@ func PeerData(a subnet.LeaseAttrs) (string, error) {
 // BackendV6Data (a host whose IPv6 device is not up, or another backend's
 // lease) has none and no error: it is served over IPv4 only.
 func PeerData6(a subnet.LeaseAttrs) (string, error) {
-	if d := bytes.TrimSpace(a.BackendV6Data); len(d) == 0 || string(d) == "null" {
-		return "", nil
+	m, ok, err := peerMAC6(a)
+	if err != nil || !ok {
+		return "", err
 	}
-	id, err := vtepMAC(a.BackendV6Data)
-	if err != nil {
-		return "", fmt.Errorf("BackendV6Data: %w", err)
-	}
-	return id, nil
+	return string(m[:]), nil
 }
 
-// vtepMAC returns the usable VtepMAC of vxlan backend data, as 6 bytes.
-func vtepMAC(raw []byte) (string, error) {
+// mac is a VtepMAC. Unlike a net.HardwareAddr or a string it is
+// comparable, holds no pointer and takes no allocation of its own.
+type mac [6]byte
+
+// peerMAC is PeerData's VtepMAC, as a mac.
+func peerMAC(a subnet.LeaseAttrs) (mac, error) {
+	return vtepMAC(a.BackendData)
+}
+
+// peerMAC6 is PeerData6's IPv6 VtepMAC, as a mac; ok is false when the
+// lease has none.
+func peerMAC6(a subnet.LeaseAttrs) (m mac, ok bool, err error) {
+	if d := bytes.TrimSpace(a.BackendV6Data); len(d) == 0 || string(d) == "null" {
+		return m, false, nil
+	}
+	if m, err = vtepMAC(a.BackendV6Data); err != nil {
+		return m, false, fmt.Errorf("BackendV6Data: %w", err)
+	}
+	return m, true, nil
+}
+
+// vtepMAC returns the usable VtepMAC of vxlan backend data.
+func vtepMAC(raw []byte) (mac, error) {
 	if m, ok := canonicalVTEPMAC(raw); ok && usableMAC(m[:]) {
-		return string(m[:]), nil
+		return m, nil
 	}
 	_, hw, err := subnet.ParseVXLANData(raw)
 	if err != nil {
-		return "", err
+		return mac{}, err
 	}
 	if !usableMAC(hw) {
-		return "", fmt.Errorf("vxlan BackendData: VtepMAC %s is not a usable unicast address", hw)
+		return mac{}, fmt.Errorf("vxlan BackendData: VtepMAC %s is not a usable unicast address", hw)
 	}
-	return string(hw), nil
+	return mac(hw), nil
 }
 
 func canonicalVTEPMAC(s []byte) (mac [6]byte, ok bool) {

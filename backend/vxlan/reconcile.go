@@ -1,11 +1,13 @@
 package vxlan
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -26,13 +28,25 @@ func (b *Backend) pass(own subnet.Lease, peers []*subnet.Lease) backend.Pass {
 // peerPlan is one peer after validation.
 type peerPlan struct {
 	lease  *subnet.Lease // in the pass's peers
-	mac    string        // VtepMAC, raw bytes
+	mac    mac           // VtepMAC
 	direct bool
 	// v6 is set when the peer's IPv6 part is programmed too, through
 	// mac6 (its IPv6 VtepMAC) or, with direct6, a route on the underlay.
 	v6      bool
-	mac6    string
 	direct6 bool
+	mac6    mac
+}
+
+// peerRoute returns the route to a peer's subnet sn (of either family)
+// behind its VTEP at remote: through the device dev, or with direct on the
+// underlay, the external interface ext.
+func peerRoute(sn netip.Prefix, remote netip.Addr, direct bool, ext, dev int) nl.RouteSpec {
+	if direct {
+		// onlink is redundant here (the gateway is on-link anyway) but
+		// marks the route as ours rather than host-gw's for Cleanup.
+		return nl.RouteSpec{Dst: sn, Gw: remote, LinkIndex: ext, OnLink: true}
+	}
+	return nl.RouteSpec{Dst: sn, Gw: sn.Addr(), LinkIndex: dev, OnLink: true}
 }
 
 // apply makes the kernel match own and peers. Caller holds kmu.
@@ -92,10 +106,9 @@ func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass
 	}
 
 	plans := make([]peerPlan, 0, len(peers))
-	want := make([]nl.RouteSpec, 0, len(peers))
 	for i := range peers {
 		l := peers[i]
-		mac, err := PeerData(l.Attrs) // FilterPeers judged it already; cheap
+		mac, err := peerMAC(l.Attrs) // FilterPeers judged it already; cheap
 		if err != nil {
 			p.Refused[l.Subnet] = err.Error()
 			continue
@@ -104,22 +117,20 @@ func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass
 		if dual && b.cfg.Network.HasIPv6(*l) && l.Attrs.PublicIPv6.IsValid() {
 			// No BackendV6Data: an IPv4-only vxlan peer. Data that does
 			// not parse: FilterPeers refuses the lease, so it is not here.
-			if mac6, err := PeerData6(l.Attrs); err == nil && mac6 != "" {
+			if mac6, ok, err := peerMAC6(l.Attrs); err == nil && ok {
 				pp.v6, pp.mac6 = true, mac6
 				pp.direct6 = onLinkAddr(onLink6, l.Attrs.PublicIPv6)
 			}
 		}
 		plans = append(plans, pp)
-		if pp.direct {
-			// onlink is redundant here (the gateway is on-link anyway) but
-			// marks the route as ours rather than host-gw's for Cleanup.
-			want = append(want, nl.RouteSpec{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: b.cfg.Ext.Index, OnLink: true})
-		} else {
-			want = append(want, nl.RouteSpec{Dst: l.Subnet, Gw: l.Subnet.Addr(), LinkIndex: int(b.v4.linkIndex.Load()), OnLink: true})
-		}
 	}
+	// The routes are computed from the plans as the reconciler asks
+	// rather than listed: a list would cost a route's size per peer.
+	dev := int(b.v4.linkIndex.Load())
 	t0 := time.Now()
-	rres, err := b.kern.Routes.Reconcile(want)
+	rres, err := b.kern.Routes.ReconcileFunc(len(plans), func(i int) nl.RouteSpec {
+		return peerRoute(plans[i].lease.Subnet, plans[i].lease.Attrs.PublicIP, plans[i].direct, b.cfg.Ext.Index, dev)
+	})
 	p.Details = append(p.Details, "routes", time.Since(t0))
 	if err != nil {
 		errs = append(errs, err)
@@ -133,22 +144,21 @@ func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass
 	// the IPv6 device broken they are left as they are until it is back.
 	rres6 := routes.Result{Refused: map[netip.Prefix]string{}, Failed: map[netip.Prefix]error{}}
 	if b.kern.Routes6 != nil && err6 == nil {
-		var want6 []nl.RouteSpec
+		var with6 []int32 // the plans whose IPv6 route is wanted
 		for i := range plans {
 			pp := &plans[i]
 			if _, bad := p.Refused[pp.lease.Subnet]; bad || !pp.v6 {
 				pp.v6 = false
 				continue
 			}
-			l := pp.lease
-			if pp.direct6 {
-				want6 = append(want6, nl.RouteSpec{Dst: l.IPv6Subnet, Gw: l.Attrs.PublicIPv6, LinkIndex: b.cfg.Ext.Index, OnLink: true})
-			} else {
-				want6 = append(want6, nl.RouteSpec{Dst: l.IPv6Subnet, Gw: l.IPv6Subnet.Addr(), LinkIndex: int(b.v6.linkIndex.Load()), OnLink: true})
-			}
+			with6 = append(with6, int32(i))
 		}
+		dev6 := int(b.v6.linkIndex.Load())
 		t0 = time.Now()
-		rres6, err = b.kern.Routes6.Reconcile(want6)
+		rres6, err = b.kern.Routes6.ReconcileFunc(len(with6), func(i int) nl.RouteSpec {
+			pp := &plans[with6[i]]
+			return peerRoute(pp.lease.IPv6Subnet, pp.lease.Attrs.PublicIPv6, pp.direct6, b.cfg.Ext.Index, dev6)
+		})
 		p.Details = append(p.Details, "routes6", time.Since(t0))
 		if err != nil {
 			errs = append(errs, err)
@@ -156,29 +166,27 @@ func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass
 		p.Repairs["route"] += uint64(rres6.Repaired)
 	}
 
-	neighWant := make(map[netip.Addr]string, len(plans))
-	fdbWant := make(map[string]netip.Addr, len(plans))
-	var neighWant6 map[netip.Addr]string
-	var fdbWant6 map[string]netip.Addr
-	if b.v6 != nil {
-		neighWant6, fdbWant6 = map[netip.Addr]string{}, map[string]netip.Addr{}
-	}
+	// The wanted entries, sized for every peer: syncEntries keeps them
+	// as what is installed.
+	neighWant, fdbWant := make([]entry, 0, len(plans)), make([]entry, 0, len(plans))
+	var neighWant6, fdbWant6 []entry
 	for _, pp := range plans {
 		if _, bad := p.Refused[pp.lease.Subnet]; bad {
 			continue
 		}
 		if !pp.direct {
-			neighWant[pp.lease.Subnet.Addr()] = pp.mac
-			fdbWant[pp.mac] = pp.lease.Attrs.PublicIP
+			neighWant = append(neighWant, entryOf(pp.lease.Subnet.Addr(), pp.mac))
+			fdbWant = append(fdbWant, entryOf(pp.lease.Attrs.PublicIP, pp.mac))
 		}
-		if _, bad := rres6.Refused[pp.lease.IPv6Subnet.Masked()]; pp.v6 && !pp.direct6 && !bad {
-			neighWant6[pp.lease.IPv6Subnet.Addr()] = pp.mac6
-			fdbWant6[pp.mac6] = pp.lease.Attrs.PublicIPv6
+		if pp.v6 && !pp.direct6 {
+			if _, bad := rres6.Refused[pp.lease.IPv6Subnet.Masked()]; !bad {
+				neighWant6 = append(neighWant6, entryOf(pp.lease.IPv6Subnet.Addr(), pp.mac6))
+				fdbWant6 = append(fdbWant6, entryOf(pp.lease.Attrs.PublicIPv6, pp.mac6))
+			}
 		}
 	}
 	neighFailed, fdbFailed := b.v4.syncEntries(&p, &errs, neighWant, fdbWant, "")
-	var neighFailed6 map[netip.Addr]error
-	var fdbFailed6 map[string]error
+	var neighFailed6, fdbFailed6 map[entry]error
 	if b.v6 != nil && err6 == nil {
 		neighFailed6, fdbFailed6 = b.v6.syncEntries(&p, &errs, neighWant6, fdbWant6, "6")
 	}
@@ -194,7 +202,7 @@ func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass
 			continue
 		}
 		if !pp.direct {
-			if err := cmp.Or(neighFailed[sn.Addr()], fdbFailed[pp.mac]); err != nil {
+			if err := cmp.Or(neighFailed[entryOf(sn.Addr(), mac{})], fdbFailed[entry{mac: pp.mac}]); err != nil {
 				p.Failed[sn] = err
 				continue
 			}
@@ -218,7 +226,7 @@ func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass
 
 // state6 returns the error that keeps a peer's IPv6 part from being
 // programmed in this pass, or nil.
-func (b *Backend) state6(pp peerPlan, err6 error, rres6 routes.Result, neighFailed map[netip.Addr]error, fdbFailed map[string]error) error {
+func (b *Backend) state6(pp peerPlan, err6 error, rres6 routes.Result, neighFailed, fdbFailed map[entry]error) error {
 	if err6 != nil {
 		return fmt.Errorf("IPv6 device %s: %w", b.v6.name, err6)
 	}
@@ -229,14 +237,16 @@ func (b *Backend) state6(pp peerPlan, err6 error, rres6 routes.Result, neighFail
 	if pp.direct6 {
 		return nil
 	}
-	return cmp.Or(neighFailed[sn6.Addr()], fdbFailed[pp.mac6])
+	return cmp.Or(neighFailed[entryOf(sn6.Addr(), mac{})], fdbFailed[entry{mac: pp.mac6}])
 }
 
 // syncEntries makes the device's neighbour and FDB entries match the
-// wanted ones, adding the steps' durations, repairs and errors to p and
-// errs; suffix tells the two devices' durations apart. It returns the
+// wanted ones (in any order; of entries with the same key the last counts;
+// the slices are syncEntries's to keep), adding the steps' durations,
+// repairs and errors to p and errs; suffix tells the two devices'
+// durations apart. It returns the keys (see peerEntries.keyOf) of the
 // entries that failed. Caller holds kmu.
-func (v *vtep) syncEntries(p *backend.Pass, errs *[]error, neighWant map[netip.Addr]string, fdbWant map[string]netip.Addr, suffix string) (map[netip.Addr]error, map[string]error) {
+func (v *vtep) syncEntries(p *backend.Pass, errs *[]error, neighWant, fdbWant []entry, suffix string) (neighFailed, fdbFailed map[entry]error) {
 	linkIndex := int(v.linkIndex.Load())
 	t0 := time.Now()
 	neighFailed, rep, err := v.neighs.sync(v, linkIndex, neighWant)
@@ -246,7 +256,7 @@ func (v *vtep) syncEntries(p *backend.Pass, errs *[]error, neighWant map[netip.A
 	}
 	p.Repairs["neigh"] += uint64(rep)
 	t0 = time.Now()
-	fdbFailed, rep, err := v.fdb.sync(v, linkIndex, fdbWant)
+	fdbFailed, rep, err = v.fdb.sync(v, linkIndex, fdbWant)
 	p.Details = append(p.Details, "fdb"+suffix, time.Since(t0))
 	if err != nil {
 		*errs = append(*errs, err)
@@ -298,143 +308,241 @@ func (v *vtep) ensureAddr(want netip.Prefix) (repaired bool, err error) {
 	return repaired, nil
 }
 
-// peerEntries is one of the two kinds of entry the backend keeps on its
-// device for every peer. To the kernel both are neighbour objects: a
-// neighbour entry maps the peer's VTEP address to its VtepMAC (K is the
-// address, V the MAC), an FDB entry maps the VtepMAC to the peer's
-// PublicIP (K is the MAC, V the address). MACs are raw bytes in a string.
-type peerEntries[K, V comparable] struct {
+// entry is one neighbour or FDB entry the backend keeps on its device for
+// a peer. To the kernel both are neighbour objects: a neighbour entry maps
+// the peer's VTEP address (ip) to its VtepMAC, an FDB entry maps the
+// VtepMAC to the peer's remote, its PublicIP or PublicIPv6 (ip). The
+// address is packed (see entryOf) so that an entry takes 23 bytes and no
+// pointer: the backend keeps two per peer and device.
+type entry struct {
+	ip     [16]byte
+	family uint8 // of ip: 4, 6, or 0 for none
+	mac    mac
+}
+
+// entryOf returns the entry for ip and m. An IPv6 zone is not kept:
+// neighbour entries have none.
+func entryOf(ip netip.Addr, m mac) entry {
+	en := entry{ip: ip.As16(), mac: m}
+	switch {
+	case ip.Is4():
+		en.family = 4
+	case ip.IsValid():
+		en.family = 6
+	}
+	return en
+}
+
+// addr returns the entry's address.
+func (en *entry) addr() netip.Addr {
+	switch en.family {
+	case 4:
+		return netip.AddrFrom16(en.ip).Unmap()
+	case 6:
+		return netip.AddrFrom16(en.ip)
+	}
+	return netip.Addr{}
+}
+
+// peerEntries is one of the two kinds of entry. Neighbour entries are
+// keyed by address, FDB entries by MAC: the kernel holds one entry per key
+// (one remote per unicast MAC).
+//
+// Why sorted slices. With thousands of peers, maps of the wanted and the
+// installed entries (and of the keys found right) were a large part of a
+// pass's peak heap; a slice sorted by key costs the entries alone and is
+// searched in O(log n).
+type peerEntries struct {
 	kind   string // "neighbour" or "FDB", for messages
 	family nl.Family
-	// key returns the key of a listed entry that is the backend's to
-	// manage; false leaves the entry alone.
-	key func(n *nl.Neigh) (K, bool)
-	// says reports whether the listed entry n maps its key to v.
-	says func(n *nl.Neigh, v V) bool
-	// spec is the request that makes k -> v a permanent entry.
-	spec func(linkIndex int, k K, v V) nl.NeighSpec
-	// installed is what this backend installed and the kernel still
-	// held at the last pass; peak the most entries it has held.
-	installed map[K]V
-	peak      int
+	byMAC  bool // FDB: keyed by MAC; neighbour: by address
+	// installed is what this backend installed and the kernel still held
+	// at the last pass (or failed to replace in it), sorted by key.
+	installed []entry
 }
 
 // neighEntries returns the neighbour entries of family (ARP for IPv4, NDP
 // for IPv6): peer VTEP address -> MAC.
-func neighEntries(family nl.Family) *peerEntries[netip.Addr, string] {
-	return &peerEntries[netip.Addr, string]{
-		kind: "neighbour", family: family,
-		key: func(n *nl.Neigh) (netip.Addr, bool) {
-			// The kernel's own (not permanent) entries age out by
-			// themselves.
-			return n.IP, n.IP.IsValid() && n.State&unix.NUD_PERMANENT != 0
-		},
-		says: func(n *nl.Neigh, mac string) bool { return n.HardwareAddrIs(net.HardwareAddr(mac)) },
-		spec: func(linkIndex int, ip netip.Addr, mac string) nl.NeighSpec {
-			return nl.NeighSpec{LinkIndex: linkIndex, Family: family, State: unix.NUD_PERMANENT, Type: unix.RTN_UNICAST,
-				IP: ip, MAC: net.HardwareAddr(mac)}
-		},
-		installed: map[netip.Addr]string{},
-	}
+func neighEntries(family nl.Family) *peerEntries {
+	return &peerEntries{kind: "neighbour", family: family}
 }
 
 // fdbEntries returns the FDB entries: MAC -> remote VTEP (PublicIP, or
 // PublicIPv6 on the IPv6 device).
-func fdbEntries() *peerEntries[string, netip.Addr] {
-	return &peerEntries[string, netip.Addr]{
-		kind: "FDB", family: nl.FamilyBridge,
-		key: func(n *nl.Neigh) (string, bool) {
-			if n.Flags&unix.NTF_SELF == 0 {
-				return "", false
-			}
-			return string(n.HardwareAddr()), true
-		},
-		says: func(n *nl.Neigh, dst netip.Addr) bool { return n.IP == dst },
-		spec: func(linkIndex int, mac string, dst netip.Addr) nl.NeighSpec {
-			return nl.NeighSpec{LinkIndex: linkIndex, Family: nl.FamilyBridge, State: unix.NUD_PERMANENT, Flags: unix.NTF_SELF,
-				IP: dst, MAC: net.HardwareAddr(mac)}
-		},
-		installed: map[string]netip.Addr{},
+func fdbEntries() *peerEntries {
+	return &peerEntries{kind: "FDB", family: nl.FamilyBridge, byMAC: true}
+}
+
+// keyOf returns en with only its key: how failed entries are reported.
+func (e *peerEntries) keyOf(en entry) entry {
+	if e.byMAC {
+		return entry{mac: en.mac}
 	}
+	return entry{ip: en.ip, family: en.family}
+}
+
+// compare orders entries by key.
+func (e *peerEntries) compare(a, b entry) int {
+	if e.byMAC {
+		return bytes.Compare(a.mac[:], b.mac[:])
+	}
+	return cmp.Or(cmp.Compare(a.family, b.family), bytes.Compare(a.ip[:], b.ip[:]))
+}
+
+// find returns the index of the entry with en's key in the sorted es.
+func (e *peerEntries) find(es []entry, en entry) (int, bool) {
+	return slices.BinarySearchFunc(es, en, e.compare)
+}
+
+// listed returns the key of a listed entry as an entry, and whether the
+// entry is the backend's to manage (false leaves it alone). An FDB entry
+// whose link-layer address is not 6 bytes is managed but can be no
+// wanted key: ok and !wantable.
+func (e *peerEntries) listed(n *nl.Neigh) (key entry, ok, wantable bool) {
+	if !e.byMAC {
+		// The kernel's own (not permanent) entries age out by
+		// themselves.
+		return entryOf(n.IP, mac{}), n.IP.IsValid() && n.State&unix.NUD_PERMANENT != 0, true
+	}
+	if n.Flags&unix.NTF_SELF == 0 {
+		return entry{}, false, false
+	}
+	hw := n.HardwareAddr()
+	if len(hw) != len(key.mac) {
+		return entry{}, true, false
+	}
+	return entry{mac: mac(hw)}, true, true
+}
+
+// says reports whether the listed entry n maps its key to what w does.
+func (e *peerEntries) says(n *nl.Neigh, w entry) bool {
+	if e.byMAC {
+		return n.IP == w.addr()
+	}
+	return n.HardwareAddrIs(w.mac[:])
+}
+
+// spec is the request that makes *en a permanent entry; its MAC is en's
+// memory.
+func (e *peerEntries) spec(linkIndex int, en *entry) nl.NeighSpec {
+	s := nl.NeighSpec{LinkIndex: linkIndex, Family: e.family, State: unix.NUD_PERMANENT, IP: en.addr(), MAC: net.HardwareAddr(en.mac[:])}
+	if e.byMAC {
+		s.Flags = unix.NTF_SELF
+	} else {
+		s.Type = unix.RTN_UNICAST
+	}
+	return s
 }
 
 // describe renders an entry for messages the way ip(8) and bridge(8) list
 // it: "address -> MAC" for a neighbour, "MAC -> remote" for FDB.
-func (e *peerEntries[K, V]) describe(ip netip.Addr, mac net.HardwareAddr) string {
+func (e *peerEntries) describe(ip netip.Addr, mac net.HardwareAddr) string {
 	if e.family == nl.FamilyBridge {
 		return fmt.Sprintf("%s -> %s", mac, ip)
 	}
 	return fmt.Sprintf("%s -> %s", ip, mac)
 }
 
-// sync makes the entries of this kind on the device exactly want. It
-// returns the keys that failed and how many entries were repairs. Caller
-// holds kmu.
-func (e *peerEntries[K, V]) sync(v *vtep, linkIndex int, want map[K]V) (map[K]error, int, error) {
+// sorted sorts want by key in place and drops all but the last of the
+// entries with the same key, the one that counts.
+func (e *peerEntries) sorted(want []entry) []entry {
+	slices.SortStableFunc(want, e.compare)
+	out := want[:0]
+	for i, en := range want {
+		if i+1 < len(want) && e.compare(en, want[i+1]) == 0 {
+			continue
+		}
+		out = append(out, en)
+	}
+	return out
+}
+
+// What sync learnt about a wanted entry.
+const (
+	entryRight  = 1 << iota // the kernel holds it as wanted
+	entrySet                // this pass installed it
+	entryFailed             // this pass failed to install it
+)
+
+// setChunk is how many entries sync hands SetNeighs at once, so that the
+// requests of a join of thousands of peers need no list of them all.
+const setChunk = 256
+
+// sync makes the entries of this kind on the device exactly want (in any
+// order; of entries with the same key the last counts). want is sync's:
+// it is sorted in place and may be kept as what is installed. It returns
+// the keys that failed and how many entries were repairs. Caller holds
+// kmu.
+func (e *peerEntries) sync(v *vtep, linkIndex int, want []entry) (map[entry]error, int, error) {
 	b := v.b
-	failed := map[K]error{}
+	want = e.sorted(want)
+	failed := map[entry]error{}
 	// The entries on the device, as they are read (no list of them is
 	// kept): whether the entry of each wanted key already says what is
 	// wanted (the last one read counts), and the stale rest, deleted
 	// afterwards. (A wanted FDB key is a peer's VtepMAC, which is unicast,
 	// and the kernel keeps one remote per unicast MAC; only the all-zeros
 	// and multicast entries have several.)
-	right := make(map[K]bool, len(e.installed))
+	state := make([]uint8, len(want))
 	var stale []nl.Neigh
-	err := b.k.NeighWalk(linkIndex, e.family, func() { clear(right); stale = stale[:0] }, func(n *nl.Neigh) {
+	err := b.k.NeighWalk(linkIndex, e.family, func() { clear(state); stale = stale[:0] }, func(n *nl.Neigh) {
 		if n.LinkIndex != linkIndex {
 			return
 		}
-		k, ok := e.key(n)
+		k, ok, wantable := e.listed(n)
 		if !ok {
 			return
 		}
-		if v, wanted := want[k]; wanted {
-			right[k] = n.State&unix.NUD_PERMANENT != 0 && e.says(n, v)
+		if i, wanted := e.find(want, k); wantable && wanted {
+			state[i] = 0
+			if n.State&unix.NUD_PERMANENT != 0 && e.says(n, want[i]) {
+				state[i] = entryRight
+			}
 		} else {
 			stale = append(stale, *n)
 		}
 	})
 	if err != nil {
 		err = fmt.Errorf("list %s entries of %s: %w", e.kind, v.name, err)
-		for k := range want {
-			failed[k] = err
+		for _, w := range want {
+			failed[e.keyOf(w)] = err
 		}
 		return failed, 0, err
 	}
 
 	var errs []error
 	repairs := 0
-	type set struct {
-		k K
-		v V
+	chunk := make([]nl.NeighSpec, 0, min(len(want), setChunk))
+	var idx [setChunk]int
+	flush := func() {
+		for k, err := range b.k.SetNeighs(chunk) {
+			i := idx[k]
+			if err != nil {
+				err = fmt.Errorf("set %s entry %s: %w", e.kind, e.describe(chunk[k].IP, chunk[k].MAC), err)
+				failed[e.keyOf(want[i])] = err
+				errs = append(errs, err)
+				state[i] = entryFailed
+				continue
+			}
+			if j, had := e.find(e.installed, want[i]); had && e.installed[j] == want[i] {
+				repairs++
+			}
+			state[i] = entrySet
+		}
+		chunk = chunk[:0]
 	}
-	var sets []set
-	var specs []nl.NeighSpec
-	if n := len(want) - len(e.installed); n > 16 {
-		sets, specs = make([]set, 0, n), make([]nl.NeighSpec, 0, n) // first pass: most are new
-	}
-	for k, v := range want {
-		if right[k] {
-			e.installed[k] = v
+	for i := range want {
+		if state[i] == entryRight {
 			continue
 		}
 		// Missing or wrong: a replace rewrites a wrong entry in place.
-		sets = append(sets, set{k, v})
-		specs = append(specs, e.spec(linkIndex, k, v))
+		idx[len(chunk)] = i
+		if chunk = append(chunk, e.spec(linkIndex, &want[i])); len(chunk) == setChunk {
+			flush()
+		}
 	}
-	for i, err := range b.k.SetNeighs(specs) {
-		st := sets[i]
-		if err != nil {
-			err = fmt.Errorf("set %s entry %s: %w", e.kind, e.describe(specs[i].IP, specs[i].MAC), err)
-			failed[st.k] = err
-			errs = append(errs, err)
-			continue
-		}
-		if prev, had := e.installed[st.k]; had && prev == st.v {
-			repairs++
-		}
-		e.installed[st.k] = st.v
+	if len(chunk) > 0 {
+		flush()
 	}
 	for i := range stale {
 		n := &stale[i]
@@ -442,11 +550,38 @@ func (e *peerEntries[K, V]) sync(v *vtep, linkIndex int, want map[K]V) (map[K]er
 			errs = append(errs, fmt.Errorf("delete %s entry %s: %w", e.kind, e.describe(n.IP, n.HardwareAddr()), err))
 		}
 	}
-	for k := range e.installed {
-		if _, ok := want[k]; !ok {
-			delete(e.installed, k)
+	e.installed = e.installedAfter(want, state)
+	return failed, repairs, errors.Join(errs...)
+}
+
+// installedAfter returns what is installed after a pass that wanted want
+// (sorted, one entry per key) and learnt state about it: the wanted
+// entries that are right or were set, and for those that failed what was
+// installed before, if anything. Keys that are not wanted are gone. When
+// nothing failed that is want itself, kept rather than copied (the pass
+// built it for sync alone).
+func (e *peerEntries) installedAfter(want []entry, state []uint8) []entry {
+	if !slices.Contains(state, entryFailed) {
+		if cap(want) > len(want)+len(want)/8 {
+			return slices.Clone(want) // do not keep much unused room
+		}
+		return want
+	}
+	n := 0
+	for i := range want {
+		if state[i] != entryFailed {
+			n++
+		} else if _, had := e.find(e.installed, want[i]); had {
+			n++
 		}
 	}
-	e.installed = routes.Shrink(e.installed, &e.peak)
-	return failed, repairs, errors.Join(errs...)
+	out := make([]entry, 0, n)
+	for i, w := range want {
+		if state[i] != entryFailed {
+			out = append(out, w)
+		} else if j, had := e.find(e.installed, w); had {
+			out = append(out, e.installed[j])
+		}
+	}
+	return out
 }

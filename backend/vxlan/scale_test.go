@@ -102,6 +102,12 @@ func TestProgramPeers(t *testing.T) {
 // passBackend sets up a vxlan backend in a fresh namespace with n peers
 // desired but not yet programmed.
 func passBackend(b *testing.B, n int) *Backend {
+	be, _ := passBackendOwn(b, n)
+	return be
+}
+
+// passBackendOwn is passBackend that also returns the backend's own lease.
+func passBackendOwn(b *testing.B, n int) (*Backend, subnet.Lease) {
 	lab := nltest.NewLab(b, 1)
 	h := lab.Hosts[0]
 	cfg, err := subnet.ParseConfig([]byte(`{"Network":"198.18.0.0/15","SubnetLen":28,"Backend":{"Type":"vxlan"}}`))
@@ -122,8 +128,9 @@ func passBackend(b *testing.B, n int) *Backend {
 	if err != nil {
 		b.Fatal(err)
 	}
-	be.SetDesired(subnet.Lease{Subnet: netip.MustParsePrefix("198.18.0.0/28"), Attrs: attrs}, subnet.Pointers(syntheticPeers(n)))
-	return be
+	own := subnet.Lease{Subnet: netip.MustParsePrefix("198.18.0.0/28"), Attrs: attrs}
+	be.SetDesired(own, subnet.Pointers(syntheticPeers(n)))
+	return be, own
 }
 
 func checkPass(b *testing.B, be *Backend, n int) {
@@ -183,6 +190,42 @@ func BenchmarkProgramPeers(b *testing.B) {
 				total += first
 			}
 			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/program")
+		})
+	}
+}
+
+// BenchmarkJoinLeavePass measures the pass that adds n peers to n
+// programmed ones, and the pass that removes them again: B/op is what a
+// join or a leave allocates, most of which is live at its end, so it
+// bounds how far a join or leave raises the heap.
+func BenchmarkJoinLeavePass(b *testing.B) {
+	nltest.RequireRoot(b)
+	const n = 4000 // syntheticPeers has room for 8191
+	for _, phase := range []string{"join", "leave"} {
+		b.Run(phase, func(b *testing.B) {
+			b.ReportAllocs()
+			all := subnet.Pointers(syntheticPeers(2 * n))
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				be, own := passBackendOwn(b, n)
+				be.loop.Reconcile()
+				if phase == "leave" {
+					be.SetDesired(own, all)
+					be.loop.Reconcile()
+					be.SetDesired(own, all[:n])
+				} else {
+					be.SetDesired(own, all)
+				}
+				b.StartTimer()
+				be.loop.Reconcile()
+				b.StopTimer()
+				want := n
+				if phase == "join" {
+					want = 2 * n
+				}
+				checkPass(b, be, want)
+				b.StartTimer()
+			}
 		})
 	}
 }

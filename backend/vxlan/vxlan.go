@@ -133,9 +133,9 @@ type vtep struct {
 	linkIndex atomic.Int64
 
 	mac           net.HardwareAddr
-	deviceUp      bool                             // the device was fully set up before
-	neighs        *peerEntries[netip.Addr, string] // peer VTEP address -> MAC
-	fdb           *peerEntries[string, netip.Addr] // MAC -> peer PublicIP(v6)
+	deviceUp      bool         // the device was fully set up before
+	neighs        *peerEntries // peer VTEP address -> MAC
+	fdb           *peerEntries // MAC -> peer PublicIP(v6)
 	installedAddr netip.Prefix
 }
 

@@ -19,9 +19,12 @@ type Conn struct {
 	// s carries the dumps and batches.
 	s *sock
 	// arena holds the requests of one batch back to back, and ops their
-	// results; both are reused by the next batch.
+	// results; both are reused by the next batch. opBuf holds the ops of
+	// one chunk, for the batching calls: a caller that hands them
+	// thousands of requests a chunk at a time allocates them once.
 	arena []byte
 	ops   []*op
+	opBuf [batchChunk]op
 }
 
 // errClosed is returned by a Conn or Dumper used after Close.

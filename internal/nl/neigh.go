@@ -176,7 +176,7 @@ func (c *Conn) SetNeighs(specs []NeighSpec) []error {
 	if len(specs) == 0 {
 		return errs
 	}
-	var ops [batchChunk]op
+	ops := &c.opBuf
 	for start := 0; start < len(specs); start += batchChunk {
 		part := specs[start:min(start+batchChunk, len(specs))]
 		c.arena, c.ops = c.arena[:0], c.ops[:0]

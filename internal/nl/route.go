@@ -114,33 +114,55 @@ func parseRoute(p []byte) (r Route, family Family, ok bool) {
 // reuse its memory. keep sees each route while the dump is parsed, so
 // what it drops costs no memory. Cached clones are skipped.
 func (c *Conn) RouteList(family Family, table uint32, keep func(*Route) bool, out []Route) ([]Route, error) {
+	err := c.RouteWalk(family, table, func() { out = out[:0] }, func(r *Route) {
+		if keep == nil || keep(r) {
+			out = append(out, *r)
+		}
+	})
+	if err != nil && !errors.Is(err, errClosed) {
+		return nil, err
+	}
+	return out, err
+}
+
+// RouteWalk calls fn with every route of family (FamilyAll: every family)
+// in table (0: every table) while the dump is parsed, so that no list of
+// the routes is built: r is only valid during the call. start (nil: none)
+// is called before the dump and again before each repetition of a dump the
+// kernel reported interrupted, so that the caller can drop what fn
+// gathered. Cached clones are skipped.
+func (c *Conn) RouteWalk(family Family, table uint32, start func(), fn func(r *Route)) error {
 	if c.s == nil {
-		return out[:0], errClosed
+		if start != nil {
+			start()
+		}
+		return errClosed
 	}
 	body := [12]byte{0: uint8(family)} // struct rtmsg
 	if table < 256 {
 		body[4] = uint8(table) // a hint; the kernel may still send others
 	}
-	return retryDump(func() ([]Route, error) {
-		out = out[:0]
-		err := c.s.dump(unix.RTM_GETROUTE, body[:], unix.RTM_NEWROUTE, func(p []byte) error {
+	// One route, reused: handing fn the address of a fresh one per route
+	// would move each to the heap.
+	var r Route
+	_, err := retryDump(func() ([]struct{}, error) {
+		if start != nil {
+			start()
+		}
+		return nil, c.s.dump(unix.RTM_GETROUTE, body[:], unix.RTM_NEWROUTE, func(p []byte) error {
 			if len(p) >= 12 && binary.NativeEndian.Uint32(p[8:12])&unix.RTM_F_CLONED != 0 {
 				return nil // cached clones, as netlink.RouteList skips them
 			}
-			r, f, ok := parseRoute(p)
-			if !ok || (family != FamilyAll && f != family) || (table != 0 && r.Table != table) {
+			var f Family
+			var ok bool
+			if r, f, ok = parseRoute(p); !ok || (family != FamilyAll && f != family) || (table != 0 && r.Table != table) {
 				return nil
 			}
-			// keep sees the copy in out: handing it &r would move every
-			// parsed route to the heap.
-			out = append(out, r)
-			if keep != nil && !keep(&out[len(out)-1]) {
-				out = out[:len(out)-1]
-			}
+			fn(&r)
 			return nil
 		})
-		return out, err
 	})
+	return err
 }
 
 // RouteSpec is a route to install: Dst via Gw out of LinkIndex. Without a

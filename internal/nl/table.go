@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,11 +43,8 @@ type RouteTable struct {
 	nhSupported bool
 	useNH       bool
 	// foreignNH holds nexthop ids that exist and are not ours, from the
-	// last List; their destinations get plain routes.
+	// last Walk; their destinations get plain routes.
 	foreignNH map[uint32]bool
-	// listed is how many routes the last List returned: the next one
-	// starts with room for them instead of growing a slice step by step.
-	listed int
 }
 
 // RouteTable returns the main table for routes tagged with protocol inside
@@ -74,7 +72,16 @@ func (t *RouteTable) UsesNexthops() bool { return t.useNH }
 
 // nhID returns the nexthop id for dst, or 0 if dst has none.
 func (t *RouteTable) nhID(dst netip.Prefix) uint32 {
-	if !t.useNH || !t.network.IsValid() || !t.network.Addr().Is4() || !t.network.Contains(dst.Addr()) || dst.Bits() < t.network.Bits() {
+	if !t.useNH {
+		return 0
+	}
+	return t.idFor(dst)
+}
+
+// idFor returns the nexthop id for dst when routes go through nexthop
+// objects, or 0 if dst would have none.
+func (t *RouteTable) idFor(dst netip.Prefix) uint32 {
+	if !t.network.IsValid() || !t.network.Addr().Is4() || !t.network.Contains(dst.Addr()) || dst.Bits() < t.network.Bits() {
 		return 0
 	}
 	hostBits := dst.Bits() - t.network.Bits()
@@ -100,61 +107,83 @@ func u32(a netip.Addr) uint32 {
 	return binary.BigEndian.Uint32(b[:])
 }
 
-// List returns the routes of the table's family in the main table that a
-// reconciler must see: every route tagged with the table's protocol, every
-// route the kernel added (connected routes among them) and every route to
-// a destination that overlaps the network; the rest is dropped while
-// parsing. The slice is the caller's: a table holding thousands of routes
-// between passes would keep memory for each, so it keeps none. With
-// nexthop objects it also deletes the table's
-// nexthop objects that no route uses any more (left behind when somebody
-// deleted a route by hand), so that they cannot pile up.
+// List returns the routes Walk shows, as a slice that is the caller's.
 func (t *RouteTable) List() ([]Route, error) {
-	rs, err := t.c.RouteList(t.family, unix.RT_TABLE_MAIN, func(r *Route) bool {
-		return r.Protocol == t.protocol || r.Protocol == unix.RTPROT_KERNEL ||
-			(t.network.IsValid() && t.network.Overlaps(r.Dst))
-	}, make([]Route, 0, t.listed+t.listed/8))
-	t.listed = len(rs)
+	var rs []Route
+	err := t.Walk(func() { rs = rs[:0] }, func(r *Route) { rs = append(rs, *r) })
+	if err != nil {
+		return nil, err
+	}
+	return rs, nil
+}
+
+// Walk calls fn with each route of the table's family in the main table
+// that a reconciler must see: every route tagged with the table's
+// protocol, every route the kernel added (connected routes among them) and
+// every route to a destination that overlaps the network; the rest is
+// dropped while parsing. fn sees each route while the dump is parsed, so
+// no list of the table is built (a table of thousands of routes would
+// cost memory for each): r is only valid during the call. start (nil:
+// none) is called before the dump and again before each repetition of an
+// interrupted one, so that the caller can drop what fn gathered. With
+// nexthop objects it then deletes the table's nexthop objects that no
+// route uses any more (left behind when somebody deleted a route by hand),
+// so that they cannot pile up.
+func (t *RouteTable) Walk(start func(), fn func(r *Route)) error {
+	// The nexthop ids our routes use, as if we installed through nexthop
+	// objects: whether we still do is only known after the dump.
+	var used []uint32
+	err := t.c.RouteWalk(t.family, unix.RT_TABLE_MAIN, func() {
+		used = used[:0]
+		if start != nil {
+			start()
+		}
+	}, func(r *Route) {
+		if r.Protocol != t.protocol && r.Protocol != unix.RTPROT_KERNEL &&
+			(!t.network.IsValid() || !t.network.Overlaps(r.Dst)) {
+			return
+		}
+		if t.nhSupported && r.Protocol == t.protocol {
+			if t.useNH && !r.Gw.IsValid() && r.LinkIndex == 0 && !r.MultiPath {
+				// A route through a nexthop object dumped without its
+				// gateway: nexthop_compat_mode is off, so the reconciler
+				// could never see that the route is right. Use plain
+				// routes.
+				t.useNH = false
+			}
+			if id := t.idFor(r.Dst); id != 0 {
+				used = append(used, id)
+			}
+		}
+		fn(r)
+	})
 	if err != nil || !t.nhSupported {
-		return rs, err
+		return err
 	}
-	for i := range rs {
-		r := &rs[i]
-		if t.useNH && r.Protocol == t.protocol && !r.Gw.IsValid() && r.LinkIndex == 0 && !r.MultiPath {
-			// A route through a nexthop object dumped without its
-			// gateway: nexthop_compat_mode is off, so the reconciler
-			// could never see that the route is right. Use plain routes.
-			t.useNH = false
-		}
+	if !t.useNH {
+		used = used[:0] // none of our nexthop objects is wanted any more
 	}
-	// The ids our routes use; then every nexthop object, as the dump is
-	// parsed: ours that no route uses are deleted after the dump, others'
-	// remembered.
+	slices.Sort(used)
+	// Every nexthop object, as the dump is parsed: ours that no route
+	// uses are deleted after the dump, others' remembered.
 	clear(t.foreignNH)
-	used := make(map[uint32]bool, len(rs))
-	for i := range rs {
-		if rs[i].Protocol != t.protocol {
-			continue
-		}
-		if id := t.nhID(rs[i].Dst); id != 0 {
-			used[id] = true
-		}
-	}
 	var unused []uint32
 	if err := t.c.nexthops(func(nh nexthop) {
 		switch {
 		case nh.protocol != t.protocol:
 			t.foreignNH[nh.id] = true
-		case !used[nh.id]:
-			unused = append(unused, nh.id)
+		default:
+			if _, inUse := slices.BinarySearch(used, nh.id); !inUse {
+				unused = append(unused, nh.id)
+			}
 		}
 	}); err != nil {
-		return nil, fmt.Errorf("list nexthop objects: %w", err)
+		return fmt.Errorf("list nexthop objects: %w", err)
 	}
 	for _, id := range unused {
-		_ = t.c.delNexthop(id) // best effort; retried on the next List
+		_ = t.c.delNexthop(id) // best effort; retried on the next Walk
 	}
-	return rs, nil
+	return nil
 }
 
 // nhRequestsFor reports whether w gets a nexthop object.
@@ -171,8 +200,9 @@ func (t *RouteTable) nhRequestsFor(w RouteSpec) bool {
 func (t *RouteTable) ReplaceAll(ws []RouteSpec) []error {
 	errs := make([]error, len(ws))
 	c := t.c
-	// pairs[k] is the requests of ws[idx[k]], for the batch being built.
-	var pairs [batchChunk / 2]struct{ nh, route op }
+	// ops[2k] and ops[2k+1] are the requests of ws[idx[k]] (nexthop,
+	// route), for the batch being built.
+	ops := &c.opBuf
 	var idx [batchChunk / 2]int
 	n := 0
 	flush := func() {
@@ -180,11 +210,11 @@ func (t *RouteTable) ReplaceAll(ws []RouteSpec) []error {
 			return
 		}
 		c.batch(c.ops) // per-op errors below cover a socket failure too
-		for k, p := range pairs[:n] {
-			if p.nh.err != nil {
-				errs[idx[k]] = fmt.Errorf("nexthop object for %s: %w", ws[idx[k]].Dst, p.nh.err)
+		for k := range n {
+			if nh := &ops[2*k]; nh.err != nil {
+				errs[idx[k]] = fmt.Errorf("nexthop object for %s: %w", ws[idx[k]].Dst, nh.err)
 			} else {
-				errs[idx[k]] = p.route.err
+				errs[idx[k]] = ops[2*k+1].err
 			}
 		}
 		n = 0
@@ -202,9 +232,9 @@ func (t *RouteTable) ReplaceAll(ws []RouteSpec) []error {
 		}
 		var nh, route []byte
 		c.arena, nh, route = t.nhRequests(c.arena, w)
-		pairs[n].nh, pairs[n].route, idx[n] = op{msg: nh}, op{msg: route}, i
-		c.ops = append(c.ops, &pairs[n].nh, &pairs[n].route)
-		if n++; n == len(pairs) {
+		ops[2*n], ops[2*n+1], idx[n] = op{msg: nh}, op{msg: route}, i
+		c.ops = append(c.ops, &ops[2*n], &ops[2*n+1])
+		if n++; n == len(idx) {
 			flush()
 		}
 	}

@@ -488,6 +488,19 @@ func (t *Table) List() ([]nl.Route, error) {
 	return t.f.RouteList(t.family, unix.RT_TABLE_MAIN, nil, nil)
 }
 
+// Walk implements nl.RouteTable's method: fn sees the routes List
+// returns, in order.
+func (t *Table) Walk(start func(), fn func(r *nl.Route)) error {
+	rs, err := t.List()
+	if start != nil {
+		start()
+	}
+	for i := range rs {
+		fn(&rs[i])
+	}
+	return err
+}
+
 // ReplaceAll implements nl.RouteTable's method.
 func (t *Table) ReplaceAll(ws []nl.RouteSpec) []error {
 	t.f.mu.Lock()
