@@ -12,8 +12,10 @@ var ErrNoConfig = errors.New("no network config")
 // the keys that parsed and the ones that did not. It is the input of
 // FilterPeers.
 type LeaseSet struct {
-	// Leases are the keys that parsed, sorted by subnet.
-	Leases []Lease
+	// Leases are the keys that parsed, sorted by subnet. They are shared
+	// (a store hands the same lease to every set it appears in, and
+	// FilterPeers hands it on to the backend): nobody modifies them.
+	Leases []*Lease
 	// Invalid are the keys whose name or value did not parse.
 	Invalid []InvalidLease
 	// Revision orders sets from one store (the etcd revision); zero when

@@ -104,7 +104,7 @@ type PeerRules struct {
 // backend.Config.PeerAttrs).
 //
 // Its cost is linear in the number of leases.
-func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid []InvalidLease) (peers []*Lease, refused []Refusal) {
+func FilterPeers(c *Config, rules PeerRules, own Lease, leases []*Lease, invalid []InvalidLease) (peers []*Lease, refused []Refusal) {
 	for _, inv := range invalid {
 		refused = append(refused, Refusal{Key: inv.Key, Reason: RefusedUnparsable, Err: inv.Err})
 	}
@@ -112,7 +112,7 @@ func FilterPeers(c *Config, rules PeerRules, own Lease, leases []Lease, invalid 
 	// Per-lease checks.
 	cands := make([]peerCand, 0, len(leases))
 	for i := range leases {
-		l := &leases[i]
+		l := leases[i]
 		if l.Subnet == own.Subnet && l.IPv6Subnet == own.IPv6Subnet {
 			continue // our own key
 		}

@@ -150,7 +150,7 @@ func TestFilterPeers(t *testing.T) {
 			if be != "vxlan" {
 				o.Attrs.BackendType, o.Attrs.BackendData = be, nil
 			}
-			peers, refused := FilterPeers(c, rulesFor(be), o, tc.leases, tc.invalid)
+			peers, refused := FilterPeers(c, rulesFor(be), o, Pointers(tc.leases), tc.invalid)
 			if got := keysOf(peers); !reflect.DeepEqual(got, append([]string{}, tc.peers...)) {
 				t.Errorf("peers = %q, want %q", got, tc.peers)
 			}
@@ -186,7 +186,7 @@ func TestFilterPeersOrderIndependent(t *testing.T) {
 		keys[l.Key()] = true
 		leases = append(leases, l)
 	}
-	wantPeers, wantRefused := FilterPeers(c, macRules, own, leases, nil)
+	wantPeers, wantRefused := FilterPeers(c, macRules, own, Pointers(leases), nil)
 	if len(wantRefused) == 0 {
 		t.Fatal("the test set has no conflicts")
 	}
@@ -204,7 +204,7 @@ func TestFilterPeersOrderIndependent(t *testing.T) {
 	for range 50 {
 		shuffled := append([]Lease(nil), leases...)
 		rng.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
-		peers, refused := FilterPeers(c, macRules, own, shuffled, nil)
+		peers, refused := FilterPeers(c, macRules, own, Pointers(shuffled), nil)
 		if !reflect.DeepEqual(keysOf(peers), keysOf(wantPeers)) || !reflect.DeepEqual(refusalsOf(refused), refusalsOf(wantRefused)) {
 			t.Fatalf("order changed the outcome:\n got %q %q\nwant %q %q", keysOf(peers), refusalsOf(refused), keysOf(wantPeers), refusalsOf(wantRefused))
 		}
@@ -261,7 +261,7 @@ func BenchmarkFilterPeers5000(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		peers, refused := FilterPeers(c, bytesRules, own, leases, nil)
+		peers, refused := FilterPeers(c, bytesRules, own, Pointers(leases), nil)
 		if len(peers) != 5000 || len(refused) != 0 {
 			b.Fatalf("%d peers, %d refused: %s", len(peers), len(refused), strings.Join(refusalsOf(refused), ","))
 		}
@@ -321,7 +321,7 @@ func TestFilterPeersDualStack(t *testing.T) {
 		vx6(13, "192.0.2.13", "2001:db8:100:99::1", "02:00:00:00:00:0d", "", 13),            // PublicIPv6 inside the network
 		vx6(14, "192.0.2.14", "2001:db8::14", "02:00:00:00:00:0e", "00:00:00:00:00:00", 14), // unusable IPv6 MAC
 	}
-	peers, refused := FilterPeers(c, dualRules, own, leases, nil)
+	peers, refused := FilterPeers(c, dualRules, own, Pointers(leases), nil)
 	wantPeers := []string{"198.18.2.0-24&2001:db8:100:2::-64", "198.18.3.0-24", "198.18.8.0-24&2001:db8:100:8::-64"}
 	if got := keysOf(peers); !reflect.DeepEqual(got, wantPeers) {
 		t.Errorf("peers %q, want %q", got, wantPeers)
@@ -345,7 +345,7 @@ func TestFilterPeersDualStack(t *testing.T) {
 	// On an IPv4-only network the IPv6 half is not looked at: the leases
 	// refused for it alone are peers.
 	c4 := testConfig(t, "vxlan")
-	peers, refused = FilterPeers(c4, dualRules, own, leases, nil)
+	peers, refused = FilterPeers(c4, dualRules, own, Pointers(leases), nil)
 	for _, want := range []string{"198.18.5.0-24&2001:db8:200:5::-64", "198.18.7.0-24&2001:db8:100:7::-80", "198.18.14.0-24&2001:db8:100:e::-64"} {
 		if !strings.Contains(strings.Join(keysOf(peers), " "), want) {
 			t.Errorf("IPv4-only network: %s is not a peer; refused %q", want, refusalsOf(refused))

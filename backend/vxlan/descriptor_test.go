@@ -80,7 +80,7 @@ func BenchmarkFilterPeers5000(b *testing.B) {
 	rules := Descriptor.PeerRules()
 	b.ReportAllocs()
 	for b.Loop() {
-		peers, refused := subnet.FilterPeers(c, rules, own, leases, nil)
+		peers, refused := subnet.FilterPeers(c, rules, own, subnet.Pointers(leases), nil)
 		if len(peers) != 5000 || len(refused) != 0 {
 			b.Fatalf("%d peers, %d refused", len(peers), len(refused))
 		}

@@ -166,7 +166,7 @@ func cmdDoctor(ctx context.Context, e *env, c *cmdFlags, args []string) error {
 
 // etcdDoctorInput is what doctor compares the kernel with: the network
 // config and the leases in etcd.
-func etcdDoctorInput(ctx context.Context, e *env, c *cmdFlags) (*subnet.Config, []subnet.Lease, []subnet.InvalidLease, error) {
+func etcdDoctorInput(ctx context.Context, e *env, c *cmdFlags) (*subnet.Config, []*subnet.Lease, []subnet.InvalidLease, error) {
 	reg, err := e.registry()
 	if err != nil {
 		return nil, nil, nil, err
@@ -204,7 +204,7 @@ func firstEnv(e *env, name string) string { return e.setting(name) }
 
 // weftdLeases reads the network config weftd runs and the leases it last
 // read from GET /leases.
-func weftdLeases(ctx context.Context, addr string) (*subnet.Config, []subnet.Lease, []subnet.InvalidLease, error) {
+func weftdLeases(ctx context.Context, addr string) (*subnet.Config, []*subnet.Lease, []subnet.InvalidLease, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/leases", nil)
@@ -227,7 +227,7 @@ func weftdLeases(ctx context.Context, addr string) (*subnet.Config, []subnet.Lea
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("weftd's config: %w", err)
 	}
-	var leases []subnet.Lease
+	var leases []*subnet.Lease
 	var invalid []subnet.InvalidLease
 	for _, en := range body.Leases {
 		v4, v6, kerr := subnet.ParseSubnetKey(en.Key)
@@ -236,7 +236,7 @@ func weftdLeases(ctx context.Context, addr string) (*subnet.Config, []subnet.Lea
 			invalid = append(invalid, subnet.InvalidLease{Key: en.Key, Value: en.Value, Err: err})
 			continue
 		}
-		leases = append(leases, subnet.Lease{Subnet: v4, IPv6Subnet: v6, Attrs: attrs, CreateRevision: en.CreateRevision, Reservation: en.Reservation})
+		leases = append(leases, &subnet.Lease{Subnet: v4, IPv6Subnet: v6, Attrs: attrs, CreateRevision: en.CreateRevision, Reservation: en.Reservation})
 	}
 	for _, k := range body.Invalid {
 		invalid = append(invalid, subnet.InvalidLease{Key: k, Err: errors.New("weftd could not parse it")})

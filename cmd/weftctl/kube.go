@@ -77,7 +77,7 @@ func kubeLeases(ctx context.Context, c *cmdFlags) (etcd.Snapshot, error) {
 
 // kubeDoctorInput is what doctor compares the kernel with in Kubernetes
 // mode: the network config file and the Nodes' leases.
-func kubeDoctorInput(ctx context.Context, _ *env, c *cmdFlags) (*subnet.Config, []subnet.Lease, []subnet.InvalidLease, error) {
+func kubeDoctorInput(ctx context.Context, _ *env, c *cmdFlags) (*subnet.Config, []*subnet.Lease, []subnet.InvalidLease, error) {
 	raw, err := os.ReadFile(c.kube.netConf)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("read the network config (--net-config-path): %w", err)

@@ -169,7 +169,7 @@ func prefixOrDash(p netip.Prefix) string {
 
 // expiresIn renders the time left: "23h59m", "42s", "never" for a
 // reservation, "expired" when it has run out or is unknown.
-func expiresIn(l subnet.Lease, now time.Time) string {
+func expiresIn(l *subnet.Lease, now time.Time) string {
 	if l.Reservation {
 		return "never"
 	}

@@ -31,7 +31,7 @@ import (
 // Input is everything the doctor looks at besides the kernel.
 type Input struct {
 	Config *subnet.Config
-	Leases []subnet.Lease
+	Leases []*subnet.Lease
 	// Invalid are the lease keys whose name or value did not parse.
 	Invalid []subnet.InvalidLease
 	// Netns is the namespace to inspect; netns.None() for the current one.
@@ -237,7 +237,7 @@ func (c *checker) findOwn() error {
 			_, mine = local[l.Attrs.PublicIP]
 		}
 		if mine && (!c.own.Subnet.IsValid() || l.Subnet == fileSubnet) {
-			c.own = l
+			c.own = *l
 		}
 	}
 	if !c.own.Subnet.IsValid() {

@@ -48,7 +48,7 @@ func TestDoctorVXLAN(t *testing.T) {
 	}
 	own := vxLease(t, "198.18.1.0/24", "192.0.2.11", "aa:bb:cc:00:00:01")
 	garbage := subnet.Lease{Subnet: netip.MustParsePrefix("198.18.9.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("127.0.0.1"), BackendType: "vxlan"}}
-	in := Input{Config: cfg, Leases: append([]subnet.Lease{own, garbage}, peers...), Netns: ns.Handle, SubnetFile: file}
+	in := Input{Config: cfg, Leases: subnet.Pointers(append([]subnet.Lease{own, garbage}, peers...)), Netns: ns.Handle, SubnetFile: file}
 
 	check := func() Report {
 		t.Helper()
@@ -83,7 +83,7 @@ func TestDoctorVXLAN(t *testing.T) {
 	// the kernel for the winner only.
 	thief := vxLease(t, "198.18.4.0/24", "192.0.2.14", "aa:bb:cc:00:00:02")
 	thief.CreateRevision = 100
-	in.Leases = append(in.Leases, thief)
+	in.Leases = append(in.Leases, &thief)
 	rep = check()
 	if len(rep.Problems) != 1 || rep.Problems[0].Area != "lease" || !strings.Contains(rep.Problems[0].What, "198.18.4.0-24") ||
 		!strings.Contains(rep.Problems[0].What, subnet.RefusedDuplicateMAC) || rep.Peers != 2 {
@@ -126,7 +126,7 @@ func TestDoctorVXLAN(t *testing.T) {
 func TestDoctorNoLease(t *testing.T) {
 	ns := nltest.NewNS(t, "doc")
 	cfg, _ := subnet.ParseConfig([]byte(`{"Network":"198.18.0.0/16"}`))
-	rep, err := Check(Input{Config: cfg, Leases: []subnet.Lease{vxLease(t, "198.18.2.0/24", "192.0.2.12", "aa:bb:cc:00:00:02")}, Netns: ns.Handle})
+	rep, err := Check(Input{Config: cfg, Leases: subnet.Pointers([]subnet.Lease{vxLease(t, "198.18.2.0/24", "192.0.2.12", "aa:bb:cc:00:00:02")}), Netns: ns.Handle})
 	if err != nil {
 		t.Fatal(err)
 	}

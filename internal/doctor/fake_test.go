@@ -42,7 +42,7 @@ func TestDoctorHostGWFake(t *testing.T) {
 		t.Fatal(err)
 	}
 	own := lease("198.18.1.0/24", "192.0.2.11")
-	in := Input{Config: cfg, Leases: append([]subnet.Lease{own}, peers...), SubnetFile: file}
+	in := Input{Config: cfg, Leases: subnet.Pointers(append([]subnet.Lease{own}, peers...)), SubnetFile: file}
 	rep, err := check(in, f)
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +94,7 @@ func TestDoctorWireGuardFake(t *testing.T) {
 		{PublicKey: key(2), Endpoint: netip.MustParseAddrPort("192.0.2.12:51820"), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24")}},
 		{PublicKey: key(3), Endpoint: netip.MustParseAddrPort("192.0.2.13:51820"), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("198.18.3.0/24")}},
 	}
-	in := Input{Config: cfg, Leases: append([]subnet.Lease{lease("198.18.1.0/24", "192.0.2.11", key(1))}, peers...), SubnetFile: file,
+	in := Input{Config: cfg, Leases: subnet.Pointers(append([]subnet.Lease{lease("198.18.1.0/24", "192.0.2.11", key(1))}, peers...)), SubnetFile: file,
 		WireGuardPeers: func(dev string) ([]WireGuardPeer, error) {
 			if dev != "weft-wg" {
 				t.Errorf("read peers of %q", dev)

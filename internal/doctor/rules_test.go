@@ -39,7 +39,7 @@ func hostGWHost(t *testing.T) (Input, *nlfake.NS) {
 		t.Fatal(err)
 	}
 	own := subnet.Lease{Subnet: netip.MustParsePrefix("198.18.1.0/24"), Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("192.0.2.11"), BackendType: "host-gw"}}
-	return Input{Config: cfg, Leases: []subnet.Lease{own, peer}, SubnetFile: file, Forward: true}, f
+	return Input{Config: cfg, Leases: []*subnet.Lease{&own, &peer}, SubnetFile: file, Forward: true}, f
 }
 
 // TestDoctorNFTablesMode: on a host in nftables mode the doctor reads

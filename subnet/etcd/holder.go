@@ -441,14 +441,14 @@ func (h *Holder) findMine(snap Snapshot, prev netip.Prefix, skip map[string]bool
 				"key", l.Key(), "network", nw.Network, "subnet_len", nw.SubnetLen)
 			continue
 		}
-		f := h.fits6(l)
+		f := h.fits6(*l)
 		switch {
 		case !found,
 			f && !fits,
 			f == fits && best.Subnet != prev && l.Subnet == prev,
 			f == fits && best.Subnet != prev && l.Reservation && !best.Reservation,
 			f == fits && best.Subnet != prev && l.Reservation == best.Reservation && l.ModRevision > best.ModRevision:
-			best, fits, found = l, f, true
+			best, fits, found = *l, f, true
 		}
 	}
 	return best, fits, found
@@ -465,7 +465,7 @@ func (h *Holder) retireStale(ctx context.Context, snap Snapshot, kept subnet.Lea
 		if l.Attrs.PublicIP != kept.Attrs.PublicIP || l.Reservation || l.Key() == kept.Key() {
 			continue
 		}
-		key := h.reg.keyOf(l)
+		key := h.reg.keyOf(*l)
 		var resp *clientv3.TxnResponse
 		err := h.reg.call(ctx, func(ctx context.Context) (err error) {
 			resp, err = h.reg.cli.Txn(ctx).

@@ -239,7 +239,7 @@ func TestFindMine(t *testing.T) {
 // key must be rewritten.
 func checkFindMine(t *testing.T, h *Holder, leases []subnet.Lease, want string) {
 	t.Helper()
-	got, fits, ok := h.findMine(Snapshot{Leases: leases}, netip.Prefix{}, nil)
+	got, fits, ok := h.findMine(Snapshot{Leases: subnet.Pointers(leases)}, netip.Prefix{}, nil)
 	wantSubnet, rewrite := strings.CutSuffix(want, "!")
 	switch {
 	case want == "" && ok:

@@ -162,8 +162,10 @@ func (r *Registry) PutConfig(ctx context.Context, raw []byte) error {
 
 // Snapshot is the set of leases at one etcd revision.
 type Snapshot struct {
-	// Leases are the keys that parsed, sorted by subnet.
-	Leases []subnet.Lease
+	// Leases are the keys that parsed, sorted by subnet. A Watcher's
+	// snapshots share the leases that did not change between them, so
+	// nobody may modify them.
+	Leases []*subnet.Lease
 	// Invalid are keys whose name or value did not parse.
 	Invalid []InvalidLease
 	// Revision is the etcd revision the snapshot reflects.
@@ -215,7 +217,7 @@ func buildSnapshot(subnetsPrefix string, kvs []*mvccpb.KeyValue, rev int64) Snap
 
 // parsedKV is one lease key, parsed: either lease or invalid is set.
 type parsedKV struct {
-	lease   subnet.Lease
+	lease   *subnet.Lease
 	invalid *InvalidLease
 }
 
@@ -224,12 +226,12 @@ func parseKV(subnetsPrefix string, kv *mvccpb.KeyValue) parsedKV {
 	if err != nil {
 		return parsedKV{invalid: &InvalidLease{Key: string(kv.Key), Value: kv.Value, Err: err, ModRevision: kv.ModRevision}}
 	}
-	return parsedKV{lease: l}
+	return parsedKV{lease: &l}
 }
 
 // snapshotOf assembles parsed keys into a sorted Snapshot.
 func snapshotOf(entries iter.Seq[parsedKV], n int, rev int64) Snapshot {
-	snap := Snapshot{Revision: rev, Leases: make([]subnet.Lease, 0, n)}
+	snap := Snapshot{Revision: rev, Leases: make([]*subnet.Lease, 0, n)}
 	for e := range entries {
 		if e.invalid != nil {
 			snap.Invalid = append(snap.Invalid, *e.invalid)
@@ -246,7 +248,7 @@ func snapshotOf(entries iter.Seq[parsedKV], n int, rev int64) Snapshot {
 // by IPv6 subnet (one IPv4 subnet may be claimed under two keys, plain and
 // dual-stack). It is total over valid keys: a valid lease's key is its
 // subnets written canonically.
-func compareLeases(a, b subnet.Lease) int {
+func compareLeases(a, b *subnet.Lease) int {
 	return cmp.Or(a.Subnet.Addr().Compare(b.Subnet.Addr()), cmp.Compare(a.Subnet.Bits(), b.Subnet.Bits()),
 		a.IPv6Subnet.Addr().Compare(b.IPv6Subnet.Addr()), cmp.Compare(a.IPv6Subnet.Bits(), b.IPv6Subnet.Bits()))
 }
@@ -254,11 +256,11 @@ func compareLeases(a, b subnet.Lease) int {
 // compareInvalid orders invalid keys by name.
 func compareInvalid(a, b InvalidLease) int { return strings.Compare(a.Key, b.Key) }
 
-func sortLeases(ls []subnet.Lease) { slices.SortFunc(ls, compareLeases) }
+func sortLeases(ls []*subnet.Lease) { slices.SortFunc(ls, compareLeases) }
 
 func sortInvalid(is []InvalidLease) { slices.SortFunc(is, compareInvalid) }
 
-func (r *Registry) fillExpirations(ctx context.Context, ls []subnet.Lease) error {
+func (r *Registry) fillExpirations(ctx context.Context, ls []*subnet.Lease) error {
 	ids := map[int64]time.Time{}
 	for _, l := range ls {
 		if l.EtcdLease != 0 {

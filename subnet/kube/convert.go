@@ -96,12 +96,13 @@ func NodeLeases(prefix Annotations, self string, nodes []*corev1.Node) subnet.Le
 	slices.SortFunc(leases, func(a, b withNode) int {
 		return cmp.Or(a.node.CreationTimestamp.Time.Compare(b.node.CreationTimestamp.Time), cmp.Compare(a.node.Name, b.node.Name))
 	})
-	set.Leases = make([]subnet.Lease, len(leases))
+	set.Leases = make([]*subnet.Lease, len(leases))
 	for i, wn := range leases {
-		wn.lease.CreateRevision = int64(i + 1)
-		set.Leases[i] = wn.lease
+		l := wn.lease // its own copy: a pointer into leases would keep the Nodes alive
+		l.CreateRevision = int64(i + 1)
+		set.Leases[i] = &l
 	}
-	slices.SortStableFunc(set.Leases, func(a, b subnet.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	slices.SortStableFunc(set.Leases, func(a, b *subnet.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
 	slices.SortFunc(set.Invalid, func(a, b subnet.InvalidLease) int { return cmp.Compare(a.Key, b.Key) })
 	return set
 }

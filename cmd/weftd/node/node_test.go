@@ -201,7 +201,7 @@ func (h *harness) settle() {
 
 func (h *harness) giveLease(l subnet.Lease) { h.store.own(l); h.settle() }
 func (h *harness) setLeases(ls ...subnet.Lease) {
-	h.store.leases(subnet.LeaseSet{Leases: slices.Clone(ls)})
+	h.store.leases(subnet.LeaseSet{Leases: subnet.Pointers(slices.Clone(ls))})
 	h.settle()
 }
 func (h *harness) config(raw string) {
@@ -448,7 +448,7 @@ func TestCoreRandomSequences(t *testing.T) {
 				if !own.Subnet.IsValid() {
 					continue
 				}
-				wantPeers, wantRefused := subnet.FilterPeers(h.cfg, vxlan.Descriptor.PeerRules(), own, set, nil)
+				wantPeers, wantRefused := subnet.FilterPeers(h.cfg, vxlan.Descriptor.PeerRules(), own, subnet.Pointers(set), nil)
 				gotOwn, gotPeers := h.be.desired()
 				var want []string
 				for _, p := range wantPeers {
