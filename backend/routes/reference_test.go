@@ -31,8 +31,6 @@ type refReconciler struct {
 	network   netip.Prefix
 	v6        bool // network is IPv6: the refReconciler sees IPv6 routes only
 	installed map[netip.Prefix]nl.RouteSpec
-	// peak is the most entries installed has held (see Shrink).
-	peak int
 }
 
 // New returns a refReconciler that installs only routes inside network, an
@@ -162,7 +160,6 @@ func (rc *refReconciler) Reconcile(want []nl.RouteSpec) (Result, error) {
 			}
 		}
 	}
-	rc.installed = Shrink(rc.installed, &rc.peak)
 	return res, errors.Join(errs...)
 }
 
