@@ -103,7 +103,8 @@ type PeerRules struct {
 // publishes a VtepMAC that another host's lease already carries (see
 // backend.Config.PeerAttrs).
 //
-// Its cost is linear in the number of leases.
+// Its cost is O(n log n) in the number of leases: conflicts are found by
+// sorting.
 func FilterPeers(c *Config, rules PeerRules, own Lease, leases []*Lease, invalid []InvalidLease) (peers []*Lease, refused []Refusal) {
 	for _, inv := range invalid {
 		refused = append(refused, Refusal{Key: inv.Key, Reason: RefusedUnparsable, Err: inv.Err})
@@ -225,7 +226,7 @@ type peerCand struct {
 // refuse(loser, winner, k). key returns ok=false for a candidate without
 // one; compare orders keys. The result does not depend on the candidates'
 // order. It sorts indices rather than building a map of every key: a map
-// of thousands of peers cost more memory, for as long as the pass ran,
+// of thousands of peers cost more memory, for as long as the call ran,
 // than the lease set itself.
 func keepOlder[K any](cands []peerCand, lost []bool, key func(i int) (k K, ok bool), compare func(a, b K) int, refuse func(lose, win *Lease, k K)) {
 	idx := make([]int32, 0, len(cands))
