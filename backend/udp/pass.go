@@ -56,17 +56,12 @@ type tableState struct {
 // resync pass builds nothing. Caller holds kmu.
 func (b *udpBackend) swapTable(own netip.Prefix, peers []*subnet.Lease) (int, map[netip.Prefix]string) {
 	t := &b.table
-	if !t.built || t.own != own || !sameSlice(t.peers, peers) {
+	if !t.built || t.own != own || !backend.SamePeers(t.peers, peers) {
 		st, refused := buildTable(b.cfg.Network, own, peers)
 		b.fwd.Store(st)
 		*t = tableState{built: true, own: own, peers: peers, size: len(st.peers), refused: refused}
 	}
 	return t.size, maps.Clone(t.refused)
-}
-
-// sameSlice reports whether a and b are the same slice (not merely equal).
-func sameSlice(a, b []*subnet.Lease) bool {
-	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 func prefixU32(p netip.Prefix) (addr, mask uint32) {

@@ -326,7 +326,7 @@ func (b *wgBackend) pass(own subnet.Lease, leases []*subnet.Lease) backend.Pass 
 		return p
 	}
 
-	if b.want == nil || !sameSlice(b.wantFrom, leases) || b.wantOwn != own.Subnet {
+	if b.want == nil || !backend.SamePeers(b.wantFrom, leases) || b.wantOwn != own.Subnet {
 		b.want, b.refused = desiredPeers(b.cfg.Network, own.Subnet, b.pub, b.opts, leases)
 		b.wantFrom, b.wantOwn = leases, own.Subnet
 	}
@@ -345,7 +345,7 @@ func (b *wgBackend) pass(own subnet.Lease, leases []*subnet.Lease) backend.Pass 
 	}
 	changes := diffPeers(have, want)
 	if len(changes) > 0 {
-		if b.appliedOK && sameSlice(b.applied, leases) {
+		if b.appliedOK && backend.SamePeers(b.applied, leases) {
 			p.Repairs["peer"] += uint64(len(changes))
 		}
 		b.logChanges(changes, want)
@@ -370,10 +370,6 @@ func (b *wgBackend) pass(own subnet.Lease, leases []*subnet.Lease) backend.Pass 
 		p.Programmed = len(want)
 	}
 	return p
-}
-
-func sameSlice(a, b []*subnet.Lease) bool {
-	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // logChanges logs each peer removed or (re)configured, by public key.
