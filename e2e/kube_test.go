@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/weftnet/weft/internal/doctor"
+	"github.com/weftnet/weft/internal/kubeapi"
 	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/subnet"
 	"github.com/weftnet/weft/subnet/kube"
@@ -549,8 +550,8 @@ func TestKube(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rc := &rest.Config{Host: k.URL, BearerToken: k.NodeToken, TLSClientConfig: rest.TLSClientConfig{CAFile: k.CAFile}, Dial: k.Dial}
-		st, err := kube.New(rc, kube.Config{NodeName: "inproc", SetNodeNetworkUnavailable: true, Ready: func() bool { return true }, Logger: testLogger(t)})
+		kc := &kubeapi.Config{Host: k.URL, BearerToken: k.NodeToken, CAFile: k.CAFile, DialContext: k.Dial}
+		st, err := kube.New(kc, kube.Config{NodeName: "inproc", SetNodeNetworkUnavailable: true, Ready: func() bool { return true }, Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -609,7 +610,7 @@ func TestKube(t *testing.T) {
 		if _, err := waitFor(ctx, 5*time.Second, 100*time.Millisecond, func() (bool, string) {
 			buf := make([]byte, 1<<20)
 			stacks := string(buf[:runtime.Stack(buf, true)])
-			for _, s := range []string{"k8s.io/client-go/tools/cache.", "weft/subnet/kube."} {
+			for _, s := range []string{"weft/internal/kubeapi.", "weft/subnet/kube.", "net/http.(*persistConn)"} {
 				if strings.Contains(stacks, s) {
 					return false, "a goroutine is still in " + s
 				}

@@ -7,8 +7,7 @@ import (
 	"os"
 	"strconv"
 
-	corev1 "k8s.io/api/core/v1"
-
+	"github.com/weftnet/weft/internal/kubeapi"
 	"github.com/weftnet/weft/subnet"
 	"github.com/weftnet/weft/subnet/etcd"
 	"github.com/weftnet/weft/subnet/kube"
@@ -55,17 +54,13 @@ func applyKubeEnv(c *cmdFlags, given map[string]bool, setting func(name string) 
 // snapshot holds a lease per Node that publishes one, and an invalid
 // entry ("node/<name>") per Node whose annotations do not parse.
 func kubeLeases(ctx context.Context, c *cmdFlags) (etcd.Snapshot, error) {
-	rc, err := kube.RESTConfig(c.kube.kubeconfig, c.kube.apiURL)
+	kc, err := kubeapi.LoadConfig(c.kube.kubeconfig, c.kube.apiURL)
 	if err != nil {
 		return etcd.Snapshot{}, err
 	}
-	items, err := kube.ListNodes(ctx, rc)
+	nodes, err := kube.ListNodes(ctx, kc)
 	if err != nil {
-		return etcd.Snapshot{}, fmt.Errorf("list Nodes at %s: %w", rc.Host, err)
-	}
-	nodes := make([]*corev1.Node, len(items))
-	for i := range items {
-		nodes[i] = &items[i]
+		return etcd.Snapshot{}, fmt.Errorf("list Nodes at %s: %w", kc.Host, err)
 	}
 	set := kube.NodeLeases(kube.Annotations(c.kube.prefix), "", nodes)
 	snap := etcd.Snapshot{Leases: set.Leases}

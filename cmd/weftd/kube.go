@@ -6,9 +6,7 @@ import (
 	"os"
 	"time"
 
-	"k8s.io/client-go/rest"
-	"k8s.io/klog/v2"
-
+	"github.com/weftnet/weft/internal/kubeapi"
 	"github.com/weftnet/weft/subnet/kube"
 )
 
@@ -17,7 +15,7 @@ var _ leaseStore = (*kube.Store)(nil)
 // kubeConn is how weftd reaches the API server in Kubernetes mode, and
 // as which Node.
 type kubeConn struct {
-	rc   *rest.Config
+	kc   *kubeapi.Config
 	node string
 }
 
@@ -28,33 +26,31 @@ type kubeConn struct {
 // annotation as if it had been (read once; the Node is retried until the
 // API server answers).
 func (d *daemon) kubeConnect(ctx context.Context) (*kubeConn, error) {
-	// client-go logs through klog; send it to weftd's log.
-	klog.SetSlogLogger(d.logger.With("component", "client-go"))
 	d.setReason("connecting to the Kubernetes API")
-	rc, err := kube.RESTConfig(d.cfg.Kube.Kubeconfig, d.cfg.Kube.APIURL)
+	kc, err := kubeapi.LoadConfig(d.cfg.Kube.Kubeconfig, d.cfg.Kube.APIURL)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	d.setReason("finding this host's Node name")
-	name, err := kube.NodeName(ctx, rc, os.Getenv)
+	name, err := kube.NodeName(ctx, kc, os.Getenv)
 	if err != nil {
 		return nil, err
 	}
-	d.logger.Info("Kubernetes subnet manager", "node", name, "api", rc.Host, "net-config", d.cfg.Kube.NetConfPath)
+	d.logger.Info("Kubernetes subnet manager", "node", name, "api", kc.Host, "net-config", d.cfg.Kube.NetConfPath)
 	if d.cfg.PublicIP.IsValid() {
-		return &kubeConn{rc, name}, nil
+		return &kubeConn{kc, name}, nil
 	}
 	prefix := kube.Annotations(d.cfg.Kube.AnnotationPrefix)
 	for delay, last := time.Second, ""; ; delay = min(2*delay, 10*time.Second) {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		ip, err := kube.NodePublicIP(cctx, rc, prefix, name)
+		ip, err := kube.NodePublicIP(cctx, kc, prefix, name)
 		cancel()
 		if err == nil {
 			if ip.IsValid() {
 				d.logger.Info("publishing the address of our Node's annotation, as --public-ip", "annotation", prefix.Name(kube.AnnNodePublicIP), "public-ip", ip)
 				d.cfg.PublicIP = ip
 			}
-			return &kubeConn{rc, name}, nil
+			return &kubeConn{kc, name}, nil
 		}
 		d.setReason("reading Node %s from the Kubernetes API: %v", name, err)
 		if err.Error() != last {
@@ -72,7 +68,7 @@ func (d *daemon) kubeConnect(ctx context.Context) (*kubeConn, error) {
 // kubeStore builds the Kubernetes lease store of --kube-subnet-mgr. The
 // caller runs it. NetworkUnavailable=False follows weftd's readiness.
 func (d *daemon) kubeStore(kc *kubeConn) (*kube.Store, error) {
-	return kube.New(kc.rc, kube.Config{
+	return kube.New(kc.kc, kube.Config{
 		NodeName:                  kc.node,
 		AnnotationPrefix:          d.cfg.Kube.AnnotationPrefix,
 		NetConfPath:               d.cfg.Kube.NetConfPath,

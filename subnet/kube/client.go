@@ -7,44 +7,12 @@ import (
 	"net/netip"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"github.com/weftnet/weft/internal/kubeapi"
 )
-
-// RESTConfig returns the client config for the API server: from the
-// kubeconfig file when one is given, else the in-cluster service account
-// (a DaemonSet pod). apiURL, when set, replaces the server address of
-// either; with neither a kubeconfig nor a service account it is used
-// without credentials.
-func RESTConfig(kubeconfig, apiURL string) (*rest.Config, error) {
-	if kubeconfig != "" {
-		rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-			&clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfig},
-			&clientcmd.ConfigOverrides{ClusterInfo: clientcmdapi.Cluster{Server: apiURL}}).ClientConfig()
-		if err != nil {
-			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
-		}
-		return rc, nil
-	}
-	rc, err := rest.InClusterConfig()
-	switch {
-	case err == nil:
-		if apiURL != "" {
-			rc.Host = apiURL
-		}
-		return rc, nil
-	case apiURL != "":
-		return &rest.Config{Host: apiURL}, nil
-	}
-	return nil, fmt.Errorf("no --kubeconfig-file or --kube-api-url given, and not in a pod: %w", err)
-}
 
 // NodeName finds our Node's name: $NODE_NAME, else the node of the pod
 // $POD_NAMESPACE/$POD_NAME (what a DaemonSet's downward API provides).
-func NodeName(ctx context.Context, rc *rest.Config, getenv func(string) string) (string, error) {
+func NodeName(ctx context.Context, kc *kubeapi.Config, getenv func(string) string) (string, error) {
 	if n := getenv("NODE_NAME"); n != "" {
 		return n, nil
 	}
@@ -52,13 +20,13 @@ func NodeName(ctx context.Context, rc *rest.Config, getenv func(string) string) 
 	if pod == "" || ns == "" {
 		return "", errors.New("node name unknown: set NODE_NAME, or POD_NAME and POD_NAMESPACE")
 	}
-	cli, err := newCoreClient(rc)
+	cli, err := kubeapi.NewClient(kc, nil)
 	if err != nil {
 		return "", fmt.Errorf("kubernetes client: %w", err)
 	}
 	for delay := time.Second; ; delay = min(2*delay, 30*time.Second) {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		p, err := cli.getPod(cctx, ns, pod)
+		p, err := cli.GetPod(cctx, ns, pod)
 		cancel()
 		switch {
 		case err == nil && p.Spec.NodeName != "":
@@ -78,13 +46,13 @@ func NodeName(ctx context.Context, rc *rest.Config, getenv func(string) string) 
 // It returns the zero Addr, and no error, when the Node or the annotation
 // is absent; an error when the API server does not answer or the value is
 // not an IPv4 address.
-func NodePublicIP(ctx context.Context, rc *rest.Config, prefix Annotations, name string) (netip.Addr, error) {
-	cli, err := newCoreClient(rc)
+func NodePublicIP(ctx context.Context, kc *kubeapi.Config, prefix Annotations, name string) (netip.Addr, error) {
+	cli, err := kubeapi.NewClient(kc, nil)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("kubernetes client: %w", err)
 	}
-	n, err := cli.getNode(ctx, name)
-	if apierrors.IsNotFound(err) {
+	n, err := cli.GetNode(ctx, name)
+	if kubeapi.IsNotFound(err) {
 		return netip.Addr{}, nil
 	}
 	if err != nil {
@@ -101,15 +69,15 @@ func NodePublicIP(ctx context.Context, rc *rest.Config, prefix Annotations, name
 	return ip, nil
 }
 
-// ListNodes reads every Node from the API server of rc.
-func ListNodes(ctx context.Context, rc *rest.Config) ([]corev1.Node, error) {
-	cli, err := newCoreClient(rc)
+// ListNodes reads every Node from the API server of kc.
+func ListNodes(ctx context.Context, kc *kubeapi.Config) ([]*kubeapi.Node, error) {
+	cli, err := kubeapi.NewClient(kc, nil)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	l, err := cli.listNodes(ctx)
+	l, err := cli.ListNodes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return l.Items, nil
+	return l.Nodes, nil
 }

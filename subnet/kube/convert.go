@@ -8,9 +8,9 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
-	corev1 "k8s.io/api/core/v1"
-
+	"github.com/weftnet/weft/internal/kubeapi"
 	"github.com/weftnet/weft/subnet"
 )
 
@@ -54,6 +54,8 @@ func nodeKey(name string) string { return "node/" + name }
 //     yields an InvalidLease too: the filter would take a lease with our
 //     subnet for our own and skip it silently, so it is refused here, by
 //     name, and our own Node keeps the subnet.
+//   - A Node that did not decode (kubeapi.Node.Invalid) yields an
+//     InvalidLease with the decoding error, whatever it carries.
 //   - Every other Node yields a Lease: Subnet from spec.podCIDR (the IPv4
 //     entry of spec.podCIDRs), IPv6Subnet from the IPv6 entry, Attrs from
 //     the annotations. Whether it may be a peer (inside the network, not
@@ -66,10 +68,10 @@ func nodeKey(name string) string { return "node/" + name }
 // Nodes come and go but their order does not, and the order is all that
 // FilterPeers compares: of two Nodes claiming one subnet or one VTEP MAC,
 // the one created first wins. Revision, the set's own order, stays zero.
-func NodeLeases(prefix Annotations, self string, nodes []*corev1.Node) subnet.LeaseSet {
+func NodeLeases(prefix Annotations, self string, nodes []*kubeapi.Node) subnet.LeaseSet {
 	type withNode struct {
 		lease subnet.Lease
-		node  *corev1.Node
+		node  *kubeapi.Node
 	}
 	var ours netip.Prefix
 	for _, n := range nodes {
@@ -80,6 +82,12 @@ func NodeLeases(prefix Annotations, self string, nodes []*corev1.Node) subnet.Le
 	var set subnet.LeaseSet
 	var leases []withNode
 	for _, n := range nodes {
+		if n != nil && n.Invalid != "" {
+			// It did not decode, so whether it runs an overlay is unknown:
+			// refused by name, rather than missing without a word.
+			set.Invalid = append(set.Invalid, subnet.InvalidLease{Key: nodeKey(n.Name), Err: fmt.Errorf("node %s: %s", n.Name, n.Invalid)})
+			continue
+		}
 		if n == nil || n.Annotations[prefix.Name(AnnKubeSubnetManager)] != "true" || podCIDR(n) == "" {
 			continue
 		}
@@ -94,7 +102,7 @@ func NodeLeases(prefix Annotations, self string, nodes []*corev1.Node) subnet.Le
 		leases = append(leases, withNode{l, n})
 	}
 	slices.SortFunc(leases, func(a, b withNode) int {
-		return cmp.Or(a.node.CreationTimestamp.Time.Compare(b.node.CreationTimestamp.Time), cmp.Compare(a.node.Name, b.node.Name))
+		return cmp.Or(created(a.node).Compare(created(b.node)), cmp.Compare(a.node.Name, b.node.Name))
 	})
 	set.Leases = make([]*subnet.Lease, len(leases))
 	for i, wn := range leases {
@@ -107,8 +115,19 @@ func NodeLeases(prefix Annotations, self string, nodes []*corev1.Node) subnet.Le
 	return set
 }
 
+// created is the Node's creationTimestamp. One that does not parse (the
+// API server sets it, so only a broken one would) counts as the newest:
+// it loses every conflict rather than winning one.
+func created(n *kubeapi.Node) time.Time {
+	t, err := time.Parse(time.RFC3339, n.CreationTimestamp)
+	if err != nil {
+		return time.Unix(1<<62, 0)
+	}
+	return t
+}
+
 // podCIDR is the Node's first pod CIDR, "" when none is assigned.
-func podCIDR(n *corev1.Node) string {
+func podCIDR(n *kubeapi.Node) string {
 	if n.Spec.PodCIDR != "" {
 		return n.Spec.PodCIDR
 	}
@@ -121,7 +140,7 @@ func podCIDR(n *corev1.Node) string {
 // PodCIDRs returns the Node's IPv4 and IPv6 pod CIDRs from spec.podCIDR
 // and spec.podCIDRs; either is invalid (zero) when absent. A CIDR that
 // does not parse, has host bits set, or repeats a family is an error.
-func PodCIDRs(n *corev1.Node) (v4, v6 netip.Prefix, err error) {
+func PodCIDRs(n *kubeapi.Node) (v4, v6 netip.Prefix, err error) {
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
 		cidrs = []string{n.Spec.PodCIDR}
@@ -151,7 +170,7 @@ func PodCIDRs(n *corev1.Node) (v4, v6 netip.Prefix, err error) {
 // NodeLease converts one Node to a lease: its pod CIDRs and the
 // annotations a flannel or weft node writes. The error says which field
 // does not parse; CreateRevision is left zero.
-func NodeLease(prefix Annotations, n *corev1.Node) (subnet.Lease, error) {
+func NodeLease(prefix Annotations, n *kubeapi.Node) (subnet.Lease, error) {
 	v4, v6, err := PodCIDRs(n)
 	if err != nil {
 		return subnet.Lease{}, fmt.Errorf("node %s: %w", n.Name, err)
@@ -240,7 +259,7 @@ func WantAnnotations(prefix Annotations, attrs subnet.LeaseAttrs) (map[string]st
 
 // annotationValue is the part of a Node that a refusal shows: its pod
 // CIDRs and our annotations, as JSON.
-func annotationValue(prefix Annotations, n *corev1.Node) []byte {
+func annotationValue(prefix Annotations, n *kubeapi.Node) []byte {
 	v := map[string]any{"podCIDR": n.Spec.PodCIDR}
 	if len(n.Spec.PodCIDRs) > 0 {
 		v["podCIDRs"] = n.Spec.PodCIDRs

@@ -3,15 +3,14 @@ package kube
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/weftnet/weft/backend/vxlan"
+	"github.com/weftnet/weft/internal/kubeapi"
 	"github.com/weftnet/weft/subnet"
 )
 
@@ -20,10 +19,10 @@ const pfx = Annotations(DefaultAnnotationPrefix)
 var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 
 // node builds a Node created at t0 plus age seconds.
-func node(name, cidr string, age int, ann map[string]string) *corev1.Node {
-	return &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann, CreationTimestamp: metav1.NewTime(t0.Add(time.Duration(age) * time.Second))},
-		Spec:       corev1.NodeSpec{PodCIDR: cidr},
+func node(name, cidr string, age int, ann map[string]string) *kubeapi.Node {
+	return &kubeapi.Node{
+		ObjectMeta: kubeapi.ObjectMeta{Name: name, Annotations: ann, CreationTimestamp: t0.Add(time.Duration(age) * time.Second).Format(time.RFC3339)},
+		Spec:       kubeapi.NodeSpec{PodCIDR: cidr},
 	}
 }
 
@@ -81,87 +80,99 @@ func TestHostileNodes(t *testing.T) {
 	}
 	cases := []struct {
 		name  string
-		nodes []*corev1.Node
+		nodes []*kubeapi.Node
 		want  want
 	}{
-		{"a flannel node is a peer", []*corev1.Node{node("b", "198.18.2.0/24", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
+		{"a flannel node is a peer", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
 			want{peers: []string{"198.18.2.0/24"}}},
-		{"no annotations at all: no overlay there yet, not a peer, not a refusal", []*corev1.Node{node("b", "198.18.2.0/24", 1, nil)},
+		{"no annotations at all: no overlay there yet, not a peer, not a refusal", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, nil)},
 			want{}},
-		{"annotations of another program only", []*corev1.Node{node("b", "198.18.2.0/24", 1, map[string]string{"node.alpha.kubernetes.io/ttl": "0"})},
+		{"annotations of another program only", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, map[string]string{"node.alpha.kubernetes.io/ttl": "0"})},
 			want{}},
-		{"kube-subnet-manager false", []*corev1.Node{node("b", "198.18.2.0/24", 1, with(ok("192.0.2.12", "0a:00:00:00:00:02"), pfx.Name(AnnKubeSubnetManager), "false"))},
+		{"kube-subnet-manager false", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, with(ok("192.0.2.12", "0a:00:00:00:00:02"), pfx.Name(AnnKubeSubnetManager), "false"))},
 			want{}},
-		{"no podCIDR yet: waiting itself, not a peer", []*corev1.Node{node("b", "", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
+		{"no podCIDR yet: waiting itself, not a peer", []*kubeapi.Node{node("b", "", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
 			want{}},
-		{"kube-subnet-manager but no public-ip", []*corev1.Node{node("b", "198.18.2.0/24", 1, with(ok("x", "0a:00:00:00:00:02"), pfx.Name(AnnPublicIP), "<delete>"))},
+		{"kube-subnet-manager but no public-ip", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, with(ok("x", "0a:00:00:00:00:02"), pfx.Name(AnnPublicIP), "<delete>"))},
 			want{refused: map[string]string{"node/b": subnet.RefusedUnparsable}}},
-		{"public-ip not an address", []*corev1.Node{node("b", "198.18.2.0/24", 1, ok("192.0.2.300", "0a:00:00:00:00:02"))},
+		{"public-ip not an address", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, ok("192.0.2.300", "0a:00:00:00:00:02"))},
 			want{refused: map[string]string{"node/b": subnet.RefusedUnparsable}}},
-		{"public-ip IPv6", []*corev1.Node{node("b", "198.18.2.0/24", 1, ok("2001:db8::1", "0a:00:00:00:00:02"))},
+		{"public-ip IPv6", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, ok("2001:db8::1", "0a:00:00:00:00:02"))},
 			want{refused: map[string]string{"node/b": subnet.RefusedUnparsable}}},
-		{"backend-data not JSON", []*corev1.Node{node("b", "198.18.2.0/24", 1, with(ok("192.0.2.12", "x"), pfx.Name(AnnBackendData), `{"VNI":1,"VtepMAC":`))},
+		{"backend-data not JSON", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, with(ok("192.0.2.12", "x"), pfx.Name(AnnBackendData), `{"VNI":1,"VtepMAC":`))},
 			want{refused: map[string]string{"node/b": subnet.RefusedUnparsable}}},
-		{"backend-data JSON with a bad MAC", []*corev1.Node{node("b", "198.18.2.0/24", 1, ok("192.0.2.12", "zz:zz"))},
+		{"backend-data JSON with a bad MAC", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, ok("192.0.2.12", "zz:zz"))},
 			want{refused: map[string]string{"198.18.2.0-24": subnet.RefusedBackendData}}},
-		{"backend-data with a multicast MAC", []*corev1.Node{node("b", "198.18.2.0/24", 1, ok("192.0.2.12", "01:00:5e:00:00:01"))},
+		{"backend-data with a multicast MAC", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, ok("192.0.2.12", "01:00:5e:00:00:01"))},
 			want{refused: map[string]string{"198.18.2.0-24": subnet.RefusedBackendData}}},
-		{"backend-data missing", []*corev1.Node{node("b", "198.18.2.0/24", 1, with(ok("192.0.2.12", "x"), pfx.Name(AnnBackendData), "<delete>"))},
+		{"backend-data missing", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, with(ok("192.0.2.12", "x"), pfx.Name(AnnBackendData), "<delete>"))},
 			want{refused: map[string]string{"198.18.2.0-24": subnet.RefusedBackendData}}},
-		{"another backend", []*corev1.Node{node("b", "198.18.2.0/24", 1, with(ok("192.0.2.12", "0a:00:00:00:00:02"), pfx.Name(AnnBackendType), "host-gw"))},
+		{"another backend", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, with(ok("192.0.2.12", "0a:00:00:00:00:02"), pfx.Name(AnnBackendType), "host-gw"))},
 			want{refused: map[string]string{"198.18.2.0-24": subnet.RefusedBackendData}}},
-		{"podCIDR outside the network", []*corev1.Node{node("b", "203.0.113.0/24", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
+		{"podCIDR outside the network", []*kubeapi.Node{node("b", "203.0.113.0/24", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
 			want{refused: map[string]string{"203.0.113.0-24": subnet.RefusedInvalid}}},
-		{"podCIDR of another length", []*corev1.Node{node("b", "198.18.2.0/25", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
+		{"podCIDR of another length", []*kubeapi.Node{node("b", "198.18.2.0/25", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
 			want{refused: map[string]string{"198.18.2.0-25": subnet.RefusedInvalid}}},
-		{"podCIDR covering the network", []*corev1.Node{node("b", "198.18.0.0/16", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
+		{"podCIDR covering the network", []*kubeapi.Node{node("b", "198.18.0.0/16", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
 			want{refused: map[string]string{"198.18.0.0-16": subnet.RefusedInvalid}}},
-		{"podCIDR with host bits", []*corev1.Node{node("b", "198.18.2.1/24", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
+		{"podCIDR with host bits", []*kubeapi.Node{node("b", "198.18.2.1/24", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
 			want{refused: map[string]string{"node/b": subnet.RefusedUnparsable}}},
-		{"podCIDR garbage", []*corev1.Node{node("b", "\x1b[31mred", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
+		{"podCIDR garbage", []*kubeapi.Node{node("b", "\x1b[31mred", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
 			want{refused: map[string]string{"node/b": subnet.RefusedUnparsable}}},
 		// The filter takes a lease with our subnet for our own, so the
 		// conversion refuses another node's claim on it by name.
-		{"podCIDR is ours, claimed by an older node", []*corev1.Node{
+		{"podCIDR is ours, claimed by an older node", []*kubeapi.Node{
 			node("b", "198.18.1.0/24", 1, ok("192.0.2.12", "0a:00:00:00:00:02")),
 			node("self", "198.18.1.0/24", 5, ok("192.0.2.11", "0a:00:00:00:00:01")),
 		}, want{refused: map[string]string{"node/b": subnet.RefusedUnparsable}}},
-		{"podCIDR overlapping ours", []*corev1.Node{node("b", "198.18.1.0/25", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
+		{"podCIDR overlapping ours", []*kubeapi.Node{node("b", "198.18.1.0/25", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
 			want{refused: map[string]string{"198.18.1.0-25": subnet.RefusedInvalid}}},
-		{"public-ip loopback", []*corev1.Node{node("b", "198.18.2.0/24", 1, ok("127.0.0.1", "0a:00:00:00:00:02"))},
+		{"public-ip loopback", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, ok("127.0.0.1", "0a:00:00:00:00:02"))},
 			want{refused: map[string]string{"198.18.2.0-24": subnet.RefusedInvalid}}},
-		{"public-ip of our own host", []*corev1.Node{node("b", "198.18.2.0/24", 1, ok("192.0.2.11", "0a:00:00:00:00:02"))},
+		{"public-ip of our own host", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, ok("192.0.2.11", "0a:00:00:00:00:02"))},
 			want{refused: map[string]string{"198.18.2.0-24": subnet.RefusedInvalid}}},
-		{"public-ip inside the cluster network", []*corev1.Node{node("b", "198.18.2.0/24", 1, ok("198.18.2.1", "0a:00:00:00:00:02"))},
+		{"public-ip inside the cluster network", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, ok("198.18.2.1", "0a:00:00:00:00:02"))},
 			want{refused: map[string]string{"198.18.2.0-24": subnet.RefusedInvalid}}},
-		{"our own VTEP MAC", []*corev1.Node{node("b", "198.18.2.0/24", 1, ok("192.0.2.12", "0a:00:00:00:00:01"))},
+		{"our own VTEP MAC", []*kubeapi.Node{node("b", "198.18.2.0/24", 1, ok("192.0.2.12", "0a:00:00:00:00:01"))},
 			want{refused: map[string]string{"198.18.2.0-24": subnet.RefusedDuplicateMAC}}},
-		{"podCIDR claimed by two nodes: the older wins", []*corev1.Node{
+		{"podCIDR claimed by two nodes: the older wins", []*kubeapi.Node{
 			node("late", "198.18.2.0/24", 20, ok("192.0.2.13", "0a:00:00:00:00:03")),
 			node("early", "198.18.2.0/24", 10, ok("192.0.2.12", "0a:00:00:00:00:02")),
 		}, want{peers: []string{"198.18.2.0/24@192.0.2.12"}, refused: map[string]string{"198.18.2.0-24": subnet.RefusedDuplicateSubnet}}},
-		{"one VTEP MAC on two nodes: the older wins", []*corev1.Node{
+		{"one VTEP MAC on two nodes: the older wins", []*kubeapi.Node{
 			node("early", "198.18.3.0/24", 10, ok("192.0.2.13", "0a:00:00:00:00:03")),
 			node("late", "198.18.2.0/24", 20, ok("192.0.2.12", "0a:00:00:00:00:03")),
 		}, want{peers: []string{"198.18.3.0/24"}, refused: map[string]string{"198.18.2.0-24": subnet.RefusedDuplicateMAC}}},
-		{"same creation second: the name decides", []*corev1.Node{
+		{"same creation second: the name decides", []*kubeapi.Node{
 			node("n2", "198.18.2.0/24", 5, ok("192.0.2.13", "0a:00:00:00:00:03")),
 			node("n1", "198.18.2.0/24", 5, ok("192.0.2.12", "0a:00:00:00:00:02")),
 		}, want{peers: []string{"198.18.2.0/24@192.0.2.12"}, refused: map[string]string{"198.18.2.0-24": subnet.RefusedDuplicateSubnet}}},
-		{"dual-stack node", []*corev1.Node{func() *corev1.Node {
+		{"dual-stack node", []*kubeapi.Node{func() *kubeapi.Node {
 			n := node("b", "198.18.2.0/24", 1, with(ok("192.0.2.12", "0a:00:00:00:00:02"),
 				pfx.Name(AnnPublicIPv6), "2001:db8::12", pfx.Name(AnnBackendV6Data), `{"VNI":1,"VtepMAC":"0a:00:00:00:01:02"}`))
 			n.Spec.PodCIDRs = []string{"198.18.2.0/24", "2001:db8:100:2::/64"}
 			return n
 		}()}, want{peers: []string{"198.18.2.0/24"}}},
-		{"podCIDRs disagreeing with podCIDR", []*corev1.Node{func() *corev1.Node {
+		{"podCIDRs disagreeing with podCIDR", []*kubeapi.Node{func() *kubeapi.Node {
 			n := node("b", "198.18.2.0/24", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))
 			n.Spec.PodCIDRs = []string{"198.18.3.0/24"}
 			return n
 		}()}, want{refused: map[string]string{"node/b": subnet.RefusedUnparsable}}},
-		{"IPv6 podCIDR only", []*corev1.Node{node("b", "2001:db8:100:2::/64", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
+		{"IPv6 podCIDR only", []*kubeapi.Node{node("b", "2001:db8:100:2::/64", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
 			want{refused: map[string]string{"node/b": subnet.RefusedUnparsable}}},
-		{"nil node", []*corev1.Node{nil}, want{}},
+		{"nil node", []*kubeapi.Node{nil}, want{}},
+		{"a node that did not decode is refused by name, and costs no other node", []*kubeapi.Node{
+			{ObjectMeta: kubeapi.ObjectMeta{Name: "c"}, Invalid: "node does not decode: json: cannot unmarshal number into annotations"},
+			node("b", "198.18.2.0/24", 1, ok("192.0.2.12", "0a:00:00:00:00:02"))},
+			want{peers: []string{"198.18.2.0/24"}, refused: map[string]string{"node/c": subnet.RefusedUnparsable}}},
+		{"a creation time that does not parse loses the conflict", []*kubeapi.Node{
+			func() *kubeapi.Node {
+				n := node("a", "198.18.2.0/24", 0, ok("192.0.2.13", "0a:00:00:00:00:03"))
+				n.CreationTimestamp = "yesterday"
+				return n
+			}(),
+			node("b", "198.18.2.0/24", 5, ok("192.0.2.12", "0a:00:00:00:00:02"))},
+			want{peers: []string{"198.18.2.0/24@192.0.2.12"}, refused: map[string]string{"198.18.2.0-24": subnet.RefusedDuplicateSubnet}}},
 	}
 	cfg := mustConfig(t, "vxlan")
 	for _, tc := range cases {
@@ -201,7 +212,7 @@ func TestHostileNodes(t *testing.T) {
 // TestNodeLeaseAttrs checks the attributes and the creation order read
 // from a flannel node.
 func TestNodeLeaseAttrs(t *testing.T) {
-	nodes := []*corev1.Node{
+	nodes := []*kubeapi.Node{
 		node("c", "198.18.4.0/24", 30, flannelAnn("192.0.2.14", "0a:00:00:00:00:04")),
 		node("a", "198.18.9.0/24", 10, flannelAnn("192.0.2.12", "0a:00:00:00:00:02")),
 		node("b", "198.18.2.0/24", 20, with(flannelAnn("192.0.2.13", "x"), pfx.Name(AnnBackendType), "host-gw", pfx.Name(AnnBackendData), "null")),
@@ -311,9 +322,9 @@ func FuzzNodeLeases(f *testing.F) {
 		if cidrs != "" {
 			n.Spec.PodCIDRs = strings.Split(cidrs, ",")
 		}
-		twin := n.DeepCopy()
+		twin := *n
 		twin.Name = "c"
-		set := NodeLeases(pfx, "self", []*corev1.Node{n, twin})
+		set := NodeLeases(pfx, "self", []*kubeapi.Node{n, &twin})
 		if len(set.Leases)+len(set.Invalid) != 2 && (podCIDR(n) != "") {
 			t.Fatalf("%d leases + %d invalid from 2 nodes", len(set.Leases), len(set.Invalid))
 		}
@@ -344,26 +355,28 @@ func TestLeaseChanged(t *testing.T) {
 	base.UID = "u1"
 	cases := []struct {
 		name   string
-		change func(n *corev1.Node)
+		change func(n *kubeapi.Node)
 		want   bool
 	}{
-		{"status only", func(n *corev1.Node) {
-			n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}
+		{"status only", func(n *kubeapi.Node) {
+			n.Status.Conditions = []kubeapi.NodeCondition{{Type: "Ready", Status: kubeapi.ConditionTrue}}
 			n.ResourceVersion = "99"
 		}, false},
-		{"another program's annotation", func(n *corev1.Node) { n.Annotations["node.alpha.kubernetes.io/ttl"] = "0" }, false},
-		{"a label", func(n *corev1.Node) { n.Labels = map[string]string{"a": "b"} }, false},
-		{"our annotation", func(n *corev1.Node) { n.Annotations[pfx.Name(AnnPublicIP)] = "192.0.2.99" }, true},
-		{"our annotation removed", func(n *corev1.Node) { delete(n.Annotations, pfx.Name(AnnBackendData)) }, true},
-		{"overwrite added", func(n *corev1.Node) { n.Annotations[pfx.Name(AnnPublicIPOverwrite)] = "192.0.2.99" }, true},
-		{"podCIDR", func(n *corev1.Node) { n.Spec.PodCIDR = "198.18.3.0/24" }, true},
-		{"podCIDRs", func(n *corev1.Node) { n.Spec.PodCIDRs = []string{"198.18.2.0/24", "2001:db8::/64"} }, true},
-		{"re-created", func(n *corev1.Node) { n.UID = "u2" }, true},
+		{"another program's annotation", func(n *kubeapi.Node) { n.Annotations["node.alpha.kubernetes.io/ttl"] = "0" }, false},
+		{"no longer decodes", func(n *kubeapi.Node) { n.Invalid = "node does not decode: spec.podCIDR: a number" }, true},
+		{"creation time", func(n *kubeapi.Node) { n.CreationTimestamp = "2026-11-01T13:00:00Z" }, true},
+		{"our annotation", func(n *kubeapi.Node) { n.Annotations[pfx.Name(AnnPublicIP)] = "192.0.2.99" }, true},
+		{"our annotation removed", func(n *kubeapi.Node) { delete(n.Annotations, pfx.Name(AnnBackendData)) }, true},
+		{"overwrite added", func(n *kubeapi.Node) { n.Annotations[pfx.Name(AnnPublicIPOverwrite)] = "192.0.2.99" }, true},
+		{"podCIDR", func(n *kubeapi.Node) { n.Spec.PodCIDR = "198.18.3.0/24" }, true},
+		{"podCIDRs", func(n *kubeapi.Node) { n.Spec.PodCIDRs = []string{"198.18.2.0/24", "2001:db8::/64"} }, true},
+		{"re-created", func(n *kubeapi.Node) { n.UID = "u2" }, true},
 	}
 	for _, tc := range cases {
-		cur := base.DeepCopy()
-		tc.change(cur)
-		if got := leaseChanged(pfx, base, cur); got != tc.want {
+		cur := *base
+		cur.Annotations = maps.Clone(base.Annotations)
+		tc.change(&cur)
+		if got := leaseChanged(pfx, base, &cur); got != tc.want {
 			t.Errorf("%s: leaseChanged %v, want %v", tc.name, got, tc.want)
 		}
 	}
@@ -372,7 +385,7 @@ func TestLeaseChanged(t *testing.T) {
 // BenchmarkNodeLeases converts 5000 flannel Nodes, what Watch does after
 // each relevant Node event in a large cluster.
 func BenchmarkNodeLeases(b *testing.B) {
-	nodes := make([]*corev1.Node, 5000)
+	nodes := make([]*kubeapi.Node, 5000)
 	for i := range nodes {
 		cidr := fmt.Sprintf("198.%d.%d.%d/28", 18+i/4096, i/16%256, i%16*16) // /28s of 198.18.0.0/15
 		nodes[i] = node(fmt.Sprintf("n%d", i), cidr, i,

@@ -5,12 +5,12 @@
 // node publishes its lease as annotations on its own Node object, in
 // flannel's format, so that flannel and weft nodes can share a cluster.
 //
-// One Node informer feeds everything:
+// One Node cache (nodecache.go: a list, then a watch) feeds everything:
 //
-//	Node informer ──▶ Hold:  our Node ──▶ podCIDR + our attributes ──▶ patch our annotations ──▶ own(lease)
+//	Node cache ──▶ Hold:  our Node ──▶ podCIDR + our attributes ──▶ patch our annotations ──▶ own(lease)
 //	        │               (no podCIDR: waiting("pod cidr not assigned: ..."), never an error)
 //	        └──────▶ Watch: every other Node ──▶ NodeLeases ──▶ subnet.LeaseSet ──▶ FilterPeers (in the core)
-//	Run: the informer, and NetworkUnavailable=False once Config.Ready says the node is programmed
+//	Run: the cache, and NetworkUnavailable=False once Config.Ready says the node is programmed
 //
 // Nodes are hostile input like etcd keys: NodeLeases converts them to
 // leases and InvalidLeases, and the core's one filter, subnet.FilterPeers,
@@ -42,13 +42,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
-
+	"github.com/weftnet/weft/internal/kubeapi"
 	"github.com/weftnet/weft/subnet"
 )
 
@@ -75,9 +69,7 @@ type Config struct {
 	SetNodeNetworkUnavailable bool
 	// Ready reports whether this node's data path is programmed (weftd's
 	// readiness); Run polls it. nil means never.
-	Ready func() bool
-	// Resync is how often the informer replays its cache; zero means none.
-	Resync time.Duration
+	Ready  func() bool
 	Logger *slog.Logger
 }
 
@@ -85,13 +77,13 @@ type Config struct {
 // use it as a node.Store; Hold, Watch and Leases wait for the Node cache's
 // first list.
 type Store struct {
-	cli    *coreClient
+	cli    *kubeapi.Client
 	cfg    Config
 	prefix Annotations
 	log    *slog.Logger
 
-	informer cache.SharedIndexInformer
-	synced   chan struct{} // closed once the cache holds the first list
+	cache  nodeCache
+	synced chan struct{} // closed once the cache holds the first list
 
 	mu   sync.Mutex
 	subs map[chan struct{}]struct{} // woken (never blocking) on every Node event
@@ -101,9 +93,9 @@ type Store struct {
 	watchErr atomic.Pointer[string]
 }
 
-// New returns a Store that talks to the API server of rc. It sends no
+// New returns a Store that talks to the API server of kc. It sends no
 // request until Run starts.
-func New(rc *rest.Config, cfg Config) (*Store, error) {
+func New(kc *kubeapi.Config, cfg Config) (*Store, error) {
 	if cfg.NodeName == "" {
 		return nil, errors.New("kube lease store: no node name")
 	}
@@ -123,53 +115,48 @@ func New(rc *rest.Config, cfg Config) (*Store, error) {
 		synced: make(chan struct{}),
 		subs:   map[chan struct{}]struct{}{},
 	}
-	rc = rest.CopyConfig(rc)
-	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return contactRecorder{rt, &s.contact} })
-	if rc.UserAgent == "" {
-		rc.UserAgent = "weftd"
+	c := *kc
+	if c.UserAgent == "" {
+		c.UserAgent = "weftd"
 	}
-	cli, err := newCoreClient(rc)
+	cli, err := kubeapi.NewClient(&c, func(rt http.RoundTripper) http.RoundTripper { return contactRecorder{rt, &s.contact} })
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	s.cli = cli
-	lw := cache.NewListWatchFromClient(cli.rest, "nodes", metav1.NamespaceAll, fields.Everything())
-	s.informer = cache.NewSharedIndexInformer(lw, &corev1.Node{}, cfg.Resync, cache.Indexers{})
-	// The informer retries on its own; this records why for the waiting
-	// reasons and logs each distinct error once.
-	if err := s.informer.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
-		msg := err.Error()
-		if old := s.watchErr.Swap(&msg); old == nil || *old != msg {
-			s.log.Warn("list or watch Nodes failed; retrying", "err", err)
-		}
-	}); err != nil {
-		return nil, err
-	}
-	if _, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { s.event() },
-		UpdateFunc: func(old, cur any) {
-			o, ok1 := old.(*corev1.Node)
-			n, ok2 := cur.(*corev1.Node)
-			if ok1 && ok2 && !leaseChanged(s.prefix, o, n) {
-				// A kubelet's status update: nothing a lease is made of.
-				s.contact.Store(time.Now().UnixNano())
-				return
+	s.cache = nodeCache{
+		api:     clientAPI{cli},
+		changed: s.nodeChanged,
+		// The cache retries on its own; this records why for the
+		// waiting reasons and logs each distinct error once.
+		failed: func(err error) {
+			msg := err.Error()
+			if old := s.watchErr.Swap(&msg); old == nil || *old != msg {
+				s.log.Warn("list or watch Nodes failed; retrying", "err", err)
 			}
-			s.event()
 		},
-		DeleteFunc: func(any) { s.event() },
-	}); err != nil {
-		return nil, err
+		synced: func() { close(s.synced) },
 	}
 	return s, nil
+}
+
+// nodeChanged wakes the subscribers when a Node was added or deleted, or
+// changed something a lease is made of.
+func (s *Store) nodeChanged(old, cur *kubeapi.Node) {
+	if old != nil && cur != nil && !leaseChanged(s.prefix, old, cur) {
+		// A kubelet's status update: nothing a lease is made of.
+		s.contact.Store(time.Now().UnixNano())
+		return
+	}
+	s.event()
 }
 
 // leaseChanged reports whether an update of a Node changed anything its
 // lease, or the holding of ours, is made of: identity, creation time, pod
 // CIDRs, our annotations. Most updates of a real Node are a kubelet's
 // status reports, which change none of them and wake nobody.
-func leaseChanged(prefix Annotations, old, cur *corev1.Node) bool {
-	if old.Name != cur.Name || old.UID != cur.UID || !old.CreationTimestamp.Equal(&cur.CreationTimestamp) ||
+func leaseChanged(prefix Annotations, old, cur *kubeapi.Node) bool {
+	if old.Name != cur.Name || old.UID != cur.UID || old.CreationTimestamp != cur.CreationTimestamp || old.Invalid != cur.Invalid ||
 		old.Spec.PodCIDR != cur.Spec.PodCIDR || !slices.Equal(old.Spec.PodCIDRs, cur.Spec.PodCIDRs) {
 		return true
 	}
@@ -226,17 +213,18 @@ func (s *Store) subscribe() (<-chan struct{}, func()) {
 	}
 }
 
-// Run runs the Node informer and, when configured, sets our Node's
+// Run runs the Node cache and, when configured, sets our Node's
 // NetworkUnavailable condition once the node is ready. It returns nil when
 // ctx ends, after every goroutine it started has ended.
 func (s *Store) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() { s.informer.RunWithContext(ctx) })
-	if !cache.WaitForCacheSync(ctx.Done(), s.informer.HasSynced) {
+	wg.Go(func() { s.cache.run(ctx) })
+	select {
+	case <-ctx.Done():
 		return nil
+	case <-s.synced:
 	}
-	close(s.synced)
 	s.event()
 	if s.cfg.SetNodeNetworkUnavailable && s.cfg.Ready != nil {
 		wg.Go(func() { s.runCondition(ctx) })
@@ -270,26 +258,10 @@ func (s *Store) waitSynced(ctx context.Context, waiting func(string)) error {
 }
 
 // node returns our Node from the cache.
-func (s *Store) node() (*corev1.Node, bool) {
-	obj, ok, err := s.informer.GetStore().GetByKey(s.cfg.NodeName)
-	if err != nil || !ok {
-		return nil, false
-	}
-	n, ok := obj.(*corev1.Node)
-	return n, ok
-}
+func (s *Store) node() (*kubeapi.Node, bool) { return s.cache.get(s.cfg.NodeName) }
 
 // nodes returns every Node in the cache.
-func (s *Store) nodes() []*corev1.Node {
-	objs := s.informer.GetStore().List()
-	out := make([]*corev1.Node, 0, len(objs))
-	for _, o := range objs {
-		if n, ok := o.(*corev1.Node); ok {
-			out = append(out, n)
-		}
-	}
-	return out
-}
+func (s *Store) nodes() []*kubeapi.Node { return s.cache.list() }
 
 // Hold publishes our lease on our Node and keeps it published until ctx
 // ends: own is called with the lease once our annotations are on the
@@ -364,6 +336,9 @@ func (h *holder) once(ctx context.Context) (l subnet.Lease, why string, retry bo
 	if !ok {
 		return l, fmt.Sprintf("node %s not found in the Kubernetes API", name), false
 	}
+	if n.Invalid != "" {
+		return l, fmt.Sprintf("node %s: %s", name, n.Invalid), false
+	}
 	v4, v6, err := PodCIDRs(n)
 	switch {
 	case err != nil:
@@ -397,7 +372,7 @@ func (h *holder) once(ctx context.Context) (l subnet.Lease, why string, retry bo
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		// Through the status subresource, as flannel does, so that the
 		// RBAC needs no patch on nodes themselves: only on nodes/status.
-		err := s.cli.patchNodeStatus(pctx, name, types.MergePatchType, patch, "weftd")
+		err := s.cli.PatchNodeStatus(pctx, name, kubeapi.MergePatch, patch, "weftd")
 		cancel()
 		if err != nil {
 			return l, fmt.Sprintf("publish our lease as annotations on node %s: %v", name, err), true
@@ -501,7 +476,7 @@ func (s *Store) Config(ctx context.Context) ([]byte, error) {
 func (s *Store) runCondition(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var done types.UID
+	var done string // the UID of the Node object that has the condition
 	lastErr := ""
 	for {
 		select {
@@ -525,27 +500,24 @@ func (s *Store) runCondition(ctx context.Context) {
 	}
 }
 
-func (s *Store) setCondition(ctx context.Context, n *corev1.Node) error {
-	now := metav1.NewTime(time.Now())
-	cond := corev1.NodeCondition{
-		Type:               corev1.NodeNetworkUnavailable,
-		Status:             corev1.ConditionFalse,
+func (s *Store) setCondition(ctx context.Context, n *kubeapi.Node) error {
+	now := time.Now().UTC().Format(time.RFC3339)
+	cond := kubeapi.NodeCondition{
+		Type:               kubeapi.NodeNetworkUnavailable,
+		Status:             kubeapi.ConditionFalse,
 		Reason:             ConditionReason,
 		Message:            conditionMessage,
 		LastTransitionTime: now,
 		LastHeartbeatTime:  now,
 	}
-	for _, c := range n.Status.Conditions {
-		if c.Type == cond.Type && c.Status == cond.Status {
-			cond.LastTransitionTime = c.LastTransitionTime // no transition
-		}
+	if c := n.Condition(cond.Type); c != nil && c.Status == cond.Status && c.LastTransitionTime != "" {
+		cond.LastTransitionTime = c.LastTransitionTime // no transition
 	}
-	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []kubeapi.NodeCondition{cond}}})
 	if err != nil {
 		return err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	err = s.cli.patchNodeStatus(pctx, n.Name, types.StrategicMergePatchType, patch, "")
-	return err
+	return s.cli.PatchNodeStatus(pctx, n.Name, kubeapi.StrategicMergePatch, patch, "")
 }
