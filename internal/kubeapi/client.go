@@ -41,6 +41,7 @@ const (
 type Client struct {
 	base    *url.URL
 	hc      *http.Client
+	tr      *http.Transport
 	timeout time.Duration
 }
 
@@ -52,11 +53,11 @@ func NewClient(cfg *Config, wrap func(http.RoundTripper) http.RoundTripper) (*Cl
 		return nil, err
 	}
 	base, _ := url.Parse(strings.TrimRight(cfg.Host, "/"))
-	tr, err := newTransport(cfg)
+	a, err := newTransport(cfg)
 	if err != nil {
 		return nil, err
 	}
-	var rt http.RoundTripper = tr
+	var rt http.RoundTripper = a
 	if wrap != nil {
 		rt = wrap(rt)
 	}
@@ -64,14 +65,18 @@ func NewClient(cfg *Config, wrap func(http.RoundTripper) http.RoundTripper) (*Cl
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
-	return &Client{base: base, hc: &http.Client{Transport: rt}, timeout: timeout}, nil
+	return &Client{base: base, hc: &http.Client{Transport: rt}, tr: a.next, timeout: timeout}, nil
 }
+
+// Close closes the client's idle connections; requests may still be
+// made after it (they open new ones).
+func (c *Client) Close() { c.tr.CloseIdleConnections() }
 
 // Host is the API server's URL.
 func (c *Client) Host() string { return c.base.String() }
 
 // newTransport builds the TLS transport and the authentication on it.
-func newTransport(cfg *Config) (http.RoundTripper, error) {
+func newTransport(cfg *Config) (*auth, error) {
 	tlsc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: cfg.ServerName, InsecureSkipVerify: cfg.Insecure}
 	ca := cfg.CAData
 	if cfg.CAFile != "" {
@@ -147,7 +152,7 @@ func newTransport(cfg *Config) (http.RoundTripper, error) {
 // auth adds the credentials, the user agent and the impersonation headers
 // to every request.
 type auth struct {
-	next       http.RoundTripper
+	next       *http.Transport
 	cfg        *Config
 	ua         string
 	tokenFile  *tokenFile
@@ -305,8 +310,11 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 // send sends a request and returns a 2xx response; other answers are
 // read, closed and returned as a *StatusError.
 func (c *Client) send(ctx context.Context, method, path string, query url.Values, contentType string, body []byte) (*http.Response, error) {
-	u := *c.base
-	u.Path = strings.TrimRight(u.Path, "/") + path
+	// path is escaped already (a name may hold a slash): parse it as such.
+	u, err := url.Parse(c.base.String() + path)
+	if err != nil {
+		return nil, err
+	}
 	u.RawQuery = query.Encode()
 	var rd io.Reader
 	if body != nil {
@@ -417,10 +425,10 @@ func (c *Client) listNodes(ctx context.Context) (NodeList, error) {
 		if err := c.do(ctx, http.MethodGet, "/api/v1/nodes", q, "", nil, &page); err != nil {
 			return NodeList{}, err
 		}
-		for i, raw := range page.Items {
+		for _, raw := range page.Items {
 			n, err := DecodeNode(raw)
 			if err != nil {
-				return NodeList{}, fmt.Errorf("list nodes: item %d: %w", len(out.Nodes)+i, err)
+				return NodeList{}, fmt.Errorf("list nodes: item %d: %w", len(out.Nodes), err)
 			}
 			out.Nodes = append(out.Nodes, n)
 		}
@@ -521,7 +529,10 @@ func (w *Watch) Close() {
 	w.body.Close()
 }
 
-// limitedReader fails once more than maxBody bytes were read since n was
+// maxEvent bounds one watch event; a variable for tests.
+var maxEvent int64 = maxBody
+
+// limitedReader fails once more than maxEvent bytes were read since n was
 // last reset: one watch event may not be endless.
 type limitedReader struct {
 	r io.Reader
@@ -529,8 +540,8 @@ type limitedReader struct {
 }
 
 func (l *limitedReader) Read(p []byte) (int, error) {
-	if l.n > maxBody {
-		return 0, fmt.Errorf("watch nodes: event larger than %d bytes", maxBody)
+	if l.n > maxEvent {
+		return 0, fmt.Errorf("watch nodes: event larger than %d bytes", maxEvent)
 	}
 	k, err := l.r.Read(p)
 	l.n += int64(k)

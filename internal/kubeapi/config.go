@@ -148,10 +148,7 @@ func LoadConfig(kubeconfig, apiURL string) (*Config, error) {
 // URL with a host.
 func checkHost(host string) error {
 	u, err := url.Parse(host)
-	if err != nil {
-		return fmt.Errorf("api server address %q: %w", host, err)
-	}
-	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return fmt.Errorf("api server address %q: want https://host[:port]", host)
 	}
 	return nil

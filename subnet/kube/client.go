@@ -24,6 +24,7 @@ func NodeName(ctx context.Context, kc *kubeapi.Config, getenv func(string) strin
 	if err != nil {
 		return "", fmt.Errorf("kubernetes client: %w", err)
 	}
+	defer cli.Close()
 	for delay := time.Second; ; delay = min(2*delay, 30*time.Second) {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		p, err := cli.GetPod(cctx, ns, pod)
@@ -51,6 +52,7 @@ func NodePublicIP(ctx context.Context, kc *kubeapi.Config, prefix Annotations, n
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("kubernetes client: %w", err)
 	}
+	defer cli.Close()
 	n, err := cli.GetNode(ctx, name)
 	if kubeapi.IsNotFound(err) {
 		return netip.Addr{}, nil
@@ -75,6 +77,7 @@ func ListNodes(ctx context.Context, kc *kubeapi.Config) ([]*kubeapi.Node, error)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
+	defer cli.Close()
 	l, err := cli.ListNodes(ctx)
 	if err != nil {
 		return nil, err

@@ -108,6 +108,8 @@ func (c *nodeCache) listAndWatch(ctx context.Context, first *bool) (progressed b
 		start := time.Now()
 		n, err := c.watch(ctx, &rv)
 		switch {
+		case ctx.Err() != nil:
+			return true, nil
 		case kubeapi.IsGone(err):
 			return true, err
 		case err != nil:

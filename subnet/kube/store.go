@@ -218,6 +218,7 @@ func (s *Store) subscribe() (<-chan struct{}, func()) {
 // ctx ends, after every goroutine it started has ended.
 func (s *Store) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	defer s.cli.Close()
 	defer wg.Wait()
 	wg.Go(func() { s.cache.run(ctx) })
 	select {
