@@ -36,9 +36,9 @@ type fakeAPI struct {
 
 	nodes      []string // raw JSON of each Node, served by list and get
 	rv         string
-	goneOnce   bool       // the first continue token is refused with 410
-	sameCont   bool       // every page says the same continue token
-	watch      []string   // raw events a watch streams, one per line
+	goneOnce   bool     // the first continue token is refused with 410
+	sameCont   bool     // every page says the same continue token
+	watch      []string // raw events a watch streams, one per line
 	refuseAuth func(string) bool
 }
 

@@ -276,5 +276,3 @@ func TestNodeCacheLeavesNoGoroutine(t *testing.T) {
 		t.Errorf("%d goroutines, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 }
-
-
