@@ -509,17 +509,6 @@ func measureControl(ctx context.Context, opts *Options, d Daemon, n int, run *Co
 	if run.RSSAnon, run.RSSFile, err = ProcRSSAnon(data); err != nil {
 		return err
 	}
-	if dir := os.Getenv("XDIAG"); dir != "" {
-		sm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
-		os.WriteFile(filepath.Join(dir, fmt.Sprintf("smaps-%d", n)), sm, 0o644)
-		if req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+h.HealthzAddr()+"/metrics", nil); err == nil {
-			if resp, err := lab.HTTPClient(h.NS, 10*time.Second).Do(req); err == nil {
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				os.WriteFile(filepath.Join(dir, fmt.Sprintf("metrics-%d", n)), b, 0o644)
-			}
-		}
-	}
 	if log, err := os.ReadFile(h.WeftdLog()); err == nil {
 		run.Heap, run.HeapOK = LastGCTrace(log)
 		run.StartupPasses = ParseReconciles(log, t0, t0.Add(run.Startup))
