@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -52,6 +53,18 @@ type Pass struct {
 // concurrently.
 type PassFunc func(own subnet.Lease, peers []*subnet.Lease) Pass
 
+// Why trusted passes. A full pass reads back every kernel object the
+// backend owns, which at 20000 peers costs a good part of the pass
+// however little changed. When a pass follows only a change of the
+// desired state (a burst of leases arriving: a join), and the last pass
+// succeeded, and no kernel event came since, the kernel still holds what
+// that pass left there, as far as anyone can tell: everything that could
+// undo it (deleted objects, foreign routes into the network, the device
+// going away) sends an event. A backend may then program the difference
+// alone, without reading the kernel. Changes no event reports (a permanent
+// entry rewritten in place) are repaired by the next full pass: one comes
+// every resync interval at the latest, as before.
+
 // Loop is the declarative engine the kernel backends share. It holds the
 // desired state given to SetDesired and the backend's Status, and runs the
 // backend's PassFunc: shortly after each change, every resync interval, and
@@ -60,10 +73,14 @@ type PassFunc func(own subnet.Lease, peers []*subnet.Lease) Pass
 // backend reconciles, reports and logs the same way.
 type Loop struct {
 	pass        PassFunc
+	trusted     PassFunc // nil: every pass is a full one
 	log         *slog.Logger
 	resync      time.Duration
 	onReconcile func(time.Duration, error)
 	kick        chan struct{}
+	// changed is set by kernel events (and lost ones): the next pass must
+	// read the kernel back.
+	changed atomic.Bool
 
 	mu      sync.Mutex // guards the fields below
 	own     subnet.Lease
@@ -74,6 +91,9 @@ type Loop struct {
 	passMu  sync.Mutex              // serialises passes
 	logged  map[netip.Prefix]string // refusals already logged, under passMu
 	lastErr string                  // the last pass error logged, under passMu
+	// clean is true when the last pass, under passMu, ended without an
+	// error or a failed peer: the kernel holds what it meant to leave.
+	clean bool
 
 	// Repair log lines, under passMu: for each kind, when the last line was
 	// written and how many repairs happened since then without a line.
@@ -125,6 +145,14 @@ func NewLoop(cfg Config, device string, pass PassFunc) *Loop {
 	return l
 }
 
+// SetTrustedPass gives l a second pass for when only the desired state
+// changed since the last pass (see "Why trusted passes"): trusted may take
+// the kernel to hold exactly what the last pass left there. Run uses it for
+// a pass that SetDesired alone asked for, after a pass that succeeded, with
+// no kernel event since; the resync timer, kernel events and Reconcile
+// always get the full pass. Call it before Run.
+func (l *Loop) SetTrustedPass(trusted PassFunc) { l.trusted = trusted }
+
 // SetDesired implements Backend.SetDesired for the backend that owns l.
 func (l *Loop) SetDesired(own subnet.Lease, peers []*subnet.Lease) {
 	l.mu.Lock()
@@ -152,9 +180,21 @@ func (l *Loop) Status() Status {
 	return s
 }
 
-// Reconcile runs one pass now, if SetDesired has been called, and records
-// its outcome in Status. Each refusal is logged once, not on every pass.
-func (l *Loop) Reconcile() {
+// KernelChanged asks for a pass soon that reads the kernel back: something
+// the backend owns may have changed behind its back. It never blocks.
+func (l *Loop) KernelChanged() {
+	l.changed.Store(true)
+	l.Kick()
+}
+
+// Reconcile runs one full pass now, if SetDesired has been called, and
+// records its outcome in Status. Each refusal is logged once, not on every
+// pass.
+func (l *Loop) Reconcile() { l.reconcile(true) }
+
+// reconcile runs a pass: the trusted one when full is false and the
+// kernel is known to hold what the last pass left there, else the full one.
+func (l *Loop) reconcile(full bool) {
 	l.mu.Lock()
 	if !l.desired {
 		l.mu.Unlock()
@@ -164,9 +204,16 @@ func (l *Loop) Reconcile() {
 	l.mu.Unlock()
 
 	l.passMu.Lock()
+	// Taken before the pass starts: an event during it asks for another.
+	changed := l.changed.Swap(false)
+	pass := l.pass
+	if !full && !changed && l.clean && l.trusted != nil {
+		pass = l.trusted
+	}
 	start := time.Now()
-	p := l.pass(own, peers)
+	p := pass(own, peers)
 	d := time.Since(start)
+	l.clean = p.Err == nil && len(p.Failed) == 0
 	for sn, err := range p.Failed {
 		if Rejected(err) {
 			if p.Refused == nil {
@@ -242,8 +289,9 @@ func (l *Loop) logRepairs(repairs map[string]uint64) {
 }
 
 // Run reconciles until ctx is done. watch, if not nil, runs in its own
-// goroutine for as long as Run does and calls kick whenever the kernel
-// changed something the backend owns. Run returns after watch has.
+// goroutine for as long as Run does and calls kick (KernelChanged) whenever
+// the kernel changed something the backend owns. Run returns after watch
+// has. Its first pass, and each on the resync timer, is a full one.
 func (l *Loop) Run(ctx context.Context, watch func(ctx context.Context, kick func())) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -252,15 +300,17 @@ func (l *Loop) Run(ctx context.Context, watch func(ctx context.Context, kick fun
 		wg.Wait()
 	}()
 	if watch != nil {
-		wg.Go(func() { watch(ctx, l.Kick) })
+		wg.Go(func() { watch(ctx, l.KernelChanged) })
 	}
 	tick := time.NewTicker(l.resync)
 	defer tick.Stop()
 	for {
+		full := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			full = true
 		case <-l.kick:
 			select {
 			case <-ctx.Done():
@@ -272,7 +322,7 @@ func (l *Loop) Run(ctx context.Context, watch func(ctx context.Context, kick fun
 			default:
 			}
 		}
-		l.Reconcile()
+		l.reconcile(full)
 	}
 }
 

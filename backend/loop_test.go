@@ -197,3 +197,89 @@ func TestLoopLogsRepairs(t *testing.T) {
 		t.Fatalf("nothing pending, logged %q", got)
 	}
 }
+
+// TestLoopTrustedPass: Run takes the trusted pass only for a pass that
+// SetDesired alone asked for after a clean pass; its first pass, a pass
+// a kernel event asked for, one after a failed pass, one on the resync timer
+// and every Reconcile call are full ones.
+func TestLoopTrustedPass(t *testing.T) {
+	ran := make(chan string, 16)
+	var fail atomic.Bool
+	passOf := func(kind string) PassFunc {
+		return func(subnet.Lease, []*subnet.Lease) Pass {
+			var p Pass
+			if fail.Load() {
+				p.Err = errors.New("boom")
+			}
+			ran <- kind
+			return p
+		}
+	}
+	cfg := Config{Logger: slog.New(slog.DiscardHandler), ResyncInterval: time.Hour}
+	l := NewLoop(cfg, "dev0", passOf("full"))
+	l.SetTrustedPass(passOf("trusted"))
+	kicks := make(chan func(), 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		l.Run(ctx, func(ctx context.Context, kick func()) {
+			kicks <- kick
+			<-ctx.Done()
+		})
+		close(done)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	kernelChanged := <-kicks
+	peers := func(n int) []*subnet.Lease { return subnet.Pointers(make([]subnet.Lease, n)) }
+	expect := func(step, want string) {
+		t.Helper()
+		select {
+		case got := <-ran:
+			if got != want {
+				t.Errorf("%s: %s pass, want %s", step, got, want)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("%s: no pass", step)
+		}
+	}
+
+	l.SetDesired(subnet.Lease{}, peers(1))
+	expect("first pass", "full")
+	l.SetDesired(subnet.Lease{}, peers(2))
+	expect("new peers after a clean pass", "trusted")
+	l.SetDesired(subnet.Lease{}, peers(3))
+	expect("more peers", "trusted")
+	kernelChanged()
+	expect("kernel event", "full")
+	l.SetDesired(subnet.Lease{}, peers(4))
+	expect("new peers after the full pass", "trusted")
+	fail.Store(true)
+	l.SetDesired(subnet.Lease{}, peers(5))
+	expect("failing pass", "trusted")
+	fail.Store(false)
+	l.SetDesired(subnet.Lease{}, peers(6))
+	expect("new peers after a failed pass", "full")
+	l.Reconcile()
+	expect("Reconcile", "full")
+	l.SetDesired(subnet.Lease{}, peers(7))
+	expect("new peers after Reconcile", "trusted")
+}
+
+// TestLoopResyncIsFull: the passes of the resync timer read the kernel
+// back, even with nothing else happening.
+func TestLoopResyncIsFull(t *testing.T) {
+	var full, trusted atomic.Int64
+	cfg := Config{Logger: slog.New(slog.DiscardHandler), ResyncInterval: 5 * time.Millisecond}
+	l := NewLoop(cfg, "dev0", func(subnet.Lease, []*subnet.Lease) Pass { full.Add(1); return Pass{} })
+	l.SetTrustedPass(func(subnet.Lease, []*subnet.Lease) Pass { trusted.Add(1); return Pass{} })
+	l.SetDesired(subnet.Lease{}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	l.Run(ctx, nil)
+	if full.Load() < 3 || trusted.Load() != 0 {
+		t.Errorf("%d full and %d trusted passes on the resync timer alone, want several full ones only", full.Load(), trusted.Load())
+	}
+}

@@ -3,6 +3,9 @@ package routes
 import (
 	"net/netip"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/internal/nl"
 )
 
@@ -23,6 +26,7 @@ const (
 	installedGw                 // gw is valid
 	installedGw4                // gw is IPv4
 	installedOnLink             // OnLink
+	installedLive               // the table held it when the pass ended
 )
 
 // packRoute packs w, whose destination must be valid and masked.
@@ -42,6 +46,25 @@ func packRoute(w nl.RouteSpec) installedRoute {
 		ir.flags |= installedOnLink
 	}
 	return ir
+}
+
+// route returns the route as a dump of the table shows it once installed
+// (see packRoute and matches): tagged with backend.RouteProtocol in the
+// main table, with the metric a route installed without one gets.
+func (ir *installedRoute) route() nl.Route {
+	dst := ir.Dst()
+	r := nl.Route{Dst: dst, LinkIndex: int(ir.link), Priority: Metric(dst), Table: unix.RT_TABLE_MAIN,
+		Protocol: backend.RouteProtocol, Scope: unix.RT_SCOPE_UNIVERSE, Type: unix.RTN_UNICAST}
+	if ir.flags&installedGw != 0 {
+		r.Gw = netip.AddrFrom16(ir.gw)
+		if ir.flags&installedGw4 != 0 {
+			r.Gw = r.Gw.Unmap()
+		}
+	}
+	if ir.flags&installedOnLink != 0 {
+		r.Flags = unix.RTNH_F_ONLINK
+	}
+	return r
 }
 
 // Dst returns the route's destination.

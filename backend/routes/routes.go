@@ -122,6 +122,12 @@ type Reconciler struct {
 	// pass, and what it installed earlier that is neither wanted nor in
 	// the table any more (so that installing it again is a repair).
 	installed []installedRoute
+	// known is true when the table holds exactly the routes of installed
+	// marked live, as far as the Reconciler knows: its last pass read the
+	// table, or trusted the one before that did, and failed nowhere.
+	// connected are the connected networks the last read found.
+	known     bool
+	connected map[netip.Prefix]int
 }
 
 // New returns a Reconciler that installs only routes inside network, an
@@ -132,8 +138,9 @@ func New(t Table, network netip.Prefix) *Reconciler {
 }
 
 // SetTable swaps the table (for example after reopening a connection),
-// keeping what the Reconciler knows it installed.
-func (rc *Reconciler) SetTable(t Table) { rc.table = t }
+// keeping what the Reconciler knows it installed; the next pass reads the
+// table.
+func (rc *Reconciler) SetTable(t Table) { rc.table, rc.known = t, false }
 
 // Reconcile makes the table match want. Later entries for the same
 // destination win. It keeps going after individual failures, which are
@@ -147,19 +154,37 @@ func (rc *Reconciler) Reconcile(want []nl.RouteSpec) (Result, error) {
 // instead of building a list of them all. want must return the same route
 // for the same i throughout the call; it is called O(n log n) times.
 func (rc *Reconciler) ReconcileFunc(n int, want func(i int) nl.RouteSpec) (Result, error) {
+	return rc.reconcile(n, want, false)
+}
+
+// ReconcileTrustedFunc is ReconcileFunc for a pass that may take the
+// table to hold what the last pass left there (backend.Loop's trusted
+// pass): when the Reconciler knows what that is, it compares want with it
+// instead of reading the table, and installs and deletes the difference.
+// Otherwise it reads the table as ReconcileFunc does.
+func (rc *Reconciler) ReconcileTrustedFunc(n int, want func(i int) nl.RouteSpec) (Result, error) {
+	return rc.reconcile(n, want, rc.known)
+}
+
+func (rc *Reconciler) reconcile(n int, want func(i int) nl.RouteSpec, trusted bool) (Result, error) {
 	p := &pass{
 		rc: rc, want: want, order: make([]int32, n), state: make([]wantState, n),
 		res: Result{Refused: map[netip.Prefix]string{}, Failed: map[netip.Prefix]error{}},
 	}
+	rc.known = false
 	p.sortWant()
-	if err := p.walk(); err != nil {
+	if trusted {
+		p.recall()
+	} else if err := p.walk(); err != nil {
 		return p.res, fmt.Errorf("list routes: %w", err)
 	}
+	rc.connected = p.connected
 	p.refuse()
 	p.deleteShadows()
 	p.replace()
 	p.deleteExtra()
 	rc.installed = p.installedAfter()
+	rc.known = len(p.errs) == 0
 	return p.res, errors.Join(p.errs...)
 }
 
@@ -272,29 +297,45 @@ func (p *pass) walk() error {
 		}
 		p.ours = p.ours[:0]
 		p.connected = map[netip.Prefix]int{}
-	}, func(r *nl.Route) {
-		dst := r.Dst
-		if !dst.IsValid() || dst.Addr().Is4() == p.rc.v6 {
-			return
+	}, p.see)
+}
+
+// recall is walk for a table known to hold what the last pass left: the
+// live routes of installed, and the connected networks the last read
+// found.
+func (p *pass) recall() {
+	p.connected = p.rc.connected
+	for k := range p.rc.installed {
+		if ir := &p.rc.installed[k]; ir.flags&installedLive != 0 {
+			r := ir.route()
+			p.see(&r)
 		}
-		switch {
-		case r.Table != 0 && r.Table != unix.RT_TABLE_MAIN:
-		case r.Protocol == backend.RouteProtocol:
-			i := p.lookup(dst)
-			if i >= 0 {
-				st := &p.state[i]
-				st.flags |= flagHadOurs
-				if st.flags&flagMatched == 0 && matches(p.at(i), r) {
-					st.flags |= flagMatched
-					st.scope = r.Scope
-					return
-				}
+	}
+}
+
+// see takes in one route of the table.
+func (p *pass) see(r *nl.Route) {
+	dst := r.Dst
+	if !dst.IsValid() || dst.Addr().Is4() == p.rc.v6 {
+		return
+	}
+	switch {
+	case r.Table != 0 && r.Table != unix.RT_TABLE_MAIN:
+	case r.Protocol == backend.RouteProtocol:
+		i := p.lookup(dst)
+		if i >= 0 {
+			st := &p.state[i]
+			st.flags |= flagHadOurs
+			if st.flags&flagMatched == 0 && matches(p.at(i), r) {
+				st.flags |= flagMatched
+				st.scope = r.Scope
+				return
 			}
-			p.ours = append(p.ours, ourRouteOf(r, i))
-		case IsConnected(r):
-			p.connected[dst] = r.LinkIndex
 		}
-	})
+		p.ours = append(p.ours, ourRouteOf(r, i))
+	case IsConnected(r):
+		p.connected[dst] = r.LinkIndex
+	}
 }
 
 // refuse marks as refused every wanted destination outside the network or
@@ -398,6 +439,7 @@ func (p *pass) replaced(i int, w nl.RouteSpec, err error) {
 	}
 	p.state[i].flags |= flagReplaced
 	prev, had := p.rc.lookupInstalled(w.Dst)
+	prev.flags &^= installedLive
 	switch {
 	case had && prev == packRoute(w):
 		p.res.Repaired++
@@ -485,6 +527,7 @@ func (p *pass) mergeInstalled(emit func(installedRoute)) {
 	slices.SortFunc(gone, netip.Prefix.Compare)
 	keep := func(ir installedRoute) {
 		if _, deleted := slices.BinarySearchFunc(gone, ir.Dst(), netip.Prefix.Compare); !deleted {
+			ir.flags &^= installedLive // the pass saw no route of ours to it
 			emit(ir)
 		}
 	}
@@ -505,7 +548,9 @@ func (p *pass) mergeInstalled(emit func(installedRoute)) {
 		if st.flags&flagRefused == 0 && st.flags&(flagMatched|flagReplaced) != 0 {
 			w := p.at(i)
 			w.Dst = dst
-			emit(packRoute(w))
+			ir := packRoute(w)
+			ir.flags |= installedLive
+			emit(ir)
 		}
 	}
 	for ; j < len(old); j++ {

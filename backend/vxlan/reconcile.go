@@ -22,7 +22,16 @@ import (
 func (b *Backend) pass(own subnet.Lease, peers []*subnet.Lease) backend.Pass {
 	b.kmu.Lock()
 	defer b.kmu.Unlock()
-	return b.apply(own, peers)
+	return b.apply(own, peers, false)
+}
+
+// trustedPass is the loop's trusted pass (see backend.Loop): routes,
+// neighbour and FDB entries are compared with what the last pass left
+// instead of being read back, where the backend knows what that is.
+func (b *Backend) trustedPass(own subnet.Lease, peers []*subnet.Lease) backend.Pass {
+	b.kmu.Lock()
+	defer b.kmu.Unlock()
+	return b.apply(own, peers, true)
 }
 
 // peerPlan is one peer after validation.
@@ -49,8 +58,10 @@ func peerRoute(sn netip.Prefix, remote netip.Addr, direct bool, ext, dev int) nl
 	return nl.RouteSpec{Dst: sn, Gw: sn.Addr(), LinkIndex: dev, OnLink: true}
 }
 
-// apply makes the kernel match own and peers. Caller holds kmu.
-func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass) {
+// apply makes the kernel match own and peers. With trusted, it reads back
+// only what it does not know the last pass left (a device it had to fix
+// loses its entries, and loses the trust). Caller holds kmu.
+func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease, trusted bool) (p backend.Pass) {
 	p.Refused, p.Repairs = map[netip.Prefix]string{}, map[string]uint64{}
 	if err := b.prepare(); err != nil {
 		p.Err = err
@@ -63,6 +74,7 @@ func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass
 	}
 	if repaired {
 		p.Repairs["device"]++
+		trusted = false
 	}
 	var errs []error
 	// IPv6 is programmed when both ends have it: the network (b.v6), our
@@ -74,6 +86,7 @@ func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass
 			errs = append(errs, err6)
 		} else if repaired {
 			p.Repairs["device"]++
+			trusted = false
 		}
 	}
 	dual := b.v6 != nil && own.IPv6Subnet.IsValid()
@@ -128,7 +141,11 @@ func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass
 	// rather than listed: a list would cost a route's size per peer.
 	dev := int(b.v4.linkIndex.Load())
 	t0 := time.Now()
-	rres, err := b.kern.Routes.ReconcileFunc(len(plans), func(i int) nl.RouteSpec {
+	reconcile := b.kern.Routes.ReconcileFunc
+	if trusted {
+		reconcile = b.kern.Routes.ReconcileTrustedFunc
+	}
+	rres, err := reconcile(len(plans), func(i int) nl.RouteSpec {
 		return peerRoute(plans[i].lease.Subnet, plans[i].lease.Attrs.PublicIP, plans[i].direct, b.cfg.Ext.Index, dev)
 	})
 	p.Details = append(p.Details, "routes", time.Since(t0))
@@ -155,7 +172,11 @@ func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass
 		}
 		dev6 := int(b.v6.linkIndex.Load())
 		t0 = time.Now()
-		rres6, err = b.kern.Routes6.ReconcileFunc(len(with6), func(i int) nl.RouteSpec {
+		reconcile6 := b.kern.Routes6.ReconcileFunc
+		if trusted {
+			reconcile6 = b.kern.Routes6.ReconcileTrustedFunc
+		}
+		rres6, err = reconcile6(len(with6), func(i int) nl.RouteSpec {
 			pp := &plans[with6[i]]
 			return peerRoute(pp.lease.IPv6Subnet, pp.lease.Attrs.PublicIPv6, pp.direct6, b.cfg.Ext.Index, dev6)
 		})
@@ -185,10 +206,13 @@ func (b *Backend) apply(own subnet.Lease, peers []*subnet.Lease) (p backend.Pass
 			}
 		}
 	}
-	neighFailed, fdbFailed := b.v4.syncEntries(&p, &errs, neighWant, fdbWant, "")
+	neighFailed, fdbFailed := b.v4.syncEntries(&p, &errs, neighWant, fdbWant, "", trusted)
 	var neighFailed6, fdbFailed6 map[entry]error
 	if b.v6 != nil && err6 == nil {
-		neighFailed6, fdbFailed6 = b.v6.syncEntries(&p, &errs, neighWant6, fdbWant6, "6")
+		neighFailed6, fdbFailed6 = b.v6.syncEntries(&p, &errs, neighWant6, fdbWant6, "6", trusted)
+	}
+	if trusted {
+		p.Details = append(p.Details, "trusted", true)
 	}
 
 	p.Failed = map[netip.Prefix]error{}
@@ -244,19 +268,19 @@ func (b *Backend) state6(pp peerPlan, err6 error, rres6 routes.Result, neighFail
 // wanted ones (in any order; of entries with the same key the last counts;
 // the slices are syncEntries's to keep), adding the steps' durations,
 // repairs and errors to p and errs; suffix tells the two devices'
-// durations apart. It returns the keys (see peerEntries.keyOf) of the
-// entries that failed. Caller holds kmu.
-func (v *vtep) syncEntries(p *backend.Pass, errs *[]error, neighWant, fdbWant []entry, suffix string) (neighFailed, fdbFailed map[entry]error) {
+// durations apart; trusted is as for peerEntries.sync. It returns the keys
+// (see peerEntries.keyOf) of the entries that failed. Caller holds kmu.
+func (v *vtep) syncEntries(p *backend.Pass, errs *[]error, neighWant, fdbWant []entry, suffix string, trusted bool) (neighFailed, fdbFailed map[entry]error) {
 	linkIndex := int(v.linkIndex.Load())
 	t0 := time.Now()
-	neighFailed, rep, err := v.neighs.sync(v, linkIndex, neighWant)
+	neighFailed, rep, err := v.neighs.sync(v, linkIndex, neighWant, trusted)
 	p.Details = append(p.Details, "neigh"+suffix, time.Since(t0))
 	if err != nil {
 		*errs = append(*errs, err)
 	}
 	p.Repairs["neigh"] += uint64(rep)
 	t0 = time.Now()
-	fdbFailed, rep, err = v.fdb.sync(v, linkIndex, fdbWant)
+	fdbFailed, rep, err = v.fdb.sync(v, linkIndex, fdbWant, trusted)
 	p.Details = append(p.Details, "fdb"+suffix, time.Since(t0))
 	if err != nil {
 		*errs = append(*errs, err)
@@ -359,6 +383,11 @@ type peerEntries struct {
 	// installed is what this backend installed and the kernel still held
 	// at the last pass (or failed to replace in it), sorted by key.
 	installed []entry
+	// knownLink, when not 0, is the device on which the entries of this
+	// kind are exactly installed, as far as the backend knows: the last
+	// sync read them, or trusted the one before that did, and failed
+	// nowhere.
+	knownLink int
 }
 
 // neighEntries returns the neighbour entries of family (ARP for IPv4, NDP
@@ -422,6 +451,19 @@ func (e *peerEntries) says(n *nl.Neigh, w entry) bool {
 	return n.HardwareAddrIs(w.mac[:])
 }
 
+// neigh returns the kernel's entry for en as a dump lists it once spec
+// installed it: what deleting it names.
+func (e *peerEntries) neigh(linkIndex int, en *entry) nl.Neigh {
+	n := nl.Neigh{LinkIndex: linkIndex, Family: e.family, State: unix.NUD_PERMANENT, IP: en.addr()}
+	if e.byMAC {
+		n.Flags = unix.NTF_SELF
+	} else {
+		n.Type = unix.RTN_UNICAST
+	}
+	n.SetHardwareAddr(en.mac[:])
+	return n
+}
+
 // spec is the request that makes *en a permanent entry; its MAC is en's
 // memory.
 func (e *peerEntries) spec(linkIndex int, en *entry) nl.NeighSpec {
@@ -470,44 +512,39 @@ const setChunk = 256
 
 // sync makes the entries of this kind on the device exactly want (in any
 // order; of entries with the same key the last counts). want is sync's:
-// it is sorted in place and may be kept as what is installed. It returns
-// the keys that failed and how many entries were repairs. Caller holds
-// kmu.
-func (e *peerEntries) sync(v *vtep, linkIndex int, want []entry) (map[entry]error, int, error) {
-	b := v.b
+// it is sorted in place and may be kept as what is installed. With
+// trusted, and entries known to be exactly installed on the device, it
+// compares want with those instead of reading the device's entries. It
+// returns the keys that failed and how many entries were repairs. Caller
+// holds kmu.
+func (e *peerEntries) sync(v *vtep, linkIndex int, want []entry, trusted bool) (map[entry]error, int, error) {
 	want = e.sorted(want)
+	failed, repairs, err := e.write(v, linkIndex, want, trusted && linkIndex != 0 && e.knownLink == linkIndex)
+	e.knownLink = 0
+	if err == nil {
+		e.knownLink = linkIndex
+	}
+	return failed, repairs, err
+}
+
+// write is sync of the sorted want; known says the installed entries are
+// exactly those on the device.
+func (e *peerEntries) write(v *vtep, linkIndex int, want []entry, known bool) (map[entry]error, int, error) {
+	b := v.b
 	failed := map[entry]error{}
-	// The entries on the device, as they are read (no list of them is
-	// kept): whether the entry of each wanted key already says what is
-	// wanted (the last one read counts), and the stale rest, deleted
-	// afterwards. (A wanted FDB key is a peer's VtepMAC, which is unicast,
-	// and the kernel keeps one remote per unicast MAC; only the all-zeros
-	// and multicast entries have several.)
-	state := make([]uint8, len(want))
+	var state []uint8
 	var stale []nl.Neigh
-	err := b.k.NeighWalk(linkIndex, e.family, func() { clear(state); stale = stale[:0] }, func(n *nl.Neigh) {
-		if n.LinkIndex != linkIndex {
-			return
-		}
-		k, ok, wantable := e.listed(n)
-		if !ok {
-			return
-		}
-		if i, wanted := e.find(want, k); wantable && wanted {
-			state[i] = 0
-			if n.State&unix.NUD_PERMANENT != 0 && e.says(n, want[i]) {
-				state[i] = entryRight
+	if known {
+		state, stale = e.recall(linkIndex, want)
+	} else {
+		var err error
+		if state, stale, err = e.read(v, linkIndex, want); err != nil {
+			err = fmt.Errorf("list %s entries of %s: %w", e.kind, v.name, err)
+			for _, w := range want {
+				failed[e.keyOf(w)] = err
 			}
-		} else {
-			stale = append(stale, *n)
+			return failed, 0, err
 		}
-	})
-	if err != nil {
-		err = fmt.Errorf("list %s entries of %s: %w", e.kind, v.name, err)
-		for _, w := range want {
-			failed[e.keyOf(w)] = err
-		}
-		return failed, 0, err
 	}
 
 	var errs []error
@@ -552,6 +589,56 @@ func (e *peerEntries) sync(v *vtep, linkIndex int, want []entry) (map[entry]erro
 	}
 	e.installed = e.installedAfter(want, state)
 	return failed, repairs, errors.Join(errs...)
+}
+
+// read reads the entries on the device, as they are read (no list of them
+// is kept): whether the entry of each wanted key already says what is
+// wanted (the last one read counts), and the stale rest, to be deleted.
+// (A wanted FDB key is a peer's VtepMAC, which is unicast, and the kernel
+// keeps one remote per unicast MAC; only the all-zeros and multicast
+// entries have several.)
+func (e *peerEntries) read(v *vtep, linkIndex int, want []entry) (state []uint8, stale []nl.Neigh, err error) {
+	state = make([]uint8, len(want))
+	err = v.b.k.NeighWalk(linkIndex, e.family, func() { clear(state); stale = stale[:0] }, func(n *nl.Neigh) {
+		if n.LinkIndex != linkIndex {
+			return
+		}
+		k, ok, wantable := e.listed(n)
+		if !ok {
+			return
+		}
+		if i, wanted := e.find(want, k); wantable && wanted {
+			state[i] = 0
+			if n.State&unix.NUD_PERMANENT != 0 && e.says(n, want[i]) {
+				state[i] = entryRight
+			}
+		} else {
+			stale = append(stale, *n)
+		}
+	})
+	return state, stale, err
+}
+
+// recall is read for a device known to hold exactly the installed
+// entries: the two sorted lists merged.
+func (e *peerEntries) recall(linkIndex int, want []entry) (state []uint8, stale []nl.Neigh) {
+	state = make([]uint8, len(want))
+	j := 0
+	for i := range want {
+		for ; j < len(e.installed) && e.compare(e.installed[j], want[i]) < 0; j++ {
+			stale = append(stale, e.neigh(linkIndex, &e.installed[j]))
+		}
+		if j < len(e.installed) && e.compare(e.installed[j], want[i]) == 0 {
+			if e.installed[j] == want[i] {
+				state[i] = entryRight
+			}
+			j++
+		}
+	}
+	for ; j < len(e.installed); j++ {
+		stale = append(stale, e.neigh(linkIndex, &e.installed[j]))
+	}
+	return state, stale
 }
 
 // installedAfter returns what is installed after a pass that wanted want

@@ -16,10 +16,19 @@ import (
 )
 
 // flakyNeighs fails the writes of the entries whose IP or MAC is in
-// failing, the same way for every sync that uses it.
+// failing, the same way for every sync that uses it, and counts the reads
+// of entries in walks, if not nil.
 type flakyNeighs struct {
 	*nlfake.NS
 	failing map[string]bool
+	walks   *int
+}
+
+func (f flakyNeighs) NeighWalk(linkIndex int, family nl.Family, start func(), fn func(n *nl.Neigh)) error {
+	if f.walks != nil {
+		*f.walks++
+	}
+	return f.NS.NeighWalk(linkIndex, family, start, fn)
 }
 
 func (f flakyNeighs) fails(ip netip.Addr, mac net.HardwareAddr) bool {
@@ -57,20 +66,29 @@ func (f flakyNeighs) DelNeigh(n *nl.Neigh) error {
 // keys, repairs, errors) and leaves the same entries: duplicate keys in
 // the wanted set, entries changed, added (permanent or not) and deleted
 // behind the backend's back, foreign FDB remotes, more entries than one
-// SetNeighs chunk.
+// SetNeighs chunk. In its trusted variant every sync but those after drift
+// (which the kernel would announce with an event, or which a full pass
+// repairs) is a trusted one, which must not read the device once a sync
+// succeeded.
 func TestEntriesMatchReference(t *testing.T) {
+	t.Run("full", func(t *testing.T) { entriesMatchReference(t, false) })
+	t.Run("trusted", func(t *testing.T) { entriesMatchReference(t, true) })
+}
+
+func entriesMatchReference(t *testing.T, trustedPasses bool) {
 	rng := rand.New(rand.NewSource(17))
+	walks := 0
 	failing := map[string]bool{}
-	newSide := func() (*vtep, *nlfake.NS, int) {
+	newSide := func(walks *int) (*vtep, *nlfake.NS, int) {
 		f := nlfake.New()
 		if err := f.AddLink(nl.Link{Name: "weft.1", VXLAN: &nl.VXLAN{VNI: 1}}); err != nil {
 			t.Fatal(err)
 		}
 		l, _ := f.LinkByName("weft.1")
-		return &vtep{b: &Backend{k: flakyNeighs{f, failing}}, name: "weft.1"}, f, l.Index
+		return &vtep{b: &Backend{k: flakyNeighs{f, failing, walks}}, name: "weft.1"}, f, l.Index
 	}
-	va, fa, idxA := newSide()
-	vb, fb, idxB := newSide()
+	va, fa, idxA := newSide(&walks)
+	vb, fb, idxB := newSide(nil)
 	if idxA != idxB {
 		t.Fatal("the two fakes number devices differently")
 	}
@@ -98,7 +116,9 @@ func TestEntriesMatchReference(t *testing.T) {
 
 	var want []entry // neighbour: ip -> mac; FDB: the same peers, mac -> remote
 	remotes := map[int]int{}
+	untouched := 0
 	for step := range 1500 {
+		trusted := trustedPasses
 		switch rng.Intn(6) {
 		case 0: // a whole new random set, sometimes more than a chunk
 			want = want[:0]
@@ -110,6 +130,7 @@ func TestEntriesMatchReference(t *testing.T) {
 				}
 			}
 		case 1: // drift
+			trusted = false
 			for range 6 {
 				i := rng.Intn(peers)
 				switch rng.Intn(7) {
@@ -163,6 +184,8 @@ func TestEntriesMatchReference(t *testing.T) {
 		case 4, 5: // nothing
 		}
 		for _, k := range kinds {
+			known := trusted && k.cur.knownLink == idx
+			before := walks
 			var cur []entry
 			var got, ref string
 			if k.neighbour {
@@ -171,7 +194,7 @@ func TestEntriesMatchReference(t *testing.T) {
 					cur = append(cur, w)
 					m[w.addr()] = string(w.mac[:])
 				}
-				failed, rep, err := k.cur.sync(va, idx, cur)
+				failed, rep, err := k.cur.sync(va, idx, cur, trusted)
 				got = describeSync(failed, rep, err)
 				rf, rrep, rerr := k.refNeigh.sync(vb, idx, m)
 				rfailed := map[entry]error{}
@@ -186,7 +209,7 @@ func TestEntriesMatchReference(t *testing.T) {
 					cur = append(cur, entryOf(r, w.mac))
 					m[string(w.mac[:])] = r
 				}
-				failed, rep, err := k.cur.sync(va, idx, cur)
+				failed, rep, err := k.cur.sync(va, idx, cur, trusted)
 				got = describeSync(failed, rep, err)
 				rf, rrep, rerr := k.refFDB.sync(vb, idx, m)
 				rfailed := map[entry]error{}
@@ -198,12 +221,21 @@ func TestEntriesMatchReference(t *testing.T) {
 			if got != ref {
 				t.Fatalf("step %d, %s: sync differs from the reference:\n got %s\nwant %s", step, k.name, got, ref)
 			}
+			if known {
+				untouched++
+				if walks != before {
+					t.Fatalf("step %d, %s: a trusted sync after a clean one read the device", step, k.name)
+				}
+			}
 			la, _ := fa.NeighList(idx, k.family, nil)
 			lb, _ := fb.NeighList(idx, k.family, nil)
 			if !slices.Equal(la, lb) {
 				t.Fatalf("step %d, %s: entries differ from the reference's:\n got %v\nwant %v", step, k.name, la, lb)
 			}
 		}
+	}
+	if trustedPasses && untouched < 100 {
+		t.Errorf("only %d trusted syncs without a read", untouched)
 	}
 }
 

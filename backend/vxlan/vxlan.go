@@ -227,6 +227,7 @@ func New(cfg backend.Config) (backend.Backend, error) {
 	lcfg := cfg
 	lcfg.Logger = b.log
 	b.loop = backend.NewLoop(lcfg, b.v4.name, b.pass)
+	b.loop.SetTrustedPass(b.trustedPass)
 	return b, nil
 }
 
