@@ -36,6 +36,10 @@ type daemon struct {
 	logger   *slog.Logger
 	metrics  *metrics
 	started  time.Time
+	// collector, when set, collects garbage after large reconcile
+	// passes (memory.go); nil when $GOGC is set, which weftd then leaves
+	// to the runtime.
+	collector *passCollector
 
 	// startup is why weftd is not running its core yet.
 	startup atomic.Pointer[string]
@@ -80,6 +84,15 @@ func newDaemon(cfg *Config, backends map[string]backendEntry, logger *slog.Logge
 	d.setReason("connecting to etcd")
 	d.setConfigError("")
 	return d
+}
+
+// afterPass records a reconcile pass in the metrics and lets the
+// collector run.
+func (d *daemon) afterPass(took time.Duration, err error) {
+	d.metrics.observeReconcile(took, err)
+	if d.collector != nil {
+		d.collector.afterPass()
+	}
 }
 
 func (d *daemon) setReason(format string, args ...any) {
@@ -187,7 +200,7 @@ func (d *daemon) Run(ctx context.Context) error {
 		PeerAttrs:      peerAttrs,
 		ResyncInterval: d.cfg.ReconcileEvery,
 		Logger:         d.logger, // the backend adds its own "backend" attribute
-		OnReconcile:    d.metrics.observeReconcile,
+		OnReconcile:    d.afterPass,
 		WireGuard:      backend.WireGuardHost{KeyFile: d.cfg.WireGuardKeyFile, Driver: d.cfg.WireGuardDriver},
 	})
 	if err != nil {

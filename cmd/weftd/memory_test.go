@@ -1,0 +1,57 @@
+package main
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestPassCollector(t *testing.T) {
+	var runs atomic.Int32
+	gate := make(chan struct{})
+	goal := atomic.Uint64{}
+	goal.Store(8 << 20)
+	c := &passCollector{minGoal: 4 << 20,
+		gc:   func() { runs.Add(1); <-gate },
+		goal: goal.Load}
+	settle := func(want int32) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Second)
+		for runs.Load() < want && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond) // and no more than want
+		if got := runs.Load(); got != want {
+			t.Fatalf("%d collections, want %d", got, want)
+		}
+	}
+
+	c.afterPass()
+	settle(1)
+	c.afterPass() // while the first runs: one more afterwards,
+	c.afterPass() // however many passes end meanwhile
+	gate <- struct{}{}
+	settle(2)
+	gate <- struct{}{}
+	settle(2)
+	c.mu.Lock()
+	if c.running {
+		t.Error("still running after the last collection")
+	}
+	c.mu.Unlock()
+
+	goal.Store(2 << 20)
+	c.afterPass() // a small heap: nothing to gain
+	settle(2)
+
+	goal.Store(8 << 20)
+	c.afterPass() // idle again: runs at once
+	settle(3)
+	close(gate)
+}
+
+func TestHeapGoal(t *testing.T) {
+	if g := heapGoal(); g == 0 {
+		t.Error("heap goal 0: /gc/heap/goal:bytes not read")
+	}
+}
