@@ -137,6 +137,18 @@ func Run(ctx context.Context, opts Options) (Results, error) {
 	var res Results
 	if opts.has(SectionDataplane) {
 		res.Dataplane = &Dataplane{}
+		// The machine's wake-up cost, before any lab loads it: the floor
+		// under udp's idle RTT above vxlan's.
+		opts.progress("thread wake-ups on this machine (pipe ping-pong)")
+		rounds := latencyPings
+		if opts.Quick {
+			rounds /= 2
+		}
+		if w, err := MeasureWakeup(rounds, latencyInterval); err != nil {
+			opts.Logger.Warn("wake-up cost", "err", err)
+		} else {
+			res.Dataplane.Wakeup = &w
+		}
 	}
 	if opts.has(SectionCNI) {
 		res.CNI = &CNI{}

@@ -203,6 +203,10 @@ func (d *Dataplane) latencyRows() []Row {
 		}
 		rows = append(rows, load)
 	}
+	if w := d.Wakeup; w != nil && len(rows) > 0 {
+		rows = append(rows, Row{area, "this machine", fmt.Sprintf("thread wake-up, median (pipe ping-pong, %d × %s)", w.Rounds, fmtDur(w.Gap)),
+			w.String(), "udp wakes weftd 3 times per round trip, vxlan never", ""})
+	}
 	return rows
 }
 
@@ -274,7 +278,12 @@ func latencyNote(d *Dataplane) []string {
 				"that starts 1.5 s before the first ping. The udp backend's target (issue 17) is an idle median no more than %s "+
 				"above vxlan's in the same run. weftd per idle ping: the two weftd processes' thread switches onto a CPU and "+
 				"run time during the idle pings (/proc/<pid>/task/*/schedstat), divided by the pings sent; "+
-				"on a path the kernel forwards (vxlan, host-gw) they show only the daemons' background work.", b.Latency.Idle.Sent, fmtDur(latencyInterval), fmtDur(UDPRTTMargin))}
+				"on a path the kernel forwards (vxlan, host-gw) they show only the daemons' background work. "+
+				"Thread wake-up: two threads bounce a byte through two pipes, one round every %s, half a round each; "+
+				"the woken thread pinned to another CPU than the writer's, then to the same one. A udp round trip "+
+				"wakes a weftd thread three times (our TUN reader, the peer's socket reader, our socket reader), and the "+
+				"kernel places a woken thread on an idle CPU when there is one: three wake-ups onto an idle CPU are the "+
+				"floor under udp's idle RTT above vxlan's on this machine.", b.Latency.Idle.Sent, fmtDur(latencyInterval), fmtDur(UDPRTTMargin), fmtDur(latencyInterval))}
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +33,7 @@ func TestLatencyRows(t *testing.T) {
 			bs[1].LatencyErr = errors.New("ping: no reply") // host-gw
 			bs[2].Latency = lat(tc.udp, 2500)               // udp
 			bs[2].Latency.IdleWeftd = &WeftdCost{Switches: 3.14, CPU: us(212)}
+			r.Dataplane.Wakeup = &WakeupCost{OtherCPU: us(65), SameCPU: us(12), Rounds: 200, Gap: 10 * time.Millisecond}
 			rows := map[string]Row{}
 			for _, row := range r.Table().Rows {
 				rows[row.Case+" / "+row.Metric] = row
@@ -55,6 +57,9 @@ func TestLatencyRows(t *testing.T) {
 				row.Baseline != "vxlan 60 µs (p99 180 µs) at 4.00 Gbit/s, same run" || row.Verdict != "+2440 µs" {
 				t.Errorf("udp under load: %+v", row)
 			}
+			if row := get("this machine / thread wake-up, median (pipe ping-pong, 200 × 10 ms)"); row.Result != "65 µs onto another, idle CPU; 12 µs on the writer's CPU" {
+				t.Errorf("wake-up row: %+v", row)
+			}
 			if row := get("udp pod→pod / weftd per idle ping, both hosts"); row.Result != "3.1 switches onto a CPU, 212 µs on CPU" || row.Baseline != "" {
 				t.Errorf("udp weftd cost: %+v", row)
 			}
@@ -64,6 +69,9 @@ func TestLatencyRows(t *testing.T) {
 			bs[0].Latency.IdleWeftd = &WeftdCost{Switches: 0.04, CPU: us(3)}
 			for _, row := range r.Table().Rows {
 				rows[row.Case+" / "+row.Metric] = row
+			}
+			if row := get("this machine / thread wake-up, median (pipe ping-pong, 200 × 10 ms)"); row.Result != "65 µs onto another, idle CPU; 12 µs on the writer's CPU" {
+				t.Errorf("wake-up row: %+v", row)
 			}
 			if row := get("udp pod→pod / weftd per idle ping, both hosts"); row.Baseline != "vxlan 0.0 switches onto a CPU, 3 µs on CPU, same run (weftd not on its path)" {
 				t.Errorf("udp weftd cost against vxlan's: %+v", row)
@@ -93,4 +101,18 @@ func TestLatencyRows(t *testing.T) {
 			t.Errorf("row without a measurement: %+v", row)
 		}
 	}
+}
+
+func TestMeasureWakeup(t *testing.T) {
+	w, err := MeasureWakeup(20, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.SameCPU <= 0 || w.SameCPU > time.Second {
+		t.Errorf("same-CPU wake-up %v", w.SameCPU)
+	}
+	if runtime.NumCPU() > 1 && (w.OtherCPU <= 0 || w.OtherCPU > time.Second) {
+		t.Errorf("cross-CPU wake-up %v", w.OtherCPU)
+	}
+	t.Logf("wake-up: %s", w)
 }

@@ -71,6 +71,9 @@ type BackendPath struct {
 // Dataplane holds every backend's path.
 type Dataplane struct {
 	Backends []BackendPath
+	// Wakeup is this machine's thread wake-up cost; nil when not
+	// measured.
+	Wakeup *WakeupCost
 }
 
 // limits returns the limits of the backends measured without error.
