@@ -45,9 +45,10 @@ func Notes(r Results) []string {
 				"neighbour entries, FDB entries and routes with one netlink handle in a scratch namespace, one request at a time, "+
 				"best of two runs: what the kernel work alone costs when done naively, not a hard floor (batching can beat it). "+
 				"Targets (issues #9 and #17): start-up and join ≤ 1 s at 5000 peers and more; RSS ≤ 30 MiB at 5000 and ≤ 40 MiB at 10000 peers; "+
-				"RSS is VmRSS from /proc/<pid>/status after the leave phase, and the growth per additional peer is "+
+				"RSS is VmRSS from /proc/<pid>/status %s after the leave phase (the pass that removed the entries has returned, and weftd has collected "+
+				"and returned its garbage; the figure the moment the leave was programmed is shown next to it), and the growth per additional peer is "+
 				"(RSS at the largest N − RSS at the smallest N) / (the difference in N), ≤ %d B.",
-				controlNetwork, controlSubnetLen, txnOps, PerPeerTarget))
+				controlNetwork, controlSubnetLen, txnOps, fmtDur(RSSSettle), PerPeerTarget))
 		n = append(n, "Side by side with flanneld: `FLANNELD=/path/to/flanneld make bench` (or `weft-lab bench --flanneld PATH`) runs every "+
 			"control-plane case a second time with that binary in weftd's place, started with the lab's weftd flags (etcd endpoint, "+
 			"interface, subnet file, health address), and adds its rows with weftd's figure next to each. Peers are counted by what the "+

@@ -97,7 +97,10 @@ type ControlRun struct {
 	Ready   time.Duration // weftd start → /readyz answered 200
 	Join    time.Duration // N more leases written → all programmed
 	Leave   time.Duration // those N leases deleted → all their entries gone
-	RSS     int64         // weftd VmRSS afterwards, bytes
+	RSS     int64         // weftd VmRSS RSSSettle after the leave was programmed, bytes
+	// RSSAtLeave is VmRSS the moment the leave was programmed, while
+	// the pass that removed the entries may still be returning.
+	RSSAtLeave int64
 	// RSSAnon and RSSFile split RSS into anonymous memory and mapped
 	// files; Heap is the last GC's heap figures (GODEBUG=gctrace=1).
 	RSSAnon, RSSFile int64
@@ -461,6 +464,9 @@ func (r Results) controlRows() []Row {
 		rss := Row{area, cs, d + " RSS afterwards", fmtMiB(c.RSS), fmt.Sprintf("anon %s + file %s", fmtMiB(c.RSSAnon), fmtMiB(c.RSSFile)), ""}
 		if c.HeapOK {
 			rss.Baseline += fmt.Sprintf("; Go heap %d MB live, %d MB GC goal", c.Heap.HeapLive, c.Heap.Goal)
+		}
+		if c.RSSAtLeave > 0 {
+			rss.Baseline += fmt.Sprintf("; %s when the leave was programmed", fmtMiB(c.RSSAtLeave))
 		}
 		if want, ok := rssTarget(c.N); ok && c.isWeftd() {
 			rss.Verdict = fmt.Sprintf("target ≤ %s: %s", fmtMiB(want), verdict(c.RSS <= want))
