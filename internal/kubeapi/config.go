@@ -5,8 +5,8 @@
 //
 // weftd used client-go before. client-go, its API types and their
 // serializers add about 9 MB to weftd's binary, and that code is mapped in
-// at start-up whether or not Kubernetes mode is on: 5 MiB of weftd's RSS
-// in etcd mode too (issue 17). This package is about 1,000 lines and
+// at start-up whether or not Kubernetes mode is on: 4 to 5 MiB of RSS,
+// in etcd mode too (issue 17). This package is about 1,200 lines and
 // carries what weft uses of it: kubeconfig loading (tokens, token files,
 // client certificates, exec credential plugins, impersonation), the
 // in-cluster service account, list with paging, watch with bookmarks, get
