@@ -2,7 +2,6 @@ package routes
 
 import (
 	"fmt"
-	"math/rand"
 	"net/netip"
 	"slices"
 	"strings"
@@ -10,7 +9,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/backend"
 	"github.com/weftnet/weft/internal/nl"
 	"github.com/weftnet/weft/internal/nl/nlfake"
 )
@@ -55,92 +53,16 @@ func (t flakyTable) Delete(r *nl.Route) error {
 // another shape, foreign routes, failed installs and deletes, and joins of
 // more routes than one ReplaceAll chunk.
 func TestMatchesReference(t *testing.T) {
-	rng := rand.New(rand.NewSource(17))
-	failing := map[netip.Prefix]bool{}
-	fa, fb := nlfake.New(), nlfake.New()
-	var cni [2]int
-	for k, f := range []*nlfake.NS{fa, fb} {
-		f.AddDevice("eth0", 1500, pfx("192.0.2.11/24"))
-		cni[k] = f.AddDevice("cni0", 1500)
-	}
-	rc := New(flakyTable{fa.RouteTable(network, backend.RouteProtocol), failing}, network)
-	ref := newRef(flakyTable{fb.RouteTable(network, backend.RouteProtocol), failing}, network)
-
-	var pool []netip.Prefix
-	for i := range 700 {
-		pool = append(pool, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 4), byte(i << 4)}), 28))
-	}
-	pool = append(pool, pfx("198.18.40.0/24"), pfx("198.18.0.0/16"), pfx("10.1.0.0/24"), pfx("2001:db8::/64"))
-	gws := []netip.Addr{addr("192.0.2.1"), addr("192.0.2.2"), addr("198.18.0.1")}
-	random := func(p netip.Prefix) Want {
-		return Want{Dst: p, Gw: gws[rng.Intn(len(gws))], LinkIndex: 2 + rng.Intn(2), OnLink: rng.Intn(2) == 0}
-	}
-	both := func(fn func(f *nlfake.NS, k int)) { fn(fa, 0); fn(fb, 1) }
-	cniAddr := pfx("198.18.40.1/26")
-	var want []Want
+	w := newRandomWorld(17, stepMix{newSets: 1, allDrift: true}, pfx("198.18.40.0/24"), pfx("198.18.0.0/16"), pfx("10.1.0.0/24"), pfx("2001:db8::/64"))
+	ta, tb := w.tables()
+	rc, ref := New(ta, network), newRef(tb, network)
 	for step := range 1500 {
-		switch rng.Intn(6) {
-		case 0: // a whole new random set, sometimes more than a chunk
-			want = want[:0]
-			frac := 2 + rng.Intn(6)
-			for _, p := range pool {
-				if rng.Intn(frac) == 0 {
-					want = append(want, random(p))
-				}
-			}
-		case 1: // drift
-			for range 5 {
-				p := pool[rng.Intn(len(pool))]
-				w := random(p)
-				switch rng.Intn(5) {
-				case 0:
-					both(func(f *nlfake.NS, _ int) { f.RemoveRoute(p) })
-				case 1:
-					both(func(f *nlfake.NS, _ int) { f.PutRoute(route(w, unix.RTPROT_BOOT)) })
-				case 2:
-					r := route(w, backend.RouteProtocol)
-					r.Priority = 10 + rng.Intn(3)
-					both(func(f *nlfake.NS, _ int) { f.PutRoute(r) })
-				case 3: // ours as somebody else left it, maybe exactly right
-					both(func(f *nlfake.NS, _ int) { f.PutRoute(route(w, backend.RouteProtocol)) })
-				case 4:
-					r := route(w, backend.RouteProtocol)
-					r.Scope = unix.RT_SCOPE_LINK
-					both(func(f *nlfake.NS, _ int) { f.PutRoute(r) })
-				}
-			}
-		case 2: // change a few, duplicate a few
-			for i := range want {
-				switch rng.Intn(16) {
-				case 0:
-					want[i].Gw = gws[rng.Intn(len(gws))]
-				case 1:
-					want = append(want, random(want[i].Dst))
-				}
-			}
-		case 3: // a connected network inside the cluster network comes or goes
-			if rng.Intn(2) == 0 {
-				both(func(f *nlfake.NS, k int) { _ = f.AddAddr(cni[k], cniAddr) })
-			} else {
-				both(func(f *nlfake.NS, k int) { _ = f.DelAddr(nl.Addr{LinkIndex: cni[k], Prefix: cniAddr}) })
-			}
-		case 4: // writes to some destinations fail
-			clear(failing)
-			for range rng.Intn(4) {
-				failing[pool[rng.Intn(len(pool))]] = true
-			}
-		case 5: // nothing
-		}
-		wa, wb := slices.Clone(want), slices.Clone(want)
+		w.step()
+		wa, wb := slices.Clone(w.want), slices.Clone(w.want)
 		resA, errA := rc.Reconcile(wa)
 		resB, errB := ref.Reconcile(wb)
-		if a, b := describePass(resA, errA), describePass(resB, errB); a != b {
-			t.Fatalf("step %d: pass differs from the reference:\n got %s\nwant %s", step, a, b)
-		}
-		ra, _ := fa.RouteList(nl.FamilyAll, 0, nil, nil)
-		rb, _ := fb.RouteList(nl.FamilyAll, 0, nil, nil)
-		if !slices.Equal(ra, rb) {
-			t.Fatalf("step %d: table differs from the reference's:\n got %v\nwant %v", step, ra, rb)
+		if msg := w.compare("the reference", resA, errA, resB, errB); msg != "" {
+			t.Fatalf("step %d: %s", step, msg)
 		}
 	}
 }
