@@ -21,20 +21,7 @@ type flakyTable struct {
 }
 
 func (t flakyTable) ReplaceAll(ws []nl.RouteSpec) []error {
-	errs := make([]error, len(ws))
-	var ok []nl.RouteSpec
-	var at []int
-	for i, w := range ws {
-		if t.failing[w.Dst] {
-			errs[i] = unix.EIO
-			continue
-		}
-		ok, at = append(ok, w), append(at, i)
-	}
-	for k, err := range t.Table.ReplaceAll(ok) {
-		errs[at[k]] = err
-	}
-	return errs
+	return nlfake.WriteFailing(ws, func(w nl.RouteSpec) bool { return t.failing[w.Dst] }, t.Table.ReplaceAll)
 }
 
 func (t flakyTable) Delete(r *nl.Route) error {

@@ -36,20 +36,7 @@ func (f flakyNeighs) fails(ip netip.Addr, mac net.HardwareAddr) bool {
 }
 
 func (f flakyNeighs) SetNeighs(specs []nl.NeighSpec) []error {
-	errs := make([]error, len(specs))
-	var ok []nl.NeighSpec
-	var at []int
-	for i, s := range specs {
-		if f.fails(s.IP, s.MAC) {
-			errs[i] = unix.EIO
-			continue
-		}
-		ok, at = append(ok, s), append(at, i)
-	}
-	for k, err := range f.NS.SetNeighs(ok) {
-		errs[at[k]] = err
-	}
-	return errs
+	return nlfake.WriteFailing(specs, func(s nl.NeighSpec) bool { return f.fails(s.IP, s.MAC) }, f.NS.SetNeighs)
 }
 
 func (f flakyNeighs) DelNeigh(n *nl.Neigh) error {
